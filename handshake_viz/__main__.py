@@ -1,0 +1,5 @@
+"""``python -m handshake_viz`` is the same as the ``hsviz`` command."""
+
+from handshake_viz.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,468 @@
+"""The records that flow between the stages, and the vocabulary they use.
+
+Every stage speaks in these types and nothing else::
+
+    decode / capture  ->  Packet          (one TCP segment as it was on the wire)
+    track             ->  Segment         (a Packet labelled: conn, dir, label, phase,
+                                           relative numbers, analysis flags, both states)
+                      ->  ConnectionSummary (one per connection, Zeek-style)
+    trace             ->  Call            (one socket call from strace or a demo program)
+    align             ->  Call            (the same, with ``conn`` and ``frames`` filled in)
+
+All records are frozen dataclasses: a stage never edits what it was given, it
+returns new records.  Enumerations are ``str`` enums whose values are the exact
+strings of the JSONL schema, so ``json.dumps`` of a value needs no mapping.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Analysis",
+    "Call",
+    "ConnectionSummary",
+    "Direction",
+    "Endpoint",
+    "Flag",
+    "Label",
+    "Packet",
+    "Phase",
+    "Segment",
+    "TcpOptions",
+    "TcpState",
+    "flag_letters",
+    "parse_options",
+]
+
+
+class Flag(enum.IntFlag):
+    """TCP header flag bits (RFC 9293 §3.1, RFC 3168 for ECE/CWR)."""
+
+    FIN = 0x01  # no more data from sender
+    SYN = 0x02  # synchronize sequence numbers
+    RST = 0x04  # reset the connection
+    PSH = 0x08  # push function
+    ACK = 0x10  # acknowledgment field is significant
+    URG = 0x20  # urgent pointer field is significant
+    ECE = 0x40  # ECN echo
+    CWR = 0x80  # congestion window reduced
+
+
+# Letters in the order the schema prints them: "FSRPAUEC".
+_LETTERS = (
+    (Flag.FIN, "F"),
+    (Flag.SYN, "S"),
+    (Flag.RST, "R"),
+    (Flag.PSH, "P"),
+    (Flag.ACK, "A"),
+    (Flag.URG, "U"),
+    (Flag.ECE, "E"),
+    (Flag.CWR, "C"),
+)
+_LETTER_CACHE: dict[int, str] = {}
+
+
+def flag_letters(flags: int) -> str:
+    """``flag_letters(0x12) == "SA"``: the set bits as letters from ``FSRPAUEC``."""
+    try:
+        return _LETTER_CACHE[flags]
+    except KeyError:
+        text = "".join(ch for bit, ch in _LETTERS if flags & bit)
+        _LETTER_CACHE[flags] = text
+        return text
+
+
+class Label(str, enum.Enum):
+    """What a segment does in the conversation, as the lessons name it."""
+
+    SYN = "SYN"
+    SYN_ACK = "SYN-ACK"
+    ACK = "ACK"  # no payload, no SYN/FIN/RST
+    DATA = "DATA"  # payload that acknowledges nothing new from the peer
+    PIGGYBACK = "PIGGYBACK"  # payload that also acknowledges new bytes from the peer
+    FIN = "FIN"
+    FIN_ACK = "FIN-ACK"  # a FIN that also acknowledges the peer's FIN
+    RST = "RST"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Phase(str, enum.Enum):
+    """Which part of the connection's life a segment belongs to."""
+
+    HANDSHAKE = "handshake"
+    DATA = "data"
+    CLOSE = "close"
+    RESET = "reset"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TcpState(str, enum.Enum):
+    """RFC 9293 §3.3.2 connection states, as seen from the capture."""
+
+    CLOSED = "CLOSED"
+    LISTEN = "LISTEN"
+    SYN_SENT = "SYN-SENT"
+    SYN_RECEIVED = "SYN-RECEIVED"
+    ESTABLISHED = "ESTABLISHED"
+    FIN_WAIT_1 = "FIN-WAIT-1"
+    FIN_WAIT_2 = "FIN-WAIT-2"
+    CLOSE_WAIT = "CLOSE-WAIT"
+    CLOSING = "CLOSING"
+    LAST_ACK = "LAST-ACK"
+    TIME_WAIT = "TIME-WAIT"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Direction(str, enum.Enum):
+    C2S = "c2s"
+    S2C = "s2c"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Analysis(str, enum.Enum):
+    """Analysis flags, named as Wireshark's ``tcp.analysis.*`` fields."""
+
+    RETRANSMISSION = "retransmission"
+    FAST_RETRANSMISSION = "fast-retransmission"
+    SPURIOUS_RETRANSMISSION = "spurious-retransmission"
+    OUT_OF_ORDER = "out-of-order"
+    DUP_ACK = "dup-ack"
+    LOST_SEGMENT = "lost-segment"  # previous segment not captured
+    ACK_UNSEEN = "ack-unseen"  # acknowledges a segment that was not captured
+    ZERO_WINDOW = "zero-window"
+    ZERO_WINDOW_PROBE = "zero-window-probe"
+    WINDOW_UPDATE = "window-update"
+    WINDOW_FULL = "window-full"
+    KEEP_ALIVE = "keep-alive"
+    KEEP_ALIVE_ACK = "keep-alive-ack"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class TcpOptions:
+    """Decoded TCP options (RFC 9293 §3.2, RFC 7323, RFC 2018, RFC 7413)."""
+
+    mss: int | None = None
+    wscale: int | None = None  # shift as sent; see ``wscale_effective``
+    sack_perm: bool = False
+    sack: tuple[tuple[int, int], ...] = ()
+    ts_val: int | None = None
+    ts_ecr: int | None = None
+    tfo_cookie: bytes | None = None  # b"" is a cookie request
+    truncated: bool = False  # the option list ran past the captured bytes
+
+    @property
+    def wscale_effective(self) -> int | None:
+        """RFC 7323 §2.3: a shift above 14 is treated as 14."""
+        return None if self.wscale is None else min(self.wscale, 14)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.mss is not None:
+            out["mss"] = self.mss
+        if self.wscale is not None:
+            out["wscale"] = self.wscale
+        if self.sack_perm:
+            out["sack_perm"] = True
+        if self.sack:
+            out["sack"] = [list(b) for b in self.sack]
+        if self.ts_val is not None:
+            out["ts_val"] = self.ts_val
+            out["ts_ecr"] = self.ts_ecr
+        if self.tfo_cookie is not None:
+            out["tfo_cookie"] = self.tfo_cookie.hex()
+        if self.truncated:
+            out["truncated"] = True
+        return out
+
+
+_EMPTY_OPTIONS = TcpOptions()
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_U32x2 = struct.Struct("!II")
+
+
+def parse_options(raw: bytes) -> TcpOptions:
+    """Decode the TCP option bytes that follow the fixed 20-byte header.
+
+    Malformed or cut-off options end the walk and set ``truncated``; they never raise.
+    """
+    if not raw:
+        return _EMPTY_OPTIONS
+    mss = wscale = ts_val = ts_ecr = None
+    sack_perm = False
+    sack: list[tuple[int, int]] = []
+    tfo: bytes | None = None
+    truncated = False
+    i, n = 0, len(raw)
+    while i < n:
+        kind = raw[i]
+        if kind == 0:  # end of option list
+            break
+        if kind == 1:  # no-operation
+            i += 1
+            continue
+        if i + 1 >= n:
+            truncated = True
+            break
+        length = raw[i + 1]
+        if length < 2 or i + length > n:
+            truncated = True
+            break
+        body = raw[i + 2 : i + length]
+        if kind == 2 and length == 4:
+            mss = _U16.unpack(body)[0]
+        elif kind == 3 and length == 3:
+            wscale = body[0]
+        elif kind == 4 and length == 2:
+            sack_perm = True
+        elif kind == 5 and length >= 10 and (length - 2) % 8 == 0:
+            sack.extend(_U32x2.unpack_from(body, j) for j in range(0, length - 2, 8))
+        elif kind == 8 and length == 10:
+            ts_val, ts_ecr = _U32x2.unpack(body)
+        elif kind == 34:  # RFC 7413 TCP Fast Open cookie
+            tfo = bytes(body)
+        elif kind == 254 and length >= 4 and body[:2] == b"\xf9\x89":  # experimental TFO
+            tfo = bytes(body[2:])
+        i += length
+    return TcpOptions(mss, wscale, sack_perm, tuple(sack), ts_val, ts_ecr, tfo, truncated)
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One TCP segment as decoded from a capture, before any tracking.
+
+    ``length`` is the TCP payload length from the IP header (sequence space the
+    segment carries), which can exceed ``len(payload)`` when the capture's
+    snaplen cut the frame; ``payload`` holds only the bytes actually captured.
+    """
+
+    frame: int  # 1-based record number in the capture file
+    ts: float  # epoch seconds
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    seq: int
+    ack: int
+    flags: int  # bit mask of Flag
+    win: int  # raw window field, unscaled
+    length: int
+    payload: bytes = b""
+    raw_options: bytes = b""
+    ip_version: int = 4
+
+    @property
+    def options(self) -> TcpOptions:
+        return parse_options(self.raw_options)
+
+    @property
+    def flag_set(self) -> Flag:
+        return Flag(self.flags)
+
+    @property
+    def flag_str(self) -> str:
+        return flag_letters(self.flags)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A Packet after tracking: which connection, which way, what it means.
+
+    ``rel_seq``/``rel_ack`` are Wireshark's relative numbers: 0 for the SYN, 1 for
+    the first data byte; ``rel_ack`` is ``None`` when the ACK bit is clear.
+    ``client_state``/``server_state`` are the RFC 9293 states *after* this segment.
+    """
+
+    frame: int
+    ts: float
+    conn: int
+    dir: Direction
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    seq: int
+    ack: int
+    rel_seq: int
+    rel_ack: int | None
+    length: int
+    flags: int
+    win: int
+    label: Label
+    phase: Phase
+    analysis: tuple[Analysis, ...]
+    client_state: TcpState
+    server_state: TcpState
+    payload: bytes = b""
+    raw_options: bytes = b""
+    ip_version: int = 4
+
+    @property
+    def options(self) -> TcpOptions:
+        return parse_options(self.raw_options)
+
+    @property
+    def flag_str(self) -> str:
+        return flag_letters(self.flags)
+
+    @property
+    def rel_end(self) -> int:
+        """Relative sequence number just past this segment's payload."""
+        return self.rel_seq + self.length
+
+    @property
+    def is_c2s(self) -> bool:
+        return self.dir is Direction.C2S
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``"type": "segment"`` record of the JSONL schema."""
+        return {
+            "type": "segment",
+            "frame": self.frame,
+            "ts": self.ts,
+            "conn": self.conn,
+            "src": self.src,
+            "sport": self.sport,
+            "dst": self.dst,
+            "dport": self.dport,
+            "dir": self.dir.value,
+            "seq": self.seq,
+            "ack": self.ack,
+            "rel_seq": self.rel_seq,
+            "rel_ack": self.rel_ack,
+            "len": self.length,
+            "flags": flag_letters(self.flags),
+            "win": self.win,
+            "options": self.options.to_json(),
+            "label": self.label.value,
+            "phase": self.phase.value,
+            "analysis": [a.value for a in self.analysis],
+            "state": {"client": self.client_state.value, "server": self.server_state.value},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ip": self.ip, "port": self.port}
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSummary:
+    """One TCP connection, summarised the way Zeek's conn.log does.
+
+    ``bytes_c2s``/``bytes_s2c`` count sequence space (as Zeek's orig_bytes), not
+    captured payload.  ``roles_guessed`` is true when no SYN was seen and the
+    client was chosen by the port heuristic.
+    """
+
+    conn: int
+    client: Endpoint
+    server: Endpoint
+    first_ts: float
+    last_ts: float
+    segments: int
+    bytes_c2s: int
+    bytes_s2c: int
+    conn_state: str
+    history: str
+    client_state: TcpState
+    server_state: TcpState
+    roles_guessed: bool = False
+    ip_version: int = 4
+
+    @property
+    def duration(self) -> float:
+        return self.last_ts - self.first_ts
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``"type": "connection"`` record of the JSONL schema."""
+        return {
+            "type": "connection",
+            "conn": self.conn,
+            "client": self.client.to_json(),
+            "server": self.server.to_json(),
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
+            "segments": self.segments,
+            "bytes_c2s": self.bytes_c2s,
+            "bytes_s2c": self.bytes_s2c,
+            "conn_state": self.conn_state,
+            "history": self.history,
+            "roles_guessed": self.roles_guessed,
+            "state": {"client": self.client_state.value, "server": self.server_state.value},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One socket system call, from strace or from a demo program's own log.
+
+    ``start``/``end`` are epoch seconds on the same clock as the capture.
+    ``local``/``remote`` are the socket's addresses when known (strace ``-yy``).
+    ``conn`` and ``frames`` are filled in by ``align``: the connection the call
+    belongs to and the frames of the segments it caused or that released it.
+    ``inferred`` marks calls reconstructed from segments, never from a trace.
+    """
+
+    pid: int
+    tid: int
+    fd: int | None
+    call: str
+    start: float
+    end: float
+    ret: int | None
+    errno: str | None = None
+    args: str = ""
+    local: Endpoint | None = None
+    remote: Endpoint | None = None
+    nbytes: int | None = None  # bytes moved by a read/write-like call
+    conn: int | None = None
+    frames: tuple[int, ...] = field(default=())
+    inferred: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.errno is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``"type": "call"`` record of the JSONL schema."""
+        return {
+            "type": "call",
+            "conn": self.conn,
+            "pid": self.pid,
+            "tid": self.tid,
+            "fd": self.fd,
+            "call": self.call,
+            "start": self.start,
+            "end": self.end,
+            "ret": self.ret,
+            "errno": self.errno,
+            "args": self.args,
+            "local": self.local.to_json() if self.local else None,
+            "remote": self.remote.to_json() if self.remote else None,
+            "nbytes": self.nbytes,
+            "inferred": self.inferred,
+            "frames": list(self.frames),
+        }
