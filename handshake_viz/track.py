@@ -1,0 +1,829 @@
+"""The TCP state machine: Packet records in, labelled Segment records out.
+
+Theory of operation
+===================
+
+The tracker watches a capture from the outside, the way a person reading a
+packet trace does.  It never sends anything and it never refuses a segment: a
+segment the RFC would drop is still labelled, and the states only move when the
+capture shows evidence for the move.  No files, sockets or clocks are touched
+here (sans-IO): ``Tracker.feed(packet)`` returns a ``Segment`` and that is all.
+
+Per segment it decides five things, each in its own section below:
+
+1. **Which connection.**  Segments are grouped by their 4-tuple.  As in
+   Wireshark's ``tcp.stream``, a SYN (without ACK) whose sequence number differs
+   from the one that opened the current connection on that 4-tuple starts a new
+   connection (port reuse); a SYN with the same number is a retransmission.
+
+2. **Who is the client.**  Whoever sent the SYN.  If the first segment is a
+   SYN-ACK, its receiver is the client.  With neither (a capture that starts
+   mid-stream) the server is guessed from the ports, as Wireshark and Zeek do:
+   a well-known port (< 1024, or a common service port) is the server, else the
+   lower port; ``ConnectionSummary.roles_guessed`` says so.
+
+3. **Relative numbers**, exactly as Wireshark: the SYN is 0 and the first data
+   byte 1; with no SYN seen the first segment's sequence number counts as 1; the
+   reverse direction's base is taken from the first ACK (``ack - 1``).  All
+   arithmetic is modulo 2**32 (RFC 9293 §3.4), so wraparound is harmless.
+
+4. **Label, phase and RFC 9293 states.**  See ``_SEND`` and ``_RECV``: two
+   transition tables, h11-style, indexed by the current state and an event that
+   the segment represents for its sender and for its receiver.  The capture point
+   is treated as both the send and the arrival instant (true on loopback).  Each
+   segment is processed as its sender's events first, then its receiver's, and
+   within a side ACK before FIN before RST (RFC 9293 §3.10.7.4 processes the ACK
+   field before the FIN bit).
+
+5. **Analysis flags**, following Wireshark's TCP sequence analysis so that
+   ``hsviz`` and ``tshark`` agree on the same capture (see ``_analyze``).
+
+Zeek's view (conn_state and history, with its own originator/responder roles
+that it may flip, marked ``^``) is kept alongside by ``_ZeekView`` so the summary
+can be compared with Zeek's conn.log letter for letter.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from handshake_viz.model import (
+    Analysis,
+    ConnectionSummary,
+    Direction,
+    Endpoint,
+    Label,
+    Packet,
+    Phase,
+    Segment,
+    TcpState,
+    parse_options,
+)
+
+__all__ = ["Tracker", "track", "LIKELY_SERVER_PORTS"]
+
+MASK = 0xFFFFFFFF
+HALF = 0x80000000
+
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+C2S, S2C = Direction.C2S, Direction.S2C
+
+# Ports that Zeek (with its default analyzers loaded) registers as a server's; used to
+# reproduce Zeek's role flips, and (with every port below 1024) to guess roles when no
+# SYN was captured.
+LIKELY_SERVER_PORTS: frozenset[int] = frozenset(
+    {21, 22, 23, 25, 53, 69, 80, 81, 88, 102, 110, 123, 135, 137, 138, 139, 143, 161, 162, 389,
+     443, 445, 465, 502, 514, 563, 587, 631, 636, 853, 989, 990, 992, 993, 995, 1080, 1194, 1433, 1521, 1883, 2049, 2181, 2375, 3128, 3306, 3389, 4222, 5060, 5061, 5222,
+     5353, 5432, 5672, 5900, 6379, 6443, 6666, 6667, 6668, 6669, 8000, 8008, 8080, 8081, 8443,
+     8888, 9000, 9092, 9200, 11211, 27017}
+)
+
+
+def _seq_gt(a: int, b: int) -> bool:
+    """a > b in sequence space (RFC 9293 §3.4)."""
+    return 0 < ((a - b) & MASK) < HALF
+
+
+def _seq_lt(a: int, b: int) -> bool:
+    return 0 < ((b - a) & MASK) < HALF
+
+
+def _seq_ge(a: int, b: int) -> bool:
+    return ((a - b) & MASK) < HALF
+
+
+# --------------------------------------------------------------------------------------
+# RFC 9293 states: the transition tables
+# --------------------------------------------------------------------------------------
+
+
+class Event(enum.Enum):
+    """What a segment means to one side, as sender or receiver."""
+
+    SYN = "SYN"  # a SYN without ACK
+    SYN_ACK = "SYN-ACK"
+    ACK_OF_SYN = "ACK of SYN"  # acknowledges this side's SYN
+    ACK_OF_FIN = "ACK of FIN"  # acknowledges this side's FIN
+    ACKS_PEER_SYN = "acks the peer's SYN"  # as sender: proof it got the SYN-ACK
+    FIN = "FIN"
+    RST = "RST"
+
+
+S = TcpState
+# _SEND[state][event]: the sender's new state when it sends the event (RFC 9293 §3.3.2
+# figure 5: the "snd" arcs; and §3.10.4 CLOSE in each state).
+_SEND: dict[TcpState, dict[Event, TcpState]] = {
+    S.CLOSED: {Event.SYN: S.SYN_SENT, Event.SYN_ACK: S.SYN_RECEIVED, Event.RST: S.CLOSED},
+    S.LISTEN: {Event.SYN: S.SYN_SENT, Event.SYN_ACK: S.SYN_RECEIVED, Event.RST: S.CLOSED},
+    # Sending an ACK of the peer's SYN from SYN-SENT shows the SYN-ACK arrived, even when
+    # the capture saw the SYN-ACK first (a reordered handshake).
+    S.SYN_SENT: {Event.SYN_ACK: S.SYN_RECEIVED, Event.ACKS_PEER_SYN: S.ESTABLISHED,
+                 Event.FIN: S.FIN_WAIT_1, Event.RST: S.CLOSED},
+    S.SYN_RECEIVED: {Event.FIN: S.FIN_WAIT_1, Event.RST: S.CLOSED},
+    S.ESTABLISHED: {Event.FIN: S.FIN_WAIT_1, Event.RST: S.CLOSED},
+    S.CLOSE_WAIT: {Event.FIN: S.LAST_ACK, Event.RST: S.CLOSED},
+    S.FIN_WAIT_1: {Event.RST: S.CLOSED},
+    S.FIN_WAIT_2: {Event.RST: S.CLOSED},
+    S.CLOSING: {Event.RST: S.CLOSED},
+    S.LAST_ACK: {Event.RST: S.CLOSED},
+    S.TIME_WAIT: {Event.RST: S.CLOSED},
+}
+# _RECV[state][event]: the receiver's new state when the event arrives (RFC 9293 §3.10.7).
+_RECV: dict[TcpState, dict[Event, TcpState]] = {
+    S.LISTEN: {},  # §3.10.7.2: a SYN is answered (SYN-ACK) before the state shows it
+    S.CLOSED: {},
+    # §3.10.7.3: SYN-SENT + SYN,ACK acking our SYN -> ESTABLISHED; + SYN -> SYN-RECEIVED
+    S.SYN_SENT: {Event.SYN: S.SYN_RECEIVED, Event.ACK_OF_SYN: S.ESTABLISHED, Event.RST: S.CLOSED},
+    # §3.10.7.4 fifth check: an acceptable ACK in SYN-RECEIVED -> ESTABLISHED
+    S.SYN_RECEIVED: {Event.ACK_OF_SYN: S.ESTABLISHED, Event.FIN: S.CLOSE_WAIT, Event.RST: S.CLOSED},
+    S.ESTABLISHED: {Event.FIN: S.CLOSE_WAIT, Event.RST: S.CLOSED},
+    S.FIN_WAIT_1: {Event.ACK_OF_FIN: S.FIN_WAIT_2, Event.FIN: S.CLOSING, Event.RST: S.CLOSED},
+    S.FIN_WAIT_2: {Event.FIN: S.TIME_WAIT, Event.RST: S.CLOSED},
+    S.CLOSE_WAIT: {Event.RST: S.CLOSED},
+    S.CLOSING: {Event.ACK_OF_FIN: S.TIME_WAIT, Event.RST: S.CLOSED},
+    S.LAST_ACK: {Event.ACK_OF_FIN: S.CLOSED, Event.RST: S.CLOSED},
+    S.TIME_WAIT: {Event.RST: S.CLOSED},
+}
+
+
+def _next(table: dict[TcpState, dict[Event, TcpState]], state: TcpState, event: Event) -> TcpState:
+    """A move the table does not list leaves the state alone: a passive observer sees
+    retransmissions and stray segments that change nothing."""
+    return table[state].get(event, state)
+
+
+# --------------------------------------------------------------------------------------
+# Per-direction bookkeeping (Wireshark's tcp_flow_t, pared down to what is used)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Flow:
+    """What one direction of one connection has shown so far."""
+
+    base: int | None = None  # ISN (seq of SYN) or first seq - 1
+    syn_seq: int | None = None  # raw seq of the SYN sent this way
+    fin_end: int | None = None  # raw seq just past the FIN sent this way
+    fin_acked: bool = False
+    syn_acked: bool = False
+    highest_ack: int | None = None  # highest ack number sent this way
+    data_end: int = 0  # highest relative end of payload (sequence space, excl. SYN/FIN)
+    # Wireshark sequence analysis (tcp_analyze_seq_info + flow fields)
+    nextseq: int = 0
+    nextseq_time: float = 0.0
+    maxseqtobeacked: int = 0
+    lastack: int = 0
+    lastack_time: float = 0.0
+    dupacks: int = 0
+    window: int | None = None
+    win_scale: int = -1  # -1 unknown, else the shift to apply
+    last_flags: int = 0  # analysis bits of the last segment this way
+    segments: int = 0
+    bytes_captured: int = 0
+
+
+# Analysis bits, internal (order of the output list follows Wireshark's expert info).
+_A_RETRANS = 1 << 0
+_A_FAST = 1 << 1
+_A_SPURIOUS = 1 << 2
+_A_OOO = 1 << 3
+_A_DUPACK = 1 << 4
+_A_LOST = 1 << 5
+_A_ACK_LOST = 1 << 6
+_A_ZWIN = 1 << 7
+_A_ZWP = 1 << 8
+_A_WUPD = 1 << 9
+_A_WFULL = 1 << 10
+_A_KA = 1 << 11
+_A_KA_ACK = 1 << 12
+_A_ZWP_ACK = 1 << 13
+
+_BIT_NAMES: tuple[tuple[int, tuple[Analysis, ...]], ...] = (
+    (_A_RETRANS, (Analysis.RETRANSMISSION,)),
+    # Wireshark reports a fast or spurious retransmission as a retransmission too.
+    (_A_FAST, (Analysis.RETRANSMISSION, Analysis.FAST_RETRANSMISSION)),
+    (_A_SPURIOUS, (Analysis.RETRANSMISSION, Analysis.SPURIOUS_RETRANSMISSION)),
+    (_A_OOO, (Analysis.OUT_OF_ORDER,)),
+    (_A_DUPACK, (Analysis.DUP_ACK,)),
+    (_A_LOST, (Analysis.LOST_SEGMENT,)),
+    (_A_ACK_LOST, (Analysis.ACK_UNSEEN,)),
+    (_A_ZWIN, (Analysis.ZERO_WINDOW,)),
+    (_A_ZWP, (Analysis.ZERO_WINDOW_PROBE,)),
+    (_A_WUPD, (Analysis.WINDOW_UPDATE,)),
+    (_A_WFULL, (Analysis.WINDOW_FULL,)),
+    (_A_KA, (Analysis.KEEP_ALIVE,)),
+    (_A_KA_ACK, (Analysis.KEEP_ALIVE_ACK,)),
+)
+_ANALYSIS_CACHE: dict[int, tuple[Analysis, ...]] = {0: ()}
+
+
+def _analysis_tuple(bits: int) -> tuple[Analysis, ...]:
+    try:
+        return _ANALYSIS_CACHE[bits]
+    except KeyError:
+        out: list[Analysis] = []
+        for bit, names in _BIT_NAMES:
+            if bits & bit:
+                out.extend(n for n in names if n not in out)
+        result = tuple(out)
+        _ANALYSIS_CACHE[bits] = result
+        return result
+
+
+# --------------------------------------------------------------------------------------
+# Zeek's view: endpoint states, history letters, conn_state
+# --------------------------------------------------------------------------------------
+
+
+class _Z(enum.IntEnum):
+    """Zeek's TCP endpoint states (analyzer::tcp::EndpointState)."""
+
+    INACTIVE = 0
+    SYN_SENT = 1
+    SYN_ACK_SENT = 2
+    PARTIAL = 3
+    ESTABLISHED = 4
+    CLOSED = 5
+    RESET = 6
+
+
+_RSTOS0 = re.compile(r"\^?S[^HAFGIQ]*R.*")
+
+
+@dataclass(slots=True)
+class _ZEnd:
+    state: _Z = _Z.INACTIVE
+    prev_state: _Z = _Z.INACTIVE
+    start_seq: int | None = None
+    seen: set[str] = field(default_factory=set)
+    last_syn: int | None = None
+    last_fin: int | None = None
+    last_rst: int | None = None
+    last_seq: int | None = None  # one past the highest sequence sent
+    rxmits: int = 0
+    gaps: int = 0
+    zero_windows: int = 0
+    contig: int | None = None  # captured payload is contiguous up to here (raw seq)
+    missed: int = 0
+
+    def set_state(self, state: _Z) -> None:
+        self.prev_state = self.state
+        self.state = state
+
+
+class _ZeekView:
+    """Zeek's conn.log view of one connection (its orig/resp may be flipped vs ours).
+
+    Follows Zeek's TCPSessionAdapter: history letters are recorded once per kind and
+    direction (upper case for the originator), retransmissions, gaps and zero windows
+    on an exponential scale (1, 10, 100, …), and '^' whenever the roles flip.
+    """
+
+    __slots__ = ("orig_is_client", "history", "ends")
+
+    def __init__(self, first: Packet, first_is_client: bool, likely: frozenset[int]) -> None:
+        # Zeek makes the sender of the first packet the originator, unless that packet is
+        # not a plain SYN and the ports suggest the roles are the other way round
+        # (TCPAnalyzer::WantConnection).
+        flip = False
+        if not (first.flags & SYN) or (first.flags & ACK):
+            src_likely = first.sport in likely
+            dst_likely = first.dport in likely
+            if src_likely:
+                flip = (first.sport < first.dport) if dst_likely else True
+        self.orig_is_client = first_is_client != flip
+        self.history: list[str] = ["^"] if flip else []
+        self.ends = {True: _ZEnd(), False: _ZEnd()}  # keyed by "is client"
+
+    def _letter(self, is_client: bool, code: str) -> None:
+        self.history.append(code if is_client == self.orig_is_client else code.lower())
+
+    def _check(self, is_client: bool, code: str) -> bool:
+        """Record ``code`` the first time; True if it had been seen before."""
+        end = self.ends[is_client]
+        if code in end.seen:
+            return True
+        end.seen.add(code)
+        self._letter(is_client, code)
+        return False
+
+    def _scaled(self, is_client: bool, code: str, count: int) -> None:
+        if count in (1, 10, 100, 1000, 10000, 100000, 1000000):
+            self._letter(is_client, code)
+
+    def _flip(self) -> None:
+        self.orig_is_client = not self.orig_is_client
+        self.history.append("^")
+
+    def feed(self, p: Packet, from_client: bool) -> None:
+        end, peer = self.ends[from_client], self.ends[not from_client]
+        flags, length, seq = p.flags, p.length, p.seq
+        seg_len = length + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+        # init_endpoint: the first segment of an endpoint fixes its sequence start.
+        if end.start_seq is None or (end.state is _Z.RESET and flags & SYN and end.prev_state is _Z.INACTIVE):
+            end.start_seq = seq
+            end.last_seq = (seq + seg_len) & MASK
+            if end.contig is None:
+                end.contig = (seq + (1 if flags & SYN else 0)) & MASK
+        rel = (seq - end.start_seq) & MASK
+        # update_history
+        bits = (flags & SYN and 1) + (flags & FIN and 1) + (flags & RST and 1)
+        if bits > 1:
+            self._check(from_client, "I" if (flags & FIN and flags & RST) else "Q")
+        elif bits == 1:
+            if flags & SYN:
+                code = "H" if flags & ACK else "S"
+                if self._check(from_client, code) and rel != end.last_syn:
+                    self._letter(from_client, code)
+                end.last_syn = rel
+            if flags & FIN:
+                if self._check(from_client, "F") and (rel + length) & MASK != end.last_fin:
+                    self._letter(from_client, "F")
+                end.last_fin = (rel + length) & MASK
+            if flags & RST:
+                if self._check(from_client, "R") and rel != end.last_rst:
+                    self._letter(from_client, "R")
+                end.last_rst = rel
+        elif length:
+            self._check(from_client, "D")
+        elif flags & ACK:
+            self._check(from_client, "A")
+        # update_window: zero windows (not with/after RST, not after the peer's FIN)
+        if p.win == 0 and not flags & RST and peer.state is not _Z.CLOSED and end.state is not _Z.RESET:
+            end.zero_windows += 1
+            self._scaled(from_client, "W", end.zero_windows)
+        # ACK handling: initialise a silent peer's sequence space from our ACK.
+        if flags & ACK and peer.state is _Z.INACTIVE and peer.start_seq is None:
+            peer.start_seq = (p.ack - 1) & MASK
+            peer.last_seq = peer.start_seq
+            peer.contig = p.ack
+        # update_last_seq: retransmissions
+        end_seq = (seq + seg_len) & MASK
+        assert end.last_seq is not None
+        delta = (end_seq - end.last_seq) & MASK
+        delta_signed = delta - (1 << 32) if delta >= HALF else delta
+        if flags & (SYN | RST) and abs(delta_signed) > 0x7FFFFFFF // 2:
+            pass
+        elif end.state is _Z.RESET:
+            pass
+        elif delta_signed > 0:
+            end.last_seq = end_seq
+        elif length > 0:
+            end.rxmits += 1
+            self._scaled(from_client, "T", end.rxmits)
+        # captured payload: contiguous data advances, uncaptured bytes leave a hole
+        if length and not flags & RST and end.contig is not None:
+            data_seq = (seq + (1 if flags & SYN else 0)) & MASK
+            if not _seq_gt(data_seq, end.contig) and len(p.payload) >= length:
+                stop = (data_seq + length) & MASK
+                if _seq_gt(stop, end.contig):
+                    end.contig = stop
+        self._state_machine(p, from_client, end, peer)
+        # AckReceived: the peer acknowledges bytes we never saw delivered -> content gap
+        if flags & ACK and peer.contig is not None and _seq_gt(p.ack, peer.contig):
+            hole = (p.ack - peer.contig) & MASK
+            peer_fin = 1 if (peer.last_fin is not None and p.ack == ((peer.start_seq or 0) + peer.last_fin + 1) & MASK) else 0
+            hole -= peer_fin
+            if hole > 0 and not flags & (FIN | RST) and peer.state not in (_Z.INACTIVE,):
+                peer.gaps += 1
+                peer.missed += hole
+                self._scaled(not from_client, "G", peer.gaps)
+            elif hole > 0:
+                peer.missed += hole
+            peer.contig = p.ack
+
+    def _state_machine(self, p: Packet, from_client: bool, end: _ZEnd, peer: _ZEnd) -> None:
+        flags = p.flags
+        is_orig = from_client == self.orig_is_client
+        st = end.state
+        if st is _Z.INACTIVE:
+            if flags & SYN:
+                if is_orig:
+                    end.set_state(_Z.SYN_ACK_SENT if flags & ACK else _Z.SYN_SENT)
+                else:
+                    if not flags & ACK and peer.state is _Z.SYN_ACK_SENT and p.seq == end.start_seq:
+                        # SYN/SYN-ACK reversal: Zeek flips the roles and establishes.
+                        self._flip()
+                        peer.set_state(_Z.ESTABLISHED)
+                    if peer.state is _Z.SYN_SENT:
+                        peer.set_state(_Z.ESTABLISHED)
+                    end.set_state(_Z.ESTABLISHED)
+            if flags & FIN:
+                end.set_state(_Z.CLOSED)
+            if flags & RST:
+                end.set_state(_Z.RESET)
+            if end.state is _Z.INACTIVE:
+                orig_end = self.ends[self.orig_is_client]
+                if not is_orig and p.length == 0 and orig_end.state is _Z.SYN_SENT:
+                    pass
+                elif flags & ACK and peer.state is _Z.ESTABLISHED:
+                    end.set_state(_Z.ESTABLISHED)
+                else:
+                    end.set_state(_Z.PARTIAL)
+        elif st in (_Z.SYN_SENT, _Z.SYN_ACK_SENT):
+            if flags & FIN:
+                end.set_state(_Z.CLOSED)
+            if flags & RST:
+                end.set_state(_Z.RESET)
+        elif st in (_Z.ESTABLISHED, _Z.PARTIAL):
+            if flags & SYN and st is _Z.PARTIAL and peer.state is _Z.INACTIVE and not flags & ACK:
+                end.set_state(_Z.SYN_SENT)
+            if flags & FIN and not flags & RST:
+                end.set_state(_Z.CLOSED)
+                if peer.state is _Z.RESET and peer.prev_state is _Z.CLOSED:
+                    peer.set_state(_Z.CLOSED)
+            if flags & RST:
+                end.set_state(_Z.RESET)
+        elif st is _Z.CLOSED:
+            if flags & RST and peer.state is not _Z.CLOSED:
+                end.set_state(_Z.RESET)
+
+    def conn_state(self, orig_bytes: int, resp_bytes: int) -> str:
+        """Zeek's ``conn_state()`` (base/protocols/conn/main.zeek), on the final states."""
+        os_, rs = self.ends[self.orig_is_client].state, self.ends[not self.orig_is_client].state
+        o_inactive = os_ in (_Z.INACTIVE, _Z.PARTIAL)
+        r_inactive = rs in (_Z.INACTIVE, _Z.PARTIAL)
+        if rs is _Z.RESET:
+            if os_ in (_Z.SYN_SENT, _Z.SYN_ACK_SENT) or (os_ is _Z.RESET and orig_bytes == 0 and resp_bytes == 0):
+                return "REJ"
+            return "RSTRH" if o_inactive else "RSTR"
+        if os_ is _Z.RESET:
+            if r_inactive:
+                return "RSTOS0" if _RSTOS0.fullmatch("".join(self.history)) else "OTH"
+            return "RSTO"
+        if rs is _Z.CLOSED and os_ is _Z.CLOSED:
+            return "SF"
+        if os_ is _Z.CLOSED:
+            return "SH" if r_inactive else "S2"
+        if rs is _Z.CLOSED:
+            return "SHR" if o_inactive else "S3"
+        if os_ is _Z.SYN_SENT and rs is _Z.INACTIVE:
+            return "S0"
+        if os_ is _Z.ESTABLISHED and rs is _Z.ESTABLISHED:
+            return "S1"
+        return "OTH"
+
+
+# --------------------------------------------------------------------------------------
+# One connection
+# --------------------------------------------------------------------------------------
+
+
+class _Conn:
+    __slots__ = (
+        "index", "client", "server", "roles_guessed", "flows", "states", "first_ts", "last_ts",
+        "segments", "zeek", "syn_time", "first_rtt", "ip_version", "closed", "handshake_acked",
+    )
+
+    def __init__(self, index: int, p: Packet, likely: frozenset[int]) -> None:
+        self.index = index
+        flags = p.flags
+        a, b = (p.src, p.sport), (p.dst, p.dport)
+        guessed = False
+        if flags & SYN and not flags & ACK:
+            client_is_src = True
+        elif flags & SYN:
+            client_is_src = False
+        else:
+            guessed = True
+            client_is_src = not _looks_like_server(p.sport, p.dport, likely)
+        self.client, self.server = (a, b) if client_is_src else (b, a)
+        self.roles_guessed = guessed
+        self.flows = {C2S: _Flow(), S2C: _Flow()}
+        if guessed:
+            # Mid-stream: both sides were already talking (RFC 9293 states unknown before).
+            self.states = {C2S: TcpState.ESTABLISHED, S2C: TcpState.ESTABLISHED}
+        elif not client_is_src:
+            # The capture starts at the SYN-ACK: the client's SYN went out uncaptured.
+            self.states = {C2S: TcpState.SYN_SENT, S2C: TcpState.LISTEN}
+        else:
+            self.states = {C2S: TcpState.CLOSED, S2C: TcpState.LISTEN}
+        self.first_ts = p.ts
+        self.last_ts = p.ts
+        self.segments = 0
+        self.zeek = _ZeekView(p, client_is_src, likely)
+        self.syn_time: float | None = None
+        self.first_rtt: float | None = None
+        self.ip_version = p.ip_version
+        self.closed = False  # a FIN was acked both ways, or a RST was seen
+        self.handshake_acked = False
+
+    def summary(self) -> ConnectionSummary:
+        c2s, s2c = self.flows[C2S], self.flows[S2C]
+        client_orig = self.zeek.orig_is_client
+        b_c2s, b_s2c = c2s.data_end, s2c.data_end
+        history = "".join(self.zeek.history)
+        conn_state = self.zeek.conn_state(b_c2s if client_orig else b_s2c, b_s2c if client_orig else b_c2s)
+        return ConnectionSummary(
+            conn=self.index,
+            client=Endpoint(*self.client),
+            server=Endpoint(*self.server),
+            first_ts=self.first_ts,
+            last_ts=self.last_ts,
+            segments=self.segments,
+            bytes_c2s=b_c2s,
+            bytes_s2c=b_s2c,
+            conn_state=conn_state,
+            history=history,
+            client_state=self.states[C2S],
+            server_state=self.states[S2C],
+            roles_guessed=self.roles_guessed,
+            ip_version=self.ip_version,
+        )
+
+
+def _looks_like_server(sport: int, dport: int, likely: frozenset[int]) -> bool:
+    """True if ``sport`` looks like the server's port (mid-stream role guess)."""
+    s_known = sport < 1024 or sport in likely
+    d_known = dport < 1024 or dport in likely
+    if s_known != d_known:
+        return s_known
+    return sport < dport
+
+
+# --------------------------------------------------------------------------------------
+# The tracker
+# --------------------------------------------------------------------------------------
+
+
+class Tracker:
+    """Feed it Packets in capture order; it returns one Segment per Packet.
+
+    >>> tracker = Tracker()
+    >>> segments = [tracker.feed(p) for p in packets]      # doctest: +SKIP
+    >>> tracker.summaries()[0].conn_state                  # doctest: +SKIP
+    'SF'
+
+    Memory grows with the number of connections, never with the number of segments.
+    ``likely_server_ports`` are the ports Zeek's role guess treats as a server's
+    (besides every port below 1024); pass an empty set to mimic ``zeek -b``.
+    """
+
+    def __init__(self, *, likely_server_ports: Iterable[int] = LIKELY_SERVER_PORTS) -> None:
+        self._likely = frozenset(likely_server_ports)
+        self._by_tuple: dict[tuple[str, int, str, int], _Conn] = {}
+        self._conns: list[_Conn] = []
+
+    # -- public ---------------------------------------------------------------------
+
+    def feed(self, p: Packet) -> Segment:
+        """Label one packet; the returned Segment's states are those *after* it."""
+        src, sport, dst, dport = p.src, p.sport, p.dst, p.dport
+        key = (src, sport, dst, dport) if (src, sport) <= (dst, dport) else (dst, dport, src, sport)
+        conn = self._by_tuple.get(key)
+        flags = p.flags
+        if conn is not None and flags & (SYN | ACK) == SYN:
+            fwd_dir = C2S if (src, sport) == conn.client else S2C
+            base = conn.flows[fwd_dir].base
+            if base is not None and p.seq != base:
+                conn = None  # port reuse: a new connection on the same 4-tuple (tcp.stream)
+        if conn is None:
+            conn = _Conn(len(self._conns), p, self._likely)
+            self._conns.append(conn)
+            self._by_tuple[key] = conn
+        return self._feed(conn, p)
+
+    def summaries(self) -> list[ConnectionSummary]:
+        """One summary per connection so far, in connection-number order."""
+        return [c.summary() for c in self._conns]
+
+    def summary(self, conn: int) -> ConnectionSummary:
+        return self._conns[conn].summary()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+    def is_finished(self, conn: int) -> bool:
+        """True once the connection was reset, or both FINs were acknowledged."""
+        return self._conns[conn].closed
+
+    # -- internals -------------------------------------------------------------------
+
+    def _feed(self, conn: _Conn, p: Packet) -> Segment:
+        flags, seq, ack, length, ts = p.flags, p.seq, p.ack, p.length, p.ts
+        d = C2S if (p.src, p.sport) == conn.client else S2C
+        o = S2C if d is C2S else C2S
+        fwd, rev = conn.flows[d], conn.flows[o]
+        conn.segments += 1
+        conn.last_ts = ts
+        fwd.segments += 1
+        fwd.bytes_captured += len(p.payload)
+
+        # ---- relative numbers (Wireshark's base_seq rules) --------------------------
+        if fwd.base is None:
+            fwd.base = seq if flags & SYN else (seq - 1) & MASK
+        if rev.base is None and flags & ACK:
+            rev.base = (ack - 1) & MASK
+        rel_seq = (seq - fwd.base) & MASK
+        rel_ack = (ack - rev.base) & MASK if flags & ACK and rev.base is not None else None
+
+        # ---- first RTT (SYN to the handshake's ACK), used for out-of-order ----------
+        if flags & SYN and not flags & ACK:
+            conn.syn_time = ts
+        elif flags & (SYN | ACK) == ACK and conn.first_rtt is None and conn.syn_time is not None:
+            conn.first_rtt = ts - conn.syn_time
+
+        # ---- window scaling (RFC 7323 §2.2: only if both SYNs carry the option) -----
+        if flags & SYN:
+            ws = parse_options(p.raw_options).wscale_effective if p.raw_options else None
+            if flags & ACK:
+                if ws is None or rev.win_scale < 0:
+                    fwd.win_scale = rev.win_scale = 0 if ws is None or rev.win_scale == -2 else fwd.win_scale
+                else:
+                    fwd.win_scale = ws
+            else:
+                fwd.win_scale = ws if ws is not None else -2  # -2: offered no scaling
+        window = p.win if flags & SYN else p.win << max(fwd.win_scale, 0)
+
+        bits = self._analyze(conn, fwd, rev, p, window)
+
+        # ---- label, phase and RFC 9293 states ---------------------------------------
+        label, phase = self._label_and_states(conn, d, o, fwd, rev, p)
+
+        # ---- byte counts in sequence space (Zeek's orig_bytes) ----------------------
+        if length:
+            data_rel_end = (rel_seq + length + (1 if flags & SYN else 0) - 1) & MASK
+            if data_rel_end < HALF and data_rel_end > fwd.data_end:
+                fwd.data_end = data_rel_end
+
+        conn.zeek.feed(p, d is C2S)
+
+        return Segment(
+            p.frame, ts, conn.index, d, p.src, p.sport, p.dst, p.dport, seq, ack, rel_seq, rel_ack,
+            length, flags, p.win, label, phase, _analysis_tuple(bits),
+            conn.states[C2S], conn.states[S2C], p.payload, p.raw_options, p.ip_version,
+        )
+
+    @staticmethod
+    def _label_and_states(conn: _Conn, d: Direction, o: Direction, fwd: _Flow, rev: _Flow,
+                          p: Packet) -> tuple[Label, Phase]:
+        flags, seq, ack, length = p.flags, p.seq, p.ack, p.length
+        states = conn.states
+        # What the ACK field newly acknowledges (RFC 9293 §3.10.7.4, fifth check).
+        acks_new = False
+        acks_syn = acks_fin = False
+        if flags & ACK:
+            # "New bytes": beyond what this side acknowledged before and beyond the
+            # peer's SYN (acknowledging only a SYN acknowledges no data).
+            before = fwd.highest_ack
+            if before is None and rev.syn_seq is not None:
+                before = (rev.syn_seq + 1) & MASK
+            if before is None or _seq_gt(ack, before):
+                acks_new = before is not None
+            if fwd.highest_ack is None or _seq_gt(ack, fwd.highest_ack):
+                fwd.highest_ack = ack
+            if rev.syn_seq is not None and not rev.syn_acked and _seq_gt(ack, rev.syn_seq):
+                rev.syn_acked = acks_syn = True
+            if rev.fin_end is not None and not rev.fin_acked and _seq_ge(ack, rev.fin_end):
+                rev.fin_acked = acks_fin = True
+
+        if flags & RST:
+            label, phase = Label.RST, Phase.RESET
+            # RFC 9293 §3.10.7: a RST in any synchronised state (or answering a SYN) closes both.
+            states[d] = _next(_SEND, states[d], Event.RST)
+            states[o] = _next(_RECV, states[o], Event.RST)
+            conn.closed = True
+            return label, phase
+
+        if flags & SYN:
+            if fwd.syn_seq is None or fwd.syn_seq != seq:
+                fwd.syn_seq = seq
+            if flags & ACK:
+                label = Label.SYN_ACK
+                states[d] = _next(_SEND, states[d], Event.SYN_ACK)
+                if acks_syn or (rev.syn_seq is not None and rev.syn_acked):
+                    states[o] = _next(_RECV, states[o], Event.ACK_OF_SYN)
+            else:
+                label = Label.SYN
+                states[d] = _next(_SEND, states[d], Event.SYN)
+                states[o] = _next(_RECV, states[o], Event.SYN)
+            return label, Phase.HANDSHAKE
+
+        phase = Phase.DATA
+        if acks_syn:
+            states[d] = _next(_SEND, states[d], Event.ACKS_PEER_SYN)
+        # The receiver processes the ACK field first …
+        if acks_syn:
+            states[o] = _next(_RECV, states[o], Event.ACK_OF_SYN)
+        if acks_fin:
+            states[o] = _next(_RECV, states[o], Event.ACK_OF_FIN)
+        if flags & FIN:
+            end = (seq + length + 1) & MASK
+            if fwd.fin_end is None or _seq_gt(end, fwd.fin_end):
+                fwd.fin_end = end
+            # A FIN that newly acknowledges the peer's FIN merges the middle two
+            # segments of the four-way close (RFC 9293 §3.6, figure 13's "FIN,ACK").
+            label = Label.FIN_ACK if acks_fin else Label.FIN
+            states[d] = _next(_SEND, states[d], Event.FIN)
+            if rev.fin_end is not None and not rev.fin_acked and states[d] is S.LAST_ACK:
+                # Simultaneous close: this FIN does not acknowledge the peer's FIN, so it
+                # left before that FIN arrived; the sender was in FIN-WAIT-1 and the
+                # peer's FIN then takes it to CLOSING (RFC 9293 §3.6, figure 14).
+                states[d] = S.CLOSING
+            states[o] = _next(_RECV, states[o], Event.FIN)
+            phase = Phase.CLOSE
+        elif length:
+            label = Label.PIGGYBACK if acks_new else Label.DATA
+        else:
+            label = Label.ACK
+            if acks_syn and not conn.handshake_acked:
+                phase = Phase.HANDSHAKE
+            elif acks_fin or (rev.fin_end is not None and fwd.fin_end is not None):
+                phase = Phase.CLOSE
+        if acks_syn:
+            conn.handshake_acked = True
+        if conn.flows[C2S].fin_acked and conn.flows[S2C].fin_acked:
+            conn.closed = True
+        return label, phase
+
+    @staticmethod
+    def _analyze(conn: _Conn, fwd: _Flow, rev: _Flow, p: Packet, window: int) -> int:
+        """Wireshark's TCP sequence analysis (tcp_analyze_sequence_number), one segment.
+
+        Returns analysis bits.  The checks run in Wireshark's order, since some of them
+        end the checking early; each comment names the condition it tests.
+        """
+        flags, seq, ack, seglen, ts = p.flags, p.seq, p.ack, p.length, p.ts
+        bits = 0
+        nextseq = fwd.nextseq
+        ctl = flags & (SYN | FIN | RST)
+        skip_to_fwd_done = False
+        # ZERO WINDOW PROBE: 1 byte at the next expected seq while the peer's window is 0.
+        if seglen == 1 and seq == nextseq and rev.window == 0:
+            bits |= _A_ZWP
+            skip_to_fwd_done = True
+        if not skip_to_fwd_done:
+            # ZERO WINDOW: window 0 on a segment without SYN/FIN/RST.
+            if window == 0 and not ctl:
+                bits |= _A_ZWIN
+            # LOST SEGMENT: starts beyond what we expected next (a gap in the capture).
+            if nextseq and _seq_gt(seq, nextseq) and not flags & RST:
+                bits |= _A_LOST
+            # KEEP-ALIVE: 0 or 1 byte starting one before the next expected seq.
+            if seglen <= 1 and seq == ((nextseq - 1) & MASK) and not ctl:
+                bits |= _A_KA
+            # WINDOW UPDATE: nothing new but the window changed.
+            if (seglen == 0 and window and window != fwd.window and seq == nextseq
+                    and ack == fwd.lastack and not ctl):
+                bits |= _A_WUPD
+            # WINDOW FULL: data fills the peer's advertised window exactly.
+            if (seglen > 0 and rev.win_scale != -1 and rev.window is not None and not ctl
+                    and (seq + seglen) & MASK == (rev.lastack + (rev.window)) & MASK):
+                bits |= _A_WFULL
+            same = (seglen == 0 and seq == nextseq and ack == fwd.lastack and not ctl)
+            if same and window and window == fwd.window and rev.last_flags & _A_KA:
+                bits |= _A_KA_ACK  # KEEP-ALIVE ACK
+            elif same and window == 0 and window == fwd.window and rev.last_flags & _A_ZWP:
+                bits |= _A_ZWP_ACK  # ZERO WINDOW PROBE ACK
+            elif same and window and window == fwd.window:
+                fwd.dupacks += 1  # DUPLICATE ACK: same seq, ack and window, no payload
+                bits |= _A_DUPACK
+        # (finished_fwd) a new ack value resets the duplicate count
+        if ack != fwd.lastack:
+            fwd.dupacks = 0
+        # ACKED UNSEEN: acknowledges beyond anything the other side was seen to send.
+        if rev.maxseqtobeacked and _seq_gt(ack, rev.maxseqtobeacked) and flags & ACK:
+            bits |= _A_ACK_LOST
+            rev.maxseqtobeacked = rev.nextseq
+        # RETRANSMISSION / FAST RETRANSMISSION / OUT-OF-ORDER / SPURIOUS
+        if (seglen > 0 or flags & (SYN | FIN)) and not bits & _A_KA:
+            not_advanced = bool(nextseq) and _seq_lt(seq, nextseq)
+            if seglen > 1 and ((nextseq - 1) & MASK) == seq:
+                not_advanced = False  # new data after a zero-window probe
+            if (not_advanced and rev.dupacks >= 2 and rev.lastack == seq
+                    and ts - rev.lastack_time < 0.020):
+                bits |= _A_FAST
+            else:
+                ooo_threshold = conn.first_rtt if conn.first_rtt else 0.003
+                if (not_advanced and ts - fwd.nextseq_time < ooo_threshold
+                        and nextseq != (seq + seglen) & MASK):
+                    bits |= _A_OOO
+                elif seglen > 0 and rev.lastack and _seq_ge(rev.lastack, (seq + seglen) & MASK):
+                    bits |= _A_SPURIOUS  # already acknowledged: the data was not lost
+                elif not_advanced:
+                    bits |= _A_RETRANS
+        # remember the highest sequence number and what this side acked
+        end = (seq + seglen + (1 if flags & (SYN | FIN) else 0)) & MASK
+        if (not nextseq or _seq_gt(end, nextseq)) and not bits & _A_ZWP:
+            fwd.nextseq = end
+            fwd.nextseq_time = ts
+        if (not fwd.maxseqtobeacked or seq == fwd.maxseqtobeacked) and not bits & _A_ZWP:
+            fwd.maxseqtobeacked = fwd.nextseq
+        fwd.window = window
+        fwd.lastack = ack
+        fwd.lastack_time = ts
+        fwd.last_flags = bits
+        return bits
+
+
+def track(packets: Iterable[Packet], tracker: Tracker | None = None) -> Iterator[Segment]:
+    """Label a stream of packets lazily: ``for seg in track(open_capture(path)): …``."""
+    t = tracker if tracker is not None else Tracker()
+    feed = t.feed
+    for p in packets:
+        yield feed(p)
