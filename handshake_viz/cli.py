@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from handshake_viz import report
 from handshake_viz.errors import HsvizError, UsageError
@@ -105,12 +105,160 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 # ----------------------------------------------------------------------------------------
+# capture and replay: the live view (the logic is in handshake_viz.capture)
+# ----------------------------------------------------------------------------------------
+
+
+class _LiveView:
+    """Prints each tracked segment as one ``analyze`` ladder line the moment it arrives.
+
+    Times are relative to the connection's first segment, as in ``analyze``.  Live
+    connections interleave, so a connection header is printed whenever a line's
+    connection differs from the previous line's.  The status line (stderr, only on
+    a terminal) is erased before each segment line and redrawn on the next tick.
+    """
+
+    def __init__(self, tracker: Any, out: TextIO, err: TextIO, *, status: bool) -> None:
+        self.tracker = tracker
+        self.out = out
+        self.err = err
+        self.status_enabled = status
+        self._status_shown = False
+        self._last_conn = -1
+        self._starts: dict[int, float] = {}
+
+    def segment(self, seg: Any) -> None:
+        if self._status_shown:
+            self.clear_status()
+        write = self.out.write
+        if seg.conn != self._last_conn:
+            self._last_conn = seg.conn
+            write(report.connection_header(self.tracker.summary(seg.conn)) + "\n")
+        write(report.format_segment(seg, self._starts.setdefault(seg.conn, seg.ts)) + "\n")
+        self.out.flush()
+
+    def status(self, stats: Any) -> None:
+        if self.status_enabled:
+            self.err.write(f"\r\x1b[K{stats.packets} packets, {stats.connections} connections "
+                           f"({stats.completed} closed)")
+            self.err.flush()
+            self._status_shown = True
+
+    def clear_status(self) -> None:
+        if self._status_shown:
+            self.err.write("\r\x1b[K")
+            self.err.flush()
+            self._status_shown = False
+
+    def summaries(self, summaries: list[Any]) -> None:
+        if summaries:
+            self.out.write("\n")
+        for s in summaries:
+            self.out.write(report.format_summary(s) + "\n")
+        self.out.flush()
+
+
+def _add_capture(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "capture",
+        help="capture TCP on a port live, print each segment as it arrives, write a pcap",
+        description="Capture TCP to or from PORT (needs root or CAP_NET_RAW), print one ladder "
+        "line per segment as it arrives, write every frame to a pcap, and on exit print each "
+        "connection's summary and the pcap's path. Stops on Ctrl-C (twice: at once), SIGTERM, "
+        "--count, --timeout or --connections.",
+    )
+    p.add_argument("--port", type=int, required=True, help="TCP port, either side (1-65535)")
+    p.add_argument("--iface", default="lo", help="interface to capture on (default: lo)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="pcap to write (default: capture-YYYYmmdd-HHMMSS.pcap in the current directory)")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N packets")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after SECONDS")
+    p.add_argument("--connections", type=int, metavar="N",
+                   help="stop once N connections have ended (both FINs acknowledged, or a RST)")
+    p.set_defaults(func=_cmd_capture)
+
+
+def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from handshake_viz import capture
+    from handshake_viz.track import Tracker
+
+    tracker = Tracker()
+    view = _LiveView(tracker, out, err, status=err.isatty())
+
+    def ready() -> None:
+        err.write(f"listening on {args.iface} port {args.port}\n")
+        err.flush()
+
+    live = capture.LiveCapture(
+        args.port, iface=args.iface, output=args.output or capture.default_output_name(),
+        count=args.count, timeout=args.timeout, connections=args.connections,
+        on_ready=ready, on_segment=view.segment, on_status=view.status, tracker=tracker,
+    )
+    try:
+        result = live.run()
+    except KeyboardInterrupt:  # a second Ctrl-C: the pcap is closed, say where it is
+        view.clear_status()
+        if live.ready.is_set():
+            err.write(f"{PROG}: wrote {live.stats.packets} packets to {live.output}\n")
+        raise
+    finally:
+        view.clear_status()
+    view.summaries(result.summaries)
+    if result.stats.dropped:
+        err.write(f"{PROG}: warning: the kernel dropped {result.stats.dropped} packets "
+                  f"(receive buffer full); {result.output} misses them\n")
+    err.write(f"{PROG}: wrote {result.stats.packets} packets to {result.output}\n")
+    return 0
+
+
+def _add_replay(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="feed a saved capture through the live view with its original timing",
+        description="Print a saved capture's segments one by one as `hsviz capture` would, "
+        "waiting between them as long as the capture did (scaled by --speed), then the summaries.",
+    )
+    p.add_argument("file", help="capture file (pcap or pcapng)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="time scale: 2 plays twice as fast, 0 does not wait (default: 1)")
+    p.add_argument("--inject", action="store_true",
+                   help="also re-send each frame on --iface (root or CAP_NET_RAW)")
+    p.add_argument("--iface", default="lo", help="interface for --inject (default: lo)")
+    p.set_defaults(func=_cmd_replay)
+
+
+def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from handshake_viz import capture
+    from handshake_viz.track import Tracker
+
+    tracker = Tracker()
+    view = _LiveView(tracker, out, err, status=False)
+    feed = tracker.feed
+    with capture.replay(args.file, speed=args.speed, inject=args.inject, iface=args.iface) as packets:
+        for packet in packets:
+            view.segment(feed(packet))
+        stats = packets.stats
+        warnings = list(stats.warnings)
+    summaries = tracker.summaries()
+    for w in warnings:
+        err.write(f"{PROG}: warning: {w}\n")
+    if not summaries:
+        raise UsageError(f"{args.file}: no TCP segments in {stats.records} records")
+    view.summaries(summaries)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------
 # parser and entry point
 # ----------------------------------------------------------------------------------------
 
 # Subcommand registrars, in the order `hsviz --help` lists them.  Modules that add a
 # subcommand put their registrar here.
-_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_analyze]
+_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_analyze,
+    _add_capture,
+    _add_replay,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
