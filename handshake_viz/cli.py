@@ -249,6 +249,77 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 # ----------------------------------------------------------------------------------------
+# plot
+# ----------------------------------------------------------------------------------------
+
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="draw the sequence diagram of a connection (png, svg or pdf)",
+        description="Draw a connection as a sequence diagram: lifelines for client and server, "
+        "one arrow per segment with its label and seq/ack, the TCP states where they change, "
+        "and the socket calls in outer lanes (traced when FILE.calls.jsonl or --calls exists, "
+        "otherwise inferred from the segments and drawn hollow).",
+    )
+    p.add_argument("file", help="capture file (pcap or pcapng)")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output file; the format comes from the extension: .png, .svg, .pdf "
+                   "(default: FILE with .png next to the input)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--conn", type=int, default=0, metavar="N", help="connection to draw (default 0)")
+    which.add_argument("--all", action="store_true", help="every connection, one page each (.pdf)")
+    p.add_argument("--time", choices=("ordered", "real"), default="ordered",
+                   help="ordered: rows evenly spaced in event order, real time in the margin "
+                   "(default); real: rows spaced by real time")
+    p.add_argument("--max-rows", type=int, default=60, metavar="N",
+                   help="fold the middle of longer exchanges into one marked row (0: draw all)")
+    p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from pathlib import Path
+
+    from handshake_viz.errors import OutputError
+
+    src = Path(args.file)
+    dest = Path(args.output) if args.output else src.with_suffix(".png")
+    if dest.suffix.lower() not in PLOT_FORMATS:
+        raise OutputError(f"{dest}: unknown output format '{dest.suffix}' (use .png, .svg or .pdf)")
+    if args.all and dest.suffix.lower() != ".pdf":
+        raise UsageError(f"{dest}: --all draws one page per connection: use a .pdf output")
+    if args.max_rows < 0:
+        raise UsageError(f"--max-rows {args.max_rows}: must be 0 (no folding) or more")
+    if args.conn < 0:
+        raise UsageError(f"--conn {args.conn}: connection numbers start at 0")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from handshake_viz import draw
+    from handshake_viz.api import load
+
+    trace = load(src, calls=args.calls, conn=None if args.all else args.conn)
+    if args.all:
+        draw.plot_all(trace.connections, dest, time=args.time, max_rows=args.max_rows)
+    else:
+        conn = trace.connection(args.conn)
+        ax = conn.plot(time=args.time, max_rows=args.max_rows)
+        try:
+            draw.save_figure(ax.figure, dest)
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(ax.figure)
+    for w in trace.warnings:
+        err.write(f"{PROG}: warning: {w}\n")
+    out.write(f"{dest}\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------
 # parser and entry point
 # ----------------------------------------------------------------------------------------
 
@@ -256,6 +327,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # subcommand put their registrar here.
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_analyze,
+    _add_plot,
     _add_capture,
     _add_replay,
 ]
