@@ -1,0 +1,121 @@
+"""`hsviz` as a user runs it: subprocesses for the entry points, main() for the rest."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from handshake_viz.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+ECHO = ROOT / "captures" / "echo.pcap"
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("argv", [[sys.executable, "-m", "handshake_viz", "--help"], ["hsviz", "--help"]])
+def test_help_works_both_ways(argv):
+    if argv[0] == "hsviz":
+        exe = Path(sys.executable).with_name("hsviz")
+        if not exe.exists():
+            pytest.skip("the hsviz console script is not installed in this environment")
+        argv = [str(exe), "--help"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    for command in ("analyze", "plot", "capture", "replay"):
+        assert command in done.stdout
+
+
+def test_analyze_text_ladder_of_the_echo_capture():
+    code, out, err = run("analyze", str(ECHO))
+    assert code == 0, err
+    labels = [line.split()[4] for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert labels[:3] == ["SYN", "SYN-ACK", "ACK"]
+    assert "PIGGYBACK" in labels and labels[-1] == "ACK"
+    assert "SF ShADadFf" in out
+
+
+def test_analyze_jsonl_schema():
+    code, out, _ = run("analyze", str(ECHO), "--jsonl")
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    segs = [r for r in records if r["type"] == "segment"]
+    conns = [r for r in records if r["type"] == "connection"]
+    assert len(conns) == 1 and len(segs) == conns[0]["segments"]
+    assert set(segs[0]) == {
+        "type", "frame", "ts", "conn", "src", "sport", "dst", "dport", "dir", "seq", "ack",
+        "rel_seq", "rel_ack", "len", "flags", "win", "options", "label", "phase", "analysis", "state",
+    }
+    assert segs[0]["label"] == "SYN" and segs[0]["flags"] == "S" and segs[0]["rel_ack"] is None
+    assert segs[0]["options"]["mss"] > 0
+    assert segs[1]["state"] == {"client": "ESTABLISHED", "server": "SYN-RECEIVED"}
+    assert set(conns[0]) >= {"conn", "client", "server", "first_ts", "last_ts", "segments",
+                             "bytes_c2s", "bytes_s2c", "conn_state", "history"}
+
+
+def test_analyze_conn_filter_and_summary():
+    code, out, _ = run("analyze", str(ECHO), "--summary")
+    assert code == 0 and out.count("\n") == 1 and out.startswith("conn 0:")
+    code, _, err = run("analyze", str(ECHO), "--conn", "5")
+    assert code == 2 and "--conn 5 out of range" in err and err.count("\n") == 1
+
+
+def _bad(tmp_path: Path, name: str, data: bytes) -> Path:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "not-a-capture", "empty", "no-tcp"])
+def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, case):
+    if case == "missing":
+        path = tmp_path / "nope.pcap"
+    elif case == "directory":
+        path = tmp_path
+    elif case == "not-a-capture":
+        path = _bad(tmp_path, "text.pcap", b"hello, this is not a capture\n")
+    elif case == "empty":
+        path = _bad(tmp_path, "empty.pcap", b"")
+    else:  # a valid pcap with one UDP packet
+        hdr = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0, b"\x7f\0\0\1", b"\x7f\0\0\1")
+        frame = b"\0" * 12 + b"\x08\x00" + ip + struct.pack("!HHHH", 1, 2, 8, 0)
+        rec = struct.pack("<IIII", 0, 0, len(frame), len(frame)) + frame
+        path = _bad(tmp_path, "udp.pcap", hdr + rec)
+    done = subprocess.run([sys.executable, "-m", "handshake_viz", "analyze", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert str(path.name) in lines[0] or str(path) in lines[0]
+
+
+def test_truncated_tail_keeps_complete_segments_and_warns(tmp_path):
+    data = ECHO.read_bytes()
+    cut = _bad(tmp_path, "cut.pcap", data[:-10])
+    code, out, err = run("analyze", str(cut), "--jsonl")
+    assert code == 0
+    segs = [json.loads(x) for x in out.splitlines() if '"segment"' in x]
+    full = [json.loads(x) for x in run("analyze", str(ECHO), "--jsonl")[1].splitlines() if '"segment"' in x]
+    assert len(segs) == len(full) - 1
+    assert "truncated" in err and "cut.pcap" in err
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"third-party corpus not found at {CORPUS}")
+def test_analyze_every_corpus_capture_runs_clean():
+    for trace in sorted((CORPUS / "traces").iterdir()):
+        code, out, err = run("analyze", str(trace), "--jsonl")
+        assert code == 0, (trace.name, err)
+        assert out.count('"type": "connection"') >= 1
