@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Capture a burst of short loopback connections with hsviz, tcpdump and scapy.
+
+    sudo python benchmarks/bench_capture_burst.py [--connections 2000] [--alone]
+
+A generator process opens ``--connections`` connections one after the other to
+its own server on 127.0.0.1 (a free port), each: handshake, a 32-byte request,
+a 32-byte reply, close: about 10 segments each, 20,000 for the default 2,000,
+sent as fast as loopback allows (well under a second on a 2-core machine).
+
+Watching the same burst at the same time (or each on its own burst with
+``--alone``):
+
+* ``hsviz capture --port P`` (the full live pipeline: capture, pcap, decode,
+  track, one ladder line per segment to a file);
+* ``tcpdump -i lo -U -w ... tcp port P`` when installed (the reference);
+* scapy's ``AsyncSniffer`` with a Python ``lfilter`` for the port (no libpcap
+  needed), counting what it keeps.  It receives both loopback copies of each
+  packet, so its count includes duplicates.
+
+Each capturer is started and the burst begins only after all of them said they
+were listening; all are stopped after the burst (hsviz by SIGTERM, which writes
+what the kernel had queued).  Prints a table of packets recorded.
+Needs root (or CAP_NET_RAW).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The burst: a server thread and a client loop in one process.  Prints the port,
+# waits for a line on stdin, runs the burst, prints the seconds it took.
+GENERATOR = r"""
+import socket, sys, threading, time
+n = int(sys.argv[1])
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(512)
+print(srv.getsockname()[1], flush=True)
+sys.stdin.readline()
+def serve():
+    for _ in range(n):
+        c, _ = srv.accept()
+        c.recv(100); c.sendall(b"pong" * 8); c.recv(100); c.close()
+t = threading.Thread(target=serve)
+t.start()
+t0 = time.perf_counter()
+for _ in range(n):
+    c = socket.create_connection(("127.0.0.1", srv.getsockname()[1]))
+    c.sendall(b"ping" * 8); c.recv(100); c.close()
+t.join()
+print(f"{time.perf_counter() - t0:.3f}", flush=True)
+"""
+
+# scapy's native Linux sniffing socket, a Python filter on the port, a counter.
+SCAPY_SNIFFER = r"""
+import signal, sys, threading
+from scapy.all import AsyncSniffer, TCP
+port = int(sys.argv[1])
+kept = 0
+def keep(p):
+    return TCP in p and (p[TCP].sport == port or p[TCP].dport == port)
+def count(p):
+    global kept
+    kept += 1
+done = threading.Event()
+signal.signal(signal.SIGINT, lambda *a: done.set())
+s = AsyncSniffer(iface="lo", lfilter=keep, prn=count, store=False,
+                 started_callback=lambda: print("listening", file=sys.stderr, flush=True))
+s.start()
+done.wait()
+s.stop()
+print(kept, flush=True)
+"""
+
+
+class Capturer:
+    name = ""
+
+    def start(self, port: int, workdir: Path) -> None:
+        raise NotImplementedError
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.name} exited early: {self.errfile.read_text()}")
+            if self.ready_text in self.errfile.read_text():
+                return
+            time.sleep(0.02)
+        raise SystemExit(f"{self.name} did not get ready in {timeout} s")
+
+    def _spawn(self, cmd: list[str], workdir: Path, stdout: int | None = None) -> None:
+        self.errfile = workdir / f"{self.key}.err"
+        self.outfile = workdir / f"{self.key}.out"
+        self.proc = subprocess.Popen(
+            cmd, stdout=open(self.outfile, "wb"), stderr=open(self.errfile, "wb"), cwd=workdir
+        )
+
+    def stop(self) -> None:
+        self.proc.send_signal(self.stop_signal)
+        self.proc.wait(timeout=120)
+
+    def result(self) -> tuple[int, str]:
+        raise NotImplementedError
+
+
+class Hsviz(Capturer):
+    name = "hsviz capture"
+    key = "hsviz"
+    ready_text = "listening on lo port"
+    stop_signal = signal.SIGTERM
+
+    def start(self, port: int, workdir: Path) -> None:
+        self.pcap = workdir / "hsviz.pcap"
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        cmd = [sys.executable, "-m", "handshake_viz", "capture", "--port", str(port), "-o", str(self.pcap)]
+        self.errfile = workdir / "hsviz.err"
+        self.outfile = workdir / "hsviz.out"
+        self.proc = subprocess.Popen(
+            cmd, stdout=open(self.outfile, "wb"), stderr=open(self.errfile, "wb"), cwd=workdir, env=env
+        )
+
+    def result(self) -> tuple[int, str]:
+        err = self.errfile.read_text()
+        drops = "0"
+        for line in err.splitlines():
+            if "kernel dropped" in line:
+                drops = line.split("dropped", 1)[1].split()[0]
+        return count_records(self.pcap), drops
+
+
+class Tcpdump(Capturer):
+    name = "tcpdump -U"
+    key = "tcpdump"
+    ready_text = "listening on"
+    stop_signal = signal.SIGINT
+
+    def start(self, port: int, workdir: Path) -> None:
+        self.pcap = workdir / "tcpdump.pcap"
+        self._spawn(["tcpdump", "-i", "lo", "-U", "-w", str(self.pcap), "tcp", "port", str(port)], workdir)
+
+    def result(self) -> tuple[int, str]:
+        drops = "?"
+        for line in self.errfile.read_text().splitlines():
+            if "dropped by kernel" in line:
+                drops = line.split()[0]
+        return count_records(self.pcap), drops
+
+
+class ScapySniffer(Capturer):
+    name = "scapy AsyncSniffer+lfilter"
+    key = "scapy"
+    ready_text = "listening"
+    stop_signal = signal.SIGINT
+
+    def start(self, port: int, workdir: Path) -> None:
+        self._spawn([sys.executable, "-c", SCAPY_SNIFFER, str(port)], workdir)
+
+    def result(self) -> tuple[int, str]:
+        text = self.outfile.read_text().split()
+        return (int(text[-1]) if text else -1), "-"
+
+
+def count_records(path: Path) -> int:
+    """Records in a classic pcap (either byte order), by walking the record headers."""
+    import struct
+
+    data = path.read_bytes()
+    order = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    pos, n = 24, 0
+    while pos + 16 <= len(data):
+        caplen = struct.unpack_from(order + "I", data, pos + 8)[0]
+        if pos + 16 + caplen > len(data):
+            break
+        pos += 16 + caplen
+        n += 1
+    return n
+
+
+def run_burst(capturers: list[Capturer], connections: int, workdir: Path) -> float:
+    gen = subprocess.Popen(
+        [sys.executable, "-c", GENERATOR, str(connections)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert gen.stdin is not None and gen.stdout is not None
+    port = int(gen.stdout.readline())
+    try:
+        for c in capturers:
+            c.start(port, workdir)
+        for c in capturers:
+            c.wait_ready()
+        gen.stdin.write("go\n")
+        gen.stdin.flush()
+        seconds = float(gen.stdout.readline())
+        gen.wait(timeout=60)
+        time.sleep(1.0)  # let the slow ones catch up before asking them to stop
+    finally:
+        for c in capturers:
+            if getattr(c, "proc", None) is not None and c.proc.poll() is None:
+                c.stop()
+        if gen.poll() is None:
+            gen.kill()
+    return seconds
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[1] if __doc__ else None)
+    ap.add_argument("--connections", type=int, default=2000)
+    ap.add_argument("--alone", action="store_true", help="give each capturer its own burst")
+    ap.add_argument("--no-scapy", action="store_true", help="leave out scapy's AsyncSniffer")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (or CAP_NET_RAW) to capture", file=sys.stderr)
+        return 2
+    kinds: list[type[Capturer]] = [Hsviz]
+    if shutil.which("tcpdump"):
+        kinds.append(Tcpdump)
+    else:
+        print("tcpdump not installed: no reference count", file=sys.stderr)
+    if not args.no_scapy:
+        kinds.append(ScapySniffer)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hsviz-burst-") as tmp:
+        workdir = Path(tmp)
+        groups = [[k()] for k in kinds] if args.alone else [[k() for k in kinds]]
+        for group in groups:
+            seconds = run_burst(group, args.connections, workdir)
+            for c in group:
+                packets, drops = c.result()
+                rows.append((c.name, packets, drops, seconds))
+    reference = next((r[1] for r in rows if r[0] == Tcpdump.name), None)
+    mode = "each on its own burst" if args.alone else "all on the same burst"
+    print(f"{args.connections} short connections on loopback, {mode}")
+    print(f"{'capturer':<28} {'burst s':>8} {'packets':>8} {'vs tcpdump':>11} {'kernel drops':>13}")
+    for name, packets, drops, seconds in rows:
+        ratio = f"{100.0 * packets / reference:.1f}%" if reference else "-"
+        print(f"{name:<28} {seconds:>8.2f} {packets:>8} {ratio:>11} {drops:>13}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
