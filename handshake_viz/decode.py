@@ -828,19 +828,23 @@ class CaptureReader:
         buf = self._start()
         read = self._read
         decode = _decode
+        fast = _ETH_IP4_TCP_PAIR.unpack_from
+        make = _make_packet
+        pairs = _PAIRS4
         pos = 0
         base = 0  # file offset of buf[0], for messages
         blen = len(buf)
         frame = ntcp = nskip = nbad = ncut = 0
         order = "<"
-        hdr = struct.Struct("<II").unpack_from
-        epb = struct.Struct("<IIIII").unpack_from  # interface, ts high, ts low, caplen, wirelen
+        hdr = struct.Struct("<3I").unpack_from  # block type, block length, first field
+        # block type, length, then (EPB) interface, ts high, ts low, caplen, wirelen
+        blk = struct.Struct("<7I").unpack_from
         # per interface: (link type, ticks per second, offset seconds, snaplen, decodable)
         ifaces: list[tuple[int, int, int, int, bool]] = []
         self.linktypes = []
         try:
             while True:
-                if blen - pos < 12:
+                if blen - pos < 28:
                     base += pos
                     tail, buf = buf[pos:], b""  # let the old chunk go before reading the next
                     buf = tail + read(CHUNK)
@@ -854,7 +858,11 @@ class CaptureReader:
                                 f"{blen} of at least 12 bytes"
                             )
                         return
-                btype, size = hdr(buf, pos)
+                if blen - pos >= 28:
+                    btype, size, iid, hi, lo, caplen, wirelen = blk(buf, pos)
+                else:  # a small block at the very end of the file
+                    btype, size, iid = hdr(buf, pos)
+                    hi = lo = caplen = wirelen = 0
                 if btype == _PCAPNG_SHB:
                     new_order = _bom_order(buf, pos + 8)
                     if new_order is None:
@@ -864,9 +872,9 @@ class CaptureReader:
                         )
                     if new_order != order:
                         order = new_order
-                        hdr = struct.Struct(order + "II").unpack_from
-                        epb = struct.Struct(order + "IIIII").unpack_from
-                        btype, size = hdr(buf, pos)
+                        hdr = struct.Struct(order + "3I").unpack_from
+                        blk = struct.Struct(order + "7I").unpack_from
+                        btype, size, iid = hdr(buf, pos)
                 if size < 12 or size % 4 or size > MAX_BLOCK:
                     raise CaptureFileError(
                         f"{name}: pcapng block at byte {base + pos} has an invalid length "
@@ -879,12 +887,13 @@ class CaptureReader:
                     pos, blen = 0, len(buf)
                     stats.records, stats.tcp, stats.skipped = frame, ntcp, nskip
                     stats.malformed, stats.snaplen_cut = nbad, ncut
+                    if blen >= 28:
+                        btype, size, iid, hi, lo, caplen, wirelen = blk(buf, 0)
                     if size > blen:
-                        need = epb(buf, 8)[3] if btype in (2, 6) and blen >= 28 else 0
-                        if blen - 28 < need:
+                        if btype in (2, 6) and 0 <= blen - 28 < caplen:
                             stats.warnings.append(
                                 f"{name}: record {frame + 1} truncated: "
-                                f"{blen - 28} of {need} bytes"
+                                f"{blen - 28} of {caplen} bytes"
                             )
                         else:
                             stats.warnings.append(
@@ -893,40 +902,70 @@ class CaptureReader:
                             )
                         return
                 if btype == 6 or btype == 2:  # Enhanced / obsolete Packet Block
+                    frame += 1
                     if size < 32:
                         raise CaptureFileError(
-                            f"{name}: record {frame + 1}: pcapng packet block at byte "
+                            f"{name}: record {frame}: pcapng packet block at byte "
                             f"{base + pos} too short ({size} bytes)"
                         )
-                    iid, hi, lo, caplen, wirelen = epb(buf, pos + 8)
                     if btype == 2:  # 16-bit interface id, then a 16-bit drop count
                         iid = iid & 0xFFFF if order == "<" else iid >> 16
-                    frame += 1
-                    start = pos + 28
-                    if 28 + caplen > size - 4:
+                    if caplen > size - 32:
                         raise CaptureFileError(
                             f"{name}: record {frame}: captured length {caplen} does not fit "
                             f"its {size}-byte block (corrupt file?)"
                         )
-                    if iid >= len(ifaces):
+                    try:
+                        lt, ticks, offset, _snap, ok = ifaces[iid]
+                    except IndexError:
                         raise CaptureFileError(
                             f"{name}: record {frame}: interface {iid} was not described "
                             f"(corrupt file?)"
-                        )
-                    lt, ticks, offset, _snap, ok = ifaces[iid]
+                        ) from None
+                    start = pos + 28
+                    end = start + caplen
+                    pos += size
                     if wirelen > caplen:
                         ncut += 1
                         extra = wirelen - caplen
                     else:
                         extra = 0
-                    pos += size
                     if not ok:
                         nskip += 1
                         continue
-                    r = decode(
-                        lt, buf, start, start + caplen, frame,
-                        ((hi << 32) | lo) / ticks + offset, extra,
-                    )  # fmt: skip
+                    ts = ((hi << 32) | lo) / ticks + offset
+                    # The fast path of _decode, inlined as in _iter_pcap.
+                    if lt == 1 and caplen >= 54:
+                        et, vihl, tot, frag, proto, sd, sp, dp, seq, ack, offb, fl, win = fast(
+                            buf, start + 12
+                        )
+                        if (
+                            et == 0x0800
+                            and vihl == 0x45
+                            and proto == 6
+                            and not frag & 0x3FFF
+                            and 40 <= tot <= caplen - 14 + extra
+                        ):
+                            doff = (offb >> 2) & 0x3C
+                            length = tot - 20 - doff
+                            if doff >= 20 and length >= 0:
+                                p = start + 34 + doff
+                                q = p + length
+                                if q > end:
+                                    q = end
+                                try:
+                                    src, dst = pairs[sd]
+                                except KeyError:
+                                    src, dst = _pair4(sd)
+                                ntcp += 1
+                                yield make(
+                                    frame, ts, src, sp, dst, dp, seq, ack, fl, win, length,
+                                    buf[p:q],
+                                    buf[start + 54 : (p if p < end else end)] if doff > 20 else b"",
+                                    4,
+                                )  # fmt: skip
+                                continue
+                    r = decode(lt, buf, start, end, frame, ts, extra)
                     if r:
                         ntcp += 1
                         yield r  # type: ignore[misc]
@@ -943,7 +982,7 @@ class CaptureReader:
                             f"(corrupt file?)"
                         )
                     lt, _ticks, _offset, snap, ok = ifaces[0]
-                    wirelen = struct.unpack_from(order + "I", buf, pos + 8)[0]
+                    wirelen = iid  # the field after the block length
                     caplen = min(wirelen, size - 16)
                     if snap:
                         caplen = min(caplen, snap)
