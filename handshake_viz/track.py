@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Iterable, Iterator
 
 from handshake_viz.model import (
@@ -96,6 +96,20 @@ def _seq_ge(a: int, b: int) -> bool:
     return ((a - b) & MASK) < HALF
 
 
+def _members(enum_cls: type[enum.Enum]) -> type:
+    """A plain class holding ``enum_cls``'s members: ``_members(Label).ACK is Label.ACK``.
+
+    CPython 3.11 looks up every ``Label.ACK`` through ``EnumType.__getattr__``, about
+    150 ns a time, more than a dozen of them per segment; a plain class attribute costs
+    a fifth of that.  The per-segment code below names members through these.
+    """
+    return type(enum_cls.__name__, (), dict(enum_cls.__members__))
+
+
+L = _members(Label)
+P = _members(Phase)
+
+
 # --------------------------------------------------------------------------------------
 # RFC 9293 states: the transition tables
 # --------------------------------------------------------------------------------------
@@ -113,7 +127,8 @@ class Event(enum.Enum):
     RST = "RST"
 
 
-S = TcpState
+S = _members(TcpState)
+E = _members(Event)
 # _SEND[state][event]: the sender's new state when it sends the event (RFC 9293 §3.3.2
 # figure 5: the "snd" arcs; and §3.10.4 CLOSE in each state).
 _SEND: dict[TcpState, dict[Event, TcpState]] = {
@@ -161,10 +176,21 @@ def _next(table: dict[TcpState, dict[Event, TcpState]], state: TcpState, event: 
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Flow:
-    """What one direction of one connection has shown so far."""
+    """What one direction of one connection has shown so far.
 
+    A flow belongs to the endpoint that sends in its direction: ``state`` is that
+    endpoint's RFC 9293 state and ``zeek`` its Zeek endpoint record.  ``peer`` is the
+    other direction of the same connection, so the hot path reaches everything it
+    needs from the flow it looked up, without enum-keyed dictionaries.
+    """
+
+    dir: Direction = Direction.C2S
+    state: TcpState = TcpState.CLOSED
+    conn: _Conn = field(default=None, repr=False)  # type: ignore[assignment]
+    peer: _Flow = field(default=None, repr=False)  # type: ignore[assignment]
+    zeek: _ZEnd = field(default=None, repr=False)  # type: ignore[assignment]
     base: int | None = None  # ISN (seq of SYN) or first seq - 1
     syn_seq: int | None = None  # raw seq of the SYN sent this way
     fin_end: int | None = None  # raw seq just past the FIN sent this way
@@ -251,13 +277,15 @@ class _Z(enum.IntEnum):
     RESET = 6
 
 
+Z = _members(_Z)
+
 _RSTOS0 = re.compile(r"\^?S[^HAFGIQ]*R.*")
 
 
 @dataclass(slots=True)
 class _ZEnd:
-    state: _Z = _Z.INACTIVE
-    prev_state: _Z = _Z.INACTIVE
+    state: _Z = Z.INACTIVE
+    prev_state: _Z = Z.INACTIVE
     start_seq: int | None = None
     seen: set[str] = field(default_factory=set)
     last_syn: int | None = None
@@ -324,7 +352,7 @@ class _ZeekView:
         flags, length, seq = p.flags, p.length, p.seq
         seg_len = length + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         # init_endpoint: the first segment of an endpoint fixes its sequence start.
-        if end.start_seq is None or (end.state is _Z.RESET and flags & SYN and end.prev_state is _Z.INACTIVE):
+        if end.start_seq is None or (end.state is Z.RESET and flags & SYN and end.prev_state is Z.INACTIVE):
             end.start_seq = seq
             end.last_seq = (seq + seg_len) & MASK
             if end.contig is None:
@@ -353,11 +381,11 @@ class _ZeekView:
         elif flags & ACK:
             self._check(from_client, "A")
         # update_window: zero windows (not with/after RST, not after the peer's FIN)
-        if p.win == 0 and not flags & RST and peer.state is not _Z.CLOSED and end.state is not _Z.RESET:
+        if p.win == 0 and not flags & RST and peer.state is not Z.CLOSED and end.state is not Z.RESET:
             end.zero_windows += 1
             self._scaled(from_client, "W", end.zero_windows)
         # ACK handling: initialise a silent peer's sequence space from our ACK.
-        if flags & ACK and peer.state is _Z.INACTIVE and peer.start_seq is None:
+        if flags & ACK and peer.state is Z.INACTIVE and peer.start_seq is None:
             peer.start_seq = (p.ack - 1) & MASK
             peer.last_seq = peer.start_seq
             peer.contig = p.ack
@@ -368,7 +396,7 @@ class _ZeekView:
         delta_signed = delta - (1 << 32) if delta >= HALF else delta
         if flags & (SYN | RST) and abs(delta_signed) > 0x7FFFFFFF // 2:
             pass
-        elif end.state is _Z.RESET:
+        elif end.state is Z.RESET:
             pass
         elif delta_signed > 0:
             end.last_seq = end_seq
@@ -388,7 +416,7 @@ class _ZeekView:
             hole = (p.ack - peer.contig) & MASK
             peer_fin = 1 if (peer.last_fin is not None and p.ack == ((peer.start_seq or 0) + peer.last_fin + 1) & MASK) else 0
             hole -= peer_fin
-            if hole > 0 and not flags & (FIN | RST) and peer.state not in (_Z.INACTIVE,):
+            if hole > 0 and not flags & (FIN | RST) and peer.state not in (Z.INACTIVE,):
                 peer.gaps += 1
                 peer.missed += hole
                 self._scaled(not from_client, "G", peer.gaps)
@@ -400,70 +428,70 @@ class _ZeekView:
         flags = p.flags
         is_orig = from_client == self.orig_is_client
         st = end.state
-        if st is _Z.INACTIVE:
+        if st is Z.INACTIVE:
             if flags & SYN:
                 if is_orig:
-                    end.set_state(_Z.SYN_ACK_SENT if flags & ACK else _Z.SYN_SENT)
+                    end.set_state(Z.SYN_ACK_SENT if flags & ACK else Z.SYN_SENT)
                 else:
-                    if not flags & ACK and peer.state is _Z.SYN_ACK_SENT and p.seq == end.start_seq:
+                    if not flags & ACK and peer.state is Z.SYN_ACK_SENT and p.seq == end.start_seq:
                         # SYN/SYN-ACK reversal: Zeek flips the roles and establishes.
                         self._flip()
-                        peer.set_state(_Z.ESTABLISHED)
-                    if peer.state is _Z.SYN_SENT:
-                        peer.set_state(_Z.ESTABLISHED)
-                    end.set_state(_Z.ESTABLISHED)
+                        peer.set_state(Z.ESTABLISHED)
+                    if peer.state is Z.SYN_SENT:
+                        peer.set_state(Z.ESTABLISHED)
+                    end.set_state(Z.ESTABLISHED)
             if flags & FIN:
-                end.set_state(_Z.CLOSED)
+                end.set_state(Z.CLOSED)
             if flags & RST:
-                end.set_state(_Z.RESET)
-            if end.state is _Z.INACTIVE:
+                end.set_state(Z.RESET)
+            if end.state is Z.INACTIVE:
                 orig_end = self.ends[self.orig_is_client]
-                if not is_orig and p.length == 0 and orig_end.state is _Z.SYN_SENT:
+                if not is_orig and p.length == 0 and orig_end.state is Z.SYN_SENT:
                     pass
-                elif flags & ACK and peer.state is _Z.ESTABLISHED:
-                    end.set_state(_Z.ESTABLISHED)
+                elif flags & ACK and peer.state is Z.ESTABLISHED:
+                    end.set_state(Z.ESTABLISHED)
                 else:
-                    end.set_state(_Z.PARTIAL)
-        elif st in (_Z.SYN_SENT, _Z.SYN_ACK_SENT):
+                    end.set_state(Z.PARTIAL)
+        elif st in (Z.SYN_SENT, Z.SYN_ACK_SENT):
             if flags & FIN:
-                end.set_state(_Z.CLOSED)
+                end.set_state(Z.CLOSED)
             if flags & RST:
-                end.set_state(_Z.RESET)
-        elif st in (_Z.ESTABLISHED, _Z.PARTIAL):
-            if flags & SYN and st is _Z.PARTIAL and peer.state is _Z.INACTIVE and not flags & ACK:
-                end.set_state(_Z.SYN_SENT)
+                end.set_state(Z.RESET)
+        elif st in (Z.ESTABLISHED, Z.PARTIAL):
+            if flags & SYN and st is Z.PARTIAL and peer.state is Z.INACTIVE and not flags & ACK:
+                end.set_state(Z.SYN_SENT)
             if flags & FIN and not flags & RST:
-                end.set_state(_Z.CLOSED)
-                if peer.state is _Z.RESET and peer.prev_state is _Z.CLOSED:
-                    peer.set_state(_Z.CLOSED)
+                end.set_state(Z.CLOSED)
+                if peer.state is Z.RESET and peer.prev_state is Z.CLOSED:
+                    peer.set_state(Z.CLOSED)
             if flags & RST:
-                end.set_state(_Z.RESET)
-        elif st is _Z.CLOSED:
-            if flags & RST and peer.state is not _Z.CLOSED:
-                end.set_state(_Z.RESET)
+                end.set_state(Z.RESET)
+        elif st is Z.CLOSED:
+            if flags & RST and peer.state is not Z.CLOSED:
+                end.set_state(Z.RESET)
 
     def conn_state(self, orig_bytes: int, resp_bytes: int) -> str:
         """Zeek's ``conn_state()`` (base/protocols/conn/main.zeek), on the final states."""
         os_, rs = self.ends[self.orig_is_client].state, self.ends[not self.orig_is_client].state
-        o_inactive = os_ in (_Z.INACTIVE, _Z.PARTIAL)
-        r_inactive = rs in (_Z.INACTIVE, _Z.PARTIAL)
-        if rs is _Z.RESET:
-            if os_ in (_Z.SYN_SENT, _Z.SYN_ACK_SENT) or (os_ is _Z.RESET and orig_bytes == 0 and resp_bytes == 0):
+        o_inactive = os_ in (Z.INACTIVE, Z.PARTIAL)
+        r_inactive = rs in (Z.INACTIVE, Z.PARTIAL)
+        if rs is Z.RESET:
+            if os_ in (Z.SYN_SENT, Z.SYN_ACK_SENT) or (os_ is Z.RESET and orig_bytes == 0 and resp_bytes == 0):
                 return "REJ"
             return "RSTRH" if o_inactive else "RSTR"
-        if os_ is _Z.RESET:
+        if os_ is Z.RESET:
             if r_inactive:
                 return "RSTOS0" if _RSTOS0.fullmatch("".join(self.history)) else "OTH"
             return "RSTO"
-        if rs is _Z.CLOSED and os_ is _Z.CLOSED:
+        if rs is Z.CLOSED and os_ is Z.CLOSED:
             return "SF"
-        if os_ is _Z.CLOSED:
+        if os_ is Z.CLOSED:
             return "SH" if r_inactive else "S2"
-        if rs is _Z.CLOSED:
+        if rs is Z.CLOSED:
             return "SHR" if o_inactive else "S3"
-        if os_ is _Z.SYN_SENT and rs is _Z.INACTIVE:
+        if os_ is Z.SYN_SENT and rs is Z.INACTIVE:
             return "S0"
-        if os_ is _Z.ESTABLISHED and rs is _Z.ESTABLISHED:
+        if os_ is Z.ESTABLISHED and rs is Z.ESTABLISHED:
             return "S1"
         return "OTH"
 
@@ -475,7 +503,7 @@ class _ZeekView:
 
 class _Conn:
     __slots__ = (
-        "index", "client", "server", "roles_guessed", "flows", "states", "first_ts", "last_ts",
+        "index", "client", "server", "roles_guessed", "c2s", "s2c", "first_ts", "last_ts",
         "segments", "zeek", "syn_time", "first_rtt", "ip_version", "closed", "handshake_acked",
     )
 
@@ -493,19 +521,21 @@ class _Conn:
             client_is_src = not _looks_like_server(p.sport, p.dport, likely)
         self.client, self.server = (a, b) if client_is_src else (b, a)
         self.roles_guessed = guessed
-        self.flows = {C2S: _Flow(), S2C: _Flow()}
         if guessed:
             # Mid-stream: both sides were already talking (RFC 9293 states unknown before).
-            self.states = {C2S: TcpState.ESTABLISHED, S2C: TcpState.ESTABLISHED}
+            client_state, server_state = S.ESTABLISHED, S.ESTABLISHED
         elif not client_is_src:
             # The capture starts at the SYN-ACK: the client's SYN went out uncaptured.
-            self.states = {C2S: TcpState.SYN_SENT, S2C: TcpState.LISTEN}
+            client_state, server_state = S.SYN_SENT, S.LISTEN
         else:
-            self.states = {C2S: TcpState.CLOSED, S2C: TcpState.LISTEN}
+            client_state, server_state = S.CLOSED, S.LISTEN
         self.first_ts = p.ts
         self.last_ts = p.ts
         self.segments = 0
-        self.zeek = _ZeekView(p, client_is_src, likely)
+        self.zeek = zeek = _ZeekView(p, client_is_src, likely)
+        self.c2s = c2s = _Flow(C2S, client_state, self, zeek=zeek.ends[True])
+        self.s2c = s2c = _Flow(S2C, server_state, self, c2s, zeek.ends[False])
+        c2s.peer = s2c
         self.syn_time: float | None = None
         self.first_rtt: float | None = None
         self.ip_version = p.ip_version
@@ -513,7 +543,7 @@ class _Conn:
         self.handshake_acked = False
 
     def summary(self) -> ConnectionSummary:
-        c2s, s2c = self.flows[C2S], self.flows[S2C]
+        c2s, s2c = self.c2s, self.s2c
         client_orig = self.zeek.orig_is_client
         b_c2s, b_s2c = c2s.data_end, s2c.data_end
         history = "".join(self.zeek.history)
@@ -529,8 +559,8 @@ class _Conn:
             bytes_s2c=b_s2c,
             conn_state=conn_state,
             history=history,
-            client_state=self.states[C2S],
-            server_state=self.states[S2C],
+            client_state=c2s.state,
+            server_state=s2c.state,
             roles_guessed=self.roles_guessed,
             ip_version=self.ip_version,
         )
@@ -543,6 +573,74 @@ def _looks_like_server(sport: int, dport: int, likely: frozenset[int]) -> bool:
     if s_known != d_known:
         return s_known
     return sport < dport
+
+
+# --------------------------------------------------------------------------------------
+# Building Segment records fast
+#
+# Segment is a frozen, slotted dataclass: its generated __init__ stores each of its 23
+# fields through object.__setattr__, about 3.7 us per segment on the benchmark machine,
+# more than all the tracking of a typical segment.  _SegmentBuilder has exactly
+# Segment's slots, stores them plainly and then becomes a Segment by __class__
+# assignment (allowed between classes with identical slot layouts): the result is a
+# genuine, frozen Segment for about 0.5 us.  decode.py builds Packets the same way.  The
+# trick is checked at import; should it not hold (a field added to Segment, another
+# Python implementation), the dataclass constructor is used instead.
+# --------------------------------------------------------------------------------------
+
+_SEGMENT_FIELDS = tuple(f.name for f in fields(Segment))
+
+
+class _SegmentBuilder:
+    __slots__ = _SEGMENT_FIELDS
+
+    def __init__(self, frame: int, ts: float, conn: int, dir: Direction, src: str, sport: int,
+                 dst: str, dport: int, seq: int, ack: int, rel_seq: int, rel_ack: int | None,
+                 length: int, flags: int, win: int, label: Label, phase: Phase,
+                 analysis: tuple[Analysis, ...], client_state: TcpState, server_state: TcpState,
+                 payload: bytes, raw_options: bytes, ip_version: int) -> None:
+        self.frame = frame
+        self.ts = ts
+        self.conn = conn
+        self.dir = dir
+        self.src = src
+        self.sport = sport
+        self.dst = dst
+        self.dport = dport
+        self.seq = seq
+        self.ack = ack
+        self.rel_seq = rel_seq
+        self.rel_ack = rel_ack
+        self.length = length
+        self.flags = flags
+        self.win = win
+        self.label = label
+        self.phase = phase
+        self.analysis = analysis
+        self.client_state = client_state
+        self.server_state = server_state
+        self.payload = payload
+        self.raw_options = raw_options
+        self.ip_version = ip_version
+        self.__class__ = Segment  # type: ignore[assignment]
+
+
+def _choose_segment_factory() -> type:
+    try:
+        if tuple(getattr(Segment, "__slots__", ())) != _SEGMENT_FIELDS or len(_SEGMENT_FIELDS) != 23:
+            return Segment
+        args = (7, 1.5, 2, Direction.S2C, "10.0.0.1", 1, "::1", 2, 3, 4, 5, None, 6, 0x12, 8,
+                L.SYN_ACK, P.HANDSHAKE, (Analysis.DUP_ACK,), S.SYN_SENT,
+                S.LISTEN, b"x", b"\x01", 6)
+        made = _SegmentBuilder(*args)
+        if type(made) is not Segment or made != Segment(*args) or hash(made) != hash(Segment(*args)):
+            return Segment
+        return _SegmentBuilder
+    except (TypeError, AttributeError):  # pragma: no cover - other interpreters
+        return Segment
+
+
+_make_segment = _choose_segment_factory()
 
 
 # --------------------------------------------------------------------------------------
@@ -565,27 +663,25 @@ class Tracker:
 
     def __init__(self, *, likely_server_ports: Iterable[int] = LIKELY_SERVER_PORTS) -> None:
         self._likely = frozenset(likely_server_ports)
-        self._by_tuple: dict[tuple[str, int, str, int], _Conn] = {}
+        # (src, sport, dst, dport) as the packet has them -> the flow in that direction;
+        # both directions of a connection are entered.
+        self._flows: dict[tuple[str, int, str, int], _Flow] = {}
         self._conns: list[_Conn] = []
 
     # -- public ---------------------------------------------------------------------
 
     def feed(self, p: Packet) -> Segment:
         """Label one packet; the returned Segment's states are those *after* it."""
-        src, sport, dst, dport = p.src, p.sport, p.dst, p.dport
-        key = (src, sport, dst, dport) if (src, sport) <= (dst, dport) else (dst, dport, src, sport)
-        conn = self._by_tuple.get(key)
+        fwd = self._flows.get((p.src, p.sport, p.dst, p.dport))
         flags = p.flags
-        if conn is not None and flags & (SYN | ACK) == SYN:
-            fwd_dir = C2S if (src, sport) == conn.client else S2C
-            base = conn.flows[fwd_dir].base
-            if base is not None and p.seq != base:
-                conn = None  # port reuse: a new connection on the same 4-tuple (tcp.stream)
-        if conn is None:
-            conn = _Conn(len(self._conns), p, self._likely)
-            self._conns.append(conn)
-            self._by_tuple[key] = conn
-        return self._feed(conn, p)
+        if fwd is not None and flags & (SYN | FIN | RST | ACK) == ACK:
+            seg = self._steady(fwd, p)
+            if seg is not None:
+                return seg
+        elif fwd is None or (flags & (SYN | ACK) == SYN and fwd.base is not None and p.seq != fwd.base):
+            # a new 4-tuple, or port reuse: a SYN with a new ISN starts a new connection (tcp.stream)
+            fwd = self._open(p)
+        return self._feed(fwd, p)
 
     def summaries(self) -> list[ConnectionSummary]:
         """One summary per connection so far, in connection-number order."""
@@ -604,11 +700,20 @@ class Tracker:
 
     # -- internals -------------------------------------------------------------------
 
-    def _feed(self, conn: _Conn, p: Packet) -> Segment:
+    def _open(self, p: Packet) -> _Flow:
+        """Start connection number ``len(self._conns)``; return the packet's flow."""
+        conn = _Conn(len(self._conns), p, self._likely)
+        self._conns.append(conn)
+        (cip, cport), (sip, sport) = conn.client, conn.server
+        # s2c first: when both ends are the same address and port, the one key is c2s's.
+        self._flows[(sip, sport, cip, cport)] = conn.s2c
+        self._flows[(cip, cport, sip, sport)] = conn.c2s
+        return conn.c2s if (p.src, p.sport) == conn.client else conn.s2c
+
+    def _feed(self, fwd: _Flow, p: Packet) -> Segment:
+        """The general path: every rule, for any segment."""
         flags, seq, ack, length, ts = p.flags, p.seq, p.ack, p.length, p.ts
-        d = C2S if (p.src, p.sport) == conn.client else S2C
-        o = S2C if d is C2S else C2S
-        fwd, rev = conn.flows[d], conn.flows[o]
+        conn, rev = fwd.conn, fwd.peer
         conn.segments += 1
         conn.last_ts = ts
         fwd.segments += 1
@@ -643,7 +748,7 @@ class Tracker:
         bits = self._analyze(conn, fwd, rev, p, window)
 
         # ---- label, phase and RFC 9293 states ---------------------------------------
-        label, phase = self._label_and_states(conn, d, o, fwd, rev, p)
+        label, phase = self._label_and_states(conn, fwd, rev, p)
 
         # ---- byte counts in sequence space (Zeek's orig_bytes) ----------------------
         if length:
@@ -651,19 +756,128 @@ class Tracker:
             if data_rel_end < HALF and data_rel_end > fwd.data_end:
                 fwd.data_end = data_rel_end
 
-        conn.zeek.feed(p, d is C2S)
+        conn.zeek.feed(p, fwd.dir is C2S)
 
-        return Segment(
-            p.frame, ts, conn.index, d, p.src, p.sport, p.dst, p.dport, seq, ack, rel_seq, rel_ack,
-            length, flags, p.win, label, phase, _analysis_tuple(bits),
-            conn.states[C2S], conn.states[S2C], p.payload, p.raw_options, p.ip_version,
+        return _make_segment(
+            p.frame, ts, conn.index, fwd.dir, p.src, p.sport, p.dst, p.dport, seq, ack, rel_seq,
+            rel_ack, length, flags, p.win, label, phase, _analysis_tuple(bits),
+            conn.c2s.state, conn.s2c.state, p.payload, p.raw_options, p.ip_version,
+        )
+
+    def _steady(self, fwd: _Flow, p: Packet) -> Segment | None:
+        """The fast path: an in-order ACK or data segment of a connection in full swing.
+
+        Most of a capture is such segments, and for them ``_feed`` would flag nothing,
+        change no RFC 9293 state, write no Zeek history letter and only move a few
+        counters.  This method tests exactly the conditions under which that is so
+        (the caller has checked: ACK set; SYN, FIN and RST clear) and, if they hold,
+        makes the same updates ``_feed`` would.  Otherwise it returns None having
+        changed nothing, and ``_feed`` takes the segment.
+
+        Invariants it relies on: ``fwd.nextseq`` is non-zero only after ``_feed`` saw a
+        segment this way (which set ``fwd.base``); ``fwd.highest_ack`` is set only by an
+        ACK sent this way (which set ``rev.base``); a Zeek endpoint past INACTIVE has its
+        ``start_seq``, ``last_seq`` and ``contig``.
+        """
+        seq, ack, length, win = p.seq, p.ack, p.length, p.win
+        nextseq = fwd.nextseq
+        rev = fwd.peer
+        # In order (not LOST, not a retransmission, out-of-order or keep-alive); neither
+        # window zero (not ZERO WINDOW, not a ZERO WINDOW PROBE, no Zeek 'W').
+        if seq != nextseq or not nextseq or not win or not rev.window:
+            return None
+        highest_ack = fwd.highest_ack
+        # No FIN either way yet (no ACK of a FIN, phase stays "data"); this side has
+        # acked before (so "acks new bytes" compares with its own last ACK); the peer's
+        # SYN, if seen, is already acknowledged (no handshake step).
+        if (highest_ack is None or fwd.fin_end is not None or rev.fin_end is not None
+                or (rev.syn_seq is not None and not rev.syn_acked)):
+            return None
+        conn = fwd.conn
+        if conn.first_rtt is None and conn.syn_time is not None:
+            return None  # this could be the handshake's ACK: it sets the first RTT
+        lastack = fwd.lastack
+        if length:
+            end = (seq + length) & MASK
+            rev_lastack = rev.lastack
+            # not SPURIOUS (data already acknowledged), not WINDOW FULL
+            if rev_lastack and ((rev_lastack - end) & MASK) < HALF:
+                return None
+            if rev.win_scale != -1 and end == (rev_lastack + rev.window) & MASK:
+                return None
+        elif ack == lastack:
+            return None  # a DUP ACK, WINDOW UPDATE or keep-alive ACK candidate
+        else:
+            end = seq
+        # not ACKED UNSEEN
+        rev_max = rev.maxseqtobeacked
+        if rev_max and 0 < ((ack - rev_max) & MASK) < HALF:
+            return None
+        # Zeek: both endpoints initialised, this one active, its history letter ('D' or
+        # 'A') already written, no retransmission ('T'), no content gap ('G').
+        zend, zpeer = fwd.zeek, rev.zeek
+        zstate = zend.state
+        if zstate is Z.INACTIVE or zend.start_seq is None or zpeer.start_seq is None:
+            return None
+        if ("D" if length else "A") not in zend.seen:
+            return None
+        zadvance = zstate is not Z.RESET and 0 < ((end - zend.last_seq) & MASK) < HALF  # type: ignore[operator]
+        if length and not zadvance and zstate is not Z.RESET:
+            return None
+        peer_contig = zpeer.contig
+        if peer_contig is not None and 0 < ((ack - peer_contig) & MASK) < HALF:
+            return None
+
+        # ---- all clear: the updates _feed would make ----------------------------------
+        ts = p.ts
+        conn.segments += 1
+        conn.last_ts = ts
+        fwd.segments += 1
+        payload = p.payload
+        fwd.bytes_captured += len(payload)
+        base = fwd.base
+        rel_seq = (seq - base) & MASK  # type: ignore[operator]
+        rel_ack = (ack - rev.base) & MASK  # type: ignore[operator]
+        # sequence analysis: nothing flagged
+        if ack != lastack:
+            fwd.dupacks = 0
+        if length:
+            fwd.nextseq = end
+            fwd.nextseq_time = ts
+        if not fwd.maxseqtobeacked or seq == fwd.maxseqtobeacked:
+            fwd.maxseqtobeacked = fwd.nextseq
+        scale = fwd.win_scale
+        fwd.window = win << scale if scale > 0 else win
+        fwd.lastack = ack
+        fwd.lastack_time = ts
+        fwd.last_flags = 0
+        # label: does the ACK field acknowledge new bytes?
+        if 0 < ((ack - highest_ack) & MASK) < HALF:
+            fwd.highest_ack = ack
+            label = L.PIGGYBACK if length else L.ACK
+        else:
+            label = L.DATA if length else L.ACK
+        if length:
+            data_rel_end = (rel_seq + length - 1) & MASK
+            if data_rel_end < HALF and data_rel_end > fwd.data_end:
+                fwd.data_end = data_rel_end
+        # Zeek: highest sequence sent, contiguous captured payload
+        if zadvance:
+            zend.last_seq = end
+        if length and zend.contig is not None:
+            contig = zend.contig
+            if not 0 < ((seq - contig) & MASK) < HALF and len(payload) >= length:
+                if 0 < ((end - contig) & MASK) < HALF:
+                    zend.contig = end
+        return _make_segment(
+            p.frame, ts, conn.index, fwd.dir, p.src, p.sport, p.dst, p.dport, seq, ack, rel_seq,
+            rel_ack, length, p.flags, win, label, P.DATA, (),
+            conn.c2s.state, conn.s2c.state, payload, p.raw_options, p.ip_version,
         )
 
     @staticmethod
-    def _label_and_states(conn: _Conn, d: Direction, o: Direction, fwd: _Flow, rev: _Flow,
-                          p: Packet) -> tuple[Label, Phase]:
+    def _label_and_states(conn: _Conn, fwd: _Flow, rev: _Flow, p: Packet) -> tuple[Label, Phase]:
         flags, seq, ack, length = p.flags, p.seq, p.ack, p.length
-        states = conn.states
         # What the ACK field newly acknowledges (RFC 9293 §3.10.7.4, fifth check).
         acks_new = False
         acks_syn = acks_fin = False
@@ -683,10 +897,10 @@ class Tracker:
                 rev.fin_acked = acks_fin = True
 
         if flags & RST:
-            label, phase = Label.RST, Phase.RESET
+            label, phase = L.RST, P.RESET
             # RFC 9293 §3.10.7: a RST in any synchronised state (or answering a SYN) closes both.
-            states[d] = _next(_SEND, states[d], Event.RST)
-            states[o] = _next(_RECV, states[o], Event.RST)
+            fwd.state = _next(_SEND, fwd.state, E.RST)
+            rev.state = _next(_RECV, rev.state, E.RST)
             conn.closed = True
             return label, phase
 
@@ -694,50 +908,50 @@ class Tracker:
             if fwd.syn_seq is None or fwd.syn_seq != seq:
                 fwd.syn_seq = seq
             if flags & ACK:
-                label = Label.SYN_ACK
-                states[d] = _next(_SEND, states[d], Event.SYN_ACK)
+                label = L.SYN_ACK
+                fwd.state = _next(_SEND, fwd.state, E.SYN_ACK)
                 if acks_syn or (rev.syn_seq is not None and rev.syn_acked):
-                    states[o] = _next(_RECV, states[o], Event.ACK_OF_SYN)
+                    rev.state = _next(_RECV, rev.state, E.ACK_OF_SYN)
             else:
-                label = Label.SYN
-                states[d] = _next(_SEND, states[d], Event.SYN)
-                states[o] = _next(_RECV, states[o], Event.SYN)
-            return label, Phase.HANDSHAKE
+                label = L.SYN
+                fwd.state = _next(_SEND, fwd.state, E.SYN)
+                rev.state = _next(_RECV, rev.state, E.SYN)
+            return label, P.HANDSHAKE
 
-        phase = Phase.DATA
+        phase = P.DATA
         if acks_syn:
-            states[d] = _next(_SEND, states[d], Event.ACKS_PEER_SYN)
+            fwd.state = _next(_SEND, fwd.state, E.ACKS_PEER_SYN)
         # The receiver processes the ACK field first …
         if acks_syn:
-            states[o] = _next(_RECV, states[o], Event.ACK_OF_SYN)
+            rev.state = _next(_RECV, rev.state, E.ACK_OF_SYN)
         if acks_fin:
-            states[o] = _next(_RECV, states[o], Event.ACK_OF_FIN)
+            rev.state = _next(_RECV, rev.state, E.ACK_OF_FIN)
         if flags & FIN:
             end = (seq + length + 1) & MASK
             if fwd.fin_end is None or _seq_gt(end, fwd.fin_end):
                 fwd.fin_end = end
             # A FIN that newly acknowledges the peer's FIN merges the middle two
             # segments of the four-way close (RFC 9293 §3.6, figure 13's "FIN,ACK").
-            label = Label.FIN_ACK if acks_fin else Label.FIN
-            states[d] = _next(_SEND, states[d], Event.FIN)
-            if rev.fin_end is not None and not rev.fin_acked and states[d] is S.LAST_ACK:
+            label = L.FIN_ACK if acks_fin else L.FIN
+            fwd.state = _next(_SEND, fwd.state, E.FIN)
+            if rev.fin_end is not None and not rev.fin_acked and fwd.state is S.LAST_ACK:
                 # Simultaneous close: this FIN does not acknowledge the peer's FIN, so it
                 # left before that FIN arrived; the sender was in FIN-WAIT-1 and the
                 # peer's FIN then takes it to CLOSING (RFC 9293 §3.6, figure 14).
-                states[d] = S.CLOSING
-            states[o] = _next(_RECV, states[o], Event.FIN)
-            phase = Phase.CLOSE
+                fwd.state = S.CLOSING
+            rev.state = _next(_RECV, rev.state, E.FIN)
+            phase = P.CLOSE
         elif length:
-            label = Label.PIGGYBACK if acks_new else Label.DATA
+            label = L.PIGGYBACK if acks_new else L.DATA
         else:
-            label = Label.ACK
+            label = L.ACK
             if acks_syn and not conn.handshake_acked:
-                phase = Phase.HANDSHAKE
+                phase = P.HANDSHAKE
             elif acks_fin or (rev.fin_end is not None and fwd.fin_end is not None):
-                phase = Phase.CLOSE
+                phase = P.CLOSE
         if acks_syn:
             conn.handshake_acked = True
-        if conn.flows[C2S].fin_acked and conn.flows[S2C].fin_acked:
+        if fwd.fin_acked and rev.fin_acked:
             conn.closed = True
         return label, phase
 
