@@ -1,0 +1,698 @@
+"""Tests for handshake_viz.layout: the sequence diagram as plain data.
+
+Evidence, in order of realism:
+
+* ``captures/echo.pcap`` (a loopback echo the project recorded) and the
+  third-party corpus, read in place, decoded and tracked by the real stages;
+* the echo exchange of the design mock-up (``shared/mockup-echo.png``: same
+  timings, payloads and calls), rebuilt here as Packets and fed through the real
+  Tracker, so the states and labels are the tracker's, not hand-written;
+* long synthetic exchanges (also through the Tracker) for folding.
+
+The builders here are shared with tests/test_draw.py.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from handshake_viz.errors import UsageError
+from handshake_viz.layout import (
+    Layout,
+    call_kind,
+    escape_preview,
+    human_duration,
+    plan,
+    segment_text,
+)
+from handshake_viz.model import (
+    Analysis,
+    Call,
+    ConnectionSummary,
+    Direction,
+    Endpoint,
+    Label,
+    Packet,
+    Phase,
+    Segment,
+    TcpState,
+)
+from handshake_viz.track import Tracker
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+TRACES = sorted((CORPUS / "traces").glob("*")) if CORPUS.is_dir() else []
+needs_corpus = pytest.mark.skipif(not TRACES, reason=f"third-party corpus not found at {CORPUS}")
+
+# ==========================================================================================
+# Builders
+# ==========================================================================================
+
+T0 = 1_700_000_000.0
+CLIENT = ("127.0.0.1", 49736)
+SERVER = ("127.0.0.1", 18081)
+C_ISN, S_ISN = 1_000_000, 5_000_000
+F, S, R, P, A = 0x01, 0x02, 0x04, 0x08, 0x10
+
+
+def syn_options(tsval: int, tsecr: int, wscale: int) -> bytes:
+    """MSS 65495, SACK permitted, timestamps, NOP, window scale (Linux loopback SYN)."""
+    return (b"\x02\x04\xff\xd7\x04\x02\x08\x0a" + struct.pack("!II", tsval, tsecr)
+            + b"\x01\x03\x03" + bytes([wscale]))
+
+
+def packet(frame: int, ms: float, c2s: bool, flags: int, seq: int, ack: int,
+           payload: bytes = b"", *, win: int = 512, raw: bytes = b"",
+           client: tuple[str, int] = CLIENT, server: tuple[str, int] = SERVER) -> Packet:
+    src, dst = (client, server) if c2s else (server, client)
+    return Packet(frame, T0 + ms / 1e3, src[0], src[1], dst[0], dst[1], seq, ack, flags, win,
+                  len(payload), payload, raw)
+
+
+def echo_packets() -> list[Packet]:
+    """The mock-up's exchange: handshake, three hello/HELLO echoes, client closes first."""
+    h, H = b"hello\n", b"HELLO\n"
+    c, s = C_ISN, S_ISN
+    return [
+        packet(1, 0.000, True, S, c, 0, win=65495, raw=syn_options(1, 0, 10)),
+        packet(2, 0.034, False, S | A, s, c + 1, win=65483, raw=syn_options(2, 1, 10)),
+        packet(3, 0.054, True, A, c + 1, s + 1),
+        packet(4, 0.268, True, P | A, c + 1, s + 1, h),
+        packet(5, 0.277, False, A, s + 1, c + 7),
+        packet(6, 0.460, False, P | A, s + 1, c + 7, H),
+        packet(7, 0.491, True, A, c + 7, s + 7),
+        packet(8, 0.892, True, P | A, c + 7, s + 7, h),
+        packet(9, 1.012, False, P | A, s + 7, c + 13, H),
+        packet(10, 1.255, True, P | A, c + 13, s + 13, h),
+        packet(11, 1.363, False, P | A, s + 13, c + 19, H),
+        packet(12, 1.586, True, F | A, c + 19, s + 19),
+        packet(13, 1.684, False, F | A, s + 19, c + 20),
+        packet(14, 1.701, True, A, c + 20, s + 20),
+    ]
+
+
+ECHO_LABELS = [
+    "SYN seq=0",
+    "SYN-ACK seq=0 ack=1",
+    "ACK ack=1",
+    'DATA seq=1:7 ack=1 len=6 "hello\\n"',
+    "ACK ack=7",
+    'DATA seq=1:7 ack=7 len=6 "HELLO\\n"',
+    "ACK ack=7",
+    'DATA seq=7:13 ack=7 len=6 "hello\\n"',
+    'PIGGYBACK seq=7:13 ack=13 len=6 "HELLO\\n"',
+    'PIGGYBACK seq=13:19 ack=13 len=6 "hello\\n"',
+    'PIGGYBACK seq=13:19 ack=19 len=6 "HELLO\\n"',
+    "FIN seq=19 ack=19",
+    "FIN-ACK seq=19 ack=20",
+    "ACK ack=20",
+]
+
+
+def tracked(packets: list[Packet]) -> tuple[list[Segment], list[ConnectionSummary]]:
+    tracker = Tracker()
+    segments = [tracker.feed(p) for p in packets]
+    return segments, tracker.summaries()
+
+
+def echo() -> tuple[list[Segment], ConnectionSummary]:
+    segments, summaries = tracked(echo_packets())
+    return segments, summaries[0]
+
+
+def call(pid: int, name: str, fd: int | None, start_ms: float, end_ms: float, ret: int | None,
+         frames: tuple[int, ...] = (), *, server: bool = False, errno: str | None = None,
+         nbytes: int | None = None, inferred: bool = False, tid: int | None = None) -> Call:
+    local, remote = Endpoint(*CLIENT), Endpoint(*SERVER)
+    if server:
+        local, remote = remote, local
+    if name == "listen":
+        remote = None
+    return Call(pid, pid if tid is None else tid, fd, name, T0 + start_ms / 1e3, T0 + end_ms / 1e3,
+                ret, errno, "", local, remote, nbytes, 0, frames, inferred)
+
+
+def echo_calls(*, inferred: bool = False) -> list[Call]:
+    """The mock-up's strace calls, aligned to the frames by issue 5's rules."""
+    c, s = 2943, 2931
+    kw = {"inferred": inferred}
+    return [
+        call(c, "connect", 3, -0.05, 0.040, 0, (1, 2), **kw),
+        call(c, "sendto", 3, 0.262, 0.270, 6, (4,), nbytes=6, **kw),
+        call(c, "recvfrom", 3, 0.272, 0.462, 6, (6,), nbytes=6, **kw),
+        call(c, "sendto", 3, 0.880, 0.894, 6, (8,), nbytes=6, **kw),
+        call(c, "recvfrom", 3, 0.896, 1.014, 6, (9,), nbytes=6, **kw),
+        call(c, "sendto", 3, 1.250, 1.257, 6, (10,), nbytes=6, **kw),
+        call(c, "recvfrom", 3, 1.259, 1.365, 6, (11,), nbytes=6, **kw),
+        call(c, "close", 3, 1.580, 1.590, 0, (12,), **kw),
+        call(s, "listen", 3, -5.0, -4.99, 0, server=True, **kw),
+        call(s, "accept4", 3, -3.0, 0.060, 4, (3,), server=True, **kw),
+        call(s, "recvfrom", 4, 0.062, 0.270, 6, (4,), server=True, nbytes=6, **kw),
+        call(s, "sendto", 4, 0.455, 0.462, 6, (6,), server=True, nbytes=6, **kw),
+        call(s, "recvfrom", 4, 0.464, 0.894, 6, (8,), server=True, nbytes=6, **kw),
+        call(s, "sendto", 4, 1.008, 1.013, 6, (9,), server=True, nbytes=6, **kw),
+        call(s, "recvfrom", 4, 1.015, 1.257, 6, (10,), server=True, nbytes=6, **kw),
+        call(s, "sendto", 4, 1.360, 1.364, 6, (11,), server=True, nbytes=6, **kw),
+        call(s, "recvfrom", 4, 1.366, 1.588, 0, (12,), server=True, nbytes=0, **kw),
+        call(s, "close", 4, 1.680, 1.686, 0, (13,), server=True, **kw),
+    ]
+
+
+def long_exchange(pairs: int, *, request: bytes = b"ping\n" * 20, response: bytes = b"PONG\n" * 100,
+                  gap_ms: float = 0.2) -> tuple[list[Segment], ConnectionSummary]:
+    """Handshake, ``pairs`` request/response pairs (the response piggybacks the ACK), close."""
+    c, s = C_ISN, S_ISN
+    pk: list[Packet] = []
+    ms = 0.0
+
+    def add(c2s: bool, flags: int, seq: int, ack: int, payload: bytes = b"") -> None:
+        nonlocal ms
+        pk.append(packet(len(pk) + 1, ms, c2s, flags, seq, ack, payload))
+        ms += gap_ms
+
+    add(True, S, c, 0)
+    add(False, S | A, s, c + 1)
+    c, s = c + 1, s + 1
+    add(True, A, c, s)
+    for _ in range(pairs):
+        add(True, P | A, c, s, request)
+        c += len(request)
+        add(False, P | A, s, c, response)
+        s += len(response)
+    add(True, F | A, c, s)
+    add(False, F | A, s, c + 1)
+    add(True, A, c + 1, s + 1)
+    segments, summaries = tracked(pk)
+    return segments, summaries[0]
+
+
+def corpus_connections(name: str) -> list[tuple[list[Segment], ConnectionSummary]]:
+    from handshake_viz.decode import open_capture
+
+    tracker = Tracker()
+    with open_capture(CORPUS / "traces" / name) as reader:
+        segments = [tracker.feed(p) for p in reader]
+    return [([s for s in segments if s.conn == summ.conn], summ) for summ in tracker.summaries()]
+
+
+def capture_connections(path: Path) -> list[tuple[list[Segment], ConnectionSummary]]:
+    from handshake_viz.decode import open_capture
+
+    tracker = Tracker()
+    with open_capture(path) as reader:
+        segments = [tracker.feed(p) for p in reader]
+    return [([s for s in segments if s.conn == summ.conn], summ) for summ in tracker.summaries()]
+
+
+def accounted(layout: Layout) -> int:
+    """Segments the layout shows: drawn rows plus what the folds say they hide."""
+    return len(layout.segment_rows) + sum(r.fold.segments for r in layout.fold_rows if r.fold)
+
+
+# ==========================================================================================
+# Text
+# ==========================================================================================
+
+
+def test_payload_preview_is_escaped_quoted_and_cut_at_16_characters() -> None:
+    assert escape_preview(b"HELLO\n") == '"HELLO\\n"'
+    assert escape_preview(b'say "hi"\\') == '"say \\"hi\\"\\\\"'
+    assert escape_preview(b"\x00\xff\t\r") == '"\\x00\\xff\\t\\r"'
+    assert escape_preview(b"") == ""
+    exactly16 = b"0123456789abcdef"
+    assert escape_preview(exactly16) == '"0123456789abcdef"'
+    cut = escape_preview(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert cut == '"GET / HTTP/1.1…"'  # at most 16 characters inside the quotes, … included
+    # an escape is never cut in half
+    assert escape_preview(b"abcdefghijklmn\x01\x02") == '"abcdefghijklmn…"'
+    # fewer bytes captured than the segment carried (snaplen): marked as cut
+    assert escape_preview(b"hi", length=1448) == '"hi…"'
+
+
+def test_human_duration_always_has_a_unit() -> None:
+    assert human_duration(0.4) == "0.4 s"
+    assert human_duration(0.012) == "12 ms"
+    assert human_duration(0.0015) == "1.5 ms"
+    assert human_duration(0.00035) == "350 µs"
+    assert human_duration(250.0) == "250 s"
+
+
+def test_echo_labels_match_the_mockup_in_order() -> None:
+    segments, summary = echo()
+    layout = plan(segments, summary)
+    assert list(layout.labels) == ECHO_LABELS
+    assert [r.frame for r in layout.rows] == list(range(1, 15))
+    assert [r.phase for r in layout.rows] == [Phase.HANDSHAKE] * 3 + [Phase.DATA] * 8 + [Phase.CLOSE] * 3
+
+
+def test_syn_rows_carry_window_and_options_other_rows_do_not() -> None:
+    segments, summary = echo()
+    rows = plan(segments, summary).rows
+    assert rows[0].extra == "win=65495 mss=65495 wscale=10 sackOK"
+    assert rows[1].extra == "win=65483 mss=65495 wscale=10 sackOK"
+    assert all(r.extra == "" for r in rows[2:])
+
+
+def test_rst_and_syn_with_payload_texts() -> None:
+    segments, _ = tracked([
+        packet(1, 0, True, S, 10, 0, b"GET / HTTP/1.1\r\n"),
+        packet(2, 1, False, R | A, 0, 28),
+    ])
+    syn_label, syn_detail, _ = segment_text(segments[0])
+    # 16 characters at most inside the quotes, the … included
+    assert (syn_label, syn_detail) == ("SYN", 'seq=0 len=16 "GET / HTTP/1.1…"')
+    rst_label, rst_detail, _ = segment_text(segments[1])
+    assert rst_label == "RST" and rst_detail.startswith("seq=")
+    bare, _ = tracked([packet(1, 0, True, R, 10, 0)])
+    label, detail, _ = segment_text(bare[0])
+    assert label == "RST" and detail.startswith("seq=") and "ack" not in detail  # no ACK bit
+
+
+def test_times_are_ms_since_the_first_syn() -> None:
+    segments, summary = echo()
+    layout = plan(segments, summary)
+    assert layout.t0 == segments[0].ts
+    assert [r.time_text for r in layout.rows][:3] == ["0.000 ms", "0.034 ms", "0.054 ms"]
+    assert layout.rows[-1].time_text == "1.701 ms"
+    assert layout.rows[-1].t_ms == pytest.approx(1.701, abs=1e-3)  # epoch floats: ~0.2 µs
+
+
+def test_title_names_endpoints_count_duration_and_zeek_state() -> None:
+    segments, summary = echo()
+    title = plan(segments, summary).title
+    assert "127.0.0.1:49736 → 127.0.0.1:18081" in title
+    assert "14 segments" in title and "1.70 ms" in title
+    assert f"{summary.conn_state} {summary.history}" in title
+
+
+def test_headers_and_subtitles() -> None:
+    segments, summary = echo()
+    client, server = plan(segments, summary).lifelines
+    assert (client.header, client.x) == ("client 127.0.0.1:49736", 0.0)
+    assert (server.header, server.x) == ("server 127.0.0.1:18081", 1.0)
+    assert client.subtitle == server.subtitle == "TCP (kernel)"
+
+
+# ==========================================================================================
+# Geometry and states
+# ==========================================================================================
+
+
+def test_ordered_rows_are_evenly_spaced_and_arrows_point_from_sender_to_receiver() -> None:
+    segments, summary = echo()
+    layout = plan(segments, summary)
+    ys = [r.y for r in layout.rows]
+    assert ys == [float(i) for i in range(len(ys))]
+    for r, seg in zip(layout.rows, segments):
+        assert r.y_end > r.y
+        if seg.dir is Direction.C2S:
+            assert (r.x_from, r.x_to) == (0.0, 1.0)
+        else:
+            assert (r.x_from, r.x_to) == (1.0, 0.0)
+
+
+def test_states_are_written_where_they_change_on_the_right_lifeline() -> None:
+    segments, summary = echo()
+    layout = plan(segments, summary)
+    rows = {r.frame: r for r in layout.rows}
+    got = [(m.side, m.text, m.frame) for m in layout.states]
+    # derived from the tracker's states, one mark per change per side
+    expected = []
+    prev = {"client": None, "server": None}
+    for seg in segments:
+        for side, st in (("client", seg.client_state), ("server", seg.server_state)):
+            if st is not prev[side]:
+                expected.append((side, st.value, seg.frame))
+                prev[side] = st
+    assert sorted(got, key=lambda g: (g[2], g[0])) == sorted(expected, key=lambda g: (g[2], g[0]))
+    assert [m.text for m in layout.states if m.side == "client"] == [
+        "SYN-SENT", "ESTABLISHED", "FIN-WAIT-1", "TIME-WAIT"]
+    assert [m.text for m in layout.states if m.side == "server"] == [
+        "LISTEN", "SYN-RECEIVED", "ESTABLISHED", "CLOSE-WAIT", "LAST-ACK", "CLOSED"]
+    for m in layout.states:
+        assert m.x == (0.0 if m.side == "client" else 1.0)
+        if m.frame is None:
+            continue
+        seg = next(s for s in segments if s.frame == m.frame)
+        sender = "client" if seg.dir is Direction.C2S else "server"
+        row = rows[m.frame]
+        if m.text == "LISTEN":
+            assert m.y < row.y  # found listening before the first SYN arrived
+        elif m.side == sender:
+            assert m.y == row.y  # at departure
+        else:
+            assert m.y == row.y_end  # at arrival
+
+
+def test_time_wait_note_names_the_side_that_closed_first() -> None:
+    segments, summary = echo()
+    assert [n.text for n in plan(segments, summary).notes] == ["client closed first → TIME-WAIT (2·MSL)"]
+    # the server closes first: swap who sends the first FIN
+    c, s = C_ISN, S_ISN
+    pk = echo_packets()[:3] + [
+        packet(4, 1.0, False, F | A, s + 1, c + 1),
+        packet(5, 1.1, True, F | A, c + 1, s + 2),
+        packet(6, 1.2, False, A, s + 2, c + 2),
+    ]
+    segs, summaries = tracked(pk)
+    notes = [n.text for n in plan(segs, summaries[0]).notes]
+    assert notes[0].startswith("server closed first → TIME-WAIT")
+
+
+def test_a_reset_is_said_at_the_bottom() -> None:
+    segs, summaries = tracked([
+        packet(1, 0, True, S, C_ISN, 0),
+        packet(2, 0.1, False, R | A, 0, C_ISN + 1),
+    ])
+    layout = plan(segs, summaries[0])
+    assert layout.rows[1].phase is Phase.RESET and layout.rows[1].label == "RST"
+    assert any("server reset the connection (RST, frame 2)" in n.text for n in layout.notes)
+
+
+def test_real_time_rows_follow_the_clock_but_never_crowd() -> None:
+    segments, summary = echo()
+    # the server thinks for 300 ms before its first answer
+    shifted = [packet(p.frame, (p.ts - T0) * 1e3 + (300.0 if p.frame >= 5 else 0.0),
+                      (p.src, p.sport) == CLIENT, p.flags, p.seq, p.ack, p.payload, win=p.win,
+                      raw=p.raw_options) for p in echo_packets()]
+    segs, summaries = tracked(shifted)
+    layout = plan(segs, summaries[0], time="real")
+    ys = [r.y for r in layout.rows]
+    gaps = [b - a for a, b in zip(ys, ys[1:])]
+    assert min(gaps) >= 1.0 - 1e-9  # never closer than a row
+    # the long think time is by far the largest gap, between frame 4 and frame 5
+    assert gaps.index(max(gaps)) == 3 and max(gaps) > 5 * sorted(gaps)[len(gaps) // 2]
+    assert layout.time_mode == "real"
+    # ordered mode ignores it
+    assert [r.y for r in plan(segs, summaries[0]).rows] == [float(i) for i in range(14)]
+
+
+def test_bad_options_raise_usage_errors() -> None:
+    segments, summary = echo()
+    with pytest.raises(UsageError, match="--time sideways"):
+        plan(segments, summary, time="sideways")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="--max-rows -1"):
+        plan(segments, summary, max_rows=-1)
+    with pytest.raises(UsageError, match="no segments"):
+        plan([], summary)
+    other = [s for s in tracked([packet(1, 0, True, S, 1, 0, client=("10.0.0.9", 1))] + echo_packets())[0]]
+    with pytest.raises(UsageError, match="one connection at a time"):
+        plan(other, None)
+
+
+def test_summary_is_optional() -> None:
+    segments, summary = echo()
+    layout = plan(segments)
+    assert list(layout.labels) == ECHO_LABELS
+    assert layout.lifelines[0].endpoint == "127.0.0.1:49736"
+
+
+# ==========================================================================================
+# Folding
+# ==========================================================================================
+
+
+def test_no_fold_up_to_max_rows_and_with_zero() -> None:
+    segments, summary = long_exchange(27)  # 3 + 54 + 3 = 60 segments
+    assert len(segments) == 60
+    assert not plan(segments, summary, max_rows=60).fold_rows
+    assert len(plan(segments, summary, max_rows=0).rows) == 60
+    layout = plan(segments, summary, max_rows=59)
+    (fold,) = layout.fold_rows
+    assert fold.fold is not None and fold.fold.segments == 2 and len(layout.rows) == 59
+
+
+def test_fold_keeps_handshake_and_close_and_counts_right() -> None:
+    segments, summary = long_exchange(600)
+    n = len(segments)
+    layout = plan(segments, summary, max_rows=60)
+    assert len(layout.rows) == 60 and layout.segments == n
+    (fold_row,) = layout.fold_rows
+    fold = fold_row.fold
+    assert fold is not None
+    assert accounted(layout) == n
+    frames = [r.frame for r in layout.segment_rows]
+    assert frames[:3] == [1, 2, 3] and frames[-3:] == [n - 2, n - 1, n]
+    head = [r for r in layout.rows if r.index < fold_row.index]
+    tail = [r for r in layout.rows if r.index > fold_row.index]
+    assert abs(len(head) - len(tail)) <= 1
+    hidden = [s for s in segments if fold.first_frame <= s.frame <= fold.last_frame]
+    assert fold.segments == len(hidden) == n - 59
+    assert fold.segments_c2s == sum(s.dir is Direction.C2S for s in hidden)
+    assert fold.segments_s2c == fold.segments - fold.segments_c2s
+    assert fold.bytes_c2s == sum(s.length for s in hidden if s.dir is Direction.C2S)
+    assert fold.bytes_s2c == sum(s.length for s in hidden if s.dir is Direction.S2C)
+    assert fold.duration == pytest.approx(hidden[-1].ts - hidden[0].ts)
+    assert fold_row.text.startswith(f"… {fold.segments:,} segments, ")
+    assert fold_row.text.endswith(" …")
+    assert any(f"{fold.segments:,} segments folded" in note.text for note in layout.notes)
+
+
+def test_fold_text_says_each_way_when_bytes_match_and_humanises() -> None:
+    segments, summary = long_exchange(1200, request=b"x" * 75, response=b"y" * 75)
+    layout = plan(segments, summary, max_rows=60)
+    (fold,) = layout.fold_rows
+    assert fold.fold is not None
+    assert "KiB each way" in fold.text
+    assert fold.fold.segments > 1000
+    assert f"… {fold.fold.segments:,} segments," in fold.text  # thousands separator
+    uneven, s2 = long_exchange(200)
+    text = plan(uneven, s2, max_rows=20).fold_rows[0].text
+    assert "client→server" in text and "server→client" in text
+
+
+@pytest.mark.parametrize("max_rows", [1, 2, 3, 7, 10, 61])
+def test_any_budget_accounts_for_every_segment(max_rows: int) -> None:
+    segments, summary = long_exchange(40)
+    layout = plan(segments, summary, max_rows=max_rows)
+    assert len(layout.rows) == min(max_rows, len(segments))
+    assert accounted(layout) == len(segments)
+
+
+def test_fold_counts_analysis_flags_it_hides() -> None:
+    # after the 14th request, the client repeats its last ACK four times (dup ACKs)
+    segs, _ = long_exchange(30)
+    pk = [packet(s.frame, (s.ts - T0) * 1e3, s.dir is Direction.C2S, s.flags, s.seq, s.ack, s.payload)
+          for s in segs]
+    request = pk[29]  # client -> server, carries data and acks the server's bytes so far
+    assert (request.src, request.sport) == CLIENT and request.payload
+    ms = (pk[30].ts - T0) * 1e3
+    dups = [packet(0, ms + 0.01 * (i + 1), True, A, request.seq + len(request.payload), request.ack)
+            for i in range(4)]
+    packets = [Packet(i + 1, p.ts, p.src, p.sport, p.dst, p.dport, p.seq, p.ack, p.flags, p.win,
+                      p.length, p.payload, p.raw_options)
+               for i, p in enumerate(pk[:31] + dups + pk[31:])]
+    segments, summaries = tracked(packets)
+    assert sum(Analysis.DUP_ACK in s.analysis for s in segments) >= 3
+    layout = plan(segments, summaries[0], max_rows=10)
+    (fold,) = layout.fold_rows
+    assert fold.fold is not None
+    hidden = [s for s in segments if fold.fold.first_frame <= s.frame <= fold.fold.last_frame]
+    expect = Counter(a for s in hidden for a in s.analysis)
+    assert expect[Analysis.DUP_ACK] >= 3
+    assert dict(fold.fold.analysis) == dict(expect)
+    assert f"{expect[Analysis.DUP_ACK]} dup ACKs" in fold.text
+
+
+# ==========================================================================================
+# Calls
+# ==========================================================================================
+
+
+def _rows_by_frame(layout: Layout) -> dict[int, object]:
+    return {r.frame: r for r in layout.rows if r.frame is not None}
+
+
+def test_calls_go_to_their_side_and_respect_causality() -> None:
+    segments, summary = echo()
+    calls = echo_calls()
+    layout = plan(segments, summary, calls)
+    rows = _rows_by_frame(layout)
+    assert len(layout.calls) == len(calls)
+    assert [ln.title for ln in layout.lanes] == ["client process (pid 2943)", "server process (pid 2931)"]
+    client_lane, server_lane = layout.lanes
+    assert client_lane.x < 0.0 < 1.0 < server_lane.x
+    for bar in layout.calls:
+        assert bar.side == ("server" if bar.call.pid == 2931 else "client")
+        assert bar.y0 < bar.y1
+        assert not bar.inferred
+        sent = [f for f in bar.call.frames
+                if (next(s for s in segments if s.frame == f).dir is Direction.C2S) == (bar.side == "client")]
+        recv = [f for f in bar.call.frames if f not in sent]
+        for f in sent:
+            assert bar.y0 <= rows[f].y  # the call starts before its segment leaves
+        for f in recv:
+            assert bar.y1 >= rows[f].y_end  # and returns after the segment it waited for arrives
+    labels = [b.label for b in layout.calls]
+    assert "connect(3)" in labels and "accept4(3) → 4" in labels
+    assert "recvfrom(4) → 0 (EOF)" in labels and "sendto(3) → 6" in labels
+
+
+def test_a_call_that_starts_before_a_segment_is_drawn_above_it() -> None:
+    segments, summary = echo()
+    layout = plan(segments, summary, echo_calls())
+    rows = _rows_by_frame(layout)
+    send = next(b for b in layout.calls if b.call.call == "sendto" and b.call.frames == (4,))
+    # started 6 µs before frame 4, 208 µs after frame 3: between them, near frame 4
+    assert rows[3].y_end < send.y0 < rows[4].y
+    listen = next(b for b in layout.calls if b.call.call == "listen")
+    accept = next(b for b in layout.calls if b.call.call.startswith("accept"))
+    assert listen.y0 < accept.y0 < rows[1].y  # both before the SYN, in their order
+
+
+def test_connectors_join_each_call_to_its_frames() -> None:
+    segments, summary = echo()
+    layout = plan(segments, summary, echo_calls())
+    rows = _rows_by_frame(layout)
+    joined = Counter()
+    for c in layout.connectors:
+        bar = layout.calls[c.call_index]
+        assert c.x0 == bar.x_inner and c.x1 == (0.0 if bar.side == "client" else 1.0)
+        assert bar.y0 <= c.y0 <= bar.y1
+        assert c.y1 in (rows[c.frame].y, rows[c.frame].y_end)
+        joined[c.call_index] += 1
+    for i, bar in enumerate(layout.calls):
+        assert joined[i] == len(set(bar.call.frames))
+
+
+def test_lane_texts_never_collide() -> None:
+    segments, summary = echo()
+    layout = plan(segments, summary, echo_calls())
+    for side in ("client", "server"):
+        ys = sorted([b.label_y for b in layout.calls if b.side == side]
+                    + [b.note_y for b in layout.calls if b.side == side and b.note])
+        assert all(b - a >= 0.3 - 1e-9 for a, b in zip(ys, ys[1:]))
+
+
+def test_inferred_calls_are_marked_and_titled() -> None:
+    segments, summary = echo()
+    layout = plan(segments, summary, echo_calls(inferred=True))
+    assert all(b.inferred for b in layout.calls)
+    assert all(c.inferred for c in layout.connectors)
+    assert [ln.title for ln in layout.lanes] == ["client process (calls inferred)",
+                                                 "server process (calls inferred)"]
+    assert "call-inferred" in layout.legend and "call-traced" not in layout.legend
+
+
+def test_accept_called_late_shows_the_queue_wait() -> None:
+    segments, summary = echo()
+    calls = [call(2931, "accept4", 3, 0.200, 0.210, 4, (3,), server=True)]
+    layout = plan(segments, summary, calls)
+    (bar,) = layout.calls
+    assert bar.note == "connection queued 146 µs before accept()"
+    (queue,) = [c for c in layout.connectors if c.kind == "queue"]
+    assert queue.y0 == _rows_by_frame(layout)[3].y_end and queue.y1 == bar.y0
+
+
+def test_failed_and_eof_calls_are_labelled() -> None:
+    segs, summaries = tracked([
+        packet(1, 0, True, S, C_ISN, 0),
+        packet(2, 0.05, False, R | A, 0, C_ISN + 1),
+    ])
+    refused = call(1, "connect", 3, -0.01, 0.06, -1, (1, 2), errno="ECONNREFUSED")
+    layout = plan(segs, summaries[0], [refused])
+    (bar,) = layout.calls
+    assert bar.label == "connect(3) → ECONNREFUSED" and bar.failed
+    assert bar.note == "refused: a RST answered the SYN"
+
+
+def test_calls_of_other_connections_and_unplaceable_calls() -> None:
+    segments, summary = echo()
+    other = Call(1, 1, 5, "sendto", T0, T0 + 1e-4, 3, conn=7)
+    lost = Call(99, 99, 5, "futex", T0, T0 + 1e-4, 0)
+    layout = plan(segments, summary, [other, lost])
+    assert layout.calls == ()
+    assert any("1 socket call not drawn" in n.text for n in layout.notes)
+
+
+def test_calls_inside_a_fold_are_counted_not_drawn() -> None:
+    segments, summary = long_exchange(100)
+    mid = segments[100]
+    hidden = call(2943, "sendto", 3, (mid.ts - T0) * 1e3 - 0.001, (mid.ts - T0) * 1e3 + 0.001, 100,
+                  (mid.frame,))
+    layout = plan(segments, summary, [hidden], max_rows=20)
+    (fold,) = layout.fold_rows
+    assert fold.fold is not None and fold.fold.calls == 1
+    assert layout.calls == () and "1 socket call" in fold.text
+
+
+def test_call_kinds() -> None:
+    assert call_kind("sendto") == "send" and call_kind("recvmsg") == "recv"
+    assert call_kind("accept4") == "accept" and call_kind("shutdown") == "close"
+    assert call_kind("epoll_wait") == "wait" and call_kind("listen") == "setup"
+
+
+# ==========================================================================================
+# Real captures
+# ==========================================================================================
+
+
+ECHO_PCAP = REPO / "captures" / "echo.pcap"
+
+
+@pytest.mark.skipif(not ECHO_PCAP.exists(), reason="captures/echo.pcap not recorded yet")
+def test_recorded_echo_capture_reads_like_the_mockup() -> None:
+    ((segments, summary),) = capture_connections(ECHO_PCAP)
+    layout = plan(segments, summary)
+    labels = [r.label for r in layout.rows]
+    assert labels[:3] == ["SYN", "SYN-ACK", "ACK"] and labels[-3:] == ["FIN", "FIN-ACK", "ACK"]
+    assert [r.text for r in layout.rows] == [" ".join(filter(None, segment_text(s)[:2])) for s in segments]
+    assert layout.rows[0].time_text == "0.000 ms"
+    assert [m.text for m in layout.states if m.side == "client"][-1] == "TIME-WAIT"
+
+
+@needs_corpus
+@pytest.mark.parametrize("trace", [p.name for p in TRACES])
+def test_every_corpus_connection_plans_and_accounts_for_every_segment(trace: str) -> None:
+    for segments, summary in corpus_connections(trace):
+        for max_rows in (0, 5, 60):
+            layout = plan(segments, summary, max_rows=max_rows)
+            assert accounted(layout) == len(segments) == layout.segments
+            if max_rows:
+                assert len(layout.rows) <= max_rows
+            drawn = {r.frame for r in layout.segment_rows}
+            for r in layout.segment_rows:
+                seg = next(s for s in segments if s.frame == r.frame)
+                label, detail, _ = segment_text(seg)
+                assert r.text == f"{label} {detail}".rstrip()
+                assert r.label == seg.label.value
+            assert len(drawn) == len(layout.segment_rows)
+        # ordered rows are in capture order
+        frames = [r.frame for r in plan(segments, summary, max_rows=0).rows]
+        assert frames == [s.frame for s in segments]
+
+
+@needs_corpus
+def test_missing_syn_says_the_roles_were_guessed() -> None:
+    ((segments, summary),) = corpus_connections("missing-syn.pcap")
+    layout = plan(segments, summary)
+    if summary.roles_guessed:
+        assert any("guessed" in n.text for n in layout.notes) and "roles guessed" in layout.title
+
+
+@needs_corpus
+def test_retransmissions_are_marked_on_their_arrows() -> None:
+    ((segments, summary),) = corpus_connections("retransmit-fast009.pcap")
+    layout = plan(segments, summary, max_rows=0)
+    flagged = [r for r in layout.rows if r.flagged]
+    assert flagged, "the capture has retransmissions and dup ACKs"
+    for r in layout.rows:
+        seg = next(s for s in segments if s.frame == r.frame)
+        if Analysis.DUP_ACK in seg.analysis:
+            assert "dup ACK" in r.markers and r.flagged
+        if Analysis.FAST_RETRANSMISSION in seg.analysis:
+            assert "fast retransmission" in r.markers and "retransmission" not in r.markers
+    assert "flagged" in layout.legend
+
+
+@needs_corpus
+def test_single_rst_is_one_row_and_states_are_shown() -> None:
+    ((segments, summary),) = corpus_connections("single-rst.pcap")
+    layout = plan(segments, summary)
+    assert len(layout.rows) == 1 and layout.rows[0].label == Label.RST.value
+    assert layout.states  # the tracker's states after the RST are written
+    assert all(m.state in TcpState for m in layout.states)
