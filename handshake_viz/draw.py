@@ -1,0 +1,785 @@
+"""Paint a :class:`~handshake_viz.layout.Layout` with matplotlib.
+
+Seaborn-style entry points: data first, keyword-only options, draw on the
+caller's Axes (or a new figure sized to the diagram) and return the Axes; never
+``plt.show()``.  All decisions about *what* is drawn were made by
+``layout.plan``; this module only decides how it looks.
+
+* :func:`plot_connection` — plan and paint one connection, return the Axes.
+* :func:`render` — the same on a new pyplot-free Figure (for the CLI and batch
+  jobs: nothing is registered with pyplot, nothing leaks).
+* :func:`paint` — paint an existing Layout onto an Axes.
+* :func:`save_figure` — write png/svg/pdf atomically (temp file + rename).
+* :func:`plot_all` — a multi-page PDF, one connection per page.
+
+Speed: arrows, arrowheads, call bars and connectors are a handful of batched
+collections, so a 1,000-segment connection with ``max_rows=0`` renders in about
+a second (``benchmarks/bench_plot.py``); the texts are the bulk of the cost.
+
+The backend is never chosen here: scripts and tests call ``matplotlib.use("Agg")``
+themselves; :func:`render`, :func:`save_figure` and :func:`plot_all` do not need
+a GUI backend at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.collections import LineCollection, PathCollection, PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.textpath import TextToPath
+from matplotlib.transforms import Affine2D
+
+from handshake_viz.errors import OutputError, UsageError
+from handshake_viz.layout import SLANT, Layout, TimeMode, plan
+from handshake_viz.model import Call, ConnectionSummary, Segment
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+__all__ = [
+    "PHASE_COLORS",
+    "Style",
+    "figure_size",
+    "paint",
+    "plot_all",
+    "plot_connection",
+    "render",
+    "save_figure",
+]
+
+PHASE_COLORS: dict[str, str] = {
+    "handshake": "#1f77b4",
+    "data": "#2ca02c",
+    "close": "#d62728",
+    "reset": "#9467bd",
+}
+_INK = "#222222"
+_GREY = "#666666"
+_LIFELINE = "#333333"
+_CALL_FACE = "#fde9b4"
+_CALL_EDGE = "#c8961e"
+_NOTE = "#8a6d00"
+_FLAG = "#b00020"
+_FOLD_FACE = "#f1f1f1"
+_MONO = "DejaVu Sans Mono"
+
+_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+_MAX_PIXELS = 60_000
+_FIT = 0.9  # widest text line between the lifelines (lifeline units)  # Agg refuses images of 2**16 pixels or more in either direction
+
+
+@dataclass(frozen=True)
+class Style:
+    """Options for the look; pass any of them as keywords to the plotting functions."""
+
+    colors: tuple[tuple[str, str], ...] = tuple(PHASE_COLORS.items())  # phase -> colour
+    font_scale: float = 1.0  # multiplies every font size
+    row_height: float = 0.58  # inches per row (new figures)
+    unit_width: float = 3.6  # inches between the two lifelines (new figures)
+    dpi: float = 100.0
+    show_times: bool = True  # real time in the left margin
+    show_details: bool = True  # seq/ack line under each arrow
+    legend: bool = True
+    text_mode: str = "auto"  # "text": Text artists; "paths": glyph outlines; "auto": by count
+
+    def color(self, phase: str) -> str:
+        return dict(self.colors).get(phase, PHASE_COLORS.get(phase, _INK))
+
+
+_STYLE_KEYS = tuple(f.name for f in fields(Style))
+
+
+def _style(options: dict[str, Any]) -> Style:
+    unknown = sorted(set(options) - set(_STYLE_KEYS))
+    if unknown:
+        raise UsageError(f"unknown style option {unknown[0]!r} (known: {', '.join(_STYLE_KEYS)})")
+    if "colors" in options and isinstance(options["colors"], dict):
+        merged = dict(PHASE_COLORS)
+        merged.update(options["colors"])
+        options = dict(options, colors=tuple(merged.items()))
+    st = replace(Style(), **options)
+    if st.text_mode not in ("auto", "text", "paths"):
+        raise UsageError(f"text_mode={st.text_mode!r}: use 'auto', 'text' or 'paths'")
+    return st
+
+
+# Font sizes (points) before font_scale.
+_SIZES = {
+    "title": 12.0,
+    "header": 10.5,
+    "subtitle": 8.0,
+    "lane": 10.0,
+    "label": 10.5,
+    "detail": 7.5,
+    "marker": 7.5,
+    "time": 8.0,
+    "state": 7.5,
+    "call": 8.5,
+    "note": 7.5,
+    "fold": 9.0,
+    "footer": 9.0,
+    "legend": 9.0,
+}
+_LEGEND_TEXT = {
+    "flagged": "flagged segment (dashed)",
+    "fold": "folded run",
+    "call-traced": "socket call (traced)",
+    "call-inferred": "socket call (inferred)",
+}
+_TOP_IN = 1.25
+_LINE_IN = 0.2  # one more header line
+_HEADER_GAP = 24.0  # points between the two lifeline headers  # title + headers above the axes (inches)
+_BOTTOM_IN = 0.55  # legend below the axes
+
+
+# ==========================================================================================
+# Text measurement (exact widths without a renderer, cached)
+# ==========================================================================================
+
+_TTP = TextToPath()
+
+
+@lru_cache(maxsize=8192)
+def _text_width_pt(text: str, size: float, family: str, weight: str, style: str) -> float:
+    prop = FontProperties(family=family, weight=weight, style=style, size=size)
+    width, _h, _d = _TTP.get_text_width_height_descent(text, prop, ismath=False)
+    return float(width)
+
+
+def _mono_width_pt(text: str, size: float) -> float:
+    # DejaVu Sans Mono: every glyph advances 0.602 em (plus a little for hinting at
+    # screen resolutions); no need to shape the string.
+    return len(text) * 0.625 * size
+
+
+# ==========================================================================================
+# Arrowheads: one collection whose triangles point along their arrows on screen
+# ==========================================================================================
+
+
+class _ArrowHeads(PolyCollection):
+    """Filled triangles at arrow tips, sized in points, rotated at draw time.
+
+    The head's direction depends on the data-to-screen aspect, known only when
+    the figure is drawn, so the vertices are recomputed in ``draw`` (cheap: one
+    vectorised transform for all arrows).
+    """
+
+    def __init__(self, tails: np.ndarray, tips: np.ndarray, *, length: float, half_width: float,
+                 **kwargs: Any) -> None:
+        self._tails = np.asarray(tails, dtype=float).reshape(-1, 2)
+        self._tips = np.asarray(tips, dtype=float).reshape(-1, 2)
+        self._shape = np.array([[0.0, 0.0], [-length, half_width], [-length, -half_width]])
+        super().__init__([self._shape] * len(self._tips), offsets=self._tips, **kwargs)
+
+    def draw(self, renderer: Any) -> None:
+        if len(self._tips):
+            trans = self.get_offset_transform()
+            d = trans.transform(self._tips) - trans.transform(self._tails)
+            ang = np.arctan2(d[:, 1], d[:, 0])
+            cos, sin = np.cos(ang)[:, None], np.sin(ang)[:, None]
+            sx, sy = self._shape[:, 0][None, :], self._shape[:, 1][None, :]
+            verts = np.stack([cos * sx - sin * sy, sin * sx + cos * sy], axis=-1)
+            self.set_verts(list(verts))
+        super().draw(renderer)
+
+
+# ==========================================================================================
+# Many texts at once: glyph outlines in one collection
+# ==========================================================================================
+#
+# matplotlib 3.11 lays out and rasterises every Text glyph by glyph from Python
+# (~3 ms for a 30-character string on this machine), so a 1,000-row diagram with
+# three texts per row would take ~10 s to draw.  Above a threshold the row texts
+# are drawn instead as glyph outlines (cached per character, or per string for the
+# few bold labels) batched into one PathCollection: ~0.1 ms per string.  The
+# outlines are unhinted, so small diagrams keep real Text artists (crisper at
+# 100 %, selectable in SVG/PDF).
+
+_TEXT_PATHS_ABOVE = 400  # row texts; more than this draws them as glyph outlines
+_MONO_ADVANCE = 0.60205  # DejaVu Sans Mono advance width, em
+_EMPTY_PATH = (np.zeros((0, 2)), np.zeros(0, dtype=np.uint8))
+
+
+@lru_cache(maxsize=4096)
+def _outline(text: str, family: str, weight: str, style: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (points at size 1, baseline at y=0, starting at x=0) and codes."""
+    from matplotlib.textpath import TextPath
+
+    if not text.strip():
+        return _EMPTY_PATH
+    tp = TextPath((0, 0), text, size=1, prop=FontProperties(family=family, weight=weight,
+                                                            style=style))
+    return np.asarray(tp.vertices, dtype=float), np.asarray(tp.codes, dtype=np.uint8)
+
+
+@lru_cache(maxsize=64)
+def _line_metrics(family: str, weight: str, style: str) -> tuple[float, float]:
+    """(height, descent) in em of a text line, as matplotlib's Text measures it ("lp")."""
+    prop = FontProperties(family=family, weight=weight, style=style, size=1)
+    _w, h, d = _TTP.get_text_width_height_descent("lp", prop, ismath=False)
+    return float(h), float(d)
+
+
+class _TextPaths(PathCollection):
+    """Texts drawn as glyph outlines; ``strings`` keeps what they say, in order."""
+
+    strings: tuple[str, ...]
+    anchors: np.ndarray
+
+
+class _Writer:
+    """Puts texts on the axes: as Text artists, or (``paths=True``) batched outlines."""
+
+    def __init__(self, ax: Axes, paths: bool) -> None:
+        self.ax = ax
+        self.paths = paths
+        self._pending: dict[float, list[tuple[Any, ...]]] = {}
+
+    def text(self, x: float, y: float, s: str, *, size: float, color: str, ha: str = "center",
+             va: str = "center", mono: bool = False, weight: str = "normal",
+             style: str = "normal", zorder: float = 4) -> None:
+        family = _MONO if mono else "DejaVu Sans"
+        if not self.paths:
+            self.ax.text(x, y, s, ha=ha, va=va, fontsize=size, color=color, family=family,
+                         fontweight=weight, fontstyle=style, zorder=zorder)
+            return
+        self._pending.setdefault(zorder, []).append((x, y, s, size, color, ha, va, family, weight,
+                                                    style, mono))
+
+    def flush(self) -> None:
+        from matplotlib.path import Path as MPath
+
+        for zorder, items in self._pending.items():
+            paths, offsets, colors = [], [], []
+            for x, y, s, size, color, ha, va, family, weight, style, mono in items:
+                if mono:
+                    pieces = []
+                    for i, ch in enumerate(s):
+                        v, c = _outline(ch, family, weight, style)
+                        if len(v):
+                            pieces.append((v + (i * _MONO_ADVANCE, 0.0), c))
+                    width = len(s) * _MONO_ADVANCE
+                    if pieces:
+                        verts = np.concatenate([p[0] for p in pieces])
+                        codes = np.concatenate([p[1] for p in pieces])
+                    else:
+                        verts, codes = _EMPTY_PATH
+                else:
+                    verts, codes = _outline(s, family, weight, style)
+                    width = _text_width_pt(s, 1.0, family, weight, style)
+                h, d = _line_metrics(family, weight, style)
+                dx = {"left": 0.0, "center": -width / 2, "right": -width}[ha]
+                dy = {"baseline": 0.0, "bottom": d, "top": d - h, "center": d - h / 2}[va]
+                if len(verts):
+                    paths.append(MPath((verts + (dx, dy)) * size, codes))
+                else:
+                    paths.append(MPath(np.zeros((1, 2)), [MPath.MOVETO]))
+                offsets.append((x, y))
+                colors.append(color)
+            coll = _TextPaths(paths, offsets=np.asarray(offsets, dtype=float),
+                              offset_transform=self.ax.transData, facecolors=colors,
+                              edgecolors="none", linewidths=0, zorder=zorder)
+            coll.set_transform(Affine2D().scale(1 / 72) + self.ax.figure.dpi_scale_trans)
+            coll.strings = tuple(item[2] for item in items)
+            coll.anchors = np.asarray(offsets, dtype=float)
+            self.ax.add_collection(coll)
+        self._pending.clear()
+
+
+# ==========================================================================================
+# Painting
+# ==========================================================================================
+
+
+def figure_size(layout: Layout, **style: Any) -> tuple[float, float]:
+    """Inches (width, height) of a figure that shows ``layout`` at the default text sizes:
+    the diagram at ``unit_width``/``row_height`` per unit, widened if the title, a
+    note or the legend needs more room."""
+    st = _style(style)
+    return _sizes(layout, st)[:2]
+
+
+def _bold_width(text: str, size: float) -> float:
+    return max(_text_width_pt(line, size, "DejaVu Sans", "bold", "normal")
+               for line in text.split("\n"))
+
+
+def _headers(layout: Layout, size: float, unit_pt: float) -> tuple[list[str], bool]:
+    """Lifeline headers on one line (``client 127.0.0.1:49736``) when both fit
+    between the lifelines, else on two (side, then endpoint: long IPv6 addresses)."""
+    one = [ln.header for ln in layout.lifelines]
+    if (_bold_width(one[0], size) + _bold_width(one[1], size)) / 2 + _HEADER_GAP <= unit_pt:
+        return one, False
+    return [f"{ln.side}\n{ln.endpoint}" for ln in layout.lifelines], True
+
+
+def _sizes(layout: Layout, st: Style) -> tuple[float, float, float]:
+    k = st.font_scale
+    size = _SIZES["header"] * k
+    texts, two = _headers(layout, size, st.unit_width * 72)
+    unit = st.unit_width
+    if two:  # even on two lines the headers need more room: widen the diagram
+        unit = max(unit, ((_bold_width(texts[0], size) + _bold_width(texts[1], size)) / 2
+                          + _HEADER_GAP) / 72)
+    axes_w = (layout.xlim[1] - layout.xlim[0]) * unit
+    widths = [axes_w, _text_width_pt(layout.title, _SIZES["title"] * k, "DejaVu Sans", "normal",
+                                     "normal") * 1.04 / 72 + 0.8]
+    widths += [_text_width_pt(n.text, _SIZES["footer"] * k, "DejaVu Sans", "normal", "normal")
+               * 1.04 / 72 + 0.8 for n in layout.notes]
+    legend_pt = sum(_text_width_pt(_LEGEND_TEXT.get(key, key), _SIZES["legend"] * k, "DejaVu Sans",
+                                   "normal", "normal") + 60 for key in layout.legend)
+    widths.append(legend_pt / 72 + 0.4)
+    height = (layout.ylim[1] - layout.ylim[0]) * st.row_height + _top_in(two, k) + _BOTTOM_IN * k
+    return max(widths), height, axes_w
+
+
+def _top_in(two_line_headers: bool, k: float) -> float:
+    return (_TOP_IN + (_LINE_IN if two_line_headers else 0.0)) * k
+
+
+def _new_figure(layout: Layout, st: Style, *, pyplot: bool) -> tuple[Figure, Axes]:
+    w, h, axes_w = _sizes(layout, st)
+    if pyplot:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=(w, h), dpi=st.dpi)
+    else:
+        fig = Figure(figsize=(w, h), dpi=st.dpi)
+    fig.patch.set_facecolor("white")
+    two = _headers(layout, _SIZES["header"] * st.font_scale, axes_w * 72 /
+                   (layout.xlim[1] - layout.xlim[0]))[1]
+    top, bottom = _top_in(two, st.font_scale), _BOTTOM_IN * st.font_scale
+    ax = fig.add_axes(((w - axes_w) / 2 / w, bottom / h, axes_w / w, 1.0 - (top + bottom) / h))
+    return fig, ax
+
+
+def paint(layout: Layout, ax: Axes, **style: Any) -> Axes:
+    """Draw ``layout`` onto ``ax`` (limits, artists, title, legend) and return ``ax``.
+
+    Texts are sized in points; at the default figure size (:func:`figure_size`)
+    none of them overlap.  On a much smaller Axes they will.
+    """
+    st = _style(style)
+    fs = {k: v * st.font_scale for k, v in _SIZES.items()}
+    ax.set_xlim(*layout.xlim)
+    ax.set_ylim(layout.ylim[1], layout.ylim[0])  # time runs down
+    ax.set_axis_off()
+
+    # points per data unit, to keep texts clear of the sloped arrows
+    fig = ax.figure
+    bbox = ax.get_position()
+    fw, fh = fig.get_size_inches()
+    pt_per_x = bbox.width * fw * 72 / (layout.xlim[1] - layout.xlim[0])
+
+    n_texts = 3 * len(layout.rows) + len(layout.calls)
+    paths = st.text_mode == "paths" or (st.text_mode == "auto" and n_texts > _TEXT_PATHS_ABOVE)
+    out = _Writer(ax, paths)
+    _paint_frame(layout, ax, fs, pt_per_x)
+    _paint_folds(layout, ax, fs, pt_per_x, out)
+    _paint_arrows(layout, ax, st, fs, pt_per_x, out)
+    _paint_states(layout, ax, fs)
+    _paint_calls(layout, ax, fs, out)
+    _paint_footer(layout, ax, st, fs)
+    out.flush()
+    return ax
+
+
+def _paint_frame(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float) -> None:
+    top, bottom = layout.lifeline_top, layout.lifeline_bottom
+    # Lifelines, solid except across fold bands (dotted there: time is compressed).
+    solid: list[list[tuple[float, float]]] = []
+    dotted: list[list[tuple[float, float]]] = []
+    for line in layout.lifelines:
+        y = top
+        for row in layout.fold_rows:
+            solid.append([(line.x, y), (line.x, row.y - 0.2)])
+            dotted.append([(line.x, row.y - 0.2), (line.x, row.y_end + 0.2)])
+            y = row.y_end + 0.2
+        solid.append([(line.x, y), (line.x, bottom)])
+    ax.add_collection(LineCollection(solid, colors=_LIFELINE, linewidths=1.6, zorder=1))
+    if dotted:
+        ax.add_collection(LineCollection(dotted, colors=_LIFELINE, linewidths=1.6,
+                                         linestyles=(0, (1, 3)), zorder=1))
+    if layout.lanes:
+        ax.add_collection(LineCollection([[(ln.x, top), (ln.x, bottom)] for ln in layout.lanes],
+                                         colors="#aaaaaa", linewidths=0.8, linestyles=(0, (1, 2)),
+                                         zorder=0))
+    # Headers above the axes, in points so they do not depend on the row count.
+    xy_axes = ("data", "axes fraction")
+    headers, two = _headers(layout, fs["header"], pt_per_x)
+    for line, header in zip(layout.lifelines, headers):
+        ax.annotate(header, xy=(line.x, 1.0), xycoords=xy_axes, xytext=(0, 24),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=fs["header"],
+                    fontweight="bold", color=_INK, annotation_clip=False, multialignment="center",
+                    bbox=dict(boxstyle="round,pad=0.3", fc="#f4f4f4", ec=_INK, lw=0.9))
+        ax.annotate(line.subtitle, xy=(line.x, 1.0), xycoords=xy_axes, xytext=(0, 6),
+                    textcoords="offset points", ha="center", va="bottom",
+                    fontsize=fs["subtitle"], color=_GREY, annotation_clip=False)
+    header_w = {ln.side: _bold_width(h, fs["header"]) for ln, h in zip(layout.lifelines, headers)}
+    for lane in layout.lanes:
+        lane_w = _text_width_pt(lane.title, fs["lane"], "DejaVu Sans", "normal", "normal")
+        line_x = layout.lifelines[0 if lane.side == "client" else 1].x
+        room = abs(lane.x - line_x) * pt_per_x
+        need = header_w[lane.side] / 2 + 6 + 12 + lane_w / 2  # box padding + air
+        shift = max(0.0, need - room) * lane.direction
+        ax.annotate(lane.title, xy=(lane.x, 1.0), xycoords=xy_axes, xytext=(shift, 24),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=fs["lane"],
+                    color=_INK, annotation_clip=False)
+    ax.set_title(layout.title, fontsize=fs["title"], pad=58 + (14 if two else 0), color=_INK)
+
+
+def _wrap_fold(text: str) -> str:
+    """``… 1,204 segments, 88 KiB …`` on two lines: the count, then the rest."""
+    head, sep, rest = text.partition(", ")
+    return f"{head} …\n… {rest}" if sep else text
+
+
+def _paint_folds(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float,
+                 out: _Writer) -> None:
+    folds = layout.fold_rows
+    if not folds:
+        return
+    boxes = [[(-0.02, r.y - 0.2), (1.02, r.y - 0.2), (1.02, r.y_end + 0.2), (-0.02, r.y_end + 0.2)]
+             for r in folds]
+    ax.add_collection(PolyCollection(boxes, facecolors=_FOLD_FACE, edgecolors="#999999",
+                                     linewidths=0.8, linestyles=(0, (4, 3)), zorder=0.5))
+    for r in folds:
+        text = r.text
+        if _text_width_pt(text, fs["fold"], "DejaVu Sans", "normal", "italic") * 1.04 > pt_per_x:
+            text = _wrap_fold(text)
+        ax.text(0.5, r.y_mid, text, ha="center", va="center", fontsize=fs["fold"],
+                fontstyle="italic", color=_INK, zorder=4, multialignment="center",
+                linespacing=1.25)
+        out.text(layout.time_x, r.y_mid, r.time_text, ha="right", va="center",
+                 size=fs["time"], mono=True, color=_GREY)
+
+
+def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
+                  pt_per_x: float, out: _Writer) -> None:
+    rows = layout.segment_rows
+    if not rows:
+        return
+    gap = 0.012  # arrowheads touch, not cross, the receiving lifeline
+    tails = np.array([(r.x_from, r.y) for r in rows])
+    tips = np.array([(r.x_to - gap if r.x_to > r.x_from else r.x_to + gap, r.y_end) for r in rows])
+    colors = [st.color(r.phase.value if r.phase else "") for r in rows]
+    styles = ["--" if r.flagged else "-" for r in rows]
+    ax.add_collection(LineCollection(np.stack([tails, tips], axis=1), colors=colors,
+                                     linewidths=1.6, linestyles=styles, zorder=2))
+    heads = _ArrowHeads(tails, tips, length=9.0, half_width=3.6, facecolors=colors,
+                        edgecolors="none", offset_transform=ax.transData, zorder=2.1)
+    heads.set_transform(Affine2D().scale(1 / 72) + ax.figure.dpi_scale_trans)
+    ax.add_collection(heads)
+
+    label_size, detail_size, marker_size = fs["label"], fs["detail"], fs["marker"]
+    for r, color in zip(rows, colors):
+        mid_y = (r.y + r.y_end) / 2
+        slope = abs((r.y_end - r.y) / (r.x_to - r.x_from))  # rows per lifeline unit
+        # the label line: role (bold, phase colour) + analysis tag (red box), centred together
+        lw = _text_width_pt(r.label, label_size, "DejaVu Sans", "bold", "normal") / pt_per_x
+        tag = ", ".join(r.markers)
+        tw = (_text_width_pt(tag, marker_size, "DejaVu Sans", "bold", "normal") + 8) / pt_per_x \
+            if tag else 0.0
+        sep = 10 / pt_per_x if tag else 0.0
+        total = lw + sep + tw
+        left = 0.5 - total / 2
+        # baseline: above the arrow wherever the line spans it (the arrow is highest
+        # next to its sender)
+        x_near = left if r.x_to > r.x_from else left + total
+        y_arrow = r.y + abs(x_near - r.x_from) * slope
+        base = min(mid_y - 0.10, y_arrow - 0.05)
+        out.text(left + lw / 2, base, r.label, ha="center", va="baseline", size=label_size,
+                 weight="bold", color=color)
+        if tag:
+            ax.text(left + lw + sep + 4 / pt_per_x, base, tag, ha="left", va="baseline",
+                    fontsize=marker_size, fontweight="bold", color="white", zorder=4,
+                    bbox=dict(boxstyle="round,pad=0.25", fc=_FLAG, ec="none"))
+        if st.show_details:
+            detail = r.detail + (f"  {r.extra}" if r.extra else "")
+            if detail:
+                size = detail_size
+                dw = _mono_width_pt(detail, size) / pt_per_x
+                if dw > _FIT:  # shrink to fit between the lifelines, never below 6 pt
+                    size = max(6.0, size * _FIT / dw)
+                    dw = _mono_width_pt(detail, size) / pt_per_x
+                # top of the line: below the arrow wherever the line spans it (the arrow
+                # is lowest next to its receiver)
+                x_far = 0.5 + dw / 2 if r.x_to > r.x_from else 0.5 - dw / 2
+                y_low = r.y + abs(x_far - r.x_from) * slope
+                top = max(mid_y + 0.12, y_low + 0.06)
+                out.text(0.5, top, detail, ha="center", va="top", size=size, mono=True,
+                         color="#333333")
+        if st.show_times:
+            out.text(layout.time_x, r.y, r.time_text, ha="right", va="center",
+                     size=fs["time"], mono=True, color=_GREY)
+
+
+def _paint_states(layout: Layout, ax: Axes, fs: dict[str, float]) -> None:
+    box = dict(boxstyle="round,pad=0.22", fc="white", ec="#b5b5b5", lw=0.7)
+    for m in layout.states:
+        left = m.side == "client"
+        ax.text(m.x - 0.03 if left else m.x + 0.03, m.y, m.text, ha="right" if left else "left",
+                va="center", fontsize=fs["state"], fontstyle="italic", color="#555555",
+                bbox=box, zorder=5)
+
+
+def _paint_calls(layout: Layout, ax: Axes, fs: dict[str, float], out: _Writer) -> None:
+    if not layout.calls:
+        return
+    from handshake_viz.layout import BAR_HALF_WIDTH
+
+    rects, faces, styles = [], [], []
+    for b in layout.calls:
+        h = BAR_HALF_WIDTH
+        rects.append([(b.x - h, b.y0), (b.x + h, b.y0), (b.x + h, b.y1), (b.x - h, b.y1)])
+        faces.append("none" if b.inferred else _CALL_FACE)
+        styles.append((0, (3, 2)) if b.inferred else "solid")
+    ax.add_collection(PolyCollection(rects, facecolors=faces, edgecolors=_CALL_EDGE,
+                                     linewidths=1.0, linestyles=styles, zorder=3))
+    links = [c for c in layout.connectors if c.kind == "call"]
+    if links:
+        ax.add_collection(LineCollection(
+            [[(c.x0, c.y0), (c.x1, c.y1)] for c in links], colors=_CALL_EDGE, linewidths=0.9,
+            linestyles=[(0, (4, 2)) if not c.inferred else (0, (1, 2)) for c in links], zorder=1.5))
+    queues = [c for c in layout.connectors if c.kind == "queue"]
+    if queues:
+        ax.add_collection(LineCollection([[(c.x0, c.y0), (c.x1, c.y1)] for c in queues],
+                                         colors=_NOTE, linewidths=1.2, linestyles=(0, (1, 1.5)),
+                                         zorder=2.5))
+    for b in layout.calls:
+        left = b.side == "client"
+        out.text(b.label_x, b.label_y, b.label, ha="right" if left else "left", va="center",
+                 size=fs["call"], mono=True, color=_FLAG if b.failed else _INK)
+        if b.note:
+            ax.text(b.label_x, b.note_y, b.note, ha="right" if left else "left", va="center",
+                    fontsize=fs["note"], fontstyle="italic", color=_NOTE, zorder=4)
+
+
+def _paint_footer(layout: Layout, ax: Axes, st: Style, fs: dict[str, float]) -> None:
+    for note in layout.notes:
+        ax.text(0.5, note.y, note.text, ha="center", va="center", fontsize=fs["footer"],
+                color="#444444")
+    if not st.legend:
+        return
+    handles: list[Any] = []
+    for key in layout.legend:
+        text = _LEGEND_TEXT.get(key, key)
+        if key == "flagged":
+            handles.append(Line2D([], [], color=_INK, lw=1.6, ls="--", label=text))
+        elif key == "fold":
+            handles.append(Patch(fc=_FOLD_FACE, ec="#999999", ls="--", label=text))
+        elif key == "call-traced":
+            handles.append(Patch(fc=_CALL_FACE, ec=_CALL_EDGE, label=text))
+        elif key == "call-inferred":
+            handles.append(Patch(fc="none", ec=_CALL_EDGE, ls="--", label=text))
+        else:
+            handles.append(Line2D([], [], color=st.color(key), lw=2, label=text))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+              bbox_transform=ax.transAxes, ncol=len(handles), frameon=False,
+              fontsize=fs["legend"], handlelength=2.2, columnspacing=1.6, borderaxespad=0.2)
+
+
+# ==========================================================================================
+# Entry points
+# ==========================================================================================
+
+
+def _unpack(conn: Any, summary: ConnectionSummary | None, calls: Iterable[Call]
+            ) -> tuple[list[Segment], ConnectionSummary | None, list[Call]]:
+    """Accept a list of Segments, or any object with ``segments`` (and optionally
+    ``summary`` and ``calls``) attributes, or a ``(segments, summary[, calls])`` tuple."""
+    calls = list(calls)
+    if hasattr(conn, "segments"):
+        segs = list(conn.segments)
+        summary = summary if summary is not None else getattr(conn, "summary", None)
+        if not calls:
+            calls = list(getattr(conn, "calls", ()) or ())
+        return segs, summary, calls
+    if isinstance(conn, tuple) and conn and not isinstance(conn[0], Segment):
+        segs = list(conn[0])
+        if summary is None and len(conn) > 1:
+            summary = conn[1]
+        if not calls and len(conn) > 2:
+            calls = list(conn[2])
+        return segs, summary, calls
+    return list(conn), summary, calls
+
+
+def plot_connection(
+    segments_or_conn: Sequence[Segment] | Any,
+    summary: ConnectionSummary | None = None,
+    calls: Iterable[Call] = (),
+    *,
+    ax: Axes | None = None,
+    time: TimeMode = "ordered",
+    max_rows: int = 60,
+    **style: Any,
+) -> Axes:
+    """Draw one connection's sequence diagram and return the Axes.
+
+    Draws on ``ax`` when given, else on a new pyplot figure sized to the
+    diagram (so it shows inline in notebooks).  Never calls ``plt.show()``.
+    ``time``/``max_rows`` as in :func:`handshake_viz.layout.plan`; ``style``
+    keywords are the fields of :class:`Style`.
+    """
+    st = _style(style)
+    segs, summary, calls = _unpack(segments_or_conn, summary, calls)
+    layout = plan(segs, summary, calls, time=time, max_rows=max_rows)
+    if ax is None:
+        _fig, ax = _new_figure(layout, st, pyplot=True)
+    return paint(layout, ax, **style)
+
+
+def render(
+    segments_or_conn: Sequence[Segment] | Any,
+    summary: ConnectionSummary | None = None,
+    calls: Iterable[Call] = (),
+    *,
+    time: TimeMode = "ordered",
+    max_rows: int = 60,
+    **style: Any,
+) -> Figure:
+    """Like :func:`plot_connection`, on a new Figure that pyplot does not know about."""
+    st = _style(style)
+    segs, summary, calls = _unpack(segments_or_conn, summary, calls)
+    layout = plan(segs, summary, calls, time=time, max_rows=max_rows)
+    fig, ax = _new_figure(layout, st, pyplot=False)
+    paint(layout, ax, **style)
+    return fig
+
+
+def _check_output(path: str | os.PathLike[str], allowed: dict[str, str]) -> tuple[Path, str]:
+    p = Path(path)
+    shown = os.fspath(path)
+    fmt = allowed.get(p.suffix.lower())
+    if fmt is None:
+        names = list(allowed)
+        choices = ", ".join(names[:-1]) + (" or " if len(names) > 1 else "") + names[-1]
+        if not p.suffix:
+            raise OutputError(f"{shown}: no file extension to pick the output format from "
+                              f"(use {choices})")
+        raise OutputError(f"{shown}: unknown output format '{p.suffix}' (use {choices})")
+    parent = p.parent
+    if p.is_dir():
+        raise OutputError(f"{shown}: is a directory")
+    if not parent.is_dir():
+        raise OutputError(f"{shown}: directory {os.fspath(parent)} does not exist")
+    return p, fmt
+
+
+def _temp_beside(p: Path) -> tuple[int, Path]:
+    """Create an empty file next to ``p`` (same filesystem, so the rename is atomic).
+    Created with mode 0o666 so the umask applies as for any new file."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for attempt in range(100):
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.{attempt}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise OutputError(f"{p}: cannot create a temporary file beside it")  # pragma: no cover
+
+
+def _why(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
+
+
+def _atomic_write(path: str | os.PathLike[str], allowed: dict[str, str], write: Any) -> Path:
+    p, fmt = _check_output(path, allowed)
+    shown = os.fspath(path)
+    try:
+        fd, tmp = _temp_beside(p)
+    except OSError as exc:
+        raise OutputError(f"{shown}: cannot write: {_why(exc)}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh, fmt)
+        os.replace(tmp, p)
+    except OSError as exc:
+        _unlink(tmp)
+        raise OutputError(f"{shown}: cannot write: {_why(exc)}") from None
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return p
+
+
+def _unlink(tmp: Path) -> None:
+    try:
+        tmp.unlink()
+    except OSError:
+        pass
+
+
+def _dpi_for(fig: Figure, fmt: str) -> float:
+    dpi = float(fig.dpi)
+    if fmt == "png":
+        biggest = max(fig.get_size_inches())
+        if biggest * dpi > _MAX_PIXELS:
+            dpi = _MAX_PIXELS / biggest
+    return dpi
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` to ``path``; the format comes from the extension (.png, .svg, .pdf).
+
+    The file appears complete or not at all: it is written to a temporary file in
+    the same directory and renamed.  Raises :class:`OutputError` (one line naming
+    the path) for an unknown extension, a missing directory or an unwritable path.
+    Very tall PNGs get a lower dpi so they stay within Agg's 65,536-pixel limit.
+    """
+
+    def write(fh: Any, fmt: str) -> None:
+        dpi = _dpi_for(fig, fmt)
+        extra: dict[str, Any] = {}
+        w, h = fig.get_size_inches()
+        if fmt == "png" and w * h * dpi * dpi > 8e6:
+            extra["pil_kwargs"] = {"compress_level": 1}  # zlib time dominates on tall images
+        fig.savefig(fh, format=fmt, dpi=dpi, facecolor="white", **extra)
+
+    return _atomic_write(path, _FORMATS, write)
+
+
+def plot_all(
+    conns: Iterable[Any],
+    path: str | os.PathLike[str],
+    *,
+    time: TimeMode = "ordered",
+    max_rows: int = 60,
+    **style: Any,
+) -> Path:
+    """One PDF page per connection.  Each item of ``conns`` is what
+    :func:`plot_connection` accepts (a Segment list, a ``(segments, summary[, calls])``
+    tuple, or an object with ``segments``/``summary``/``calls``).  Written atomically."""
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    items = list(conns)
+    if not items:
+        raise UsageError(f"{os.fspath(path)}: no connections to draw")
+    _style(style)
+    # plan everything first: bad input fails before any file is touched
+    layouts = []
+    for item in items:
+        segs, summary, calls = _unpack(item, None, ())
+        layouts.append(plan(segs, summary, calls, time=time, max_rows=max_rows))
+
+    def write(fh: Any, fmt: str) -> None:
+        st = _style(style)
+        with PdfPages(fh) as pdf:
+            for layout in layouts:
+                fig, ax = _new_figure(layout, st, pyplot=False)
+                paint(layout, ax, **style)
+                pdf.savefig(fig, facecolor="white")
+
+    return _atomic_write(path, {".pdf": "pdf"}, write)

@@ -1,0 +1,412 @@
+"""Tests for handshake_viz.draw: the painted figure, checked through its artists.
+
+Assertions are on artists (which texts, in which order, how many arrows and
+bars, where text boxes sit relative to each other and to the lifelines), never
+on pixels.  Every figure is closed after each test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from itertools import combinations
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from handshake_viz import draw  # noqa: E402
+from handshake_viz.draw import paint, plot_all, plot_connection, render, save_figure  # noqa: E402
+from handshake_viz.errors import OutputError, UsageError  # noqa: E402
+from handshake_viz.layout import plan  # noqa: E402
+
+from test_layout import (  # noqa: E402  (tests/ is on sys.path under pytest)
+    ECHO_LABELS,
+    ECHO_PCAP,
+    TRACES,
+    capture_connections,
+    corpus_connections,
+    echo,
+    echo_calls,
+    long_exchange,
+    needs_corpus,
+)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(autouse=True)
+def _no_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("the library must never call plt.show()")
+
+    monkeypatch.setattr(plt, "show", refuse)
+
+
+def texts(ax) -> list[str]:  # type: ignore[no-untyped-def]
+    return [t.get_text() for t in ax.texts]
+
+
+def in_order(needles: list[str], haystack: list[str]) -> bool:
+    it = iter(haystack)
+    return all(any(n == h for h in it) for n in needles)
+
+
+def arrow_collections(ax) -> list[LineCollection]:  # type: ignore[no-untyped-def]
+    return [c for c in ax.collections if isinstance(c, LineCollection) and c.get_zorder() == 2]
+
+
+# ==========================================================================================
+# plot_connection: seaborn-style contract
+# ==========================================================================================
+
+
+def test_draws_on_the_given_axes_and_returns_it() -> None:
+    segments, summary = echo()
+    fig, ax = plt.subplots(figsize=(14, 12))
+    out = plot_connection(segments, summary, ax=ax)
+    assert out is ax and len(fig.axes) == 1
+
+
+def test_without_axes_makes_a_figure_sized_to_the_rows() -> None:
+    segments, summary = echo()
+    short = plot_connection(segments, summary)
+    long_segments, long_summary = long_exchange(40)
+    tall = plot_connection(long_segments, long_summary, max_rows=0)
+    assert short.figure is not tall.figure
+    h_short, h_tall = short.figure.get_size_inches()[1], tall.figure.get_size_inches()[1]
+    rows_short, rows_tall = len(segments), len(long_segments)
+    per_row = (h_tall - h_short) / (rows_tall - rows_short)
+    assert per_row == pytest.approx(draw.Style().row_height, rel=0.05)
+
+
+def test_accepts_a_connection_like_object() -> None:
+    segments, summary = echo()
+    conn = SimpleNamespace(segments=tuple(segments), summary=summary, calls=tuple(echo_calls()))
+    ax = plot_connection(conn)
+    assert "connect(3)" in texts(ax)
+    assert "client process (pid 2943)" in texts(ax)
+
+
+def test_row_texts_appear_in_order_with_details_times_and_states() -> None:
+    segments, summary = echo()
+    ax = plot_connection(segments, summary)
+    got = texts(ax)
+    labels = [label.split(" ")[0] for label in ECHO_LABELS]
+    assert in_order(labels, got)
+    details = [label.partition(" ")[2] for label in ECHO_LABELS]
+    details[0] += "  win=65495 mss=65495 wscale=10 sackOK"
+    details[1] += "  win=65483 mss=65495 wscale=10 sackOK"
+    assert in_order(details, got)
+    assert in_order(["0.000 ms", "0.034 ms", "0.054 ms", "1.701 ms"], got)
+    for state in ("SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1", "CLOSE-WAIT",
+                  "LAST-ACK", "TIME-WAIT", "CLOSED", "LISTEN"):
+        assert state in got
+    assert "client closed first → TIME-WAIT (2·MSL)" in got
+    assert ax.get_title().startswith("conn 0: 127.0.0.1:49736 → 127.0.0.1:18081")
+    assert "client 127.0.0.1:49736" in got and "server 127.0.0.1:18081" in got
+
+
+def test_one_arrow_and_one_arrowhead_per_segment() -> None:
+    segments, summary = echo()
+    ax = plot_connection(segments, summary)
+    (shafts,) = arrow_collections(ax)
+    assert len(shafts.get_segments()) == len(segments)
+    heads = [c for c in ax.collections if isinstance(c, draw._ArrowHeads)]
+    assert len(heads) == 1 and len(heads[0].get_offsets()) == len(segments)
+    # arrowheads point at the receiver: each tip sits on the receiving lifeline
+    for (x, _y), seg in zip(heads[0].get_offsets(), segments):
+        assert abs(x - (1.0 if seg.is_c2s else 0.0)) < 0.05
+    # colours by phase
+    colours = {tuple(c) for c in shafts.get_colors()}
+    assert len(colours) == 3  # handshake, data, close
+
+
+def test_call_bars_connectors_and_legend() -> None:
+    segments, summary = echo()
+    calls = echo_calls()
+    ax = plot_connection(segments, summary, calls)
+    bars = [c for c in ax.collections if isinstance(c, PolyCollection) and c.get_zorder() == 3]
+    assert len(bars) == 1 and len(bars[0].get_paths()) == len(calls)
+    got = texts(ax)
+    assert in_order(["listen(3)", "accept4(3) → 4", "recvfrom(4) → 6"], got)
+    assert "connect(3)" in got and "close(3)" in got and "recvfrom(4) → 0 (EOF)" in got
+    assert "FIN read as end of stream" in got
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["handshake", "data", "close", "reset", "socket call (traced)"]
+    n_frames = sum(len(set(c.frames)) for c in calls)
+    links = [c for c in ax.collections if isinstance(c, LineCollection) and c.get_zorder() == 1.5]
+    assert len(links) == 1 and len(links[0].get_segments()) == n_frames
+
+
+def test_inferred_calls_are_hollow_and_dashed() -> None:
+    segments, summary = echo()
+    ax = plot_connection(segments, summary, echo_calls(inferred=True))
+    (bars,) = [c for c in ax.collections if isinstance(c, PolyCollection) and c.get_zorder() == 3]
+    assert all(face[3] == 0 for face in bars.get_facecolors())  # hollow
+    assert all(ls[1] is not None for ls in bars.get_linestyles())  # dashed
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "socket call (inferred)" in legend and "socket call (traced)" not in legend
+
+
+def test_fold_row_is_drawn_with_its_text_and_counts() -> None:
+    segments, summary = long_exchange(300)
+    ax = plot_connection(segments, summary, max_rows=30)
+    layout = plan(segments, summary, max_rows=30)
+    (fold,) = layout.fold_rows
+    shown = [t for t in texts(ax) if "segments" in t and "…" in t]
+    assert len(shown) == 1
+    assert shown[0].replace(" …\n… ", ", ") == fold.text
+    (shafts,) = arrow_collections(ax)
+    assert len(shafts.get_segments()) == len(layout.segment_rows) == 29
+
+
+def test_flagged_segments_get_a_tag_and_a_dashed_arrow() -> None:
+    if not TRACES:
+        pytest.skip("third-party corpus not found")
+    ((segments, summary),) = corpus_connections("retransmit-fast009.pcap")
+    ax = plot_connection(segments, summary, max_rows=0)
+    got = texts(ax)
+    assert "fast retransmission" in got and "dup ACK" in got
+    (shafts,) = arrow_collections(ax)
+    dashed = [ls for ls in shafts.get_linestyles() if ls[1] is not None]
+    layout = plan(segments, summary, max_rows=0)
+    assert len(dashed) == sum(r.flagged for r in layout.rows)
+
+
+def test_unknown_style_option_is_a_usage_error() -> None:
+    segments, summary = echo()
+    with pytest.raises(UsageError, match="unknown style option 'colour'"):
+        plot_connection(segments, summary, colour="red")
+    ax = plot_connection(segments, summary, colors={"data": "black"}, show_times=False)
+    assert "0.034 ms" not in texts(ax)
+
+
+def test_importing_draw_picks_no_backend_and_no_pyplot() -> None:
+    code = ("import sys, matplotlib; import handshake_viz.draw, handshake_viz.layout; "
+            "print('matplotlib.pyplot' in sys.modules, "
+            "matplotlib.rcParams._get_backend_or_none())")
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()
+    assert out == ["False", "None"]
+
+
+# ==========================================================================================
+# Legibility: no text collides with another or with a lifeline at the default size
+# ==========================================================================================
+
+
+def _boxes(fig: Figure, ax):  # type: ignore[no-untyped-def]
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    for t in ax.texts:
+        if not t.get_text().strip():
+            continue
+        patch = t.get_bbox_patch()
+        bb = patch.get_window_extent(renderer) if patch is not None else t.get_window_extent(renderer)
+        boxes.append((t.get_text(), bb))
+    return boxes
+
+
+def _overlaps(a, b, tol: float = 1.0) -> bool:  # type: ignore[no-untyped-def]
+    return (a.x0 + tol < b.x1 - tol and b.x0 + tol < a.x1 - tol
+            and a.y0 + tol < b.y1 - tol and b.y0 + tol < a.y1 - tol)
+
+
+def assert_legible(fig: Figure, ax, layout) -> None:  # type: ignore[no-untyped-def]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    boxes = _boxes(fig, ax)
+    clashes = [(ta, tb) for (ta, a), (tb, b) in combinations(boxes, 2) if _overlaps(a, b)]
+    assert not clashes, f"overlapping texts: {clashes[:5]}"
+    to_px = ax.transData.transform
+    x_client = to_px((0.0, 0.0))[0]
+    x_server = to_px((1.0, 0.0))[0]
+    row_texts = {r.label for r in layout.segment_rows} | {r.detail for r in layout.segment_rows}
+    row_texts |= {f"{r.detail}  {r.extra}" for r in layout.segment_rows}
+    row_texts |= {", ".join(r.markers) for r in layout.segment_rows if r.markers}
+    states = {m.text for m in layout.states}
+    for text, bb in boxes:
+        if text in row_texts:
+            assert x_client < bb.x0 and bb.x1 < x_server, f"{text!r} crosses a lifeline"
+        elif text in states:
+            assert bb.x1 < x_client or bb.x0 > x_server, f"state {text!r} on the arrows"
+    # the title, headers and legend fit in the figure
+    width = fig.bbox.width
+    title = ax.title.get_window_extent(fig.canvas.get_renderer())
+    assert title.x0 >= 0 and title.x1 <= width
+    for _text, bb in boxes:
+        assert bb.x0 >= -1 and bb.x1 <= width + 1, f"{_text!r} leaves the figure"
+
+
+def test_the_legibility_check_catches_a_cramped_figure() -> None:
+    segments, summary = echo()
+    layout = plan(segments, summary, echo_calls())
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_axes((0.1, 0.1, 0.8, 0.7))
+    paint(layout, ax)
+    with pytest.raises(AssertionError, match="overlapping texts"):
+        assert_legible(fig, ax, layout)
+
+
+def test_echo_with_calls_is_legible_at_the_default_size() -> None:
+    segments, summary = echo()
+    calls = echo_calls()
+    fig = render(segments, summary, calls)
+    assert_legible(fig, fig.axes[0], plan(segments, summary, calls))
+
+
+def test_echo_without_calls_is_legible_at_the_default_size() -> None:
+    segments, summary = echo()
+    fig = render(segments, summary)
+    assert_legible(fig, fig.axes[0], plan(segments, summary))
+
+
+@needs_corpus
+@pytest.mark.parametrize("trace", ["get.pcap", "retransmit-fast009.pcap", "ipv6.pcap",
+                                   "tcp-fast-open.pcap", "missing-syn.pcap", "truncated-header.pcap"])
+def test_corpus_diagrams_are_legible(trace: str) -> None:
+    segments, summary = corpus_connections(trace)[0]
+    fig = render(segments, summary)
+    assert_legible(fig, fig.axes[0], plan(segments, summary))
+
+
+@pytest.mark.skipif(not ECHO_PCAP.exists(), reason="captures/echo.pcap not recorded yet")
+def test_recorded_echo_is_legible_with_its_calls() -> None:
+    ((segments, summary),) = capture_connections(ECHO_PCAP)
+    calls = []
+    try:
+        from handshake_viz.api import load
+
+        calls = list(load(ECHO_PCAP).connections[0].calls)
+    except (ImportError, AttributeError):  # alignment not available yet
+        pass
+    fig = render(segments, summary, calls)
+    assert_legible(fig, fig.axes[0], plan(segments, summary, calls))
+
+
+# ==========================================================================================
+# Many rows: glyph outlines instead of Text artists
+# ==========================================================================================
+
+
+def test_many_rows_are_drawn_as_batched_outlines_with_the_same_strings() -> None:
+    segments, summary = long_exchange(100)
+    layout = plan(segments, summary, max_rows=0)
+    ax = plot_connection(segments, summary, max_rows=0)
+    (batch,) = [c for c in ax.collections if isinstance(c, draw._TextPaths)]
+    assert in_order([r.label for r in layout.rows], list(batch.strings))
+    assert in_order([r.time_text for r in layout.rows], list(batch.strings))
+    assert not any(t.get_text() == "PIGGYBACK" for t in ax.texts)
+    # forcing Text artists gives the same strings
+    ax2 = plot_connection(segments, summary, max_rows=0, text_mode="text")
+    assert in_order([r.label for r in layout.rows], texts(ax2))
+    assert not [c for c in ax2.collections if isinstance(c, draw._TextPaths)]
+
+
+# ==========================================================================================
+# Files
+# ==========================================================================================
+
+
+MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".svg": b"<?xml", ".pdf": b"%PDF-"}
+
+
+@pytest.mark.parametrize("ext", [".png", ".svg", ".pdf", ".PNG"])
+def test_save_figure_picks_the_format_from_the_extension(tmp_path: Path, ext: str) -> None:
+    segments, summary = echo()
+    out = save_figure(render(segments, summary), tmp_path / f"echo{ext}")
+    assert out == tmp_path / f"echo{ext}"
+    assert out.read_bytes().startswith(MAGIC[ext.lower()])
+    assert [p.name for p in tmp_path.iterdir()] == [f"echo{ext}"]  # no temp file left
+
+
+def test_unknown_extension_is_one_clear_line(tmp_path: Path) -> None:
+    segments, summary = echo()
+    fig = render(segments, summary)
+    with pytest.raises(OutputError) as err:
+        save_figure(fig, "out.xyz")
+    assert str(err.value) == "out.xyz: unknown output format '.xyz' (use .png, .svg or .pdf)"
+    with pytest.raises(OutputError, match="no file extension"):
+        save_figure(fig, tmp_path / "out")
+    assert not list(tmp_path.iterdir())
+
+
+def test_unwritable_paths_are_output_errors(tmp_path: Path) -> None:
+    segments, summary = echo()
+    fig = render(segments, summary)
+    with pytest.raises(OutputError, match="does not exist"):
+        save_figure(fig, tmp_path / "missing" / "x.png")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OutputError, match=re.escape(str(blocker / "x.png"))):
+        save_figure(fig, blocker / "x.png")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(OutputError, match="is a directory"):
+        save_figure(fig, tmp_path / "dir.png")
+    for exc in (PermissionError(13, "Permission denied"), OSError(28, "No space left on device")):
+        def failing_open(*_a: object, _exc: OSError = exc, **_k: object) -> int:
+            raise _exc
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(draw.os, "open", failing_open)
+            with pytest.raises(OutputError, match=f"cannot write: {exc.strerror.lower()}"):
+                save_figure(fig, tmp_path / "x.png")
+
+
+def test_a_failed_write_leaves_no_half_written_file(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    segments, summary = echo()
+    fig = render(segments, summary)
+    target = tmp_path / "echo.png"
+    target.write_bytes(b"the previous picture")
+
+    def full_disk(fh, **_kw: object) -> None:  # type: ignore[no-untyped-def]
+        fh.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fig, "savefig", full_disk)
+    with pytest.raises(OutputError, match=r"echo\.png: cannot write: no space left on device"):
+        save_figure(fig, target)
+    assert target.read_bytes() == b"the previous picture"
+    assert [p.name for p in tmp_path.iterdir()] == ["echo.png"]
+
+
+@needs_corpus
+def test_plot_all_writes_one_pdf_page_per_connection(tmp_path: Path) -> None:
+    conns = corpus_connections("ipv6.pcap")
+    out = plot_all(conns, tmp_path / "all.pdf")
+    data = out.read_bytes()
+    assert data.startswith(b"%PDF-")
+    assert len(re.findall(rb"/Type\s*/Page\b", data)) == len(conns) == 6
+    with pytest.raises(OutputError, match=r"all\.png: unknown output format '\.png' \(use \.pdf\)"):
+        plot_all(conns, tmp_path / "all.png")
+    with pytest.raises(UsageError, match="no connections"):
+        plot_all([], tmp_path / "none.pdf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.pdf"]
+
+
+def test_paint_paints_a_given_layout() -> None:
+    segments, summary = echo()
+    layout = plan(segments, summary, echo_calls())
+    fig, ax = plt.subplots(figsize=draw.figure_size(layout))
+    assert paint(layout, ax) is ax
+    assert ax.get_xlim() == layout.xlim
+    assert ax.get_ylim() == (layout.ylim[1], layout.ylim[0])  # time runs down
+    assert all(isinstance(t, Text) for t in ax.texts)
