@@ -34,6 +34,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,7 +51,10 @@ __all__ = [
     "add_demo_command",
     "analyze_capture",
     "can_capture",
+    "calls_by_connection",
+    "dump_expected_labels",
     "expected_labels",
+    "format_result",
     "main",
     "run_scenario",
     "shipped_captures_dir",
@@ -122,6 +126,11 @@ class Recorder:
         self.pid = os.getpid()
         self._calls: list[Call] = []
         self._lock = threading.Lock()
+        # socket -> its last known (local, remote); weak, so a new socket never inherits
+        # the entry of a dead one that happened to have the same id()
+        self._known: weakref.WeakKeyDictionary[socket.socket, tuple[Endpoint | None, Endpoint | None]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def calls(self) -> list[Call]:
@@ -157,11 +166,21 @@ class Recorder:
         nbytes: Callable[[Any], int | None] = lambda _r: None,
         local: Callable[[Any], Endpoint | None] | None = None,
         remote: Callable[[Any], Endpoint | None] | None = None,
+        local_hint: Endpoint | None = None,
         remote_hint: Endpoint | None = None,
     ) -> Any:
+        """Make one call and record it.
+
+        The endpoints are the socket's after the call, else before it, else the
+        last ones this socket was seen with (a socket reset by its peer has no
+        peer name any more, but its calls still belong to that connection), else
+        the address the call asked for (``local_hint``/``remote_hint``: a failed
+        bind is drawn on the side of the address it wanted).
+        """
         fd = sock.fileno()
-        local_before = _sockname(sock)
-        remote_before = _peername(sock)
+        known_local, known_remote = self._known.get(sock, (None, None))
+        local_before = _sockname(sock) or known_local
+        remote_before = _peername(sock) or known_remote
         tid = threading.get_native_id()
         start = time.time()
         try:
@@ -171,17 +190,21 @@ class Recorder:
             self._add(Call(
                 pid=self.pid, tid=tid, fd=fd, call=name, start=start, end=end, ret=-1,
                 errno=_errno_name(exc), args=args,
-                local=_sockname(sock) or local_before,
+                local=_sockname(sock) or local_before or local_hint,
                 remote=_peername(sock) or remote_before or remote_hint,
             ))
             raise
         end = time.time()
-        loc = local(result) if local is not None else (_sockname(sock) if sock.fileno() >= 0 else None)
-        rem = remote(result) if remote is not None else (_peername(sock) if sock.fileno() >= 0 else None)
+        is_open = sock.fileno() >= 0
+        loc = local(result) if local is not None else (_sockname(sock) if is_open else None)
+        rem = remote(result) if remote is not None else (_peername(sock) if is_open else None)
+        loc = loc or local_before or local_hint
+        rem = rem or remote_before or remote_hint
+        if local is None and remote is None:
+            self._known[sock] = (loc, rem)
         self._add(Call(
             pid=self.pid, tid=tid, fd=fd, call=name, start=start, end=end, ret=ret(result),
-            args=args, local=loc or local_before, remote=rem or remote_before or remote_hint,
-            nbytes=nbytes(result),
+            args=args, local=loc, remote=rem, nbytes=nbytes(result),
         ))
         return result
 
@@ -205,7 +228,8 @@ class Recorder:
 
     def bind(self, sock: socket.socket, port: int = 0) -> int:
         """Bind to 127.0.0.1:``port``; returns the bound port."""
-        self._run(sock, "bind", lambda: sock.bind((HOST, port)), args=f"{HOST}:{port}")
+        self._run(sock, "bind", lambda: sock.bind((HOST, port)), args=f"{HOST}:{port}",
+                  local_hint=Endpoint(HOST, port) if port else None)
         return int(sock.getsockname()[1])
 
     def listen(self, sock: socket.socket, backlog: int) -> None:
@@ -258,9 +282,8 @@ class Recorder:
                              args="POLLIN", ret=lambda n: n))
 
     def close(self, sock: socket.socket) -> None:
-        # The endpoints are read before: a closed socket has none.
-        loc, rem = _sockname(sock), _peername(sock)
-        self._run(sock, "close", sock.close, local=lambda _r: loc, remote=lambda _r: rem)
+        # The endpoints are read before the call: a closed socket has none.
+        self._run(sock, "close", sock.close)
 
 
 class _Threads:
@@ -444,7 +467,13 @@ def _scenario_reset(rec: Recorder, start_capture: StartCapture) -> list[str]:
 
 
 def _scenario_time_wait(rec: Recorder, start_capture: StartCapture) -> list[str]:
-    srv, port = _listener(rec)
+    # The first server sets SO_REUSEADDR too, as servers do: on Linux a TIME-WAIT
+    # socket lets a new bind() through only if both sockets have it (the TIME-WAIT
+    # socket inherits the listener's), so without it even the third bind would fail.
+    srv = rec.socket()
+    rec.setsockopt(srv, "SO_REUSEADDR", 1)
+    port = rec.bind(srv, 0)
+    rec.listen(srv, 8)
     start_capture(port)
     threads = _Threads()
 
@@ -623,6 +652,45 @@ def can_capture() -> bool:
     except OSError:
         pass
     return False
+
+
+_STAMP_KEEPER: list[socket.socket] = []
+
+
+def _keep_kernel_timestamps_on(timeout: float = 1.0) -> bool:
+    """Make sure the kernel stamps packets when they arrive, not when they are read.
+
+    Linux stamps a received packet at arrival only while some socket asks for
+    timestamps (a global switch, ``netstamp_needed``); switching it on is
+    deferred to a work queue.  A capture socket that was just opened, the first
+    in the system, may therefore see its first packets stamped when Python reads
+    them, a fraction of a millisecond late: a refused ``connect()`` then seems to
+    return before its RST arrived.  One UDP socket with ``SO_TIMESTAMPNS``, kept
+    open for the life of the process, holds the switch on; it is probed (a
+    datagram to itself, read 2 ms later: stamped before the send returned?)
+    until the switch is seen on.  Returns whether it was.
+    """
+    if _STAMP_KEEPER:
+        return True
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
+    sock.bind((HOST, 0))
+    sock.settimeout(0.5)
+    _STAMP_KEEPER.append(sock)
+    deadline = time.monotonic() + timeout
+    while True:
+        sock.sendto(b"t", sock.getsockname())
+        sent = time.time_ns()
+        time.sleep(0.002)
+        try:
+            _data, anc, _flags, _addr = sock.recvmsg(16, socket.CMSG_SPACE(16))
+        except OSError:
+            return False
+        stamps = [struct.unpack_from("@qq", c) for lvl, kind, c in anc if lvl == socket.SOL_SOCKET]
+        if stamps and stamps[0][0] * 1_000_000_000 + stamps[0][1] <= sent:
+            return True
+        if time.monotonic() > deadline:
+            return False
 
 
 class _TcpCapture:
@@ -845,12 +913,9 @@ def _align(segments: Sequence[Segment], summaries: Sequence[ConnectionSummary],
 
 
 def _write_calls(path: Path, calls: Iterable[Call]) -> None:
-    try:
-        from handshake_viz.trace import write_calls_jsonl
-    except ImportError:  # pragma: no cover - until handshake_viz.trace lands
-        path.write_text("".join(json.dumps(c.to_json()) + "\n" for c in calls))
-        return
-    write_calls_jsonl(path, list(calls))
+    from handshake_viz.trace import write_calls_jsonl
+
+    write_calls_jsonl(list(calls), path)
 
 
 def _read_calls(path: Path) -> list[Call]:
@@ -860,10 +925,8 @@ def _read_calls(path: Path) -> list[Call]:
 
 
 def _calls_path_for(pcap: Path) -> Path:
-    try:
-        from handshake_viz.trace import calls_path_for
-    except ImportError:  # pragma: no cover - until handshake_viz.trace lands
-        return pcap.with_suffix(".calls.jsonl")
+    from handshake_viz.trace import calls_path_for
+
     return Path(calls_path_for(pcap))
 
 
@@ -873,27 +936,46 @@ _TIME_MODE = {"backlog": "real", "time-wait": "ordered"}
 
 def _draw(png: Path, scenario: str, segments: Sequence[Segment],
           summaries: Sequence[ConnectionSummary], calls: Sequence[Call]) -> Path | None:
-    """Every connection of the scenario side by side in one PNG; None when draw.py is missing."""
+    """Every connection's diagram side by side in one PNG; None when draw.py is missing.
+
+    Each connection is rendered by :func:`handshake_viz.draw.render` exactly as
+    ``hsviz plot`` draws it, and the pictures are put next to each other.
+    """
     try:
-        from handshake_viz import draw, layout
+        from handshake_viz import draw
     except ImportError:
         return None
-    from matplotlib.figure import Figure
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     time_mode = _TIME_MODE.get(scenario, "ordered")
-    layouts = []
+    per_conn = calls_by_connection(calls, summaries)
+    images = []
     for s in summaries:
         segs = [seg for seg in segments if seg.conn == s.conn]
-        own = [c for c in calls if c.conn is None or c.conn == s.conn]
-        layouts.append(layout.plan(segs, s, own, time=time_mode, max_rows=0))  # type: ignore[arg-type]
-    if not layouts:
+        fig = draw.render(segs, s, per_conn[s.conn], time=time_mode, max_rows=0)  # type: ignore[arg-type]
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        images.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+    if not images:
         return None
-    sizes = [draw.figure_size(lay) for lay in layouts]
-    fig = Figure(figsize=(sum(w for w, _h in sizes), max(h for _w, h in sizes)))
-    axes = fig.subplots(1, len(layouts), width_ratios=[w for w, _h in sizes], squeeze=False)[0]
-    for lay, ax in zip(layouts, axes):
-        draw.paint(lay, ax)
+    height = max(img.shape[0] for img in images)
+    padded = [np.pad(img, ((0, height - img.shape[0]), (0, 0), (0, 0)), constant_values=255)
+              for img in images]
+    picture = np.concatenate(padded, axis=1)
+    fig = _figure_for_pixels(picture)
     return draw.save_figure(fig, png)
+
+
+def _figure_for_pixels(picture: Any) -> Any:
+    """A Figure that shows an RGB array at one pixel per pixel (for save_figure)."""
+    from matplotlib.figure import Figure
+
+    dpi = 100
+    h, w = picture.shape[:2]
+    fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
+    fig.figimage(picture, 0, 0)
+    return fig
 
 
 # ========================================================================================
@@ -934,6 +1016,7 @@ def run_scenario(name: str, out_dir: str | os.PathLike[str] = ".", *, live: bool
 
         raise OutputError(f"{out}: cannot create the output directory: {exc.strerror or exc}") from None
     pcap = out / f"{name}.pcap"
+    _keep_kernel_timestamps_on()
     rec = Recorder()
     captures: list[_TcpCapture | _UdpCapture] = []
 
@@ -1025,42 +1108,63 @@ def _accept_of(calls: Iterable[Call], summary: ConnectionSummary) -> Call | None
 
 
 def _draw_udp(png: Path, result: DemoResult) -> Path | None:
-    """Two lifelines and one arrow per datagram, calls as bars: a small, honest picture."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    """The UDP exchange drawn like the TCP diagrams: two lifelines, one arrow per
+    datagram, and each process's socket calls in its lane, all in time order."""
     if not result.datagrams:
         return None
-    client = result.datagrams[0].src
-    server = result.datagrams[0].dst
-    n = len(result.datagrams)
-    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.55 * n))
+    from matplotlib.figure import Figure
+
+    from handshake_viz import draw
+
+    client, server = result.datagrams[0].src, result.datagrams[0].dst
+    # One row per event in time order: a datagram takes a full row, a call half of one.
+    events: list[tuple[float, int, Any]] = [(d.ts, 1, d) for d in result.datagrams]
+    events += [(c.start, 0, c) for c in result.calls]
+    events.sort(key=lambda e: (e[0], e[1]))
     t0 = result.datagrams[0].ts
-    ax.set_xlim(-0.7, 1.7)
-    ax.set_ylim(n + 0.5, -1.2)
+    y = 0.0
+    placed: list[tuple[float, Any]] = []
+    for _ts, _k, ev in events:
+        step = 1.0 if isinstance(ev, Datagram) else 0.5
+        placed.append((y + step / 2, ev))
+        y += step
+    fig = Figure(figsize=(9.5, 1.9 + 0.42 * y), dpi=120)
+    ax = fig.add_axes((0.02, 0.03, 0.96, 0.86))
+    ax.set_xlim(-1.25, 2.25)
+    ax.set_ylim(y + 0.2, -0.4)
     ax.axis("off")
+    fig.suptitle("udp: no handshake, no ACKs, no close; nothing tells the sender a datagram arrived",
+                 fontsize=11, y=0.985)
     for x, ep, who in ((0, client, "client"), (1, server, "server")):
-        ax.plot([x, x], [-0.6, n + 0.2], color="0.3", lw=1.5)
-        ax.text(x, -0.8, f"{who}\n{ep}", ha="center", va="bottom", fontsize=9, weight="bold")
-    for i, d in enumerate(result.datagrams):
-        y = i + 0.3
-        x0, x1 = (0, 1) if d.src == client else (1, 0)
-        ax.annotate("", xy=(x1, y + 0.25), xytext=(x0, y),
-                    arrowprops={"arrowstyle": "-|>", "color": "tab:blue" if x0 == 0 else "tab:green"})
-        ax.text(0.5, y + 0.05, f"UDP {len(d.payload)} B  {_preview(d.payload)}", ha="center",
-                va="bottom", fontsize=8)
-        ax.text(-0.68, y, f"{(d.ts - t0) * 1000:.3f} ms", ha="left", va="center", fontsize=7, color="0.4")
-    ax.set_title("hsviz demo udp: no handshake, no ACKs, no close", fontsize=10)
-    fig.tight_layout()
-    try:
-        fig.savefig(png, dpi=110)
-    finally:
-        plt.close(fig)
-    return png
+        ax.plot([x, x], [-0.3, y + 0.1], color="0.15", lw=1.6)
+        ax.text(x, -0.45, f"{who} {ep}", ha="center", va="bottom", fontsize=10, weight="bold",
+                bbox={"boxstyle": "round,pad=0.3", "fc": "0.97", "ec": "0.2"})
+        lane = -0.6 if x == 0 else 1.6
+        ax.plot([lane, lane], [-0.3, y + 0.1], color="0.75", lw=0.8, ls=":")
+        ax.text(lane, -0.45, f"{who} process\n(pid {result.calls[0].pid if result.calls else '?'})",
+                ha="center", va="bottom", fontsize=9)
+    color = draw.PHASE_COLORS.get("data", "tab:green")
+    for yy, ev in placed:
+        if isinstance(ev, Datagram):
+            x0, x1 = (0, 1) if ev.src == client else (1, 0)
+            ax.annotate("", xy=(x1, yy + 0.2), xytext=(x0, yy - 0.2),
+                        arrowprops={"arrowstyle": "-|>", "color": color, "lw": 1.5})
+            ax.text(0.5, yy - 0.12, f"UDP  len={len(ev.payload)}  {_preview(ev.payload)}", ha="center",
+                    va="bottom", fontsize=8.5, family="monospace")
+            ax.text(-1.23, yy, f"{(ev.ts - t0) * 1000:.3f} ms", ha="left", va="center", fontsize=7.5,
+                    color="0.4", family="monospace")
+        else:
+            # By port: an unbound UDP socket's own address is 0.0.0.0:port
+            on_client = ev.local.port != server.port if ev.local is not None else ev.remote == server
+            lane = -0.6 if on_client else 1.6
+            err = ev.errno is not None
+            text = f"{ev.call}({'' if ev.fd is None else ev.fd})"
+            if ev.ret is not None and ev.call in ("sendto", "recvfrom"):
+                text += f" → {ev.ret}"
+            ax.text(lane + (-0.04 if on_client else 0.04), yy, text, ha="right" if on_client else "left",
+                    va="center", fontsize=8, family="monospace", color="firebrick" if err else "0.1")
+            ax.plot([lane], [yy], marker="s", ms=5, color="#f5d78e", mec="#c89b2a")
+    return draw.save_figure(fig, png)
 
 
 # ========================================================================================
@@ -1076,23 +1180,26 @@ def format_result(result: DemoResult) -> list[str]:
     if result.datagrams:
         t0 = result.datagrams[0].ts
         client = result.datagrams[0].src
+        items: list[tuple[float, int, str]] = []
         for d in result.datagrams:
             arrow = "→" if d.src == client else "←"
-            lines.append(f"{d.frame:>7} {(d.ts - t0) * 1000:>10.3f} ms  {arrow} UDP       "
-                         f"{d.src} > {d.dst} len={len(d.payload)} {_preview(d.payload)}")
-        lines += [report.format_call(c, t0) for c in result.calls]
+            items.append((d.ts, 1, f"{d.frame:>7} {(d.ts - t0) * 1000:>10.3f} ms  {arrow} UDP       "
+                                   f"{d.src} > {d.dst} len={len(d.payload)} {_preview(d.payload)}"))
+        items += [(c.start, 0, _call_line(c, t0)) for c in result.calls]
+        lines += [text for _ts, _k, text in sorted(items, key=lambda i: (i[0], i[1]))]
     else:
         by_conn: dict[int, list[Segment]] = {}
         for seg in result.segments:
             by_conn.setdefault(seg.conn, []).append(seg)
         used: set[int] = set()
+        per_conn = calls_by_connection(result.calls, result.summaries)
         for s in result.summaries:
             segs = by_conn.get(s.conn, [])
             t0 = segs[0].ts if segs else s.first_ts
-            own = [c for c in result.calls if c.conn == s.conn or (c.conn is None and _on_conn(c, s))]
+            own = per_conn.get(s.conn, [])
             used.update(id(c) for c in own)
             items: list[tuple[float, int, str]] = [(seg.ts, 1, report.format_segment(seg, t0)) for seg in segs]
-            items += [(c.start, 0, report.format_call(c, t0)) for c in own]
+            items += [(c.start, 0, _call_line(c, t0)) for c in own]
             lines.append("")
             lines.append(report.connection_header(s))
             lines.append(report.ladder_columns())
@@ -1103,28 +1210,91 @@ def format_result(result: DemoResult) -> list[str]:
             t0 = result.segments[0].ts if result.segments else rest[0].start
             lines.append("")
             lines.append("calls on no connection (setup, failed binds, listeners):")
-            lines += [report.format_call(c, t0) + (f"  {c.args}" if c.args else "") for c in rest]
+            lines += [_call_line(c, t0) for c in rest]
     for note in result.notes:
         lines.append(f"note: {note}")
     return lines
 
 
+def _call_line(call: Call, t0: float) -> str:
+    """report.format_call, plus the arguments of calls that move no data (bind's address …)."""
+    from handshake_viz import report
+
+    line = report.format_call(call, t0)
+    if call.args and call.call not in ("sendto", "recvfrom", "close"):
+        line += f"  {call.args}"
+    return line
+
+
 def _on_conn(call: Call, s: ConnectionSummary) -> bool:
-    ends = {call.local, call.remote}
-    return ends == {s.client, s.server}
+    return call.conn == s.conn or (call.conn is None and {call.local, call.remote} == {s.client, s.server})
+
+
+def calls_by_connection(calls: Sequence[Call], summaries: Sequence[ConnectionSummary]
+                        ) -> dict[int, list[Call]]:
+    """Which calls each connection's ladder and diagram show.
+
+    A call on the connection (``Call.conn``, else its socket's two endpoints)
+    belongs to it.  The other calls are grouped by socket (from ``socket()``
+    to ``close()`` of one descriptor): a listening socket's calls are shown with
+    every connection it accepted; a socket that never touched a connection
+    (a bind that failed) is shown with the next connection to start, else the
+    last one.
+    """
+    out: dict[int, list[Call]] = {s.conn: [] for s in summaries}
+    if not summaries:
+        return out
+    ordered = sorted(calls, key=lambda c: (c.start, c.end))
+    sessions: list[list[Call]] = []
+    open_by_fd: dict[int, list[Call]] = {}
+    for c in ordered:
+        fd = c.ret if c.call == "socket" else c.fd
+        if fd is None:
+            sessions.append([c])
+            continue
+        if c.call == "socket" or fd not in open_by_fd:
+            open_by_fd[fd] = []
+            sessions.append(open_by_fd[fd])
+        open_by_fd[fd].append(c)
+        if c.call == "close":
+            del open_by_fd[fd]
+    for session in sessions:
+        touched = [s for s in summaries if any(_on_conn(c, s) for c in session)]
+        for c in session:
+            mine = [s for s in touched if _on_conn(c, s)]
+            if mine:
+                targets = mine
+            elif touched:
+                targets = touched
+            else:
+                end = session[-1].end
+                later = [s for s in summaries if s.first_ts >= end]
+                targets = [min(later, key=lambda s: s.first_ts)] if later else [summaries[-1]]
+            for s in targets:
+                out[s.conn].append(c)
+    return out
 
 
 def expected_labels(results: Iterable[DemoResult]) -> dict[str, Any]:
-    """The ``captures/expected-labels.json`` content: each scenario's labels per connection."""
+    """The ``captures/expected-labels.json`` content: per scenario and connection, the
+    segment labels in order, Zeek's conn_state and both sides' final states."""
     out: dict[str, Any] = {}
     for r in results:
         labels = r.labels()
         out[r.scenario] = {
             "connections": len(r.summaries),
-            "labels": [labels[c] for c in sorted(labels)],
             "datagrams": len(r.datagrams),
+            "labels": [labels[s.conn] for s in r.summaries],
+            "conn_state": [s.conn_state for s in r.summaries],
+            "final_states": [[s.client_state.value, s.server_state.value] for s in r.summaries],
         }
     return out
+
+
+def dump_expected_labels(expected: dict[str, Any]) -> str:
+    """JSON text with one scenario per line (diffs stay readable)."""
+    body = ",\n".join(f" {json.dumps(name)}: {json.dumps(value)}" for name, value in expected.items())
+    return "{\n" + body + "\n}\n"
 
 
 def add_demo_command(sub: argparse._SubParsersAction) -> None:
@@ -1178,7 +1348,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.flush()
     if args.all and live is not False:
         path = Path(args.output_dir) / EXPECTED_LABELS_FILE
-        path.write_text(json.dumps(expected_labels(results), indent=1) + "\n")
+        path.write_text(dump_expected_labels(expected_labels(results)))
         out.write(f"wrote: {path}\n")
     return 0
 
