@@ -86,6 +86,13 @@ print(kept, flush=True)
 
 class Capturer:
     name = ""
+    key = ""
+    ready_text = ""
+    stop_signal = signal.SIGINT
+    pcap: Path
+    proc: subprocess.Popen[bytes]
+    errfile: Path
+    outfile: Path
 
     def start(self, port: int, workdir: Path) -> None:
         raise NotImplementedError
@@ -188,6 +195,20 @@ def count_records(path: Path) -> int:
     return n
 
 
+def settle(paths: list[Path], quiet: float = 0.5, limit: float = 60.0) -> None:
+    """Wait until none of the files has grown for ``quiet`` seconds."""
+    sizes: list[int] = []
+    still_since = time.monotonic()
+    deadline = still_since + limit
+    while time.monotonic() < deadline:
+        now = [p.stat().st_size if p.exists() else 0 for p in paths]
+        if now != sizes:
+            sizes, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= quiet:
+            return
+        time.sleep(0.05)
+
+
 def run_burst(capturers: list[Capturer], connections: int, workdir: Path) -> float:
     gen = subprocess.Popen(
         [sys.executable, "-c", GENERATOR, str(connections)],
@@ -204,7 +225,10 @@ def run_burst(capturers: list[Capturer], connections: int, workdir: Path) -> flo
         gen.stdin.flush()
         seconds = float(gen.stdout.readline())
         gen.wait(timeout=60)
-        time.sleep(1.0)  # let the slow ones catch up before asking them to stop
+        # Let the slow ones catch up before asking them to stop: tcpdump stops at
+        # SIGINT without reading what its ring still holds.
+        time.sleep(1.0)
+        settle([c.pcap for c in capturers if hasattr(c, "pcap")])
     finally:
         for c in capturers:
             if getattr(c, "proc", None) is not None and c.proc.poll() is None:

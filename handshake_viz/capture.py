@@ -112,11 +112,13 @@ class PcapWriter:
     tcptrace) reads it; loopback ordering is kept by record order anyway.
 
     Records are buffered whole in memory and written with ``os.write``, never
-    through a buffered file that could flush half a record: if the process dies
-    (even by SIGKILL) the file holds the header and only complete records.
-    ``write`` flushes when the oldest pending record is ``flush_interval`` old;
-    an owner that calls :meth:`maybe_flush` at least every ``flush_interval``
-    gets every record onto the file within twice that (100 ms by default).
+    through a buffered file that could flush half a record, so if the process
+    dies the file holds the header and complete records only.  A record reaches
+    the file at most ``2 * flush_interval`` (100 ms by default) after ``write``:
+    ``write`` flushes once the oldest pending record is ``flush_interval`` old,
+    and a background thread does the same when no more writes come (a capture
+    whose consumer is stuck printing still gets its records onto the disk).
+    Per record this costs one lock and one ``bytearray`` extend, not a syscall.
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class PcapWriter:
         snaplen: int = DEFAULT_SNAPLEN,
         flush_interval: float = 0.05,
         max_buffer: int = 1 << 20,
+        background_flush: bool = True,
     ) -> None:
         self.path = Path(path)
         self.linktype = linktype
@@ -136,13 +139,19 @@ class PcapWriter:
         self.records = 0
         self._buf = bytearray()
         self._pending_since = 0.0
+        self._lock = threading.Lock()
+        self._error: OutputError | None = None  # raised by the flusher thread, reported here
         self._fd: int | None = None
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-        header = _PCAP_HEADER.pack(_PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, linktype)
-        self._write_all(header)
+        self._write_all(_PCAP_HEADER.pack(_PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, linktype))
+        self._closing = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if background_flush:
+            self._flusher = threading.Thread(target=self._flush_loop, name="pcap-flush", daemon=True)
+            self._flusher.start()
 
     @property
     def closed(self) -> bool:
@@ -157,6 +166,8 @@ class PcapWriter:
         wirelen: int | None = None,
     ) -> None:
         """Append one record.  ``ts_ns`` (epoch nanoseconds) wins over ``ts`` (seconds)."""
+        if self._error is not None:
+            raise self._error
         if self._fd is None:
             raise ValueError("write to a closed PcapWriter")
         if ts_ns is not None:
@@ -167,19 +178,20 @@ class PcapWriter:
             usec_total = time.time_ns() // 1000
         caplen = min(len(data), self.snaplen)
         orig = max(wirelen if wirelen is not None else len(data), caplen)
-        buf = self._buf
-        if not buf:
-            self._pending_since = time.monotonic()
-        # One in-place extend per record: a signal handler raising between two
-        # bytecodes can never leave half a record in the buffer.
-        buf += _PCAP_RECORD.pack(usec_total // 1_000_000, usec_total % 1_000_000, caplen, orig) + (
+        record = _PCAP_RECORD.pack(usec_total // 1_000_000, usec_total % 1_000_000, caplen, orig) + (
             data[:caplen] if caplen < len(data) else data
         )
-        self.records += 1
-        if len(buf) >= self.max_buffer:
-            self.flush()
-        else:
-            self.maybe_flush()
+        with self._lock:
+            buf = self._buf
+            now = time.monotonic()
+            if not buf:
+                self._pending_since = now
+            # One extend per record: a signal handler that raises between two
+            # bytecodes can never leave half a record in the buffer.
+            buf += record
+            self.records += 1
+            if len(buf) >= self.max_buffer or now - self._pending_since >= self.flush_interval:
+                self._flush_locked()
 
     def maybe_flush(self, now: float | None = None) -> None:
         """Flush if the oldest pending record has waited ``flush_interval`` or more."""
@@ -187,6 +199,10 @@ class PcapWriter:
             self.flush()
 
     def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         if self._buf and self._fd is not None:
             # SIGINT/SIGTERM are held while the buffer goes out, so a handler that
             # raises cannot make the bytes be written twice or cut in half.
@@ -194,14 +210,30 @@ class PcapWriter:
                 data, self._buf = self._buf, bytearray()
                 self._write_all(data)
 
+    def _flush_loop(self) -> None:
+        while not self._closing.wait(self.flush_interval):
+            try:
+                self.maybe_flush()
+            except OutputError as exc:
+                self._error = exc
+                return
+
     def close(self) -> None:
+        """Write what is pending and close the file.  Safe to call more than once."""
         if self._fd is None:
             return
-        try:
-            self.flush()
-        finally:
-            fd, self._fd = self._fd, None
-            os.close(fd)
+        self._closing.set()
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join()
+        with self._lock:
+            try:
+                self._flush_locked()
+            finally:
+                fd, self._fd = self._fd, None
+                if fd is not None:
+                    os.close(fd)
+        if self._error is not None:
+            raise self._error
 
     def _write_all(self, data: bytes | bytearray) -> None:
         assert self._fd is not None
@@ -222,7 +254,7 @@ class PcapWriter:
     def __del__(self) -> None:  # last resort: never leave captured data in memory
         try:
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001,S110 - nothing left to report to at interpreter exit
             pass
 
 

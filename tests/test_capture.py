@@ -1,0 +1,902 @@
+"""Live capture, the pcap writer, the BPF port filter, and replay.
+
+Capture tests run real servers and clients on loopback, always on a free port
+(bound to port 0), and count what the kernel itself says it sent: TCP_INFO's
+``tcpi_segs_out + tcpi_segs_in`` of the client socket is every segment of the
+connection, so "captured exactly once" is checked as an equality, never as a
+hard-coded number.  They need root or CAP_NET_RAW: without it they skip here,
+and fail in CI (``CI=true``), where they must run.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from handshake_viz import capture
+from handshake_viz.capture import LiveCapture, PcapWriter, bpf_port_filter, replay
+from handshake_viz.decode import open_capture
+from handshake_viz.errors import (
+    CaptureFileError,
+    OutputError,
+    UsageError,
+)
+from handshake_viz.model import Direction, Flag, Label, Segment, TcpState
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _can_capture() -> bool:
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+    except PermissionError:
+        return False
+    return True
+
+
+@pytest.fixture
+def live() -> None:
+    """Capture tests need CAP_NET_RAW: skip outside CI, fail loudly in CI."""
+    if not _can_capture():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the capture tests with root or CAP_NET_RAW, and this process has neither")
+        pytest.skip("needs root or CAP_NET_RAW to capture (runs in CI)")
+
+
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_NET_RAW = 1, 2, 13  # linux/capability.h
+
+
+def _without_caps(*caps: int):  # type: ignore[no-untyped-def]
+    """A preexec_fn: the child (even as root) runs without these capabilities.
+
+    Drops them from the bounding set (prctl PR_CAPBSET_DROP), so the exec'd
+    interpreter never gets them.  An unprivileged test run has none to drop.
+    """
+
+    def drop() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in caps:
+            libc.prctl(24, cap, 0, 0, 0)  # fails harmlessly (EPERM) when not root
+
+    return drop
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _listener(family: int = socket.AF_INET, host: str = "127.0.0.1") -> socket.socket:
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.bind((host, 0))
+    srv.listen(64)
+    return srv
+
+
+def _wire_segments(sock: socket.socket) -> int:
+    """Segments this connection put on the wire, both ways, as the kernel counts them.
+
+    struct tcp_info: tcpi_segs_out and tcpi_segs_in are the u32s at offset 136.
+    The client's counters see everything (a server socket misses its SYN-ACK,
+    which the listener's request socket sent).
+    """
+    raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    segs_out, segs_in = struct.unpack_from("=II", raw, 136)
+    return segs_out + segs_in
+
+
+def _conversation(
+    srv: socket.socket, messages: tuple[bytes, ...] = (b"hello", b"world!!")
+) -> tuple[int, int, int, int]:
+    """Connect, echo each message upper-cased, close both ways.
+
+    Returns (segments on the wire, client port, bytes client->server, bytes server->client).
+    """
+    family = srv.family
+    host, port = srv.getsockname()[:2]
+    cli = socket.socket(family, socket.SOCK_STREAM)
+    cli.connect((host, port))
+    conn, _ = srv.accept()
+    c2s = s2c = 0
+    try:
+        for m in messages:
+            cli.sendall(m)
+            got = b""
+            while len(got) < len(m):
+                got += conn.recv(4096)
+            conn.sendall(got.upper())
+            back = b""
+            while len(back) < len(m):
+                back += cli.recv(4096)
+            c2s += len(m)
+            s2c += len(back)
+        cli.shutdown(socket.SHUT_WR)
+        assert conn.recv(10) == b""
+        conn.shutdown(socket.SHUT_WR)
+        assert cli.recv(10) == b""
+        time.sleep(0.05)  # the client's last ACK
+        return _wire_segments(cli), cli.getsockname()[1], c2s, s2c
+    finally:
+        cli.close()
+        conn.close()
+
+
+class _Thread(threading.Thread):
+    """Runs LiveCapture.run() and keeps its result or exception."""
+
+    def __init__(self, cap: LiveCapture) -> None:
+        super().__init__(daemon=True)
+        self.cap = cap
+        self.result: capture.CaptureResult | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.cap.run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+            self.cap.ready.set()
+
+    def finish(self, timeout: float = 10.0) -> capture.CaptureResult:
+        self.join(timeout)
+        assert not self.is_alive(), "capture did not stop"
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def _start(cap: LiveCapture) -> _Thread:
+    t = _Thread(cap)
+    t.start()
+    assert cap.ready.wait(10), "capture never became ready"
+    if t.error is not None:
+        raise t.error
+    return t
+
+
+def _eth_ipv4_tcp(sport: int, dport: int, *, flags: str = "S", payload: bytes = b"", seq: int = 1000,
+                  ack: int = 0, src: str = "192.0.2.1", dst: str = "192.0.2.2", ihl_options: bytes = b"",
+                  frag: int = 0) -> bytes:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    ip = IP(src=src, dst=dst, frag=frag, options=ihl_options) if ihl_options else IP(src=src, dst=dst, frag=frag)
+    return bytes(Ether(src="00:00:00:00:00:00", dst="00:00:00:00:00:00") / ip
+                 / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack) / payload)
+
+
+def _handshake_frames(sport: int = 40000, dport: int = 8080) -> list[bytes]:
+    """A small conversation between TEST-NET addresses (nobody on this host answers them)."""
+    c, s = 1000, 5000
+    return [
+        _eth_ipv4_tcp(sport, dport, flags="S", seq=c),
+        _eth_ipv4_tcp(dport, sport, flags="SA", seq=s, ack=c + 1, src="192.0.2.2", dst="192.0.2.1"),
+        _eth_ipv4_tcp(sport, dport, flags="A", seq=c + 1, ack=s + 1),
+        _eth_ipv4_tcp(sport, dport, flags="PA", seq=c + 1, ack=s + 1, payload=b"ping"),
+        _eth_ipv4_tcp(dport, sport, flags="PA", seq=s + 1, ack=c + 5, payload=b"pong", src="192.0.2.2",
+                      dst="192.0.2.1"),
+        _eth_ipv4_tcp(sport, dport, flags="FA", seq=c + 5, ack=s + 5),
+        _eth_ipv4_tcp(dport, sport, flags="FA", seq=s + 5, ack=c + 6, src="192.0.2.2", dst="192.0.2.1"),
+        _eth_ipv4_tcp(sport, dport, flags="A", seq=c + 6, ack=s + 6),
+    ]
+
+
+def _write_pcap(path: Path, frames: list[bytes], t0: float = 1_700_000_000.0, gap: float = 0.2) -> list[float]:
+    times = [t0 + i * gap for i in range(len(frames))]
+    with PcapWriter(path) as w:
+        for f, t in zip(frames, times, strict=True):
+            w.write(f, t)
+    return times
+
+
+def _raw_records(path: Path) -> list[tuple[int, int, int, int, bytes]]:
+    """(sec, usec, caplen, wirelen, data) of each record of a little-endian microsecond pcap."""
+    data = path.read_bytes()
+    assert struct.unpack_from("<I", data, 0)[0] == 0xA1B2C3D4
+    out, pos = [], 24
+    while pos < len(data):
+        sec, usec, cap, wire = struct.unpack_from("<IIII", data, pos)
+        out.append((sec, usec, cap, wire, data[pos + 16 : pos + 16 + cap]))
+        pos += 16 + cap
+    return out
+
+
+# --------------------------------------------------------------------------- PcapWriter
+
+
+def test_writer_round_trip_through_decode(tmp_path: Path) -> None:
+    frames = _handshake_frames()
+    path = tmp_path / "w.pcap"
+    times = _write_pcap(path, frames, t0=1_700_000_000.123456)
+    with open_capture(path) as reader:
+        packets = list(reader)
+        assert reader.linktypes == [1]
+        assert not reader.stats.warnings
+    assert [p.frame for p in packets] == list(range(1, len(frames) + 1))
+    assert [p.flags for p in packets] == [Flag.SYN, Flag.SYN | Flag.ACK, Flag.ACK, Flag.PSH | Flag.ACK,
+                                          Flag.PSH | Flag.ACK, Flag.FIN | Flag.ACK, Flag.FIN | Flag.ACK,
+                                          Flag.ACK]
+    assert [p.payload for p in packets][3:5] == [b"ping", b"pong"]
+    for p, t in zip(packets, times, strict=True):
+        assert abs(p.ts - t) < 1e-6
+    # the frames are stored byte for byte
+    assert [r[4] for r in _raw_records(path)] == frames
+
+
+def test_writer_snaplen_and_wirelen(tmp_path: Path) -> None:
+    frame = _eth_ipv4_tcp(1, 2, flags="PA", payload=b"x" * 100)
+    path = tmp_path / "s.pcap"
+    with PcapWriter(path, snaplen=80) as w:
+        w.write(frame, ts_ns=1_700_000_000_999_999_999)
+        w.write(frame[:60], 1.5, wirelen=len(frame))
+    (sec, usec, cap, wire, data), (sec2, usec2, cap2, wire2, _) = _raw_records(path)
+    assert (sec, usec, cap, wire, data) == (1_700_000_000, 999_999, 80, len(frame), frame[:80])
+    assert (sec2, usec2, cap2, wire2) == (1, 500_000, 60, len(frame))
+    assert struct.unpack_from("<I", path.read_bytes(), 16)[0] == 80  # header snaplen
+    with open_capture(path) as reader:
+        p1, p2 = list(reader)
+    assert p1.length == p2.length == 100  # from the wire length, as tshark's tcp.len
+
+
+def test_writer_flushes_without_more_writes(tmp_path: Path) -> None:
+    path = tmp_path / "f.pcap"
+    frame = _eth_ipv4_tcp(1, 2)
+    w = PcapWriter(path)
+    try:
+        w.write(frame, 1.0)
+        assert path.stat().st_size == 24  # buffered, not one syscall per record
+        deadline = time.monotonic() + 2.0
+        while path.stat().st_size < 24 + 16 + len(frame) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # the issue asks for 100 ms; a loaded CI machine gets slack, a missing flush never passes
+        assert path.stat().st_size == 24 + 16 + len(frame)
+    finally:
+        w.close()
+
+
+_KILLED_WRITER = r"""
+import sys, time
+from handshake_viz.capture import PcapWriter
+frame = bytes.fromhex(sys.argv[2])
+w = PcapWriter(sys.argv[1])
+print("open", flush=True)
+n = 0
+while True:
+    w.write(frame * (1 + n % 7))
+    n += 1
+    time.sleep(0.002)
+"""
+
+
+def test_writer_file_is_valid_after_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "k.pcap"
+    frame = _eth_ipv4_tcp(1, 2, flags="PA", payload=b"y" * 30)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path), frame.hex()],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "open"
+    time.sleep(0.5)
+    proc.kill()
+    proc.wait(10)
+    records = _raw_records(path)  # walks every header: no partial record
+    assert len(records) >= 20
+    with open_capture(path) as reader:
+        packets = list(reader)
+        assert not reader.stats.warnings
+    assert len(packets) == len(records)
+
+
+def test_writer_unwritable_paths(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match=r"^.*/nope/x\.pcap: cannot write: No such file or directory$"):
+        PcapWriter(tmp_path / "nope" / "x.pcap")
+    with pytest.raises(OutputError, match=r": cannot write: Is a directory$"):
+        PcapWriter(tmp_path)
+
+
+def test_writer_permission_denied(tmp_path: Path) -> None:
+    locked = tmp_path / "out"
+    locked.mkdir()
+    os.chmod(locked, 0o555)
+    try:  # as root, without the capability that lets root write anywhere
+        res = subprocess.run(
+            [sys.executable, "-c", "import sys\nfrom handshake_viz.capture import PcapWriter\n"
+             "from handshake_viz.errors import OutputError\n"
+             "try:\n    PcapWriter(sys.argv[1])\nexcept OutputError as e:\n    print(e)\n", "out/x.pcap"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=30,
+            preexec_fn=_without_caps(CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH))
+    finally:
+        os.chmod(locked, 0o755)
+    assert res.stdout.strip() == "out/x.pcap: cannot write: Permission denied", res.stderr
+
+
+# --------------------------------------------------------------------------- BPF filter
+
+
+def _run_bpf(prog: list[tuple[int, int, int, int]], pkt: bytes) -> int:
+    """A classic BPF interpreter for the instructions port filters use (linux/filter.h)."""
+    a = x = pc = 0
+    while True:
+        code, jt, jf, k = prog[pc]
+        pc += 1
+        cls = code & 0x07
+        if cls == 0x00:  # LD
+            size = {0x00: 4, 0x08: 2, 0x10: 1}[code & 0x18]
+            mode = code & 0xE0
+            off = k if mode == 0x20 else x + k if mode == 0x40 else None
+            if off is None:
+                raise NotImplementedError(hex(code))
+            if off + size > len(pkt):
+                return 0  # the kernel drops a packet a load runs past
+            a = int.from_bytes(pkt[off : off + size], "big")
+        elif cls == 0x01:  # LDX
+            if code != 0xB1:
+                raise NotImplementedError(hex(code))
+            if k >= len(pkt):
+                return 0
+            x = (pkt[k] & 0x0F) * 4
+        elif cls == 0x04:  # ALU, K operand
+            if code == 0x54:
+                a &= k
+            else:
+                raise NotImplementedError(hex(code))
+        elif cls == 0x05:  # JMP
+            op = code & 0xF0
+            if op == 0x00:
+                pc += k
+            elif op == 0x10:
+                pc += jt if a == k else jf
+            elif op == 0x20:
+                pc += jt if a > k else jf
+            elif op == 0x30:
+                pc += jt if a >= k else jf
+            elif op == 0x40:
+                pc += jt if a & k else jf
+            else:
+                raise NotImplementedError(hex(code))
+        elif cls == 0x06:  # RET
+            return k if code == 0x06 else a
+        else:
+            raise NotImplementedError(hex(code))
+
+
+def _filter_cases(port: int) -> list[tuple[str, bytes, bool]]:
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
+    from scapy.layers.l2 import ARP, Ether
+
+    eth = Ether(src="00:00:00:00:00:00", dst="00:00:00:00:00:00")
+    other = port - 1 if port > 1 else 2
+    return [
+        ("v4 tcp to port", _eth_ipv4_tcp(40000, port), True),
+        ("v4 tcp from port", _eth_ipv4_tcp(port, 40000, flags="SA"), True),
+        ("v4 tcp other port", _eth_ipv4_tcp(40000, other), False),
+        ("v4 tcp with IP options", _eth_ipv4_tcp(40000, port, ihl_options=b"\x01\x01\x01\x00"), True),
+        ("v4 tcp ports only past IP options", bytes(eth / IP(options=b"\x01\x01\x01\x00")
+                                                    / TCP(sport=40000, dport=other)), False),
+        ("v4 first fragment", _eth_ipv4_tcp(40000, port, frag=0), True),
+        ("v4 later fragment", _eth_ipv4_tcp(40000, port, frag=100), False),
+        ("v4 udp to port", bytes(eth / IP() / UDP(sport=40000, dport=port)), False),
+        ("v4 icmp about port", bytes(eth / IP() / ICMP(type=3, code=3) / IP() / UDP(dport=port)), False),
+        ("v6 tcp to port", bytes(eth / IPv6(src="::1", dst="::1") / TCP(sport=40000, dport=port)), True),
+        ("v6 tcp from port", bytes(eth / IPv6() / TCP(sport=port, dport=40000)), True),
+        ("v6 tcp other port", bytes(eth / IPv6() / TCP(sport=40000, dport=other)), False),
+        ("v6 udp to port", bytes(eth / IPv6() / UDP(sport=40000, dport=port)), False),
+        ("v6 hop-by-hop then tcp (tcpdump skips too)",
+         bytes(eth / IPv6() / IPv6ExtHdrHopByHop() / TCP(dport=port)), False),
+        ("arp", bytes(eth / ARP()), False),
+        ("runt", b"\x00" * 13, False),
+        ("v4 header cut", _eth_ipv4_tcp(40000, port)[:30], False),
+    ]
+
+
+@pytest.mark.parametrize("port", [8080, 1, 65535])
+def test_bpf_filter_keeps_only_tcp_on_the_port(port: int) -> None:
+    prog = bpf_port_filter(port, snaplen=1000)
+    for name, frame, keep in _filter_cases(port):
+        assert _run_bpf(prog, frame) == (1000 if keep else 0), name
+
+
+def test_bpf_filter_for_raw_ip_interfaces() -> None:
+    prog = bpf_port_filter(8080, link_offset=0)
+    for name, frame, keep in _filter_cases(8080):
+        if frame[12:14] not in (b"\x08\x00", b"\x86\xdd"):
+            continue
+        assert bool(_run_bpf(prog, frame[14:])) == keep, name
+
+
+def test_bpf_filter_agrees_with_tcpdump() -> None:
+    """The program decides exactly as libpcap's own compilation of ``tcp port P``."""
+    if not shutil.which("tcpdump"):
+        pytest.skip("tcpdump is not installed")
+    res = subprocess.run(["tcpdump", "-i", "lo", "-dd", "tcp", "port", "8080"], capture_output=True,
+                         text=True, timeout=30)
+    if res.returncode != 0:
+        pytest.skip(f"tcpdump cannot compile for lo here: {res.stderr.strip()}")
+    insn = r"\{\s*(\w+),\s*(\w+),\s*(\w+),\s*(\w+)\s*\}"
+    theirs = [(int(a, 0), int(b, 0), int(c, 0), int(d, 0)) for a, b, c, d in re.findall(insn, res.stdout)]
+    assert theirs
+    ours = bpf_port_filter(8080)
+    for name, frame, _ in _filter_cases(8080):
+        assert bool(_run_bpf(ours, frame)) == bool(_run_bpf(theirs, frame)), name
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536, 100000])
+def test_port_out_of_range(port: int, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=rf"^--port {port}: must be between 1 and 65535$"):
+        LiveCapture(port, output=tmp_path / "x.pcap")
+
+
+def test_unknown_interface_lists_the_real_ones() -> None:
+    names = [n for _, n in socket.if_nameindex()]
+    with pytest.raises(UsageError) as info:
+        capture.open_packet_socket("eth9", 8080)
+    assert str(info.value) == f"unknown interface 'eth9' (have: {', '.join(names)})"
+
+
+def test_bad_stop_conditions(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--count 0"):
+        LiveCapture(80, output=tmp_path / "x.pcap", count=0)
+    with pytest.raises(UsageError, match="--connections 0"):
+        LiveCapture(80, output=tmp_path / "x.pcap", connections=0)
+    with pytest.raises(UsageError, match="--timeout -1"):
+        LiveCapture(80, output=tmp_path / "x.pcap", timeout=-1)
+
+
+def test_without_cap_net_raw_says_so(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "handshake_viz", "capture", "--port", "8080", "-o", "x.pcap"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=30,
+                         preexec_fn=_without_caps(CAP_NET_RAW))
+    assert (res.returncode, res.stderr) == (2, "hsviz: capturing needs root or CAP_NET_RAW: try sudo\n")
+    assert not (tmp_path / "x.pcap").exists()  # nothing written before the socket opened
+
+
+def test_cli_argument_errors_exit_2(tmp_path: Path) -> None:
+    for args, message in [
+        (["--port", "0"], "hsviz: --port 0: must be between 1 and 65535\n"),
+        (["--port", "80", "--iface", "eth9"], "hsviz: unknown interface 'eth9' (have: "),
+    ]:
+        res = subprocess.run([sys.executable, "-m", "handshake_viz", "capture", *args, "-o", "x.pcap"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert res.returncode == 2
+        assert res.stderr.startswith(message)
+        assert res.stderr.count("\n") == 1  # one line, no traceback
+
+
+# --------------------------------------------------------------------------- live
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_every_segment_exactly_once_with_labels(live: None, tmp_path: Path, family: int) -> None:
+    if family == socket.AF_INET6 and not _has_ipv6_loopback():
+        pytest.skip("no IPv6 on loopback")
+    srv = _listener(family, "::1" if family == socket.AF_INET6 else "127.0.0.1")
+    port = srv.getsockname()[1]
+    segments: list[Segment] = []
+    out = tmp_path / "live.pcap"
+    cap = LiveCapture(port, output=out, connections=1, timeout=20, on_segment=segments.append)
+    t = _start(cap)
+    # the first SYN goes out right after ready: it must be caught
+    expected, cport, c2s, s2c = _conversation(srv, (b"hello", b"world!!", b"x" * 3000))
+    result = t.finish()
+    srv.close()
+
+    assert result.reason == "connections"
+    assert len(segments) == expected, [s.label.value for s in segments]
+    assert result.stats.packets == result.stats.segments == expected
+    assert result.stats.dropped == 0
+    assert {s.conn for s in segments} == {0}
+    assert segments[0].sport == cport and segments[0].dport == port
+    labels = [s.label for s in segments]
+    assert labels[:3] == [Label.SYN, Label.SYN_ACK, Label.ACK]
+    assert labels.count(Label.SYN) == 1 and labels.count(Label.SYN_ACK) == 1
+    assert labels.count(Label.FIN) + labels.count(Label.FIN_ACK) == 2
+    assert not any(s.analysis for s in segments), [(s.frame, s.analysis) for s in segments]
+    assert sum(s.length for s in segments if s.dir is Direction.C2S) == c2s
+    assert sum(s.length for s in segments if s.dir is Direction.S2C) == s2c
+    assert (segments[-1].client_state, segments[-1].server_state) == (TcpState.TIME_WAIT, TcpState.CLOSED)
+    (summary,) = result.summaries
+    assert summary.conn_state == "SF"
+    # the pcap holds the same segments, in order
+    with open_capture(out) as reader:
+        packets = list(reader)
+        assert not reader.stats.warnings
+    assert [(p.seq, p.ack, p.flags, p.length) for p in packets] == [
+        (s.seq, s.ack, s.flags, s.length) for s in segments
+    ]
+    assert [p.ts for p in packets] == [s.ts for s in segments]
+
+
+@pytest.mark.live
+def test_other_ports_and_protocols_are_not_captured(live: None, tmp_path: Path) -> None:
+    srv, other = _listener(), _listener()
+    port = srv.getsockname()[1]
+    segments: list[Segment] = []
+    cap = LiveCapture(port, output=tmp_path / "f.pcap", connections=1, timeout=20, on_segment=segments.append)
+    t = _start(cap)
+    _conversation(other)  # TCP on another port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:  # UDP to the same port number
+        udp.sendto(b"not tcp", ("127.0.0.1", port))  # (and the ICMP unreachable it causes)
+    expected, *_ = _conversation(srv)
+    result = t.finish()
+    srv.close()
+    other.close()
+    assert len(segments) == expected == result.stats.packets
+    assert all(port in (s.sport, s.dport) for s in segments)
+
+
+@pytest.mark.live
+def test_count_and_timeout_stop(live: None, tmp_path: Path) -> None:
+    srv = _listener()
+    port = srv.getsockname()[1]
+    cap = LiveCapture(port, output=tmp_path / "c.pcap", count=3, timeout=20)
+    t = _start(cap)
+    _conversation(srv)
+    result = t.finish()
+    assert (result.reason, result.stats.packets) == ("count", 3)
+    assert len(_raw_records(tmp_path / "c.pcap")) == 3
+
+    t0 = time.monotonic()
+    result = _start(LiveCapture(port, output=tmp_path / "t.pcap", timeout=0.3)).finish()
+    assert result.reason == "timeout"
+    assert 0.25 <= time.monotonic() - t0 < 5
+    srv.close()
+
+
+@pytest.mark.live
+def test_stop_from_another_thread_keeps_queued_frames(live: None, tmp_path: Path) -> None:
+    srv = _listener()
+    port = srv.getsockname()[1]
+    gate = threading.Event()
+
+    def slow(seg: object) -> None:
+        gate.wait(5)  # hold the loop so the frames queue up in the kernel
+
+    cap = LiveCapture(port, output=tmp_path / "q.pcap", on_segment=slow)
+    t = _start(cap)
+    expected, *_ = _conversation(srv)
+    cap.stop()
+    gate.set()
+    result = t.finish()
+    srv.close()
+    assert result.reason == "stopped"
+    assert result.stats.packets == expected
+
+
+@pytest.mark.live
+def test_exception_in_callback_keeps_the_pcap(live: None, tmp_path: Path) -> None:
+    srv = _listener()
+    port = srv.getsockname()[1]
+    seen = []
+
+    def boom(seg: object) -> None:
+        seen.append(seg)
+        if len(seen) == 4:
+            raise RuntimeError("consumer broke")
+
+    t = _start(LiveCapture(port, output=tmp_path / "e.pcap", on_segment=boom))
+    _conversation(srv)
+    with pytest.raises(RuntimeError, match="consumer broke"):
+        t.finish()
+    srv.close()
+    with open_capture(tmp_path / "e.pcap") as reader:
+        assert len(list(reader)) == 4  # every frame received before the failure
+        assert not reader.stats.warnings
+
+
+@pytest.mark.live
+def test_signals_in_the_main_thread(live: None, tmp_path: Path) -> None:
+    """First SIGINT/SIGTERM stops cleanly; a second SIGINT raises at once, pcap still valid."""
+    port = _listener().getsockname()[1]
+    before = signal.getsignal(signal.SIGINT)
+    result = LiveCapture(port, output=tmp_path / "a.pcap", timeout=20,
+                         on_ready=lambda: os.kill(os.getpid(), signal.SIGTERM)).run()
+    assert result.reason == "terminated"
+    result = LiveCapture(port, output=tmp_path / "b.pcap", timeout=20,
+                         on_ready=lambda: os.kill(os.getpid(), signal.SIGINT)).run()
+    assert result.reason == "interrupted"
+
+    def twice() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the second signal must not wait for this
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        LiveCapture(port, output=tmp_path / "c.pcap", timeout=20, on_ready=twice).run()
+    assert time.monotonic() - t0 < 4
+    assert _raw_records(tmp_path / "c.pcap") == []  # a valid, empty pcap
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
+
+
+# --------------------------------------------------------------------------- the CLI, live
+
+
+class _Cli:
+    """``python -m handshake_viz capture ...`` with its stdout/stderr collected line by line."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "handshake_viz", "capture", *args], cwd=cwd,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.ready = threading.Event()
+        self._readers = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
+                         threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True)]
+        for r in self._readers:
+            r.start()
+
+    def _read(self, stream, into: list[str]) -> None:  # type: ignore[no-untyped-def]
+        for line in stream:
+            into.append(line)
+            if line.startswith("listening on"):
+                self.ready.set()
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"capture never said 'listening on': {''.join(self.err)}")
+
+    def finish(self, timeout: float = 30) -> int:
+        rc = self.proc.wait(timeout)
+        for r in self._readers:
+            r.join(5)
+        return rc
+
+
+def _ladder_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if re.match(r"^\s+\d+\s+-?\d+\.\d{3} ms  [→←] ", line)]
+
+
+@pytest.mark.live
+def test_cli_sigterm_mid_stream_leaves_a_complete_pcap(live: None, tmp_path: Path) -> None:
+    srv = _listener()
+    port = srv.getsockname()[1]
+    cli = _Cli(["--port", str(port), "-o", "f.pcap"], tmp_path)
+    cli.wait_ready()
+    assert cli.err[0] == f"listening on lo port {port}\n"
+    done, *_ = _conversation(srv)  # one whole connection...
+    c = socket.create_connection(srv.getsockname())  # ...and one still open at the kill
+    a, _ = srv.accept()
+    for i in range(3):
+        c.sendall(b"ping %d" % i)
+        a.recv(100)
+        a.sendall(b"pong %d" % i)
+        c.recv(100)
+    time.sleep(0.3)  # any delayed ACK has gone out
+    expected = done + _wire_segments(c)
+    # written as it arrives: the file has everything before the process is stopped
+    assert len(_raw_records(tmp_path / "f.pcap")) == expected
+    cli.proc.send_signal(signal.SIGTERM)
+    rc = cli.finish()
+    c.close()
+    a.close()
+    srv.close()
+    assert rc == 0, "".join(cli.err)
+    with open_capture(tmp_path / "f.pcap") as reader:
+        packets = list(reader)
+        assert not reader.stats.warnings
+    assert len(packets) == expected
+    assert len(_ladder_lines(cli.out)) == expected  # one line per segment, printed live
+    assert f"hsviz: wrote {expected} packets to f.pcap\n" in cli.err
+    assert sum(1 for line in cli.out if re.match(r"^conn \d+: .* segments ", line)) == 2  # summaries
+
+
+@pytest.mark.live
+def test_cli_stops_after_connections(live: None, tmp_path: Path) -> None:
+    srv = _listener()
+    port = srv.getsockname()[1]
+    cli = _Cli(["--port", str(port), "--connections", "2", "--timeout", "30"], tmp_path)
+    cli.wait_ready()
+    expected = _conversation(srv)[0] + _conversation(srv)[0]
+    rc = cli.finish()
+    srv.close()
+    assert rc == 0, "".join(cli.err)
+    (pcap,) = tmp_path.glob("capture-*.pcap")
+    assert re.fullmatch(r"capture-\d{8}-\d{6}\.pcap", pcap.name)
+    assert len(_raw_records(pcap)) == expected == len(_ladder_lines(cli.out))
+    assert f"hsviz: wrote {expected} packets to {pcap.name}\n" in cli.err
+    headers = [line for line in cli.out if line.startswith("conn ") and ": client " in line]
+    assert [h.split(":")[0] for h in headers] == ["conn 0", "conn 1"]
+
+
+# --------------------------------------------------------------------------- burst vs tcpdump
+
+_BURST = r"""
+import socket, sys, threading
+n = int(sys.argv[1])
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(512)
+print(srv.getsockname()[1], flush=True)
+sys.stdin.readline()
+def serve():
+    for _ in range(n):
+        c, _ = srv.accept()
+        c.recv(100); c.sendall(b"pong" * 8); c.recv(100); c.close()
+t = threading.Thread(target=serve)
+t.start()
+for _ in range(n):
+    c = socket.create_connection(("127.0.0.1", srv.getsockname()[1]))
+    c.sendall(b"ping" * 8); c.recv(100); c.close()
+t.join()
+print("done", flush=True)
+"""
+
+
+def _wait_until_files_settle(paths: list[Path], quiet: float = 0.5, limit: float = 30.0) -> None:
+    """Wait until none of the files has grown for ``quiet`` seconds.
+
+    tcpdump stops at SIGINT without reading what its ring still holds; its count
+    is the reference only once it has caught up.
+    """
+    sizes: list[int] = []
+    still_since = time.monotonic()
+    deadline = still_since + limit
+    while time.monotonic() < deadline:
+        now = [p.stat().st_size if p.exists() else 0 for p in paths]
+        if now != sizes:
+            sizes, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= quiet:
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.live
+@pytest.mark.slow
+def test_burst_of_2000_connections_as_complete_as_tcpdump(live: None, tmp_path: Path) -> None:
+    """About 20,000 segments in well under a second: hsviz records what tcpdump records."""
+    if not shutil.which("tcpdump"):
+        pytest.skip("tcpdump is not installed (.ci/run installs it)")
+    n = 2000
+    gen = subprocess.Popen([sys.executable, "-c", _BURST, str(n)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True)
+    assert gen.stdin is not None and gen.stdout is not None
+    port = gen.stdout.readline().strip()
+    td_err = tmp_path / "tcpdump.err"
+    # -B: a 64 MiB buffer, as hsviz's, so that tcpdump is a fair reference on a busy machine
+    td = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-B", "65536", "-w", "td.pcap", "tcp", "port", port],
+                          cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(td_err, "w"))
+    cli = _Cli(["--port", port, "-o", "hs.pcap"], tmp_path)
+    try:
+        cli.wait_ready()
+        deadline = time.monotonic() + 20
+        while "listening on" not in td_err.read_text():
+            assert td.poll() is None and time.monotonic() < deadline, td_err.read_text()
+            time.sleep(0.02)
+        gen.stdin.write("go\n")
+        gen.stdin.flush()
+        assert select.select([gen.stdout], [], [], 60)[0], "the burst did not finish"
+        assert gen.stdout.readline().strip() == "done"
+        gen.wait(10)
+        _wait_until_files_settle([tmp_path / "td.pcap", tmp_path / "hs.pcap"])  # tcpdump: not to stop early
+    finally:
+        td.send_signal(signal.SIGINT)
+        cli.proc.send_signal(signal.SIGTERM)  # writes what the kernel still has queued
+        td.wait(30)
+        rc = cli.finish(60)
+        if gen.poll() is None:
+            gen.kill()
+    assert rc == 0, "".join(cli.err)
+    ours = [r[4] for r in _raw_records(tmp_path / "hs.pcap")]
+    theirs = [r[4] for r in _raw_records(tmp_path / "td.pcap")]
+    stats = td_err.read_text()
+    dropped = int(re.search(r"(\d+) packets dropped by kernel", stats).group(1))  # type: ignore[union-attr]
+    assert len(ours) >= 9 * n  # the burst happened and was seen
+    assert not any("kernel dropped" in line for line in cli.err), "".join(cli.err)
+    if dropped == 0:  # tcpdump kept up: the very same frames, each once
+        assert collections.Counter(ours) == collections.Counter(theirs), stats
+    else:  # tcpdump lost some on this (busy) machine: hsviz must not have less, nor doubles
+        assert len(ours) >= len(theirs), stats
+        assert max(collections.Counter(ours).values()) == 1  # TCP timestamps make each frame unique
+    assert len(_ladder_lines(cli.out)) == len(ours)
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def test_replay_speed_0_yields_what_open_capture_reads(tmp_path: Path) -> None:
+    path = tmp_path / "r.pcap"
+    _write_pcap(path, _handshake_frames(), gap=5.0)  # 35 s of capture: speed 0 must not wait
+    with open_capture(path) as reader:
+        expected = list(reader)
+    t0 = time.monotonic()
+    with replay(path, speed=0) as packets:
+        got = list(packets)
+        assert packets.stats.records == len(expected)
+    assert got == expected
+    assert time.monotonic() - t0 < 2
+
+
+def test_replay_keeps_the_original_timing_scaled(tmp_path: Path) -> None:
+    path = tmp_path / "t.pcap"
+    times = _write_pcap(path, _handshake_frames(), gap=0.5)
+    waits: list[float] = []
+    got = list(replay(path, speed=10, sleep=waits.append))  # a clock that never moves
+    assert len(got) == len(times)
+    # against a schedule from the first packet: the k-th wait is ~ (t_k - t_0) / 10
+    for k, w in enumerate(waits, start=1):
+        assert w == pytest.approx((times[k] - times[0]) / 10, abs=0.05)
+    # and for real, loosely
+    t0 = time.monotonic()
+    list(replay(path, speed=10))
+    assert 0.3 <= time.monotonic() - t0 < 3.0  # 3.5 s of capture at speed 10
+
+
+def test_replay_errors(tmp_path: Path) -> None:
+    with pytest.raises(CaptureFileError, match="no such file"):
+        replay(tmp_path / "missing.pcap")  # at once, not at the first packet
+    path = tmp_path / "ok.pcap"
+    _write_pcap(path, _handshake_frames())
+    with pytest.raises(UsageError, match=r"^--speed -1: must be 0"):
+        replay(path, speed=-1)
+
+
+def test_cli_replay_prints_the_live_view(tmp_path: Path) -> None:
+    path = tmp_path / "c.pcap"
+    frames = _handshake_frames()
+    _write_pcap(path, frames, gap=0.001)
+    res = subprocess.run([sys.executable, "-m", "handshake_viz", "replay", str(path), "--speed", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == "conn 0: client 192.0.2.1:40000  →  server 192.0.2.2:8080"
+    ladder = _ladder_lines([line + "\n" for line in lines])
+    assert len(ladder) == len(frames)
+    assert [line.split()[4] for line in ladder] == ["SYN", "SYN-ACK", "ACK", "DATA", "PIGGYBACK", "FIN",
+                                                     "FIN-ACK", "ACK"]
+    assert lines[-1].startswith("conn 0: 192.0.2.1:40000 → 192.0.2.2:8080")
+
+
+@pytest.mark.live
+def test_replay_inject_resends_the_frames(live: None, tmp_path: Path) -> None:
+    srv = _listener()  # only to own a port nobody else uses; the frames are TEST-NET, not for us
+    port = srv.getsockname()[1]
+    frames = _handshake_frames(40000, port)
+    path = tmp_path / "in.pcap"
+    _write_pcap(path, frames)
+    cap = LiveCapture(port, output=tmp_path / "seen.pcap", count=len(frames), timeout=20)
+    t = _start(cap)
+    sent = list(replay(path, speed=0, inject=True))
+    result = t.finish()
+    srv.close()
+    assert len(sent) == len(frames)
+    assert result.reason == "count"
+    assert [r[4] for r in _raw_records(tmp_path / "seen.pcap")] == frames
+
+
+def test_replay_inject_without_privileges(tmp_path: Path) -> None:
+    path = tmp_path / "p.pcap"
+    _write_pcap(path, _handshake_frames())
+    res = subprocess.run([sys.executable, "-m", "handshake_viz", "replay", str(path), "--speed", "0", "--inject"],
+                         capture_output=True, text=True, timeout=30, preexec_fn=_without_caps(CAP_NET_RAW))
+    assert (res.returncode, res.stderr) == (2, "hsviz: --inject needs root or CAP_NET_RAW: try sudo\n")
+    assert res.stdout == ""
