@@ -381,13 +381,14 @@ def paint(layout: Layout, ax: Axes, **style: Any) -> Axes:
     bbox = ax.get_position()
     fw, fh = fig.get_size_inches()
     pt_per_x = bbox.width * fw * 72 / (layout.xlim[1] - layout.xlim[0])
+    pt_per_y = bbox.height * fh * 72 / (layout.ylim[1] - layout.ylim[0])
 
     n_texts = 3 * len(layout.rows) + len(layout.calls)
     paths = st.text_mode == "paths" or (st.text_mode == "auto" and n_texts > _TEXT_PATHS_ABOVE)
     out = _Writer(ax, paths)
     _paint_frame(layout, ax, fs, pt_per_x)
     _paint_folds(layout, ax, fs, pt_per_x, out)
-    _paint_arrows(layout, ax, st, fs, pt_per_x, out)
+    _paint_arrows(layout, ax, st, fs, pt_per_x, pt_per_y, out)
     _paint_states(layout, ax, fs)
     _paint_calls(layout, ax, fs, out)
     _paint_footer(layout, ax, st, fs)
@@ -466,7 +467,7 @@ def _paint_folds(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float
 
 
 def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
-                  pt_per_x: float, out: _Writer) -> None:
+                  pt_per_x: float, pt_per_y: float, out: _Writer) -> None:
     rows = layout.segment_rows
     if not rows:
         return
@@ -506,20 +507,24 @@ def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
                     fontsize=marker_size, fontweight="bold", color="white", zorder=4,
                     bbox=dict(boxstyle="round,pad=0.25", fc=_FLAG, ec="none"))
         if st.show_details:
-            detail = r.detail + (f"  {r.extra}" if r.extra else "")
-            if detail:
-                size = detail_size
-                dw = _mono_width_pt(detail, size) / pt_per_x
-                if dw > _FIT:  # shrink to fit between the lifelines, never below 6 pt
-                    size = max(6.0, size * _FIT / dw)
-                    dw = _mono_width_pt(detail, size) / pt_per_x
-                # top of the line: below the arrow wherever the line spans it (the arrow
-                # is lowest next to its receiver)
-                x_far = 0.5 + dw / 2 if r.x_to > r.x_from else 0.5 - dw / 2
-                y_low = r.y + abs(x_far - r.x_from) * slope
-                top = max(mid_y + 0.12, y_low + 0.06)
-                out.text(0.5, top, detail, ha="center", va="top", size=size, mono=True,
-                         color="#333333")
+            if r.lines == 2:
+                lines = [r.detail, r.extra]
+            else:
+                lines = [r.detail + (f"  {r.extra}" if r.extra else "")]
+            widest = max(_mono_width_pt(line, detail_size) for line in lines) / pt_per_x
+            size = detail_size
+            if widest > _FIT:  # shrink to fit between the lifelines, never below 6 pt
+                size = max(6.0, size * _FIT / widest)
+            # top of the first line: below the arrow wherever the line spans it (the
+            # arrow is lowest next to its receiver)
+            dw = _mono_width_pt(lines[0], size) / pt_per_x
+            x_far = 0.5 + dw / 2 if r.x_to > r.x_from else 0.5 - dw / 2
+            y_low = r.y + abs(x_far - r.x_from) * slope
+            top = max(mid_y + 0.12, y_low + 0.06)
+            for i, line in enumerate(lines):
+                if line:
+                    out.text(0.5, top + i * size * 1.3 / pt_per_y, line, ha="center", va="top",
+                             size=size, mono=True, color="#333333")
         if st.show_times:
             out.text(layout.time_x, r.y, r.time_text, ha="right", va="center",
                      size=fs["time"], mono=True, color=_GREY)

@@ -12,7 +12,9 @@ Coordinates
 server's at ``x = 1``; the application lanes (socket calls) sit outside them at
 ``-LANE_OFFSET`` and ``1 + LANE_OFFSET``.  ``y`` is in *row units* and grows
 *downwards* (time runs down the page): in ``time="ordered"`` mode the k-th row's
-arrow leaves its sender at ``y = k`` and reaches the receiver at ``y + SLANT``.
+arrow leaves its sender at ``y = k`` and reaches the receiver at ``y + SLANT``
+(plus ``SECOND_LINE`` for every earlier row whose seq/ack line and options are
+too long for one line, e.g. a TCP Fast Open SYN).
 
 Rows
 ====
@@ -122,6 +124,8 @@ PRE_STEP = 0.4  # rows between call starts before the first segment
 POST_STEP = 0.4  # … and after the last one
 REAL_STRETCH = 1.5  # time="real": row units per drawn row spread over the duration
 PREVIEW_CHARS = 16
+DETAIL_CHARS = 49  # detail + extra longer than this: extra gets a line of its own …
+SECOND_LINE = 0.3  # … and the next row moves down this much
 
 
 # ==========================================================================================
@@ -192,6 +196,7 @@ class Row:
     markers: tuple[str, ...]  # short tags for the analysis flags: ("retransmission",)
     flagged: bool  # a problem flag is set (the painter dashes the arrow)
     fold: Fold | None = None
+    lines: int = 1  # 2: ``extra`` goes on its own line under ``detail`` (the row is taller)
 
     @property
     def y_mid(self) -> float:
@@ -648,7 +653,8 @@ def _fold_text(f_segments: int, b_c2s: int, b_s2c: int, duration: float,
 
 
 def _closing_notes(segments: Sequence[Segment], summary: ConnectionSummary) -> list[str]:
-    notes: list[str] = []
+    """One line on how the connection ended: who closed first and what that costs
+    (TIME-WAIT), or who reset it, or that the capture ends with it still open."""
     side_of = {Direction.C2S: "client", Direction.S2C: "server"}
     final = {"client": summary.client_state, "server": summary.server_state}
     rst = next((s for s in segments if s.flags & Flag.RST), None)
@@ -660,24 +666,24 @@ def _closing_notes(segments: Sequence[Segment], summary: ConnectionSummary) -> l
         # simultaneous close: the peer's FIN did not acknowledge ours (RFC 9293 §3.6 case 2)
         both = peer_fin is not None and (peer_fin.rel_ack is None
                                          or peer_fin.rel_ack <= fin.rel_seq + fin.length)
-        if final[closer] is TcpState.TIME_WAIT:
+        if final[closer] is TcpState.TIME_WAIT or (both and final[other] is TcpState.TIME_WAIT):
             if both:
-                notes.append("both sides closed at once → both go through CLOSING to TIME-WAIT (2·MSL)")
-            elif closer == "client":
-                notes.append("client closed first → TIME-WAIT (2·MSL)")
-            else:
-                notes.append("server closed first → TIME-WAIT (2·MSL): the server holds "
-                             "this address pair until it ends")
-        else:
-            notes.append(f"{closer} closed first (FIN, frame {fin.frame}); at the end of the capture "
-                         f"the {closer} is {final[closer].value}, the {other} {final[other].value}")
+                return ["both sides closed at once → both go through CLOSING to TIME-WAIT (2·MSL)"]
+            if closer == "client":
+                return ["client closed first → TIME-WAIT (2·MSL)"]
+            return ["server closed first → TIME-WAIT (2·MSL): the server holds "
+                    "this address pair until it ends"]
     if rst is not None:
-        notes.append(f"{side_of[rst.dir]} reset the connection (RST, frame {rst.frame}): "
-                     "no TIME-WAIT, unread data is lost")
-    if fin is None and rst is None:
-        notes.append(f"the capture ends with the connection open (client {final['client'].value}, "
-                     f"server {final['server'].value})")
-    return notes
+        after = f" after the {side_of[fin.dir]}'s FIN" if fin is not None and fin.frame < rst.frame else ""
+        return [f"{side_of[rst.dir]} reset the connection{after} (RST, frame {rst.frame}): "
+                "no TIME-WAIT, unread data is lost"]
+    if fin is not None:
+        closer = side_of[fin.dir]
+        other = "server" if closer == "client" else "client"
+        return [f"{closer} closed first (FIN, frame {fin.frame}); the capture ends with the "
+                f"{closer} in {final[closer].value}, the {other} in {final[other].value}"]
+    return [f"the capture ends with the connection open (client {final['client'].value}, "
+            f"server {final['server'].value})"]
 
 
 def plan(
@@ -722,22 +728,23 @@ def plan(
 
     items = _fold_items(segments, max_rows)
 
+    # --- texts, and which rows need a second detail line --------------------------------------
+    texts: list[tuple[str, str, str]] = [
+        ("…", "", "") if it.fold else segment_text(segments[it.a]) for it in items]
+    lines = [2 if e and len(d) + 2 + len(e) > DETAIL_CHARS else 1 for _l, d, e in texts]
+
     # --- y of every item --------------------------------------------------------------------
     ys: list[tuple[float, float]] = []
-    if time == "ordered":
-        for k, it in enumerate(items):
-            ys.append((float(k), float(k) + SLANT))
-    else:
-        duration = mono[-1] - mono[0]
-        scale = REAL_STRETCH * len(items) / duration if duration > 0 else 0.0
-        floor = float("-inf")
-        for it in items:
-            ya = max(scale * (mono[it.a] - mono[0]), floor)
-            yb = ya + SLANT
-            if it.fold:
-                yb = max(yb, scale * (mono[it.b - 1] - mono[0]))
-            ys.append((ya, yb))
-            floor = yb + (1.0 - SLANT)
+    floor = float("-inf") if time == "real" else 0.0
+    duration = mono[-1] - mono[0]
+    scale = REAL_STRETCH * len(items) / duration if duration > 0 and time == "real" else 0.0
+    for k, it in enumerate(items):
+        ya = max(scale * (mono[it.a] - mono[0]), floor) if time == "real" else floor
+        yb = ya + SLANT
+        if it.fold and time == "real":
+            yb = max(yb, scale * (mono[it.b - 1] - mono[0]))
+        ys.append((ya, yb))
+        floor = yb + (1.0 - SLANT) + (SECOND_LINE if lines[k] == 2 else 0.0)
 
     client_ep, server_ep = summary.client, summary.server
     x_of = {Direction.C2S: (X_CLIENT, X_SERVER), Direction.S2C: (X_SERVER, X_CLIENT)}
@@ -804,14 +811,14 @@ def plan(
         ya, yb = ys[k]
         if not it.fold:
             seg = segments[it.a]
-            label, detail, extra = segment_text(seg)
+            label, detail, extra = texts[k]
             x0, x1 = x_of[seg.dir]
             ms = (seg.ts - t0) * 1e3
             markers = _markers(seg.analysis)
             rows.append(Row(
                 index=k, kind="segment", y=ya, y_end=yb, t_ms=ms, time_text=_time_text(ms),
                 x_from=x0, x_to=x1, dir=seg.dir, frame=seg.frame, label=label, detail=detail,
-                extra=extra, text=f"{label} {detail}".rstrip(), phase=seg.phase,
+                extra=extra, text=f"{label} {detail}".rstrip(), phase=seg.phase, lines=lines[k],
                 analysis=seg.analysis, markers=markers,
                 flagged=any(a in _PROBLEMS for a in seg.analysis),
             ))

@@ -240,6 +240,7 @@ def assert_legible(fig: Figure, ax, layout) -> None:  # type: ignore[no-untyped-
     x_server = to_px((1.0, 0.0))[0]
     row_texts = {r.label for r in layout.segment_rows} | {r.detail for r in layout.segment_rows}
     row_texts |= {f"{r.detail}  {r.extra}" for r in layout.segment_rows}
+    row_texts |= {r.extra for r in layout.segment_rows if r.extra}
     row_texts |= {", ".join(r.markers) for r in layout.segment_rows if r.markers}
     states = {m.text for m in layout.states}
     for text, bb in boxes:
@@ -282,9 +283,9 @@ def test_echo_without_calls_is_legible_at_the_default_size() -> None:
 @pytest.mark.parametrize("trace", ["get.pcap", "retransmit-fast009.pcap", "ipv6.pcap",
                                    "tcp-fast-open.pcap", "missing-syn.pcap", "truncated-header.pcap"])
 def test_corpus_diagrams_are_legible(trace: str) -> None:
-    segments, summary = corpus_connections(trace)[0]
-    fig = render(segments, summary)
-    assert_legible(fig, fig.axes[0], plan(segments, summary))
+    for segments, summary in corpus_connections(trace)[:2]:
+        fig = render(segments, summary)
+        assert_legible(fig, fig.axes[0], plan(segments, summary))
 
 
 @pytest.mark.skipif(not ECHO_PCAP.exists(), reason="captures/echo.pcap not recorded yet")

@@ -22,6 +22,7 @@ import pytest
 
 from handshake_viz.errors import UsageError
 from handshake_viz.layout import (
+    SECOND_LINE,
     Layout,
     call_kind,
     escape_preview,
@@ -664,6 +665,17 @@ def test_every_corpus_connection_plans_and_accounts_for_every_segment(trace: str
         # ordered rows are in capture order
         frames = [r.frame for r in plan(segments, summary, max_rows=0).rows]
         assert frames == [s.frame for s in segments]
+
+
+@needs_corpus
+def test_a_long_syn_line_wraps_and_makes_room() -> None:
+    segments, summary = corpus_connections("tcp-fast-open.pcap")[1]
+    layout = plan(segments, summary)
+    first, second, third = layout.rows[:3]
+    assert first.label == "SYN" and first.detail.startswith("seq=0 len=86 ")
+    assert first.lines == 2 and first.extra.endswith("TFO cookie")
+    assert second.y - first.y == pytest.approx(1.0 + SECOND_LINE)
+    assert third.y - second.y == pytest.approx(1.0)
 
 
 @needs_corpus
