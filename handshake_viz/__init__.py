@@ -6,7 +6,6 @@ The stages, each a module::
     (Packet records)    (Segment)   (Call)     (the sequence diagram)
 """
 
-from __future__ import annotations
 
 __version__ = "0.1.0"
 
@@ -36,12 +35,14 @@ from handshake_viz.model import (
     TcpState,
 )
 from handshake_viz.track import Tracker
+from handshake_viz.api import Connection, Trace, capture, load
 
 __all__ = [
     "Analysis",
     "Call",
     "CaptureError",
     "CaptureFileError",
+    "Connection",
     "ConnectionSummary",
     "Direction",
     "Endpoint",
@@ -56,9 +57,22 @@ __all__ = [
     "Segment",
     "TcpOptions",
     "TcpState",
+    "Trace",
     "TraceError",
     "TraceFileError",
     "Tracker",
     "UsageError",
     "__version__",
+    "capture",
+    "load",
+    "plot_connection",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # matplotlib is imported only when a diagram is drawn: `hsviz analyze` starts fast.
+    if name == "plot_connection":
+        from handshake_viz.draw import plot_connection
+
+        return plot_connection
+    raise AttributeError(f"module 'handshake_viz' has no attribute {name!r}")

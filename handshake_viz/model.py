@@ -40,7 +40,10 @@ __all__ = [
 
 
 class Flag(enum.IntFlag):
-    """TCP header flag bits (RFC 9293 §3.1, RFC 3168 for ECE/CWR)."""
+    """TCP header flag bits (RFC 9293 §3.1, RFC 3168 for ECE/CWR).
+
+    ``Flag(seg.flags) & Flag.SYN`` tests a bit; ``flag_letters(seg.flags)`` spells them.
+    """
 
     FIN = 0x01  # no more data from sender
     SYN = 0x02  # synchronize sequence numbers
@@ -77,7 +80,10 @@ def flag_letters(flags: int) -> str:
 
 
 class Label(str, enum.Enum):
-    """What a segment does in the conversation, as the lessons name it."""
+    """What a segment does in the conversation, as the lessons name it.
+
+    ``[s.label.value for s in conn.segments[:3]] == ["SYN", "SYN-ACK", "ACK"]``
+    """
 
     SYN = "SYN"
     SYN_ACK = "SYN-ACK"
@@ -124,6 +130,8 @@ class TcpState(str, enum.Enum):
 
 
 class Direction(str, enum.Enum):
+    """Which way a segment travels: ``seg.dir is Direction.C2S`` for client to server."""
+
     C2S = "c2s"
     S2C = "s2c"
 
@@ -358,6 +366,8 @@ class Segment:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    """One side of a connection: ``str(Endpoint("127.0.0.1", 8080)) == "127.0.0.1:8080"``."""
+
     ip: str
     port: int
 
