@@ -175,11 +175,28 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after SECONDS")
     p.add_argument("--connections", type=int, metavar="N",
                    help="stop once N connections have ended (both FINs acknowledged, or a RST)")
+    p.add_argument("--plot", action="store_true",
+                   help="on exit, also draw the sequence diagram: OUTPUT with .png for one "
+                   "connection, .pdf with a page per connection for several")
     p.set_defaults(func=_cmd_capture)
 
 
+def _plot_capture(pcap: Any) -> Any:
+    """Draw what a capture wrote, beside it: one connection .png, several .pdf."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from handshake_viz import draw
+    from handshake_viz.api import load
+
+    trace = load(pcap)
+    if len(trace.connections) == 1:
+        return draw.save_figure(draw.render(trace.connections[0]), pcap.with_suffix(".png"))
+    return draw.plot_all(trace.connections, pcap.with_suffix(".pdf"))
+
+
 def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from handshake_viz import capture
+    from handshake_viz.capture import LiveCapture, default_output_name
     from handshake_viz.track import Tracker
 
     tracker = Tracker()
@@ -189,8 +206,8 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"listening on {args.iface} port {args.port}\n")
         err.flush()
 
-    live = capture.LiveCapture(
-        args.port, iface=args.iface, output=args.output or capture.default_output_name(),
+    live = LiveCapture(
+        args.port, iface=args.iface, output=args.output or default_output_name(),
         count=args.count, timeout=args.timeout, connections=args.connections,
         on_ready=ready, on_segment=view.segment, on_status=view.status, tracker=tracker,
     )
@@ -208,6 +225,11 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"{PROG}: warning: the kernel dropped {result.stats.dropped} packets "
                   f"(receive buffer full); {result.output} misses them\n")
     err.write(f"{PROG}: wrote {result.stats.packets} packets to {result.output}\n")
+    if args.plot:
+        if result.summaries:
+            err.write(f"{PROG}: drew {_plot_capture(result.output)}\n")
+        else:
+            err.write(f"{PROG}: no connection to draw\n")
     return 0
 
 
@@ -228,13 +250,13 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from handshake_viz import capture
+    from handshake_viz.capture import replay
     from handshake_viz.track import Tracker
 
     tracker = Tracker()
     view = _LiveView(tracker, out, err, status=False)
     feed = tracker.feed
-    with capture.replay(args.file, speed=args.speed, inject=args.inject, iface=args.iface) as packets:
+    with replay(args.file, speed=args.speed, inject=args.inject, iface=args.iface) as packets:
         for packet in packets:
             view.segment(feed(packet))
         stats = packets.stats

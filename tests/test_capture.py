@@ -26,8 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from handshake_viz import capture
-from handshake_viz.capture import LiveCapture, PcapWriter, bpf_port_filter, replay
+from handshake_viz.capture import (
+    CaptureResult,
+    LiveCapture,
+    PcapWriter,
+    bpf_port_filter,
+    open_packet_socket,
+    replay,
+)
 from handshake_viz.decode import open_capture
 from handshake_viz.errors import (
     CaptureFileError,
@@ -149,7 +155,7 @@ class _Thread(threading.Thread):
     def __init__(self, cap: LiveCapture) -> None:
         super().__init__(daemon=True)
         self.cap = cap
-        self.result: capture.CaptureResult | None = None
+        self.result: CaptureResult | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -159,7 +165,7 @@ class _Thread(threading.Thread):
             self.error = exc
             self.cap.ready.set()
 
-    def finish(self, timeout: float = 10.0) -> capture.CaptureResult:
+    def finish(self, timeout: float = 10.0) -> CaptureResult:
         self.join(timeout)
         assert not self.is_alive(), "capture did not stop"
         if self.error is not None:
@@ -455,7 +461,7 @@ def test_port_out_of_range(port: int, tmp_path: Path) -> None:
 def test_unknown_interface_lists_the_real_ones() -> None:
     names = [n for _, n in socket.if_nameindex()]
     with pytest.raises(UsageError) as info:
-        capture.open_packet_socket("eth9", 8080)
+        open_packet_socket("eth9", 8080)
     assert str(info.value) == f"unknown interface 'eth9' (have: {', '.join(names)})"
 
 
@@ -714,7 +720,7 @@ def test_cli_sigterm_mid_stream_leaves_a_complete_pcap(live: None, tmp_path: Pat
 def test_cli_stops_after_connections(live: None, tmp_path: Path) -> None:
     srv = _listener()
     port = srv.getsockname()[1]
-    cli = _Cli(["--port", str(port), "--connections", "2", "--timeout", "30"], tmp_path)
+    cli = _Cli(["--port", str(port), "--connections", "2", "--timeout", "30", "--plot"], tmp_path)
     cli.wait_ready()
     expected = _conversation(srv)[0] + _conversation(srv)[0]
     rc = cli.finish()
@@ -726,6 +732,9 @@ def test_cli_stops_after_connections(live: None, tmp_path: Path) -> None:
     assert f"hsviz: wrote {expected} packets to {pcap.name}\n" in cli.err
     headers = [line for line in cli.out if line.startswith("conn ") and ": client " in line]
     assert [h.split(":")[0] for h in headers] == ["conn 0", "conn 1"]
+    # --plot: two connections, so a PDF with a page each, beside the pcap
+    assert f"hsviz: drew {pcap.with_suffix('.pdf').name}\n" in cli.err
+    assert len(re.findall(rb"/Type\s*/Page\b(?!s)", pcap.with_suffix(".pdf").read_bytes())) == 2
 
 
 # --------------------------------------------------------------------------- burst vs tcpdump
