@@ -109,11 +109,16 @@ write() per burst of new data from one side (a burst ends at a PSH, at data
 from the peer, or at its side's FIN) and the matching read() on the receiver,
 returning at the burst's last segment; read() -> 0 at the FIN received (unless
 that side had already closed); close() at the FIN sent -- shutdown(SHUT_WR)
-when the peer still sends data after it (a half-close); a RST not answering a
+when the peer still sends data after it and is not reset for it (a
+half-close); a RST not answering a
 SYN is a close() that discarded unread data on the sender's side (if that side
 had not closed already) and an ECONNRESET read() on the peer's (if the peer had
 not closed).  ``calls_for_connection`` hands out traced calls when a connection
 has any, else inferred ones -- never a mixture.
+
+``timeline`` merges a connection's segments and calls into one list for a text
+ladder (``hsviz analyze``), and ``accept_queue_delay`` measures how long a
+connection waited for a late ``accept()``.
 """
 
 from __future__ import annotations
@@ -141,6 +146,7 @@ __all__ = [
     "align",
     "calls_for_connection",
     "infer_calls",
+    "timeline",
 ]
 
 #: Tolerance, in seconds, for every comparison between a strace timestamp and a
@@ -863,3 +869,39 @@ def calls_for_connection(conn: int, segments: Sequence[Segment], summary: Connec
     if own:
         return own
     return infer_calls(segments, summary)
+
+
+_CAUSING = _SEND | {"connect", "close", "shutdown"}
+
+
+def timeline(segments: Sequence[Segment], calls: Sequence[Call]) -> list[Segment | Call]:
+    """Segments and (aligned) calls merged into one list for a text ladder.
+
+    In time order -- a call at its start -- except that a call that sends segments
+    is never listed after the first segment it caused (strace's clock can print a
+    ``connect()`` a little after its SYN was captured), and the calls of one thread
+    keep their order (so the ``socket()`` before that ``connect()`` moves up too).
+    At equal times calls come before segments.
+    """
+    ts_of = {s.frame: s.ts for s in segments}
+    threads: dict[tuple[int, int, bool], list[int]] = defaultdict(list)
+    for n in sorted(range(len(calls)), key=lambda n: (calls[n].start, n)):
+        c = calls[n]
+        threads[(c.pid, c.tid, c.inferred)].append(n)
+    key = [c.start for c in calls]
+    for n, c in enumerate(calls):
+        if c.call in _CAUSING and c.frames:
+            key[n] = min([key[n]] + [ts_of[f] for f in c.frames if f in ts_of])
+    rank = [0] * len(calls)
+    for order in threads.values():
+        for i in range(len(order) - 2, -1, -1):  # an earlier call never sorts after a later one
+            key[order[i]] = min(key[order[i]], key[order[i + 1]])
+        for r, n in enumerate(order):
+            rank[n] = r
+    keyed: list[tuple[float, int, int, int, Segment | Call]] = []
+    for n, s in enumerate(segments):
+        keyed.append((s.ts, 1, 0, n, s))
+    for n, c in enumerate(calls):
+        keyed.append((key[n], 0, rank[n], n, c))
+    keyed.sort(key=lambda k: k[:4])
+    return [k[4] for k in keyed]

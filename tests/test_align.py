@@ -23,6 +23,7 @@ from handshake_viz.align import (
     align,
     calls_for_connection,
     infer_calls,
+    timeline,
 )
 from handshake_viz.model import (
     Call,
@@ -716,6 +717,20 @@ def test_calls_for_connection_never_mixes_traced_and_inferred():
     second = calls_for_connection(1, segments, summaries[1], traced)
     assert second and all(c.inferred for c in second)
     assert [c.frames for c in second] == [(f[2], f[3])]
+
+
+def test_timeline_puts_a_call_no_later_than_what_it_caused():
+    cap, f = echo_conversation()
+    segments, summaries = cap.track()
+    calls = align(segments, summaries, client_open(1.5, 1.6) + [  # printed after its SYN (1.0)
+        call("recvfrom", "s", 1.2, 2.05, 6),
+        call("sendto", "c", 1.9, 2.05, 6),
+    ])
+    merged = timeline(segments, calls)
+    names = [x.call if isinstance(x, Call) else x.frame for x in merged]
+    assert names[:8] == ["socket", "connect", f["syn"], f["synack"], f["ack"], "recvfrom", "sendto",
+                         f["d1"]]
+    assert len(merged) == len(segments) + len(calls)
 
 
 # ==========================================================================================
