@@ -1,0 +1,1477 @@
+"""Socket calls from strace logs and call logs, and running programs under strace.
+
+Three parts:
+
+* :func:`parse_strace` turns strace text into :class:`~handshake_viz.model.Call`
+  records.  It never raises on content: a line it cannot read is counted in
+  ``StraceParse.unparsed`` and sampled in ``StraceParse.problems``.
+* :func:`write_calls_jsonl` / :func:`read_calls_jsonl`: the ``trace.calls.jsonl``
+  file beside a capture, one ``Call.to_json()`` object per line.
+* :func:`start_traced` / :func:`attach`: run a command under strace, or attach
+  strace to running processes, writing a log :func:`parse_strace_file` reads.
+
+Why these strace flags (``strace -f -ttt -T -yy -q -s 64 -e trace=... -o FILE``):
+
+``-ttt``
+    Each line starts with the wall-clock time in epoch seconds with
+    microseconds: the same clock as a pcap's timestamps, so calls and segments
+    go on one time axis with no conversion.  On this machine a client's
+    ``connect()`` started 0.9 ms before its SYN appeared in the capture.
+``-T``
+    Appends the time spent in the call (``<0.000123>``), so ``end = start +
+    duration`` even when the line was split by another thread.
+``-yy``
+    Decorates every fd with what it is.  For TCP sockets that is the 4-tuple,
+    ``3<TCP:[127.0.0.1:49736->127.0.0.1:18081]>``, which maps a call to its
+    connection without guessing; it also tells sockets from files and pipes, so
+    a ``read()`` of a Python module is not mistaken for a ``recv``.
+``-f``
+    Follows threads and child processes: servers often accept in one thread and
+    read in another, and the C demo forks its client.
+``-e trace=?name,...``
+    Only the socket calls (see :data:`TRACED_SYSCALLS`), plus ``clone``/``fork``
+    to know which thread belongs to which process and ``restart_syscall`` to see
+    interrupted waits finish.  The ``?`` prefix makes strace ignore names the
+    architecture lacks (``recv``/``send``/``select`` do not exist everywhere).
+``-q``
+    No "Process N attached" chatter on the terminal the traced command shares.
+``-s 64``
+    Enough of each buffer to recognise it in a diagram label, little enough to
+    keep logs small.
+``--seccomp-bpf``
+    (only when starting a command, strace >= 5.3) the kernel stops the tracee
+    only at traced calls, which makes tracing a busy program far cheaper.
+
+Things strace does that the parser handles (all seen on this machine, strace 6.1):
+
+* a call interrupted by another thread's line is split:
+  ``recvfrom(5<TCP:[...]>,  <unfinished ...>`` and later
+  ``<... recvfrom resumed>"hello", 4096, 0, NULL, NULL) = 5 <0.000099>``;
+  the two halves are joined per thread (start from the first, return from the
+  second);
+* the fd decoration is printed when the call *starts*: ``connect(3<TCP:[6407]>,
+  ...)`` shows only the socket inode, ``bind`` shows the address it binds.  The
+  4-tuple appears on later calls on the same fd; the parser follows each fd
+  from ``socket()``/``accept()`` to ``close()`` and fills ``local``/``remote``
+  of earlier calls from it;
+* ``accept``/``accept4`` return the new fd, decorated with the new connection's
+  4-tuple (``= 4<TCP:[...]>``): that tuple is the call's ``local``/``remote``,
+  ``fd`` is the listening socket and ``ret`` the new fd;
+* signals (``--- SIGCHLD {...} ---``), exits (``+++ exited with 0 +++``,
+  ``+++ killed by SIGKILL +++``), restarted calls
+  (``= ? ERESTARTSYS (To be restarted if SA_RESTART is set)``, then
+  ``restart_syscall(<... resuming interrupted poll ...>)``);
+* a process killed inside a call (``accept4(3<...>,  <unfinished ...>) = ?``)
+  and a call cut off when strace detached (``accept4(3<...>,  <detached ...>``):
+  the call is kept with ``ret`` and ``errno`` both ``None`` (it never returned);
+* when strace writes to stderr instead of ``-o``, its ``strace: Process N
+  attached`` message can land in the middle of a line and push the rest of the
+  line onto the next one; lines from the only tracee then carry no pid prefix;
+* with ``-xx`` even addresses are hex-escaped: ``inet_addr("\\x31\\x32\\x37...")``.
+
+Attaching (``-p``) to a process blocked in a call shows the call as if it
+started at the moment strace attached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import math
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from .errors import OutputError, PermissionDeniedError, TraceError, TraceFileError
+from .model import Call, Endpoint
+
+__all__ = [
+    "ACCEPT_CALLS",
+    "CALLS_OF_INTEREST",
+    "READ_CALLS",
+    "RESTART_ERRNOS",
+    "TRACED_SYSCALLS",
+    "WAIT_CALLS",
+    "WRITE_CALLS",
+    "StraceParse",
+    "TracedProcess",
+    "attach",
+    "call_from_json",
+    "calls_path_for",
+    "find_strace",
+    "load_calls",
+    "parse_strace",
+    "parse_strace_file",
+    "read_calls_jsonl",
+    "start_traced",
+    "strace_command",
+    "strace_version",
+    "sudo_user",
+    "write_calls_jsonl",
+]
+
+# ----------------------------------------------------------------- vocabulary
+
+READ_CALLS = frozenset({"read", "readv", "recv", "recvfrom", "recvmsg"})
+WRITE_CALLS = frozenset({"write", "writev", "send", "sendto", "sendmsg", "sendfile"})
+ACCEPT_CALLS = frozenset({"accept", "accept4"})
+WAIT_CALLS = frozenset(
+    {"poll", "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait", "epoll_pwait2"}
+)
+CALLS_OF_INTEREST = (
+    frozenset({"socket", "bind", "listen", "connect", "shutdown", "close", "setsockopt"})
+    | ACCEPT_CALLS
+    | READ_CALLS
+    | WRITE_CALLS
+    | WAIT_CALLS
+)
+# Calls that only make sense on a socket: kept even when the fd is undecorated.
+_SOCKET_ONLY = frozenset(
+    {"bind", "listen", "connect", "shutdown", "setsockopt", "recv", "recvfrom",
+     "recvmsg", "send", "sendto", "sendmsg"}
+) | ACCEPT_CALLS
+_EPOLL = frozenset({"epoll_wait", "epoll_pwait", "epoll_pwait2"})
+# Traced only to learn thread groups and to see interrupted waits finish.
+_BOOKKEEPING = ("clone", "clone3", "fork", "vfork", "restart_syscall")
+TRACED_SYSCALLS: tuple[str, ...] = tuple(sorted(CALLS_OF_INTEREST)) + _BOOKKEEPING
+"""Everything :func:`strace_command` asks strace for (``-e trace=?a,?b,...``)."""
+
+RESTART_ERRNOS = frozenset(
+    {"ERESTARTSYS", "ERESTARTNOINTR", "ERESTARTNOHAND", "ERESTART_RESTARTBLOCK"}
+)
+"""A call that failed with one of these was interrupted by a signal and restarted:
+the kernel (or libc) runs it again, and the trace shows it again."""
+
+# Connect "errors" that do not mean the connection failed.
+_CONNECT_PENDING = frozenset({"EINPROGRESS", "EALREADY", "EISCONN"})
+
+_MAX_PROBLEMS = 20
+_MAX_ARGS = 120
+
+
+@dataclass(frozen=True, slots=True)
+class StraceParse:
+    """What :func:`parse_strace` made of a log.
+
+    ``calls`` are sorted by start time.  ``unparsed`` counts lines that looked
+    broken (truncated, no timestamp, a return value that cannot be read);
+    other syscalls, signals and strace's own messages are skipped silently.
+    ``problems`` holds a few short samples (``name: line N: reason``).
+    ``exits`` maps a thread id to how it ended (``"exited with 0"``,
+    ``"killed by SIGKILL"``) when the log says so.
+    """
+
+    calls: list[Call] = field(default_factory=list)
+    unparsed: int = 0
+    problems: list[str] = field(default_factory=list)
+    exits: dict[int, str] = field(default_factory=dict)
+    lines: int = 0
+
+
+# ------------------------------------------------------------ line grammar
+
+_LEADER = re.compile(
+    r"(?:\[pid\s+(?P<p1>\d+)(?:<[^>]*>)?\]\s+|(?P<p2>\d+)(?:<[^>]*>)?\s+)?"
+    r"(?P<ts>\d+\.\d+)\s+(?P<rest>.*)",
+    re.DOTALL,
+)
+_TIME_OF_DAY = re.compile(r"(?:\[pid\s+\d+[^\]]*\]\s+|\d+\S*\s+)?\d\d:\d\d:\d\d")
+_CALL_OPEN = re.compile(r"(\w+)\(")
+_RESUMED = re.compile(r"<\.\.\. (\w+) resumed>\s?(.*)", re.DOTALL)
+_STRACE_MSG = re.compile(r"strace: Process \d+ (?:attached|detached|suspended)")
+_ATTACHED = re.compile(r"strace: Process (\d+) attached")
+_DECO = r"<(?:->|[^<>]|<[^<>]*>)*>"
+_RET = re.compile(
+    r"\s*=\s*(?P<ret>-?\d+|\?|0x[0-9a-fA-F]+)(?P<deco>" + _DECO + r")?"
+    r"(?:\s+(?P<errno>E[A-Z0-9_?]+)(?:\s+\([^)]*\))?)?"
+    r"(?:\s+\((?P<extra>.*?)\))?"
+    r"(?P<unavailable>\s+<unavailable>)?"
+    r"\s*(?:<(?P<dur>\d+(?:\.\d+)?)>)?\s*$",
+    re.DOTALL,
+)
+_LEADING_FD = re.compile(r"\s*(?P<fd>-?\d+)(?P<deco>" + _DECO + r")?")
+_POLL_FD = re.compile(r"fd=(?P<fd>\d+)(?P<deco>" + _DECO + r")?")
+_SELECT_FD = re.compile(r"(?P<fd>\d+)(?P<deco>" + _DECO + r")?")
+_STRING_OR_DECO = re.compile(r'"(?:[^"\\]|\\.)*"|(?<=\d)' + _DECO, re.DOTALL)
+_SOCK_DECO = re.compile(r"(?P<kind>[A-Za-z][\w-]*):\[(?P<body>.*)\]", re.DOTALL)
+_ENDPOINT = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.%\w]+)\]|(?P<ip4>\d+\.\d+\.\d+\.\d+)):(?P<port>\d+)")
+_SIN = re.compile(r'sin_port=htons\((?P<port>\d+)\),\s*sin_addr=inet_addr\("(?P<ip>(?:[^"\\]|\\.)*)"\)')
+_SIN6 = re.compile(
+    r'sin6_port=htons\((?P<port>\d+)\).*?inet_pton\(AF_INET6,\s*"(?P<ip>(?:[^"\\]|\\.)*)"', re.DOTALL
+)
+_INTERRUPTED = re.compile(r"resuming interrupted (\w+)")
+_ESCAPE = re.compile(r'\\(x[0-9A-Fa-f]{2}|[0-7]{1,3}|.)', re.DOTALL)
+_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "f": "\f", "a": "\a", "b": "\b"}
+
+_TCP_KINDS = frozenset({"TCP", "TCPv6"})
+_ROOT = -1  # placeholder tid for lines without a pid prefix until the root is known
+
+
+def _unescape(text: str) -> str:
+    """Undo strace's string escapes (``\\x41``, ``\\101``, ``\\n``, ``\\"``)."""
+    if "\\" not in text:
+        return text
+
+    def repl(m: re.Match[str]) -> str:
+        e = m.group(1)
+        if e[0] == "x" and len(e) == 3:
+            return chr(int(e[1:], 16))
+        if e[0] in "01234567":
+            return chr(int(e, 8))
+        return _SIMPLE_ESCAPES.get(e, e)
+
+    return _ESCAPE.sub(repl, text)
+
+
+def _skip_deco(s: str, i: int) -> int:
+    """Index just past the ``<...>`` that starts at ``s[i]`` (nested, ``->`` aware)."""
+    depth, n = 0, len(s)
+    while i < n:
+        c = s[i]
+        if c == "<":
+            depth += 1
+        elif c == ">" and s[i - 1] != "-":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return n
+
+
+def _split_args(s: str) -> tuple[str, str] | None:
+    """Split ``args) = ret`` at the call's closing parenthesis.
+
+    Quotes (with backslash escapes), brackets and fd decorations are skipped,
+    so ``write(3, "a) = 1", 6) = 6`` splits at the right place.  ``None`` when
+    the parenthesis never comes (a truncated line).
+    """
+    depth, i, n = 0, 0, len(s)
+    while i < n:
+        c = s[i]
+        if c == '"':
+            i += 1
+            while i < n and s[i] != '"':
+                i += 2 if s[i] == "\\" else 1
+        elif c == "<":
+            i = _skip_deco(s, i)
+            continue
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            if depth == 0:
+                return (s[:i], s[i + 1 :]) if c == ")" else None
+            depth -= 1
+        i += 1
+    return None
+
+
+def _top_args(s: str) -> list[str]:
+    """Split an argument list at its top-level commas (quotes, brackets, decorations kept)."""
+    out: list[str] = []
+    depth, i, n, last = 0, 0, len(s), 0
+    while i < n:
+        c = s[i]
+        if c == '"':
+            i += 1
+            while i < n and s[i] != '"':
+                i += 2 if s[i] == "\\" else 1
+        elif c == "<":
+            i = _skip_deco(s, i)
+            continue
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            out.append(s[last:i].strip())
+            last = i + 1
+        i += 1
+    out.append(s[last:].strip())
+    return out
+
+
+def _normalize_ip(ip: str) -> str:
+    """``::ffff:127.0.0.1`` -> ``127.0.0.1`` (the pcap shows IPv4); else canonical form."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def _endpoint(ip: str, port: str) -> Endpoint:
+    return Endpoint(_normalize_ip(ip), int(port))
+
+
+@dataclass(frozen=True, slots=True)
+class _Deco:
+    """An fd decoration: ``kind`` is TCP/TCPv6/UDP/UNIX-STREAM/socket/pipe/path/..."""
+
+    kind: str
+    local: Endpoint | None = None
+    remote: Endpoint | None = None
+
+    @property
+    def tcp(self) -> str:
+        """``"tcp"``, ``"sock"`` (a socket of unknown protocol) or ``"other"``."""
+        if self.kind in _TCP_KINDS:
+            return "tcp"
+        if self.kind == "socket":
+            return "sock"
+        return "other"
+
+
+def _parse_deco(text: str | None) -> _Deco | None:
+    if not text:
+        return None
+    inner = text[1:-1]
+    m = _SOCK_DECO.fullmatch(inner)
+    if not m:
+        return _Deco("path")
+    kind, body = m.group("kind"), m.group("body")
+    if kind not in _TCP_KINDS:
+        return _Deco(kind)
+    ends = [_endpoint(e.group("ip6") or e.group("ip4"), e.group("port")) for e in _ENDPOINT.finditer(body)]
+    if "->" in body and len(ends) == 2:
+        return _Deco(kind, ends[0], ends[1])
+    if len(ends) == 1:
+        return _Deco(kind, ends[0])
+    return _Deco(kind)  # only the inode: not bound or connected yet
+
+
+def _sockaddr(args: str) -> Endpoint | None:
+    """The first AF_INET/AF_INET6 sockaddr in the arguments."""
+    m4 = _SIN.search(args) if "AF_INET" in args else None
+    m6 = _SIN6.search(args) if "AF_INET6" in args else None
+    m = min((x for x in (m4, m6) if x), key=lambda x: x.start(), default=None)
+    if m is None:
+        return None
+    return _endpoint(_unescape(m.group("ip")), m.group("port"))
+
+
+def _short_args(args: str) -> str:
+    """Arguments without fd decorations, whitespace collapsed, at most 120 chars."""
+    text = _STRING_OR_DECO.sub(lambda m: m.group(0) if m.group(0)[0] == '"' else "", args)
+    text = " ".join(text.split()).rstrip(", ")
+    return text if len(text) <= _MAX_ARGS else text[: _MAX_ARGS - 1] + "…"
+
+
+def _ret_int(raw: str | None) -> int | None:
+    if raw is None or raw == "?":
+        return None
+    try:
+        return int(raw, 16) if raw.startswith("0x") else int(raw)
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------- the parser
+
+
+@dataclass(slots=True)
+class _Open:
+    tid: int
+    name: str
+    start: float
+    args: str
+    line: int
+    seq: int
+
+
+@dataclass(slots=True)
+class _Raw:
+    """One whole system call as the log shows it, halves joined."""
+
+    tid: int
+    name: str
+    start: float
+    end: float | None  # None: never returned (filled in from the thread's exit)
+    args: str
+    ret: str | None
+    rdeco: str | None
+    errno: str | None
+    line: int
+    seq: int
+    restarted: bool = False
+
+
+class _Parser:
+    def __init__(self, name: str, pid: int | None, thread_groups: Mapping[int, int] | None) -> None:
+        self.name = name
+        self.pid = pid
+        self.thread_groups = dict(thread_groups or {})
+        self.pending: dict[int, _Open] = {}
+        self.raws: list[_Raw] = []
+        self.exits: dict[int, tuple[float, str]] = {}
+        self.clones: dict[int, tuple[int, bool]] = {}  # child tid -> (parent tid, is thread)
+        self.interrupted: dict[int, _Raw] = {}
+        self.unparsed = 0
+        self.problems: list[str] = []
+        self.fragment: str | None = None
+        self.fragment_line = 0
+        self.last_ts = 0.0
+        self.lines = 0
+        self.seq = 0
+        # Lines without a pid prefix (strace writing to stderr, or -ff files).
+        self.live: set[int] = {_ROOT}
+        self.root: int | None = None
+        self.saw_unprefixed = False
+        self.known: set[int] = set()
+        self.attached: list[int] = []
+        self.tod_reported = False
+
+    # -- bookkeeping
+
+    def problem(self, line_no: int, reason: str, text: str = "", *, count: bool = True) -> None:
+        if count:
+            self.unparsed += 1
+        if len(self.problems) < _MAX_PROBLEMS:
+            snippet = f": {text[:60]!r}" if text else ""
+            self.problems.append(f"{self.name}: line {line_no}: {reason}{snippet}")
+
+    def tid_for(self, p: str | None) -> int:
+        if p is not None:
+            tid = int(p)
+            if tid not in self.known:
+                self.known.add(tid)
+                if (
+                    self.root is None
+                    and self.saw_unprefixed
+                    and tid not in self.clones
+                    and tid not in self.attached
+                ):
+                    self.root = tid
+                    if _ROOT in self.live:
+                        self.live.discard(_ROOT)
+                        self.live.add(tid)
+            self.live.add(tid)
+            return tid
+        self.saw_unprefixed = True
+        if self.pid is not None and not self.known:
+            return self.pid
+        if len(self.live) == 1:
+            return next(iter(self.live))
+        return self.root if self.root is not None else _ROOT
+
+    # -- lines
+
+    def feed(self, line_no: int, line: str) -> None:
+        self.lines += 1
+        line = line.rstrip("\r\n")
+        if self.fragment is not None:
+            line, self.fragment = self.fragment + line, None
+            line_no = self.fragment_line
+        if "strace: " in line:
+            m = _STRACE_MSG.search(line)
+            if m:
+                a = _ATTACHED.match(line, m.start())
+                if a:
+                    self.attached.append(int(a.group(1)))
+                head = line[: m.start()]
+                if head.strip():  # the message cut a call line in two
+                    self.fragment, self.fragment_line = head, line_no
+                return
+            if line.startswith("strace: "):
+                self.problem(line_no, "strace says", line[8:], count=False)
+                return
+        if not line.strip() or line.startswith(" > "):  # blank, -k stack frame
+            return
+        m = _LEADER.match(line)
+        if m is None:
+            if _TIME_OF_DAY.match(line):
+                if not self.tod_reported:
+                    self.tod_reported = True
+                    self.problem(line_no, "time of day, not epoch seconds: record with strace -ttt", line)
+                else:
+                    self.unparsed += 1
+            else:
+                self.problem(line_no, "no -ttt timestamp", line)
+            return
+        ts = float(m.group("ts"))
+        self.last_ts = max(self.last_ts, ts)
+        tid = self.tid_for(m.group("p1") or m.group("p2"))
+        rest = m.group("rest")
+        while rest.startswith("["):  # -i instruction pointer, -n syscall number
+            close = rest.find("]")
+            if close < 0:
+                break
+            rest = rest[close + 1 :].lstrip()
+        if rest.startswith("---"):  # signal delivery, "stopped by"
+            return
+        if rest.startswith("+++"):
+            what = rest.strip("+ \t")
+            self.exits[tid] = (ts, what)
+            self.live.discard(tid)
+            return
+        if rest.startswith("<..."):
+            self.resumed(line_no, tid, ts, rest, line)
+            return
+        c = _CALL_OPEN.match(rest)
+        if c is None:
+            self.problem(line_no, "not a system call line", line)
+            return
+        self.call_line(line_no, tid, ts, c.group(1), rest[c.end() :], line)
+
+    def call_line(self, line_no: int, tid: int, ts: float, name: str, body: str, line: str) -> None:
+        stripped = body.rstrip()
+        for marker in ("<unfinished ...>", "<detached ...>"):
+            if stripped.endswith(marker):
+                args = stripped[: -len(marker)].rstrip()
+                if tid in self.pending:
+                    self.lost(self.pending.pop(tid))
+                op = _Open(tid, name, ts, args, line_no, self.next_seq())
+                if marker == "<detached ...>":
+                    self.lost(op)
+                else:
+                    self.pending[tid] = op
+                return
+        split = _split_args(body)
+        if split is None:
+            self.problem(line_no, "truncated line (no closing parenthesis)", line)
+            return
+        args, tail = split
+        self.finish(line_no, tid, name, ts, args, tail, ts, self.next_seq(), line)
+
+    def resumed(self, line_no: int, tid: int, ts: float, rest: str, line: str) -> None:
+        m = _RESUMED.match(rest)
+        if m is None:
+            self.problem(line_no, "unreadable resumed line", line)
+            return
+        name, tail = m.group(1), m.group(2)
+        op = self.pending.pop(tid, None)
+        if op is not None and op.name != name:
+            self.problem(line_no, f"{name} resumed but {op.name} was pending", line)
+            self.lost(op)
+            op = None
+        split = _split_args(tail)
+        if split is None:
+            if tail.rstrip().endswith("<unfinished ...>") and op is not None:
+                self.pending[tid] = op  # resumed and interrupted again
+                return
+            self.problem(line_no, "truncated line (no closing parenthesis)", line)
+            if op is not None:
+                self.lost(op)
+            return
+        more, rtail = split
+        if op is None:  # the first half is not in the log (it was cut off)
+            self.finish(line_no, tid, name, None, more, rtail, ts, self.next_seq(), line)
+            return
+        head = op.args.rstrip()
+        more = more.strip()
+        args = f"{head} {more}" if head and more else head or more
+        self.finish(line_no, tid, name, op.start, args, rtail, ts, op.seq, line)
+
+    def finish(
+        self,
+        line_no: int,
+        tid: int,
+        name: str,
+        start: float | None,
+        args: str,
+        tail: str,
+        line_ts: float,
+        seq: int,
+        line: str,
+    ) -> None:
+        r = _RET.match(tail)
+        if r is None:
+            self.problem(line_no, "unreadable return value", line)
+            return
+        dur = float(r.group("dur")) if r.group("dur") else None
+        if start is None:
+            start = line_ts - dur if dur is not None else line_ts
+        ret, errno = r.group("ret"), r.group("errno")
+        returned = not (ret == "?" and errno is None)
+        if "<unfinished ...>" in args:  # killed inside the call: "...,  <unfinished ...>) = ?"
+            args = args.replace("<unfinished ...>", "").rstrip()
+            returned = False
+        if not returned:
+            end = None
+        elif dur is not None:
+            end = start + dur
+        else:
+            end = line_ts
+        raw = _Raw(tid, name, start, end, args, None if ret == "?" else ret, r.group("deco"),
+                   errno, line_no, seq)
+        if name == "restart_syscall":
+            self.restart(raw)
+        elif errno in RESTART_ERRNOS:
+            self.interrupted[tid] = raw
+        if name in ("clone", "clone3", "fork", "vfork"):
+            child = _ret_int(raw.ret)
+            if child is not None and child > 0:
+                self.clones[child] = (tid, name.startswith("clone") and "CLONE_THREAD" in args)
+                self.live.add(child)
+        self.raws.append(raw)
+
+    def restart(self, raw: _Raw) -> None:
+        """Make ``restart_syscall`` look like the call it resumes."""
+        m = _INTERRUPTED.search(raw.args)
+        orig = self.interrupted.get(raw.tid)
+        name = m.group(1) if m else "restart_syscall"
+        if name == "restart_syscall" and orig is not None:
+            name = orig.name
+        raw.name = name
+        raw.restarted = True
+        raw.args = orig.args if orig is not None and orig.name == name else ""
+        # If the restarted call is interrupted again, the next restart_syscall
+        # says "resuming interrupted restart_syscall": ``interrupted`` still
+        # holds the original call for it.
+
+    def lost(self, op: _Open) -> None:
+        """A call that never returned in the log (killed, detached, or cut off)."""
+        self.raws.append(_Raw(op.tid, op.name, op.start, None, op.args, None, None, None, op.line, op.seq))
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def final_root(self) -> int:
+        """The tid of lines without a pid prefix, once the whole log is read."""
+        if self.root is not None:
+            return self.root
+        if self.pid is not None:
+            return self.pid
+        return self.attached[0] if self.attached else 0
+
+    def close(self) -> None:
+        if self.fragment is not None:
+            self.problem(self.fragment_line, "truncated line", self.fragment)
+            self.fragment = None
+        for op in self.pending.values():
+            self.lost(op)
+        self.pending.clear()
+
+
+# ----------------------------------------------------- from raw calls to Call
+
+
+@dataclass(slots=True)
+class _Draft:
+    raw: _Raw
+    pid: int
+    tid: int
+    fd: int | None
+    call: str
+    ret: int | None
+    kind: str | None  # "tcp" | "sock" | "other" | None (no decoration)
+    local: Endpoint | None = None
+    remote: Endpoint | None = None
+    fixed: bool = False  # local/remote come from the call itself: never fill
+    keep: bool | None = None  # decided without a lifetime (waits, failed socket())
+
+
+@dataclass(slots=True)
+class _Life:
+    """One fd from its creation (socket/accept) or first sighting to close()."""
+
+    kind: str | None = None
+    local: Endpoint | None = None
+    remote: Endpoint | None = None
+    connect_remote: Endpoint | None = None
+    drafts: list[_Draft] = field(default_factory=list)
+
+    def see(self, deco: _Deco | None) -> None:
+        if deco is None:
+            return
+        if self.kind in (None, "sock") or deco.tcp == "tcp":
+            self.kind = deco.tcp
+        if deco.local is not None and deco.remote is not None:
+            if self.remote is None:
+                self.local, self.remote = deco.local, deco.remote
+        elif deco.local is not None and self.local is None:
+            self.local = deco.local
+
+
+def _merge(a: str | None, b: str | None) -> str | None:
+    """Combine two kinds: tcp beats sock beats None; other only if nothing better."""
+    order = {"tcp": 3, "sock": 2, "other": 1}
+    return max((a, b), key=lambda k: order.get(k or "", 0))
+
+
+def _socket_kind(args: str) -> str | None:
+    if "AF_INET" in args:
+        return "tcp" if "SOCK_STREAM" in args else "other"
+    if args.lstrip().startswith("AF_"):
+        return "other"
+    return None
+
+
+class _Builder:
+    """Resolves pids, follows fds through their lives, fills 4-tuples, filters."""
+
+    def __init__(self, p: _Parser, tcp_only: bool) -> None:
+        self.p = p
+        self.tcp_only = tcp_only
+        self.root = p.final_root()
+        self.table: dict[tuple[int, int], _Life] = {}
+        self.lives: list[_Life] = []
+        self.loose: list[_Draft] = []
+        self._tgid: dict[int, int] = {}
+
+    def tid(self, tid: int) -> int:
+        return self.root if tid == _ROOT else tid
+
+    def tgid(self, tid: int) -> int:
+        if tid in self._tgid:
+            return self._tgid[tid]
+        cur, seen = tid, {tid}
+        while cur not in self.p.thread_groups:
+            parent = self.p.clones.get(cur)
+            if parent is None or not parent[1]:
+                break
+            cur = self.tid(parent[0])
+            if cur in seen:
+                break
+            seen.add(cur)
+        pid = self.p.thread_groups.get(cur, cur)
+        self._tgid[tid] = pid
+        return pid
+
+    def life(self, pid: int, fd: int, *, new: bool = False) -> _Life:
+        key = (pid, fd)
+        life = None if new else self.table.get(key)
+        if life is None:
+            life = _Life()
+            self.table[key] = life
+            self.lives.append(life)
+        return life
+
+    def build(self) -> list[Call]:
+        p = self.p
+        exit_ts = {self.tid(t): ts for t, (ts, _) in p.exits.items()}
+        drafts: list[_Draft] = []
+        for raw in sorted(p.raws, key=lambda r: (r.start, r.seq)):
+            if raw.name not in CALLS_OF_INTEREST:
+                continue
+            tid = self.tid(raw.tid)
+            if raw.end is None:
+                raw.end = max(exit_ts.get(tid, p.last_ts), raw.start)
+            d = self.draft(raw, self.tgid(tid), tid)
+            drafts.append(d)
+        for life in self.lives:
+            self.fill(life)
+        out = []
+        for d in drafts:
+            keep = d.keep if d.keep is not None else True
+            if self.tcp_only and not keep:
+                continue
+            out.append(self.to_call(d))
+        return out
+
+    def draft(self, raw: _Raw, pid: int, tid: int) -> _Draft:
+        name = raw.name
+        ret = _ret_int(raw.ret)
+        rdeco = _parse_deco(raw.rdeco)
+        if name == "socket":
+            kind = rdeco.tcp if rdeco else _socket_kind(raw.args)
+            d = _Draft(raw, pid, tid, ret if ret is not None and ret >= 0 else None, name, ret, kind)
+            if d.fd is None:
+                d.keep = kind in ("tcp", "sock") or (kind is None and not self.tcp_only)
+                return d
+            life = self.life(pid, d.fd, new=True)
+            life.kind = _merge(kind, None)
+            life.see(rdeco)
+            life.drafts.append(d)
+            return d
+        if name in _EPOLL:
+            return self.loose_draft(_Draft(raw, pid, tid, None, name, ret, None, keep=True))
+        if name in ("poll", "ppoll", "select", "pselect6"):
+            return self.wait_draft(raw, pid, tid, ret)
+        m = _LEADING_FD.match(raw.args)
+        fd = int(m.group("fd")) if m else None
+        deco = _parse_deco(m.group("deco")) if m else None
+        d = _Draft(raw, pid, tid, fd, name, ret, deco.tcp if deco else None)
+        if deco is not None:
+            d.local, d.remote = deco.local, deco.remote
+        if name in ACCEPT_CALLS:
+            if ret is not None and ret >= 0:
+                new = self.life(pid, ret, new=True)
+                new.kind = rdeco.tcp if rdeco else d.kind  # undecorated: like the listener
+                new.see(rdeco)
+                if rdeco is not None and rdeco.remote is not None:
+                    d.local, d.remote, d.fixed = rdeco.local, rdeco.remote, True
+                else:
+                    d.remote = _sockaddr(raw.args)
+        elif name == "bind":
+            d.local = _sockaddr(raw.args) or d.local
+        elif name == "connect":
+            d.remote = _sockaddr(raw.args) or d.remote
+        if fd is None or fd < 0:
+            d.keep = name in _SOCKET_ONLY or not self.tcp_only
+            return self.loose_draft(d)
+        found = self.table.get((pid, fd))
+        reused = (  # the fd was reused without a close() in the log
+            found is not None and deco is not None and deco.remote is not None
+            and found.remote not in (None, deco.remote)
+        )
+        life = self.life(pid, fd, new=True) if found is None or reused else found
+        life.see(deco)
+        if name == "connect" and d.remote is not None and life.connect_remote is None:
+            life.connect_remote = d.remote
+        life.drafts.append(d)
+        if name == "close":
+            self.table.pop((pid, fd), None)
+        return d
+
+    def wait_draft(self, raw: _Raw, pid: int, tid: int, ret: int | None) -> _Draft:
+        if raw.name in ("poll", "ppoll"):
+            found = [(int(m.group("fd")), m.group("deco")) for m in _POLL_FD.finditer(raw.args)]
+        else:
+            # select(nfds, readfds, writefds, exceptfds, timeout): sets look like
+            # [3<TCP:[...]> 4<TCP:[...]>]; decorations contain brackets too.
+            sets = [a for a in _top_args(raw.args)[1:4] if a.startswith("[")]
+            found = [(int(m.group("fd")), m.group("deco")) for s in sets for m in _SELECT_FD.finditer(s)]
+        kinds: list[str | None] = []
+        fds: dict[int, _Deco | None] = {}
+        for fd, text in found:
+            deco = _parse_deco(text)
+            fds.setdefault(fd, deco)
+            kind = deco.tcp if deco else None
+            if kind is None:
+                known = self.table.get((pid, fd))
+                kind = known.kind if known else None
+            kinds.append(kind)
+        d = _Draft(raw, pid, tid, None, raw.name, ret, None)
+        d.keep = any(k in ("tcp", "sock") for k in kinds) or not self.tcp_only
+        if len(fds) == 1:
+            (fd, deco), = fds.items()
+            d.fd = fd
+            if deco is not None:
+                d.local, d.remote, d.kind = deco.local, deco.remote, deco.tcp
+            life = self.table.get((pid, fd))
+            if life is not None:
+                life.drafts.append(d)
+                return d
+        return self.loose_draft(d)
+
+    def loose_draft(self, d: _Draft) -> _Draft:
+        self.loose.append(d)
+        return d
+
+    def fill(self, life: _Life) -> None:
+        kind = life.kind
+        remote = life.remote or life.connect_remote
+        for d in life.drafts:
+            if d.keep is None:
+                if kind in ("tcp", "sock"):
+                    d.keep = True
+                elif kind == "other":
+                    d.keep = False
+                else:
+                    d.keep = d.call in _SOCKET_ONLY
+            if d.fixed:
+                continue
+            errno = d.raw.errno
+            if d.call == "connect":
+                ok = errno is None or errno in _CONNECT_PENDING
+                if d.local is None and ok and life.remote is not None and life.remote == d.remote:
+                    d.local = life.local
+                continue
+            if d.call == "bind":
+                if errno is None and life.local is not None and (d.local is None or d.local.port == 0):
+                    d.local = life.local
+                continue
+            if d.local is None:
+                d.local = life.local
+            if d.remote is None:
+                d.remote = remote
+
+    def to_call(self, d: _Draft) -> Call:
+        raw = d.raw
+        nbytes = None
+        moved = d.call in READ_CALLS or d.call in WRITE_CALLS
+        if moved and d.ret is not None and d.ret >= 0 and raw.errno is None:
+            nbytes = d.ret
+        args = _short_args(raw.args)
+        if raw.restarted:
+            args = f"restarted: {args}" if args else "restarted"
+        end = raw.end if raw.end is not None else raw.start
+        return Call(
+            pid=d.pid,
+            tid=d.tid,
+            fd=d.fd,
+            call=d.call,
+            start=raw.start,
+            end=end,
+            ret=d.ret,
+            errno=raw.errno,
+            args=args,
+            local=d.local,
+            remote=d.remote,
+            nbytes=nbytes,
+        )
+
+
+def parse_strace(
+    lines: Iterable[str],
+    *,
+    name: str = "<strace>",
+    pid: int | None = None,
+    thread_groups: Mapping[int, int] | None = None,
+    tcp_only: bool = True,
+) -> StraceParse:
+    """Read strace text made with ``strace -f -ttt -T -yy`` into Call records.
+
+    ``name`` labels problems.  ``pid`` is the process id for lines without a
+    pid prefix (``-ff`` files, or strace without ``-f``); otherwise it is
+    worked out from the log, 0 if it cannot be.  ``thread_groups`` maps thread
+    ids to process ids for threads that existed before the trace started (an
+    attach); threads created while tracing are found from ``clone`` lines.
+    With ``tcp_only`` (the default) calls on files, pipes, UNIX and UDP sockets
+    are dropped: only TCP sockets (and sockets of unknown kind) remain.
+
+    Never raises on content.
+    """
+    p = _Parser(name, pid, thread_groups)
+    for n, line in enumerate(lines, 1):
+        p.feed(n, line)
+    p.close()
+    calls = _Builder(p, tcp_only).build()
+    calls.sort(key=lambda c: c.start)
+    root = p.final_root()
+    exits = {(root if t == _ROOT else t): what for t, (_, what) in p.exits.items()}
+    return StraceParse(calls, p.unparsed, p.problems, exits, p.lines)
+
+
+def _open_text(path: Path) -> IO[str]:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        if b"\0" in head:
+            raise TraceFileError(f"{path}: not a text strace log (binary data)")
+        return open(path, encoding="utf-8", errors="replace", newline="")
+    except OSError as exc:
+        raise TraceFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def parse_strace_file(
+    path: str | os.PathLike[str],
+    *,
+    pid: int | None = None,
+    thread_groups: Mapping[int, int] | None = None,
+    tcp_only: bool = True,
+) -> StraceParse:
+    """:func:`parse_strace` on a file.  A ``-ff`` file (``log.1234``) gives its pid.
+
+    Raises TraceFileError only when the file cannot be read.
+    """
+    path = Path(path)
+    if pid is None:
+        m = re.search(r"\.(\d+)$", path.name)
+        pid = int(m.group(1)) if m else None
+    with _open_text(path) as fh:
+        try:
+            return parse_strace(
+                fh, name=str(path), pid=pid, thread_groups=thread_groups, tcp_only=tcp_only
+            )
+        except OSError as exc:
+            raise TraceFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+# ------------------------------------------------------------- calls.jsonl
+
+
+class _RecordError(ValueError):
+    """A call record that does not fit the schema (internal; becomes TraceFileError)."""
+
+
+def _need(d: Mapping[str, Any], key: str, types: tuple[type, ...], *, optional: bool = False) -> Any:
+    if key not in d or d[key] is None:
+        if optional:
+            return None
+        raise _RecordError(f'missing "{key}"')
+    value = d[key]
+    if isinstance(value, bool) and bool not in types:
+        raise _RecordError(f'"{key}" must be {types[0].__name__}, not {value!r}')
+    if not isinstance(value, types):
+        raise _RecordError(f'"{key}" must be {types[0].__name__}, not {value!r}')
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _RecordError(f'"{key}" must be a finite number')
+    return value
+
+
+def _endpoint_json(d: Mapping[str, Any], key: str) -> Endpoint | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise _RecordError(f'"{key}" must be an object with "ip" and "port"')
+    ip = _need(value, "ip", (str,))
+    port = _need(value, "port", (int,))
+    if not 0 <= port <= 65535:
+        raise _RecordError(f'"{key}" port {port} out of range')
+    return Endpoint(ip, port)
+
+
+def _decode_call(d: Any) -> Call:
+    if not isinstance(d, Mapping):
+        raise _RecordError("not a JSON object")
+    pid = _need(d, "pid", (int,))
+    tid = _need(d, "tid", (int,), optional=True)
+    start = float(_need(d, "start", (int, float)))
+    end_raw = _need(d, "end", (int, float), optional=True)
+    end = start if end_raw is None else float(end_raw)
+    if end < start:
+        raise _RecordError(f"end {end} before start {start}")
+    frames = d.get("frames") or []
+    if not isinstance(frames, list) or not all(isinstance(f, int) and not isinstance(f, bool) for f in frames):
+        raise _RecordError('"frames" must be a list of frame numbers')
+    inferred = d.get("inferred", False)
+    if not isinstance(inferred, bool):
+        raise _RecordError('"inferred" must be true or false')
+    args = _need(d, "args", (str,), optional=True)
+    return Call(
+        pid=pid,
+        tid=pid if tid is None else tid,
+        fd=_need(d, "fd", (int,), optional=True),
+        call=_need(d, "call", (str,)),
+        start=start,
+        end=end,
+        ret=_need(d, "ret", (int,), optional=True),
+        errno=_need(d, "errno", (str,), optional=True),
+        args=args or "",
+        local=_endpoint_json(d, "local"),
+        remote=_endpoint_json(d, "remote"),
+        nbytes=_need(d, "nbytes", (int,), optional=True),
+        conn=_need(d, "conn", (int,), optional=True),
+        frames=tuple(frames),
+        inferred=inferred,
+    )
+
+
+def call_from_json(d: Mapping[str, Any]) -> Call:
+    """The inverse of ``Call.to_json()``.  ``pid``, ``call`` and ``start`` are required;
+    ``tid`` defaults to ``pid``, ``end`` to ``start``, the rest to empty.
+
+    Raises TraceFileError (``bad call record: reason``) when a field is wrong.
+    """
+    try:
+        return _decode_call(d)
+    except _RecordError as exc:
+        raise TraceFileError(f"bad call record: {exc}") from None
+
+
+def calls_path_for(pcap_path: str | os.PathLike[str]) -> Path:
+    """``trace.pcap`` -> ``trace.calls.jsonl`` (same for .pcapng and .cap)."""
+    p = Path(pcap_path)
+    stem = p.stem if p.suffix.lower() in (".pcap", ".pcapng", ".cap") else p.name
+    return p.with_name(stem + ".calls.jsonl")
+
+
+def write_calls_jsonl(calls: Iterable[Call], path: str | os.PathLike[str]) -> int:
+    """Write one ``Call.to_json()`` object per line; returns how many.
+
+    Raises OutputError when the file cannot be written.
+    """
+    path = Path(path)
+    n = 0
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            for call in calls:
+                fh.write(json.dumps(call.to_json(), separators=(",", ":"), ensure_ascii=False))
+                fh.write("\n")
+                n += 1
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    return n
+
+
+def read_calls_jsonl(path: str | os.PathLike[str]) -> list[Call]:
+    """Read a calls file.  Blank lines and records of another ``type`` (an
+    ``hsviz analyze --jsonl`` stream also holds segments) are skipped.
+
+    Raises TraceFileError ``file: line N: reason`` for the first bad line.
+    """
+    path = Path(path)
+    calls: list[Call] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise TraceFileError(f"{path}: line {n}: not JSON ({exc.msg})") from None
+                if isinstance(d, dict) and d.get("type", "call") != "call":
+                    continue
+                try:
+                    calls.append(_decode_call(d))
+                except _RecordError as exc:
+                    raise TraceFileError(f"{path}: line {n}: {exc}") from None
+    except UnicodeDecodeError:
+        raise TraceFileError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise TraceFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return calls
+
+
+def load_calls(path: str | os.PathLike[str], **strace_options: Any) -> StraceParse:
+    """Read calls from either a calls.jsonl file or a strace log, by content.
+
+    A file whose first non-blank character is ``{`` is JSONL (bad lines raise
+    TraceFileError); anything else is parsed as strace text.
+    """
+    path = Path(path)
+    with _open_text(path) as fh:
+        first = ""
+        for line in fh:
+            if line.strip():
+                first = line.lstrip()[:1]
+                break
+    if first == "{":
+        calls = read_calls_jsonl(path)
+        calls.sort(key=lambda c: c.start)
+        return StraceParse(calls, 0, [], {}, 0)
+    return parse_strace_file(path, **strace_options)
+
+
+# ------------------------------------------------------------------ runner
+
+_MISSING = "tracing needs strace (apt-get install strace)"
+_SUDO: Literal["sudo"] = "sudo"
+
+
+def find_strace() -> str:
+    """Path of the strace binary; TraceError when there is none."""
+    exe = shutil.which("strace")
+    if exe is None:
+        raise TraceError(_MISSING)
+    return exe
+
+
+def strace_version(exe: str | None = None) -> tuple[int, int] | None:
+    """``(6, 1)`` from ``strace -V``; None when it cannot be told."""
+    exe = exe or find_strace()
+    try:
+        out = subprocess.run([exe, "-V"], check=False, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def sudo_user() -> tuple[int, int] | None:
+    """``(SUDO_UID, SUDO_GID)`` when running under sudo as root, else None."""
+    uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
+    if uid is None or not uid.isdigit():
+        return None
+    if int(uid) == os.geteuid():
+        return None
+    return int(uid), int(gid) if gid and gid.isdigit() else int(uid)
+
+
+def strace_command(
+    output: str | os.PathLike[str],
+    *,
+    argv: Sequence[str] = (),
+    pids: Sequence[int] = (),
+    user: str | None = None,
+    exe: str = "strace",
+    seccomp: bool = False,
+) -> list[str]:
+    """The strace command line for a command (``argv``) or for ``pids`` to attach to."""
+    cmd = [exe, "-f", "-ttt", "-T", "-yy", "-q", "-s", "64"]
+    if seccomp and argv:
+        cmd.append("--seccomp-bpf")
+    cmd += ["-e", "trace=" + ",".join("?" + s for s in TRACED_SYSCALLS), "-o", os.fspath(output)]
+    if user is not None:
+        cmd += ["-u", user]
+    for pid in pids:
+        cmd += ["-p", str(pid)]
+    if argv:
+        cmd += ["--", *argv]
+    return cmd
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (all its threads)."""
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                kids.extend(int(x) for x in fh.read().split())
+        except (OSError, ValueError):
+            continue
+    return kids
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], _children(pid)
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo.extend(_children(child))
+    return out
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def _tracer_of(tid_path: str) -> int | None:
+    try:
+        with open(f"{tid_path}/status") as fh:
+            for line in fh:
+                if line.startswith("TracerPid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _thread_groups(pids: Iterable[int]) -> dict[int, int]:
+    groups: dict[int, int] = {}
+    for pid in pids:
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                groups[int(task)] = pid
+        except OSError:
+            groups[pid] = pid
+    return groups
+
+
+class TracedProcess:
+    """strace running a command (:func:`start_traced`) or attached to pids (:func:`attach`).
+
+    ``wait()`` returns strace's exit status, which for a started command is the
+    command's own: its exit code, or ``-N`` when signal N killed it (strace
+    kills itself with the same signal).  ``stop()`` ends the command (started)
+    or detaches (attached) and returns the status.  Use as a context manager to
+    stop on exit.  ``result()`` parses the log.
+    """
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        output: Path,
+        *,
+        argv: Sequence[str] = (),
+        pids: Sequence[int] = (),
+        thread_groups: Mapping[int, int] | None = None,
+        stderr_log: IO[bytes] | None = None,
+    ) -> None:
+        self.process = process
+        self.output = output
+        self.argv = tuple(argv)
+        self.pids = tuple(pids)
+        self.thread_groups = dict(thread_groups or {})
+        self._stderr_log = stderr_log
+        self._strace_exe = _exe(process.pid)
+
+    @property
+    def strace_pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def command_pids(self) -> list[int]:
+        """The traced command and everything it started that is still alive.
+
+        strace forks short-lived helpers of its own at start-up (feature
+        probes), and the command's process runs strace's image until it execs:
+        processes still running strace's executable are not the command.
+        """
+        return [
+            pid
+            for pid in _descendants(self.process.pid)
+            if (exe := _exe(pid)) is not None and exe != self._strace_exe  # None: a zombie
+        ]
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """strace's exit status, or None if it is still running after ``timeout`` s."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = 2.0) -> int | None:
+        """Detach (attached) or end the command with SIGTERM, then SIGKILL (started)."""
+        if self.process.poll() is not None:
+            return self.process.returncode
+        if self.pids:  # attached: SIGINT makes strace detach and leave them running
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGINT)
+        else:
+            # A child signalled before strace has seized it dies under strace's
+            # feet ("Unexpected wait status"): wait until it is traced and has
+            # exec'd the command.
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.process.poll() is None:
+                kids = self.command_pids()
+                if kids and all(_tracer_of(f"/proc/{k}") in (self.process.pid, None) for k in kids):
+                    break
+                time.sleep(0.005)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                for pid in reversed(self.command_pids()):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, sig)
+                if self.wait(timeout) is not None:
+                    return self.process.returncode
+        if self.wait(timeout) is None:
+            self.process.kill()
+            self.process.wait()
+        return self.process.returncode
+
+    def result(self, *, tcp_only: bool = True) -> StraceParse:
+        """Parse what strace wrote so far (complete once strace has exited)."""
+        return parse_strace_file(self.output, thread_groups=self.thread_groups, tcp_only=tcp_only)
+
+    def close(self) -> None:
+        self.stop()
+        if self._stderr_log is not None:
+            self._stderr_log.close()
+            self._stderr_log = None
+
+    def __enter__(self) -> TracedProcess:  # noqa: PYI034 - Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _prepare_output(output: Path) -> None:
+    try:
+        with open(output, "w"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{output}: cannot write: {exc.strerror or exc}") from None
+
+
+def _user_name(as_user: tuple[int, int]) -> str | None:
+    """The name strace -u needs.  strace takes the groups from the passwd entry
+    (initgroups), which is SUDO_GID unless sudo was given another group."""
+    uid, _gid = as_user
+    if uid == os.geteuid():
+        return None
+    if os.geteuid() != 0:
+        raise TraceError(f"running the command as uid {uid} needs root")
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        raise TraceError(f"uid {uid} has no user name, which strace -u needs: run as root instead") from None
+
+
+def start_traced(
+    argv: Sequence[str],
+    *,
+    output: str | os.PathLike[str],
+    as_user: tuple[int, int] | None | Literal["sudo"] = _SUDO,
+    stdin: Any = None,
+    stdout: Any = None,
+    stderr: Any = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> TracedProcess:
+    """Run ``argv`` under strace, writing the log to ``output``.
+
+    ``as_user``: ``"sudo"`` (default) runs the command as the user who invoked
+    sudo (``SUDO_UID``) when there is one; a ``(uid, gid)`` pair runs it as that
+    user; None runs it with our own privileges.  strace's ``-u`` does the
+    switch, so strace itself keeps the right to trace.  The command inherits
+    stdin/stdout/stderr unless given.
+
+    Raises TraceError (no strace, unknown command, user), OutputError (output).
+    """
+    if not argv:
+        raise TraceError("nothing to trace: give a command after --")
+    exe = find_strace()
+    search_path = (env or os.environ).get("PATH", os.defpath)
+    if shutil.which(argv[0], path=search_path) is None and not (
+        os.sep in argv[0] and os.access(argv[0], os.X_OK)
+    ):
+        raise TraceError(f"{argv[0]}: command not found")
+    user_pair = sudo_user() if as_user == _SUDO else as_user
+    user = _user_name(user_pair) if user_pair is not None else None
+    out = Path(output)
+    _prepare_output(out)
+    version = strace_version(exe)
+    seccomp = version is not None and version >= (5, 3)
+    cmd = strace_command(out, argv=argv, user=user, exe=exe, seccomp=seccomp)
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=stdin, stdout=stdout, stderr=stderr,
+            env=dict(env) if env is not None else None, cwd=cwd,
+        )
+    except OSError as exc:
+        raise TraceError(f"cannot run strace: {exc.strerror or exc}") from None
+    return TracedProcess(proc, out, argv=argv)
+
+
+def attach(
+    pids: Sequence[int],
+    output: str | os.PathLike[str],
+    *,
+    timeout: float = 5.0,
+) -> TracedProcess:
+    """Attach strace to running processes (all their threads and future children).
+
+    Returns once every thread of every pid is traced, so nothing they do
+    afterwards is missed.  Calls already blocked when strace attaches show as
+    starting at that moment.  Raises TraceError (no strace, no such process,
+    strace failed), PermissionDeniedError (not allowed to trace the pid).
+    """
+    if not pids:
+        raise TraceError("nothing to trace: no pid given")
+    exe = find_strace()
+    for pid in pids:
+        if pid <= 0 or not os.path.isdir(f"/proc/{pid}"):
+            raise TraceError(f"--trace-pid {pid}: no such process")
+    out = Path(output)
+    _prepare_output(out)
+    groups = _thread_groups(pids)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the TracedProcess, closed by close()
+    cmd = strace_command(out, pids=pids, exe=exe)
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+    except OSError as exc:
+        log.close()
+        raise TraceError(f"cannot run strace: {exc.strerror or exc}") from None
+    traced = TracedProcess(proc, out, pids=pids, thread_groups=groups, stderr_log=log)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            log.seek(0)
+            text = log.read().decode(errors="replace").strip().splitlines()
+            log.close()
+            last = text[-1] if text else f"strace exited with status {proc.returncode}"
+            if "Operation not permitted" in last:
+                raise PermissionDeniedError(f"tracing pid {pids[0]} needs root or CAP_SYS_PTRACE: try sudo")
+            raise TraceError(f"strace could not attach: {last}")
+        pending = [
+            f"/proc/{pid}/task/{task}"
+            for pid in pids
+            for task in (os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else [])
+            if _tracer_of(f"/proc/{pid}/task/{task}") not in (proc.pid, None)
+        ]
+        if not pending:
+            return traced
+        if time.monotonic() > deadline:
+            traced.close()
+            raise TraceError(f"strace did not attach to pid {pids[0]} within {timeout:g} s")
+        time.sleep(0.005)
