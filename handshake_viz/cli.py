@@ -124,6 +124,7 @@ class _LiveView:
         self.err = err
         self.status_enabled = status
         self._status_shown = False
+        self._status_text = ""
         self._last_conn = -1
         self._starts: dict[int, float] = {}
 
@@ -138,11 +139,18 @@ class _LiveView:
         self.out.flush()
 
     def status(self, stats: Any) -> None:
-        if self.status_enabled:
-            self.err.write(f"\r\x1b[K{stats.packets} packets, {stats.connections} connections "
-                           f"({stats.completed} closed)")
+        if not self.status_enabled:
+            return
+        n = stats.connections
+        text = (f"{stats.packets} packet{'s' if stats.packets != 1 else ''}, {n} connection"
+                f"{'s' if n != 1 else ''} ({stats.completed} closed)")
+        if stats.dropped:
+            text += f", {stats.dropped} dropped by the kernel"
+        if not self._status_shown or text != self._status_text:
+            self.err.write(f"\r\x1b[K{text}")
             self.err.flush()
             self._status_shown = True
+            self._status_text = text
 
     def clear_status(self) -> None:
         if self._status_shown:

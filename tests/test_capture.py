@@ -707,6 +707,7 @@ def test_cli_sigterm_mid_stream_leaves_a_complete_pcap(live: None, tmp_path: Pat
     a.close()
     srv.close()
     assert rc == 0, "".join(cli.err)
+    assert not any("\x1b" in line for line in cli.err)  # no status line when stderr is not a terminal
     with open_capture(tmp_path / "f.pcap") as reader:
         packets = list(reader)
         assert not reader.stats.warnings
@@ -735,6 +736,52 @@ def test_cli_stops_after_connections(live: None, tmp_path: Path) -> None:
     # --plot: two connections, so a PDF with a page each, beside the pcap
     assert f"hsviz: drew {pcap.with_suffix('.pdf').name}\n" in cli.err
     assert len(re.findall(rb"/Type\s*/Page\b(?!s)", pcap.with_suffix(".pdf").read_bytes())) == 2
+
+
+@pytest.mark.live
+def test_cli_status_line_only_on_a_terminal(live: None, tmp_path: Path) -> None:
+    import pty
+
+    srv = _listener()
+    port = srv.getsockname()[1]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "handshake_viz", "capture", "--port", str(port),
+                             "--connections", "1", "--timeout", "30", "-o", "s.pcap"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    seen = b""
+
+    def read_tty(until: bytes, limit: float = 20) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + limit
+        while until not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    return
+
+    try:
+        read_tty(b"listening on")
+        cli = socket.create_connection(srv.getsockname())
+        conn, _ = srv.accept()
+        cli.sendall(b"x")
+        conn.recv(1)
+        read_tty(b"connection (0 closed)")  # redrawn about every 0.25 s
+        cli.close()
+        conn.recv(1)
+        conn.close()
+        out, _ = proc.communicate(timeout=30)
+        read_tty(b"packets to s.pcap")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        srv.close()
+    assert proc.returncode == 0
+    assert re.search(rb"\r\x1b\[K\d+ packets, 1 connection \(0 closed\)", seen), seen
+    assert re.search(rb"\r\x1b\[Khsviz: wrote \d+ packets to s.pcap", seen), seen  # erased before the end
+    assert b"\x1b" not in out  # stdout carries the ladder only
 
 
 # --------------------------------------------------------------------------- burst vs tcpdump
