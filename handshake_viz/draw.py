@@ -572,6 +572,9 @@ def _paint_calls(layout: Layout, ax: Axes, fs: dict[str, float], out: _Writer) -
 
 
 def _paint_footer(layout: Layout, ax: Axes, st: Style, fs: dict[str, float]) -> None:
+    for note in layout.idle:
+        ax.text(0.5, note.y, note.text, ha="center", va="center", fontsize=fs["fold"],
+                fontstyle="italic", color=_GREY)
     for note in layout.notes:
         ax.text(0.5, note.y, note.text, ha="center", va="center", fontsize=fs["footer"],
                 color="#444444")

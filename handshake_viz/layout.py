@@ -123,6 +123,7 @@ MIN_BAR = 0.14  # a call that took no time still gets a visible bar (rows)
 PRE_STEP = 0.4  # rows between call starts before the first segment
 POST_STEP = 0.4  # … and after the last one
 REAL_STRETCH = 1.5  # time="real": row units per drawn row spread over the duration
+IDLE_ROWS = 3.0  # time="real": an empty stretch this tall gets a note saying how long it is
 PREVIEW_CHARS = 16
 DETAIL_CHARS = 49  # detail + extra longer than this: extra gets a line of its own …
 SECOND_LINE = 0.3  # … and the next row moves down this much
@@ -273,6 +274,7 @@ class Layout:
     calls: tuple[CallBar, ...]
     connectors: tuple[Connector, ...]
     notes: tuple[Note, ...]
+    idle: tuple[Note, ...]  # time="real": "60 s without segments" in long empty stretches
     legend: tuple[str, ...]  # keys: phase values, "flagged", "fold", "call-traced", "call-inferred"
     xlim: tuple[float, float]
     ylim: tuple[float, float]  # (top, bottom), top < bottom
@@ -904,6 +906,15 @@ def plan(
     notes = tuple(Note(t, lifeline_bottom + 0.45 + 0.38 * i) for i, t in enumerate(note_texts))
     bottom = (notes[-1].y if notes else lifeline_bottom) + 0.45
 
+    # --- time="real": say what a long empty stretch is -------------------------------------------
+    idle: list[Note] = []
+    if time == "real":
+        for k in range(1, len(items)):
+            top, bottom = ys[k - 1][1], ys[k][0]
+            if bottom - top >= IDLE_ROWS:
+                quiet = mono[items[k].a] - mono[items[k - 1].b - 1]
+                idle.append(Note(f"{human_duration(quiet)} without segments", (top + bottom) / 2))
+
     # --- headers, title, legend, extents -------------------------------------------------------
     lifelines = (
         Lifeline("client", X_CLIENT, str(client_ep), f"client {client_ep}", "TCP (kernel)"),
@@ -937,7 +948,7 @@ def plan(
     return Layout(
         title=title, time_mode=time, t0=t0, segments=n, lifelines=lifelines, lanes=tuple(lanes),
         rows=tuple(rows), states=tuple(states), calls=tuple(bars), connectors=tuple(connectors),
-        notes=notes, legend=tuple(legend), xlim=xlim, ylim=(lifeline_top - 0.25, bottom),
+        notes=notes, idle=tuple(idle), legend=tuple(legend), xlim=xlim, ylim=(lifeline_top - 0.25, bottom),
         lifeline_top=lifeline_top, lifeline_bottom=lifeline_bottom, time_x=time_x,
     )
 
@@ -992,7 +1003,8 @@ class _Draft:
     note: str = ""
 
 
-def _call_note(d: _Draft) -> str:
+def _call_note(d: _Draft, segments: Sequence[Segment]) -> str:
+    """A short why-note for the calls whose meaning is not obvious from the label."""
     c, kind = d.call, d.kind
     if kind == "recv" and c.ret == 0 and c.errno is None:
         return "FIN read as end of stream"
@@ -1000,9 +1012,11 @@ def _call_note(d: _Draft) -> str:
         return "RST read as ECONNRESET"
     if c.errno == "ECONNREFUSED":
         return "refused: a RST answered the SYN"
-    if kind == "close" and any(s.flags & Flag.RST for _, _, s in d.caused):
-        return "unread data: close() sent RST, not FIN"
-    if kind == "accept" and d.released:
+    rst = next((s for _, _, s in d.caused if s.flags & Flag.RST), None)
+    if kind == "close" and rst is not None:
+        peer_data = any(s.length and s.dir is not rst.dir and s.frame < rst.frame for s in segments)
+        return "unread data: close() sent RST, not FIN" if peer_data else "close() sent RST"
+    if kind == "accept" and d.released and not c.inferred:  # an inferred accept has no real start
         done = min(s.ts for _, _, s in d.released)
         if c.start > done:
             return f"connection queued {human_duration(c.start - done)} before accept()"
@@ -1076,7 +1090,7 @@ def _place_calls(
     texts: dict[str, list[tuple[float, int, str]]] = {"client": [], "server": []}
     for idx, d in enumerate(drafts):
         texts[d.side].append((d.y0 + 0.1, idx, "label"))
-        d.note = _call_note(d)
+        d.note = _call_note(d, segments)
         if d.note:
             texts[d.side].append((max(d.y1 - 0.05, d.y0 + 0.1 + CALL_TEXT_PITCH), idx, "note"))
     text_y: dict[tuple[int, str], float] = {}

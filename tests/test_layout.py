@@ -388,6 +388,9 @@ def test_real_time_rows_follow_the_clock_but_never_crowd() -> None:
     # the long think time is by far the largest gap, between frame 4 and frame 5
     assert gaps.index(max(gaps)) == 3 and max(gaps) > 5 * sorted(gaps)[len(gaps) // 2]
     assert layout.time_mode == "real"
+    (idle,) = layout.idle  # the long stretch says how long it was
+    assert idle.text == "0.3 s without segments"
+    assert ys[3] < idle.y < ys[4]
     # ordered mode ignores it
     assert [r.y for r in plan(segs, summaries[0]).rows] == [float(i) for i in range(14)]
 
