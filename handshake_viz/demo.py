@@ -50,8 +50,8 @@ __all__ = [
     "Scenario",
     "add_demo_command",
     "analyze_capture",
-    "can_capture",
     "calls_by_connection",
+    "can_capture",
     "dump_expected_labels",
     "expected_labels",
     "format_result",
@@ -67,6 +67,8 @@ SOCKET_TIMEOUT = 5.0
 GRACE = 0.1
 #: How late the ``backlog`` server calls accept(), in seconds.
 BACKLOG_ACCEPT_DELAY = 0.3
+#: Seconds a client waits after the server thread said it is about to call accept().
+ACCEPT_SETTLE = 0.005
 DEFAULT_SCENARIO = "echo"
 EXPECTED_LABELS_FILE = "expected-labels.json"
 
@@ -109,6 +111,7 @@ def _preview(data: bytes, limit: int = 24) -> str:
 
 
 _SHUT_WR = socket.SHUT_WR
+_Socket = socket.socket  # the Recorder has a method named socket
 
 
 class Recorder:
@@ -128,7 +131,10 @@ class Recorder:
         self._lock = threading.Lock()
         # socket -> its last known (local, remote); weak, so a new socket never inherits
         # the entry of a dead one that happened to have the same id()
-        self._known: weakref.WeakKeyDictionary[socket.socket, tuple[Endpoint | None, Endpoint | None]] = (
+        self._known: weakref.WeakKeyDictionary[_Socket, tuple[Endpoint | None, Endpoint | None]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._accepting: weakref.WeakKeyDictionary[_Socket, threading.Event] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -157,7 +163,7 @@ class Recorder:
 
     def _run(
         self,
-        sock: socket.socket,
+        sock: _Socket,
         name: str,
         fn: Callable[[], Any],
         *,
@@ -210,7 +216,7 @@ class Recorder:
 
     # -- the calls ------------------------------------------------------------
 
-    def socket(self, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    def socket(self, kind: int = socket.SOCK_STREAM) -> _Socket:
         tid = threading.get_native_id()
         start = time.time()
         sock = socket.socket(socket.AF_INET, kind)
@@ -221,21 +227,40 @@ class Recorder:
                        ret=sock.fileno(), args=f"AF_INET, {what}"))
         return sock
 
-    def setsockopt(self, sock: socket.socket, option: str, value: int = 1) -> None:
+    def setsockopt(self, sock: _Socket, option: str, value: int = 1) -> None:
         self._run(sock, "setsockopt",
                   lambda: sock.setsockopt(socket.SOL_SOCKET, getattr(socket, option), value),
                   args=f"SOL_SOCKET, {option}, {value}")
 
-    def bind(self, sock: socket.socket, port: int = 0) -> int:
+    def bind(self, sock: _Socket, port: int = 0) -> int:
         """Bind to 127.0.0.1:``port``; returns the bound port."""
         self._run(sock, "bind", lambda: sock.bind((HOST, port)), args=f"{HOST}:{port}",
                   local_hint=Endpoint(HOST, port) if port else None)
         return int(sock.getsockname()[1])
 
-    def listen(self, sock: socket.socket, backlog: int) -> None:
+    def listen(self, sock: _Socket, backlog: int) -> None:
         self._run(sock, "listen", lambda: sock.listen(backlog), args=str(backlog))
 
-    def accept(self, sock: socket.socket) -> socket.socket:
+    def _accepting_event(self, sock: _Socket) -> threading.Event:
+        with self._lock:
+            event = self._accepting.get(sock)
+            if event is None:
+                event = self._accepting[sock] = threading.Event()
+            return event
+
+    def wait_accepting(self, sock: _Socket) -> None:
+        """Return once a thread is (all but) blocked in ``accept()`` on ``sock``.
+
+        So that a client started next finds the server waiting, and the diagram
+        shows the classic picture: accept() called first, returning after the
+        handshake.  (The ``backlog`` lesson does the opposite on purpose.)
+        """
+        if not self._accepting_event(sock).wait(SOCKET_TIMEOUT):
+            raise CaptureError("demo: the server thread never reached accept()")
+        time.sleep(ACCEPT_SETTLE)
+
+    def accept(self, sock: _Socket) -> _Socket:
+        self._accepting_event(sock).set()
         conn, _addr = self._run(
             sock, "accept4", sock.accept,
             ret=lambda r: r[0].fileno(),
@@ -244,25 +269,25 @@ class Recorder:
         conn.settimeout(SOCKET_TIMEOUT)
         return conn
 
-    def connect(self, sock: socket.socket, port: int) -> None:
+    def connect(self, sock: _Socket, port: int) -> None:
         self._run(sock, "connect", lambda: sock.connect((HOST, port)), args=f"{HOST}:{port}",
                   remote_hint=Endpoint(HOST, port))
 
-    def send(self, sock: socket.socket, data: bytes) -> int:
+    def send(self, sock: _Socket, data: bytes) -> int:
         return int(self._run(sock, "sendto", lambda: sock.send(data), args=_preview(data),
                              ret=lambda n: n, nbytes=lambda n: n))
 
-    def recv(self, sock: socket.socket, size: int = 4096) -> bytes:
+    def recv(self, sock: _Socket, size: int = 4096) -> bytes:
         data: bytes = self._run(sock, "recvfrom", lambda: sock.recv(size), args=str(size),
                                 ret=len, nbytes=len)
         return data
 
-    def sendto(self, sock: socket.socket, data: bytes, addr: Endpoint) -> int:
+    def sendto(self, sock: _Socket, data: bytes, addr: Endpoint) -> int:
         return int(self._run(sock, "sendto", lambda: sock.sendto(data, (addr.ip, addr.port)),
                              args=f"{_preview(data)}, {addr}", ret=lambda n: n, nbytes=lambda n: n,
                              remote=lambda _n: addr))
 
-    def recvfrom(self, sock: socket.socket, size: int = 4096) -> tuple[bytes, Endpoint]:
+    def recvfrom(self, sock: _Socket, size: int = 4096) -> tuple[bytes, Endpoint]:
         data, addr = self._run(sock, "recvfrom", lambda: sock.recvfrom(size), args=str(size),
                                ret=lambda r: len(r[0]), nbytes=lambda r: len(r[0]),
                                remote=lambda r: _endpoint(r[1]))
@@ -270,18 +295,18 @@ class Recorder:
         assert peer is not None
         return data, peer
 
-    def shutdown(self, sock: socket.socket, how: int = _SHUT_WR) -> None:
+    def shutdown(self, sock: _Socket, how: int = _SHUT_WR) -> None:
         name = {socket.SHUT_RD: "SHUT_RD", socket.SHUT_WR: "SHUT_WR", socket.SHUT_RDWR: "SHUT_RDWR"}[how]
         self._run(sock, "shutdown", lambda: sock.shutdown(how), args=name)
 
-    def poll(self, sock: socket.socket, timeout: float = SOCKET_TIMEOUT) -> int:
+    def poll(self, sock: _Socket, timeout: float = SOCKET_TIMEOUT) -> int:
         """Wait until ``sock`` is readable without reading it (``poll(POLLIN)``)."""
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
         return int(self._run(sock, "poll", lambda: len(poller.poll(int(timeout * 1000))),
                              args="POLLIN", ret=lambda n: n))
 
-    def close(self, sock: socket.socket) -> None:
+    def close(self, sock: _Socket) -> None:
         # The endpoints are read before the call: a closed socket has none.
         self._run(sock, "close", sock.close)
 
@@ -297,7 +322,7 @@ class _Threads:
         def body() -> None:
             try:
                 fn(*args)
-            except BaseException as exc:  # handed to join()
+            except BaseException as exc:  # noqa: BLE001 - handed to join()
                 self._errors.append(exc)
 
         t = threading.Thread(target=body, name=name, daemon=True)
@@ -355,10 +380,15 @@ def _scenario_handshake(rec: Recorder, start_capture: StartCapture) -> list[str]
     def server() -> None:
         conn = rec.accept(srv)
         rec.recv(conn)  # -> 0: the client's FIN
+        # Take a moment before closing, as a server finishing its work would: the
+        # kernel has already acknowledged the FIN, so the close shows all four
+        # segments (FIN, ACK, FIN, ACK), where echo shows the FIN-ACK shortcut.
+        time.sleep(0.01)
         rec.close(conn)
         rec.close(srv)
 
     threads.start(server, name="server")
+    rec.wait_accepting(srv)
     cli = rec.socket()
     rec.connect(cli, port)
     rec.close(cli)
@@ -377,6 +407,7 @@ def _scenario_echo(rec: Recorder, start_capture: StartCapture) -> list[str]:
         rec.close(srv)
 
     threads.start(server, name="server")
+    rec.wait_accepting(srv)
     cli = rec.socket()
     rec.connect(cli, port)
     for _ in range(3):
@@ -404,6 +435,7 @@ def _scenario_half_close(rec: Recorder, start_capture: StartCapture) -> list[str
         rec.close(srv)
 
     threads.start(server, name="server")
+    rec.wait_accepting(srv)
     cli = rec.socket()
     rec.connect(cli, port)
     rec.send(cli, b"hello\n")
@@ -452,6 +484,7 @@ def _scenario_reset(rec: Recorder, start_capture: StartCapture) -> list[str]:
         rec.close(srv)
 
     threads.start(server, name="server")
+    rec.wait_accepting(srv)
     cli = rec.socket()
     rec.connect(cli, port)
     rec.send(cli, b"data the server never reads\n")
@@ -485,6 +518,7 @@ def _scenario_time_wait(rec: Recorder, start_capture: StartCapture) -> list[str]
         rec.close(srv)
 
     threads.start(server, name="server")
+    rec.wait_accepting(srv)
     cli = rec.socket()
     rec.connect(cli, port)
     rec.send(cli, b"hello\n")
@@ -522,6 +556,7 @@ def _scenario_time_wait(rec: Recorder, start_capture: StartCapture) -> list[str]
 
     threads = _Threads()
     threads.start(server2, name="server2")
+    rec.wait_accepting(srv2)
     cli2 = rec.socket()
     rec.connect(cli2, port)
     rec.send(cli2, b"hello again\n")
@@ -551,8 +586,8 @@ def _scenario_backlog(rec: Recorder, start_capture: StartCapture) -> list[str]:
         _upper_echo(rec, conn)
     rec.close(srv)
     threads.join()
-    return [f"listen(1) and accept() called {BACKLOG_ACCEPT_DELAY * 1000:.0f} ms late: the kernel "
-            "completes both handshakes and queues the connections; the clients' data waits too"]
+    return [(f"listen(1) and accept() called {BACKLOG_ACCEPT_DELAY * 1000:.0f} ms late: the kernel "
+             "completes both handshakes and queues the connections; the clients' data waits too")]
 
 
 def _scenario_multi_client(rec: Recorder, start_capture: StartCapture) -> list[str]:
@@ -580,6 +615,7 @@ def _scenario_multi_client(rec: Recorder, start_capture: StartCapture) -> list[s
 
     threads = _Threads()
     threads.start(server, name="server")
+    rec.wait_accepting(srv)
     for k in range(1, n + 1):
         threads.start(client, k, name=f"client{k}")
     threads.join()
@@ -606,8 +642,8 @@ def _scenario_udp(rec: Recorder, start_capture: StartCapture) -> list[str]:
         rec.recvfrom(cli)
     rec.close(cli)
     threads.join()
-    return ["UDP: no handshake, no ACKs, no close; each sendto() is one datagram, "
-            "and nothing tells the sender whether it arrived"]
+    return [("UDP: no handshake, no ACKs, no close; each sendto() is one datagram, "
+             "and nothing tells the sender whether it arrived")]
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -706,7 +742,7 @@ class _TcpCapture:
     def _run(self) -> None:
         try:
             self.live.run()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to start()/stop()
             self._error.append(exc)
             self.live.ready.set()  # wake start()
 
@@ -758,9 +794,6 @@ class _UdpCapture:
     """
 
     def __init__(self, port: int, output: Path) -> None:
-        from handshake_viz import capture
-
-        self._capture = capture
         self.port = port
         self.output = output
         self.packets = 0
@@ -778,16 +811,24 @@ class _UdpCapture:
     def _run(self) -> None:
         import ctypes
 
-        cap = self._capture
+        # Names from the submodule itself: the package exports a function called capture.
+        from handshake_viz.capture import (
+            DEFAULT_SNAPLEN,
+            PACKET_OUTGOING,
+            SCM_TIMESTAMPNS,
+            PcapWriter,
+            open_packet_socket,
+        )
+
         try:
-            psock = cap.open_packet_socket("lo", self.port)
-        except BaseException as exc:
+            psock = open_packet_socket("lo", self.port)
+        except BaseException as exc:  # noqa: BLE001 - handed to start()
             self._error.append(exc)
             self._ready.set()
             return
         sock = psock.sock
         try:
-            prog = _bpf_udp_port(self.port, cap.DEFAULT_SNAPLEN)
+            prog = _bpf_udp_port(self.port, DEFAULT_SNAPLEN)
             raw = b"".join(_SOCK_FILTER.pack(*insn) for insn in prog)
             buf = ctypes.create_string_buffer(raw, len(raw))
             sock.setsockopt(socket.SOL_SOCKET, 26, struct.pack("@HP", len(prog), ctypes.addressof(buf)))
@@ -796,7 +837,7 @@ class _UdpCapture:
                     sock.recv(65536)
                 except (BlockingIOError, InterruptedError):
                     break
-            with cap.PcapWriter(self.output, linktype=psock.linktype) as writer:
+            with PcapWriter(self.output, linktype=psock.linktype) as writer:
                 self._ready.set()
                 anc_size = socket.CMSG_SPACE(16)
                 while True:
@@ -806,17 +847,17 @@ class _UdpCapture:
                         if stopping:
                             break
                         continue
-                    data, anc, _flags, addr = sock.recvmsg(cap.DEFAULT_SNAPLEN, anc_size)
-                    if not psock.ignore_outgoing and addr[2] == cap.PACKET_OUTGOING:
+                    data, anc, _flags, addr = sock.recvmsg(DEFAULT_SNAPLEN, anc_size)
+                    if not psock.ignore_outgoing and addr[2] == PACKET_OUTGOING:
                         continue
                     ts_ns = time.time_ns()
                     for level, kind, cdata in anc:
-                        if level == socket.SOL_SOCKET and kind == cap.SCM_TIMESTAMPNS:
+                        if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
                             sec, nsec = struct.unpack_from("@qq", cdata)
                             ts_ns = sec * 1_000_000_000 + nsec
                     writer.write(data, ts_ns=ts_ns)
                     self.packets += 1
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to stop()
             self._error.append(exc)
             self._ready.set()
         finally:
@@ -1177,14 +1218,16 @@ def format_result(result: DemoResult) -> list[str]:
     from handshake_viz import report
 
     lines = [f"demo {result.scenario}: {result.lesson}"]
+    items: list[tuple[float, int, str]]
     if result.datagrams:
         t0 = result.datagrams[0].ts
         client = result.datagrams[0].src
-        items: list[tuple[float, int, str]] = []
+        items = []
         for d in result.datagrams:
             arrow = "→" if d.src == client else "←"
-            items.append((d.ts, 1, f"{d.frame:>7} {(d.ts - t0) * 1000:>10.3f} ms  {arrow} UDP       "
-                                   f"{d.src} > {d.dst} len={len(d.payload)} {_preview(d.payload)}"))
+            text = (f"{d.frame:>7} {(d.ts - t0) * 1000:>10.3f} ms  {arrow} UDP       "
+                    f"{d.src} > {d.dst} len={len(d.payload)} {_preview(d.payload)}")
+            items.append((d.ts, 1, text))
         items += [(c.start, 0, _call_line(c, t0)) for c in result.calls]
         lines += [text for _ts, _k, text in sorted(items, key=lambda i: (i[0], i[1]))]
     else:
@@ -1198,7 +1241,7 @@ def format_result(result: DemoResult) -> list[str]:
             t0 = segs[0].ts if segs else s.first_ts
             own = per_conn.get(s.conn, [])
             used.update(id(c) for c in own)
-            items: list[tuple[float, int, str]] = [(seg.ts, 1, report.format_segment(seg, t0)) for seg in segs]
+            items = [(seg.ts, 1, report.format_segment(seg, t0)) for seg in segs]
             items += [(c.start, 0, _call_line(c, t0)) for c in own]
             lines.append("")
             lines.append(report.connection_header(s))
@@ -1322,8 +1365,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.list:
         width = max(map(len, SCENARIOS))
-        for s in SCENARIOS.values():
-            out.write(f"{s.name:<{width}}  {s.lesson}\n")
+        out.writelines(f"{s.name:<{width}}  {s.lesson}\n" for s in SCENARIOS.values())
         return 0
     names = list(SCENARIOS) if args.all else [args.name]
     for n in names:
@@ -1337,8 +1379,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for n in names:
         result = run_scenario(n, args.output_dir, live=live)
         results.append(result)
-        for line in format_result(result):
-            out.write(line + "\n")
+        out.writelines(line + "\n" for line in format_result(result))
         written = [result.pcap, result.calls_path] + ([result.png] if result.png else [])
         verb = "wrote" if result.live else "shipped"
         out.write(f"{verb}: {', '.join(map(str, written))}\n")

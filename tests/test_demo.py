@@ -97,6 +97,9 @@ def test_handshake(out_dir: Path) -> None:
     assert labels(segs)[:3] == ["SYN", "SYN-ACK", "ACK"]
     assert [s.dir for s in segs[:3]] == [Direction.C2S, Direction.S2C, Direction.C2S]
     assert r.summaries[0].conn_state == "SF"
+    got = labels(segs)
+    assert got[3:] in (["FIN", "ACK", "FIN", "ACK"], ["FIN", "FIN-ACK", "ACK"])
+    assert segs[3].dir is Direction.C2S and r.summaries[0].client_state.value == "TIME-WAIT"
     (connect,) = calls_named(r, "connect")
     assert connect.ret == 0 and connect.start <= segs[0].ts <= connect.end
     (accept,) = calls_named(r, "accept4")
