@@ -15,8 +15,14 @@ opens the shipped ``captures/NAME.pcap`` instead and says so.
 
 The capture filter of :mod:`handshake_viz.capture` keeps TCP only; the ``udp``
 scenario uses a small UDP port filter of its own (:class:`_UdpCapture`).  The
-TCP pipeline (decode, track, draw) does not read UDP, so that scenario's
-ladder lists the calls and datagrams instead.
+TCP pipeline (decode, track, layout) does not read UDP, so that scenario's
+ladder lists the datagrams and calls, and its picture is drawn here
+(:func:`_draw_udp`).  A TCP scenario's PNG puts each connection's diagram, as
+``hsviz plot`` draws it, side by side.
+
+Which calls a connection's ladder and diagram show is decided by
+:func:`calls_by_connection` (a call's own endpoints; a listening socket's calls
+go with every connection it accepted; a failed bind with the next connection).
 
 Ports are never fixed: servers bind port 0; ``refused`` binds a socket to
 port 0 and closes it without listening, so nobody listens there.
@@ -349,6 +355,10 @@ StartCapture = Callable[[int], None]
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
+    """One lesson.  ``run(recorder, start_capture)`` binds its port, calls
+    ``start_capture(port)`` before anything is sent, plays server and client
+    through the recorder, and returns notes for the reader."""
+
     name: str
     lesson: str  # one line
     run: Callable[[Recorder, StartCapture], list[str]]  # returns notes for the reader
@@ -923,7 +933,7 @@ def analyze_capture(pcap: Path) -> tuple[list[Segment], list[ConnectionSummary]]
     return segments, list(tracker.summaries())
 
 
-def _read_datagrams(pcap: Path, port: int | None = None) -> list[Datagram]:
+def _read_datagrams(pcap: Path) -> list[Datagram]:
     """UDP datagrams of an Ethernet-framed IPv4 pcap (the udp scenario's own capture)."""
     data = pcap.read_bytes()
     if len(data) < 24 or data[:4] != b"\xd4\xc3\xb2\xa1":
@@ -1045,6 +1055,8 @@ def run_scenario(name: str, out_dir: str | os.PathLike[str] = ".", *, live: bool
     ``live=None`` captures when :func:`can_capture`, else reads the shipped
     ``captures/NAME.pcap`` (nothing is written then); ``live=True`` insists
     (PermissionDeniedError without the privilege), ``live=False`` never captures.
+    ``draw=False`` skips the PNG (``DemoResult.png`` is None).  Raises UsageError
+    for an unknown name, OutputError for an unusable ``out_dir``.
     """
     scenario = _scenario(name)
     if live is None:
