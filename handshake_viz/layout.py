@@ -654,6 +654,19 @@ def _fold_text(f_segments: int, b_c2s: int, b_s2c: int, duration: float,
     return "… " + ", ".join(parts) + " …"
 
 
+def _refused(segments: Sequence[Segment]) -> bool:
+    """A SYN answered by a RST, with no SYN-ACK ever sent (Zeek's REJ)."""
+    saw_syn = False
+    for s in segments:
+        if s.label is Label.SYN_ACK:
+            return False
+        if s.label is Label.SYN:
+            saw_syn = True
+        elif s.flags & Flag.RST:
+            return saw_syn
+    return False
+
+
 def _closing_notes(segments: Sequence[Segment], summary: ConnectionSummary) -> list[str]:
     """One line on how the connection ended: who closed first and what that costs
     (TIME-WAIT), or who reset it, or that the capture ends with it still open."""
@@ -675,6 +688,9 @@ def _closing_notes(segments: Sequence[Segment], summary: ConnectionSummary) -> l
                 return ["client closed first → TIME-WAIT (2·MSL)"]
             return ["server closed first → TIME-WAIT (2·MSL): the server holds "
                     "this address pair until it ends"]
+    if rst is not None and _refused(segments):
+        return [f"{side_of[rst.dir]} refused the connection: a RST answered the SYN "
+                f"(nothing listening on port {summary.server.port})"]
     if rst is not None:
         after = f" after the {side_of[fin.dir]}'s FIN" if fin is not None and fin.frame < rst.frame else ""
         return [f"{side_of[rst.dir]} reset the connection{after} (RST, frame {rst.frame}): "
@@ -851,6 +867,7 @@ def plan(
     x_side = {"client": X_CLIENT, "server": X_SERVER}
     prev: dict[str, TcpState | None] = {"client": None, "server": None}
     first = segments[0]
+    refused = _refused(segments)
     for k, it in enumerate(items):
         ya, yb = ys[k]
         if it.fold:
@@ -874,6 +891,9 @@ def plan(
             if side == sender:
                 y = ya
             elif k == 0 and seg is first and st is TcpState.LISTEN:
+                if refused:  # nobody was listening: the RST says so, not the tracker's guess
+                    prev[side] = st
+                    continue
                 y = ya - 0.55  # found listening before the first SYN arrived
             else:
                 y = yb
@@ -1092,7 +1112,11 @@ def _place_calls(
         texts[d.side].append((d.y0 + 0.1, idx, "label"))
         d.note = _call_note(d, segments)
         if d.note:
-            texts[d.side].append((max(d.y1 - 0.05, d.y0 + 0.1 + CALL_TEXT_PITCH), idx, "note"))
+            # at the return of a long call; right under the label of a short one, so that
+            # no other call's label comes between a call and its note
+            tall = d.y1 - d.y0 >= 2 * CALL_TEXT_PITCH + 0.1
+            anchor = d.y1 - 0.05 if tall else d.y0 + 0.1 + 1e-6
+            texts[d.side].append((anchor, idx, "note"))
     text_y: dict[tuple[int, str], float] = {}
     for lst in texts.values():
         lst.sort()

@@ -365,13 +365,12 @@ def test_time_wait_note_names_the_side_that_closed_first() -> None:
 
 
 def test_a_reset_is_said_at_the_bottom() -> None:
-    segs, summaries = tracked([
-        packet(1, 0, True, S, C_ISN, 0),
-        packet(2, 0.1, False, R | A, 0, C_ISN + 1),
-    ])
+    c, s = C_ISN, S_ISN
+    segs, summaries = tracked(echo_packets()[:4] + [packet(5, 0.3, False, R | A, s + 1, c + 7)])
     layout = plan(segs, summaries[0])
-    assert layout.rows[1].phase is Phase.RESET and layout.rows[1].label == "RST"
-    assert any("server reset the connection (RST, frame 2)" in n.text for n in layout.notes)
+    assert layout.rows[-1].phase is Phase.RESET and layout.rows[-1].label == "RST"
+    assert [n.text for n in layout.notes] == [
+        "server reset the connection (RST, frame 5): no TIME-WAIT, unread data is lost"]
 
 
 def test_real_time_rows_follow_the_clock_but_never_crowd() -> None:
@@ -602,6 +601,9 @@ def test_failed_and_eof_calls_are_labelled() -> None:
     (bar,) = layout.calls
     assert bar.label == "connect(3) → ECONNREFUSED" and bar.failed
     assert bar.note == "refused: a RST answered the SYN"
+    assert [n.text for n in layout.notes] == [
+        "server refused the connection: a RST answered the SYN (nothing listening on port 18081)"]
+    assert "LISTEN" not in [m.text for m in layout.states]  # nobody was
 
 
 def test_calls_of_other_connections_and_unplaceable_calls() -> None:
