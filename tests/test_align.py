@@ -12,6 +12,7 @@ call -> frames pairs, and the inferred calls for the same segments.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -796,3 +797,182 @@ def test_recorded_captures_bytes_of_each_call_are_the_bytes_of_its_segments(pcap
         assert all(c.conn is None for c in got)  # no TCP (the udp lesson): nothing to align
     else:
         assert checked
+
+
+# ==========================================================================================
+# Real programs traced with strace while captured: tests/data/align (record.py there)
+# ==========================================================================================
+
+ALIGN_DATA = Path(__file__).resolve().parent / "data" / "align"
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_ESC = re.compile(r"\\(x[0-9a-fA-F]{2}|[0-7]{1,3}|.)", re.DOTALL)
+_SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "f": "\f", "a": "\a", "b": "\b"}
+
+
+def _strace_bytes(args: str) -> bytes | None:
+    """The first string argument as strace printed it (the data a read/write moved)."""
+    m = _QUOTED.search(args)
+    if m is None:
+        return None
+
+    def one(e: re.Match[str]) -> str:
+        t = e.group(1)
+        if t[0] == "x":
+            return chr(int(t[1:], 16))
+        if t[0] in "01234567":
+            return chr(int(t, 8))
+        return _SIMPLE.get(t, t)
+
+    return _ESC.sub(one, m.group(1)).encode("latin-1")
+
+
+def _load_pair(pcap: Path, strace: Path):
+    from handshake_viz.decode import open_capture
+    from handshake_viz.trace import parse_strace_file
+
+    tracker = Tracker()
+    with open_capture(pcap) as reader:
+        segments = [tracker.feed(p) for p in reader]
+    parsed = parse_strace_file(strace)
+    assert parsed.unparsed == 0, parsed.problems
+    return segments, tracker.summaries(), parsed.calls
+
+
+def check_real_scenario(name: str, pcap: Path, strace: Path) -> None:
+    """The alignment rules, checked on a real trace against facts independent of them."""
+    segments, summaries, calls = _load_pair(pcap, strace)
+    assert len(summaries) == 1, f"{name}: one connection expected"
+    summary = summaries[0]
+    got = align(segments, summaries, calls)
+    by_frame = {s.frame: s for s in segments}
+    mine = [c for c in got if c.conn == 0]
+    assert mine, f"{name}: no call matched the connection"
+
+    def side(c: Call) -> str:
+        if c.local == summary.client or (c.local is None and c.remote == summary.server):
+            return "client"
+        assert c.local == summary.server, c
+        return "server"
+
+    def segs(c: Call) -> list[Segment]:
+        return [by_frame[f] for f in c.frames]
+
+    # calls on the listening socket belong to no connection
+    for c in got:
+        if c.call in ("bind", "listen", "setsockopt") or (c.local is not None and c.remote is None):
+            assert c.conn is None, c
+    hs_ack = next((s for s in segments if s.label is Label.ACK and s.rel_seq == 1 and s.is_c2s), None)
+    offset = {"client": 0, "server": 0}
+    read_offset = {"client": 0, "server": 0}
+    fin = {d: next((s for s in segments if s.flags & 0x01 and s.is_c2s == (d == "client")), None)
+           for d in ("client", "server")}
+    rst = {d: next((s for s in segments if s.flags & 0x04 and s.is_c2s == (d == "client")), None)
+           for d in ("client", "server")}
+    for c in sorted(mine, key=lambda c: c.start):
+        me = side(c)
+        peer = "server" if me == "client" else "client"
+        labels = [s.label for s in segs(c)]
+        if c.call == "connect":
+            assert me == "client"
+            assert labels == ([Label.SYN, Label.RST] if c.errno == "ECONNREFUSED" else [Label.SYN, Label.SYN_ACK])
+        elif c.call in ("accept", "accept4"):
+            assert segs(c) == [hs_ack]
+        elif c.call in ("write", "sendto") and c.nbytes:
+            data = _strace_bytes(c.args)
+            lo, hi = offset[me] + 1, offset[me] + 1 + c.nbytes
+            assert segs(c) and all(s.is_c2s == (me == "client") and s.length for s in segs(c))
+            stream = b"".join(s.payload for s in segs(c))
+            start = lo - segs(c)[0].rel_seq
+            assert stream[start:start + c.nbytes] == data  # the bytes strace saw leave
+            assert segs(c)[-1].rel_end >= hi
+            offset[me] += c.nbytes
+        elif c.call in ("read", "recvfrom") and c.nbytes:
+            data = _strace_bytes(c.args)
+            lo = read_offset[me] + 1
+            assert segs(c) and all(s.is_c2s == (me == "server") for s in segs(c))
+            stream = b"".join(s.payload for s in segs(c))
+            start = lo - segs(c)[0].rel_seq
+            assert stream[start:start + c.nbytes] == data  # the bytes strace saw arrive
+            read_offset[me] += c.nbytes
+        elif c.call in ("read", "recvfrom") and c.ret == 0:
+            assert segs(c) == [fin[peer]]
+        elif c.errno == "ECONNRESET":
+            assert segs(c) == [rst[peer]]
+        elif c.call == "shutdown":
+            assert segs(c) == [fin[me]]
+        elif c.call == "close":
+            shut = any(d.call == "shutdown" and side(d) == me for d in mine)
+            if summary.conn_state == "REJ" or (rst[peer] is not None and rst[peer].ts < c.start):
+                assert segs(c) == []  # refused or reset before: nothing left to send
+            elif rst[me] is not None:
+                assert segs(c) == [rst[me]]  # closed with unread data
+            else:
+                assert segs(c) == ([] if shut else [fin[me]])
+        else:
+            assert c.frames == (), c
+
+    names = [c.call for c in mine]
+    if "refused" in name:
+        assert summary.conn_state == "REJ" and "connect" in names
+        assert any(c.errno == "ECONNREFUSED" and len(c.frames) == 2 for c in mine)
+    else:
+        assert any(c.call in ("accept", "accept4") for c in mine)
+    if "delay" in name:
+        acc = next(c for c in mine if c.call in ("accept", "accept4"))
+        assert acc.start - hs_ack.ts > 0.1  # called late (the server slept 0.3 s) ...
+        assert accept_queue_delay(acc, segments) == pytest.approx(acc.start - hs_ack.ts)
+    if "unread" in name:
+        assert rst["server"] is not None and fin["server"] is None
+        assert any(c.errno == "ECONNRESET" for c in mine)
+    if "pingpong" in name:
+        piggy = [s for s in segments if s.label is Label.PIGGYBACK]
+        assert piggy, "re-record: no piggybacked ACK in this capture"
+        for s in piggy:
+            owners = [c for c in mine if s.frame in c.frames]
+            assert sorted(c.call for c in owners) == ["recvfrom", "sendto"]
+            assert {side(c) for c in owners} == {"client", "server"}
+
+
+def _recorded_align_pairs() -> list[str]:
+    return sorted(p.stem for p in ALIGN_DATA.glob("*.pcap") if p.with_suffix(".strace").exists())
+
+
+@pytest.mark.parametrize("name", _recorded_align_pairs())
+def test_real_traced_programs(name: str):
+    check_real_scenario(name, ALIGN_DATA / f"{name}.pcap", ALIGN_DATA / f"{name}.strace")
+
+
+def test_the_recorded_scenarios_are_all_there():
+    names = set(_recorded_align_pairs())
+    for scenario in ("py-echo", "py-pingpong", "py-delay", "py-refused", "py-unread",
+                     "c-echo", "c-delay", "c-refused"):
+        assert scenario in names, f"tests/data/align/{scenario}.pcap missing: run record.py"
+
+
+def _can_record() -> str | None:
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return "recording needs root (live capture)"
+    for tool in ("strace", "cc"):
+        if shutil.which(tool) is None:
+            return f"recording needs {tool}"
+    return None
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("name", ["c-echo", "py-unread", "py-refused"])
+def test_live_recording_aligns(name: str, tmp_path: Path):
+    why = _can_record()
+    if why:
+        pytest.skip(why)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("align_record", ALIGN_DATA / "record.py")
+    assert spec and spec.loader
+    record = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(record)
+    exe = record.compile_echo_c(tmp_path) if name.startswith("c-") else None
+    pcap, strace = record.record(name, tmp_path, exe)
+    check_real_scenario(name, pcap, strace)
