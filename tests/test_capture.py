@@ -596,6 +596,24 @@ def test_stop_from_another_thread_keeps_queued_frames(live: None, tmp_path: Path
 
 
 @pytest.mark.live
+def test_kernel_drops_are_counted_not_hidden(live: None, tmp_path: Path) -> None:
+    """With a tiny receive buffer and a stalled consumer the kernel drops frames: we say how many."""
+    srv = _listener()
+    port = srv.getsockname()[1]
+    gate = threading.Event()
+    cap = LiveCapture(port, output=tmp_path / "d.pcap", rcvbuf=1, on_segment=lambda seg: gate.wait(5))
+    t = _start(cap)
+    expected, *_ = _conversation(srv, (b"a" * 1000,) * 20)
+    cap.stop()
+    gate.set()
+    result = t.finish()
+    srv.close()
+    assert result.stats.dropped > 0
+    assert result.stats.packets + result.stats.dropped == expected
+    assert len(_raw_records(tmp_path / "d.pcap")) == result.stats.packets
+
+
+@pytest.mark.live
 def test_exception_in_callback_keeps_the_pcap(live: None, tmp_path: Path) -> None:
     srv = _listener()
     port = srv.getsockname()[1]
