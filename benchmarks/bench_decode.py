@@ -134,15 +134,18 @@ def bench(capture: Path, runs: int, methods: list[str]) -> list[dict[str, object
 
 def print_table(capture: Path, rows: list[dict[str, object]], runs: int) -> None:
     size = capture.stat().st_size
-    print(f"capture: {capture} ({size / 1e6:.1f} MB), median of {runs} run(s)")
-    head = f"{'method':<28} {'packets':>10} {'median s':>9} {'cpu s':>7} {'packets/s':>11} " \
-           f"{'peak RSS':>9} {'(before)':>9}"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"capture: {capture} ({size / 1e6:.1f} MB), median of {runs} run(s), "
+          f"load average {load:.2f} on {os.cpu_count()} CPUs")
+    head = f"{'method':<28} {'packets':>10} {'median s':>9} {'packets/s':>11} {'cpu s':>7} " \
+           f"{'pkts/cpu-s':>11} {'peak RSS':>9} {'(before)':>9}"
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['method']:<28} {r['packets']:>10,} {r['seconds']:>9.2f} {r['cpu']:>7.2f} "
-            f"{r['pps']:>11,.0f} {r['peak_mb']:>7.1f}MB {r['base_mb']:>7.1f}MB"
+            f"{r['method']:<28} {r['packets']:>10,} {r['seconds']:>9.2f} {r['pps']:>11,.0f} "
+            f"{r['cpu']:>7.2f} {r['packets'] / r['cpu']:>11,.0f} "
+            f"{r['peak_mb']:>7.1f}MB {r['base_mb']:>7.1f}MB"
         )
     if len(rows) > 1:
         base = rows[-1]
