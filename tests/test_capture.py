@@ -335,6 +335,8 @@ def test_writer_permission_denied(tmp_path: Path) -> None:
             preexec_fn=_without_caps(CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH))
     finally:
         os.chmod(locked, 0o755)
+    if res.returncode == 0 and (locked / "x.pcap").exists():
+        pytest.skip("cannot drop CAP_DAC_OVERRIDE here (no CAP_SETPCAP), so root may write anywhere")
     assert res.stdout.strip() == "out/x.pcap: cannot write: Permission denied", res.stderr
 
 
@@ -475,9 +477,11 @@ def test_bad_stop_conditions(tmp_path: Path) -> None:
 
 
 def test_without_cap_net_raw_says_so(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "handshake_viz", "capture", "--port", "8080", "-o", "x.pcap"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    res = subprocess.run([sys.executable, "-m", "handshake_viz", "capture", "--port", "8080", "--timeout", "1",
+                          "-o", "x.pcap"], cwd=tmp_path, capture_output=True, text=True, timeout=30,
                          preexec_fn=_without_caps(CAP_NET_RAW))
+    if res.returncode == 0:
+        pytest.skip("cannot drop CAP_NET_RAW here (no CAP_SETPCAP): the capture ran")
     assert (res.returncode, res.stderr) == (2, "hsviz: capturing needs root or CAP_NET_RAW: try sudo\n")
     assert not (tmp_path / "x.pcap").exists()  # nothing written before the socket opened
 
@@ -972,5 +976,7 @@ def test_replay_inject_without_privileges(tmp_path: Path) -> None:
     _write_pcap(path, _handshake_frames())
     res = subprocess.run([sys.executable, "-m", "handshake_viz", "replay", str(path), "--speed", "0", "--inject"],
                          capture_output=True, text=True, timeout=30, preexec_fn=_without_caps(CAP_NET_RAW))
+    if res.returncode == 0:
+        pytest.skip("cannot drop CAP_NET_RAW here (no CAP_SETPCAP): the frames were sent")
     assert (res.returncode, res.stderr) == (2, "hsviz: --inject needs root or CAP_NET_RAW: try sudo\n")
     assert res.stdout == ""
