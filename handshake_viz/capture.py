@@ -23,7 +23,13 @@ matching packet is caught, and no unfiltered packet was ever queued.
 
 Every accepted frame is written to the pcap before it is decoded, so what was
 received is never lost: the writer keeps only complete records in its buffer,
-flushes them with ``os.write`` at least every 100 ms, and is closed on any exit.
+gets them onto the file within 100 ms (a background thread flushes even while
+the consumer is stuck), and is closed on any exit.  On a requested stop the
+frames the kernel still holds are written first.  Frames the kernel had to drop
+(receive buffer full) are counted from ``PACKET_STATISTICS`` and reported.
+
+Live timestamps are rounded to microseconds, as the pcap stores them, so the
+live ladder is exactly what ``hsviz analyze`` prints for the written file.
 
 Scapy (the runtime dependency) is used where it serves: ``--inject`` reads the
 raw frames of a capture with its ``RawPcapReader``.  It is kept out of the
@@ -61,6 +67,7 @@ __all__ = [
     "CaptureResult",
     "CaptureStats",
     "LiveCapture",
+    "PacketSocket",
     "PcapWriter",
     "Replay",
     "bpf_port_filter",
@@ -619,9 +626,13 @@ class LiveCapture:
     # -- the loop -----------------------------------------------------------
 
     def run(self) -> CaptureResult:
+        """Capture until a stop condition; call once.  Raises UsageError (interface),
+        PermissionDeniedError, CaptureError or OutputError before ready; after ready,
+        any exception from a callback propagates once the pcap is closed."""
         from handshake_viz.decode import decode_frame
 
         self._decode = decode_frame
+        self._view = memoryview(bytearray(self.snaplen))  # one receive buffer, reused
         restore: dict[signal.Signals, Any] = {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -630,7 +641,6 @@ class LiveCapture:
         try:
             self._psock = open_packet_socket(self.iface, self.port, snaplen=self.snaplen, rcvbuf=self.rcvbuf)
             writer = PcapWriter(self.output, linktype=self._psock.linktype, snaplen=self.snaplen)
-            self._writer = writer
             self._t_ready = time.monotonic()
             self.ready.set()
             if self.on_ready is not None:
@@ -700,8 +710,7 @@ class LiveCapture:
         sock = self._psock.sock
         check_outgoing = not self._psock.ignore_outgoing
         linktype = self._psock.linktype
-        buf = bytearray(self.snaplen)
-        view = memoryview(buf)
+        view = self._view
         decode = self._decode
         feed = self.tracker.feed
         is_finished = self.tracker.is_finished
