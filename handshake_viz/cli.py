@@ -367,6 +367,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     add_demo_command(sub)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from handshake_viz.export import add_export_command
+
+    add_export_command(sub)
+
+
 # Subcommand registrars, in the order `hsviz --help` lists them.  Modules that add a
 # subcommand put their registrar here.
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -375,6 +381,7 @@ _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_capture,
     _add_replay,
     _add_demo,
+    _add_export,
 ]
 
 
