@@ -440,10 +440,21 @@ def _paint_frame(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float
     ax.set_title(layout.title, fontsize=fs["title"], pad=58 + (14 if two else 0), color=_INK)
 
 
-def _wrap_fold(text: str) -> str:
-    """``… 1,204 segments, 88 KiB …`` on two lines: the count, then the rest."""
-    head, sep, rest = text.partition(", ")
-    return f"{head} …\n… {rest}" if sep else text
+def _wrap(text: str, size: float, room_pt: float, style: str = "italic") -> str:
+    """Break a ``, ``-separated text into lines of at most ``room_pt`` (greedy);
+    the commas stay at the line ends, so joining the lines with spaces gives the text."""
+    parts = text.split(", ")
+    lines: list[str] = []
+    for part in parts:
+        candidate = f"{lines[-1]}, {part}" if lines else part
+        if lines and _text_width_pt(candidate, size, "DejaVu Sans", "normal", style) * 1.04 > room_pt:
+            lines[-1] += ","
+            lines.append(part)
+        elif lines:
+            lines[-1] = candidate
+        else:
+            lines.append(part)
+    return "\n".join(lines)
 
 
 def _paint_folds(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float,
@@ -456,10 +467,12 @@ def _paint_folds(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float
     ax.add_collection(PolyCollection(boxes, facecolors=_FOLD_FACE, edgecolors="#999999",
                                      linewidths=0.8, linestyles=(0, (4, 3)), zorder=0.5))
     for r in folds:
-        text = r.text
-        if _text_width_pt(text, fs["fold"], "DejaVu Sans", "normal", "italic") * 1.04 > pt_per_x:
-            text = _wrap_fold(text)
-        ax.text(0.5, r.y_mid, text, ha="center", va="center", fontsize=fs["fold"],
+        size = fs["fold"]
+        text = _wrap(r.text, size, 0.96 * pt_per_x)
+        if text.count("\n") >= 2:  # three lines or more: smaller, to stay inside the band
+            size = 0.85 * size
+            text = _wrap(r.text, size, 0.96 * pt_per_x)
+        ax.text(0.5, r.y_mid, text, ha="center", va="center", fontsize=size,
                 fontstyle="italic", color=_INK, zorder=4, multialignment="center",
                 linespacing=1.25)
         out.text(layout.time_x, r.y_mid, r.time_text, ha="right", va="center",
