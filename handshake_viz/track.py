@@ -287,7 +287,7 @@ class _ZEnd:
     state: _Z = Z.INACTIVE
     prev_state: _Z = Z.INACTIVE
     start_seq: int | None = None
-    seen: set[str] = field(default_factory=set)
+    seen: str = ""  # the history letters recorded for this endpoint (a str: smaller than a set)
     last_syn: int | None = None
     last_fin: int | None = None
     last_rst: int | None = None
@@ -324,18 +324,19 @@ class _ZeekView:
             if src_likely:
                 flip = (first.sport < first.dport) if dst_likely else True
         self.orig_is_client = first_is_client != flip
-        self.history: list[str] = ["^"] if flip else []
-        self.ends = {True: _ZEnd(), False: _ZEnd()}  # keyed by "is client"
+        self.history = "^" if flip else ""
+        # indexed by "is client": ends[False] is the server's, ends[True] the client's
+        self.ends = (_ZEnd(), _ZEnd())
 
     def _letter(self, is_client: bool, code: str) -> None:
-        self.history.append(code if is_client == self.orig_is_client else code.lower())
+        self.history += code if is_client == self.orig_is_client else code.lower()
 
     def _check(self, is_client: bool, code: str) -> bool:
         """Record ``code`` the first time; True if it had been seen before."""
         end = self.ends[is_client]
         if code in end.seen:
             return True
-        end.seen.add(code)
+        end.seen += code
         self._letter(is_client, code)
         return False
 
@@ -345,7 +346,7 @@ class _ZeekView:
 
     def _flip(self) -> None:
         self.orig_is_client = not self.orig_is_client
-        self.history.append("^")
+        self.history += "^"
 
     def feed(self, p: Packet, from_client: bool) -> None:
         end, peer = self.ends[from_client], self.ends[not from_client]
@@ -481,7 +482,7 @@ class _ZeekView:
             return "RSTRH" if o_inactive else "RSTR"
         if os_ is Z.RESET:
             if r_inactive:
-                return "RSTOS0" if _RSTOS0.fullmatch("".join(self.history)) else "OTH"
+                return "RSTOS0" if _RSTOS0.fullmatch(self.history) else "OTH"
             return "RSTO"
         if rs is Z.CLOSED and os_ is Z.CLOSED:
             return "SF"
@@ -546,7 +547,7 @@ class _Conn:
         c2s, s2c = self.c2s, self.s2c
         client_orig = self.zeek.orig_is_client
         b_c2s, b_s2c = c2s.data_end, s2c.data_end
-        history = "".join(self.zeek.history)
+        history = self.zeek.history
         conn_state = self.zeek.conn_state(b_c2s if client_orig else b_s2c, b_s2c if client_orig else b_c2s)
         return ConnectionSummary(
             conn=self.index,
