@@ -35,7 +35,13 @@ from handshake_viz.model import (
     TcpState,
 )
 from handshake_viz.track import Tracker
-from handshake_viz.api import Connection, Trace, capture, load
+# The submodule handshake_viz.capture is imported before the function of the same name
+# is bound: importing a submodule sets it as a package attribute, and doing it first
+# means the public ``hv.capture(...)`` function is the attribute that stays.
+import importlib as _importlib  # noqa: E402
+
+_importlib.import_module("handshake_viz.capture")
+from handshake_viz.api import Connection, Trace, capture, load  # noqa: E402
 
 __all__ = [
     "Analysis",

@@ -258,9 +258,9 @@ def capture(port: int, *, count: int | None = None, timeout: float | None = None
 
     >>> trace = capture(8080, count=50, timeout=10)           # doctest: +SKIP
     """
-    from handshake_viz import capture as capture_mod
+    from handshake_viz.capture import LiveCapture
 
-    live = capture_mod.LiveCapture(port, iface=iface, output=output, count=count,
+    live = LiveCapture(port, iface=iface, output=output, count=count,
                                    timeout=timeout, connections=connections,
                                    handle_signals=False)
     result = live.run()
