@@ -208,8 +208,6 @@ class _Flow:
     window: int | None = None
     win_scale: int = -1  # -1 unknown, else the shift to apply
     last_flags: int = 0  # analysis bits of the last segment this way
-    segments: int = 0
-    bytes_captured: int = 0
 
 
 # Analysis bits, internal (order of the output list follows Wireshark's expert info).
@@ -738,8 +736,6 @@ class Tracker:
         conn, rev = fwd.conn, fwd.peer
         conn.segments += 1
         conn.last_ts = ts
-        fwd.segments += 1
-        fwd.bytes_captured += len(p.payload)
 
         # ---- relative numbers (Wireshark's base_seq rules) --------------------------
         if fwd.base is None:
@@ -855,9 +851,7 @@ class Tracker:
         ts = p.ts
         conn.segments += 1
         conn.last_ts = ts
-        fwd.segments += 1
         payload = p.payload
-        fwd.bytes_captured += len(payload)
         base = fwd.base
         rel_seq = (seq - base) & MASK  # type: ignore[operator]
         rel_ack = (ack - rev.base) & MASK  # type: ignore[operator]
