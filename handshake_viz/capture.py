@@ -17,9 +17,23 @@ The receive path is a plain ``AF_PACKET``/``SOCK_RAW`` socket from the standard
 
 Readiness: the socket is created with protocol 0 (no packets are queued at all),
 bound to the interface with protocol 0 to learn its link type, the filter is
-attached, anything queued is drained, and only then is it bound with
-``ETH_P_ALL``.  From the moment :class:`LiveCapture` reports ready, every
-matching packet is caught, and no unfiltered packet was ever queued.
+attached, anything queued is drained, the kernel is seen stamping packets on
+arrival (below), and only then is it bound with ``ETH_P_ALL``.  From the moment
+:class:`LiveCapture` reports ready, every matching packet is caught and carries
+its arrival time, and no unfiltered packet was ever queued.
+
+Arrival timestamps are a global switch in Linux (the ``netstamp_needed_key``
+static key), on only while some socket has asked for timestamps.  Asking
+(``SO_TIMESTAMPNS``) does not switch it on at once: the switch is flipped by a
+deferred work item, measured here 0.2-5 ms (median 1.7 ms) later.  A packet that
+arrives before that is stamped when it is *read*, so a capture opened while the
+switch was off (no capture running, the previous one closed) could stamp its
+first packets late: a refused ``connect()`` then seemed to return before its RST
+arrived.  So the packet socket asks first thing, and before it is bound a
+throwaway UDP socket sends itself a datagram over loopback until one comes back
+stamped before ``recvmsg`` was called (:func:`_wait_for_arrival_stamps`; at most
+``STAMP_WAIT`` seconds, usually one to five probes).  The packet socket itself
+keeps the switch on for as long as the capture runs.
 
 Every accepted frame is written to the pcap before it is decoded, so what was
 received is never lost: the writer keeps only complete records in its buffer,
@@ -64,6 +78,7 @@ from handshake_viz.model import ConnectionSummary, Packet, Segment
 
 __all__ = [
     "DEFAULT_SNAPLEN",
+    "STAMP_WAIT",
     "CaptureResult",
     "CaptureStats",
     "LiveCapture",
@@ -98,6 +113,9 @@ LINKTYPE_RAW = 101
 
 DEFAULT_SNAPLEN = 262144
 DEFAULT_RCVBUF = 64 * 1024 * 1024
+#: Longest time, in seconds, :func:`open_packet_socket` waits for the kernel to
+#: stamp packets on arrival (the switch takes 0.2-5 ms to flip on this machine).
+STAMP_WAIT = 0.05
 
 _TIMESPEC = struct.Struct("@qq")
 _TPACKET_STATS = struct.Struct("@II")
@@ -418,6 +436,7 @@ class PacketSocket:
     linktype: int
     ignore_outgoing: bool  # the kernel drops outgoing copies (else we check pkttype)
     rcvbuf: int  # bytes the kernel granted
+    arrival_stamps: bool = True  # the kernel was seen stamping packets on arrival before the bind
 
 
 def open_packet_socket(
@@ -430,8 +449,10 @@ def open_packet_socket(
     """Open a packet socket on ``iface`` that receives only TCP on ``port``.
 
     When this returns, the socket is listening: every later matching packet is
-    queued, nothing unfiltered ever was.  Raises UsageError (port, interface),
-    PermissionDeniedError (no CAP_NET_RAW) or CaptureError.
+    queued with the time it arrived, nothing unfiltered ever was.  (Should the
+    kernel not be seen stamping on arrival within ``STAMP_WAIT`` seconds, the
+    socket is bound anyway and ``arrival_stamps`` is False.)  Raises UsageError
+    (port, interface), PermissionDeniedError (no CAP_NET_RAW) or CaptureError.
     """
     _check_port(port)
     _check_iface(iface)
@@ -443,6 +464,9 @@ def open_packet_socket(
     except OSError as exc:
         raise CaptureError(f"cannot open a packet socket: {exc.strerror or exc}") from None
     try:
+        # First thing: switching arrival timestamps on takes the kernel a millisecond
+        # or two, which the setup below overlaps (see the module docstring).
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         try:
             sock.bind((iface, 0))  # learn the link type; registers no packet hook
         except OSError as exc:
@@ -463,10 +487,11 @@ def open_packet_socket(
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
         except OSError:  # not privileged for FORCE: take what rmem_max allows
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         _attach_filter(sock, bpf_port_filter(port, link_offset=offset, snaplen=snaplen))
         sock.setblocking(False)
         _drain(sock)
+        # Before the bind, so that no packet is ever queued with the time it was read.
+        arrival_stamps = _wait_for_arrival_stamps(STAMP_WAIT)
         # Zero the kernel's counters: LiveCapture's accounting starts here.
         sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _TPACKET_STATS.size)
         try:
@@ -477,7 +502,47 @@ def open_packet_socket(
     except BaseException:
         sock.close()
         raise
-    return PacketSocket(sock, iface, linktype, ignore_outgoing, granted)
+    return PacketSocket(sock, iface, linktype, ignore_outgoing, granted, arrival_stamps)
+
+
+def _wait_for_arrival_stamps(timeout: float) -> bool:
+    """Wait until the kernel stamps received packets on arrival; True once it does.
+
+    Needs a socket with ``SO_TIMESTAMPNS`` already open (the caller's packet
+    socket): that asks the kernel to switch arrival stamps on, and keeps them on.
+    Each probe sends a datagram to a throwaway UDP socket over loopback and reads
+    it back.  Loopback stamps a packet while ``sendto`` still runs, so a stamp
+    earlier than the moment ``recvmsg`` is called is an arrival stamp; a packet
+    that arrived unstamped is stamped inside ``recvmsg``, later than that moment.
+    Probes are 0.5 ms apart, for at most ``timeout`` seconds.  False (never an
+    exception) when no probe passed or loopback cannot be used.
+    """
+    try:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError:
+        return False
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        probe.bind(("127.0.0.1", 0))
+        probe.settimeout(max(timeout, 0.01))  # a datagram on loopback is there at once
+        addr = probe.getsockname()
+        deadline = time.monotonic() + timeout
+        while True:
+            probe.sendto(b"\0", addr)
+            called = time.time_ns()
+            _data, anc, _flags, _addr = probe.recvmsg(1, _ANCBUF)
+            for level, kind, cdata in anc:
+                if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
+                    sec, nsec = _TIMESPEC.unpack_from(cdata)
+                    if sec * 1_000_000_000 + nsec < called:
+                        return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.0005)
+    except OSError:  # no usable loopback (a network namespace without it): carry on
+        return False
+    finally:
+        probe.close()
 
 
 def _drain(sock: socket.socket) -> int:

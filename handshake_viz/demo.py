@@ -702,45 +702,6 @@ def can_capture() -> bool:
     return os.geteuid() == 0
 
 
-_STAMP_KEEPER: list[socket.socket] = []
-
-
-def _keep_kernel_timestamps_on(timeout: float = 1.0) -> bool:
-    """Make sure the kernel stamps packets when they arrive, not when they are read.
-
-    Linux stamps a received packet at arrival only while some socket asks for
-    timestamps (a global switch, ``netstamp_needed``); switching it on is
-    deferred to a work queue.  A capture socket that was just opened, the first
-    in the system, may therefore see its first packets stamped when Python reads
-    them, a fraction of a millisecond late: a refused ``connect()`` then seems to
-    return before its RST arrived.  One UDP socket with ``SO_TIMESTAMPNS``, kept
-    open for the life of the process, holds the switch on; it is probed (a
-    datagram to itself, read 2 ms later: stamped before the send returned?)
-    until the switch is seen on.  Returns whether it was.
-    """
-    if _STAMP_KEEPER:
-        return True
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
-    sock.bind((HOST, 0))
-    sock.settimeout(0.5)
-    _STAMP_KEEPER.append(sock)
-    deadline = time.monotonic() + timeout
-    while True:
-        sock.sendto(b"t", sock.getsockname())
-        sent = time.time_ns()
-        time.sleep(0.002)
-        try:
-            _data, anc, _flags, _addr = sock.recvmsg(16, socket.CMSG_SPACE(16))
-        except OSError:
-            return False
-        stamps = [struct.unpack_from("@qq", c) for lvl, kind, c in anc if lvl == socket.SOL_SOCKET]
-        if stamps and stamps[0][0] * 1_000_000_000 + stamps[0][1] <= sent:
-            return True
-        if time.monotonic() > deadline:
-            return False
-
-
 class _TcpCapture:
     """A :class:`~handshake_viz.capture.LiveCapture` run in a thread."""
 
@@ -801,7 +762,7 @@ class _UdpCapture:
     """Loopback capture of UDP on one port, written as pcap (capture.py keeps TCP only).
 
     Opens the packet socket through :func:`handshake_viz.capture.open_packet_socket`
-    (outgoing copies dropped, kernel timestamps, large buffer), replaces its TCP
+    (outgoing copies dropped, arrival timestamps on, large buffer), replaces its TCP
     filter by a UDP one, drains what the old filter let in, and records in a thread.
     """
 
@@ -1071,7 +1032,6 @@ def run_scenario(name: str, out_dir: str | os.PathLike[str] = ".", *, live: bool
 
         raise OutputError(f"{out}: cannot create the output directory: {exc.strerror or exc}") from None
     pcap = out / f"{name}.pcap"
-    _keep_kernel_timestamps_on()
     rec = Recorder()
     captures: list[_TcpCapture | _UdpCapture] = []
 

@@ -561,6 +561,49 @@ def test_other_ports_and_protocols_are_not_captured(live: None, tmp_path: Path) 
     assert all(port in (s.sport, s.dport) for s in segments)
 
 
+def _unused_port() -> int:
+    with socket.socket() as s:  # bound, never listening: a SYN to it is refused
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.live
+def test_packets_after_open_are_stamped_when_they_arrive(live: None, tmp_path: Path) -> None:
+    """From the moment open_packet_socket returns, a packet carries its arrival time.
+
+    Linux switches arrival stamps on a millisecond or two after a socket asks for
+    them, and off again once the last such socket is closed, so each round starts
+    with the switch off (unless another process holds it on).  A refused connect()
+    is made the moment the socket is open, in this thread; the frames are read
+    2 ms later, so a RST stamped when it was read would be 2 ms after connect()
+    returned.  Without the wait for the switch, 17 and 18 of 20 rounds were late
+    here; LiveCapture reports ready only after this function returned.
+    """
+    late = []
+    for i in range(20):
+        port = _unused_port()
+        psock = open_packet_socket("lo", port)
+        try:
+            with socket.socket() as c, pytest.raises(ConnectionRefusedError):
+                c.connect(("127.0.0.1", port))
+            returned = time.time_ns()
+            time.sleep(0.002)
+            stamps = []
+            for _ in range(2):  # SYN and RST
+                assert select.select([psock.sock], [], [], 5)[0], "SYN and RST not captured"
+                _n, anc, _flags, _addr = psock.sock.recvmsg(65536, socket.CMSG_SPACE(16))
+                ((_level, _kind, cdata),) = anc
+                sec, nsec = struct.unpack_from("@qq", cdata)
+                stamps.append(sec * 1_000_000_000 + nsec)
+        finally:
+            psock.sock.close()
+        assert psock.arrival_stamps
+        if not stamps[0] <= stamps[1] <= returned:
+            late.append((i, (stamps[1] - returned) // 1000))
+        time.sleep(0.03)  # long enough for the kernel to switch the stamps off again
+    assert not late, f"(round, RST stamped µs after connect() returned): {late}"
+
+
 @pytest.mark.live
 def test_count_and_timeout_stop(live: None, tmp_path: Path) -> None:
     srv = _listener()
