@@ -191,11 +191,22 @@ class _LiveView:
 def _add_capture(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "capture",
-        help="capture TCP on a port live, print each segment as it arrives, write a pcap",
+        help="capture TCP on a port live, print each segment as it arrives, write a pcap; "
+        "optionally trace a command's socket calls (-- CMD) or running processes (--trace-pid)",
+        usage="%(prog)s --port PORT [options] [-- CMD [ARGS ...] | --trace-pid PID ...]",
         description="Capture TCP to or from PORT (needs root or CAP_NET_RAW), print one ladder "
         "line per segment as it arrives, write every frame to a pcap, and on exit print each "
         "connection's summary and the pcap's path. Stops on Ctrl-C (twice: at once), SIGTERM, "
-        "--count, --timeout or --connections.",
+        "--count, --timeout or --connections. "
+        "With -- CMD, the command runs under strace once the capture is ready (as the user "
+        "who ran sudo, unless --as-root); the capture stops --grace seconds after it exits, "
+        "or, stopping first, ends it. With --trace-pid, strace attaches to running processes "
+        "and detaches when the capture stops; they keep running. Either way the socket calls "
+        "are printed after the summaries and written beside the pcap: FILE.calls.jsonl "
+        "(aligned with the segments) and FILE.strace (strace's own log). "
+        "Exit status: 0 when the capture worked, whatever the traced command's own status "
+        "(reported as 'hsviz: command exited with status N'); 2 when capturing or tracing "
+        "cannot start (no strace: 'tracing needs strace'); 130 after a second Ctrl-C.",
     )
     p.add_argument("--port", type=int, required=True, help="TCP port, either side (1-65535)")
     p.add_argument("--iface", default="lo", help="interface to capture on (default: lo)")
@@ -208,6 +219,16 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", action="store_true",
                    help="on exit, also draw the sequence diagram: OUTPUT with .png for one "
                    "connection, .pdf with a page per connection for several")
+    p.add_argument("--trace-pid", type=int, action="append", metavar="PID", default=[],
+                   help="trace the socket calls of this running process (repeatable; needs strace)")
+    p.add_argument("--as-root", action="store_true",
+                   help="run the command after -- as root, not as the user who ran sudo")
+    p.add_argument("--grace", type=float, default=0.5, metavar="SECONDS",
+                   help="keep capturing this long after the traced command exits, for the "
+                   "last FIN/ACK; also how long the command may take to exit by itself when "
+                   "the capture stops first (default: 0.5)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD",
+                   help="run CMD [ARGS ...] under strace while capturing (needs strace)")
     p.set_defaults(func=_cmd_capture)
 
 
@@ -229,6 +250,17 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from handshake_viz.capture import LiveCapture, default_output_name
     from handshake_viz.track import Tracker
 
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if args.command and not command:
+        raise UsageError("--: give the command to trace after it (hsviz capture --port P -- CMD ARGS...)")
+    if command and args.trace_pid:
+        raise UsageError("--trace-pid: trace either a command after -- or running processes, not both")
+    if args.as_root and not command:
+        raise UsageError("--as-root: only for a command given after --")
+    tracing = bool(command or args.trace_pid)
+
     tracker = Tracker()
     view = _LiveView(tracker, out, err, status=err.isatty())
 
@@ -236,31 +268,100 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"listening on {args.iface} port {args.port}\n")
         err.flush()
 
-    live = LiveCapture(
-        args.port, iface=args.iface, output=args.output or default_output_name(),
-        count=args.count, timeout=args.timeout, connections=args.connections,
-        on_ready=ready, on_segment=view.segment, on_status=view.status, tracker=tracker,
-    )
+    output = args.output or default_output_name()
+    session: Any = None
+    if tracing:
+        from handshake_viz.session import TracedCapture
+
+        session = TracedCapture(
+            args.port, command=command, pids=args.trace_pid, as_user=None if args.as_root else "sudo",
+            grace=args.grace, iface=args.iface, output=output,
+            count=args.count, timeout=args.timeout, connections=args.connections,
+            on_ready=ready, on_segment=view.segment, on_status=view.status, tracker=tracker,
+        )
+        live = session.live
+    else:
+        live = LiveCapture(
+            args.port, iface=args.iface, output=output,
+            count=args.count, timeout=args.timeout, connections=args.connections,
+            on_ready=ready, on_segment=view.segment, on_status=view.status, tracker=tracker,
+        )
     try:
-        result = live.run()
+        outcome = session.run() if session is not None else None
+        result = outcome.capture if outcome is not None else live.run()
     except KeyboardInterrupt:  # a second Ctrl-C: the pcap is closed, say where it is
         view.clear_status()
         if live.ready.is_set():
             err.write(f"{PROG}: wrote {live.stats.packets} packets to {live.output}\n")
+            if session is not None and session.ended_command:
+                err.write(f"{PROG}: ended the command\n")
+            if session is not None and session.calls_written is not None:
+                err.write(f"{PROG}: wrote the socket calls to {session.calls_written}\n")
         raise
     finally:
         view.clear_status()
     view.summaries(result.summaries)
+    if outcome is not None:
+        _print_calls(outcome, result.summaries, out)
+        _report_traced(outcome, result.reason, err)
     if result.stats.dropped:
         err.write(f"{PROG}: warning: the kernel dropped {result.stats.dropped} packets "
                   f"(receive buffer full); {result.output} misses them\n")
     err.write(f"{PROG}: wrote {result.stats.packets} packets to {result.output}\n")
+    if outcome is not None:
+        n = len(outcome.calls)
+        err.write(f"{PROG}: wrote {n} socket call{'s' if n != 1 else ''} to {outcome.calls_path} "
+                  f"(strace log: {outcome.strace_log})\n")
     if args.plot:
         if result.summaries:
             err.write(f"{PROG}: drew {_plot_capture(result.output)}\n")
         else:
             err.write(f"{PROG}: no connection to draw\n")
     return 0
+
+
+def _print_calls(outcome: Any, summaries: list[Any], out: TextIO) -> None:
+    """After the summaries: each connection's traced calls, timed from its first segment
+    as its ladder is, then the calls on no captured connection (listening sockets, calls
+    before the capture), timed from the capture's first segment."""
+    by_conn: dict[int | None, list[Any]] = {}
+    for c in sorted(outcome.calls, key=lambda c: (c.start, c.end)):
+        by_conn.setdefault(c.conn, []).append(c)
+    if not by_conn:
+        return
+    first = {s.conn: s.first_ts for s in summaries}
+    t_all = min(first.values()) if first else None
+    write = out.write
+    write("\n")
+    for conn in sorted(k for k in by_conn if k is not None):
+        write(f"conn {conn}: socket calls\n")
+        for c in by_conn[conn]:
+            write(report.format_call(c, first.get(conn, t_all)) + "\n")
+    if None in by_conn:
+        write("socket calls on no captured connection\n")
+        t0 = t_all if t_all is not None else by_conn[None][0].start
+        for c in by_conn[None]:
+            write(report.format_call(c, t0) + "\n")
+    out.flush()
+
+
+def _report_traced(outcome: Any, reason: str, err: TextIO) -> None:
+    from handshake_viz.session import describe_status
+
+    if outcome.mode == "command":
+        if outcome.terminated:
+            err.write(f"{PROG}: the capture stopped first ({reason}): ended the command "
+                      f"({describe_status(outcome.status)})\n")
+        else:
+            err.write(f"{PROG}: command {describe_status(outcome.status)}\n")
+    else:
+        each = ", ".join(f"pid {p} ({'still running' if p in outcome.still_running else 'exited'})"
+                         for p in outcome.pids)
+        err.write(f"{PROG}: stopped tracing {each}\n")
+    if outcome.unparsed:
+        sample = f" (first: {outcome.problems[0]})" if outcome.problems else ""
+        err.write(f"{PROG}: warning: {outcome.strace_log}: {outcome.unparsed} line"
+                  f"{'s' if outcome.unparsed != 1 else ''} not understood{sample}\n")
 
 
 def _add_replay(sub: argparse._SubParsersAction) -> None:
