@@ -49,7 +49,8 @@ marks those segments ``retransmission`` and the diagram shows them as such.
 3. *accept()* takes no part in the handshake: the kernel answers the SYN and
    queues the connection; ``accept()`` returns once the client's final ACK has
    arrived, so ``frames = (handshake ACK,)`` (the client's first non-SYN
-   segment acknowledging the SYN-ACK, which may carry data).  If ``accept()``
+   segment acknowledging the SYN-ACK with a sequence number past its SYN,
+   which may carry data).  If ``accept()``
    was called late it returns at once, long after that ACK: the frames stay the
    same and ``accept_queue_delay`` measures the gap the diagram draws.
 
@@ -104,7 +105,9 @@ Inferred calls
 
 Without a trace, ``infer_calls`` applies the same rules backwards, marking every
 call ``inferred=True`` (pid/tid 0, fd None): connect() from the SYN to the
-SYN-ACK (or the refusing RST); accept() returning at the handshake ACK; one
+SYN-ACK (or the refusing RST) -- or, when the client sent a FIN or RST while its
+SYN was still unanswered, a connect() that did not wait (EINPROGRESS, the SYN
+only); accept() returning at the handshake ACK; one
 write() per burst of new data from one side (a burst ends at a PSH, at data
 from the peer, or at its side's FIN) and the matching read() on the receiver,
 returning at the burst's last segment; read() -> 0 at the FIN received (unless
@@ -113,8 +116,23 @@ when the peer still sends data after it and is not reset for it (a
 half-close); a RST not answering a
 SYN is a close() that discarded unread data on the sender's side (if that side
 had not closed already) and an ECONNRESET read() on the peer's (if the peer had
-not closed).  ``calls_for_connection`` hands out traced calls when a connection
-has any, else inferred ones -- never a mixture.
+not closed).
+
+Only a side that had a socket in the connection gets calls.  The server had
+one once the client acknowledged its SYN-ACK with an acceptable segment
+(sequence number past the SYN: RFC 9293 3.10.7.4 drops anything else unread in
+SYN-RECEIVED), or once it sent data or a FIN; with no SYN-ACK captured, once
+any segment other than a SYN or RST carries an ACK (the capture began after the
+handshake).  A refused SYN, an unanswered one, or one the client gave up on
+(``syn-then-rst``: SYN then the client's RST) never reached a server socket, so
+the server gets no read(), close() or ECONNRESET for it; a RST its kernel sent
+for such a connection belongs to no call.  The client had one if it sent a SYN,
+was answered by a SYN-ACK, or the connection was synchronized: a lone RST
+(``single-rst``) implies no call on either side, since kernels send RSTs for
+connections no socket owns.
+
+``calls_for_connection`` hands out traced calls when a connection has any, else
+inferred ones -- never a mixture.
 
 ``timeline`` merges a connection's segments and calls into one list for a text
 ladder (``hsviz analyze``), and ``accept_queue_delay`` measures how long a
@@ -290,6 +308,31 @@ class _ConnView:
         s = self.first_syn[C2S]
         return s.ts if s is not None else self.summary.first_ts
 
+    def synchronized(self) -> bool:
+        """Some segment other than a SYN or RST carries an ACK: a connection existed."""
+        return any(s.flags & ACK and not s.flags & (SYN | RST) for s in self.segments)
+
+    def server_accepted(self) -> bool:
+        """Whether the server had a connected socket that ``accept()`` could return.
+
+        With its SYN-ACK captured: once the client acknowledged it with an
+        acceptable segment (the handshake ACK), or once the server sent data or a
+        FIN (the ACK was not captured).  Without: when any segment shows a
+        synchronized connection (the capture started after the handshake).  A SYN
+        that was refused, answered by nothing, or abandoned by the client never
+        reached a server socket.
+        """
+        if self.syn_ack[S2C] is not None:
+            return ((self.handshake_ack is not None and self.handshake_ack.dir is C2S)
+                    or bool(self.streams[S2C].segs) or self.fin[S2C] is not None)
+        return self.synchronized()
+
+    def client_socket(self) -> bool:
+        """Whether the client side is seen to have had a socket: it sent a SYN,
+        was answered by a SYN-ACK, or the connection was synchronized.  (A lone
+        RST shows neither side's socket: the kernel sends those for no socket too.)"""
+        return self.first_syn[C2S] is not None or self.syn_ack[S2C] is not None or self.synchronized()
+
 
 def _view(summary: ConnectionSummary, segments: Iterable[Segment]) -> _ConnView:
     segs = sorted((s for s in segments if s.conn == summary.conn), key=lambda s: s.frame)
@@ -318,7 +361,7 @@ def _view(summary: ConnectionSummary, segments: Iterable[Segment]) -> _ConnView:
                     and syn_ack[S2C] is None):
                 refusing = s
         if (hs_ack is None and not flags & (SYN | RST) and flags & ACK and syn_ack[_peer(d)] is not None
-                and s.rel_ack is not None and s.rel_ack >= 1):
+                and s.rel_ack is not None and s.rel_ack >= 1 and 1 <= s.rel_seq % _MOD < _HALF):
             hs_ack = s
         if s.length > 0:
             start = _unwrap(s.rel_seq + (1 if flags & SYN else 0), high[d])
@@ -769,10 +812,14 @@ def infer_calls(segments: Sequence[Segment], summary: ConnectionSummary) -> list
     v = _view(summary, segments)
     ends = {"client": (summary.client, summary.server), "server": (summary.server, summary.client)}
     out: list[tuple[float, int, Call]] = []
+    # Only a side that had a socket in this connection made calls on it.
+    has_socket = {"client": v.client_socket(), "server": v.server_accepted()}
 
     def add(side: Side, name: str, start: float, end: float, segs: Sequence[Segment], *,
             ret: int | None = 0, errno: str | None = None, nbytes: int | None = None,
             args: str = "") -> None:
+        if not has_socket[side]:
+            return
         local, remote = ends[side]
         call = Call(pid=0, tid=0, fd=None, call=name, start=start, end=end,
                     ret=ret, errno=errno, args=args, local=local, remote=remote, nbytes=nbytes,
@@ -781,8 +828,13 @@ def infer_calls(segments: Sequence[Segment], summary: ConnectionSummary) -> list
 
     # handshake
     syn = v.first_syn[C2S]
+    answer = v.refusing_rst or v.syn_ack[S2C]
+    quit_ = min((x for x in (v.fin[C2S], v.rst[C2S]) if x is not None), key=lambda x: x.frame, default=None)
     if syn is not None:
-        if v.refusing_rst is not None:
+        if quit_ is not None and quit_.frame > syn.frame and (answer is None or quit_.frame < answer.frame):
+            # the client closed while its SYN was unanswered: connect() had not waited
+            add("client", "connect", syn.ts, syn.ts, [syn], ret=-1, errno="EINPROGRESS")
+        elif v.refusing_rst is not None:
             add("client", "connect", syn.ts, v.refusing_rst.ts, [syn, v.refusing_rst],
                 ret=-1, errno="ECONNREFUSED")
         elif v.syn_ack[S2C] is not None:

@@ -704,6 +704,148 @@ def test_slack_is_the_only_time_tolerance():
 
 
 # ==========================================================================================
+# Inferred calls only for a side that had a socket
+# ==========================================================================================
+
+
+def test_syn_abandoned_by_the_client_gives_the_server_no_calls():
+    """SYN, then the client's own RST (corpus syn-then-rst): nothing reached a server socket."""
+    cap = Capture()
+    cv = cap.conv()
+    syn = cv.seg("c", "S", 0, at=1.0)
+    rst = cv.seg("c", "R", 0, at=1.3)
+    segments, summaries = cap.track()
+    assert inferred(segments, summaries[0]) == [
+        ("c", "connect", -1, "EINPROGRESS", (syn,)),  # it closed before any answer: connect() had not waited
+        ("c", "close", 0, None, (rst,)),
+    ]
+
+
+def test_half_open_handshake_reset_by_the_client_gives_the_server_no_calls():
+    """SYN, SYN-ACK, the client's RST (a SYN scan): the handshake never completed."""
+    cap = Capture()
+    cv = cap.conv()
+    syn = cv.seg("c", "S", 0, at=1.0)
+    synack = cv.seg("s", "SA", 0, 1, at=1.02)
+    rst = cv.seg("c", "R", 1, at=1.03)
+    segments, summaries = cap.track()
+    assert inferred(segments, summaries[0]) == [
+        ("c", "connect", 0, None, (syn, synack)),
+        ("c", "close", 0, None, (rst,)),
+    ]
+
+
+def test_unacceptable_ack_does_not_complete_the_handshake():
+    """Corpus fin_retransmission: the client's FIN comes before the SYN-ACK; its FIN+ACK
+    repeats the SYN's sequence number, which SYN-RECEIVED drops unread (RFC 9293
+    3.10.7.4, first check); the server's later RST is its kernel's, for no socket."""
+    cap = Capture()
+    cv = cap.conv()
+    syn = cv.seg("c", "S", 0, at=1.0)
+    fin = cv.seg("c", "F", 0, at=290.0)
+    cv.seg("s", "SA", 0, 1, at=305.0)
+    cv.seg("c", "FA", 0, 1, at=307.0)
+    cv.seg("s", "R", 1, at=610.0)
+    segments, summaries = cap.track()
+    assert inferred(segments, summaries[0]) == [
+        ("c", "connect", -1, "EINPROGRESS", (syn,)),
+        ("c", "close", 0, None, (fin,)),
+    ]
+    # a traced accept() would not be released by that segment either
+    got = align(segments, summaries, [accept(0.0, 400.0)])
+    assert got[0].frames == ()
+
+
+def test_lone_rst_implies_no_call():
+    cap = Capture()
+    cap.conv().seg("c", "R", 1, at=1.0)
+    segments, summaries = cap.track()
+    assert inferred(segments, summaries[0]) == []
+
+
+def test_server_without_its_handshake_ack_captured_still_has_calls():
+    """The server's data shows it was connected even when the capture missed the ACK."""
+    cap = Capture()
+    cv = cap.conv()
+    cv.seg("c", "S", 0, at=1.0)
+    cv.seg("s", "SA", 0, 1, at=1.02)
+    data = cv.seg("s", "PA", 1, 1, 5, at=2.0)  # a greeting; the client's ACK was not captured
+    segments, summaries = cap.track()
+    assert ("s", "write", 5, None, (data,)) in inferred(segments, summaries[0])
+
+
+def test_capture_started_mid_stream_infers_both_sides():
+    cap = Capture()
+    cv = cap.conv()
+    d1 = cv.seg("c", "PA", 101, 1, 6, at=2.0)
+    cv.seg("s", "A", 1, 107, at=2.01)
+    segments, summaries = cap.track()
+    assert inferred(segments, summaries[0]) == [
+        ("c", "write", 6, None, (d1,)), ("s", "read", 6, None, (d1,)),
+    ]
+
+
+CAPTURES = Path(__file__).resolve().parents[1] / "captures"
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+needs_corpus = pytest.mark.skipif(not (CORPUS / "traces").is_dir(),
+                                  reason=f"third-party corpus not found at {CORPUS}")
+
+
+def _tracked(path: Path) -> tuple[list[Segment], list[ConnectionSummary]]:
+    from handshake_viz.decode import open_capture
+
+    tracker = Tracker()
+    with open_capture(path) as reader:
+        segments = [tracker.feed(p) for p in reader]
+    return segments, tracker.summaries()
+
+
+@needs_corpus
+@pytest.mark.parametrize("name, expected", [
+    ("syn-then-rst.pcap", [("c", "connect", -1, "EINPROGRESS", (1,)), ("c", "close", 0, None, (2,))]),
+    ("fin_retransmission.pcap", [("c", "connect", -1, "EINPROGRESS", (1,)), ("c", "close", 0, None, (2,))]),
+    ("single-rst.pcap", []),
+])
+def test_corpus_connections_the_server_never_accepted(name: str, expected: list[tuple[object, ...]]):
+    segments, summaries = _tracked(CORPUS / "traces" / name)
+    (summary,) = summaries
+    assert inferred(segments, summary) == expected
+
+
+def test_shipped_refused_capture_infers_the_connect_only():
+    pcap = CAPTURES / "refused.pcap"
+    if not pcap.exists():
+        pytest.skip(f"{pcap} not shipped")
+    segments, summaries = _tracked(pcap)
+    (summary,) = summaries
+    assert [s.label for s in segments] == [Label.SYN, Label.RST]
+    assert inferred(segments, summary) == [("c", "connect", -1, "ECONNREFUSED", (1, 2))]
+
+
+def _every_capture() -> list[Path]:
+    files = sorted(CAPTURES.glob("*.pcap")) if CAPTURES.is_dir() else []
+    if (CORPUS / "traces").is_dir():
+        files += sorted(p for p in (CORPUS / "traces").iterdir() if p.suffix in (".pcap", ".pcapng"))
+    return files
+
+
+@pytest.mark.parametrize("path", _every_capture(), ids=lambda p: p.name)
+def test_server_calls_exactly_where_the_connection_was_established(path: Path):
+    """Checked against the Zeek-style history the tracker writes (tests/test_track_corpus.py
+    holds it to Zeek's own): an ACK or data letter (A/a/D/d) means the handshake
+    completed or the capture began after it; without one the server gets no call, and
+    without any SYN, SYN-ACK, ACK or data letter neither side does."""
+    segments, summaries = _tracked(path)
+    for summary in summaries:
+        calls = infer_calls(segments, summary)
+        sides = {side_of(c, summary) for c in calls}
+        established = any(ch in summary.history for ch in "AaDd")
+        assert ("s" in sides) == established, (summary.conn, summary.history, calls)
+        if not any(ch in summary.history for ch in "SsHhAaDd"):
+            assert not calls, (summary.conn, summary.history, calls)
+
+
+# ==========================================================================================
 # Traced or inferred, never both
 # ==========================================================================================
 
@@ -737,8 +879,6 @@ def test_timeline_puts_a_call_no_later_than_what_it_caused():
 # ==========================================================================================
 # Real captures made by the project (captures/), when present
 # ==========================================================================================
-
-CAPTURES = Path(__file__).resolve().parents[1] / "captures"
 
 
 def _read_jsonl_calls(path: Path) -> list[Call]:
