@@ -44,7 +44,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import gc
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
     from itertools import islice
 
     from handshake_viz.decode import open_capture
@@ -57,6 +57,24 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     feed = tracker.feed
     want = args.conn
     write = out.write
+
+    def write_lines(lines: Iterable[str]) -> None:
+        """One write per 256 lines (~120 kB), not per line: under PYTHONUNBUFFERED or
+        into a pipe every write is a system call.  extend() keeps the lines made before
+        an error (a decode error mid-file), and `finally` still prints them."""
+        lines = iter(lines)
+        batch: list[str] = []
+        try:
+            while True:
+                batch.extend(islice(lines, 256))
+                if not batch:
+                    break
+                write("\n".join(batch) + "\n")
+                batch.clear()
+        finally:
+            if batch:
+                write("\n".join(batch) + "\n")
+
     # Nothing in this loop makes cyclic garbage (the tracker's per-connection objects do
     # refer to each other, but live to the end), so the cyclic collector would only
     # walk an ever larger heap: a few percent of the run on a million packets.
@@ -68,21 +86,7 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 segments: Iterator[Segment] = map(feed, reader)
                 if want is not None:
                     segments = (seg for seg in segments if seg.conn == want)
-                lines = map(report.segment_jsonl, segments)
-                # One write per 256 lines (~120 kB), not per line: under PYTHONUNBUFFERED
-                # or into a pipe every write is a system call.  extend() keeps the lines
-                # made before a decode error, and `finally` still prints them.
-                batch: list[str] = []
-                try:
-                    while True:
-                        batch.extend(islice(lines, 256))
-                        if not batch:
-                            break
-                        write("\n".join(batch) + "\n")
-                        batch.clear()
-                finally:
-                    if batch:
-                        write("\n".join(batch) + "\n")
+                write_lines(map(report.segment_jsonl, segments))
             elif args.summary:
                 tracker.feed_all(reader)
             else:
@@ -99,21 +103,20 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         if collecting:
             gc.enable()
-    summaries = tracker.summaries()
-    if want is not None and want >= len(summaries):
+    count = tracker.connection_count
+    if want is not None and want >= count:
         raise UsageError(f"{args.file}: --conn {want} out of range (the capture has "
-                         f"{len(summaries)} connection{'s' if len(summaries) != 1 else ''})")
-    if not summaries:
+                         f"{count} connection{'s' if count != 1 else ''})")
+    if not count:
         for w in warnings:
             err.write(f"{PROG}: warning: {w}\n")
         raise UsageError(f"{args.file}: no TCP segments in {stats.records} records")
-    selected = summaries if want is None else [summaries[want]]
+    # One summary at a time: a list of them all would add to the peak memory.
+    selected = map(tracker.summary, range(count) if want is None else (want,))
     if args.jsonl:
-        for s in selected:
-            write(report.connection_jsonl(s) + "\n")
+        write_lines(map(report.connection_jsonl, selected))
     elif args.summary:
-        for s in selected:
-            write(report.format_summary(s) + "\n")
+        write_lines(map(report.format_summary, selected))
     else:
         for s in selected:
             write(report.connection_header(s) + "\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps does to a str
 from typing import Any
 
 from handshake_viz.model import Call, ConnectionSummary, Direction, Segment, flag_letters
@@ -24,8 +25,6 @@ __all__ = [
     "payload_preview",
     "segment_jsonl",
 ]
-
-
 
 _TS_OPTION = b"\x01\x01\x08\x0a"  # NOP, NOP, timestamps: what Linux puts on every segment
 _TS_PAIR = struct.Struct("!II").unpack_from
@@ -85,8 +84,23 @@ def segment_jsonl(seg: Segment) -> str:
     )
 
 
-def connection_jsonl(summary: ConnectionSummary) -> str:
-    return json.dumps(summary.to_json())
+_CONNECTION_LINE = (
+    '{"type": "connection", "conn": %s, "client": {"ip": %s, "port": %s}, '
+    '"server": {"ip": %s, "port": %s}, "first_ts": %r, "last_ts": %r, "segments": %s, '
+    '"bytes_c2s": %s, "bytes_s2c": %s, "conn_state": %s, "history": %s, "roles_guessed": %s, '
+    '"state": {"client": %s, "server": %s}}'
+)
+
+
+def connection_jsonl(s: ConnectionSummary) -> str:
+    """One ``"type": "connection"`` line; equal to ``json.dumps(s.to_json())`` but faster
+    (strings go through json's own encoder)."""
+    return _CONNECTION_LINE % (
+        s.conn, _json_str(s.client.ip), s.client.port, _json_str(s.server.ip), s.server.port,
+        s.first_ts, s.last_ts, s.segments, s.bytes_c2s, s.bytes_s2c, _json_str(s.conn_state),
+        _json_str(s.history), "true" if s.roles_guessed else "false",
+        _json_str(s.client_state.value), _json_str(s.server_state.value),
+    )
 
 
 def call_jsonl(call: Call) -> str:

@@ -115,8 +115,12 @@ P = _members(Phase)
 # --------------------------------------------------------------------------------------
 
 
-class Event(enum.Enum):
-    """What a segment means to one side, as sender or receiver."""
+class Event(str, enum.Enum):
+    """What a segment means to one side, as sender or receiver.
+
+    A ``str`` enum so that the transition tables hash it in C (a plain Enum's
+    ``__hash__`` is a Python function).
+    """
 
     SYN = "SYN"  # a SYN without ACK
     SYN_ACK = "SYN-ACK"
