@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from handshake_viz.align import (
     SLACK,
@@ -1105,8 +1106,7 @@ def _can_record() -> str | None:
 @pytest.mark.parametrize("name", ["c-echo", "py-unread", "py-refused"])
 def test_live_recording_aligns(name: str, tmp_path: Path):
     why = _can_record()
-    if why:
-        pytest.skip(why)
+    require(not why, why or "")
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("align_record", ALIGN_DATA / "record.py")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import io
-import os
 from pathlib import Path
 
 import matplotlib
@@ -87,8 +86,7 @@ def test_bad_input_raises_the_project_error_with_the_cli_message(tmp_path):
         hv.load(CAPTURES / "echo.pcap", conn=7)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="live capture needs root")
-def test_capture_from_the_api_returns_a_trace(tmp_path):
+def test_capture_from_the_api_returns_a_trace(tmp_path, live):
     import socket
     import threading
 

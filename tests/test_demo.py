@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require
 from handshake_viz import demo
 from handshake_viz.model import Call, Direction, Flag, Segment
 from handshake_viz.trace import read_calls_jsonl
@@ -23,10 +24,7 @@ CAPTURES = Path(__file__).resolve().parents[1] / "captures"
 def _require_capture() -> None:
     if demo.can_capture():
         return
-    message = "capturing on loopback needs root or CAP_NET_RAW"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}, and CI must have it", pytrace=False)
-    pytest.skip(message)
+    require(False, "capturing on loopback needs root or CAP_NET_RAW")
 
 
 _RUNS: dict[str, demo.DemoResult] = {}

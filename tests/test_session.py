@@ -50,20 +50,8 @@ RUN_TIMEOUT = 30
 # --------------------------------------------------------------------------- helpers
 
 
-def _need(condition: bool, why: str) -> None:
-    """Skip outside CI, fail in CI, where everything these tests need is installed."""
-    if not condition:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must be able to run this test: {why}")
-        pytest.skip(why)
-
-
-def _can_capture() -> bool:
-    try:
-        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
-    except PermissionError:
-        return False
-    return True
+from conftest import can_capture as _can_capture  # noqa: E402
+from conftest import require as _need  # noqa: E402
 
 
 @pytest.fixture

@@ -1,0 +1,40 @@
+"""What every test module shares: the rule for tests that need privileges or tools.
+
+Outside CI a test whose needs are missing (root / CAP_NET_RAW, strace, a compiler)
+is skipped with the reason; in CI (``CI=true``), where ``.ci/run`` installs
+everything and runs as root, the same miss is a failure, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip outside CI, fail in CI, when ``condition`` does not hold."""
+    if not condition:
+        if in_ci():
+            pytest.fail(f"CI must be able to run this test: {why}", pytrace=False)
+        pytest.skip(why)
+
+
+def can_capture() -> bool:
+    """True when this process may open a packet socket (root or CAP_NET_RAW)."""
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+    except (PermissionError, OSError):
+        return False
+    return True
+
+
+@pytest.fixture
+def live() -> None:
+    """Capture tests need CAP_NET_RAW: skip outside CI, fail loudly in CI."""
+    require(can_capture(), "needs root or CAP_NET_RAW to capture (runs in CI)")
