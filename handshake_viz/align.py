@@ -34,7 +34,7 @@ marks those segments ``retransmission`` and the diagram shows them as such.
    the fd it *returns* (its own 4-tuple if the trace gave one, else that fd's
    lifetime).  Several connections on one 4-tuple (port reuse) are told apart
    by time.  A socket that never got a 4-tuple (a refused or timed-out
-   ``connect()``) is matched by its remote address to a connection whose SYN
+   ``connect()`` or ``sendto(MSG_FASTOPEN)``) is matched by its remote address to a connection whose SYN
    was sent within ``slack`` of the call, whose outcome fits the call's
    (ECONNREFUSED: the SYN was answered by a RST; success: by a SYN-ACK) and
    whose connect() no other traced fd already accounts for; when two such
@@ -45,6 +45,13 @@ marks those segments ``retransmission`` and the diagram shows them as such.
    (``frames = (SYN, SYN-ACK)``); refused, by the RST that answered the SYN
    (``(SYN, RST)``).  A non-blocking ``connect()`` (EINPROGRESS) returns at once:
    ``(SYN,)`` only -- the poll/select that waits for it gets the SYN-ACK.
+   A send with ``MSG_FASTOPEN`` (TCP Fast Open, RFC 7413) connects the socket
+   as it sends: the first one is a connect() that also writes (rule 4), so it
+   caused the SYN -- carrying its bytes, or with a Fast Open cookie request
+   and no data if the client had no cookie -- and was released by the SYN-ACK
+   (or the refusing RST), unless it returned more than ``slack`` before that
+   answer arrived (non-blocking: it returns at once, with the bytes it queued
+   in the SYN).
 
 3. *accept()* takes no part in the handshake: the kernel answers the SYN and
    queues the connection; ``accept()`` returns once the client's final ACK has
@@ -53,6 +60,13 @@ marks those segments ``retransmission`` and the diagram shows them as such.
    which may carry data).  If ``accept()``
    was called late it returns at once, long after that ACK: the frames stay the
    same and ``accept_queue_delay`` measures the gap the diagram draws.
+   *Fast Open:* when the client's SYN carried data and the SYN-ACK acknowledged
+   it, the server took the data with the SYN and queued the connection right
+   away (RFC 7413 4.2.2; Linux returns it from ``accept()`` in SYN-RECEIVED,
+   its data readable), so ``frames = (SYN,)``.  A SYN-ACK that acknowledges only
+   the SYN dropped the data (no valid cookie): the client sends it again after
+   the handshake, rule 3 applies as usual, and the server's read of those
+   bytes was released by the segments that carried them again, not the SYN.
 
 4. *write()/send()* of n bytes caused the segments carrying those bytes.
    Bytes written are counted per (connection, side) across every fd and process
@@ -109,8 +123,8 @@ SYN-ACK (or the refusing RST) -- or, when the client sent a FIN or RST while its
 SYN was still unanswered, a connect() that did not wait (EINPROGRESS, the SYN
 only); accept() returning at the handshake ACK; one
 write() per burst of new data from one side (a burst ends at a PSH, at data
-from the peer, or at its side's FIN) and the matching read() on the receiver,
-returning at the burst's last segment; read() -> 0 at the FIN received (unless
+from the peer, at its side's FIN, or with a SYN that carried data) and the
+matching read() on the receiver, returning at the burst's last segment; read() -> 0 at the FIN received (unless
 that side had already closed); close() at the FIN sent -- shutdown(SHUT_WR)
 when the peer still sends data after it and is not reset for it (a
 half-close); a RST not answering a
@@ -118,10 +132,32 @@ SYN is a close() that discarded unread data on the sender's side (if that side
 had not closed already) and an ECONNRESET read() on the peer's (if the peer had
 not closed).
 
+Data in the client's SYN (TCP Fast Open) makes the opening call a
+``sendto(..., MSG_FASTOPEN)`` that connects and writes the SYN's bytes in one
+call (args ``"MSG_FASTOPEN"``, ``ret``/``nbytes`` the SYN's bytes; frames and
+times as the connect() above; one that did not wait returns those bytes, not
+EINPROGRESS) -- no separate write() for them.  If the SYN-ACK acknowledged
+the data (rule 3), accept() returns at the SYN, released by it, and the read()
+of its data at the SYN right after; if it did not, accept() returns at the
+handshake ACK and the read() at the client's segments that carry those bytes
+again (none if they were not captured).  A capture cannot tell a connect()
+followed by a write() from a cookie-requesting ``sendto(MSG_FASTOPEN)`` when
+the SYN carried no data: that stays a connect().
+
+Every inferred call is placed at a segment's time, so several often share an
+instant; they are listed in time order, then by their first frame, then in the
+rules' causal order: the call that opened the connection, accept(), the data
+written and read, then the calls that end the stream (close, shutdown,
+read -> 0, ECONNRESET).  A FIN carrying data was sent by a write() and then a
+close() -- a process writes its last bytes before it closes; the write ends no
+later than the close starts -- and the peer's read() of those bytes comes
+before its read() -> 0.  Traced calls keep their real times and order.
+
 Only a side that had a socket in the connection gets calls.  The server had
 one once the client acknowledged its SYN-ACK with an acceptable segment
 (sequence number past the SYN: RFC 9293 3.10.7.4 drops anything else unread in
-SYN-RECEIVED), or once it sent data or a FIN; with no SYN-ACK captured, once
+SYN-RECEIVED), or once it sent data or a FIN, or at its SYN-ACK if that
+acknowledged data carried in the SYN (Fast Open); with no SYN-ACK captured, once
 any segment other than a SYN or RST carries an ACK (the capture began after the
 handshake).  A refused SYN, an unanswered one, or one the client gave up on
 (``syn-then-rst``: SYN then the client's RST) never reached a server socket, so
@@ -250,6 +286,11 @@ def _sends_fin(call: Call) -> bool:
     return not (m and m.group(1) == "0")
 
 
+def _fast_open_send(call: Call) -> bool:
+    """A send with MSG_FASTOPEN: it connects the socket, like a connect() (RFC 7413)."""
+    return call.call in _SEND and "MSG_FASTOPEN" in call.args
+
+
 def _unwrap(value: int, near: int) -> int:
     """The integer congruent to ``value`` mod 2**32 nearest to ``near``."""
     return near + ((value - near + _HALF) % _MOD) - _HALF
@@ -312,18 +353,29 @@ class _ConnView:
         """Some segment other than a SYN or RST carries an ACK: a connection existed."""
         return any(s.flags & ACK and not s.flags & (SYN | RST) for s in self.segments)
 
+    @property
+    def fast_open(self) -> bool:
+        """The client's SYN carried data and the SYN-ACK acknowledged it (RFC 7413 Fast
+        Open): the server took the data with the SYN, so the connection was accept()able
+        -- and the data readable -- from the SYN on, before the handshake completed."""
+        syn, sa = self.first_syn[C2S], self.syn_ack[S2C]
+        if syn is None or sa is None or syn.length <= 0 or sa.rel_ack is None:
+            return False
+        return _unwrap(sa.rel_ack, 1) > 1
+
     def server_accepted(self) -> bool:
         """Whether the server had a connected socket that ``accept()`` could return.
 
         With its SYN-ACK captured: once the client acknowledged it with an
         acceptable segment (the handshake ACK), or once the server sent data or a
-        FIN (the ACK was not captured).  Without: when any segment shows a
+        FIN (the ACK was not captured), or at once if the SYN-ACK acknowledged data
+        carried in the SYN (Fast Open).  Without: when any segment shows a
         synchronized connection (the capture started after the handshake).  A SYN
         that was refused, answered by nothing, or abandoned by the client never
         reached a server socket.
         """
         if self.syn_ack[S2C] is not None:
-            return ((self.handshake_ack is not None and self.handshake_ack.dir is C2S)
+            return (self.fast_open or (self.handshake_ack is not None and self.handshake_ack.dir is C2S)
                     or bool(self.streams[S2C].segs) or self.fin[S2C] is not None)
         return self.synchronized()
 
@@ -451,7 +503,7 @@ def _lifetimes(calls: Sequence[Call]) -> tuple[list[_Lifetime], dict[int, int], 
                 continue  # its 4-tuple is the returned fd's, not the listening socket's
             if lt.tuple4 is None:
                 lt.tuple4 = _full_tuple(c)
-            if c.call == "connect" and lt.connect is None:
+            if lt.connect is None and (c.call == "connect" or _fast_open_send(c)):
                 lt.connect = i
     return lives, of_call, created_by
 
@@ -646,8 +698,10 @@ def _frames_for_side(v: _ConnView, side: Side, items: list[tuple[int, Call]], tr
             if answer is not None:
                 result[i].append(answer)
         elif name in _ACCEPT:
-            if c.errno is None and v.handshake_ack is not None:
-                result[i].append(v.handshake_ack)
+            if c.errno is None:
+                released = v.first_syn[C2S] if v.fast_open else v.handshake_ack
+                if released is not None:
+                    result[i].append(released)
         elif name in _WAIT:
             ready = _first_ready(v, peer, c, slack)
             if ready is not None:
@@ -657,12 +711,33 @@ def _frames_for_side(v: _ConnView, side: Side, items: list[tuple[int, Call]], tr
             if r is not None and r.ts <= c.end + slack:
                 result[i].append(r)
 
+    # a send with MSG_FASTOPEN connects the socket: the first one caused the SYN and, unless
+    # it returned before the answer (non-blocking), was released by it, as a connect() is
+    fast = next(((i, c) for i, c in items if _fast_open_send(c)), None)
+    syn = v.first_syn[own]
+    if fast is not None and syn is not None:
+        i, c = fast
+        result[i].append(syn)
+        if c.errno == "ECONNREFUSED":
+            answer = v.refusing_rst if own is C2S else v.rst[peer]
+        else:
+            answer = v.syn_ack[peer] if c.errno is None else None
+        if answer is not None and answer.ts <= c.end + slack:
+            result[i].append(answer)
+
     # --- bytes written and read --------------------------------------------------------------
     writes = [(i, c) for i, c in items if c.call in _SEND and _nbytes(c) > 0]
     reads = [(i, c) for i, c in items if c.call in _RECV and c.errno is None and c.ret is not None]
     _match_bytes(v.streams[own], writes, result, traced_from_start, slack, reading=False)
     data_reads = [(i, c) for i, c in reads if _nbytes(c) > 0]
     _match_bytes(v.streams[peer], data_reads, result, traced_from_start, slack, reading=True)
+    peer_syn = v.first_syn[peer]
+    if peer is C2S and peer_syn is not None and peer_syn.length > 0 and not v.fast_open:
+        # the server dropped the SYN's data (rule 3): its read got the bytes sent again
+        resent = _resent(v, peer_syn, v.new_bytes.get(peer_syn.frame, 0))
+        for i, _c in data_reads:
+            if peer_syn in result[i]:
+                result[i] = [s for s in result[i] if s is not peer_syn] + resent
     peer_fin = v.fin[peer]
     for i, c in reads:
         if c.ret == 0 and peer_fin is not None:
@@ -811,35 +886,52 @@ def infer_calls(segments: Sequence[Segment], summary: ConnectionSummary) -> list
     """
     v = _view(summary, segments)
     ends = {"client": (summary.client, summary.server), "server": (summary.server, summary.client)}
-    out: list[tuple[float, int, Call]] = []
+    out: list[tuple[float, int, int, float, Call]] = []
     # Only a side that had a socket in this connection made calls on it.
     has_socket = {"client": v.client_socket(), "server": v.server_accepted()}
 
     def add(side: Side, name: str, start: float, end: float, segs: Sequence[Segment], *,
             ret: int | None = 0, errno: str | None = None, nbytes: int | None = None,
-            args: str = "") -> None:
+            args: str = "") -> bool:
         if not has_socket[side]:
-            return
+            return False
         local, remote = ends[side]
         call = Call(pid=0, tid=0, fd=None, call=name, start=start, end=end,
                     ret=ret, errno=errno, args=args, local=local, remote=remote, nbytes=nbytes,
                     conn=summary.conn, frames=tuple(sorted({s.frame for s in segs})), inferred=True)
-        out.append((start, min(s.frame for s in segs) if segs else 0, call))
+        first = min(s.frame for s in segs) if segs else 0
+        out.append((start, first, _infer_rank(call), end, call))
+        return True
 
-    # handshake
+    # handshake (data in the SYN: the client's call was a sendto(MSG_FASTOPEN), which connects
+    # the socket and sends the data in one call)
     syn = v.first_syn[C2S]
     answer = v.refusing_rst or v.syn_ack[S2C]
     quit_ = min((x for x in (v.fin[C2S], v.rst[C2S]) if x is not None), key=lambda x: x.frame, default=None)
+    syn_data = v.new_bytes.get(syn.frame, 0) if syn is not None else 0
+    opener = "sendto" if syn_data else "connect"
+    opener_args = "MSG_FASTOPEN" if syn_data else ""
+    opened = False  # the opening call was inferred (and so wrote the SYN's data)
     if syn is not None:
         if quit_ is not None and quit_.frame > syn.frame and (answer is None or quit_.frame < answer.frame):
-            # the client closed while its SYN was unanswered: connect() had not waited
-            add("client", "connect", syn.ts, syn.ts, [syn], ret=-1, errno="EINPROGRESS")
+            # the client closed while its SYN was unanswered: the call had not waited (a
+            # non-blocking sendto(MSG_FASTOPEN) returns the bytes it queued in the SYN)
+            opened = add("client", opener, syn.ts, syn.ts, [syn], ret=syn_data if syn_data else -1,
+                         errno=None if syn_data else "EINPROGRESS", nbytes=syn_data or None,
+                         args=opener_args)
         elif v.refusing_rst is not None:
-            add("client", "connect", syn.ts, v.refusing_rst.ts, [syn, v.refusing_rst],
-                ret=-1, errno="ECONNREFUSED")
+            opened = add("client", opener, syn.ts, v.refusing_rst.ts, [syn, v.refusing_rst],
+                         ret=-1, errno="ECONNREFUSED", args=opener_args)
         elif v.syn_ack[S2C] is not None:
-            add("client", "connect", syn.ts, v.syn_ack[S2C].ts, [syn, v.syn_ack[S2C]])  # type: ignore[union-attr, list-item]
-    if v.handshake_ack is not None and v.syn_ack[S2C] is not None and v.handshake_ack.dir is C2S:
+            sa = v.syn_ack[S2C]
+            assert sa is not None
+            opened = add("client", opener, syn.ts, sa.ts, [syn, sa], ret=syn_data,
+                         nbytes=syn_data or None, args=opener_args)
+    if v.fast_open:
+        assert syn is not None
+        # Fast Open: the server queued the connection at the SYN, its data already readable
+        add("server", "accept", syn.ts, syn.ts, [syn], ret=None)
+    elif v.handshake_ack is not None and v.syn_ack[S2C] is not None and v.handshake_ack.dir is C2S:
         a = v.handshake_ack
         add("server", "accept", a.ts, a.ts, [a], ret=None)
 
@@ -883,15 +975,59 @@ def infer_calls(segments: Sequence[Segment], summary: ConnectionSummary) -> list
         sender: Side = "client" if burst[0].dir is C2S else "server"
         receiver: Side = "server" if sender == "client" else "client"
         n = sum(v.new_bytes[s.frame] for s in burst)
-        add(sender, "write", burst[0].ts, burst[-1].ts, burst, ret=n, nbytes=n)
+        if burst[0] is syn:
+            # the SYN's data: written by the sendto(MSG_FASTOPEN) above; read at the SYN if
+            # the server took it (Fast Open), else where the client sent it again
+            if not opened:
+                add(sender, "write", burst[0].ts, burst[-1].ts, burst, ret=n, nbytes=n)
+            if not v.fast_open:
+                burst = _resent(v, syn, n)
+                if not burst:
+                    continue
+        else:
+            add(sender, "write", burst[0].ts, burst[-1].ts, burst, ret=n, nbytes=n)
         add(receiver, "read", burst[0].ts, burst[-1].ts, burst, ret=n, nbytes=n)
 
-    out.sort(key=lambda x: (x[0], x[1], x[2].end))
-    return [c for _, _, c in out]
+    # time order; at one instant on one segment, the rules' causal order (_infer_rank)
+    out.sort(key=lambda x: x[:4])
+    return [x[4] for x in out]
+
+
+def _infer_rank(call: Call) -> int:
+    """Order of inferred calls that start at one instant on one segment: the call that
+    opened the connection, then accept(), then the data written and read, then the end
+    of the stream.  A FIN carrying data was sent by a write() and then a close() -- a
+    process writes its last bytes before it closes -- and the reader gets those bytes
+    before read() returns 0; a Fast Open SYN's data is read after accept() returned it."""
+    name = call.call
+    if name == "connect" or _fast_open_send(call):
+        return 0
+    if name in _ACCEPT:
+        return 1
+    if name in ("close", "shutdown") or call.errno is not None or (name in _RECV and call.ret == 0):
+        return 3
+    return 2
+
+
+def _resent(v: _ConnView, syn: Segment, n: int) -> list[Segment]:
+    """The client's later segments carrying again the ``n`` bytes of a SYN whose data the
+    server did not take (the SYN-ACK acknowledged only the SYN), up to the first that
+    ends at or past the last of them."""
+    out: list[Segment] = []
+    for s in v.segments:
+        if s.frame <= syn.frame or s.dir is not C2S or s.flags & SYN or s.length <= 0:
+            continue
+        lo = _unwrap(s.rel_seq, 1)
+        if lo < 1 + n and lo + s.length > 1:
+            out.append(s)
+            if lo + s.length >= 1 + n:
+                break
+    return out
 
 
 def _bursts(v: _ConnView) -> list[list[Segment]]:
-    """Runs of first-sent data from one side: a PSH, data from the peer or a FIN ends one."""
+    """Runs of first-sent data from one side: a PSH, data from the peer, a FIN or a SYN
+    (its data was sent by the call that connected) ends one."""
     first_sent = {id(s) for st in v.streams.values() for s in st.segs}
     bursts: list[list[Segment]] = []
     cur: list[Segment] = []
@@ -902,7 +1038,7 @@ def _bursts(v: _ConnView) -> list[list[Segment]]:
             bursts.append(cur)
             cur = []
         cur.append(s)
-        if s.flags & (PSH | FIN | RST):
+        if s.flags & (PSH | FIN | RST | SYN):
             bursts.append(cur)
             cur = []
     if cur:

@@ -786,6 +786,190 @@ def test_capture_started_mid_stream_infers_both_sides():
     ]
 
 
+# ==========================================================================================
+# Calls on one segment: a FIN that carries data, data in the SYN (TCP Fast Open)
+# ==========================================================================================
+
+
+def test_fin_carrying_data_is_written_before_the_close_and_read_before_eof():
+    """The server's last bytes ride on its FIN: write() then close(); the client reads the
+    bytes, then read() returns 0 -- never the other way round."""
+    cap = Capture()
+    cv = cap.conv()
+    syn, synack, ack = cv.handshake()
+    req = cv.seg("c", "PA", 1, 1, 6, at=2.0)
+    last = cv.seg("s", "FPA", 1, 7, 188, at=3.0)  # 188 bytes and the FIN in one segment
+    fin_c = cv.seg("c", "FA", 7, 190, at=3.1)
+    cv.seg("s", "A", 190, 8, at=3.12)
+    segments, summaries = cap.track()
+    assert inferred(segments, summaries[0]) == [
+        ("c", "connect", 0, None, (syn, synack)),
+        ("s", "accept", None, None, (ack,)),
+        ("c", "write", 6, None, (req,)),
+        ("s", "read", 6, None, (req,)),
+        ("s", "write", 188, None, (last,)),
+        ("c", "read", 188, None, (last,)),
+        ("s", "close", 0, None, (last,)),
+        ("c", "read", 0, None, (last,)),
+        ("c", "close", 0, None, (fin_c,)),
+    ]
+    by = {(side_of(c, summaries[0]), c.call, c.ret): c for c in infer_calls(segments, summaries[0])}
+    assert by[("s", "write", 188)].end <= by[("s", "close", 0)].start
+    assert by[("c", "read", 188)].end <= by[("c", "read", 0)].start
+
+
+def test_fin_ending_a_burst_of_data():
+    """A write split over two segments, the second also carrying the FIN."""
+    cap = Capture()
+    cv = cap.conv()
+    syn, synack, ack = cv.handshake()
+    d1 = cv.seg("s", "A", 1, 1, 1000, at=2.0)
+    d2 = cv.seg("s", "FPA", 1001, 1, 500, at=2.1)
+    fin_c = cv.seg("c", "FA", 1, 1502, at=3.0)
+    cv.seg("s", "A", 1502, 2, at=3.02)
+    segments, summaries = cap.track()
+    assert inferred(segments, summaries[0]) == [
+        ("c", "connect", 0, None, (syn, synack)),
+        ("s", "accept", None, None, (ack,)),
+        ("s", "write", 1500, None, (d1, d2)),
+        ("c", "read", 1500, None, (d1, d2)),
+        ("s", "close", 0, None, (d2,)),
+        ("c", "read", 0, None, (d2,)),
+        ("c", "close", 0, None, (fin_c,)),
+    ]
+
+
+def fast_open_conversation(*, taken: bool = True):
+    """Data in the SYN.  ``taken``: the SYN-ACK acknowledges it (RFC 7413 Fast Open with a
+    valid cookie); else it acknowledges the SYN only and the client sends the data again."""
+    cap = Capture()
+    cv = cap.conv()
+    f = {"syn": cv.seg("c", "S", 0, length=40, at=1.0)}
+    if taken:
+        f["synack"] = cv.seg("s", "SA", 0, 41, at=1.02)
+        f["ack"] = cv.seg("c", "A", 41, 1, at=1.03)
+        seq = 41
+    else:
+        f["synack"] = cv.seg("s", "SA", 0, 1, at=1.02)
+        f["ack"] = cv.seg("c", "A", 1, 1, at=1.03)
+        f["resent"] = cv.seg("c", "PA", 1, 1, 40, at=1.04)
+        cv.seg("s", "A", 1, 41, at=1.06)
+        seq = 41
+    f["reply"] = cv.seg("s", "PA", 1, seq, 300, at=2.0)
+    f["fin_s"] = cv.seg("s", "FA", 301, seq, at=2.01)
+    f["fin_c"] = cv.seg("c", "FA", seq, 302, at=2.1)
+    cv.seg("s", "A", 302, seq + 1, at=2.12)
+    return cap, f
+
+
+def test_fast_open_inferred_connects_then_accepts_then_reads():
+    cap, f = fast_open_conversation()
+    segments, summaries = cap.track()
+    assert inferred(segments, summaries[0]) == [
+        ("c", "sendto", 40, None, (f["syn"], f["synack"])),  # connects and sends in one call
+        ("s", "accept", None, None, (f["syn"],)),  # queued at the SYN, before the handshake ACK
+        ("s", "read", 40, None, (f["syn"],)),  # the data was readable at once
+        ("s", "write", 300, None, (f["reply"],)),
+        ("c", "read", 300, None, (f["reply"],)),
+        ("s", "close", 0, None, (f["fin_s"],)),
+        ("c", "read", 0, None, (f["fin_s"],)),
+        ("c", "close", 0, None, (f["fin_c"],)),
+    ]
+    calls = infer_calls(segments, summaries[0])
+    opener, acc, read = calls[:3]
+    assert opener.args == "MSG_FASTOPEN" and opener.nbytes == 40
+    syn_ts, synack_ts = segments[f["syn"] - 1].ts, segments[f["synack"] - 1].ts
+    assert (opener.start, opener.end) == (syn_ts, synack_ts)
+    assert acc.end <= read.start and acc.start >= opener.start
+
+
+def test_fast_open_data_refused_by_the_server_is_read_where_it_was_sent_again():
+    """The SYN-ACK acknowledges only the SYN (no valid cookie): the server dropped the SYN's
+    data, accept() returns at the handshake ACK and read() gets the bytes resent after it."""
+    cap, f = fast_open_conversation(taken=False)
+    segments, summaries = cap.track()
+    assert inferred(segments, summaries[0])[:3] == [
+        ("c", "sendto", 40, None, (f["syn"], f["synack"])),
+        ("s", "accept", None, None, (f["ack"],)),
+        ("s", "read", 40, None, (f["resent"],)),
+    ]
+    assert not any(c.call == "write" for c in infer_calls(segments, summaries[0])
+                   if side_of(c, summaries[0]) == "c")  # the resend is the kernel's
+    fast = f'{CFD}<TCP:[4711]>, "{"Q" * 40}", 40, MSG_FASTOPEN, {sockaddr(SERVER)}'
+    calls = [accept(0.0, 1.035),
+             call("sendto", "c", 0.95, 1.025, 40, local=None, remote=SERVER, args=fast),
+             call("recvfrom", "s", 1.036, 1.045, 40)]
+    assert pairs(calls, segments, summaries) == [
+        ("accept4", 0, (f["ack"],)),
+        ("sendto", 0, (f["syn"], f["synack"])),  # it sent the bytes in the SYN ...
+        ("recvfrom", 0, (f["resent"],)),  # ... but the server got them from the resend
+    ]
+
+
+def test_fast_open_traced():
+    """strace of a Fast Open client and server: sendto(MSG_FASTOPEN) is the client's
+    connect (SYN, SYN-ACK), accept() is released by the SYN, the read by the SYN's data."""
+    cap, f = fast_open_conversation()
+    segments, summaries = cap.track()
+    fast = f'{CFD}<TCP:[4711]>, "{"Q" * 40}", 40, MSG_FASTOPEN, {sockaddr(SERVER)}'
+    calls = [accept(0.0, 1.04)] + [
+        call("socket", "c", 0.9, 0.91, CFD, fd=None, local=None, remote=None),
+        call("sendto", "c", 0.95, 1.03, 40, local=None, remote=SERVER, args=fast),
+        call("recvfrom", "s", 1.05, 1.06, 40),
+        call("sendto", "s", 1.9, 2.005, 300),
+        call("close", "s", 2.006, 2.02),
+        call("recvfrom", "c", 1.1, 2.005, 300),
+        call("recvfrom", "c", 2.02, 2.03, 0),
+        call("close", "c", 2.09, 2.11),
+    ]
+    assert pairs(calls, segments, summaries) == [
+        ("accept4", 0, (f["syn"],)),
+        ("socket", 0, ()),
+        ("sendto", 0, (f["syn"], f["synack"])),
+        ("recvfrom", 0, (f["syn"],)),
+        ("sendto", 0, (f["reply"],)),
+        ("close", 0, (f["fin_s"],)),
+        ("recvfrom", 0, (f["reply"],)),
+        ("recvfrom", 0, (f["fin_s"],)),
+        ("close", 0, (f["fin_c"],)),
+    ]
+
+
+def test_fast_open_nonblocking_sendto_returns_before_the_syn_ack():
+    """A non-blocking sendto(MSG_FASTOPEN) returns the bytes it queued in the SYN at once:
+    with the SYN-ACK 50 ms later (more than SLACK) it was not released by it."""
+    cap = Capture()
+    cv = cap.conv()
+    syn = cv.seg("c", "S", 0, length=40, at=1.0)
+    synack = cv.seg("s", "SA", 0, 41, at=51.0)
+    cv.seg("c", "A", 41, 1, at=51.1)
+    segments, summaries = cap.track()
+    fast = f'{CFD}<TCP:[4711]>, "{"Q" * 40}", 40, MSG_FASTOPEN, {sockaddr(SERVER)}'
+    sendto = call("sendto", "c", 0.95, 1.05, 40, local=None, remote=SERVER, args=fast)
+    assert pairs([sendto], segments, summaries) == [("sendto", 0, (syn,))]  # matched by address
+    blocking = replace(sendto, end=T0 + 51.05 * MS)
+    assert pairs([blocking], segments, summaries) == [("sendto", 0, (syn, synack))]
+
+
+def test_fast_open_cookie_request_traced():
+    """Without a cookie the SYN only asks for one and the data follows the handshake: the
+    sendto(MSG_FASTOPEN) caused the SYN, was released by the SYN-ACK and sent the data."""
+    cap = Capture()
+    cv = cap.conv()
+    syn, synack, ack = cv.handshake()
+    data = cv.seg("c", "PA", 1, 1, 40, at=1.04)
+    segments, summaries = cap.track()
+    fast = f'{CFD}<TCP:[4711]>, "{"Q" * 40}", 40, MSG_FASTOPEN, {sockaddr(SERVER)}'
+    calls = [call("sendto", "c", 0.95, 1.05, 40, local=None, remote=SERVER, args=fast),
+             call("sendto", "c", 1.5, 1.6, -1, errno="EPIPE", args=f"{CFD}, \"x\", 1, MSG_FASTOPEN")]
+    assert [fr for _n, _c, fr in pairs(calls, segments, summaries)] == [(syn, synack, data), ()]
+    assert inferred(segments, summaries[0])[:3] == [
+        ("c", "connect", 0, None, (syn, synack)),  # nothing shows it was not a connect()
+        ("s", "accept", None, None, (ack,)),
+        ("c", "write", 40, None, (data,)),
+    ]
+
+
 CAPTURES = Path(__file__).resolve().parents[1] / "captures"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 needs_corpus = pytest.mark.skipif(not (CORPUS / "traces").is_dir(),
@@ -823,11 +1007,79 @@ def test_shipped_refused_capture_infers_the_connect_only():
     assert inferred(segments, summary) == [("c", "connect", -1, "ECONNREFUSED", (1, 2))]
 
 
+@needs_corpus
+def test_corpus_ftp_control_fin_with_data():
+    """ipv6.pcap connection 0 (FTP control): the server's last segment is a FIN with 188
+    bytes of data (the goodbye): written then closed, read then EOF."""
+    segments, summaries = _tracked(CORPUS / "traces" / "ipv6.pcap")
+    calls = inferred(segments, summaries[0])
+    assert calls[-7:] == [
+        ("s", "write", 6, None, (131,)),
+        ("c", "read", 6, None, (131,)),
+        ("s", "write", 188, None, (132,)),
+        ("c", "read", 188, None, (132,)),
+        ("s", "close", 0, None, (132,)),
+        ("c", "read", 0, None, (132,)),
+        ("c", "close", 0, None, (135,)),
+    ]
+
+
+@needs_corpus
+@pytest.mark.parametrize("name, conn, expected", [
+    ("tcp-fast-open.pcap", 1, [
+        ("c", "sendto", 86, None, (8, 10)), ("s", "accept", None, None, (8,)),
+        ("s", "read", 86, None, (8,)),
+        ("s", "write", 1307, None, (12,)), ("c", "read", 1307, None, (12,)),
+        ("s", "close", 0, None, (14,)), ("c", "read", 0, None, (14,)),
+        ("c", "close", 0, None, (15,)),
+    ]),
+    ("tcp-fast-open.pcap", 0, [  # the cookie request: a plain SYN, data after the handshake
+        ("c", "connect", 0, None, (1, 2)), ("s", "accept", None, None, (3,)),
+        ("c", "write", 65, None, (3,)), ("s", "read", 65, None, (3,)),
+        ("s", "write", 200, None, (5,)), ("c", "read", 200, None, (5,)),
+        ("s", "close", 0, None, (6,)), ("c", "read", 0, None, (6,)),
+        ("c", "close", 0, None, (7,)),
+    ]),
+    ("payload-syn.pcap", 0, [  # 100 bytes in the SYN, acknowledged by the SYN-ACK
+        ("c", "sendto", 100, None, (1, 2)), ("s", "accept", None, None, (1,)),
+        ("s", "read", 100, None, (1,)),
+        ("c", "close", 0, None, (4,)), ("s", "read", 0, None, (4,)),
+        ("s", "close", 0, None, (5,)),
+    ]),
+])
+def test_corpus_data_in_the_syn(name: str, conn: int, expected: list[tuple[object, ...]]):
+    segments, summaries = _tracked(CORPUS / "traces" / name)
+    assert inferred(segments, summaries[conn]) == expected
+
+
 def _every_capture() -> list[Path]:
     files = sorted(CAPTURES.glob("*.pcap")) if CAPTURES.is_dir() else []
     if (CORPUS / "traces").is_dir():
         files += sorted(p for p in (CORPUS / "traces").iterdir() if p.suffix in (".pcap", ".pcapng"))
     return files
+
+
+@pytest.mark.parametrize("path", _every_capture(), ids=lambda p: p.name)
+def test_inferred_calls_keep_each_sides_causal_order(path: Path):
+    """On every capture: per side, the call that opened the connection (connect, or a
+    sendto that connects) or accept() comes first; on a segment that carries both data
+    and a FIN, the write/read of the data comes before the close/shutdown/read -> 0."""
+    segments, summaries = _tracked(path)
+    for summary in summaries:
+        calls = infer_calls(segments, summary)
+        assert [c.start for c in calls] == sorted(c.start for c in calls)
+        for side in ("c", "s"):
+            mine = [c for c in calls if side_of(c, summary) == side]
+            opening = [k for k, c in enumerate(mine) if c.call in ("connect", "accept")
+                       or "MSG_FASTOPEN" in c.args]
+            assert opening in ([], [0]), (summary.conn, side, mine)
+            for k, c in enumerate(mine):
+                ending = c.call in ("close", "shutdown") or (c.call == "read" and c.ret == 0)
+                if not ending:
+                    continue
+                later_data = [d for d in mine[k + 1:] if d.call in ("read", "write") and (d.ret or 0) > 0
+                              and set(d.frames) & set(c.frames)]
+                assert not later_data, (summary.conn, side, c, later_data)
 
 
 @pytest.mark.parametrize("path", _every_capture(), ids=lambda p: p.name)
@@ -998,11 +1250,20 @@ def check_real_scenario(name: str, pcap: Path, strace: Path) -> None:
     def segs(c: Call) -> list[Segment]:
         return [by_frame[f] for f in c.frames]
 
+    def first_byte(s: Segment) -> int:
+        """Relative seq of a segment's first data byte (a SYN's data follows the SYN)."""
+        return s.rel_seq + (1 if s.label is Label.SYN else 0)
+
     # calls on the listening socket belong to no connection
     for c in got:
         if c.call in ("bind", "listen", "setsockopt") or (c.local is not None and c.remote is None):
             assert c.conn is None, c
     hs_ack = next((s for s in segments if s.label is Label.ACK and s.rel_seq == 1 and s.is_c2s), None)
+    syn = next((s for s in segments if s.label is Label.SYN), None)
+    synack = next((s for s in segments if s.label is Label.SYN_ACK), None)
+    fast_open = bool(syn and syn.length and synack and synack.rel_ack and synack.rel_ack > 1)
+    if fast_open:
+        hs_ack = syn  # the server took the SYN's data: accept() returns at the SYN
     offset = {"client": 0, "server": 0}
     read_offset = {"client": 0, "server": 0}
     fin = {d: next((s for s in segments if s.flags & 0x01 and s.is_c2s == (d == "client")), None)
@@ -1021,18 +1282,24 @@ def check_real_scenario(name: str, pcap: Path, strace: Path) -> None:
         elif c.call in ("write", "sendto") and c.nbytes:
             data = _strace_bytes(c.args)
             lo, hi = offset[me] + 1, offset[me] + 1 + c.nbytes
-            assert segs(c) and all(s.is_c2s == (me == "client") and s.length for s in segs(c))
-            stream = b"".join(s.payload for s in segs(c))
-            start = lo - segs(c)[0].rel_seq
+            carrying = [s for s in segs(c) if s.length]
+            if "MSG_FASTOPEN" in c.args:  # it connected too: the SYN, then the SYN-ACK
+                assert [s.label for s in segs(c) if not s.length][:1] in ([Label.SYN], [Label.SYN_ACK])
+                assert synack is None or synack in segs(c) or c.end < synack.ts
+            else:
+                assert carrying == segs(c)
+            assert carrying and all(s.is_c2s == (me == "client") for s in carrying)
+            stream = b"".join(s.payload for s in carrying)
+            start = lo - first_byte(carrying[0])
             assert stream[start:start + c.nbytes] == data  # the bytes strace saw leave
-            assert segs(c)[-1].rel_end >= hi
+            assert first_byte(carrying[-1]) + carrying[-1].length >= hi
             offset[me] += c.nbytes
         elif c.call in ("read", "recvfrom") and c.nbytes:
             data = _strace_bytes(c.args)
             lo = read_offset[me] + 1
             assert segs(c) and all(s.is_c2s == (me == "server") for s in segs(c))
             stream = b"".join(s.payload for s in segs(c))
-            start = lo - segs(c)[0].rel_seq
+            start = lo - first_byte(segs(c)[0])
             assert stream[start:start + c.nbytes] == data  # the bytes strace saw arrive
             read_offset[me] += c.nbytes
         elif c.call in ("read", "recvfrom") and c.ret == 0:
