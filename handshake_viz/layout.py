@@ -1040,6 +1040,9 @@ def _call_note(d: _Draft, segments: Sequence[Segment]) -> str:
         done = min(s.ts for _, _, s in d.released)
         if c.start > done:
             return f"connection queued {human_duration(c.start - done)} before accept()"
+        if any(s.flags & Flag.SYN and not s.flags & Flag.ACK for _, _, s in d.released):
+            # TCP Fast Open (RFC 7413): the SYN's data was accepted, accept() returns at the SYN
+            return "returns at the SYN (Fast Open: data in the SYN)"
         return "blocks until the handshake is done"
     return ""
 
