@@ -13,7 +13,9 @@ directory first.
 Every run of every tool is its own child process, with stdout sent to
 /dev/null: the time is the child's wall time from start to exit (interpreter
 start and imports included, as a user sees it), the peak RSS is the child's own
-``ru_maxrss`` as ``wait4`` reports it.  The table shows the median time of the
+``ru_maxrss`` as ``wait4`` reports it.  (Linux counts in a child's ``ru_maxrss``
+the peak RSS of the process that started it, so this script generates and
+counts captures in child processes too and stays at ~10 MB itself.)  The table shows the median time of the
 runs and the largest peak RSS.  Tools not installed are left out with a note.
 
 Tools:
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import struct
@@ -131,13 +134,14 @@ def count_packets(capture: Path) -> int:
                 (caplen,) = rec.unpack(hdr)
                 f.seek(caplen, os.SEEK_CUR)
                 n += 1
-    sys.path.insert(0, str(REPO))
-    from handshake_viz.decode import open_capture
-
-    with open_capture(capture) as reader:
-        for _ in reader:
-            pass
-        return reader.stats.records
+    code = ("import sys; from handshake_viz.decode import open_capture\n"
+            "with open_capture(sys.argv[1]) as r:\n    sum(1 for _ in r)\n"
+            "print(r.stats.records)")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code, str(capture)], capture_output=True,
+                         text=True, check=True, env=env).stdout
+    return int(out.split()[-1])
 
 
 def available(tools: list[str]) -> list[str]:
@@ -176,15 +180,23 @@ def print_table(title: str, rows: list[Row]) -> None:
         print(f"{r.tool:<26} {r.packets:>10,} {r.median:>9.2f} {r.pps:>11,.0f} "
               f"{r.peak_mb:>7.1f}MB {ratio}  {runs}")
     if ref:
-        print(f"(vs tshark: tshark's median time / the tool's; above 1 is faster than tshark)")
+        print("(vs tshark: tshark's median time / the tool's; above 1 is faster than tshark)")
+    print(f"(peak RSS includes this script's own, {own_peak_mb():.1f} MB: Linux counts the parent's "
+          "peak in a child's ru_maxrss)")
+
+
+def own_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def generate(path: Path, connections: int, exchanges: int) -> int:
-    sys.path.insert(0, str(HERE))
-    from make_capture import generate as make
-
+    """make_capture.py in a child process: a child's ru_maxrss includes the peak RSS of
+    the process it was started from, so this one must stay small."""
     t0 = time.perf_counter()
-    n = make(path, connections, exchanges)
+    subprocess.run([sys.executable, str(HERE / "make_capture.py"), str(path),
+                    "--connections", str(connections), "--exchanges", str(exchanges)],
+                   check=True, stderr=subprocess.DEVNULL)
+    n = count_packets(path)
     print(f"generated {path.name}: {n:,} packets, {connections:,} connections x {exchanges} "
           f"exchanges ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return n
@@ -192,10 +204,7 @@ def generate(path: Path, connections: int, exchanges: int) -> int:
 
 def sizes(tmp: Path, runs: int, tools: list[str]) -> list[dict[str, object]]:
     """Peak RSS of hsviz as captures grow, in two series (see the module docstring)."""
-    sys.path.insert(0, str(HERE))
-    from make_capture import packets_per_connection
-
-    per_conn = packets_per_connection(15)
+    per_conn = 3 + 3 * 15 + 4  # make_capture.packets_per_connection(15)
     series = [
         ("more connections (15 exchanges each)",
          [(max(1, n // per_conn), 15) for n in (104_000, 312_000, 1_040_000)]),
@@ -220,6 +229,7 @@ def sizes(tmp: Path, runs: int, tools: list[str]) -> list[dict[str, object]]:
                 out.append({"series": title, "connections": conns, "packets": n, "tool": r.tool,
                             "median_s": r.median, "peak_mb": r.peak_mb})
             print(line, flush=True)
+    print(f"(this script's own peak RSS, included in each child's: {own_peak_mb():.1f} MB)")
     return out
 
 

@@ -41,6 +41,12 @@ Per segment it decides five things, each in its own section below:
 Zeek's view (conn_state and history, with its own originator/responder roles
 that it may flip, marked ``^``) is kept alongside by ``_ZeekView`` so the summary
 can be compared with Zeek's conn.log letter for letter.
+
+Speed: most segments of a capture are in-order data or ACKs of a connection in
+full swing, for which all of the above flags nothing and moves no state.
+``Tracker._steady`` recognises exactly those and makes the few updates they need;
+everything else goes through ``Tracker._feed``, the general path, which is the
+reference (tests/test_track_fastpath.py runs both ways and compares).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field, fields
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, TypeVar
 
 from handshake_viz.model import (
     Analysis,
@@ -96,14 +102,18 @@ def _seq_ge(a: int, b: int) -> bool:
     return ((a - b) & MASK) < HALF
 
 
-def _members(enum_cls: type[enum.Enum]) -> type:
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _members(enum_cls: type[_E]) -> type[_E]:
     """A plain class holding ``enum_cls``'s members: ``_members(Label).ACK is Label.ACK``.
 
     CPython 3.11 looks up every ``Label.ACK`` through ``EnumType.__getattr__``, about
     150 ns a time, more than a dozen of them per segment; a plain class attribute costs
-    a fifth of that.  The per-segment code below names members through these.
+    a fifth of that.  The per-segment code below names members through these.  (Typed
+    as the enum class: to a type checker ``L.ACK`` is what ``Label.ACK`` is.)
     """
-    return type(enum_cls.__name__, (), dict(enum_cls.__members__))
+    return type(enum_cls.__name__, (), dict(enum_cls.__members__))  # type: ignore[return-value]
 
 
 L = _members(Label)
@@ -844,7 +854,8 @@ class Tracker:
         zstate = zend.state
         if zstate is Z.INACTIVE or zend.start_seq is None or zpeer.start_seq is None:
             return None
-        zadvance = zstate is not Z.RESET and 0 < ((end - zend.last_seq) & MASK) < HALF  # type: ignore[operator]
+        last_seq: int = zend.last_seq  # type: ignore[assignment]
+        zadvance = zstate is not Z.RESET and 0 < ((end - last_seq) & MASK) < HALF
         if length and not zadvance and zstate is not Z.RESET:
             return None
         peer_contig = zpeer.contig
@@ -891,9 +902,9 @@ class Tracker:
             zend.last_seq = end
         if length and zend.contig is not None:
             contig = zend.contig
-            if not 0 < ((seq - contig) & MASK) < HALF and len(payload) >= length:
-                if 0 < ((end - contig) & MASK) < HALF:
-                    zend.contig = end
+            if (not 0 < ((seq - contig) & MASK) < HALF and len(payload) >= length
+                    and 0 < ((end - contig) & MASK) < HALF):
+                zend.contig = end
         if not record:
             return True
         return _make_segment(

@@ -5,6 +5,7 @@ reach the unusual cases: every option kind, no ACK, analysis lists, odd strings.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -42,14 +43,13 @@ OPTIONS = [
 
 
 def _segment(**changes) -> Segment:
-    base = dict(
+    base = Segment(
         frame=1, ts=1_700_000_000.123456, conn=0, dir=Direction.C2S, src="10.0.0.1", sport=40000,
         dst="10.0.0.2", dport=80, seq=4_000_000_000, ack=5, rel_seq=1, rel_ack=1, length=0,
         flags=0x10, win=512, label=Label.ACK, phase=Phase.DATA, analysis=(),
         client_state=TcpState.ESTABLISHED, server_state=TcpState.ESTABLISHED,
     )
-    base.update(changes)
-    return Segment(**base)
+    return dataclasses.replace(base, **changes)
 
 
 @pytest.mark.parametrize("raw", OPTIONS, ids=lambda r: r.hex() or "none")
