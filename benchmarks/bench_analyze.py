@@ -12,20 +12,22 @@ directory first.
 
 Every run of every tool is its own child process, with stdout sent to
 /dev/null: the time is the child's wall time from start to exit (interpreter
-start and imports included, as a user sees it), the peak RSS is the child's own
-``ru_maxrss`` as ``wait4`` reports it.  (Linux counts in a child's ``ru_maxrss``
-the peak RSS of the process that started it, so this script generates and
-counts captures in child processes too and stays at ~10 MB itself.)  The table shows the median time of the
+start and imports included, as a user sees it), the peak RSS is the child's
+``ru_maxrss``, as GNU time (``/usr/bin/time``) reports it, else as ``wait4`` does.
+(Linux counts in a child's ``ru_maxrss`` the peak RSS of the process that forked
+it: GNU time is a small process, and without it this script, which generates
+and counts captures in child processes, stays at ~15 MB itself.)  The table shows the median time of the
 runs and the largest peak RSS.  Tools not installed are left out with a note.
 
 Tools:
 
 * ``hsviz analyze --jsonl``: every segment labelled and printed as JSON Lines;
 * ``hsviz analyze --summary``: the same tracking, one line per connection;
-* ``tshark -T fields``: Wireshark's TCP analysis on, printing a comparable set
+* ``tshark -n -T fields``: Wireshark's TCP analysis on, printing a comparable set
   of per-packet fields (frame, time, stream, addresses, ports, raw and relative
   seq/ack, length, flags, window, analysis flags);
-* ``tcptrace -l``: per-connection long output.
+* ``tcptrace -n -l``: per-connection long output (``-n``: without it tcptrace
+  spends seconds on reverse DNS lookups).
 
 ``--sizes`` runs ``hsviz analyze`` on generated captures of growing size, in
 two series: more connections of the default shape (memory grows with the
@@ -72,7 +74,7 @@ TOOLS: dict[str, tuple[list[str], str]] = {
          "-T", "fields", *(a for f in TSHARK_FIELDS for a in ("-e", f))],
         "tshark",
     ),
-    "tcptrace -l": (["tcptrace", "-l", "{capture}"], "tcptrace"),
+    "tcptrace -n -l": (["tcptrace", "-n", "-l", "{capture}"], "tcptrace"),
 }
 REFERENCE = "tshark -T fields"
 
@@ -97,23 +99,31 @@ class Row:
         return max(self.peak_kib) / 1024
 
 
+# GNU time measures a child's peak RSS from a small process of its own (see the module
+# docstring); without it, wait4's figure for our own child is used.
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+
+
 def run_child(argv: list[str]) -> tuple[float, int]:
     """Run ``argv`` with stdout to /dev/null; return (wall seconds, peak RSS in KiB)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    with open(os.devnull, "wb") as devnull:
+    with open(os.devnull, "wb") as devnull, tempfile.NamedTemporaryFile("r") as rss:
+        cmd = [GNU_TIME, "-f", "%M", "-o", rss.name, *argv] if GNU_TIME else argv
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=devnull, stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(cmd, stdout=devnull, stderr=subprocess.PIPE, env=env)
         assert proc.stderr is not None
         errors = proc.stderr.read()  # tshark/tcptrace chatter is small; read before waiting
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         proc.stderr.close()
+        measured = rss.read().split()
     if proc.returncode != 0:
         tail = (errors.decode(errors="replace").strip().splitlines() or ["(no output)"])[-1]
         raise SystemExit(f"bench_analyze: {argv[0]} exited {proc.returncode}: {tail}")
-    return wall, usage.ru_maxrss  # Linux: KiB
+    peak = int(measured[-1]) if GNU_TIME and measured else usage.ru_maxrss  # Linux: KiB
+    return wall, peak
 
 
 def count_packets(capture: Path) -> int:
@@ -181,8 +191,9 @@ def print_table(title: str, rows: list[Row]) -> None:
               f"{r.peak_mb:>7.1f}MB {ratio}  {runs}")
     if ref:
         print("(vs tshark: tshark's median time / the tool's; above 1 is faster than tshark)")
-    print(f"(peak RSS includes this script's own, {own_peak_mb():.1f} MB: Linux counts the parent's "
-          "peak in a child's ru_maxrss)")
+    if not GNU_TIME:
+        print(f"(a child's peak RSS reads at least this script's own, {own_peak_mb():.1f} MB: "
+              "Linux counts the parent's peak in a child's ru_maxrss)")
 
 
 def own_peak_mb() -> float:
@@ -229,7 +240,8 @@ def sizes(tmp: Path, runs: int, tools: list[str]) -> list[dict[str, object]]:
                 out.append({"series": title, "connections": conns, "packets": n, "tool": r.tool,
                             "median_s": r.median, "peak_mb": r.peak_mb})
             print(line, flush=True)
-    print(f"(this script's own peak RSS, included in each child's: {own_peak_mb():.1f} MB)")
+    if not GNU_TIME:
+        print(f"(a child's peak RSS reads at least this script's own, {own_peak_mb():.1f} MB)")
     return out
 
 
