@@ -161,13 +161,9 @@ class Trace:
 
 def _read_calls(path: Path) -> list[Call]:
     """A calls.jsonl file or an strace log, told apart by content."""
-    from handshake_viz import trace as trace_mod
+    from handshake_viz.trace import load_calls
 
-    with path.open("rb") as fh:
-        head = fh.read(1)
-    if head == b"{":
-        return list(trace_mod.read_calls_jsonl(path))
-    return list(trace_mod.parse_strace_file(path).calls)
+    return list(load_calls(path).calls)
 
 
 def load(path: str | Path, *, calls: str | Path | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -53,6 +54,9 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     if args.conn is not None and args.conn < 0:
         raise UsageError(f"--conn {args.conn}: connection numbers start at 0")
+    calls_file = _calls_file(args)
+    if calls_file is not None:
+        return _analyze_with_calls(args, calls_file, out, err)
     tracker = Tracker()
     feed = tracker.feed
     want = args.conn
@@ -125,6 +129,63 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 write(text + "\n")
             write(report.format_summary(s) + "\n\n")
     for w in warnings:
+        err.write(f"{PROG}: warning: {w}\n")
+    return 0
+
+
+def _calls_file(args: argparse.Namespace) -> Path | None:
+    """--calls FILE, else FILE.calls.jsonl beside the capture when it exists."""
+    from handshake_viz.errors import TraceFileError
+    from handshake_viz.trace import calls_path_for
+
+    if args.calls:
+        path = Path(args.calls)
+        if not path.is_file():
+            raise TraceFileError(f"{path}: no such file")
+        return path
+    beside = calls_path_for(args.file)
+    return beside if beside.is_file() else None
+
+
+def _analyze_with_calls(args: argparse.Namespace, calls_file: Path, out: TextIO, err: TextIO) -> int:
+    """`hsviz analyze` with socket calls: each connection's segments and calls in one
+    time-ordered ladder (or JSONL stream).  Alignment needs whole connections, so this
+    path holds the selected connections in memory; without calls analyze streams."""
+    from handshake_viz import align
+    from handshake_viz.api import load
+    from handshake_viz.model import Call
+
+    trace = load(args.file, calls=calls_file, conn=args.conn, infer=False)
+    write = out.write
+    for c in trace.connections:
+        s = c.summary
+        events = align.timeline(c.segments, c.calls)
+        if args.jsonl:
+            for e in events:
+                write((report.call_jsonl(e) if isinstance(e, Call) else report.segment_jsonl(e)) + "\n")
+        elif not args.summary:
+            t0 = c.segments[0].ts if c.segments else s.first_ts
+            write(report.connection_header(s) + "\n")
+            write(report.ladder_columns() + "\n")
+            for e in events:
+                write((report.format_call(e, t0) if isinstance(e, Call) else report.format_segment(e, t0)) + "\n")
+            write(report.format_summary(s) + "\n\n")
+    # Calls on no captured connection (a listening socket's bind/listen, a failed bind).
+    loose = [c for c in trace.calls if c.conn is None] if args.conn is None else []
+    if args.jsonl:
+        for call in loose:
+            write(report.call_jsonl(call) + "\n")
+        for c in trace.connections:
+            write(report.connection_jsonl(c.summary) + "\n")
+    elif args.summary:
+        for c in trace.connections:
+            write(report.format_summary(c.summary) + "\n")
+    elif loose:
+        t0 = trace.connections[0].summary.first_ts if trace.connections else loose[0].start
+        write("calls on no captured connection:\n")
+        for call in loose:
+            write(report.format_call(call, t0) + "\n")
+    for w in trace.warnings:
         err.write(f"{PROG}: warning: {w}\n")
     return 0
 

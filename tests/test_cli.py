@@ -40,7 +40,8 @@ def test_help_works_both_ways(argv):
 def test_analyze_text_ladder_of_the_echo_capture():
     code, out, err = run("analyze", str(ECHO))
     assert code == 0, err
-    labels = [line.split()[4] for line in out.splitlines() if line.strip()[:1].isdigit()]
+    labels = [line.split()[4] for line in out.splitlines()
+              if line.strip()[:1].isdigit() and (" → " in line or " ← " in line)]
     assert labels[:3] == ["SYN", "SYN-ACK", "ACK"]
     assert "PIGGYBACK" in labels and labels[-1] == "ACK"
     assert "SF ShADadFf" in out
@@ -119,3 +120,26 @@ def test_analyze_every_corpus_capture_runs_clean():
         code, out, err = run("analyze", str(trace), "--jsonl")
         assert code == 0, (trace.name, err)
         assert out.count('"type": "connection"') >= 1
+
+
+def test_analyze_with_calls_interleaves_call_records():
+    # captures/echo.calls.jsonl beside the pcap is picked up by default
+    code, out, _ = run("analyze", str(ECHO), "--jsonl")
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    calls = [r for r in records if r["type"] == "call"]
+    assert calls, "the shipped echo capture has its calls beside it"
+    assert set(calls[0]) >= {"conn", "pid", "tid", "fd", "call", "start", "end", "ret", "errno",
+                             "inferred", "frames"}
+    connect = next(c for c in calls if c["call"] == "connect")
+    frames = {r["frame"]: r for r in records if r["type"] == "segment"}
+    assert [frames[f]["label"] for f in connect["frames"]] == ["SYN", "SYN-ACK"]
+    assert not any(c["inferred"] for c in calls)
+    # the text ladder shows the calls too
+    code, out, _ = run("analyze", str(ECHO))
+    assert "connect(" in out and "accept4(" in out
+
+
+def test_analyze_calls_option_errors_are_one_line(tmp_path):
+    code, _, err = run("analyze", str(ECHO), "--calls", str(tmp_path / "missing.strace"))
+    assert code == 2 and err.count("\n") == 1 and "missing.strace" in err
