@@ -959,10 +959,18 @@ class Tracker:
         phase = P.DATA
         if acks_syn:
             fwd.state = _next(_SEND, fwd.state, E.ACKS_PEER_SYN)
+        # RFC 9293 §3.10.7.4, first check: a segment wholly before what the receiver has
+        # already acknowledged (its RCV.NXT) is not acceptable: the receiver only answers
+        # with an ACK and none of its states move (fin_retransmission.pcap: a FIN+ACK
+        # reusing the SYN's sequence number leaves the server in SYN-RECEIVED).
+        rcv_nxt = rev.highest_ack
+        seg_len = length + (flags & FIN)
+        acceptable = rcv_nxt is None or _seq_ge(
+            seq if seg_len == 0 else (seq + seg_len - 1) & MASK, rcv_nxt)
         # The receiver processes the ACK field first …
-        if acks_syn:
+        if acks_syn and acceptable:
             rev.state = _next(_RECV, rev.state, E.ACK_OF_SYN)
-        if acks_fin:
+        if acks_fin and acceptable:
             rev.state = _next(_RECV, rev.state, E.ACK_OF_FIN)
         if flags & FIN:
             end = (seq + length + 1) & MASK
@@ -977,7 +985,8 @@ class Tracker:
                 # left before that FIN arrived; the sender was in FIN-WAIT-1 and the
                 # peer's FIN then takes it to CLOSING (RFC 9293 §3.6, figure 14).
                 fwd.state = S.CLOSING
-            rev.state = _next(_RECV, rev.state, E.FIN)
+            if acceptable:
+                rev.state = _next(_RECV, rev.state, E.FIN)
             phase = P.CLOSE
         elif length:
             label = L.PIGGYBACK if acks_new else L.DATA

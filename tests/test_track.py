@@ -249,3 +249,22 @@ def test_track_generator_and_states_are_frozen_records():
     assert [s.label for s in segs] == [L.SYN, L.SYN_ACK]
     with pytest.raises(AttributeError):
         segs[0].label = L.RST  # type: ignore[misc]
+
+
+def test_unacceptable_segment_moves_no_receiver_state():
+    # fin_retransmission.pcap's shape: the client closes before the SYN-ACK arrives and
+    # then sends FIN+ACK at its SYN's own sequence number: wholly before the server's
+    # RCV.NXT, so the server only re-ACKs it (RFC 9293 §3.10.7.4) and stays SYN-RECEIVED.
+    walk([
+        ("c", "S", 0, 0, 0, L.SYN, HS, S.SYN_SENT, S.LISTEN),
+        ("c", "F", 0, 0, 0, L.FIN, CL, S.FIN_WAIT_1, S.LISTEN),
+        ("s", "SA", 0, 1, 0, L.SYN_ACK, HS, S.FIN_WAIT_1, S.SYN_RECEIVED),
+        ("c", "FA", 0, 1, 0, L.FIN, CL, S.FIN_WAIT_1, S.SYN_RECEIVED),
+        ("s", "R", 1, 0, 0, L.RST, RS, S.CLOSED, S.CLOSED),
+    ])
+
+
+def test_keep_alive_before_rcv_nxt_changes_nothing():
+    walk(OPEN + [
+        ("c", "A", 0, 1, 0, L.ACK, DA, S.ESTABLISHED, S.ESTABLISHED),
+    ])
