@@ -60,11 +60,11 @@ import struct
 import sys
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from handshake_viz.errors import CaptureError, CaptureFileError
-from handshake_viz.model import Packet
+from handshake_viz.model import Packet, fast_constructor
 
 __all__ = [
     "LINKTYPES",
@@ -187,90 +187,11 @@ def _pair4(raw: bytes) -> tuple[str, str]:
     pair = _PAIRS4[raw] = (_A4[raw[:4]], _A4[raw[4:]])
     return pair
 
-# ---------------------------------------------------------------------------
-# Building Packet records fast.
-#
-# Packet is a frozen, slotted dataclass; its generated __init__ pays one
-# object.__setattr__ call per field (~2.6 us for 14 fields on this machine, more
-# than all the decoding).  _PacketBuilder has exactly Packet's slots, assigns
-# them with plain stores and then turns itself into a Packet by __class__
-# assignment (allowed between heap types with identical layouts): the result is
-# a genuine Packet (type, equality, hash, frozenness) for ~0.45 us.  The trick
-# is verified at import time; if it ever fails (a field added to Packet, another
-# Python implementation), the plain constructor is used.
-# ---------------------------------------------------------------------------
-
-_PACKET_FIELDS = (
-    "frame",
-    "ts",
-    "src",
-    "sport",
-    "dst",
-    "dport",
-    "seq",
-    "ack",
-    "flags",
-    "win",
-    "length",
-    "payload",
-    "raw_options",
-    "ip_version",
+# Every Packet is built through model.fast_constructor (a frozen dataclass's own
+# __init__ would cost more than all the decoding).
+_make_packet = fast_constructor(
+    Packet, (7, 1.5, "10.0.0.1", 1, "::1", 2, 3, 4, 0x12, 5, 6, b"x", b"\x01", 6)
 )
-
-
-class _PacketBuilder:
-    __slots__ = _PACKET_FIELDS
-
-    def __init__(
-        self,
-        frame: int,
-        ts: float,
-        src: str,
-        sport: int,
-        dst: str,
-        dport: int,
-        seq: int,
-        ack: int,
-        flags: int,
-        win: int,
-        length: int,
-        payload: bytes,
-        raw_options: bytes,
-        ip_version: int,
-    ) -> None:
-        self.frame = frame
-        self.ts = ts
-        self.src = src
-        self.sport = sport
-        self.dst = dst
-        self.dport = dport
-        self.seq = seq
-        self.ack = ack
-        self.flags = flags
-        self.win = win
-        self.length = length
-        self.payload = payload
-        self.raw_options = raw_options
-        self.ip_version = ip_version
-        self.__class__ = Packet  # type: ignore[assignment]
-
-
-def _choose_packet_factory() -> type:
-    try:
-        if tuple(f.name for f in fields(Packet)) != _PACKET_FIELDS:
-            return Packet
-        if tuple(getattr(Packet, "__slots__", ())) != _PACKET_FIELDS:
-            return Packet
-        args = (7, 1.5, "10.0.0.1", 1, "::1", 2, 3, 4, 0x12, 5, 6, b"x", b"\x01", 6)
-        made = _PacketBuilder(*args)
-        if type(made) is not Packet or made != Packet(*args) or hash(made) != hash(Packet(*args)):
-            return Packet
-        return _PacketBuilder
-    except (TypeError, AttributeError):  # pragma: no cover - other interpreters
-        return Packet
-
-
-_make_packet = _choose_packet_factory()
 
 # ---------------------------------------------------------------------------
 # Header layouts (network byte order).

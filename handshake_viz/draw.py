@@ -40,7 +40,7 @@ from matplotlib.textpath import TextToPath
 from matplotlib.transforms import Affine2D
 
 from handshake_viz.errors import OutputError, UsageError
-from handshake_viz.layout import SLANT, Layout, TimeMode, plan
+from handshake_viz.layout import Layout, TimeMode, plan
 from handshake_viz.model import Call, ConnectionSummary, Segment
 
 if TYPE_CHECKING:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 __all__ = [
     "Analysis",
@@ -34,6 +35,7 @@ __all__ = [
     "Segment",
     "TcpOptions",
     "TcpState",
+    "fast_constructor",
     "flag_letters",
     "parse_options",
 ]
@@ -476,3 +478,34 @@ class Call:
             "inferred": self.inferred,
             "frames": list(self.frames),
         }
+
+
+_R = TypeVar("_R")
+
+
+def fast_constructor(cls: type[_R], sample: tuple[Any, ...]) -> Callable[..., _R]:
+    """A positional constructor for a frozen, slotted dataclass, about 5x cheaper.
+
+    A frozen dataclass's ``__init__`` sets every field through ``object.__setattr__``
+    (about 2.6 µs for Packet's 14 fields, 3.7 µs for Segment's 23: more than decoding or
+    tracking a typical segment).  The constructor returned here fills an object of a
+    helper class with exactly the same slots and then switches its ``__class__``
+    (allowed between identical slot layouts): the result is a genuine, frozen ``cls``.
+    It is checked once against ``cls(*sample)`` (type, equality, hash); if anything
+    differs (a changed field list, another Python implementation) ``cls`` itself is
+    returned.  decode builds every Packet and track every Segment through this.
+    """
+    names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+    if tuple(getattr(cls, "__slots__", ())) != names or len(sample) != len(names):
+        return cls
+    body = "\n".join(f"    self.{n} = {n}" for n in names)
+    namespace: dict[str, Any] = {"_cls": cls}
+    exec(f"def __init__(self, {', '.join(names)}):\n{body}\n    self.__class__ = _cls\n", namespace)
+    builder = type(f"_{cls.__name__}Builder", (), {"__slots__": names, "__init__": namespace["__init__"]})
+    try:
+        made, ref = builder(*sample), cls(*sample)
+        if type(made) is not cls or made != ref or hash(made) != hash(ref):
+            return cls
+    except (TypeError, AttributeError):  # pragma: no cover - other interpreters
+        return cls
+    return builder

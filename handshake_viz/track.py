@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, TypeVar
 
 from handshake_viz.model import (
@@ -66,6 +66,7 @@ from handshake_viz.model import (
     Phase,
     Segment,
     TcpState,
+    fast_constructor,
     parse_options,
 )
 
@@ -588,72 +589,11 @@ def _looks_like_server(sport: int, dport: int, likely: frozenset[int]) -> bool:
     return sport < dport
 
 
-# --------------------------------------------------------------------------------------
-# Building Segment records fast
-#
-# Segment is a frozen, slotted dataclass: its generated __init__ stores each of its 23
-# fields through object.__setattr__, about 3.7 us per segment on the benchmark machine,
-# more than all the tracking of a typical segment.  _SegmentBuilder has exactly
-# Segment's slots, stores them plainly and then becomes a Segment by __class__
-# assignment (allowed between classes with identical slot layouts): the result is a
-# genuine, frozen Segment for about 0.5 us.  decode.py builds Packets the same way.  The
-# trick is checked at import; should it not hold (a field added to Segment, another
-# Python implementation), the dataclass constructor is used instead.
-# --------------------------------------------------------------------------------------
-
-_SEGMENT_FIELDS = tuple(f.name for f in fields(Segment))
-
-
-class _SegmentBuilder:
-    __slots__ = _SEGMENT_FIELDS
-
-    def __init__(self, frame: int, ts: float, conn: int, dir: Direction, src: str, sport: int,
-                 dst: str, dport: int, seq: int, ack: int, rel_seq: int, rel_ack: int | None,
-                 length: int, flags: int, win: int, label: Label, phase: Phase,
-                 analysis: tuple[Analysis, ...], client_state: TcpState, server_state: TcpState,
-                 payload: bytes, raw_options: bytes, ip_version: int) -> None:
-        self.frame = frame
-        self.ts = ts
-        self.conn = conn
-        self.dir = dir
-        self.src = src
-        self.sport = sport
-        self.dst = dst
-        self.dport = dport
-        self.seq = seq
-        self.ack = ack
-        self.rel_seq = rel_seq
-        self.rel_ack = rel_ack
-        self.length = length
-        self.flags = flags
-        self.win = win
-        self.label = label
-        self.phase = phase
-        self.analysis = analysis
-        self.client_state = client_state
-        self.server_state = server_state
-        self.payload = payload
-        self.raw_options = raw_options
-        self.ip_version = ip_version
-        self.__class__ = Segment  # type: ignore[assignment]
-
-
-def _choose_segment_factory() -> type:
-    try:
-        if tuple(getattr(Segment, "__slots__", ())) != _SEGMENT_FIELDS or len(_SEGMENT_FIELDS) != 23:
-            return Segment
-        args = (7, 1.5, 2, Direction.S2C, "10.0.0.1", 1, "::1", 2, 3, 4, 5, None, 6, 0x12, 8,
-                L.SYN_ACK, P.HANDSHAKE, (Analysis.DUP_ACK,), S.SYN_SENT,
-                S.LISTEN, b"x", b"\x01", 6)
-        made = _SegmentBuilder(*args)
-        if type(made) is not Segment or made != Segment(*args) or hash(made) != hash(Segment(*args)):
-            return Segment
-        return _SegmentBuilder
-    except (TypeError, AttributeError):  # pragma: no cover - other interpreters
-        return Segment
-
-
-_make_segment = _choose_segment_factory()
+# Every Segment is built through model.fast_constructor (a frozen dataclass's own
+# __init__ costs more than tracking a typical segment).
+_make_segment = fast_constructor(Segment, (
+    7, 1.5, 2, Direction.S2C, "10.0.0.1", 1, "::1", 2, 3, 4, 5, None, 6, 0x12, 8, L.SYN_ACK,
+    P.HANDSHAKE, (Analysis.DUP_ACK,), S.SYN_SENT, S.LISTEN, b"x", b"\x01", 6))
 
 
 # --------------------------------------------------------------------------------------
