@@ -38,29 +38,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The burst: a server thread and a client loop in one process.  Prints the port,
-# waits for a line on stdin, runs the burst, prints the seconds it took.
-GENERATOR = r"""
-import socket, sys, threading, time
-n = int(sys.argv[1])
-srv = socket.socket()
-srv.bind(("127.0.0.1", 0))
-srv.listen(512)
-print(srv.getsockname()[1], flush=True)
-sys.stdin.readline()
-def serve():
-    for _ in range(n):
-        c, _ = srv.accept()
-        c.recv(100); c.sendall(b"pong" * 8); c.recv(100); c.close()
-t = threading.Thread(target=serve)
-t.start()
-t0 = time.perf_counter()
-for _ in range(n):
-    c = socket.create_connection(("127.0.0.1", srv.getsockname()[1]))
-    c.sendall(b"ping" * 8); c.recv(100); c.close()
-t.join()
-print(f"{time.perf_counter() - t0:.3f}", flush=True)
-"""
+# The burst: a server thread and a client loop in one process (shared with the tests).
+# Prints the port, waits for a line on stdin, runs the burst, prints the seconds it took.
+GENERATOR = Path(__file__).resolve().parents[1] / "tests" / "programs" / "burst.py"
 
 # scapy's native Linux sniffing socket, a Python filter on the port, a counter.
 SCAPY_SNIFFER = r"""
@@ -211,7 +191,7 @@ def settle(paths: list[Path], quiet: float = 0.5, limit: float = 60.0) -> None:
 
 def run_burst(capturers: list[Capturer], connections: int, workdir: Path) -> float:
     gen = subprocess.Popen(
-        [sys.executable, "-c", GENERATOR, str(connections)],
+        [sys.executable, str(GENERATOR), str(connections)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert gen.stdin is not None and gen.stdout is not None
