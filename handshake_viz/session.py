@@ -69,15 +69,8 @@ from handshake_viz.capture import (
 )
 from handshake_viz.errors import HsvizError, TraceError, UsageError
 from handshake_viz.model import Call, Segment
-from handshake_viz.trace import (
-    StraceParse,
-    TracedProcess,
-    attach,
-    calls_path_for,
-    find_strace,
-    start_traced,
-    write_calls_jsonl,
-)
+from handshake_viz.trace import StraceParse, calls_path_for, write_calls_jsonl
+from handshake_viz.tracer import TracedProcess, attach, find_strace, start_traced
 
 __all__ = [
     "DEFAULT_GRACE",

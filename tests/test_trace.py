@@ -27,20 +27,22 @@ from handshake_viz.errors import OutputError, TraceError, TraceFileError
 from handshake_viz.model import Call, Endpoint
 from handshake_viz.trace import (
     RESTART_ERRNOS,
-    TRACED_SYSCALLS,
     StraceParse,
-    attach,
     call_from_json,
     calls_path_for,
     load_calls,
     parse_strace,
     parse_strace_file,
     read_calls_jsonl,
+    write_calls_jsonl,
+)
+from handshake_viz.tracer import (
+    TRACED_SYSCALLS,
+    attach,
     start_traced,
     strace_command,
     strace_version,
     sudo_user,
-    write_calls_jsonl,
 )
 
 HERE = Path(__file__).resolve().parent

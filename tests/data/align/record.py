@@ -128,7 +128,7 @@ def compile_echo_c(directory: Path) -> Path:
 def record(name: str, outdir: Path, echo_c: Path | None = None) -> tuple[Path, Path]:
     """Run scenario ``name``; write ``outdir/NAME.pcap`` and ``outdir/NAME.strace``."""
     from handshake_viz.capture import LiveCapture
-    from handshake_viz.trace import start_traced
+    from handshake_viz.tracer import start_traced
 
     server_argv, client_argv = SCENARIOS[name]
     fill = {"echo_c": str(echo_c) if echo_c else ""}

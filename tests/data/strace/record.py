@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
-from handshake_viz.trace import TRACED_SYSCALLS, attach, start_traced
+from handshake_viz.tracer import TRACED_SYSCALLS, attach, start_traced
 
 ECHO_PY = REPO / "tests" / "programs" / "echo.py"
 ECHO_C = REPO / "tests" / "programs" / "echo.c"
