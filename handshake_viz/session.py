@@ -1,8 +1,8 @@
 """A live capture with strace running beside it: ``hsviz capture -- CMD`` and ``--trace-pid``.
 
 :class:`TracedCapture` composes :class:`~handshake_viz.capture.LiveCapture`
-(the port's segments) with :func:`~handshake_viz.trace.start_traced` or
-:func:`~handshake_viz.trace.attach` (the programs' socket calls) and, once both
+(the port's segments) with :func:`~handshake_viz.tracer.start_traced` or
+:func:`~handshake_viz.tracer.attach` (the programs' socket calls) and, once both
 have stopped, :func:`~handshake_viz.align.align`.  It leaves three files side
 by side, so that ``hsviz analyze``/``plot``/``api.load`` of the pcap find the
 calls without being told::

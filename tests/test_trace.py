@@ -1,4 +1,4 @@
-"""Tests for handshake_viz.trace: strace parsing, calls.jsonl, running under strace.
+"""Tests for handshake_viz.trace (strace parsing, calls.jsonl) and handshake_viz.tracer (running under strace).
 
 Parser tests read strace output this project recorded from its own programs
 (tests/programs/echo.py and echo.c, re-recorded by tests/data/strace/record.py)

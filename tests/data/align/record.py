@@ -3,7 +3,7 @@
 
 Run as root from the repository root:  python tests/data/align/record.py [NAME ...]
 Needs strace and cc.  Each scenario runs a server and a client, each under its own
-``strace -f -ttt -T -yy`` (handshake_viz.trace.start_traced), while
+``strace -f -ttt -T -yy`` (handshake_viz.tracer.start_traced), while
 handshake_viz.capture.LiveCapture records the server's port on loopback; the two
 strace logs are concatenated into ``NAME.strace`` beside ``NAME.pcap``.  The tests
 check relations (which call owns which segment, by label and sequence number), not
