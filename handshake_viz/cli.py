@@ -38,98 +38,26 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     fmt.add_argument("--jsonl", action="store_true", help="print JSON Lines (schema in README)")
     fmt.add_argument("--summary", action="store_true", help="print only one line per connection")
     p.add_argument("--conn", type=int, metavar="N", help="only connection N (0-based, as tcp.stream)")
+    p.add_argument("-j", "--jobs", type=int, choices=(1, 2), metavar="N",
+                   help="processes: 1, or 2 to decode and track in one while the other "
+                   "writes JSON (default: 2 for --jsonl on captures over 16 MB when 2 CPUs "
+                   "are free; the output is the same)")
     p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl "
                    "(default: FILE's .calls.jsonl beside it, when present)")
     p.set_defaults(func=_cmd_analyze)
 
 
 def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    import gc
-    from collections.abc import Iterable, Iterator
-    from itertools import islice
-
-    from handshake_viz.decode import open_capture
-    from handshake_viz.model import Segment
-    from handshake_viz.track import Tracker
+    from handshake_viz.analyze import Mode, analyze_file
 
     if args.conn is not None and args.conn < 0:
         raise UsageError(f"--conn {args.conn}: connection numbers start at 0")
     calls_file = _calls_file(args)
     if calls_file is not None:
         return _analyze_with_calls(args, calls_file, out, err)
-    tracker = Tracker()
-    feed = tracker.feed
-    want = args.conn
-    write = out.write
-
-    def write_lines(lines: Iterable[str]) -> None:
-        """One write per 256 lines (~120 kB), not per line: under PYTHONUNBUFFERED or
-        into a pipe every write is a system call.  extend() keeps the lines made before
-        an error (a decode error mid-file), and `finally` still prints them."""
-        lines = iter(lines)
-        batch: list[str] = []
-        try:
-            while True:
-                batch.extend(islice(lines, 256))
-                if not batch:
-                    break
-                write("\n".join(batch) + "\n")
-                batch.clear()
-        finally:
-            if batch:
-                write("\n".join(batch) + "\n")
-
-    # Nothing in this loop makes cyclic garbage (the tracker's per-connection objects do
-    # refer to each other, but live to the end), so the cyclic collector would only
-    # walk an ever larger heap: a few percent of the run on a million packets.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        with open_capture(args.file) as reader:
-            if args.jsonl:
-                segments: Iterator[Segment] = map(feed, reader)
-                if want is not None:
-                    segments = (seg for seg in segments if seg.conn == want)
-                write_lines(map(report.segment_jsonl, segments))
-            elif args.summary:
-                tracker.feed_all(reader)
-            else:
-                ladders: dict[int, list[str]] = {}
-                starts: dict[int, float] = {}
-                for packet in reader:
-                    seg = feed(packet)
-                    if want is not None and seg.conn != want:
-                        continue
-                    t0 = starts.setdefault(seg.conn, seg.ts)
-                    ladders.setdefault(seg.conn, []).append(report.format_segment(seg, t0))
-            warnings = list(reader.stats.warnings)
-            stats = reader.stats
-    finally:
-        if collecting:
-            gc.enable()
-    count = tracker.connection_count
-    if want is not None and want >= count:
-        raise UsageError(f"{args.file}: --conn {want} out of range (the capture has "
-                         f"{count} connection{'s' if count != 1 else ''})")
-    if not count:
-        for w in warnings:
-            err.write(f"{PROG}: warning: {w}\n")
-        raise UsageError(f"{args.file}: no TCP segments in {stats.records} records")
-    # One summary at a time: a list of them all would add to the peak memory.
-    selected = map(tracker.summary, range(count) if want is None else (want,))
-    if args.jsonl:
-        write_lines(map(report.connection_jsonl, selected))
-    elif args.summary:
-        write_lines(map(report.format_summary, selected))
-    else:
-        for s in selected:
-            write(report.connection_header(s) + "\n")
-            write(report.ladder_columns() + "\n")
-            for text in ladders.get(s.conn, []):
-                write(text + "\n")
-            write(report.format_summary(s) + "\n\n")
-    for w in warnings:
-        err.write(f"{PROG}: warning: {w}\n")
+    mode: Mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
+    analyze_file(args.file, mode, want=args.conn, jobs=args.jobs, write=out.write,
+                 warn=lambda w: err.write(f"{PROG}: warning: {w}\n"))
     return 0
 
 

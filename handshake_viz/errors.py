@@ -10,7 +10,8 @@
      ├── CaptureError               live capture failed (interface, socket, …)
      │    └── PermissionDeniedError capturing or tracing needs root / CAP_NET_RAW
      ├── TraceError                 running or attaching strace failed
-     └── OutputError                a file cannot be written (path, extension)
+     ├── OutputError                a file cannot be written (path, extension)
+     └── WorkerError                the child process analysing a capture died
 
 Every message is one line that names the file or option and what is wrong, e.g.
 ``trace.pcap: record 1234 truncated: 40 of 74 bytes``; the CLI prints exactly
@@ -29,6 +30,7 @@ __all__ = [
     "TraceError",
     "TraceFileError",
     "UsageError",
+    "WorkerError",
 ]
 
 
@@ -68,3 +70,10 @@ class TraceError(HsvizError):
 
 class OutputError(HsvizError):
     """An output file cannot be written."""
+
+
+class WorkerError(HsvizError):
+    """The child process that decodes and tracks a capture stopped without finishing
+    (killed, out of memory): not the input's fault."""
+
+    exit_status = 1

@@ -11,9 +11,20 @@ import struct
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps does to a str
 from typing import Any
 
-from handshake_viz.model import Call, ConnectionSummary, Direction, Segment, flag_letters
+from handshake_viz.model import (
+    Analysis,
+    Call,
+    ConnectionSummary,
+    Direction,
+    Label,
+    Phase,
+    Segment,
+    TcpState,
+    flag_letters,
+)
 
 __all__ = [
+    "SegmentRow",
     "call_jsonl",
     "connection_header",
     "connection_jsonl",
@@ -23,7 +34,9 @@ __all__ = [
     "humanize_bytes",
     "options_json",
     "payload_preview",
+    "row_jsonl",
     "segment_jsonl",
+    "segment_row",
 ]
 
 _TS_OPTION = b"\x01\x01\x08\x0a"  # NOP, NOP, timestamps: what Linux puts on every segment
@@ -66,22 +79,51 @@ def _segment_tail(key: tuple[Any, ...]) -> str:
     return text
 
 
-def segment_jsonl(seg: Segment) -> str:
-    """One ``"type": "segment"`` line; equal to ``json.dumps(seg.to_json())`` but faster."""
-    key = (seg.label, seg.phase, seg.analysis, seg.client_state, seg.server_state)
+# A Segment's fields in order, without the payload and the IP version: all a JSON line
+# needs.  Tracker(record=segment_row) yields these instead of Segment records.
+SegmentRow = tuple[
+    int, float, int, Direction, str, int, str, int, int, int, int, int | None, int, int, int,
+    Label, Phase, tuple[Analysis, ...], TcpState, TcpState, bytes,
+]
+
+
+def segment_row(
+    frame: int, ts: float, conn: int, dir: Direction, src: str, sport: int, dst: str,
+    dport: int, seq: int, ack: int, rel_seq: int, rel_ack: int | None, length: int,
+    flags: int, win: int, label: Label, phase: Phase, analysis: tuple[Analysis, ...],
+    client_state: TcpState, server_state: TcpState, payload: bytes = b"",
+    raw_options: bytes = b"", ip_version: int = 4,
+) -> SegmentRow:
+    """Segment's constructor, returning a :data:`SegmentRow` (for ``Tracker(record=…)``)."""
+    return (frame, ts, conn, dir, src, sport, dst, dport, seq, ack, rel_seq, rel_ack, length,
+            flags, win, label, phase, analysis, client_state, server_state, raw_options)
+
+
+def row_jsonl(row: SegmentRow) -> str:
+    """One ``"type": "segment"`` line from a :data:`SegmentRow`; equal to
+    ``json.dumps(seg.to_json())`` for the Segment with those fields, but faster."""
+    (frame, ts, conn, dir, src, sport, dst, dport, seq, ack, rel_seq, rel_ack, length, flags,
+     win, label, phase, analysis, client_state, server_state, raw) = row
+    key = (label, phase, analysis, client_state, server_state)
     tail = _TAILS.get(key) or _segment_tail(key)
-    raw = seg.raw_options
     if len(raw) == 12 and raw.startswith(_TS_OPTION):  # options_json's common case, inlined
         options = '{"ts_val": %s, "ts_ecr": %s}' % _TS_PAIR(raw, 4)
     else:
         options = options_json(raw)
-    rel_ack = seg.rel_ack
-    flags = seg.flags
     return _SEGMENT_LINE % (
-        seg.frame, seg.ts, seg.conn, seg.src, seg.sport, seg.dst, seg.dport, _DIR_TEXT[seg.dir],
-        seg.seq, seg.ack, seg.rel_seq, "null" if rel_ack is None else rel_ack, seg.length,
-        _FLAG_TEXT[flags] if flags < 256 else flag_letters(flags), seg.win, options, tail,
+        frame, ts, conn, src, sport, dst, dport, _DIR_TEXT[dir], seq, ack, rel_seq,
+        "null" if rel_ack is None else rel_ack, length,
+        _FLAG_TEXT[flags] if flags < 256 else flag_letters(flags), win, options, tail,
     )
+
+
+def segment_jsonl(seg: Segment) -> str:
+    """One ``"type": "segment"`` line; equal to ``json.dumps(seg.to_json())`` but faster."""
+    return row_jsonl((
+        seg.frame, seg.ts, seg.conn, seg.dir, seg.src, seg.sport, seg.dst, seg.dport, seg.seq,
+        seg.ack, seg.rel_seq, seg.rel_ack, seg.length, seg.flags, seg.win, seg.label, seg.phase,
+        seg.analysis, seg.client_state, seg.server_state, seg.raw_options,
+    ))
 
 
 _CONNECTION_LINE = (

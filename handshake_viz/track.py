@@ -53,7 +53,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar, overload
 
 from handshake_viz.model import (
     Analysis,
@@ -339,7 +340,10 @@ _make_segment = fast_constructor(Segment, (
 # --------------------------------------------------------------------------------------
 
 
-class Tracker:
+R = TypeVar("R")
+
+
+class Tracker(Generic[R]):
     """Feed it Packets in capture order; it returns one Segment per Packet.
 
     >>> tracker = Tracker()
@@ -350,10 +354,31 @@ class Tracker:
     Memory grows with the number of connections, never with the number of segments.
     ``likely_server_ports`` are the ports Zeek's role guess treats as a server's
     (besides every port below 1024); pass an empty set to mimic ``zeek -b``.
+
+    ``record`` is what ``feed`` builds from a segment's fields, called with
+    Segment's fields in order (default: Segment itself).  ``hsviz analyze --jsonl``
+    passes ``report.segment_row``, a plain tuple: cheaper to build and to pickle
+    than a record it would only take apart again.
     """
 
-    def __init__(self, *, likely_server_ports: Iterable[int] = LIKELY_SERVER_PORTS) -> None:
+    @overload
+    def __init__(
+        self: Tracker[Segment], *, likely_server_ports: Iterable[int] = ...
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Tracker[R], *, likely_server_ports: Iterable[int] = ..., record: Callable[..., R]
+    ) -> None: ...
+
+    def __init__(
+        self,
+        *,
+        likely_server_ports: Iterable[int] = LIKELY_SERVER_PORTS,
+        record: Callable[..., Any] | None = None,
+    ) -> None:
         self._likely = frozenset(likely_server_ports)
+        self._make: Callable[..., Any] = _make_segment if record is None else record
         # (src, sport, dst, dport) as the packet has them -> the flow in that direction;
         # both directions of a connection are entered.
         self._flows: dict[tuple[str, int, str, int], _Flow] = {}
@@ -361,7 +386,7 @@ class Tracker:
 
     # -- public ---------------------------------------------------------------------
 
-    def feed(self, p: Packet) -> Segment:
+    def feed(self, p: Packet) -> R:
         """Label one packet; the returned Segment's states are those *after* it."""
         fwd = self._flows.get((p.src, p.sport, p.dst, p.dport))
         flags = p.flags
@@ -422,7 +447,7 @@ class Tracker:
         self._flows[(cip, cport, sip, sport)] = conn.c2s
         return conn.c2s if (p.src, p.sport) == conn.client else conn.s2c
 
-    def _feed(self, fwd: _Flow, p: Packet, record: bool = True) -> Segment | None:
+    def _feed(self, fwd: _Flow, p: Packet, record: bool = True) -> R | None:
         """The general path: every rule, for any segment (a Segment only if ``record``)."""
         flags, seq, ack, length, ts = p.flags, p.seq, p.ack, p.length, p.ts
         conn, rev = fwd.conn, fwd.peer
@@ -470,13 +495,13 @@ class Tracker:
 
         if not record:
             return None
-        return _make_segment(
+        return self._make(  # type: ignore[no-any-return]
             p.frame, ts, conn.index, fwd.dir, p.src, p.sport, p.dst, p.dport, seq, ack, rel_seq,
             rel_ack, length, flags, p.win, label, phase, _analysis_tuple(bits),
             conn.c2s.state, conn.s2c.state, p.payload, p.raw_options, p.ip_version,
         )
 
-    def _steady(self, fwd: _Flow, p: Packet, record: bool = True) -> Segment | bool | None:
+    def _steady(self, fwd: _Flow, p: Packet, record: bool = True) -> R | bool | None:
         """The fast path: an in-order ACK or data segment of a connection in full swing.
 
         Most of a capture is such segments, and for them ``_feed`` would flag nothing,
@@ -585,7 +610,7 @@ class Tracker:
                 zend.contig = end
         if not record:
             return True
-        return _make_segment(
+        return self._make(  # type: ignore[no-any-return]
             p.frame, ts, conn.index, fwd.dir, p.src, p.sport, p.dst, p.dport, seq, ack, rel_seq,
             rel_ack, length, p.flags, win, label, P.DATA, (),
             conn.c2s.state, conn.s2c.state, payload, p.raw_options, p.ip_version,
@@ -760,7 +785,7 @@ class Tracker:
         return bits
 
 
-def track(packets: Iterable[Packet], tracker: Tracker | None = None) -> Iterator[Segment]:
+def track(packets: Iterable[Packet], tracker: Tracker[Segment] | None = None) -> Iterator[Segment]:
     """Label a stream of packets lazily: ``for seg in track(open_capture(path)): …``."""
     t = tracker if tracker is not None else Tracker()
     feed = t.feed

@@ -1,0 +1,328 @@
+"""``hsviz analyze`` on a whole capture file: decode → track → text, in one process or two.
+
+The work is a stream of *items*, made by :func:`produce` and written by
+:func:`analyze_file`:
+
+* ``("rows", [SegmentRow, …])``: a batch of labelled segments (``--jsonl``);
+* ``("end", End)``: the tracker's totals, once every packet was read;
+* ``("text", [line, …])``: finished output lines (connection lines, summaries, ladders).
+
+With ``jobs=1`` the items go straight from :func:`produce` to the writer.  With
+``jobs=2`` (the default for ``--jsonl`` on a large file when two CPUs are free)
+:func:`produce` runs in a forked child process and its items come over a pipe,
+pickled a batch at a time, while the parent turns rows into JSON: decoding and
+tracking take about two thirds of the time and formatting one third, so the two
+overlap and the wall time drops by about a third.  The output is the same byte for
+byte either way (``tests/test_analyze.py``), and so are the errors: a decode error
+in the child reaches the parent after the rows before it, and is raised there.
+
+Only the JSON Lines output is worth a second process: ``--summary`` builds no
+rows, and the ladder keeps every line until the end.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Literal
+
+from handshake_viz import report
+from handshake_viz.decode import open_capture
+from handshake_viz.errors import HsvizError, UsageError, WorkerError
+from handshake_viz.track import Tracker
+
+__all__ = ["BATCH", "PARALLEL_MIN_BYTES", "End", "Mode", "analyze_file", "choose_jobs", "produce"]
+
+Mode = Literal["jsonl", "summary", "ladder"]
+
+BATCH = 128  # rows per item: small batches keep the child's freshly made rows in cache
+PARALLEL_MIN_BYTES = 16 << 20  # below ~100,000 packets a second process is not worth starting
+_PIPE_SIZE = 1 << 20  # room for a few hundred batches, so neither side waits on the other
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """What the tracker knew once the whole file was read."""
+
+    connections: int
+    records: int  # records in the file (TCP or not)
+    warnings: tuple[str, ...]  # e.g. a truncated last record
+
+
+Item = tuple[str, Any]
+
+
+def produce(path: str, mode: Mode, want: int | None = None) -> Iterator[Item]:
+    """Decode and track ``path``; yield the items of ``mode`` (see the module docstring).
+
+    ``want`` keeps only that connection.  A decode error is raised after the rows
+    before it were yielded, as ``hsviz analyze`` has always printed them.
+    """
+    import gc
+
+    # Nothing here makes cyclic garbage (the tracker's per-connection objects refer to
+    # each other, but live to the end), so the cyclic collector would only walk an
+    # ever larger heap: a few percent of the run on a million packets.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield from _produce(path, mode, want)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _produce(path: str, mode: Mode, want: int | None) -> Iterator[Item]:
+    ladders: dict[int, list[str]] = {}
+    with open_capture(path) as reader:
+        if mode == "jsonl":
+            tracker: Tracker[Any] = Tracker(record=report.segment_row)
+            rows: Iterable[report.SegmentRow] = map(tracker.feed, reader)
+            if want is not None:
+                rows = (row for row in rows if row[2] == want)
+            yield from _batches("rows", rows, BATCH)
+        elif mode == "summary":
+            tracker = Tracker()
+            tracker.feed_all(reader)
+        else:
+            tracker = Tracker()
+            starts: dict[int, float] = {}
+            for seg in map(tracker.feed, reader):
+                if want is not None and seg.conn != want:
+                    continue
+                t0 = starts.setdefault(seg.conn, seg.ts)
+                ladders.setdefault(seg.conn, []).append(report.format_segment(seg, t0))
+        stats = reader.stats
+    count = tracker.connection_count
+    yield "end", End(count, stats.records, tuple(stats.warnings))
+    if not count or (want is not None and want >= count):
+        return
+    # One summary at a time: a list of them all would add to the peak memory.
+    selected = map(tracker.summary, range(count) if want is None else (want,))
+    if mode == "jsonl":
+        yield from _batches("text", map(report.connection_jsonl, selected), 1024)
+    elif mode == "summary":
+        yield from _batches("text", map(report.format_summary, selected), 1024)
+    else:
+        for s in selected:
+            lines = [report.connection_header(s), report.ladder_columns()]
+            lines += ladders.pop(s.conn, [])
+            lines += [report.format_summary(s), ""]
+            yield "text", lines
+
+
+def _batches(kind: str, items: Iterable[Any], size: int) -> Iterator[Item]:
+    """``(kind, list)`` items of up to ``size``; on an error, the part made so far first."""
+    it = iter(items)
+    batch: list[Any] = []
+    try:
+        while True:
+            batch.extend(islice(it, size))
+            if not batch:
+                return
+            yield kind, batch
+            batch = []
+    except HsvizError:
+        if batch:
+            yield kind, batch
+        raise
+
+
+def choose_jobs(path: str, mode: Mode, jobs: int | None) -> int:
+    """1 or 2 processes: ``jobs`` if given, else 2 for ``--jsonl`` on a regular file of
+    at least :data:`PARALLEL_MIN_BYTES` when two CPUs are ours and ``fork`` exists."""
+    if jobs is not None:
+        return jobs
+    if mode != "jsonl" or not hasattr(os, "fork"):
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 1  # open_capture says what is wrong with it
+    import stat
+
+    if cpus < 2 or not stat.S_ISREG(st.st_mode) or st.st_size < PARALLEL_MIN_BYTES:
+        return 1
+    return 2
+
+
+def analyze_file(
+    path: str,
+    mode: Mode,
+    *,
+    want: int | None = None,
+    jobs: int | None = None,
+    write: Callable[[str], Any],
+    warn: Callable[[str], Any],
+) -> int:
+    """Analyse ``path`` and ``write`` the output of ``mode`` as it is made; returns the
+    number of connections.
+
+    ``warn`` gets each decode warning (after the output).  Raises UsageError when
+    ``want`` is out of range or the file has no TCP segment, and whatever
+    ``open_capture`` raises for a broken file: the output made before a broken record
+    is written first.
+    """
+    jobs = choose_jobs(path, mode, jobs)
+    if jobs == 1:
+        return _consume(produce(path, mode, want), path, want, write, warn)
+    with _Child(path, mode, want) as items:
+        return _consume(items, path, want, write, warn)
+
+
+def _consume(
+    items: Iterable[Item],
+    path: str,
+    want: int | None,
+    write: Callable[[str], Any],
+    warn: Callable[[str], Any],
+) -> int:
+    row_jsonl = report.row_jsonl
+    end: End | None = None
+    for kind, value in items:
+        if kind == "rows":
+            write("\n".join(map(row_jsonl, value)) + "\n")
+        elif kind == "text":
+            write("\n".join(value) + "\n")
+        else:
+            end = value
+            count = end.connections
+            if want is not None and count and want >= count:
+                raise UsageError(f"{path}: --conn {want} out of range (the capture has "
+                                 f"{count} connection{'s' if count != 1 else ''})")
+            if not count:
+                for w in end.warnings:
+                    warn(w)
+                raise UsageError(f"{path}: no TCP segments in {end.records} records")
+    assert end is not None, "produce() always ends with an 'end' item"
+    for w in end.warnings:
+        warn(w)
+    return end.connections
+
+
+# ----------------------------------------------------------------------------------------
+# The child process
+# ----------------------------------------------------------------------------------------
+
+
+class _Child:
+    """``with _Child(path, mode, want) as items:`` runs :func:`produce` in a forked child
+    and iterates its items in the parent.
+
+    The child ignores SIGINT (Ctrl-C is the parent's to handle) and is killed when the
+    parent leaves the ``with`` block early, on any error or interrupt, or when the
+    reader of the output went away.  An error the child raises on purpose
+    (HsvizError) is sent over and raised again in the parent; any other exception is
+    a bug, and its traceback is printed by the child.
+    """
+
+    def __init__(self, path: str, mode: Mode, want: int | None) -> None:
+        self._args = (path, mode, want)
+        self._pid = 0
+        self._rfd = -1
+
+    def __enter__(self) -> Iterator[Item]:
+        # Output still buffered in the parent would be written twice once the child
+        # flushes its copy of the buffers: flush before forking.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        rfd, wfd = os.pipe()
+        try:
+            import fcntl
+
+            fcntl.fcntl(wfd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
+        except OSError:
+            pass  # a smaller pipe only makes the two sides wait more often
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            os.close(rfd)
+            _child_main(wfd, *self._args)
+        os.close(wfd)
+        self._pid, self._rfd = pid, rfd
+        return self._items()
+
+    def _items(self) -> Iterator[Item]:
+        with os.fdopen(self._rfd, "rb", buffering=1 << 16, closefd=True) as pipe:
+            self._rfd = -1
+            read = pipe.read
+            loads = pickle.loads
+            while True:
+                head = read(4)
+                if len(head) < 4:
+                    raise WorkerError(self._died())
+                size = int.from_bytes(head, "little")
+                blob = read(size)
+                if len(blob) < size:
+                    raise WorkerError(self._died())
+                kind, value = loads(blob)
+                if kind == "error":
+                    raise value
+                if kind == "done":
+                    return
+                yield kind, value
+
+    def _died(self) -> str:
+        path = self._args[0]
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = 0
+        if os.WIFSIGNALED(status):
+            how = f"killed by signal {os.WTERMSIG(status)}"
+        else:
+            how = f"exit status {os.waitstatus_to_exitcode(status)}"
+        return f"{path}: the analysing process stopped early ({how})"
+
+    def __exit__(self, *exc: object) -> None:
+        if self._rfd >= 0:
+            os.close(self._rfd)
+        if self._pid:
+            try:
+                os.kill(self._pid, signal.SIGKILL)
+            except ProcessLookupError:  # pragma: no cover - already gone
+                pass
+            os.waitpid(self._pid, 0)
+            self._pid = 0
+
+
+def _child_main(wfd: int, path: str, mode: Mode, want: int | None) -> None:
+    """Run :func:`produce` and send its items; exit without returning to the caller."""
+    status = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with os.fdopen(wfd, "wb", buffering=1 << 16) as pipe:
+            write, flush = pipe.write, pipe.flush
+            dumps = pickle.dumps
+            try:
+                for item in produce(path, mode, want):
+                    blob = dumps(item, 5)
+                    write(len(blob).to_bytes(4, "little"))
+                    write(blob)
+                    flush()  # each batch on its way at once: none is lost if we are killed
+                blob = dumps(("done", None), 5)
+            except HsvizError as exc:
+                blob = dumps(("error", exc), 5)
+            write(len(blob).to_bytes(4, "little"))
+            write(blob)
+    except BrokenPipeError:
+        status = 0  # the parent stopped reading: it has what it wants
+    except BaseException:  # a bug: show it, and let the parent report the exit
+        import traceback
+
+        traceback.print_exc()
+        status = 1
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
