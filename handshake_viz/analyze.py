@@ -34,6 +34,7 @@ from typing import Any, Literal
 from handshake_viz import report
 from handshake_viz.decode import open_capture
 from handshake_viz.errors import HsvizError, UsageError, WorkerError
+from handshake_viz.spill import SqliteStore
 from handshake_viz.track import Tracker
 
 __all__ = ["BATCH", "PARALLEL_MIN_BYTES", "End", "Mode", "analyze_file", "choose_jobs", "produce"]
@@ -79,15 +80,27 @@ def produce(path: str, mode: Mode, want: int | None = None) -> Iterator[Item]:
 
 def _produce(path: str, mode: Mode, want: int | None) -> Iterator[Item]:
     ladders: dict[int, list[str]] = {}
+    # Finished connections go to a temporary database, so that memory grows with the
+    # open connections only (the ladder keeps every line anyway).
+    store = SqliteStore() if mode != "ladder" else None
+    try:
+        yield from _track(path, mode, want, store, ladders)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _track(path: str, mode: Mode, want: int | None, store: SqliteStore | None,
+           ladders: dict[int, list[str]]) -> Iterator[Item]:
     with open_capture(path) as reader:
         if mode == "jsonl":
-            tracker: Tracker[Any] = Tracker(record=report.segment_row)
+            tracker: Tracker[Any] = Tracker(record=report.segment_row, store=store)
             rows: Iterable[report.SegmentRow] = map(tracker.feed, reader)
             if want is not None:
                 rows = (row for row in rows if row[2] == want)
             yield from _batches("rows", rows, BATCH)
         elif mode == "summary":
-            tracker = Tracker()
+            tracker = Tracker(store=store)
             tracker.feed_all(reader)
         else:
             tracker = Tracker()

@@ -52,9 +52,12 @@ reference (tests/test_track_fastpath.py runs both ways and compares).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import marshal
+from collections import deque
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from handshake_viz.model import (
     Analysis,
@@ -74,6 +77,7 @@ from handshake_viz.seqnum import members as _members
 from handshake_viz.seqnum import seq_ge as _seq_ge
 from handshake_viz.seqnum import seq_gt as _seq_gt
 from handshake_viz.seqnum import seq_lt as _seq_lt
+from handshake_viz.zeek import EndpointState as _Z
 from handshake_viz.zeek import Z
 from handshake_viz.zeek import ZeekEndpoint as _ZEnd
 from handshake_viz.zeek import ZeekView as _ZeekView
@@ -258,6 +262,7 @@ class _Conn:
     __slots__ = (
         "index", "client", "server", "roles_guessed", "c2s", "s2c", "first_ts", "last_ts",
         "segments", "zeek", "syn_time", "first_rtt", "ip_version", "closed", "handshake_acked",
+        "queued",
     )
 
     def __init__(self, index: int, p: Packet, likely: frozenset[int]) -> None:
@@ -294,6 +299,7 @@ class _Conn:
         self.ip_version = p.ip_version
         self.closed = False  # a FIN was acked both ways, or a RST was seen
         self.handshake_acked = False
+        self.queued = False  # in the tracker's queue of finished connections
 
     def summary(self) -> ConnectionSummary:
         c2s, s2c = self.c2s, self.s2c
@@ -328,6 +334,88 @@ def _looks_like_server(sport: int, dport: int, likely: frozenset[int]) -> bool:
     return sport < dport
 
 
+# --------------------------------------------------------------------------------------
+# Finished connections, packed (Tracker(store=...))
+# --------------------------------------------------------------------------------------
+
+
+class ConnectionStore(Protocol):
+    """Where a Tracker puts finished connections it no longer keeps in memory.
+
+    ``key`` names the connection's 4-tuple in either direction (both directions give
+    the same key); ``state`` is opaque bytes.  ``find`` returns the newest connection
+    stored under ``key``: with port reuse, several are.  ``put`` for a connection
+    already stored replaces it.  ``spill.SqliteStore`` keeps them in a temporary file;
+    ``spill.MemoryStore`` in a dict.
+    """
+
+    def put(self, conn: int, key: str, state: bytes) -> None: ...
+
+    def get(self, conn: int) -> bytes | None: ...
+
+    def find(self, key: str) -> tuple[int, bytes] | None: ...
+
+
+def _store_key(a: tuple[str, int], b: tuple[str, int]) -> str:
+    """The same text for a 4-tuple in both directions."""
+    if b < a:
+        a, b = b, a
+    return f"{a[0]} {a[1]} {b[0]} {b[1]}"
+
+
+_FLOW_SCALARS = tuple(f.name for f in fields(_Flow))[5:]  # after dir, state, conn, peer, zeek
+_ZEND_SCALARS = tuple(f.name for f in fields(_ZEnd))[2:]  # after state, prev_state
+_CONN_SCALARS = ("index", "client", "server", "roles_guessed", "first_ts", "last_ts", "segments",
+                 "syn_time", "first_rtt", "ip_version", "closed", "handshake_acked")
+_flow_scalars = attrgetter(*_FLOW_SCALARS)
+_zend_scalars = attrgetter(*_ZEND_SCALARS)
+_conn_scalars = attrgetter(*_CONN_SCALARS)
+
+
+def _pack(conn: _Conn) -> bytes:
+    """Everything the tracker knows of ``conn``, and its summary, as marshal bytes (about
+    500 bytes, against about 2 KB as objects); ``_unpack`` gives it back exactly."""
+    z = conn.zeek
+    flows = tuple((f.state.value, *_flow_scalars(f)) for f in (conn.c2s, conn.s2c))
+    ends = tuple((int(e.state), int(e.prev_state), *_zend_scalars(e)) for e in z.ends)
+    s = conn.summary()
+    summary = (s.conn, s.client.ip, s.client.port, s.server.ip, s.server.port, s.first_ts,
+               s.last_ts, s.segments, s.bytes_c2s, s.bytes_s2c, s.conn_state, s.history,
+               s.client_state.value, s.server_state.value, s.roles_guessed, s.ip_version)
+    state = (*_conn_scalars(conn), flows, z.orig_is_client, z.history, ends)
+    return marshal.dumps((state, summary))
+
+
+def _unpack(blob: bytes) -> _Conn:
+    state, _ = marshal.loads(blob)
+    conn = _Conn.__new__(_Conn)
+    n = len(_CONN_SCALARS)
+    for name, value in zip(_CONN_SCALARS, state[:n]):
+        setattr(conn, name, value)
+    flows, orig_is_client, history, ends = state[n:]
+    z = _ZeekView.__new__(_ZeekView)
+    z.orig_is_client, z.history = orig_is_client, history
+    z.ends = tuple(_ZEnd(_Z(e[0]), _Z(e[1]), *e[2:]) for e in ends)  # type: ignore[assignment]
+    conn.zeek = z
+    conn.c2s, conn.s2c = (
+        _Flow(d, TcpState(f[0]), conn, None, z.ends[d is C2S], *f[1:])  # type: ignore[arg-type]
+        for d, f in zip((C2S, S2C), flows)
+    )
+    conn.c2s.peer, conn.s2c.peer = conn.s2c, conn.c2s
+    conn.queued = False
+    return conn
+
+
+def _unpack_summary(blob: bytes) -> ConnectionSummary:
+    (conn, cip, cport, sip, sport, first_ts, last_ts, segments, b_c2s, b_s2c, conn_state, history,
+     client_state, server_state, guessed, ip_version) = marshal.loads(blob)[1]
+    return ConnectionSummary(
+        conn, Endpoint(cip, cport), Endpoint(sip, sport), first_ts, last_ts, segments, b_c2s,
+        b_s2c, conn_state, history, TcpState(client_state), TcpState(server_state), guessed,
+        ip_version,
+    )
+
+
 # Every Segment is built through model.fast_constructor (a frozen dataclass's own
 # __init__ costs more than tracking a typical segment).
 _make_segment = fast_constructor(Segment, (
@@ -352,6 +440,10 @@ class Tracker(Generic[R]):
     'SF'
 
     Memory grows with the number of connections, never with the number of segments.
+    With a ``store``, only with the open ones: once more than ``keep_finished``
+    connections have finished (both FINs acknowledged, or reset), the oldest go to the
+    store, packed, and come back whole if a late segment of theirs turns up, so the
+    labels and numbers stay those of a tracker that kept everything.
     ``likely_server_ports`` are the ports Zeek's role guess treats as a server's
     (besides every port below 1024); pass an empty set to mimic ``zeek -b``.
 
@@ -363,12 +455,14 @@ class Tracker(Generic[R]):
 
     @overload
     def __init__(
-        self: Tracker[Segment], *, likely_server_ports: Iterable[int] = ...
+        self: Tracker[Segment], *, likely_server_ports: Iterable[int] = ...,
+        store: ConnectionStore | None = ..., keep_finished: int = ...,
     ) -> None: ...
 
     @overload
     def __init__(
-        self: Tracker[R], *, likely_server_ports: Iterable[int] = ..., record: Callable[..., R]
+        self: Tracker[R], *, likely_server_ports: Iterable[int] = ..., record: Callable[..., R],
+        store: ConnectionStore | None = ..., keep_finished: int = ...,
     ) -> None: ...
 
     def __init__(
@@ -376,19 +470,28 @@ class Tracker(Generic[R]):
         *,
         likely_server_ports: Iterable[int] = LIKELY_SERVER_PORTS,
         record: Callable[..., Any] | None = None,
+        store: ConnectionStore | None = None,
+        keep_finished: int = 4096,
     ) -> None:
         self._likely = frozenset(likely_server_ports)
         self._make: Callable[..., Any] = _make_segment if record is None else record
         # (src, sport, dst, dport) as the packet has them -> the flow in that direction;
         # both directions of a connection are entered.
         self._flows: dict[tuple[str, int, str, int], _Flow] = {}
-        self._conns: list[_Conn] = []
+        self._conns: dict[int, _Conn] = {}  # by number: all of them, or (with a store) those in memory
+        self._count = 0
+        self._store = store
+        self._keep = max(1, keep_finished)
+        self._finished: deque[_Conn] = deque()  # finished connections in memory, oldest first
+        self._stored = False  # anything put in the store yet
 
     # -- public ---------------------------------------------------------------------
 
     def feed(self, p: Packet) -> R:
         """Label one packet; the returned Segment's states are those *after* it."""
         fwd = self._flows.get((p.src, p.sport, p.dst, p.dport))
+        if fwd is None and self._stored:
+            fwd = self._restore(p)
         flags = p.flags
         if fwd is not None and flags & (SYN | FIN | RST | ACK) == ACK:
             seg = self._steady(fwd, p)
@@ -411,6 +514,8 @@ class Tracker(Generic[R]):
         for p in packets:
             n += 1
             fwd = flows.get((p.src, p.sport, p.dst, p.dport))
+            if fwd is None and self._stored:
+                fwd = self._restore(p)
             flags = p.flags
             if fwd is not None and flags & (SYN | FIN | RST | ACK) == ACK:
                 if steady(fwd, p, False) is not None:
@@ -422,30 +527,86 @@ class Tracker(Generic[R]):
 
     def summaries(self) -> list[ConnectionSummary]:
         """One summary per connection so far, in connection-number order."""
-        return [c.summary() for c in self._conns]
+        return [self.summary(i) for i in range(self._count)]
 
     def summary(self, conn: int) -> ConnectionSummary:
-        return self._conns[conn].summary()
+        c = self._conns.get(conn)
+        if c is not None:
+            return c.summary()
+        blob = self._store.get(conn) if self._store is not None and 0 <= conn < self._count else None
+        if blob is None:
+            raise IndexError(f"no connection {conn} (of {self._count})")
+        return _unpack_summary(blob)
 
     @property
     def connection_count(self) -> int:
+        return self._count
+
+    @property
+    def connections_in_memory(self) -> int:
         return len(self._conns)
 
     def is_finished(self, conn: int) -> bool:
         """True once the connection was reset, or both FINs were acknowledged."""
-        return self._conns[conn].closed
+        c = self._conns.get(conn)
+        if c is not None:
+            return c.closed
+        if 0 <= conn < self._count:
+            return True  # only finished connections are stored
+        raise IndexError(f"no connection {conn} (of {self._count})")
 
     # -- internals -------------------------------------------------------------------
 
     def _open(self, p: Packet) -> _Flow:
-        """Start connection number ``len(self._conns)``; return the packet's flow."""
-        conn = _Conn(len(self._conns), p, self._likely)
-        self._conns.append(conn)
+        """Start the next connection number; return the packet's flow."""
+        conn = _Conn(self._count, p, self._likely)
+        self._count += 1
+        self._conns[conn.index] = conn
+        self._enter(conn)
+        return conn.c2s if (p.src, p.sport) == conn.client else conn.s2c
+
+    def _enter(self, conn: _Conn) -> None:
         (cip, cport), (sip, sport) = conn.client, conn.server
         # s2c first: when both ends are the same address and port, the one key is c2s's.
         self._flows[(sip, sport, cip, cport)] = conn.s2c
         self._flows[(cip, cport, sip, sport)] = conn.c2s
-        return conn.c2s if (p.src, p.sport) == conn.client else conn.s2c
+
+    def _finished_now(self, conn: _Conn) -> None:
+        """Queue a connection that just finished; store the oldest beyond ``keep_finished``."""
+        conn.queued = True
+        queue = self._finished
+        queue.append(conn)
+        store = self._store
+        if store is None:
+            return
+        flows = self._flows
+        while len(queue) > self._keep:
+            old = queue.popleft()
+            (cip, cport), (sip, sport) = old.client, old.server
+            for key, flow in (((cip, cport, sip, sport), old.c2s), ((sip, sport, cip, cport), old.s2c)):
+                if flows.get(key) is flow:  # not if a newer connection took the 4-tuple over
+                    del flows[key]
+            store.put(old.index, _store_key(old.client, old.server), _pack(old))
+            del self._conns[old.index]
+            self._stored = True
+            # A connection and its flows refer to each other: break the cycle, so that
+            # they are freed now even with the cyclic collector off (as analyze runs).
+            old.c2s.conn = old.s2c.conn = old.c2s.peer = old.s2c.peer = None  # type: ignore[assignment]
+
+    def _restore(self, p: Packet) -> _Flow | None:
+        """The packet's flow from the store (a late segment of a finished connection, or
+        a SYN reusing its ports), or None for a 4-tuple never seen."""
+        found = self._store.find(_store_key((p.src, p.sport), (p.dst, p.dport)))  # type: ignore[union-attr]
+        if found is None:
+            return None
+        index, blob = found
+        conn = self._conns.get(index)
+        if conn is None:
+            conn = _unpack(blob)
+            self._conns[index] = conn
+            self._finished_now(conn)  # it is finished: queued again, as the newest
+        self._enter(conn)
+        return self._flows.get((p.src, p.sport, p.dst, p.dport))
 
     def _feed(self, fwd: _Flow, p: Packet, record: bool = True) -> R | None:
         """The general path: every rule, for any segment (a Segment only if ``record``)."""
@@ -492,6 +653,8 @@ class Tracker(Generic[R]):
                 fwd.data_end = data_rel_end
 
         conn.zeek.feed(p, fwd.dir is C2S)
+        if conn.closed and not conn.queued:
+            self._finished_now(conn)
 
         if not record:
             return None
