@@ -12,12 +12,16 @@ directory first.
 
 Every run of every tool is its own child process, with stdout sent to
 /dev/null: the time is the child's wall time from start to exit (interpreter
-start and imports included, as a user sees it), the peak RSS is the child's
-``ru_maxrss``, as GNU time (``/usr/bin/time``) reports it, else as ``wait4`` does.
-(Linux counts in a child's ``ru_maxrss`` the peak RSS of the process that forked
-it: GNU time is a small process, and without it this script, which generates
-and counts captures in child processes, stays at ~15 MB itself.)  The table shows the median time of the
-runs and the largest peak RSS.  Tools not installed are left out with a note.
+start and imports included, as a user sees it).  The peak RSS is the larger of
+two figures: the child's ``ru_maxrss`` as GNU time (``/usr/bin/time``) reports it,
+else as ``wait4`` does, which is the largest *single* process of the tool; and the
+sum of the RSS of all the tool's processes alive at once, sampled every 20 ms
+(``hsviz analyze --jsonl`` runs two processes on a large capture, and is charged
+for both).  (Linux counts in a child's ``ru_maxrss`` the peak RSS of the process
+that forked it: GNU time is a small process, and without it this script, which
+generates and counts captures in child processes, stays at ~15 MB itself.)  The
+table shows the median time of the runs and the largest peak RSS.  Tools not
+installed are left out with a note.
 
 Tools:
 
@@ -47,6 +51,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,18 +109,64 @@ class Row:
 GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 
 
+def _tree_rss_kib(root: int) -> int:
+    """Sum of VmRSS over ``root`` and all its descendants (0 once it is gone)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(parents.get(pid, ()))
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+class _TreeSampler(threading.Thread):
+    """Peak of the summed RSS of a process tree, sampled every 20 ms: a tool that runs
+    two processes at once (hsviz analyze -j 2) is charged for both."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.done = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            self.peak = max(self.peak, _tree_rss_kib(self.pid))
+
+
 def run_child(argv: list[str]) -> tuple[float, int]:
-    """Run ``argv`` with stdout to /dev/null; return (wall seconds, peak RSS in KiB)."""
+    """Run ``argv`` with stdout to /dev/null; return (wall seconds, peak RSS in KiB).
+
+    The peak is the larger of GNU time's (the largest single process) and the sampled
+    sum over all the tool's processes alive at once, minus GNU time's own ~2 MB."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     with open(os.devnull, "wb") as devnull, tempfile.NamedTemporaryFile("r") as rss:
         cmd = [GNU_TIME, "-f", "%M", "-o", rss.name, *argv] if GNU_TIME else argv
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=devnull, stderr=subprocess.PIPE, env=env)
+        sampler = _TreeSampler(proc.pid)
+        sampler.start()
         assert proc.stderr is not None
         errors = proc.stderr.read()  # tshark/tcptrace chatter is small; read before waiting
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        sampler.done.set()
+        sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
         proc.stderr.close()
         measured = rss.read().split()
@@ -123,6 +174,9 @@ def run_child(argv: list[str]) -> tuple[float, int]:
         tail = (errors.decode(errors="replace").strip().splitlines() or ["(no output)"])[-1]
         raise SystemExit(f"bench_analyze: {argv[0]} exited {proc.returncode}: {tail}")
     peak = int(measured[-1]) if GNU_TIME and measured else usage.ru_maxrss  # Linux: KiB
+    if sampler.peak:
+        time_own = 2048 if GNU_TIME else 0  # /usr/bin/time itself is in the sampled tree
+        peak = max(peak, sampler.peak - time_own)
     return wall, peak
 
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from handshake_viz import report
 from handshake_viz.decode import open_capture
-from handshake_viz.errors import HsvizError, UsageError, WorkerError
+from handshake_viz.errors import CaptureFileError, HsvizError, UsageError, WorkerError
 from handshake_viz.spill import SqliteStore
 from handshake_viz.track import Tracker
 
@@ -58,11 +58,14 @@ class End:
 Item = tuple[str, Any]
 
 
-def produce(path: str, mode: Mode, want: int | None = None) -> Iterator[Item]:
+def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = False) -> Iterator[Item]:
     """Decode and track ``path``; yield the items of ``mode`` (see the module docstring).
 
-    ``want`` keeps only that connection.  A decode error is raised after the rows
-    before it were yielded, as ``hsviz analyze`` has always printed them.
+    ``want`` keeps only that connection (the ``--jsonl`` rows are filtered by the
+    writer).  With ``split`` the rows are only the tracker's half of each segment
+    (:data:`~handshake_viz.report.TrackFields`), for a parent that decodes the file
+    for the other half; else pairs of both halves.  A decode error is raised after
+    the rows before it were yielded, as ``hsviz analyze`` has always printed them.
     """
     import gc
 
@@ -72,33 +75,31 @@ def produce(path: str, mode: Mode, want: int | None = None) -> Iterator[Item]:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        yield from _produce(path, mode, want)
+        yield from _produce(path, mode, want, split)
     finally:
         if collecting:
             gc.enable()
 
 
-def _produce(path: str, mode: Mode, want: int | None) -> Iterator[Item]:
+def _produce(path: str, mode: Mode, want: int | None, split: bool) -> Iterator[Item]:
     ladders: dict[int, list[str]] = {}
     # Finished connections go to a temporary database, so that memory grows with the
     # open connections only (the ladder keeps every line anyway).
     store = SqliteStore() if mode != "ladder" else None
     try:
-        yield from _track(path, mode, want, store, ladders)
+        yield from _track(path, mode, want, split, store, ladders)
     finally:
         if store is not None:
             store.close()
 
 
-def _track(path: str, mode: Mode, want: int | None, store: SqliteStore | None,
+def _track(path: str, mode: Mode, want: int | None, split: bool, store: SqliteStore | None,
            ladders: dict[int, list[str]]) -> Iterator[Item]:
     with open_capture(path) as reader:
         if mode == "jsonl":
-            tracker: Tracker[Any] = Tracker(record=report.segment_row, store=store)
-            rows: Iterable[report.SegmentRow] = map(tracker.feed, reader)
-            if want is not None:
-                rows = (row for row in rows if row[2] == want)
-            yield from _batches("rows", rows, BATCH)
+            record = report.track_fields if split else report.both_fields
+            tracker: Tracker[Any] = Tracker(record=record, store=store)
+            yield from _batches("rows", map(tracker.feed, reader), BATCH)
         elif mode == "summary":
             tracker = Tracker(store=store)
             tracker.feed_all(reader)
@@ -147,23 +148,26 @@ def _batches(kind: str, items: Iterable[Any], size: int) -> Iterator[Item]:
 
 
 def choose_jobs(path: str, mode: Mode, jobs: int | None) -> int:
-    """1 or 2 processes: ``jobs`` if given, else 2 for ``--jsonl`` on a regular file of
-    at least :data:`PARALLEL_MIN_BYTES` when two CPUs are ours and ``fork`` exists."""
-    if jobs is not None:
-        return jobs
-    if mode != "jsonl" or not hasattr(os, "fork"):
+    """1 or 2 processes: ``jobs`` if given, else 2 for ``--jsonl`` on a file of at least
+    :data:`PARALLEL_MIN_BYTES` when two CPUs are ours.  Always 1 for standard input, a
+    pipe or a missing file (both processes read the file), or without ``fork``."""
+    import stat
+
+    if jobs == 1 or path == "-" or not hasattr(os, "fork"):
         return 1
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
     try:
         st = os.stat(path)
     except OSError:
         return 1  # open_capture says what is wrong with it
-    import stat
-
-    if cpus < 2 or not stat.S_ISREG(st.st_mode) or st.st_size < PARALLEL_MIN_BYTES:
+    if not stat.S_ISREG(st.st_mode):
+        return 1
+    if jobs is not None:
+        return jobs
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    if mode != "jsonl" or cpus < 2 or st.st_size < PARALLEL_MIN_BYTES:
         return 1
     return 2
 
@@ -187,23 +191,34 @@ def analyze_file(
     """
     jobs = choose_jobs(path, mode, jobs)
     if jobs == 1:
-        return _consume(produce(path, mode, want), path, want, write, warn)
-    with _Child(path, mode, want) as items:
-        return _consume(items, path, want, write, warn)
+        return _consume(produce(path, mode, want), None, path, want, write, warn)
+    with _Child(path, mode, want) as items, open_capture(path) as reader:
+        return _consume(items, reader.records(report.packet_fields), path, want, write, warn)
 
 
 def _consume(
     items: Iterable[Item],
+    decoded: Iterator[report.PacketFields] | None,
     path: str,
     want: int | None,
     write: Callable[[str], Any],
     warn: Callable[[str], Any],
 ) -> int:
-    row_jsonl = report.row_jsonl
+    """Write the items; ``decoded`` is the parent's own decoding of the file, to be
+    paired with the child's rows (None: the rows are pairs already)."""
+    lines = report.segment_lines
     end: End | None = None
     for kind, value in items:
         if kind == "rows":
-            write("\n".join(map(row_jsonl, value)) + "\n")
+            if decoded is not None:
+                packets = list(islice(decoded, len(value)))
+                if len(packets) < len(value):
+                    raise CaptureFileError(f"{path}: the file changed while it was read "
+                                           "(is it still being written? try -j 1)")
+                value = zip(packets, value)
+            text = lines(value, want)
+            if text:
+                write("\n".join(text) + "\n")
         elif kind == "text":
             write("\n".join(value) + "\n")
         else:
@@ -317,7 +332,7 @@ def _child_main(wfd: int, path: str, mode: Mode, want: int | None) -> None:
             write, flush = pipe.write, pipe.flush
             dumps = pickle.dumps
             try:
-                for item in produce(path, mode, want):
+                for item in produce(path, mode, want, split=True):
                     blob = dumps(item, 5)
                     write(len(blob).to_bytes(4, "little"))
                     write(blob)

@@ -59,9 +59,9 @@ import socket
 import struct
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from handshake_viz.errors import CaptureError, CaptureFileError
 from handshake_viz.model import Packet, fast_constructor
@@ -252,10 +252,12 @@ class DecodeStats:
 # _decode returns a Packet, None for "not a TCP segment" (counted as skipped) or
 # False for "malformed" (counted as malformed).
 _Result = Packet | None | bool
+_T = TypeVar("_T")
 
 
 def _decode(
-    lt: int, buf: bytes, start: int, end: int, frame: int, ts: float, extra: int
+    lt: int, buf: bytes, start: int, end: int, frame: int, ts: float, extra: int,
+    make: Callable[..., Any] = _make_packet,
 ) -> _Result:
     """Decode the frame ``buf[start:end]`` of link type ``lt``.
 
@@ -286,7 +288,7 @@ def _decode(
                     src, dst = _PAIRS4[sd]
                 except KeyError:
                     src, dst = _pair4(sd)
-                return _make_packet(
+                return make(
                     frame, ts, src, sp, dst, dp, seq, ack, fl, win, length,
                     buf[p:q], buf[t : (p if p < end else end)] if doff > 20 else b"", 4,
                 )  # fmt: skip
@@ -428,7 +430,7 @@ def _decode(
     q = pl + length
     if q > end:
         q = end
-    return _make_packet(
+    return make(
         frame, ts, src, sp, dst, dp, seq, ack, fl, win, length,
         buf[pl:q], buf[o : (pl if pl < end else end)] if doff > 20 else b"", ver,
     )  # fmt: skip
@@ -633,15 +635,21 @@ class CaptureReader:
         return self._read_at_least(self._stream, CHUNK, CHUNK)
 
     def __iter__(self) -> Iterator[Packet]:
+        return self.records(_make_packet)
+
+    def records(self, make: Callable[..., _T]) -> Iterator[_T]:
+        """Iterate as ``iter(reader)`` does, but build each TCP packet with ``make``
+        (called with Packet's fields, in order) instead of as a Packet: the JSON Lines
+        writer takes only the fields it prints, in a tuple."""
         if self.format == "pcap":
-            return self._iter_pcap()
-        return self._iter_pcapng()
+            return self._iter_pcap(make)
+        return self._iter_pcapng(make)
 
     def _read(self, n: int) -> bytes:
         """Read ``n`` bytes (fewer only at end of file)."""
         return self._read_at_least(self._stream, n, n)
 
-    def _iter_pcap(self) -> Iterator[Packet]:
+    def _iter_pcap(self, make: Callable[..., Any]) -> Iterator[Any]:
         name = self.name
         stats = self.stats
         buf = self._start()
@@ -653,7 +661,6 @@ class CaptureReader:
         maxcap = max(MAX_CAPLEN, self.snaplen)
         eth = lt == LT_ETHERNET
         fast = _ETH_IP4_TCP_PAIR.unpack_from
-        make = _make_packet
         pairs = _PAIRS4
         pos = _PCAP_HEADER_LEN
         blen = len(buf)
@@ -731,7 +738,7 @@ class CaptureReader:
                                 4,
                             )  # fmt: skip
                             continue
-                r = decode(lt, buf, start, end, frame, sec + frac / units, extra)
+                r = decode(lt, buf, start, end, frame, sec + frac / units, extra, make)
                 if r:
                     ntcp += 1
                     yield r  # type: ignore[misc]
@@ -743,14 +750,13 @@ class CaptureReader:
             stats.records, stats.tcp, stats.skipped = frame, ntcp, nskip
             stats.malformed, stats.snaplen_cut = nbad, ncut
 
-    def _iter_pcapng(self) -> Iterator[Packet]:
+    def _iter_pcapng(self, make: Callable[..., Any]) -> Iterator[Any]:
         name = self.name
         stats = self.stats
         buf = self._start()
         read = self._read
         decode = _decode
         fast = _ETH_IP4_TCP_PAIR.unpack_from
-        make = _make_packet
         pairs = _PAIRS4
         pos = 0
         base = 0  # file offset of buf[0], for messages
@@ -886,7 +892,7 @@ class CaptureReader:
                                     4,
                                 )  # fmt: skip
                                 continue
-                    r = decode(lt, buf, start, end, frame, ts, extra)
+                    r = decode(lt, buf, start, end, frame, ts, extra, make)
                     if r:
                         ntcp += 1
                         yield r  # type: ignore[misc]
@@ -914,7 +920,7 @@ class CaptureReader:
                     if not ok:
                         nskip += 1
                         continue
-                    r = decode(lt, buf, start, start + caplen, frame, 0.0, wirelen - caplen)
+                    r = decode(lt, buf, start, start + caplen, frame, 0.0, wirelen - caplen, make)
                     if r:
                         ntcp += 1
                         yield r  # type: ignore[misc]

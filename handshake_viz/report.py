@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import struct
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps does to a str
+from collections.abc import Iterable
 from typing import Any
 
 from handshake_viz.model import (
@@ -24,7 +25,9 @@ from handshake_viz.model import (
 )
 
 __all__ = [
-    "SegmentRow",
+    "PacketFields",
+    "TrackFields",
+    "both_fields",
     "call_jsonl",
     "connection_header",
     "connection_jsonl",
@@ -33,10 +36,11 @@ __all__ = [
     "format_summary",
     "humanize_bytes",
     "options_json",
+    "packet_fields",
     "payload_preview",
-    "row_jsonl",
     "segment_jsonl",
-    "segment_row",
+    "segment_lines",
+    "track_fields",
 ]
 
 _TS_OPTION = b"\x01\x01\x08\x0a"  # NOP, NOP, timestamps: what Linux puts on every segment
@@ -79,51 +83,87 @@ def _segment_tail(key: tuple[Any, ...]) -> str:
     return text
 
 
-# A Segment's fields in order, without the payload and the IP version: all a JSON line
-# needs.  Tracker(record=segment_row) yields these instead of Segment records.
-SegmentRow = tuple[
-    int, float, int, Direction, str, int, str, int, int, int, int, int | None, int, int, int,
-    Label, Phase, tuple[Analysis, ...], TcpState, TcpState, bytes,
+# The JSON Lines writer works on plain tuples, split in what the decoder knows and
+# what the tracker adds, so that with two processes (analyze.py) each side can make
+# its own half: the parent decodes the file for the first, the child tracks it for
+# the second, and only the second crosses the pipe.
+PacketFields = tuple[int, float, str, int, str, int, int, int, int, int, int, bytes]
+"""frame, ts, src, sport, dst, dport, seq, ack, flags, win, length, raw_options"""
+TrackFields = tuple[
+    int, Direction, int, int | None, Label, Phase, tuple[Analysis, ...], TcpState, TcpState
 ]
+"""conn, dir, rel_seq, rel_ack, label, phase, analysis, client_state, server_state"""
 
 
-def segment_row(
+def packet_fields(
+    frame: int, ts: float, src: str, sport: int, dst: str, dport: int, seq: int, ack: int,
+    flags: int, win: int, length: int, payload: bytes = b"", raw_options: bytes = b"",
+    ip_version: int = 4,
+) -> PacketFields:
+    """Packet's constructor, returning :data:`PacketFields` (``reader.records(packet_fields)``)."""
+    return (frame, ts, src, sport, dst, dport, seq, ack, flags, win, length, raw_options)
+
+
+def track_fields(
     frame: int, ts: float, conn: int, dir: Direction, src: str, sport: int, dst: str,
     dport: int, seq: int, ack: int, rel_seq: int, rel_ack: int | None, length: int,
     flags: int, win: int, label: Label, phase: Phase, analysis: tuple[Analysis, ...],
     client_state: TcpState, server_state: TcpState, payload: bytes = b"",
     raw_options: bytes = b"", ip_version: int = 4,
-) -> SegmentRow:
-    """Segment's constructor, returning a :data:`SegmentRow` (for ``Tracker(record=…)``)."""
-    return (frame, ts, conn, dir, src, sport, dst, dport, seq, ack, rel_seq, rel_ack, length,
-            flags, win, label, phase, analysis, client_state, server_state, raw_options)
+) -> TrackFields:
+    """Segment's constructor, returning :data:`TrackFields` (``Tracker(record=track_fields)``)."""
+    return (conn, dir, rel_seq, rel_ack, label, phase, analysis, client_state, server_state)
 
 
-def row_jsonl(row: SegmentRow) -> str:
-    """One ``"type": "segment"`` line from a :data:`SegmentRow`; equal to
-    ``json.dumps(seg.to_json())`` for the Segment with those fields, but faster."""
-    (frame, ts, conn, dir, src, sport, dst, dport, seq, ack, rel_seq, rel_ack, length, flags,
-     win, label, phase, analysis, client_state, server_state, raw) = row
-    key = (label, phase, analysis, client_state, server_state)
-    tail = _TAILS.get(key) or _segment_tail(key)
-    if len(raw) == 12 and raw.startswith(_TS_OPTION):  # options_json's common case, inlined
-        options = '{"ts_val": %s, "ts_ecr": %s}' % _TS_PAIR(raw, 4)
-    else:
-        options = options_json(raw)
-    return _SEGMENT_LINE % (
-        frame, ts, conn, src, sport, dst, dport, _DIR_TEXT[dir], seq, ack, rel_seq,
-        "null" if rel_ack is None else rel_ack, length,
-        _FLAG_TEXT[flags] if flags < 256 else flag_letters(flags), win, options, tail,
+def both_fields(
+    frame: int, ts: float, conn: int, dir: Direction, src: str, sport: int, dst: str,
+    dport: int, seq: int, ack: int, rel_seq: int, rel_ack: int | None, length: int,
+    flags: int, win: int, label: Label, phase: Phase, analysis: tuple[Analysis, ...],
+    client_state: TcpState, server_state: TcpState, payload: bytes = b"",
+    raw_options: bytes = b"", ip_version: int = 4,
+) -> tuple[PacketFields, TrackFields]:
+    """Segment's constructor, returning both halves (for one process)."""
+    return (
+        (frame, ts, src, sport, dst, dport, seq, ack, flags, win, length, raw_options),
+        (conn, dir, rel_seq, rel_ack, label, phase, analysis, client_state, server_state),
     )
+
+
+def segment_lines(
+    pairs: Iterable[tuple[PacketFields, TrackFields]], want: int | None = None
+) -> list[str]:
+    """One ``"type": "segment"`` line per pair (only connection ``want``'s, if given);
+    each equal to ``json.dumps(seg.to_json())`` for the Segment with those fields."""
+    lines = []
+    append = lines.append
+    tails, ts_option, ts_pair, dir_text, flag_text = _TAILS, _TS_OPTION, _TS_PAIR, _DIR_TEXT, _FLAG_TEXT
+    for (frame, ts, src, sport, dst, dport, seq, ack, flags, win, length, raw), (
+        conn, dir, rel_seq, rel_ack, label, phase, analysis, client_state, server_state
+    ) in pairs:
+        if want is not None and conn != want:
+            continue
+        key = (label, phase, analysis, client_state, server_state)
+        tail = tails.get(key) or _segment_tail(key)
+        if len(raw) == 12 and raw.startswith(ts_option):  # options_json's common case, inlined
+            options = '{"ts_val": %s, "ts_ecr": %s}' % ts_pair(raw, 4)
+        else:
+            options = options_json(raw)
+        append(_SEGMENT_LINE % (
+            frame, ts, conn, src, sport, dst, dport, dir_text[dir], seq, ack, rel_seq,
+            "null" if rel_ack is None else rel_ack, length,
+            flag_text[flags] if flags < 256 else flag_letters(flags), win, options, tail,
+        ))  # fmt: skip
+    return lines
 
 
 def segment_jsonl(seg: Segment) -> str:
     """One ``"type": "segment"`` line; equal to ``json.dumps(seg.to_json())`` but faster."""
-    return row_jsonl((
-        seg.frame, seg.ts, seg.conn, seg.dir, seg.src, seg.sport, seg.dst, seg.dport, seg.seq,
-        seg.ack, seg.rel_seq, seg.rel_ack, seg.length, seg.flags, seg.win, seg.label, seg.phase,
-        seg.analysis, seg.client_state, seg.server_state, seg.raw_options,
-    ))
+    return segment_lines([(
+        (seg.frame, seg.ts, seg.src, seg.sport, seg.dst, seg.dport, seg.seq, seg.ack, seg.flags,
+         seg.win, seg.length, seg.raw_options),
+        (seg.conn, seg.dir, seg.rel_seq, seg.rel_ack, seg.label, seg.phase, seg.analysis,
+         seg.client_state, seg.server_state),
+    )])[0]
 
 
 _CONNECTION_LINE = (

@@ -126,8 +126,8 @@ def test_summary_and_ladder_modes_are_the_same_either_way(many):
 def test_child_killed_is_one_clear_error(many, monkeypatch):
     real = analyze.produce
 
-    def dies(path, mode, want=None):
-        for i, item in enumerate(real(path, mode, want)):
+    def dies(path, mode, want=None, **kw):
+        for i, item in enumerate(real(path, mode, want, **kw)):
             if i == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
             yield item
@@ -142,7 +142,7 @@ def test_child_killed_is_one_clear_error(many, monkeypatch):
 
 
 def test_bug_in_child_shows_its_traceback(many, monkeypatch, capfd):
-    def broken(path, mode, want=None):
+    def broken(path, mode, want=None, **kw):
         raise ValueError("a bug")
         yield  # pragma: no cover
 
@@ -173,6 +173,10 @@ def test_choose_jobs(many, tmp_path):
     assert choose_jobs(str(big), "ladder", None) == 1
     assert choose_jobs(str(tmp_path / "missing.pcap"), "jsonl", None) == 1
     assert choose_jobs(str(big), "summary", 2) == 2
+    assert choose_jobs("-", "jsonl", 2) == 1  # standard input cannot be read twice
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert choose_jobs(str(fifo), "jsonl", 2) == 1
 
 
 def test_cli_rejects_other_job_counts(capsys):
@@ -194,3 +198,22 @@ def test_cli_two_processes_on_a_pipe_of_stdout(many):
                           "-j", "2"], capture_output=True, timeout=120)
     assert one.returncode == two.returncode == 0
     assert one.stdout == two.stdout and not two.stderr
+
+
+def test_file_changing_under_the_parent_is_one_clear_error(many, tmp_path, monkeypatch):
+    """The parent decodes the file for itself: if it then holds fewer packets than the
+    child tracked (a pcap still being written, then cut), say so; do not misalign."""
+    shorter = tmp_path / "shorter.pcap"
+    data = many.read_bytes()
+    shorter.write_bytes(data[: len(data) // 2])
+    full = run(many, jobs=1)[0]
+    real, parent = analyze.open_capture, os.getpid()
+
+    def opener(path, **kw):
+        return real(path if os.getpid() != parent else shorter, **kw)
+
+    monkeypatch.setattr(analyze, "open_capture", opener)
+    out, _, error = run(many, jobs=2)
+    assert isinstance(error, CaptureFileError)
+    assert str(error) == f"{many}: the file changed while it was read (is it still being written? try -j 1)"
+    assert out and full.startswith(out)  # what was written is right, as far as it goes
