@@ -134,7 +134,7 @@ def segment_lines(
 ) -> list[str]:
     """One ``"type": "segment"`` line per pair (only connection ``want``'s, if given);
     each equal to ``json.dumps(seg.to_json())`` for the Segment with those fields."""
-    lines = []
+    lines: list[str] = []
     append = lines.append
     tails, ts_option, ts_pair, dir_text, flag_text = _TAILS, _TS_OPTION, _TS_PAIR, _DIR_TEXT, _FLAG_TEXT
     for (frame, ts, src, sport, dst, dport, seq, ack, flags, win, length, raw), (
