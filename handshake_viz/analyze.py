@@ -26,6 +26,7 @@ import os
 import pickle
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -99,10 +100,11 @@ def _track(path: str, mode: Mode, want: int | None, split: bool, store: SqliteSt
         if mode == "jsonl":
             record = report.track_fields if split else report.both_fields
             tracker: Tracker[Any] = Tracker(record=record, store=store)
-            yield from _batches("rows", map(tracker.feed, reader), BATCH)
+            # the decoder hands each packet's fields to the tracker: no Packet records
+            yield from _batches("rows", reader.records(tracker.feed_fields), BATCH)
         elif mode == "summary":
-            tracker = Tracker(store=store)
-            tracker.feed_all(reader)
+            tracker = Tracker(record=_nothing, store=store)
+            deque(reader.records(tracker.feed_fields), maxlen=0)
         else:
             tracker = Tracker()
             starts: dict[int, float] = {}
@@ -128,6 +130,11 @@ def _track(path: str, mode: Mode, want: int | None, split: bool, store: SqliteSt
             lines += ladders.pop(s.conn, [])
             lines += [report.format_summary(s), ""]
             yield "text", lines
+
+
+def _nothing(*fields: object) -> bool:
+    """The record ``--summary`` has no use for (any value but None will do)."""
+    return True
 
 
 def _batches(kind: str, items: Iterable[Any], size: int) -> Iterator[Item]:

@@ -70,6 +70,7 @@ from handshake_viz.model import (
     Segment,
     TcpState,
     fast_constructor,
+    make_packet as _make_packet,
     parse_options,
 )
 from handshake_viz.seqnum import ACK, FIN, HALF, MASK, RST, SYN
@@ -423,6 +424,14 @@ _make_segment = fast_constructor(Segment, (
     P.HANDSHAKE, (Analysis.DUP_ACK,), S.SYN_SENT, S.LISTEN, b"x", b"\x01", 6))
 
 
+
+
+def _no_record(*fields: object) -> bool:
+    """The record ``feed_all`` builds: nothing (but not None, which means "not taken"
+    to ``_steady``'s caller)."""
+    return True
+
+
 # --------------------------------------------------------------------------------------
 # The tracker
 # --------------------------------------------------------------------------------------
@@ -489,18 +498,40 @@ class Tracker(Generic[R]):
 
     def feed(self, p: Packet) -> R:
         """Label one packet; the returned Segment's states are those *after* it."""
-        fwd = self._flows.get((p.src, p.sport, p.dst, p.dport))
+        return self.feed_fields(
+            p.frame, p.ts, p.src, p.sport, p.dst, p.dport, p.seq, p.ack, p.flags, p.win,
+            p.length, p.payload, p.raw_options, p.ip_version,
+        )  # fmt: skip
+
+    def feed_fields(
+        self, frame: int, ts: float, src: str, sport: int, dst: str, dport: int, seq: int,
+        ack: int, flags: int, win: int, length: int, payload: bytes = b"",
+        raw_options: bytes = b"", ip_version: int = 4,
+    ) -> R:
+        """``feed`` for a packet given as Packet's fields, in order.
+
+        ``reader.records(tracker.feed_fields)`` decodes and tracks with no Packet
+        built for the segments the fast path takes (most of them): a Packet's
+        construction and the reads of its fields cost a sixth of tracking.
+        """
+        fwd = self._flows.get((src, sport, dst, dport))
         if fwd is None and self._stored:
-            fwd = self._restore(p)
-        flags = p.flags
+            fwd = self._restore(src, sport, dst, dport)
         if fwd is not None and flags & (SYN | FIN | RST | ACK) == ACK:
-            seg = self._steady(fwd, p)
+            seg = self._steady(fwd, frame, ts, src, sport, dst, dport, seq, ack, flags, win,
+                               length, payload, raw_options, ip_version)
             if seg is not None:
-                return seg  # type: ignore[return-value]
-        elif fwd is None or (flags & (SYN | ACK) == SYN and fwd.base is not None and p.seq != fwd.base):
-            # a new 4-tuple, or port reuse: a SYN with a new ISN starts a new connection (tcp.stream)
-            fwd = self._open(p)
-        return self._feed(fwd, p)  # type: ignore[return-value]
+                return seg
+            p = _make_packet(frame, ts, src, sport, dst, dport, seq, ack, flags, win, length,
+                             payload, raw_options, ip_version)
+        else:
+            p = _make_packet(frame, ts, src, sport, dst, dport, seq, ack, flags, win, length,
+                             payload, raw_options, ip_version)
+            if fwd is None or (flags & (SYN | ACK) == SYN and fwd.base is not None and seq != fwd.base):
+                # a new 4-tuple, or port reuse: a SYN with a new ISN starts a new connection
+                # (tcp.stream)
+                fwd = self._open(p)
+        return self._feed(fwd, p)
 
     def feed_all(self, packets: Iterable[Packet]) -> int:
         """Feed every packet for the summaries' sake only; returns how many were fed.
@@ -508,21 +539,16 @@ class Tracker(Generic[R]):
         The same as calling ``feed`` on each, except that no Segment is built (the
         records ``hsviz analyze --summary`` would throw away cost a tenth of the time).
         """
-        flows = self._flows
-        steady, general = self._steady, self._feed
+        make, self._make = self._make, _no_record
         n = 0
-        for p in packets:
-            n += 1
-            fwd = flows.get((p.src, p.sport, p.dst, p.dport))
-            if fwd is None and self._stored:
-                fwd = self._restore(p)
-            flags = p.flags
-            if fwd is not None and flags & (SYN | FIN | RST | ACK) == ACK:
-                if steady(fwd, p, False) is not None:
-                    continue
-            elif fwd is None or (flags & (SYN | ACK) == SYN and fwd.base is not None and p.seq != fwd.base):
-                fwd = self._open(p)
-            general(fwd, p, False)
+        try:
+            feed = self.feed_fields
+            for p in packets:
+                feed(p.frame, p.ts, p.src, p.sport, p.dst, p.dport, p.seq, p.ack, p.flags, p.win,
+                     p.length, p.payload, p.raw_options, p.ip_version)
+                n += 1
+        finally:
+            self._make = make
         return n
 
     def summaries(self) -> list[ConnectionSummary]:
@@ -593,10 +619,10 @@ class Tracker(Generic[R]):
             # they are freed now even with the cyclic collector off (as analyze runs).
             old.c2s.conn = old.s2c.conn = old.c2s.peer = old.s2c.peer = None  # type: ignore[assignment]
 
-    def _restore(self, p: Packet) -> _Flow | None:
+    def _restore(self, src: str, sport: int, dst: str, dport: int) -> _Flow | None:
         """The packet's flow from the store (a late segment of a finished connection, or
         a SYN reusing its ports), or None for a 4-tuple never seen."""
-        found = self._store.find(_store_key((p.src, p.sport), (p.dst, p.dport)))  # type: ignore[union-attr]
+        found = self._store.find(_store_key((src, sport), (dst, dport)))  # type: ignore[union-attr]
         if found is None:
             return None
         index, blob = found
@@ -606,10 +632,10 @@ class Tracker(Generic[R]):
             self._conns[index] = conn
             self._finished_now(conn)  # it is finished: queued again, as the newest
         self._enter(conn)
-        return self._flows.get((p.src, p.sport, p.dst, p.dport))
+        return self._flows.get((src, sport, dst, dport))
 
-    def _feed(self, fwd: _Flow, p: Packet, record: bool = True) -> R | None:
-        """The general path: every rule, for any segment (a Segment only if ``record``)."""
+    def _feed(self, fwd: _Flow, p: Packet) -> R:
+        """The general path: every rule, for any segment."""
         flags, seq, ack, length, ts = p.flags, p.seq, p.ack, p.length, p.ts
         conn, rev = fwd.conn, fwd.peer
         conn.segments += 1
@@ -656,23 +682,24 @@ class Tracker(Generic[R]):
         if conn.closed and not conn.queued:
             self._finished_now(conn)
 
-        if not record:
-            return None
         return self._make(  # type: ignore[no-any-return]
             p.frame, ts, conn.index, fwd.dir, p.src, p.sport, p.dst, p.dport, seq, ack, rel_seq,
             rel_ack, length, flags, p.win, label, phase, _analysis_tuple(bits),
             conn.c2s.state, conn.s2c.state, p.payload, p.raw_options, p.ip_version,
         )
 
-    def _steady(self, fwd: _Flow, p: Packet, record: bool = True) -> R | bool | None:
+    def _steady(
+        self, fwd: _Flow, frame: int, ts: float, src: str, sport: int, dst: str, dport: int,
+        seq: int, ack: int, flags: int, win: int, length: int, payload: bytes,
+        raw_options: bytes, ip_version: int,
+    ) -> R | None:
         """The fast path: an in-order ACK or data segment of a connection in full swing.
 
         Most of a capture is such segments, and for them ``_feed`` would flag nothing,
         change no RFC 9293 state, write no Zeek history letter and only move a few
         counters.  This method tests exactly the conditions under which that is so
         (the caller has checked: ACK set; SYN, FIN and RST clear) and, if they hold,
-        makes the same updates ``_feed`` would and returns the Segment (or True, if not
-        ``record``).  Otherwise it returns None having changed nothing, and ``_feed``
+        makes the same updates ``_feed`` would and returns the Segment.  Otherwise it returns None having changed nothing, and ``_feed``
         takes the segment.
 
         Invariants it relies on: ``fwd.nextseq`` is non-zero only after ``_feed`` saw a
@@ -680,7 +707,6 @@ class Tracker(Generic[R]):
         ACK sent this way (which set ``rev.base``); a Zeek endpoint past INACTIVE has its
         ``start_seq``, ``last_seq`` and ``contig``.
         """
-        seq, ack, length, win = p.seq, p.ack, p.length, p.win
         nextseq = fwd.nextseq
         rev = fwd.peer
         # In order (not LOST, not a retransmission, out-of-order or keep-alive); neither
@@ -729,10 +755,8 @@ class Tracker(Generic[R]):
             return None
 
         # ---- all clear: the updates _feed would make ----------------------------------
-        ts = p.ts
         conn.segments += 1
         conn.last_ts = ts
-        payload = p.payload
         base = fwd.base
         rel_seq = (seq - base) & MASK  # type: ignore[operator]
         rel_ack = (ack - rev.base) & MASK  # type: ignore[operator]
@@ -771,12 +795,10 @@ class Tracker(Generic[R]):
             if (not 0 < ((seq - contig) & MASK) < HALF and len(payload) >= length
                     and 0 < ((end - contig) & MASK) < HALF):
                 zend.contig = end
-        if not record:
-            return True
         return self._make(  # type: ignore[no-any-return]
-            p.frame, ts, conn.index, fwd.dir, p.src, p.sport, p.dst, p.dport, seq, ack, rel_seq,
-            rel_ack, length, p.flags, win, label, P.DATA, (),
-            conn.c2s.state, conn.s2c.state, payload, p.raw_options, p.ip_version,
+            frame, ts, conn.index, fwd.dir, src, sport, dst, dport, seq, ack, rel_seq,
+            rel_ack, length, flags, win, label, P.DATA, (),
+            conn.c2s.state, conn.s2c.state, payload, raw_options, ip_version,
         )
 
     @staticmethod

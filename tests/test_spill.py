@@ -31,8 +31,8 @@ class _Counting(Tracker):
 
     restored = 0
 
-    def _restore(self, p):  # type: ignore[no-untyped-def,override]
-        flow = super()._restore(p)
+    def _restore(self, *four_tuple):  # type: ignore[no-untyped-def,override]
+        flow = super()._restore(*four_tuple)
         if flow is not None:
             self.restored += 1
         return flow

@@ -38,7 +38,7 @@ OPTIONS = [
 class _NoFastPath(Tracker):
     """Every segment through the general path."""
 
-    def _steady(self, fwd, p, record=True):  # type: ignore[no-untyped-def,override]
+    def _steady(self, fwd, *fields):  # type: ignore[no-untyped-def,override]
         return None
 
 
@@ -47,8 +47,8 @@ class _CountingTracker(Tracker):
         super().__init__()
         self.fast = 0
 
-    def _steady(self, fwd, p, record=True):  # type: ignore[no-untyped-def,override]
-        seg = super()._steady(fwd, p, record)
+    def _steady(self, fwd, *fields):  # type: ignore[no-untyped-def,override]
+        seg = super()._steady(fwd, *fields)
         self.fast += seg is not None
         return seg
 
