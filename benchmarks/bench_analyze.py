@@ -15,7 +15,7 @@ Every run of every tool is its own child process, with stdout sent to
 start and imports included, as a user sees it).  The peak RSS is the larger of
 two figures: the child's ``ru_maxrss`` as GNU time (``/usr/bin/time``) reports it,
 else as ``wait4`` does, which is the largest *single* process of the tool; and the
-sum of the RSS of all the tool's processes alive at once, sampled every 20 ms
+sum of the RSS of all the tool's processes alive at once, sampled every 50 ms
 (``hsviz analyze --jsonl`` runs two processes on a large capture, and is charged
 for both).  (Linux counts in a child's ``ru_maxrss`` the peak RSS of the process
 that forked it: GNU time is a small process, and without it this script, which
@@ -110,33 +110,29 @@ GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 
 
 def _tree_rss_kib(root: int) -> int:
-    """Sum of VmRSS over ``root`` and all its descendants (0 once it is gone)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry))
+    """Sum of VmRSS over ``root`` and all its descendants (0 once it is gone).
+
+    Walks /proc/PID/task/TID/children, so a sample reads a handful of small files:
+    the sampler must not take CPU from the tool it measures."""
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()
-        todo.extend(parents.get(pid, ()))
         try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"VmRSS:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * _PAGE_KIB
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError, IndexError):
             pass
     return total
 
 
+_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
 class _TreeSampler(threading.Thread):
-    """Peak of the summed RSS of a process tree, sampled every 20 ms: a tool that runs
+    """Peak of the summed RSS of a process tree, sampled every 50 ms: a tool that runs
     two processes at once (hsviz analyze -j 2) is charged for both."""
 
     def __init__(self, pid: int) -> None:
@@ -144,7 +140,7 @@ class _TreeSampler(threading.Thread):
         self.pid, self.peak, self.done = pid, 0, threading.Event()
 
     def run(self) -> None:
-        while not self.done.wait(0.02):
+        while not self.done.wait(0.05):
             self.peak = max(self.peak, _tree_rss_kib(self.pid))
 
 

@@ -3,21 +3,29 @@
 The work is a stream of *items*, made by :func:`produce` and written by
 :func:`analyze_file`:
 
-* ``("rows", [SegmentRow, …])``: a batch of labelled segments (``--jsonl``);
+* ``("rows", [row, …])``: a batch of labelled segments (``--jsonl``), each row a
+  pair of :data:`~handshake_viz.report.PacketFields` (what the decoder read) and
+  :data:`~handshake_viz.report.TrackFields` (what the tracker made of it);
 * ``("end", End)``: the tracker's totals, once every packet was read;
 * ``("text", [line, …])``: finished output lines (connection lines, summaries, ladders).
 
 With ``jobs=1`` the items go straight from :func:`produce` to the writer.  With
 ``jobs=2`` (the default for ``--jsonl`` on a large file when two CPUs are free)
-:func:`produce` runs in a forked child process and its items come over a pipe,
-pickled a batch at a time, while the parent turns rows into JSON: decoding and
-tracking take about two thirds of the time and formatting one third, so the two
-overlap and the wall time drops by about a third.  The output is the same byte for
-byte either way (``tests/test_analyze.py``), and so are the errors: a decode error
-in the child reaches the parent after the rows before it, and is raised there.
+:func:`produce` runs in a forked child that decodes and tracks, and sends only the
+TrackFields half of each row over a pipe, pickled 128 rows at a time; the parent
+decodes the file a second time for the PacketFields half, pairs them up and
+writes the JSON.  Decoding and tracking take about 60 % of one process's time,
+decoding plus formatting about 55 %, so each of the two processes does a bit over
+half and the wall time drops by a third.  The output is the same byte for byte
+either way (``tests/test_analyze.py``), and so are the errors: a decode error in
+the child reaches the parent after the rows before it, and is raised there.
 
 Only the JSON Lines output is worth a second process: ``--summary`` builds no
-rows, and the ladder keeps every line until the end.
+rows, and the ladder keeps every line until the end.  Both processes read the
+file, so standard input and pipes always take one.
+
+Finished connections are kept in a temporary SQLite database
+(:class:`~handshake_viz.spill.SqliteStore`), so memory holds only the open ones.
 """
 
 from __future__ import annotations
