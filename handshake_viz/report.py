@@ -67,6 +67,11 @@ _SEGMENT_LINE = (
     '"dst": "%s", "dport": %s, "dir": "%s", "seq": %s, "ack": %s, "rel_seq": %s, '
     '"rel_ack": %s, "len": %s, "flags": "%s", "win": %s, "options": %s, %s'
 )
+# The same with the common options object (NOP, NOP, timestamps) written in place.
+_SEGMENT_LINE_TS = _SEGMENT_LINE.replace(
+    '"options": %s, ', '"options": {"ts_val": %s, "ts_ecr": %s}, '
+)
+_TS_VALUES = struct.Struct("!4xII").unpack
 _FLAG_TEXT = tuple(flag_letters(bits) for bits in range(256))
 _DIR_TEXT = {d: d.value for d in Direction}
 _TAILS: dict[tuple[Any, ...], str] = {}
@@ -136,7 +141,8 @@ def segment_lines(
     each equal to ``json.dumps(seg.to_json())`` for the Segment with those fields."""
     lines: list[str] = []
     append = lines.append
-    tails, ts_option, ts_pair, dir_text, flag_text = _TAILS, _TS_OPTION, _TS_PAIR, _DIR_TEXT, _FLAG_TEXT
+    tails, ts_option, ts_values, dir_text, flag_text = _TAILS, _TS_OPTION, _TS_VALUES, _DIR_TEXT, _FLAG_TEXT
+    line, line_ts = _SEGMENT_LINE, _SEGMENT_LINE_TS
     for (frame, ts, src, sport, dst, dport, seq, ack, flags, win, length, raw), (
         conn, dir, rel_seq, rel_ack, label, phase, analysis, client_state, server_state
     ) in pairs:
@@ -144,15 +150,16 @@ def segment_lines(
             continue
         key = (label, phase, analysis, client_state, server_state)
         tail = tails.get(key) or _segment_tail(key)
+        if rel_ack is None:
+            rel_ack = "null"
+        flag = flag_text[flags] if flags < 256 else flag_letters(flags)
         if len(raw) == 12 and raw.startswith(ts_option):  # options_json's common case, inlined
-            options = '{"ts_val": %s, "ts_ecr": %s}' % ts_pair(raw, 4)
+            val, ecr = ts_values(raw)
+            append(line_ts % (frame, ts, conn, src, sport, dst, dport, dir_text[dir], seq, ack,
+                              rel_seq, rel_ack, length, flag, win, val, ecr, tail))
         else:
-            options = options_json(raw)
-        append(_SEGMENT_LINE % (
-            frame, ts, conn, src, sport, dst, dport, dir_text[dir], seq, ack, rel_seq,
-            "null" if rel_ack is None else rel_ack, length,
-            flag_text[flags] if flags < 256 else flag_letters(flags), win, options, tail,
-        ))  # fmt: skip
+            append(line % (frame, ts, conn, src, sport, dst, dport, dir_text[dir], seq, ack,
+                           rel_seq, rel_ack, length, flag, win, options_json(raw), tail))
     return lines
 
 

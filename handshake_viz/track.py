@@ -204,6 +204,30 @@ class _Flow:
     window: int | None = None
     win_scale: int = -1  # -1 unknown, else the shift to apply
     last_flags: int = 0  # analysis bits of the last segment this way
+    # The conditions of Tracker._steady that only the general path can change, as of
+    # the last segment it took either way (see _ready).
+    ready: bool = False
+
+
+def _ready(fwd: _Flow, rev: _Flow) -> bool:
+    """Whether ``fwd`` may take the fast path as far as the general path decides it:
+    this side has acked before (so "acks new bytes" compares with its own last ACK),
+    no FIN either way yet (no ACK of a FIN, phase stays "data"), the peer's SYN, if
+    seen, is acknowledged (no handshake step), the first RTT is known (else this could
+    be the handshake's ACK, which sets it), and both Zeek endpoints are initialised and
+    this one is active.  Only ``Tracker._feed`` changes any of these (``_steady``
+    moves ``highest_ack``, but never back to None)."""
+    conn = fwd.conn
+    return (
+        fwd.highest_ack is not None
+        and fwd.fin_end is None
+        and rev.fin_end is None
+        and (rev.syn_seq is None or rev.syn_acked)
+        and not (conn.first_rtt is None and conn.syn_time is not None)
+        and fwd.zeek.state is not Z.INACTIVE
+        and fwd.zeek.start_seq is not None
+        and rev.zeek.start_seq is not None
+    )
 
 
 # Analysis bits, internal (order of the output list follows Wireshark's expert info).
@@ -679,6 +703,8 @@ class Tracker(Generic[R]):
                 fwd.data_end = data_rel_end
 
         conn.zeek.feed(p, fwd.dir is C2S)
+        fwd.ready = _ready(fwd, rev)
+        rev.ready = _ready(rev, fwd)
         if conn.closed and not conn.queued:
             self._finished_now(conn)
 
@@ -710,19 +736,12 @@ class Tracker(Generic[R]):
         nextseq = fwd.nextseq
         rev = fwd.peer
         # In order (not LOST, not a retransmission, out-of-order or keep-alive); neither
-        # window zero (not ZERO WINDOW, not a ZERO WINDOW PROBE, no Zeek 'W').
-        if seq != nextseq or not nextseq or not win or not rev.window:
+        # window zero (not ZERO WINDOW, not a ZERO WINDOW PROBE, no Zeek 'W'); and what
+        # only the general path decides (_ready).
+        if seq != nextseq or not nextseq or not win or not rev.window or not fwd.ready:
             return None
-        highest_ack = fwd.highest_ack
-        # No FIN either way yet (no ACK of a FIN, phase stays "data"); this side has
-        # acked before (so "acks new bytes" compares with its own last ACK); the peer's
-        # SYN, if seen, is already acknowledged (no handshake step).
-        if (highest_ack is None or fwd.fin_end is not None or rev.fin_end is not None
-                or (rev.syn_seq is not None and not rev.syn_acked)):
-            return None
+        highest_ack: int = fwd.highest_ack  # type: ignore[assignment]
         conn = fwd.conn
-        if conn.first_rtt is None and conn.syn_time is not None:
-            return None  # this could be the handshake's ACK: it sets the first RTT
         lastack = fwd.lastack
         if length:
             end = (seq + length) & MASK
@@ -744,8 +763,6 @@ class Tracker(Generic[R]):
         # content gap ('G').
         zend, zpeer = fwd.zeek, rev.zeek
         zstate = zend.state
-        if zstate is Z.INACTIVE or zend.start_seq is None or zpeer.start_seq is None:
-            return None
         last_seq: int = zend.last_seq  # type: ignore[assignment]
         zadvance = zstate is not Z.RESET and 0 < ((end - last_seq) & MASK) < HALF
         if length and not zadvance and zstate is not Z.RESET:
