@@ -68,10 +68,13 @@ class SqliteStore:
 
     def _flush(self) -> None:
         if self._pending:
-            self._db.executemany(
+            db = self._db
+            db.execute("BEGIN")  # one transaction for the batch, not one per row
+            db.executemany(
                 "INSERT OR REPLACE INTO conns VALUES (?, ?, ?)",
                 [(conn, key, state) for conn, (key, state) in self._pending.items()],
             )
+            db.execute("COMMIT")
             self._pending.clear()
             self._pending_keys.clear()
 

@@ -327,27 +327,35 @@ class _Conn:
         self.queued = False  # in the tracker's queue of finished connections
 
     def summary(self) -> ConnectionSummary:
+        return _summary(self.summary_fields())
+
+    def summary_fields(self) -> _SummaryFields:
+        """The summary as plain values (what ``_pack`` stores, and ``_summary`` makes
+        a ConnectionSummary of)."""
         c2s, s2c = self.c2s, self.s2c
-        client_orig = self.zeek.orig_is_client
+        zeek = self.zeek
         b_c2s, b_s2c = c2s.data_end, s2c.data_end
-        history = self.zeek.history
-        conn_state = self.zeek.conn_state(b_c2s if client_orig else b_s2c, b_s2c if client_orig else b_c2s)
-        return ConnectionSummary(
-            conn=self.index,
-            client=Endpoint(*self.client),
-            server=Endpoint(*self.server),
-            first_ts=self.first_ts,
-            last_ts=self.last_ts,
-            segments=self.segments,
-            bytes_c2s=b_c2s,
-            bytes_s2c=b_s2c,
-            conn_state=conn_state,
-            history=history,
-            client_state=c2s.state,
-            server_state=s2c.state,
-            roles_guessed=self.roles_guessed,
-            ip_version=self.ip_version,
-        )
+        if zeek.orig_is_client:
+            conn_state = zeek.conn_state(b_c2s, b_s2c)
+        else:
+            conn_state = zeek.conn_state(b_s2c, b_c2s)
+        (cip, cport), (sip, sport) = self.client, self.server
+        return (self.index, cip, cport, sip, sport, self.first_ts, self.last_ts, self.segments,
+                b_c2s, b_s2c, conn_state, zeek.history, c2s.state.value, s2c.state.value,
+                self.roles_guessed, self.ip_version)
+
+
+# conn, client ip, port, server ip, port, first_ts, last_ts, segments, bytes_c2s,
+# bytes_s2c, conn_state, history, client_state, server_state, roles_guessed, ip_version
+_SummaryFields = tuple[int, str, int, str, int, float, float, int, int, int, str, str, str, str,
+                       bool, int]
+
+
+def _summary(f: _SummaryFields) -> ConnectionSummary:
+    return ConnectionSummary(
+        f[0], Endpoint(f[1], f[2]), Endpoint(f[3], f[4]), f[5], f[6], f[7], f[8], f[9], f[10],
+        f[11], TcpState(f[12]), TcpState(f[13]), f[14], f[15],
+    )
 
 
 def _looks_like_server(sport: int, dport: int, likely: frozenset[int]) -> bool:
@@ -403,12 +411,8 @@ def _pack(conn: _Conn) -> bytes:
     z = conn.zeek
     flows = tuple((f.state.value, *_flow_scalars(f)) for f in (conn.c2s, conn.s2c))
     ends = tuple((int(e.state), int(e.prev_state), *_zend_scalars(e)) for e in z.ends)
-    s = conn.summary()
-    summary = (s.conn, s.client.ip, s.client.port, s.server.ip, s.server.port, s.first_ts,
-               s.last_ts, s.segments, s.bytes_c2s, s.bytes_s2c, s.conn_state, s.history,
-               s.client_state.value, s.server_state.value, s.roles_guessed, s.ip_version)
     state = (*_conn_scalars(conn), flows, z.orig_is_client, z.history, ends)
-    return marshal.dumps((state, summary))
+    return marshal.dumps((state, conn.summary_fields()))
 
 
 def _unpack(blob: bytes) -> _Conn:
@@ -432,13 +436,7 @@ def _unpack(blob: bytes) -> _Conn:
 
 
 def _unpack_summary(blob: bytes) -> ConnectionSummary:
-    (conn, cip, cport, sip, sport, first_ts, last_ts, segments, b_c2s, b_s2c, conn_state, history,
-     client_state, server_state, guessed, ip_version) = marshal.loads(blob)[1]
-    return ConnectionSummary(
-        conn, Endpoint(cip, cport), Endpoint(sip, sport), first_ts, last_ts, segments, b_c2s,
-        b_s2c, conn_state, history, TcpState(client_state), TcpState(server_state), guessed,
-        ip_version,
-    )
+    return _summary(marshal.loads(blob)[1])
 
 
 # Every Segment is built through model.fast_constructor (a frozen dataclass's own
