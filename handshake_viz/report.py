@@ -150,16 +150,15 @@ def segment_lines(
             continue
         key = (label, phase, analysis, client_state, server_state)
         tail = tails.get(key) or _segment_tail(key)
-        if rel_ack is None:
-            rel_ack = "null"
+        ack_text: int | str = "null" if rel_ack is None else rel_ack
         flag = flag_text[flags] if flags < 256 else flag_letters(flags)
         if len(raw) == 12 and raw.startswith(ts_option):  # options_json's common case, inlined
             val, ecr = ts_values(raw)
             append(line_ts % (frame, ts, conn, src, sport, dst, dport, dir_text[dir], seq, ack,
-                              rel_seq, rel_ack, length, flag, win, val, ecr, tail))
+                              rel_seq, ack_text, length, flag, win, val, ecr, tail))
         else:
             append(line % (frame, ts, conn, src, sport, dst, dport, dir_text[dir], seq, ack,
-                           rel_seq, rel_ack, length, flag, win, options_json(raw), tail))
+                           rel_seq, ack_text, length, flag, win, options_json(raw), tail))
     return lines
 
 
