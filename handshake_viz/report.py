@@ -264,8 +264,14 @@ def format_summary(s: ConnectionSummary) -> str:
 
 def format_call(call: Call, t0: float | None = None) -> str:
     ms = (call.start - (call.start if t0 is None else t0)) * 1000.0
-    ret: Any = call.ret
-    result = f"= {ret}" if call.errno is None else f"= -1 {call.errno}"
+    if call.errno is not None:
+        result = f"= -1 {call.errno}"
+    elif call.ret is not None:
+        result = f"= {call.ret}"
+    elif call.inferred:
+        result = "= ?"  # reconstructed from the segments: the value is not known
+    else:
+        result = "= ? (unfinished: still blocked when tracing stopped)"
     tag = " (inferred)" if call.inferred else ""
     frames = f"  frames {','.join(map(str, call.frames))}" if call.frames else ""
     fd = "" if call.fd is None else str(call.fd)

@@ -98,3 +98,18 @@ def test_corpus_lines_equal_json_dumps(trace):
             assert report.segment_jsonl(seg) == json.dumps(seg.to_json())
     for summary in tracker.summaries():
         assert report.connection_jsonl(summary) == json.dumps(summary.to_json())
+
+
+def test_format_call_never_prints_none():
+    from handshake_viz.model import Call
+    from handshake_viz.report import format_call
+
+    done = Call(1, 1, 3, "read", 10.0, 10.1, 5)
+    failed = Call(1, 1, 3, "connect", 10.0, 10.1, -1, errno="ECONNREFUSED")
+    blocked = Call(1, 1, 3, "accept4", 10.0, 10.1, None)
+    inferred = Call(1, 1, None, "accept", 10.0, 10.0, None, inferred=True)
+    assert format_call(done).endswith("read(3) = 5")
+    assert format_call(failed).endswith("connect(3) = -1 ECONNREFUSED")
+    assert format_call(blocked).endswith("accept4(3) = ? (unfinished: still blocked when tracing stopped)")
+    assert format_call(inferred).endswith("accept() = ? (inferred)")
+    assert not any("None" in format_call(c) for c in (done, failed, blocked, inferred))
