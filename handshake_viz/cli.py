@@ -278,6 +278,19 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             count=args.count, timeout=args.timeout, connections=args.connections,
             on_ready=ready, on_segment=view.segment, on_status=view.status, tracker=tracker,
         )
+    from handshake_viz.tracer import give_to_sudo_user
+
+    written: list[Any] = [live.output]
+    if session is not None:
+        written += [session.strace_log, session.calls_path]
+    try:
+        return _run_capture(args, live, session, view, err, out, written)
+    finally:
+        give_to_sudo_user(p for p in written if p is not None and Path(p).exists())
+
+
+def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, err: TextIO,
+                 out: TextIO, written: list[Any]) -> int:
     try:
         outcome = session.run() if session is not None else None
         result = outcome.capture if outcome is not None else live.run()
@@ -306,7 +319,9 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                   f"(strace log: {outcome.strace_log})\n")
     if args.plot:
         if result.summaries:
-            err.write(f"{PROG}: drew {_plot_capture(result.output)}\n")
+            drawn = _plot_capture(result.output)
+            written.append(drawn)
+            err.write(f"{PROG}: drew {drawn}\n")
         else:
             err.write(f"{PROG}: no connection to draw\n")
     return 0

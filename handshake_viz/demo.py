@@ -47,6 +47,7 @@ from typing import Any, TextIO
 from handshake_viz.errors import CaptureError, CaptureFileError, UsageError
 from handshake_viz.model import Call, ConnectionSummary, Endpoint, Segment
 from handshake_viz.recorder import HOST, SOCKET_TIMEOUT, Recorder, _preview
+from handshake_viz.tracer import give_to_sudo_user
 
 __all__ = [
     "SCENARIOS",
@@ -1110,6 +1111,8 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         results.append(result)
         out.writelines(line + "\n" for line in format_result(result))
         written = [result.pcap, result.calls_path] + ([result.png] if result.png else [])
+        if result.live:
+            give_to_sudo_user(written)  # `sudo hsviz demo` leaves files the user owns
         verb = "wrote" if result.live else "shipped"
         out.write(f"{verb}: {', '.join(map(str, written))}\n")
         if result.live and result.png is None:
@@ -1119,6 +1122,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.all and live is not False:
         path = Path(args.output_dir) / EXPECTED_LABELS_FILE
         path.write_text(dump_expected_labels(expected_labels(results)))
+        give_to_sudo_user([path])
         out.write(f"wrote: {path}\n")
     return 0
 

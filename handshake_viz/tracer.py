@@ -107,6 +107,22 @@ def sudo_user() -> tuple[int, int] | None:
     return int(uid), int(gid) if gid and gid.isdigit() else int(uid)
 
 
+def give_to_sudo_user(paths: Iterable[str | os.PathLike[str] | None]) -> None:
+    """Files hsviz wrote as root under sudo go to the user who ran sudo (as tcpdump's
+    ``-Z`` does), so that they can be moved, edited and removed without sudo.  Missing
+    paths and None are skipped; a chown that fails (a root-squashed mount) is left."""
+    user = sudo_user()
+    if user is None:
+        return
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            os.chown(path, *user)
+        except OSError:
+            pass
+
+
 def strace_command(
     output: str | os.PathLike[str],
     *,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require
 from handshake_viz.capture import (
     CaptureResult,
     LiveCapture,
@@ -698,9 +699,10 @@ def test_signals_in_the_main_thread(live: None, tmp_path: Path) -> None:
 class _Cli:
     """``python -m handshake_viz capture ...`` with its stdout/stderr collected line by line."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "handshake_viz", "capture", *args], cwd=cwd,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=None if env is None else {**os.environ, **env})
         self.out: list[str] = []
         self.err: list[str] = []
         self.ready = threading.Event()
@@ -990,3 +992,25 @@ def test_replay_inject_without_privileges(tmp_path: Path) -> None:
         pytest.skip("cannot drop CAP_NET_RAW here (no CAP_SETPCAP): the frames were sent")
     assert (res.returncode, res.stderr) == (2, "hsviz: --inject needs root or CAP_NET_RAW: try sudo\n")
     assert res.stdout == ""
+
+
+@pytest.mark.live
+def test_cli_capture_under_sudo_leaves_files_the_user_owns(live: None, tmp_path: Path) -> None:
+    """`sudo hsviz capture … --plot`: the pcap and the drawing belong to who ran sudo."""
+    require(os.geteuid() == 0, "needs root to hand files to another user (runs in CI)")
+    srv = _listener()
+    port = srv.getsockname()[1]
+    cli = _Cli(["--port", str(port), "-o", "f.pcap", "--plot"], tmp_path,
+               env={"SUDO_UID": "65534", "SUDO_GID": "65533"})
+    cli.wait_ready()
+    _conversation(srv)
+    time.sleep(0.3)
+    cli.proc.send_signal(signal.SIGTERM)
+    rc = cli.finish()
+    srv.close()
+    assert rc == 0, "".join(cli.err)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["f.pcap", "f.png"], files
+    for name in files:
+        st = (tmp_path / name).stat()
+        assert (st.st_uid, st.st_gid) == (65534, 65533), name

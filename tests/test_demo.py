@@ -302,3 +302,18 @@ def test_shipped_capture_still_analyzes_the_same(name: str) -> None:
     assert got == want, f"captures/{name}.pcap no longer analyzes as recorded in expected-labels.json"
     calls = read_calls_jsonl(CAPTURES / f"{name}.calls.jsonl")
     assert calls and len(calls) == len(result.calls)
+
+
+@pytest.mark.live
+def test_files_written_under_sudo_belong_to_the_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`sudo hsviz demo` must not leave root-owned files in the user's directory."""
+    _require_capture()
+    require(os.geteuid() == 0, "needs root to hand files to another user (runs in CI)")
+    monkeypatch.setenv("SUDO_UID", "65534")
+    monkeypatch.setenv("SUDO_GID", "65533")
+    assert demo.main(["refused", "-o", str(tmp_path)]) == 0
+    capsys.readouterr()
+    files = sorted(tmp_path.iterdir())
+    assert {p.name for p in files} == {"refused.pcap", "refused.calls.jsonl", "refused.png"}
+    assert all((p.stat().st_uid, p.stat().st_gid) == (65534, 65533) for p in files)

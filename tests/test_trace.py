@@ -655,3 +655,20 @@ def test_live_attach(tmp_path: Path) -> None:
     assert accept.start >= attached_at  # the accept was already blocked: shown from the attach
     assert accept.pid == server.pid and accept.remote is not None and accept.local == Endpoint("127.0.0.1", port)
     assert [x.call for x in r.calls] == ["accept4", "recvfrom", "sendto", "recvfrom", "close", "close"]
+
+
+def test_give_to_sudo_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from handshake_viz.tracer import give_to_sudo_user
+
+    mine = tmp_path / "a.pcap"
+    mine.write_bytes(b"x")
+    before = mine.stat().st_uid
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    give_to_sudo_user([mine, None, tmp_path / "missing"])  # not under sudo: nothing
+    assert mine.stat().st_uid == before
+    if os.geteuid() != 0:
+        pytest.skip("handing a file to another user needs root")
+    monkeypatch.setenv("SUDO_UID", "65534")
+    monkeypatch.setenv("SUDO_GID", "65533")
+    give_to_sudo_user([mine, None, tmp_path / "missing"])  # missing paths are skipped
+    assert (mine.stat().st_uid, mine.stat().st_gid) == (65534, 65533)
