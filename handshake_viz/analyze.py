@@ -35,6 +35,7 @@ import pickle
 import signal
 import sys
 from collections import deque
+from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -44,7 +45,7 @@ from handshake_viz import report
 from handshake_viz.decode import open_capture
 from handshake_viz.errors import CaptureFileError, HsvizError, UsageError, WorkerError
 from handshake_viz.spill import SqliteStore
-from handshake_viz.track import Tracker
+from handshake_viz.track import Tracker, discard
 
 __all__ = ["BATCH", "PARALLEL_MIN_BYTES", "End", "Mode", "analyze_file", "choose_jobs", "produce"]
 
@@ -78,32 +79,24 @@ def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = Fal
     """
     import gc
 
-    # Nothing here makes cyclic garbage (the tracker's per-connection objects refer to
-    # each other, but live to the end), so the cyclic collector would only walk an
-    # ever larger heap: a few percent of the run on a million packets.
+    # Nothing here leaves cyclic garbage (a connection and its flows refer to each
+    # other, but the tracker breaks that cycle when it stores one), so the cyclic
+    # collector would only walk the heap: a few percent of the run on a million packets.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        yield from _produce(path, mode, want, split)
+        # Finished connections go to a temporary database, so that memory grows with
+        # the open connections only (the ladder keeps every line anyway).
+        with SqliteStore() if mode != "ladder" else nullcontext() as store:
+            yield from _items(path, mode, want, split, store)
     finally:
         if collecting:
             gc.enable()
 
 
-def _produce(path: str, mode: Mode, want: int | None, split: bool) -> Iterator[Item]:
+def _items(path: str, mode: Mode, want: int | None, split: bool,
+           store: SqliteStore | None) -> Iterator[Item]:
     ladders: dict[int, list[str]] = {}
-    # Finished connections go to a temporary database, so that memory grows with the
-    # open connections only (the ladder keeps every line anyway).
-    store = SqliteStore() if mode != "ladder" else None
-    try:
-        yield from _track(path, mode, want, split, store, ladders)
-    finally:
-        if store is not None:
-            store.close()
-
-
-def _track(path: str, mode: Mode, want: int | None, split: bool, store: SqliteStore | None,
-           ladders: dict[int, list[str]]) -> Iterator[Item]:
     with open_capture(path) as reader:
         if mode == "jsonl":
             record = report.track_fields if split else report.both_fields
@@ -111,7 +104,7 @@ def _track(path: str, mode: Mode, want: int | None, split: bool, store: SqliteSt
             # the decoder hands each packet's fields to the tracker: no Packet records
             yield from _batches("rows", reader.records(tracker.feed_fields), BATCH)
         elif mode == "summary":
-            tracker = Tracker(record=_nothing, store=store)
+            tracker = Tracker(record=discard, store=store)
             deque(reader.records(tracker.feed_fields), maxlen=0)
         else:
             tracker = Tracker()
@@ -138,11 +131,6 @@ def _track(path: str, mode: Mode, want: int | None, split: bool, store: SqliteSt
             lines += ladders.pop(s.conn, [])
             lines += [report.format_summary(s), ""]
             yield "text", lines
-
-
-def _nothing(*fields: object) -> bool:
-    """The record ``--summary`` has no use for (any value but None will do)."""
-    return True
 
 
 def _batches(kind: str, items: Iterable[Any], size: int) -> Iterator[Item]:

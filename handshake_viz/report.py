@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 _TS_OPTION = b"\x01\x01\x08\x0a"  # NOP, NOP, timestamps: what Linux puts on every segment
-_TS_PAIR = struct.Struct("!II").unpack_from
+_TS_VALUES = struct.Struct("!4xII").unpack  # ts_val, ts_ecr of those 12 bytes
 
 
 def options_json(raw: bytes) -> str:
@@ -52,7 +52,7 @@ def options_json(raw: bytes) -> str:
     if not raw:
         return "{}"
     if len(raw) == 12 and raw.startswith(_TS_OPTION):
-        return '{"ts_val": %s, "ts_ecr": %s}' % _TS_PAIR(raw, 4)
+        return '{"ts_val": %s, "ts_ecr": %s}' % _TS_VALUES(raw)
     from handshake_viz.model import parse_options
 
     return json.dumps(parse_options(raw).to_json())
@@ -71,7 +71,6 @@ _SEGMENT_LINE = (
 _SEGMENT_LINE_TS = _SEGMENT_LINE.replace(
     '"options": %s, ', '"options": {"ts_val": %s, "ts_ecr": %s}, '
 )
-_TS_VALUES = struct.Struct("!4xII").unpack
 _FLAG_TEXT = tuple(flag_letters(bits) for bits in range(256))
 _DIR_TEXT = {d: d.value for d in Direction}
 _TAILS: dict[tuple[Any, ...], str] = {}

@@ -83,7 +83,7 @@ from handshake_viz.zeek import Z
 from handshake_viz.zeek import ZeekEndpoint as _ZEnd
 from handshake_viz.zeek import ZeekView as _ZeekView
 
-__all__ = ["Tracker", "track", "LIKELY_SERVER_PORTS"]
+__all__ = ["LIKELY_SERVER_PORTS", "ConnectionStore", "Tracker", "discard", "track"]
 
 C2S, S2C = Direction.C2S, Direction.S2C
 
@@ -448,9 +448,10 @@ _make_segment = fast_constructor(Segment, (
 
 
 
-def _no_record(*fields: object) -> bool:
-    """The record ``feed_all`` builds: nothing (but not None, which means "not taken"
-    to ``_steady``'s caller)."""
+def discard(*fields: object) -> bool:
+    """A ``record`` that keeps nothing, for a tracker fed only for its summaries
+    (``feed_all``, ``hsviz analyze --summary``): not None, which would mean "not
+    taken" to ``_steady``'s caller."""
     return True
 
 
@@ -544,15 +545,12 @@ class Tracker(Generic[R]):
                                length, payload, raw_options, ip_version)
             if seg is not None:
                 return seg
-            p = _make_packet(frame, ts, src, sport, dst, dport, seq, ack, flags, win, length,
-                             payload, raw_options, ip_version)
-        else:
-            p = _make_packet(frame, ts, src, sport, dst, dport, seq, ack, flags, win, length,
-                             payload, raw_options, ip_version)
-            if fwd is None or (flags & (SYN | ACK) == SYN and fwd.base is not None and seq != fwd.base):
-                # a new 4-tuple, or port reuse: a SYN with a new ISN starts a new connection
-                # (tcp.stream)
-                fwd = self._open(p)
+        p = _make_packet(frame, ts, src, sport, dst, dport, seq, ack, flags, win, length,
+                         payload, raw_options, ip_version)
+        if fwd is None or (flags & (SYN | ACK) == SYN and fwd.base is not None and seq != fwd.base):
+            # a new 4-tuple, or port reuse: a SYN with a new ISN starts a new connection
+            # (tcp.stream)
+            fwd = self._open(p)
         return self._feed(fwd, p)
 
     def feed_all(self, packets: Iterable[Packet]) -> int:
@@ -561,7 +559,7 @@ class Tracker(Generic[R]):
         The same as calling ``feed`` on each, except that no Segment is built (the
         records ``hsviz analyze --summary`` would throw away cost a tenth of the time).
         """
-        make, self._make = self._make, _no_record
+        make, self._make = self._make, discard
         n = 0
         try:
             feed = self.feed_fields

@@ -38,3 +38,16 @@ def can_capture() -> bool:
 def live() -> None:
     """Capture tests need CAP_NET_RAW: skip outside CI, fail loudly in CI."""
     require(can_capture(), "needs root or CAP_NET_RAW to capture (runs in CI)")
+
+
+def make_capture(path, connections: int, exchanges: int, **kw) -> int:  # type: ignore[no-untyped-def]
+    """benchmarks/make_capture.py's ``generate``: a synthetic capture of many
+    interleaved connections, made by this project (the benchmarks' own generator)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "make_capture.py"
+    spec = importlib.util.spec_from_file_location("make_capture", script)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return int(module.generate(path, connections, exchanges, **kw))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import signal
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_capture
 from handshake_viz import analyze
 from handshake_viz.analyze import PARALLEL_MIN_BYTES, analyze_file, choose_jobs
 from handshake_viz.errors import CaptureFileError, UsageError, WorkerError
@@ -20,18 +20,11 @@ CAPTURES = ROOT / "captures"
 CORPUS = ROOT.parent / "shared" / "corpus" / "traces"
 
 
-def _make_capture_module():
-    spec = importlib.util.spec_from_file_location("make_capture", ROOT / "benchmarks" / "make_capture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 @pytest.fixture(scope="module")
 def many(tmp_path_factory) -> Path:
     """300 interleaved connections (15,600 segments), some ports reused."""
     path = tmp_path_factory.mktemp("many") / "many.pcap"
-    _make_capture_module().generate(path, 300, 15, seed=7)
+    make_capture(path, 300, 15, seed=7)
     return path
 
 

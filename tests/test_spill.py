@@ -10,12 +10,12 @@ RSTs) and SYNs reusing their ports must come out as if nothing had been stored.
 from __future__ import annotations
 
 import gc
-import importlib.util
 import random
 from pathlib import Path
 
 import pytest
 
+from conftest import make_capture
 from handshake_viz.decode import open_capture
 from handshake_viz.model import Packet
 from handshake_viz.spill import MemoryStore, SqliteStore
@@ -88,11 +88,8 @@ def test_summaries_feed_all_and_feed_agree_with_a_store():
 
 
 def _generated(tmp_path: Path, connections: int) -> Path:
-    spec = importlib.util.spec_from_file_location("make_capture", ROOT / "benchmarks" / "make_capture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
     path = tmp_path / "many.pcap"
-    module.generate(path, connections, 3, seed=3, concurrency=50)
+    make_capture(path, connections, 3, seed=3, concurrency=50)
     return path
 
 
