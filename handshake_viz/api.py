@@ -13,7 +13,7 @@ No analysis happens here: it belongs to ``track`` and ``align``.
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -249,8 +249,12 @@ def load(path: str | Path, *, calls: str | Path | None = None,
 
 def capture(port: int, *, count: int | None = None, timeout: float | None = None,
             connections: int | None = None, iface: str = "lo",
-            output: str | Path | None = None) -> Trace:
+            output: str | Path | None = None,
+            on_ready: Callable[[], None] | None = None) -> Trace:
     """Capture live on ``iface`` (root or CAP_NET_RAW) and return the loaded Trace.
+
+    ``on_ready`` is called once every matching segment from then on will be caught
+    (start the client there, not after a guessed delay).
 
     >>> trace = capture(8080, count=50, timeout=10)           # doctest: +SKIP
     """
@@ -258,6 +262,6 @@ def capture(port: int, *, count: int | None = None, timeout: float | None = None
 
     live = LiveCapture(port, iface=iface, output=output, count=count,
                                    timeout=timeout, connections=connections,
-                                   handle_signals=False)
+                                   on_ready=on_ready, handle_signals=False)
     result = live.run()
     return load(result.output)

@@ -95,10 +95,10 @@ def test_capture_from_the_api_returns_a_trace(tmp_path, live):
     srv.listen()
     port = srv.getsockname()[1]
 
-    def client():
-        import time
+    ready = threading.Event()
 
-        time.sleep(0.3)  # after the capture is listening
+    def client():
+        assert ready.wait(20), "the capture never became ready"
         with socket.create_connection(("127.0.0.1", port)) as c:
             conn, _ = srv.accept()
             c.sendall(b"hi")
@@ -107,7 +107,7 @@ def test_capture_from_the_api_returns_a_trace(tmp_path, live):
 
     t = threading.Thread(target=client)
     t.start()
-    trace = hv.capture(port, connections=1, timeout=10, output=tmp_path / "api.pcap")
+    trace = hv.capture(port, connections=1, timeout=20, output=tmp_path / "api.pcap", on_ready=ready.set)
     t.join()
     srv.close()
     assert trace.connections and trace.connections[0].segments[0].label.value == "SYN"

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -699,8 +700,10 @@ def test_signals_in_the_main_thread(live: None, tmp_path: Path) -> None:
 class _Cli:
     """``python -m handshake_viz capture ...`` with its stdout/stderr collected line by line."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "handshake_viz", "capture", *args], cwd=cwd,
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None,
+                 prefix: list[str] | None = None) -> None:
+        self.proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "handshake_viz", "capture", *args],
+                                     cwd=cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=None if env is None else {**os.environ, **env})
         self.out: list[str] = []
@@ -750,10 +753,16 @@ def test_cli_sigterm_mid_stream_leaves_a_complete_pcap(live: None, tmp_path: Pat
         a.recv(100)
         a.sendall(b"pong %d" % i)
         c.recv(100)
-    time.sleep(0.3)  # any delayed ACK has gone out
-    expected = done + _wire_segments(c)
+    # Any delayed ACK goes out within 200 ms; then the kernel's counters stand still.
+    counted, since = _wire_segments(c), time.monotonic()
+    while time.monotonic() - since < 0.3:
+        time.sleep(0.05)
+        if _wire_segments(c) != counted:
+            counted, since = _wire_segments(c), time.monotonic()
+    expected = done + counted
     # written as it arrives: the file has everything before the process is stopped
-    assert len(_raw_records(tmp_path / "f.pcap")) == expected
+    # (flushed within 100 ms of being read; a loaded machine may read later)
+    assert _wait_for_records(tmp_path / "f.pcap", expected, 30) == expected
     cli.proc.send_signal(signal.SIGTERM)
     rc = cli.finish()
     c.close()
@@ -842,52 +851,116 @@ def test_cli_status_line_only_on_a_terminal(live: None, tmp_path: Path) -> None:
 _BURST = Path(__file__).resolve().parent / "programs" / "burst.py"  # prints port, then seconds
 
 
-def _wait_until_files_settle(paths: list[Path], quiet: float = 0.5, limit: float = 30.0) -> None:
-    """Wait until none of the files has grown for ``quiet`` seconds.
+def _tcp_segments_sent(netns: str) -> int:
+    """Every TCP segment sent in a network namespace so far, as its kernel counts them.
 
-    tcpdump stops at SIGINT without reading what its ring still holds; its count
-    is the reference only once it has caught up.
+    ``Tcp: OutSegs`` of /proc/net/snmp counts each segment the namespace's TCP put
+    on the wire -- data, ACKs, SYN-ACKs of request sockets, RSTs and time-wait ACKs
+    included.  In a namespace of its own the burst is the only TCP there, and on
+    loopback each segment sent is captured once, so this is exactly the number of
+    segments a complete capture holds.
     """
-    sizes: list[int] = []
-    still_since = time.monotonic()
-    deadline = still_since + limit
+    text = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], capture_output=True,
+                          text=True, timeout=30, check=True).stdout
+    names, values = [line.split()[1:] for line in text.splitlines() if line.startswith("Tcp:")]
+    return int(dict(zip(names, values))["OutSegs"])
+
+
+def _settled_count(netns: str, quiet: float = 0.3, limit: float = 30.0) -> int:
+    """The namespace's segment count once it has not moved for ``quiet`` seconds."""
+    last, since = _tcp_segments_sent(netns), time.monotonic()
+    deadline = since + limit
     while time.monotonic() < deadline:
-        now = [p.stat().st_size if p.exists() else 0 for p in paths]
-        if now != sizes:
-            sizes, still_since = now, time.monotonic()
-        elif time.monotonic() - still_since >= quiet:
-            return
         time.sleep(0.05)
+        now = _tcp_segments_sent(netns)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
+def _pcap_records(path: Path) -> int:
+    """Complete records in a little-endian microsecond pcap being written (0 if absent)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    n, pos = 0, 24
+    while pos + 16 <= len(data):
+        cap = struct.unpack_from("<I", data, pos + 8)[0]
+        if pos + 16 + cap > len(data):
+            break
+        n, pos = n + 1, pos + 16 + cap
+    return n
+
+
+def _wait_for_records(path: Path, want: int, limit: float) -> int:
+    """Poll ``path`` until it holds ``want`` records or ``limit`` seconds pass; the count."""
+    deadline = time.monotonic() + limit
+    got = _pcap_records(path)
+    while got < want and time.monotonic() < deadline:
+        time.sleep(0.05)
+        got = _pcap_records(path)
+    return got
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A network namespace of the test's own, with loopback up: no other TCP in it."""
+    require(os.geteuid() == 0 and shutil.which("ip") is not None,
+            "needs root and iproute2 for a network namespace (runs in CI)")
+    name = f"hsviz-test-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True,
+                       timeout=30)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], timeout=30)
 
 
 @pytest.mark.live
 @pytest.mark.slow
-def test_burst_of_2000_connections_as_complete_as_tcpdump(live: None, tmp_path: Path) -> None:
-    """About 20,000 segments in well under a second: hsviz records what tcpdump records."""
-    if not shutil.which("tcpdump"):
-        pytest.skip("tcpdump is not installed (.ci/run installs it)")
+def test_burst_of_2000_connections_captured_completely(live: None, netns: str, tmp_path: Path) -> None:
+    """About 20,000 segments in well under a second: hsviz records every one, once.
+
+    The reference is the kernel's own count of the segments it sent (the burst runs
+    alone in a network namespace), not another capturer: tcpdump stops at SIGINT
+    without draining its buffer, so its file can be short through no fault of the
+    code under test.  tcpdump runs beside hsviz as a second opinion: when it caught
+    everything too, both files hold the very same frames; when it fell short, that
+    is reported as a warning, not a failure.
+    """
+    require(shutil.which("tcpdump") is not None, "tcpdump is not installed (.ci/run installs it)")
     n = 2000
-    gen = subprocess.Popen([sys.executable, str(_BURST), str(n)], stdin=subprocess.PIPE,
+    inside = ["ip", "netns", "exec", netns]
+    gen = subprocess.Popen([*inside, sys.executable, str(_BURST), str(n)], stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, text=True)
     assert gen.stdin is not None and gen.stdout is not None
     port = gen.stdout.readline().strip()
     td_err = tmp_path / "tcpdump.err"
-    # -B: a 64 MiB buffer, as hsviz's, so that tcpdump is a fair reference on a busy machine
-    td = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-B", "65536", "-w", "td.pcap", "tcp", "port", port],
-                          cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(td_err, "w"))
-    cli = _Cli(["--port", port, "-o", "hs.pcap"], tmp_path)
+    # -B: a 64 MiB buffer, as hsviz's, so that tcpdump is a fair second opinion on a busy machine
+    td = subprocess.Popen([*inside, "tcpdump", "-i", "lo", "-U", "-B", "65536", "-w", "td.pcap", "tcp", "port",
+                           port], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(td_err, "w"))
+    cli = _Cli(["--port", port, "-o", "hs.pcap"], tmp_path, prefix=inside)
+    hs_pcap, td_pcap = tmp_path / "hs.pcap", tmp_path / "td.pcap"
     try:
         cli.wait_ready()
         deadline = time.monotonic() + 20
         while "listening on" not in td_err.read_text():
             assert td.poll() is None and time.monotonic() < deadline, td_err.read_text()
             time.sleep(0.02)
+        before = _tcp_segments_sent(netns)
         gen.stdin.write("go\n")
         gen.stdin.flush()
-        assert select.select([gen.stdout], [], [], 60)[0], "the burst did not finish"
+        assert select.select([gen.stdout], [], [], 120)[0], "the burst did not finish"
         float(gen.stdout.readline())  # the burst's seconds: it finished
-        gen.wait(10)
-        _wait_until_files_settle([tmp_path / "td.pcap", tmp_path / "hs.pcap"])  # tcpdump: not to stop early
+        gen.wait(30)
+        sent = _settled_count(netns) - before
+        # hsviz writes each frame within 100 ms of reading it; a loaded machine may take longer
+        _wait_for_records(hs_pcap, sent, 60)
+        _wait_for_records(td_pcap, sent, 10)  # a second opinion gets a bounded wait
     finally:
         td.send_signal(signal.SIGINT)
         cli.proc.send_signal(signal.SIGTERM)  # writes what the kernel still has queued
@@ -896,18 +969,20 @@ def test_burst_of_2000_connections_as_complete_as_tcpdump(live: None, tmp_path: 
         if gen.poll() is None:
             gen.kill()
     assert rc == 0, "".join(cli.err)
-    ours = [r[4] for r in _raw_records(tmp_path / "hs.pcap")]
-    theirs = [r[4] for r in _raw_records(tmp_path / "td.pcap")]
-    stats = td_err.read_text()
-    dropped = int(re.search(r"(\d+) packets dropped by kernel", stats).group(1))  # type: ignore[union-attr]
-    assert len(ours) >= 9 * n  # the burst happened and was seen
+    ours = [r[4] for r in _raw_records(hs_pcap)]
+    assert sent >= 9 * n  # the burst happened
     assert not any("kernel dropped" in line for line in cli.err), "".join(cli.err)
-    if dropped == 0:  # tcpdump kept up: the very same frames, each once
-        assert collections.Counter(ours) == collections.Counter(theirs), stats
-    else:  # tcpdump lost some on this (busy) machine: hsviz must not have less, nor doubles
-        assert len(ours) >= len(theirs), stats
-        assert max(collections.Counter(ours).values()) == 1  # TCP timestamps make each frame unique
+    assert len(ours) == sent, f"hsviz recorded {len(ours)} of the {sent} segments the kernel sent"
+    assert max(collections.Counter(ours).values()) == 1  # TCP timestamps make each frame unique
     assert len(_ladder_lines(cli.out)) == len(ours)
+    theirs = [r[4] for r in _raw_records(td_pcap)]
+    if len(theirs) == sent:
+        assert collections.Counter(ours) == collections.Counter(theirs)
+    else:
+        import warnings
+
+        warnings.warn(f"tcpdump (second opinion) recorded {len(theirs)} of {sent} segments: "
+                      f"{td_err.read_text().strip()!r}", stacklevel=1)
 
 
 # --------------------------------------------------------------------------- replay
