@@ -17,27 +17,37 @@ strings of the JSONL schema, so ``json.dumps`` of a value needs no mapping.
 from __future__ import annotations
 
 import enum
+import functools
+import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 __all__ = [
+    "COUNTS_MESSAGES",
+    "SYSCALLS",
     "Analysis",
     "Call",
+    "CallKind",
     "ConnectionSummary",
     "Direction",
+    "Datagram",
     "Endpoint",
     "Flag",
+    "FlowSummary",
     "Label",
     "Packet",
     "Phase",
     "Segment",
     "TcpOptions",
     "TcpState",
+    "UdpPacket",
+    "call_kind",
     "fast_constructor",
     "flag_letters",
     "make_packet",
+    "normalize_ip",
     "parse_options",
 ]
 
@@ -429,6 +439,149 @@ class ConnectionSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class UdpPacket:
+    """One UDP datagram as decoded from a capture, before it is put in a flow.
+
+    ``length`` is the UDP payload length from the UDP header (capped by what the IP
+    header says was on the wire); ``payload`` holds the bytes actually captured.
+    """
+
+    frame: int
+    ts: float
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    length: int
+    payload: bytes = b""
+    ip_version: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """A UDP datagram in its flow: no handshake, no acknowledgement, no close.
+
+    ``flow`` numbers the address pairs in order of first appearance (both directions
+    are one flow); ``dir`` is ``c2s`` when the flow's client sent it.
+    """
+
+    frame: int
+    ts: float
+    flow: int
+    dir: Direction
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    length: int
+    payload: bytes = b""
+    ip_version: int = 4
+
+    @property
+    def is_c2s(self) -> bool:
+        return self.dir is Direction.C2S
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``"type": "datagram"`` record of the JSONL schema."""
+        from handshake_viz.schema import datagram_record
+
+        return datagram_record(self)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSummary:
+    """One UDP flow: the two endpoints, when, and how much each way.
+
+    The client is whoever sent first, unless only the sender's port looks like a
+    server's (a capture that starts with a reply).
+    """
+
+    flow: int
+    client: Endpoint
+    server: Endpoint
+    first_ts: float
+    last_ts: float
+    datagrams: int
+    datagrams_c2s: int
+    bytes_c2s: int
+    bytes_s2c: int
+    ip_version: int = 4
+
+    @property
+    def duration(self) -> float:
+        return self.last_ts - self.first_ts
+
+
+class CallKind(str, enum.Enum):
+    """What a system call does to a socket, whatever its name (``write`` and ``sendto``
+    both SEND).  Set once, where a call is parsed or recorded (``Call.kind``)."""
+
+    SOCKET = "socket"
+    BIND = "bind"
+    LISTEN = "listen"
+    CONNECT = "connect"
+    ACCEPT = "accept"
+    SEND = "send"  # moves bytes out: write, send, sendto, sendmsg, sendfile, splice, …
+    RECV = "recv"  # moves bytes in: read, recv, recvfrom, recvmsg, …
+    SHUTDOWN = "shutdown"
+    CLOSE = "close"
+    WAIT = "wait"  # poll, select, epoll_wait: waits for a socket to be ready
+    OPTION = "option"  # setsockopt, getsockopt
+    QUERY = "query"  # getsockname, getpeername
+    OTHER = "other"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Every system call hsviz knows by name, and its kind.  The strace runner traces
+#: exactly these; the parser, the alignment and the diagram read ``Call.kind``.
+SYSCALLS: dict[str, CallKind] = {
+    **dict.fromkeys(("socket",), CallKind.SOCKET),
+    **dict.fromkeys(("bind",), CallKind.BIND),
+    **dict.fromkeys(("listen",), CallKind.LISTEN),
+    **dict.fromkeys(("connect",), CallKind.CONNECT),
+    **dict.fromkeys(("accept", "accept4"), CallKind.ACCEPT),
+    **dict.fromkeys(("write", "writev", "pwrite64", "pwritev", "pwritev2", "send", "sendto", "sendmsg",
+                     "sendmmsg", "sendfile", "sendfile64", "splice"), CallKind.SEND),
+    **dict.fromkeys(("read", "readv", "pread64", "preadv", "preadv2", "recv", "recvfrom", "recvmsg",
+                     "recvmmsg"), CallKind.RECV),
+    **dict.fromkeys(("shutdown",), CallKind.SHUTDOWN),
+    **dict.fromkeys(("close",), CallKind.CLOSE),
+    **dict.fromkeys(("poll", "ppoll", "select", "pselect6", "_newselect", "epoll_wait", "epoll_pwait",
+                     "epoll_pwait2"), CallKind.WAIT),
+    **dict.fromkeys(("setsockopt", "getsockopt"), CallKind.OPTION),
+    **dict.fromkeys(("getsockname", "getpeername"), CallKind.QUERY),
+}
+
+#: Calls whose return value counts messages, not bytes (``nbytes`` stays unknown).
+COUNTS_MESSAGES = frozenset({"sendmmsg", "recvmmsg"})
+
+
+def call_kind(name: str) -> CallKind:
+    """``call_kind("sendto") is CallKind.SEND``; unknown names are OTHER."""
+    return SYSCALLS.get(name, CallKind.OTHER)
+
+
+def normalize_ip(ip: str) -> str:
+    """The one spelling of an address: IPv4-mapped IPv6 (``::ffff:10.0.0.1``) becomes
+    IPv4, IPv6 is compressed (RFC 5952), a zone or brackets are dropped; text that is
+    no address is returned as it is."""
+    return _normalize_ip(ip)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalize_ip(ip: str) -> str:
+    try:
+        addr = ipaddress.ip_address(ip.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """One socket system call, from strace or from a demo program's own log.
 
@@ -437,6 +590,12 @@ class Call:
     ``conn`` and ``frames`` are filled in by ``align``: the connection the call
     belongs to and the frames of the segments it caused or that released it.
     ``inferred`` marks calls reconstructed from segments, never from a trace.
+
+    Facts the parser or recorder saw, so that no later stage reads ``args``:
+    ``kind`` (from ``call`` when not given), ``msg_flags`` (``MSG_FASTOPEN``,
+    ``MSG_PEEK`` … of a send or receive), ``how`` (``SHUT_WR`` … of a shutdown) and
+    ``sockaddr`` (the address argument: connect's and sendto's destination, bind's
+    address, accept's peer).  ``args`` stays as text for people.
     """
 
     pid: int
@@ -454,10 +613,33 @@ class Call:
     conn: int | None = None
     frames: tuple[int, ...] = field(default=())
     inferred: bool = False
+    kind: CallKind = None  # type: ignore[assignment]  # filled from ``call`` when not given
+    msg_flags: tuple[str, ...] = ()
+    how: str | None = None
+    sockaddr: Endpoint | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            object.__setattr__(self, "kind", SYSCALLS.get(self.call, CallKind.OTHER))
 
     @property
     def failed(self) -> bool:
         return self.errno is not None
+
+    @property
+    def sends_fin(self) -> bool:
+        """A shutdown that sends a FIN (SHUT_WR, SHUT_RDWR; SHUT_RD sends nothing)."""
+        return self.kind is CallKind.SHUTDOWN and self.how != "SHUT_RD"
+
+    @property
+    def fast_open(self) -> bool:
+        """A send with MSG_FASTOPEN: it connects the socket as it sends (RFC 7413)."""
+        return self.kind is CallKind.SEND and "MSG_FASTOPEN" in self.msg_flags
+
+    @property
+    def peeks(self) -> bool:
+        """A receive with MSG_PEEK: the bytes stay queued for the next read."""
+        return self.kind is CallKind.RECV and "MSG_PEEK" in self.msg_flags
 
     def to_json(self) -> dict[str, Any]:
         """The ``"type": "call"`` record of the JSONL schema."""
