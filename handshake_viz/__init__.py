@@ -1,9 +1,9 @@
 """hsviz: see every TCP segment of a conversation, and the socket call that caused it.
 
-The stages, each a module::
+The stages, each a module; ``pipeline`` runs them, every view reads its Trace::
 
-    decode / capture  ->  track  ->  align  ->  layout -> draw
-    (Packet records)    (Segment)   (Call)     (the sequence diagram)
+    pcapio -> decode -> track / flows -> align -> Trace -> report | layout -> draw
+    (records) (Packet)  (Segment, Datagram) (Call)
 """
 
 
@@ -14,6 +14,7 @@ from handshake_viz.errors import (
     CaptureFileError,
     HsvizError,
     InputError,
+    NoSuchConnection,
     OutputError,
     PermissionDeniedError,
     TraceError,
@@ -23,16 +24,20 @@ from handshake_viz.errors import (
 from handshake_viz.model import (
     Analysis,
     Call,
+    CallKind,
     ConnectionSummary,
+    Datagram,
     Direction,
     Endpoint,
     Flag,
+    FlowSummary,
     Label,
     Packet,
     Phase,
     Segment,
     TcpOptions,
     TcpState,
+    UdpPacket,
 )
 from handshake_viz.track import Tracker
 # The submodule handshake_viz.capture is imported before the function of the same name
@@ -41,21 +46,26 @@ from handshake_viz.track import Tracker
 import importlib as _importlib  # noqa: E402
 
 _importlib.import_module("handshake_viz.capture")
-from handshake_viz.api import Connection, Trace, capture, load  # noqa: E402
+from handshake_viz.api import Connection, Flow, Trace, capture, load  # noqa: E402
 
 __all__ = [
     "Analysis",
     "Call",
+    "CallKind",
     "CaptureError",
     "CaptureFileError",
     "Connection",
     "ConnectionSummary",
+    "Datagram",
     "Direction",
     "Endpoint",
     "Flag",
+    "Flow",
+    "FlowSummary",
     "HsvizError",
     "InputError",
     "Label",
+    "NoSuchConnection",
     "OutputError",
     "Packet",
     "PermissionDeniedError",
@@ -67,6 +77,7 @@ __all__ = [
     "TraceError",
     "TraceFileError",
     "Tracker",
+    "UdpPacket",
     "UsageError",
     "__version__",
     "capture",

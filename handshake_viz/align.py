@@ -178,8 +178,6 @@ connection waited for a late ``accept()``.
 from __future__ import annotations
 
 import bisect
-import ipaddress
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -187,17 +185,23 @@ from dataclasses import dataclass, field, fields, replace
 from handshake_viz.model import (
     Analysis,
     Call,
+    CallKind,
     ConnectionSummary,
+    Datagram,
     Direction,
     Endpoint,
     Flag,
+    FlowSummary,
     Segment,
+    normalize_ip,
 )
 
 __all__ = [
     "SLACK",
     "accept_queue_delay",
     "align",
+    "align_datagrams",
+    "calls_for_flow",
     "calls_for_connection",
     "infer_calls",
     "timeline",
@@ -212,14 +216,8 @@ C2S, S2C = Direction.C2S, Direction.S2C
 _MOD = 1 << 32
 _HALF = 1 << 31
 
-_SEND = frozenset({"write", "writev", "pwrite64", "pwritev", "pwritev2", "send", "sendto", "sendmsg",
-                   "sendmmsg", "sendfile", "sendfile64", "splice"})
-_RECV = frozenset({"read", "readv", "pread64", "preadv", "preadv2", "recv", "recvfrom", "recvmsg",
-                   "recvmmsg"})
-_WAIT = frozenset({"poll", "ppoll", "select", "pselect6", "_newselect", "epoll_wait", "epoll_pwait",
-                   "epoll_pwait2"})
-_ACCEPT = frozenset({"accept", "accept4"})
-_CREATORS = frozenset({"socket", "accept", "accept4"})  # calls that return a new socket fd
+_SEND, _RECV, _WAIT, _ACCEPT = CallKind.SEND, CallKind.RECV, CallKind.WAIT, CallKind.ACCEPT
+_CREATORS = frozenset({CallKind.SOCKET, CallKind.ACCEPT})  # calls that return a new socket fd
 
 Side = str  # "client" | "server"
 _EpKey = tuple[str, int]
@@ -228,17 +226,6 @@ _EpKey = tuple[str, int]
 # ======================================================================================
 # Small helpers
 # ======================================================================================
-
-
-def _norm_ip(ip: str) -> str:
-    """Canonical text of an address: IPv4-mapped IPv6 becomes IPv4, IPv6 is compressed."""
-    try:
-        addr = ipaddress.ip_address(ip.strip("[]"))
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
 
 
 _KEY_CACHE: dict[tuple[str, int], _EpKey] = {}
@@ -250,21 +237,8 @@ def _key(ep: Endpoint | None) -> _EpKey | None:
     raw = (ep.ip, ep.port)
     got = _KEY_CACHE.get(raw)
     if got is None:
-        got = _KEY_CACHE[raw] = (_norm_ip(ep.ip), ep.port)
+        got = _KEY_CACHE[raw] = (normalize_ip(ep.ip), ep.port)
     return got
-
-
-_SOCKADDR_RE = re.compile(
-    r"sin6?_port=htons\((\d+)\).*?(?:inet_addr\(\"([^\"]+)\"\)|inet_pton\(AF_INET6,\s*\"([^\"]+)\")"
-)
-
-
-def _remote_from_args(args: str) -> _EpKey | None:
-    """The address in a connect()'s sockaddr argument, as strace prints it."""
-    m = _SOCKADDR_RE.search(args)
-    if not m:
-        return None
-    return (_norm_ip(m.group(2) or m.group(3)), int(m.group(1)))
 
 
 def _nbytes(call: Call) -> int:
@@ -273,22 +247,6 @@ def _nbytes(call: Call) -> int:
     if call.nbytes is not None:
         return max(call.nbytes, 0)
     return call.ret if call.ret is not None and call.ret > 0 else 0
-
-
-def _sends_fin(call: Call) -> bool:
-    """shutdown(how): SHUT_WR and SHUT_RDWR send a FIN, SHUT_RD does not."""
-    args = call.args
-    if "SHUT_RDWR" in args or "SHUT_WR" in args:
-        return True
-    if "SHUT_RD" in args:
-        return False
-    m = re.search(r"(?:^|[,\s])([012])\s*$", args)
-    return not (m and m.group(1) == "0")
-
-
-def _fast_open_send(call: Call) -> bool:
-    """A send with MSG_FASTOPEN: it connects the socket, like a connect() (RFC 7413)."""
-    return call.call in _SEND and "MSG_FASTOPEN" in call.args
 
 
 def _unwrap(value: int, near: int) -> int:
@@ -465,9 +423,9 @@ def _lifetimes(calls: Sequence[Call]) -> tuple[list[_Lifetime], dict[int, int], 
     # creating call can return it again, and a use follows the creation
     events: list[tuple[float, int, int]] = []
     for i, c in enumerate(calls):
-        if c.fd is not None and c.call != "socket":  # socket() takes no fd, it returns one
-            events.append((c.start, 0 if c.call == "close" else 2, i))
-        if c.call in _CREATORS and c.errno is None and c.ret is not None and c.ret >= 0:
+        if c.fd is not None and c.kind is not CallKind.SOCKET:  # socket() takes no fd, it returns one
+            events.append((c.start, 0 if c.kind is CallKind.CLOSE else 2, i))
+        if c.kind in _CREATORS and c.errno is None and c.ret is not None and c.ret >= 0:
             events.append((c.end, 1, i))
     events.sort()
     current: dict[tuple[int, int], int] = {}
@@ -480,7 +438,7 @@ def _lifetimes(calls: Sequence[Call]) -> tuple[list[_Lifetime], dict[int, int], 
             assert c.ret is not None
             lives.append(_Lifetime(c.pid, c.ret, created=True))
             current[(c.pid, c.ret)] = len(lives) - 1
-            if c.call == "socket":
+            if c.kind is CallKind.SOCKET:
                 lives[-1].calls.append(i)
                 of_call[i] = len(lives) - 1
             else:
@@ -494,16 +452,16 @@ def _lifetimes(calls: Sequence[Call]) -> tuple[list[_Lifetime], dict[int, int], 
             li = current[k] = len(lives) - 1
         lives[li].calls.append(i)
         of_call[i] = li
-        if c.call == "close":
+        if c.kind is CallKind.CLOSE:
             del current[k]
     for lt in lives:
         for i in lt.calls:
             c = calls[i]
-            if c.call in _ACCEPT:
+            if c.kind is _ACCEPT:
                 continue  # its 4-tuple is the returned fd's, not the listening socket's
             if lt.tuple4 is None:
                 lt.tuple4 = _full_tuple(c)
-            if lt.connect is None and (c.call == "connect" or _fast_open_send(c)):
+            if lt.connect is None and (c.kind is CallKind.CONNECT or c.fast_open):
                 lt.connect = i
     return lives, of_call, created_by
 
@@ -517,8 +475,8 @@ class _Matcher:
         self.by_tuple: dict[tuple[_EpKey, _EpKey], list[_ConnView]] = defaultdict(list)
         self.by_server: dict[_EpKey, list[_ConnView]] = defaultdict(list)
         for v in views:
-            ck = (_norm_ip(v.summary.client.ip), v.summary.client.port)
-            sk = (_norm_ip(v.summary.server.ip), v.summary.server.port)
+            ck = (normalize_ip(v.summary.client.ip), v.summary.client.port)
+            sk = (normalize_ip(v.summary.server.ip), v.summary.server.port)
             self.by_tuple[(ck, sk)].append(v)
             self.by_server[sk].append(v)
 
@@ -598,7 +556,7 @@ def align(segments: Sequence[Segment], summaries: Sequence[ConnectionSummary],
         if lt.tuple4 is not None or lt.connect is None:
             continue
         c = calls[lt.connect]
-        remote = _key(c.remote) or _remote_from_args(c.args)
+        remote = _key(c.remote) or _key(c.sockaddr)
         if remote is None:
             continue
         v = matcher.by_connect(c, remote, taken)
@@ -611,7 +569,7 @@ def align(segments: Sequence[Segment], summaries: Sequence[ConnectionSummary],
     for i, c in enumerate(calls):
         if c.inferred:
             continue
-        if c.call in _ACCEPT:
+        if c.kind is _ACCEPT:
             own = _full_tuple(c)
             got = matcher.by_4tuple(own[0], own[1], c.start, c.end) if own else None
             if got is not None:
@@ -640,7 +598,7 @@ def align(segments: Sequence[Segment], summaries: Sequence[ConnectionSummary],
     for (conn, side), idx in groups.items():
         v = view_of[conn]
         lt_started = any(
-            calls[i].call in ("connect", "socket") or calls[i].call in _ACCEPT
+            calls[i].kind in (CallKind.CONNECT, CallKind.SOCKET, _ACCEPT)
             or (of_call.get(i) is not None and lives[of_call[i]].created)
             for i in idx
         )
@@ -658,14 +616,14 @@ def align(segments: Sequence[Segment], summaries: Sequence[ConnectionSummary],
 
 
 _CALL_FIELDS = ("pid", "tid", "fd", "call", "start", "end", "ret", "errno", "args", "local", "remote",
-                "nbytes", "conn", "frames", "inferred")
+                "nbytes", "conn", "frames", "inferred", "kind", "msg_flags", "how", "sockaddr")
 
 
 def _with(c: Call, conn: int | None, frames: tuple[int, ...]) -> Call:
     """``dataclasses.replace(c, conn=conn, frames=frames)``, several times faster."""
     if _FAST_WITH:
         return Call(c.pid, c.tid, c.fd, c.call, c.start, c.end, c.ret, c.errno, c.args, c.local,
-                    c.remote, c.nbytes, conn, frames, c.inferred)
+                    c.remote, c.nbytes, conn, frames, c.inferred, c.kind, c.msg_flags, c.how, c.sockaddr)
     return replace(c, conn=conn, frames=frames)
 
 
@@ -682,8 +640,8 @@ def _frames_for_side(v: _ConnView, side: Side, items: list[tuple[int, Call]], tr
 
     # --- connect / accept / waits / errors --------------------------------------------------
     for i, c in items:
-        name = c.call
-        if name == "connect":
+        kind = c.kind
+        if kind is CallKind.CONNECT:
             syn = v.first_syn[own]
             if syn is not None:
                 result[i].append(syn)
@@ -697,23 +655,23 @@ def _frames_for_side(v: _ConnView, side: Side, items: list[tuple[int, Call]], tr
                 answer = None
             if answer is not None:
                 result[i].append(answer)
-        elif name in _ACCEPT:
+        elif kind is _ACCEPT:
             if c.errno is None:
                 released = v.first_syn[C2S] if v.fast_open else v.handshake_ack
                 if released is not None:
                     result[i].append(released)
-        elif name in _WAIT:
+        elif kind is _WAIT:
             ready = _first_ready(v, peer, c, slack)
             if ready is not None:
                 result[i].append(ready)
-        elif c.errno in ("ECONNRESET", "EPIPE") and (name in _SEND or name in _RECV):
+        elif c.errno in ("ECONNRESET", "EPIPE") and kind in (_SEND, _RECV):
             r = v.rst[peer]
             if r is not None and r.ts <= c.end + slack:
                 result[i].append(r)
 
     # a send with MSG_FASTOPEN connects the socket: the first one caused the SYN and, unless
     # it returned before the answer (non-blocking), was released by it, as a connect() is
-    fast = next(((i, c) for i, c in items if _fast_open_send(c)), None)
+    fast = next(((i, c) for i, c in items if c.fast_open), None)
     syn = v.first_syn[own]
     if fast is not None and syn is not None:
         i, c = fast
@@ -726,8 +684,8 @@ def _frames_for_side(v: _ConnView, side: Side, items: list[tuple[int, Call]], tr
             result[i].append(answer)
 
     # --- bytes written and read --------------------------------------------------------------
-    writes = [(i, c) for i, c in items if c.call in _SEND and _nbytes(c) > 0]
-    reads = [(i, c) for i, c in items if c.call in _RECV and c.errno is None and c.ret is not None]
+    writes = [(i, c) for i, c in items if c.kind is _SEND and _nbytes(c) > 0]
+    reads = [(i, c) for i, c in items if c.kind is _RECV and c.errno is None and c.ret is not None]
     _match_bytes(v.streams[own], writes, result, traced_from_start, slack, reading=False)
     data_reads = [(i, c) for i, c in reads if _nbytes(c) > 0]
     _match_bytes(v.streams[peer], data_reads, result, traced_from_start, slack, reading=True)
@@ -745,11 +703,11 @@ def _frames_for_side(v: _ConnView, side: Side, items: list[tuple[int, Call]], tr
 
     # --- shutdown / close ----------------------------------------------------------------------
     fin, rst = v.fin[own], v.rst[own]
-    closes = [(i, c) for i, c in items if c.call == "close" and c.errno != "EBADF"]
+    closes = [(i, c) for i, c in items if c.kind is CallKind.CLOSE and c.errno != "EBADF"]
     fin_closed = False  # the FIN was sent by a close(): a later RST answers data, not a call
     if fin is not None and (rst is None or rst.frame > fin.frame):
-        owner = next((i for i, c in items if c.call == "shutdown" and c.errno is None
-                      and _sends_fin(c) and c.start <= fin.ts + slack), None)
+        owner = next((i for i, c in items if c.kind is CallKind.SHUTDOWN and c.errno is None
+                      and c.sends_fin and c.start <= fin.ts + slack), None)
         if owner is None:
             before = [i for i, c in closes if c.start <= fin.ts + slack]
             if before:
@@ -806,7 +764,7 @@ def _offsets(calls: list[tuple[int, Call]], reading: bool) -> list[int]:
     out, offset = [], 0
     for _i, c in calls:
         out.append(offset)
-        if not (reading and "MSG_PEEK" in c.args):
+        if not (reading and c.peeks):
             offset += _nbytes(c)
     return out
 
@@ -859,13 +817,81 @@ def _calibrate(stream: _Stream, calls: list[tuple[int, Call]], offsets: list[int
     return min(sorted(candidates), key=cost)
 
 
+# ======================================================================================
+# UDP: each send is one datagram, each receive takes one
+# ======================================================================================
+
+
+def _same_socket(own: Endpoint | None, ep: Endpoint) -> bool:
+    """A socket's own address matches a datagram's endpoint: same port, and the same
+    address or the wildcard (an unbound UDP socket sends from 0.0.0.0:port as strace
+    and getsockname show it, the packet from a real address)."""
+    if own is None or own.port != ep.port:
+        return False
+    ip = normalize_ip(own.ip)
+    return ip in ("0.0.0.0", "::") or ip == normalize_ip(ep.ip)
+
+
+def align_datagrams(datagrams: Sequence[Datagram], flows: Sequence[FlowSummary], calls: Sequence[Call],
+                    *, slack: float = SLACK) -> list[Call]:
+    """Fill in ``frames`` of the calls on UDP sockets (``conn`` stays None: a flow is no
+    connection).  UDP keeps message boundaries, so the rule is one to one: a send from
+    an endpoint caused the next datagram that endpoint sent to the call's destination
+    (the same length when the call says how many bytes), leaving no earlier than
+    ``slack`` before the call started; a receive on an endpoint was released by the
+    next datagram that arrived there from the call's peer, before the call returned
+    (``slack`` either way).  Calls that already have frames (TCP) are left alone.
+    Returns one Call per input Call, in the same order.
+    """
+    out = list(calls)
+    for flow in flows:
+        sides = ((flow.client, flow.server, Direction.C2S), (flow.server, flow.client, Direction.S2C))
+        mine = [d for d in datagrams if d.flow == flow.flow]
+        for local, peer, sent in sides:
+            outgoing = [d for d in mine if d.dir is sent]
+            incoming = [d for d in mine if d.dir is not sent]
+            taken_out: set[int] = set()
+            taken_in: set[int] = set()
+            order = sorted(range(len(out)), key=lambda i: (out[i].start, i))
+            for i in order:
+                c = out[i]
+                if c.frames or c.conn is not None or c.errno is not None or not _same_socket(c.local, local):
+                    continue
+                other = c.sockaddr or c.remote
+                if other is not None and _key(other) != _key(peer):
+                    continue
+                if c.kind is _SEND:
+                    d = next((d for d in outgoing if d.frame not in taken_out and d.ts >= c.start - slack
+                              and (c.nbytes is None or c.nbytes == d.length)), None)
+                    if d is not None and d.ts <= c.end + slack:
+                        taken_out.add(d.frame)
+                        out[i] = _with(c, None, (d.frame,))
+                elif c.kind is _RECV and c.ret is not None and c.ret >= 0:
+                    d = next((d for d in incoming if d.frame not in taken_in and d.ts <= c.end + slack),
+                             None)
+                    if d is not None and d.ts >= c.start - slack:
+                        taken_in.add(d.frame)
+                        out[i] = _with(c, None, (d.frame,))
+    return out
+
+
+def calls_for_flow(flow: FlowSummary, datagrams: Sequence[Datagram], calls: Sequence[Call]) -> list[Call]:
+    """The calls to show with a UDP flow: those joined to its datagrams, and the other
+    calls on its endpoints' sockets (socket, bind, close) that belong to no TCP
+    connection."""
+    frames = {d.frame for d in datagrams if d.flow == flow.flow}
+    return [c for c in calls if c.conn is None and (
+        frames.intersection(c.frames)
+        or (not c.frames and (_same_socket(c.local, flow.client) or _same_socket(c.local, flow.server))))]
+
+
 def accept_queue_delay(call: Call, segments: Sequence[Segment]) -> float | None:
     """Seconds the connection sat in the accept queue before ``accept()`` was called.
 
     Positive when ``accept()`` started after the handshake ACK (its first frame)
     had arrived; ``None`` when the call has no frames or is not an accept.
     """
-    if call.call not in _ACCEPT or not call.frames:
+    if call.kind is not _ACCEPT or not call.frames:
         return None
     for s in segments:
         if s.frame == call.frames[0] and (call.conn is None or s.conn == call.conn):
@@ -898,7 +924,9 @@ def infer_calls(segments: Sequence[Segment], summary: ConnectionSummary) -> list
         local, remote = ends[side]
         call = Call(pid=0, tid=0, fd=None, call=name, start=start, end=end,
                     ret=ret, errno=errno, args=args, local=local, remote=remote, nbytes=nbytes,
-                    conn=summary.conn, frames=tuple(sorted({s.frame for s in segs})), inferred=True)
+                    conn=summary.conn, frames=tuple(sorted({s.frame for s in segs})), inferred=True,
+                    msg_flags=("MSG_FASTOPEN",) if args == "MSG_FASTOPEN" else (),
+                    how=args if name == "shutdown" else None)
         first = min(s.frame for s in segs) if segs else 0
         out.append((start, first, _infer_rank(call), end, call))
         return True
@@ -999,12 +1027,12 @@ def _infer_rank(call: Call) -> int:
     of the stream.  A FIN carrying data was sent by a write() and then a close() -- a
     process writes its last bytes before it closes -- and the reader gets those bytes
     before read() returns 0; a Fast Open SYN's data is read after accept() returned it."""
-    name = call.call
-    if name == "connect" or _fast_open_send(call):
+    kind = call.kind
+    if kind is CallKind.CONNECT or call.fast_open:
         return 0
-    if name in _ACCEPT:
+    if kind is _ACCEPT:
         return 1
-    if name in ("close", "shutdown") or call.errno is not None or (name in _RECV and call.ret == 0):
+    if kind in (CallKind.CLOSE, CallKind.SHUTDOWN) or call.errno is not None or (kind is _RECV and call.ret == 0):
         return 3
     return 2
 
@@ -1059,7 +1087,7 @@ def calls_for_connection(conn: int, segments: Sequence[Segment], summary: Connec
     return infer_calls(segments, summary)
 
 
-_CAUSING = _SEND | {"connect", "close", "shutdown"}
+_CAUSING = frozenset({_SEND, CallKind.CONNECT, CallKind.CLOSE, CallKind.SHUTDOWN})
 
 
 def timeline(segments: Sequence[Segment], calls: Sequence[Call]) -> list[Segment | Call]:
@@ -1078,7 +1106,7 @@ def timeline(segments: Sequence[Segment], calls: Sequence[Call]) -> list[Segment
         threads[(c.pid, c.tid, c.inferred)].append(n)
     key = [c.start for c in calls]
     for n, c in enumerate(calls):
-        if c.call in _CAUSING and c.frames:
+        if c.kind in _CAUSING and c.frames:
             key[n] = min([key[n]] + [ts_of[f] for f in c.frames if f in ts_of])
     rank = [0] * len(calls)
     for order in threads.values():

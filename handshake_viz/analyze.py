@@ -41,9 +41,11 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
 
-from handshake_viz import report
+from handshake_viz import pipeline, report
 from handshake_viz.decode import open_capture
-from handshake_viz.errors import CaptureFileError, HsvizError, UsageError, WorkerError
+from handshake_viz.errors import CaptureFileError, HsvizError, NoSuchConnection, UsageError, WorkerError
+from handshake_viz.flows import FlowTracker
+from handshake_viz.model import Datagram
 from handshake_viz.spill import SqliteStore
 from handshake_viz.track import Tracker, discard
 
@@ -58,11 +60,12 @@ _PIPE_SIZE = 1 << 20  # room for a few hundred batches, so neither side waits on
 
 @dataclass(frozen=True, slots=True)
 class End:
-    """What the tracker knew once the whole file was read."""
+    """What the trackers knew once the whole file was read."""
 
     connections: int
     records: int  # records in the file (TCP or not)
     warnings: tuple[str, ...]  # e.g. a truncated last record
+    flows: int = 0  # UDP flows
 
 
 Item = tuple[str, Any]
@@ -97,40 +100,61 @@ def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = Fal
 def _items(path: str, mode: Mode, want: int | None, split: bool,
            store: SqliteStore | None) -> Iterator[Item]:
     ladders: dict[int, list[str]] = {}
+    flow_ladders: dict[int, list[str]] = {}
+    flows = FlowTracker()
     with open_capture(path) as reader:
         if mode == "jsonl":
             record = report.track_fields if split else report.both_fields
             tracker: Tracker[Any] = Tracker(record=record, store=store)
+            udp_row = report.flow_fields if split else report.datagram_pair
             # the decoder hands each packet's fields to the tracker: no Packet records
-            yield from _batches("rows", reader.records(tracker.feed_fields), BATCH)
+            rows = pipeline.stream(reader, tracker, flows, udp_row)
+            yield from _batches("rows", rows, BATCH)
         elif mode == "summary":
             tracker = Tracker(record=discard, store=store)
-            deque(reader.records(tracker.feed_fields), maxlen=0)
+            deque(pipeline.stream(reader, tracker, flows, _discard_datagram), maxlen=0)
         else:
             tracker = Tracker()
             starts: dict[int, float] = {}
-            for seg in map(tracker.feed, reader):
-                if want is not None and seg.conn != want:
+            flow_starts: dict[int, float] = {}
+            for rec in pipeline.stream(reader, tracker, flows):
+                if type(rec) is Datagram:
+                    if want is None:
+                        t0 = flow_starts.setdefault(rec.flow, rec.ts)
+                        flow_ladders.setdefault(rec.flow, []).append(report.format_datagram(rec, t0))
                     continue
-                t0 = starts.setdefault(seg.conn, seg.ts)
-                ladders.setdefault(seg.conn, []).append(report.format_segment(seg, t0))
+                if want is not None and rec.conn != want:
+                    continue
+                t0 = starts.setdefault(rec.conn, rec.ts)
+                ladders.setdefault(rec.conn, []).append(report.format_segment(rec, t0))
         stats = reader.stats
     count = tracker.connection_count
-    yield "end", End(count, stats.records, tuple(stats.warnings))
-    if not count or (want is not None and want >= count):
+    yield "end", End(count, stats.records, tuple(stats.warnings), flows.flow_count)
+    if (not count and not flows.flow_count) or (want is not None and want >= count):
         return
     # One summary at a time: a list of them all would add to the peak memory.
     selected = map(tracker.summary, range(count) if want is None else (want,))
+    flow_summaries = flows.summaries() if want is None else []
     if mode == "jsonl":
         yield from _batches("text", map(report.connection_jsonl, selected), 1024)
     elif mode == "summary":
         yield from _batches("text", map(report.format_summary, selected), 1024)
+        yield from _batches("text", map(report.format_flow_summary, flow_summaries), 1024)
     else:
         for s in selected:
             lines = [report.connection_header(s), report.ladder_columns()]
             lines += ladders.pop(s.conn, [])
             lines += [report.format_summary(s), ""]
             yield "text", lines
+        for f in flow_summaries:
+            lines = [report.flow_header(f), report.ladder_columns()]
+            lines += flow_ladders.pop(f.flow, [])
+            lines += [report.format_flow_summary(f), ""]
+            yield "text", lines
+
+
+def _discard_datagram(d: Datagram) -> bool:
+    return True
 
 
 def _batches(kind: str, items: Iterable[Any], size: int) -> Iterator[Item]:
@@ -196,7 +220,8 @@ def analyze_file(
     if jobs == 1:
         return _consume(produce(path, mode, want), None, path, want, write, warn)
     with _Child(path, mode, want) as items, open_capture(path) as reader:
-        return _consume(items, reader.records(report.packet_fields), path, want, write, warn)
+        return _consume(items, reader.records(report.packet_fields, report.udp_fields), path, want,
+                        write, warn)
 
 
 def _consume(
@@ -227,13 +252,12 @@ def _consume(
         else:
             end = value
             count = end.connections
-            if want is not None and count and want >= count:
-                raise UsageError(f"{path}: --conn {want} out of range (the capture has "
-                                 f"{count} connection{'s' if count != 1 else ''})")
-            if not count:
+            if want is not None and want >= count and (count or end.flows):
+                raise NoSuchConnection(path, want, count)
+            if not count and not end.flows:
                 for w in end.warnings:
                     warn(w)
-                raise UsageError(f"{path}: no TCP segments in {end.records} records")
+                raise UsageError(f"{path}: no TCP segments or UDP datagrams in {end.records} records")
     assert end is not None, "produce() always ends with an 'end' item"
     for w in end.warnings:
         warn(w)

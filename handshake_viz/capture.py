@@ -62,19 +62,18 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from handshake_viz.errors import (
     CaptureError,
-    CaptureFileError,
-    OutputError,
     PermissionDeniedError,
     UsageError,
 )
-from handshake_viz.model import ConnectionSummary, Packet, Segment
+from handshake_viz.model import Packet, UdpPacket
+from handshake_viz.pcapio import DEFAULT_SNAPLEN, PcapWriter
 
 __all__ = [
     "DEFAULT_SNAPLEN",
@@ -83,7 +82,6 @@ __all__ = [
     "CaptureStats",
     "LiveCapture",
     "PacketSocket",
-    "PcapWriter",
     "Replay",
     "bpf_port_filter",
     "default_output_name",
@@ -110,8 +108,6 @@ ARPHRD_NONE = 0xFFFE
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
-
-DEFAULT_SNAPLEN = 262144
 DEFAULT_RCVBUF = 64 * 1024 * 1024
 #: Longest time, in seconds, :func:`open_packet_socket` waits for the kernel to
 #: stamp packets on arrival (the switch takes 0.2-5 ms to flip on this machine).
@@ -120,182 +116,6 @@ STAMP_WAIT = 0.05
 _TIMESPEC = struct.Struct("@qq")
 _TPACKET_STATS = struct.Struct("@II")
 _ANCBUF = socket.CMSG_SPACE(_TIMESPEC.size)
-
-
-# --------------------------------------------------------------------------- pcap
-
-
-_PCAP_MAGIC_US = 0xA1B2C3D4
-_PCAP_HEADER = struct.Struct("<IHHiIII")  # magic, 2, 4, thiszone, sigfigs, snaplen, linktype
-_PCAP_RECORD = struct.Struct("<IIII")  # ts_sec, ts_usec, incl_len, orig_len
-
-
-class PcapWriter:
-    """Write a classic little-endian, microsecond pcap as records arrive.
-
-    Microsecond resolution because every reader (tcpdump, tshark, scapy, Zeek,
-    tcptrace) reads it; loopback ordering is kept by record order anyway.
-
-    Records are buffered whole in memory and written with ``os.write``, never
-    through a buffered file that could flush half a record, so if the process
-    dies the file holds the header and complete records only.  A record reaches
-    the file at most ``2 * flush_interval`` (100 ms by default) after ``write``:
-    ``write`` flushes once the oldest pending record is ``flush_interval`` old,
-    and a background thread does the same when no more writes come (a capture
-    whose consumer is stuck printing still gets its records onto the disk).
-    Per record this costs one lock and one ``bytearray`` extend, not a syscall.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        linktype: int = LINKTYPE_ETHERNET,
-        snaplen: int = DEFAULT_SNAPLEN,
-        flush_interval: float = 0.05,
-        max_buffer: int = 1 << 20,
-        background_flush: bool = True,
-    ) -> None:
-        self.path = Path(path)
-        self.linktype = linktype
-        self.snaplen = snaplen
-        self.flush_interval = flush_interval
-        self.max_buffer = max_buffer
-        self.records = 0
-        self._buf = bytearray()
-        self._pending_since = 0.0
-        self._lock = threading.Lock()
-        self._error: OutputError | None = None  # raised by the flusher thread, reported here
-        self._fd: int | None = None
-        try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-        self._write_all(_PCAP_HEADER.pack(_PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, linktype))
-        self._closing = threading.Event()
-        self._flusher: threading.Thread | None = None
-        if background_flush:
-            self._flusher = threading.Thread(target=self._flush_loop, name="pcap-flush", daemon=True)
-            self._flusher.start()
-
-    @property
-    def closed(self) -> bool:
-        return self._fd is None
-
-    def write(
-        self,
-        data: bytes,
-        ts: float | None = None,
-        *,
-        ts_ns: int | None = None,
-        wirelen: int | None = None,
-    ) -> None:
-        """Append one record.  ``ts_ns`` (epoch nanoseconds) wins over ``ts`` (seconds)."""
-        if self._error is not None:
-            raise self._error
-        if self._fd is None:
-            raise ValueError("write to a closed PcapWriter")
-        if ts_ns is not None:
-            usec_total = ts_ns // 1000
-        elif ts is not None:
-            usec_total = round(ts * 1_000_000)
-        else:
-            usec_total = time.time_ns() // 1000
-        caplen = min(len(data), self.snaplen)
-        orig = max(wirelen if wirelen is not None else len(data), caplen)
-        record = _PCAP_RECORD.pack(usec_total // 1_000_000, usec_total % 1_000_000, caplen, orig) + (
-            data[:caplen] if caplen < len(data) else data
-        )
-        with self._lock:
-            buf = self._buf
-            now = time.monotonic()
-            if not buf:
-                self._pending_since = now
-            # One extend per record: a signal handler that raises between two
-            # bytecodes can never leave half a record in the buffer.
-            buf += record
-            self.records += 1
-            if len(buf) >= self.max_buffer or now - self._pending_since >= self.flush_interval:
-                self._flush_locked()
-
-    def maybe_flush(self, now: float | None = None) -> None:
-        """Flush if the oldest pending record has waited ``flush_interval`` or more."""
-        if self._buf and (now if now is not None else time.monotonic()) - self._pending_since >= self.flush_interval:
-            self.flush()
-
-    def flush(self) -> None:
-        with self._lock:
-            self._flush_locked()
-
-    def _flush_locked(self) -> None:
-        if self._buf and self._fd is not None:
-            # SIGINT/SIGTERM are held while the buffer goes out, so a handler that
-            # raises cannot make the bytes be written twice or cut in half.
-            with _signals_held():
-                data, self._buf = self._buf, bytearray()
-                self._write_all(data)
-
-    def _flush_loop(self) -> None:
-        while not self._closing.wait(self.flush_interval):
-            try:
-                self.maybe_flush()
-            except OutputError as exc:
-                self._error = exc
-                return
-
-    def close(self) -> None:
-        """Write what is pending and close the file.  Safe to call more than once."""
-        if self._fd is None:
-            return
-        self._closing.set()
-        if self._flusher is not None and self._flusher is not threading.current_thread():
-            self._flusher.join()
-        with self._lock:
-            try:
-                self._flush_locked()
-            finally:
-                fd, self._fd = self._fd, None
-                if fd is not None:
-                    os.close(fd)
-        if self._error is not None:
-            raise self._error
-
-    def _write_all(self, data: bytes | bytearray) -> None:
-        assert self._fd is not None
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
-
-    def __enter__(self) -> PcapWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # last resort: never leave captured data in memory
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001,S110 - nothing left to report to at interpreter exit
-            pass
-
-
-class _signals_held:
-    """Block SIGINT and SIGTERM in the main thread for the duration (no-op elsewhere)."""
-
-    _SIGS = frozenset({signal.SIGINT, signal.SIGTERM})
-
-    def __enter__(self) -> None:
-        self._old: set[int] | None = None
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.pthread_sigmask(signal.SIG_BLOCK, self._SIGS)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
 
 
 def default_output_name(now: float | None = None) -> str:
@@ -319,6 +139,7 @@ _RET_K = 0x06
 _SOCK_FILTER = struct.Struct("=HBBI")
 
 _IPPROTO_TCP = 6
+_IPPROTO_UDP = 17
 _IPV4_FRAG_OFFSET_MASK = 0x1FFF
 
 BpfInsn = tuple[int, int, int, int]
@@ -351,16 +172,25 @@ def _assemble(prog: list[tuple[Any, ...]]) -> list[BpfInsn]:
     return out
 
 
-def bpf_port_filter(port: int, *, link_offset: int = 14, snaplen: int = DEFAULT_SNAPLEN) -> list[BpfInsn]:
-    """A classic BPF program keeping TCP segments to or from ``port``.
+def bpf_port_filter(port: int, *, link_offset: int = 14, snaplen: int = DEFAULT_SNAPLEN,
+                    protocols: tuple[int, ...] = (_IPPROTO_TCP,)) -> list[BpfInsn]:
+    """A classic BPF program keeping TCP segments (``protocols``: IP protocol numbers,
+    6 TCP and 17 UDP, whose ports sit at the same offsets) to or from ``port``.
 
     ``link_offset`` 14 reads the Ethernet type (Ethernet and Linux loopback);
     0 means frames start at the IP header and the version nibble decides.
-    Like ``tcpdump tcp port P``: IPv6 only when TCP is the first next header,
-    IPv4 fragments other than the first are not matched (they carry no ports).
-    Accepted frames are cut to ``snaplen``.
+    Like ``tcpdump tcp port P`` (``tcp or udp port P``): IPv6 only when the protocol
+    is the first next header, IPv4 fragments other than the first are not matched
+    (they carry no ports).  Accepted frames are cut to ``snaplen``.
     """
+    if not protocols or any(p not in (_IPPROTO_TCP, _IPPROTO_UDP) for p in protocols):
+        raise UsageError(f"protocols {protocols}: TCP (6) and UDP (17) only")
     o = link_offset
+
+    def proto_test(ok: str) -> list[tuple[Any, ...]]:
+        *first, last = protocols
+        return [(_JEQ_K, p, ok, None) for p in first] + [(_JEQ_K, last, ok, "drop")]
+
     prog: list[tuple[Any, ...]] = []
     if o >= 14:
         prog += [
@@ -378,14 +208,16 @@ def bpf_port_filter(port: int, *, link_offset: int = 14, snaplen: int = DEFAULT_
     prog += [
         ("label", "v6"),
         (_LD_B_ABS, o + 6),  # next header
-        (_JEQ_K, _IPPROTO_TCP, None, "drop"),
+        *proto_test("v6ports"),
+        ("label", "v6ports"),
         (_LD_H_ABS, o + 40),  # source port
         (_JEQ_K, port, "keep", None),
         (_LD_H_ABS, o + 42),  # destination port
         (_JEQ_K, port, "keep", "drop"),
         ("label", "v4"),
         (_LD_B_ABS, o + 9),  # protocol
-        (_JEQ_K, _IPPROTO_TCP, None, "drop"),
+        *proto_test("v4ports"),
+        ("label", "v4ports"),
         (_LD_H_ABS, o + 6),  # flags + fragment offset
         (_JSET_K, _IPV4_FRAG_OFFSET_MASK, "drop", None),
         (_LDX_B_MSH, o),
@@ -445,8 +277,10 @@ def open_packet_socket(
     *,
     snaplen: int = DEFAULT_SNAPLEN,
     rcvbuf: int = DEFAULT_RCVBUF,
+    udp: bool = False,
 ) -> PacketSocket:
-    """Open a packet socket on ``iface`` that receives only TCP on ``port``.
+    """Open a packet socket on ``iface`` that receives only TCP (and with ``udp``, UDP)
+    on ``port``.
 
     When this returns, the socket is listening: every later matching packet is
     queued with the time it arrived, nothing unfiltered ever was.  (Should the
@@ -487,7 +321,8 @@ def open_packet_socket(
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
         except OSError:  # not privileged for FORCE: take what rmem_max allows
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        _attach_filter(sock, bpf_port_filter(port, link_offset=offset, snaplen=snaplen))
+        protocols = (_IPPROTO_TCP, _IPPROTO_UDP) if udp else (_IPPROTO_TCP,)
+        _attach_filter(sock, bpf_port_filter(port, link_offset=offset, snaplen=snaplen, protocols=protocols))
         sock.setblocking(False)
         _drain(sock)
         # Before the bind, so that no packet is ever queued with the time it was read.
@@ -564,9 +399,7 @@ class CaptureStats:
     """A snapshot of a running capture."""
 
     packets: int  # frames written to the pcap
-    segments: int  # TCP segments decoded and tracked
-    connections: int  # distinct connections seen
-    completed: int  # connections closed by FINs acked both ways or by a RST
+    decoded: int  # TCP segments (and UDP datagrams, when asked for) decoded and handed on
     dropped: int  # frames the kernel dropped (receive buffer full)
     elapsed: float  # seconds since ready
 
@@ -574,25 +407,28 @@ class CaptureStats:
 @dataclass(frozen=True, slots=True)
 class CaptureResult:
     output: Path
-    reason: str  # count | timeout | connections | stopped | interrupted | terminated
+    reason: str  # count | timeout | stopped | interrupted | terminated, or the reason given to stop()
     stats: CaptureStats
-    summaries: list[ConnectionSummary] = field(default_factory=list)
 
 
 class LiveCapture:
-    """Capture TCP on one port, write a pcap, track and report every segment.
+    """Capture TCP (and with ``udp``, UDP) on one port, write a pcap, hand on every packet.
 
     ``run()`` blocks until a stop condition: ``count`` frames written,
-    ``timeout`` seconds after ready, ``connections`` connections completed,
-    :meth:`stop` (any thread), or SIGINT/SIGTERM when ``handle_signals`` and
-    running in the main thread (a second signal raises KeyboardInterrupt at
-    once).  On a requested stop, frames already queued in the kernel are still
-    written, so the pcap holds everything sent before the stop.  Whatever
-    happens, the pcap is closed with every frame received.
+    ``timeout`` seconds after ready, :meth:`stop` (any thread, or a callback), or
+    SIGINT/SIGTERM when ``handle_signals`` and running in the main thread (a
+    second signal raises KeyboardInterrupt at once).  On a stop from outside,
+    frames already queued in the kernel are still written, so the pcap holds
+    everything sent before the stop; a stop asked for by ``on_packet`` (the
+    pipeline's "after N connections") takes effect at once.  Whatever happens, the
+    pcap is closed with every frame received.
 
-    The library prints nothing; the CLI passes callbacks:
-    ``on_ready()`` once listening, ``on_segment(seg)`` per tracked segment,
-    ``on_status(stats)`` about every ``status_interval`` seconds.
+    This is a source of packets only: it decodes each frame (:class:`Packet`,
+    :class:`UdpPacket`) and calls ``on_packet``; tracking them is the pipeline's
+    job (:class:`handshake_viz.pipeline.LiveTracking`).  The library prints
+    nothing; the CLI passes callbacks: ``on_ready()`` once listening,
+    ``on_packet(packet)`` per decoded packet, ``on_status(stats)`` about every
+    ``status_interval`` seconds.
     """
 
     def __init__(
@@ -603,20 +439,18 @@ class LiveCapture:
         output: str | os.PathLike[str] | None = None,
         count: int | None = None,
         timeout: float | None = None,
-        connections: int | None = None,
+        udp: bool = False,
         on_ready: Callable[[], None] | None = None,
-        on_segment: Callable[[Segment], None] | None = None,
+        on_packet: Callable[[Packet | UdpPacket], None] | None = None,
         on_status: Callable[[CaptureStats], None] | None = None,
         status_interval: float = 0.25,
         snaplen: int = DEFAULT_SNAPLEN,
         rcvbuf: int = DEFAULT_RCVBUF,
         handle_signals: bool = True,
-        tracker: Any = None,
     ) -> None:
         _check_port(port)
-        for name, value in (("--count", count), ("--connections", connections)):
-            if value is not None and value < 1:
-                raise UsageError(f"{name} {value}: must be at least 1")
+        if count is not None and count < 1:
+            raise UsageError(f"--count {count}: must be at least 1")
         if timeout is not None and not timeout > 0:
             raise UsageError(f"--timeout {timeout}: must be more than 0 seconds")
         self.port = port
@@ -624,41 +458,40 @@ class LiveCapture:
         self.output = Path(output if output is not None else default_output_name())
         self.count = count
         self.timeout = timeout
-        self.connections = connections
+        self.udp = udp
         self.on_ready = on_ready
-        self.on_segment = on_segment
+        self.on_packet = on_packet
         self.on_status = on_status
         self.status_interval = status_interval
         self.snaplen = snaplen
         self.rcvbuf = rcvbuf
         self.handle_signals = handle_signals
-        if tracker is None:
-            from handshake_viz.track import Tracker
-
-            tracker = Tracker()
-        self.tracker = tracker
         self.ready = threading.Event()
         self._stop_reason: str | None = None
+        self._stop_now = False  # stop() from inside on_packet: no more frames at all
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._packets = 0
-        self._segments = 0
+        self._decoded = 0
         self._dropped = 0
         self._queued_total = 0  # frames the kernel queued for us (from PACKET_STATISTICS)
         self._frames_read = 0
-        self._seen: set[int] = set()
-        self._completed: set[int] = set()
         self._t_ready = 0.0
         self._psock: PacketSocket | None = None
         self._signals_seen = 0
+        self._in_callback = False
+        self._thread: threading.Thread | None = None
 
     # -- control ------------------------------------------------------------
 
     def stop(self, reason: str = "stopped") -> None:
-        """Ask ``run()`` to finish: queued frames are still written.  Thread-safe."""
+        """Ask ``run()`` to finish.  Thread-safe.  From outside, frames already queued
+        are still written; from ``on_packet`` the capture ends with that packet."""
         if self._stop_reason is None:
             self._stop_reason = reason
+            if self._in_callback and threading.current_thread() is self._thread:
+                self._stop_now = True
         try:
             self._wake_w.send(b"x")
         except OSError:
@@ -674,9 +507,7 @@ class LiveCapture:
     def stats(self) -> CaptureStats:
         return CaptureStats(
             packets=self._packets,
-            segments=self._segments,
-            connections=len(self._seen),
-            completed=len(self._completed),
+            decoded=self._decoded,
             dropped=self._dropped,
             elapsed=(time.monotonic() - self._t_ready) if self._t_ready else 0.0,
         )
@@ -684,9 +515,6 @@ class LiveCapture:
     @property
     def linktype(self) -> int | None:
         return self._psock.linktype if self._psock else None
-
-    def summaries(self) -> list[ConnectionSummary]:
-        return list(self.tracker.summaries())
 
     # -- the loop -----------------------------------------------------------
 
@@ -696,6 +524,7 @@ class LiveCapture:
         any exception from a callback propagates once the pcap is closed."""
         from handshake_viz.decode import decode_frame
 
+        self._thread = threading.current_thread()
         self._decode = decode_frame
         self._view = memoryview(bytearray(self.snaplen))  # one receive buffer, reused
         restore: dict[signal.Signals, Any] = {}
@@ -704,7 +533,8 @@ class LiveCapture:
                 restore[signum] = signal.signal(signum, self._on_signal)
         writer: PcapWriter | None = None
         try:
-            self._psock = open_packet_socket(self.iface, self.port, snaplen=self.snaplen, rcvbuf=self.rcvbuf)
+            self._psock = open_packet_socket(self.iface, self.port, snaplen=self.snaplen, rcvbuf=self.rcvbuf,
+                                             udp=self.udp)
             writer = PcapWriter(self.output, linktype=self._psock.linktype, snaplen=self.snaplen)
             self._t_ready = time.monotonic()
             self.ready.set()
@@ -712,14 +542,14 @@ class LiveCapture:
                 self.on_ready()
             self._loop(writer)
             reason = self._stop_reason or "stopped"
-            if reason not in ("count", "connections"):
+            if reason != "count" and not self._stop_now:
                 # Write what the kernel had queued when asked to stop, and no more
                 # (traffic that keeps coming must not keep us from stopping).
                 self._read_drops()
                 self._pump(writer, limit=max(0, self._queued_total - self._frames_read))
             writer.close()
             self._read_drops()
-            return CaptureResult(self.output, reason, self.stats, self.summaries())
+            return CaptureResult(self.output, reason, self.stats)
         finally:
             if writer is not None:
                 writer.close()
@@ -777,10 +607,9 @@ class LiveCapture:
         linktype = self._psock.linktype
         view = self._view
         decode = self._decode
-        feed = self.tracker.feed
-        is_finished = self.tracker.is_finished
-        on_segment = self.on_segment
-        while limit > 0:
+        on_packet = self.on_packet
+        udp = self.udp
+        while limit > 0 and not self._stop_now:
             limit -= 1
             try:
                 n, anc, _flags, addr = sock.recvmsg_into([view], _ANCBUF, socket.MSG_TRUNC)
@@ -803,18 +632,15 @@ class LiveCapture:
             # The same float the decoder computes from the microsecond pcap record,
             # so the live ladder equals `hsviz analyze` of the written file.
             ts = usec // 1_000_000 + (usec % 1_000_000) / 1_000_000
-            pkt = decode(linktype, data, frame=self._packets, ts=ts, wirelen=n)
+            pkt = decode(linktype, data, frame=self._packets, ts=ts, wirelen=n, udp=udp)
             if pkt is not None:
-                seg = feed(pkt)
-                self._segments += 1
-                self._seen.add(seg.conn)
-                if is_finished(seg.conn):  # both FINs acknowledged, or a RST
-                    self._completed.add(seg.conn)
-                if on_segment is not None:
-                    on_segment(seg)
-                if self.connections is not None and len(self._completed) >= self.connections:
-                    self._stop_reason = "connections"
-                    return
+                self._decoded += 1
+                if on_packet is not None:
+                    self._in_callback = True
+                    try:
+                        on_packet(pkt)
+                    finally:
+                        self._in_callback = False
             if self.count is not None and self._packets >= self.count:
                 self._stop_reason = "count"
                 return
@@ -824,7 +650,7 @@ class LiveCapture:
 
 
 class Replay:
-    """An iterator over the TCP packets of a saved capture, paced like the original.
+    """An iterator over the packets of a saved capture, paced like the original.
 
     Made by :func:`replay`.  The file is opened at once (a bad file raises
     CaptureFileError before the first packet); :attr:`stats` is the decoder's
@@ -839,6 +665,7 @@ class Replay:
         inject: bool,
         iface: str,
         sleep: Callable[[float], None],
+        udp: bool = False,
     ) -> None:
         if not speed >= 0:
             raise UsageError(f"--speed {speed}: must be 0 (no waiting) or more")
@@ -846,6 +673,7 @@ class Replay:
 
         self.path = path
         self.speed = speed
+        self.udp = udp
         self._sleep = sleep
         self._reader = open_capture(path)  # raises CaptureFileError with one clear line
         try:
@@ -862,15 +690,17 @@ class Replay:
     def __iter__(self) -> Replay:
         return self
 
-    def __next__(self) -> Packet:
+    def __next__(self) -> Packet | UdpPacket:
         return next(self._it)
 
-    def _run(self) -> Iterator[Packet]:
+    def _run(self) -> Iterator[Packet | UdpPacket]:
+        from handshake_viz.model import make_packet
+
         speed, sleep, injector = self.speed, self._sleep, self._injector
         try:
             t0_wall: float | None = None
             t0_pkt = 0.0
-            for pkt in self._reader:
+            for pkt in self._reader.records(make_packet, UdpPacket if self.udp else None):
                 if speed > 0:
                     if t0_wall is None:
                         t0_wall, t0_pkt = time.monotonic(), pkt.ts
@@ -905,8 +735,10 @@ def replay(
     inject: bool = False,
     iface: str = "lo",
     sleep: Callable[[float], None] = time.sleep,
+    udp: bool = False,
 ) -> Replay:
-    """Iterate the TCP packets of a saved capture with their original timing.
+    """Iterate the TCP packets (with ``udp``, UDP datagrams too) of a saved capture with
+    their original timing.
 
     The gap between two packets is slept scaled by ``1/speed``; ``speed=0``
     never sleeps.  The caller feeds a Tracker and prints, exactly as for a live
@@ -914,7 +746,7 @@ def replay(
     ``iface`` as it is yielded, for other tools watching the interface; the
     kernel receives injected frames too and may answer them.
     """
-    return Replay(path, speed=speed, inject=inject, iface=iface, sleep=sleep)
+    return Replay(path, speed=speed, inject=inject, iface=iface, sleep=sleep, udp=udp)
 
 
 _ETHERTYPE_BY_VERSION = {4: b"\x08\x00", 6: b"\x86\xdd"}
@@ -934,23 +766,19 @@ class _Injector:
         self.sock.bind((iface, 0))
         hatype = self.sock.getsockname()[3]
         self.ethernet = hatype in (ARPHRD_ETHER, ARPHRD_LOOPBACK)
-        from scapy.utils import RawPcapReader
+        from handshake_viz.decode import open_capture
 
         try:
-            self._reader = RawPcapReader(os.fspath(path))
-        except Exception as exc:  # decode already accepted the file; scapy may not
+            self._reader = open_capture(path)
+        except BaseException:
             self.sock.close()
-            raise CaptureFileError(f"{path}: --inject cannot read the raw frames: {exc}") from None
-        self._records = iter(self._reader)
-        self._frame = 0
+            raise
+        self._frames = self._reader.frames()
 
     def send(self, frame: int) -> None:
-        for data, meta in self._records:
-            self._frame += 1
-            if self._frame == frame:
-                lt = getattr(meta, "linktype", None)  # pcapng: per interface
-                linktype = int(lt if lt is not None else getattr(self._reader, "linktype", LINKTYPE_ETHERNET))
-                out = self._frame_for_iface(linktype, data)
+        for rec in self._frames:
+            if rec.frame == frame:
+                out = self._frame_for_iface(rec.linktype, rec.data)
                 if out:
                     try:
                         self.sock.send(out)
@@ -959,36 +787,18 @@ class _Injector:
                 return
 
     def _frame_for_iface(self, linktype: int, data: bytes) -> bytes | None:
-        ip = _ip_part(linktype, data)
-        if ip is None or not ip:
+        from handshake_viz.decode import ip_packet
+
+        if linktype == LINKTYPE_ETHERNET and self.ethernet:
+            return data
+        ip = ip_packet(linktype, data)
+        if not ip:
             return None
         if not self.ethernet:
             return ip
-        if linktype == LINKTYPE_ETHERNET:
-            return data
         ethertype = _ETHERTYPE_BY_VERSION.get(ip[0] >> 4)
         return None if ethertype is None else b"\x00" * 12 + ethertype + ip
 
     def close(self) -> None:
         self.sock.close()
         self._reader.close()
-
-
-def _ip_part(linktype: int, data: bytes) -> bytes | None:
-    """The IP packet inside a frame of a known link type, else None."""
-    if linktype == LINKTYPE_ETHERNET:
-        off, etype = 12, data[12:14]
-        while etype in (b"\x81\x00", b"\x88\xa8"):  # VLAN tags
-            off += 4
-            etype = data[off : off + 2]
-        return data[off + 2 :] if etype in (b"\x08\x00", b"\x86\xdd") else None
-    if linktype in (LINKTYPE_RAW, 228, 229, 12, 14):  # raw IP / IPv4 / IPv6
-        return data
-    if linktype == 0:  # BSD loopback: 4-byte family in host order
-        return data[4:]
-    if linktype == 113:  # Linux cooked v1
-        return data[16:]
-    if linktype == 276:  # Linux cooked v2
-        return data[20:]
-    return None
-

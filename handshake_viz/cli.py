@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from handshake_viz import report
-from handshake_viz.errors import HsvizError, UsageError
+from handshake_viz.errors import HsvizError, NoSuchConnection, UsageError
 
 __all__ = ["main", "build_parser"]
 
@@ -63,56 +63,21 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _calls_file(args: argparse.Namespace) -> Path | None:
     """--calls FILE, else FILE.calls.jsonl beside the capture when it exists."""
-    from handshake_viz.errors import TraceFileError
-    from handshake_viz.trace import calls_path_for
+    from handshake_viz.pipeline import calls_file_for
 
-    if args.calls:
-        path = Path(args.calls)
-        if not path.is_file():
-            raise TraceFileError(f"{path}: no such file")
-        return path
-    beside = calls_path_for(args.file)
-    return beside if beside.is_file() else None
+    return calls_file_for(args.file, args.calls)
 
 
 def _analyze_with_calls(args: argparse.Namespace, calls_file: Path, out: TextIO, err: TextIO) -> int:
     """`hsviz analyze` with socket calls: each connection's segments and calls in one
-    time-ordered ladder (or JSONL stream).  Alignment needs whole connections, so this
-    path holds the selected connections in memory; without calls analyze streams."""
-    from handshake_viz import align
-    from handshake_viz.api import load
-    from handshake_viz.model import Call
+    time-ordered ladder (or JSONL stream), then each UDP flow's.  Alignment needs whole
+    connections, so this path holds the selected connections in memory; without calls
+    analyze streams."""
+    from handshake_viz.pipeline import load
 
     trace = load(args.file, calls=calls_file, conn=args.conn, infer=False)
-    write = out.write
-    for c in trace.connections:
-        s = c.summary
-        events = align.timeline(c.segments, c.calls)
-        if args.jsonl:
-            for e in events:
-                write((report.call_jsonl(e) if isinstance(e, Call) else report.segment_jsonl(e)) + "\n")
-        elif not args.summary:
-            t0 = c.segments[0].ts if c.segments else s.first_ts
-            write(report.connection_header(s) + "\n")
-            write(report.ladder_columns() + "\n")
-            for e in events:
-                write((report.format_call(e, t0) if isinstance(e, Call) else report.format_segment(e, t0)) + "\n")
-            write(report.format_summary(s) + "\n\n")
-    # Calls on no captured connection (a listening socket's bind/listen, a failed bind).
-    loose = [c for c in trace.calls if c.conn is None] if args.conn is None else []
-    if args.jsonl:
-        for call in loose:
-            write(report.call_jsonl(call) + "\n")
-        for c in trace.connections:
-            write(report.connection_jsonl(c.summary) + "\n")
-    elif args.summary:
-        for c in trace.connections:
-            write(report.format_summary(c.summary) + "\n")
-    elif loose:
-        t0 = trace.connections[0].summary.first_ts if trace.connections else loose[0].start
-        write("calls on no captured connection:\n")
-        for call in loose:
-            write(report.format_call(call, t0) + "\n")
+    mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
+    out.writelines(line + "\n" for line in report.trace_lines(trace, mode, conn=args.conn))
     for w in trace.warnings:
         err.write(f"{PROG}: warning: {w}\n")
     return 0
@@ -132,32 +97,44 @@ class _LiveView:
     a terminal) is erased before each segment line and redrawn on the next tick.
     """
 
-    def __init__(self, tracker: Any, out: TextIO, err: TextIO, *, status: bool) -> None:
-        self.tracker = tracker
+    def __init__(self, tracking: Any, out: TextIO, err: TextIO, *, status: bool) -> None:
+        self.tracking = tracking
         self.out = out
         self.err = err
         self.status_enabled = status
         self._status_shown = False
         self._status_text = ""
-        self._last_conn = -1
-        self._starts: dict[int, float] = {}
+        self._last: tuple[str, int] = ("", -1)
+        self._starts: dict[tuple[str, int], float] = {}
 
     def segment(self, seg: Any) -> None:
         if self._status_shown:
             self.clear_status()
         write = self.out.write
-        if seg.conn != self._last_conn:
-            self._last_conn = seg.conn
-            write(report.connection_header(self.tracker.summary(seg.conn)) + "\n")
-        write(report.format_segment(seg, self._starts.setdefault(seg.conn, seg.ts)) + "\n")
+        key = ("conn", seg.conn)
+        if key != self._last:
+            self._last = key
+            write(report.connection_header(self.tracking.tracker.summary(seg.conn)) + "\n")
+        write(report.format_segment(seg, self._starts.setdefault(key, seg.ts)) + "\n")
+        self.out.flush()
+
+    def datagram(self, d: Any) -> None:
+        if self._status_shown:
+            self.clear_status()
+        write = self.out.write
+        key = ("flow", d.flow)
+        if key != self._last:
+            self._last = key
+            write(report.flow_header(self.tracking.flows.summary(d.flow)) + "\n")
+        write(report.format_datagram(d, self._starts.setdefault(key, d.ts)) + "\n")
         self.out.flush()
 
     def status(self, stats: Any) -> None:
         if not self.status_enabled:
             return
-        n = stats.connections
+        n = self.tracking.seen
         text = (f"{stats.packets} packet{'s' if stats.packets != 1 else ''}, {n} connection"
-                f"{'s' if n != 1 else ''} ({stats.completed} closed)")
+                f"{'s' if n != 1 else ''} ({self.tracking.completed} closed)")
         if stats.dropped:
             text += f", {stats.dropped} dropped by the kernel"
         if not self._status_shown or text != self._status_text:
@@ -172,11 +149,14 @@ class _LiveView:
             self.err.flush()
             self._status_shown = False
 
-    def summaries(self, summaries: list[Any]) -> None:
-        if summaries:
+    def summaries(self) -> None:
+        summaries, flows = self.tracking.summaries(), self.tracking.flows.summaries()
+        if summaries or flows:
             self.out.write("\n")
         for s in summaries:
             self.out.write(report.format_summary(s) + "\n")
+        for f in flows:
+            self.out.write(report.format_flow_summary(f) + "\n")
         self.out.flush()
 
 
@@ -240,7 +220,7 @@ def _plot_capture(pcap: Any) -> Any:
 
 def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from handshake_viz.capture import LiveCapture, default_output_name
-    from handshake_viz.track import Tracker
+    from handshake_viz.pipeline import LiveTracking
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -253,8 +233,10 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise UsageError("--as-root: only for a command given after --")
     tracing = bool(command or args.trace_pid)
 
-    tracker = Tracker()
-    view = _LiveView(tracker, out, err, status=err.isatty())
+    tracking = LiveTracking(connections=args.connections)
+    view = _LiveView(tracking, out, err, status=err.isatty())
+    tracking.on_segment = view.segment
+    tracking.on_datagram = view.datagram
 
     def ready() -> None:
         err.write(f"listening on {args.iface} port {args.port}\n")
@@ -268,16 +250,17 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         session = TracedCapture(
             args.port, command=command, pids=args.trace_pid, as_user=None if args.as_root else "sudo",
             grace=args.grace, iface=args.iface, output=output,
-            count=args.count, timeout=args.timeout, connections=args.connections,
-            on_ready=ready, on_segment=view.segment, on_status=view.status, tracker=tracker,
+            count=args.count, timeout=args.timeout,
+            on_ready=ready, on_packet=tracking.packet, on_status=view.status,
         )
         live = session.live
     else:
         live = LiveCapture(
             args.port, iface=args.iface, output=output,
-            count=args.count, timeout=args.timeout, connections=args.connections,
-            on_ready=ready, on_segment=view.segment, on_status=view.status, tracker=tracker,
+            count=args.count, timeout=args.timeout,
+            on_ready=ready, on_packet=tracking.packet, on_status=view.status,
         )
+    tracking.stop = live.stop
     from handshake_viz.tracer import give_to_sudo_user
 
     written: list[Any] = [live.output]
@@ -305,9 +288,10 @@ def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, e
         raise
     finally:
         view.clear_status()
-    view.summaries(result.summaries)
+    view.summaries()
+    summaries = view.tracking.summaries()
     if outcome is not None:
-        _print_calls(outcome, result.summaries, out)
+        _print_calls(outcome.calls, summaries, out)
         _report_traced(outcome, result.reason, err)
     if result.stats.dropped:
         err.write(f"{PROG}: warning: the kernel dropped {result.stats.dropped} packets "
@@ -318,7 +302,7 @@ def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, e
         err.write(f"{PROG}: wrote {n} socket call{'s' if n != 1 else ''} to {outcome.calls_path} "
                   f"(strace log: {outcome.strace_log})\n")
     if args.plot:
-        if result.summaries:
+        if summaries or view.tracking.flows.flow_count:
             drawn = _plot_capture(result.output)
             written.append(drawn)
             err.write(f"{PROG}: drew {drawn}\n")
@@ -327,12 +311,12 @@ def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, e
     return 0
 
 
-def _print_calls(outcome: Any, summaries: list[Any], out: TextIO) -> None:
+def _print_calls(calls: Any, summaries: list[Any], out: TextIO) -> None:
     """After the summaries: each connection's traced calls, timed from its first segment
     as its ladder is, then the calls on no captured connection (listening sockets, calls
     before the capture), timed from the capture's first segment."""
     by_conn: dict[int | None, list[Any]] = {}
-    for c in sorted(outcome.calls, key=lambda c: (c.start, c.end)):
+    for c in sorted(calls, key=lambda c: (c.start, c.end)):
         by_conn.setdefault(c.conn, []).append(c)
     if not by_conn:
         return
@@ -384,27 +368,33 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inject", action="store_true",
                    help="also re-send each frame on --iface (root or CAP_NET_RAW)")
     p.add_argument("--iface", default="lo", help="interface for --inject (default: lo)")
+    p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl "
+                   "(default: FILE's .calls.jsonl beside it, when present), printed after the summaries")
     p.set_defaults(func=_cmd_replay)
 
 
 def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from handshake_viz.capture import replay
-    from handshake_viz.track import Tracker
+    from handshake_viz.pipeline import LiveTracking, load
 
-    tracker = Tracker()
-    view = _LiveView(tracker, out, err, status=False)
-    feed = tracker.feed
-    with replay(args.file, speed=args.speed, inject=args.inject, iface=args.iface) as packets:
+    tracking = LiveTracking()
+    view = _LiveView(tracking, out, err, status=False)
+    tracking.on_segment = view.segment
+    tracking.on_datagram = view.datagram
+    with replay(args.file, speed=args.speed, inject=args.inject, iface=args.iface, udp=True) as packets:
         for packet in packets:
-            view.segment(feed(packet))
+            tracking.packet(packet)
         stats = packets.stats
         warnings = list(stats.warnings)
-    summaries = tracker.summaries()
     for w in warnings:
         err.write(f"{PROG}: warning: {w}\n")
-    if not summaries:
-        raise UsageError(f"{args.file}: no TCP segments in {stats.records} records")
-    view.summaries(summaries)
+    if not tracking.seen and not tracking.flows.flow_count:
+        raise UsageError(f"{args.file}: no TCP segments or UDP datagrams in {stats.records} records")
+    view.summaries()
+    calls_file = _calls_file(args)
+    if calls_file is not None:  # the socket calls, as the live view of `capture -- CMD` prints them
+        trace = load(args.file, calls=calls_file, infer=False)
+        _print_calls(trace.calls, [c.summary for c in trace.connections], out)
     return 0
 
 
@@ -483,16 +473,116 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # parser and entry point
 # ----------------------------------------------------------------------------------------
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    from handshake_viz.demo import add_demo_command
+# ----------------------------------------------------------------------------------------
+# demo and export
+# ----------------------------------------------------------------------------------------
 
-    add_demo_command(sub)
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from handshake_viz.demo import DEFAULT_SCENARIO, EXPECTED_LABELS_FILE
+
+    p = sub.add_parser(
+        "demo",
+        help="run a TCP lesson on loopback (server + client), capture it and draw it",
+        description="Run a small real server and client on 127.0.0.1 that show one TCP lesson, "
+        "capture their segments live (root or CAP_NET_RAW), record their socket calls, and write "
+        "NAME.pcap, NAME.calls.jsonl and NAME.png. Without the privilege, open the shipped "
+        "captures/NAME.pcap instead.",
+    )
+    p.add_argument("name", nargs="?", default=DEFAULT_SCENARIO, metavar="NAME",
+                   help=f"scenario (default: {DEFAULT_SCENARIO}; see --list)")
+    p.add_argument("--list", action="store_true", help="list the scenarios and their lessons")
+    p.add_argument("--all", action="store_true",
+                   help=f"run every scenario (and write {EXPECTED_LABELS_FILE} beside them)")
+    p.add_argument("-o", "--output-dir", default=".", metavar="OUT_DIR",
+                   help="where to write the files (default: the current directory)")
+    p.add_argument("--shipped", action="store_true",
+                   help="do not capture: open the shipped captures/NAME.pcap")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from handshake_viz.demo import (
+        EXPECTED_LABELS_FILE,
+        SCENARIOS,
+        can_capture,
+        dump_expected_labels,
+        expected_labels,
+        format_result,
+        run_scenario,
+        scenario,
+        shipped_captures_dir,
+    )
+    from handshake_viz.tracer import give_to_sudo_user
+
+    if args.list:
+        width = max(map(len, SCENARIOS))
+        out.writelines(f"{s.name:<{width}}  {s.lesson}\n" for s in SCENARIOS.values())
+        return 0
+    names = list(SCENARIOS) if args.all else [args.name]
+    for n in names:
+        scenario(n)  # unknown names fail before anything runs
+    live: bool | None = False if args.shipped else None
+    if live is None and not can_capture():
+        err.write(f"hsviz: capturing needs root or CAP_NET_RAW: showing the shipped captures in "
+                  f"{shipped_captures_dir()} instead\n")
+        live = False
+    results = []
+    for n in names:
+        result = run_scenario(n, args.output_dir, live=live)
+        results.append(result)
+        out.writelines(line + "\n" for line in format_result(result))
+        written = [result.pcap, result.calls_path] + ([result.png] if result.png else [])
+        if result.live:
+            give_to_sudo_user(written)  # `sudo hsviz demo` leaves files the user owns
+        verb = "wrote" if result.live else "shipped"
+        out.write(f"{verb}: {', '.join(map(str, written))}\n")
+        if result.live and result.png is None:
+            err.write(f"hsviz: warning: no diagram drawn for {n}\n")
+        out.write("\n")
+        out.flush()
+    if args.all and live is not False:
+        path = Path(args.output_dir) / EXPECTED_LABELS_FILE
+        path.write_text(dump_expected_labels(expected_labels(results)))
+        give_to_sudo_user([path])
+        out.write(f"wrote: {path}\n")
+    return 0
+
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    from handshake_viz.export import add_export_command
+    p = sub.add_parser(
+        "export",
+        help="write a pcapng copy of a capture whose packets name the socket calls",
+        description="Copy a pcap/pcapng capture to pcapng, every frame unchanged, adding a packet "
+        "comment to each segment a socket call caused ('connect() pid 1234 fd 3') or that "
+        "released one ('recvfrom() pid 1240 fd 4 returns 6'), so Wireshark shows the calls too. "
+        "Calls come from FILE's .calls.jsonl beside it (or --calls); a connection without "
+        "traced calls gets calls inferred from its segments, marked '(inferred)'.",
+    )
+    p.add_argument("file", help="capture file (pcap or pcapng)")
+    p.add_argument("-o", "--output", metavar="OUT", help="pcapng to write (default: "
+                   "FILE.annotated.pcapng beside the input)")
+    p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl")
+    p.add_argument("--traced-only", action="store_true",
+                   help="comment only traced calls, never calls inferred from the segments")
+    p.set_defaults(func=_cmd_export)
 
-    add_export_command(sub)
+
+def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from handshake_viz.export import export_capture
+
+    if args.output is not None and not args.output:
+        raise UsageError("-o: empty output path")
+    result, traced = export_capture(args.file, args.output, calls=args.calls,
+                                    traced_only=args.traced_only)
+    err.writelines(f"hsviz: warning: {w}\n" for w in result.warnings)
+    kind = "traced" if traced else "inferred"
+    if not result.comments:
+        kind = "none"
+    out.write(f"{result.path}: {result.frames} frames, {result.comments} comments on "
+              f"{result.commented} frames (calls: {kind})\n")
+    return 0
 
 
 # Subcommand registrars, in the order `hsviz --help` lists them.  Modules that add a
@@ -532,6 +622,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
     args = parser.parse_args(argv)
     try:
         return int(args.func(args, out, err) or 0)
+    except NoSuchConnection as exc:  # the library's words, in terms of this command's flag
+        n = exc.count
+        err.write(f"{PROG}: {exc.source}: --conn {exc.conn} out of range (the capture has {n} "
+                  f"connection{'s' if n != 1 else ''})\n")
+        return exc.exit_status
     except HsvizError as exc:
         err.write(f"{PROG}: {exc}\n")
         return exc.exit_status

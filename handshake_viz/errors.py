@@ -6,22 +6,30 @@
      ├── InputError                 the user's input cannot be used (exit status 2)
      │    ├── CaptureFileError      a pcap/pcapng file: missing, not a capture, truncated
      │    ├── TraceFileError        a strace log or calls.jsonl that cannot be read
-     │    └── UsageError            an option value that makes no sense (port 0, --conn 9 of 3)
+     │    └── UsageError            a value that makes no sense (port 0, a negative row count)
+     │         └── NoSuchConnection a connection number the capture does not have
      ├── CaptureError               live capture failed (interface, socket, …)
      │    └── PermissionDeniedError capturing or tracing needs root / CAP_NET_RAW
      ├── TraceError                 running or attaching strace failed
      ├── OutputError                a file cannot be written (path, extension)
      └── WorkerError                the child process analysing a capture died
 
-Every message is one line that names the file or option and what is wrong, e.g.
-``trace.pcap: record 1234 truncated: 40 of 74 bytes``; the CLI prints exactly
-that line and exits with ``exit_status``.
+Every message is one line that names the file, connection or value and what is
+wrong, in the library's own words (``trace.pcap: record 1234 truncated: 40 of 74
+bytes``; ``trace.pcap: no connection 9: the capture has 3 connections``); the CLI
+prints that line and exits with ``exit_status``, putting its own flag names where
+the library's words map to one (``--conn 9 out of range``).  :func:`os_error` is
+the one translation of an OSError into these words.
 """
 
 from __future__ import annotations
 
+import errno as _errno
+import os as _os
+
 __all__ = [
     "CaptureError",
+    "NoSuchConnection",
     "CaptureFileError",
     "HsvizError",
     "InputError",
@@ -31,6 +39,7 @@ __all__ = [
     "TraceFileError",
     "UsageError",
     "WorkerError",
+    "os_error",
 ]
 
 
@@ -56,6 +65,15 @@ class UsageError(InputError):
     """An option value that cannot work (port out of range, --conn out of range, …)."""
 
 
+class NoSuchConnection(UsageError):
+    """A connection number the capture does not have (``conn``, out of ``count``)."""
+
+    def __init__(self, source: object, conn: int, count: int) -> None:
+        self.source, self.conn, self.count = source, conn, count
+        super().__init__(f"{source}: no connection {conn}: the capture has {count} "
+                         f"connection{'s' if count != 1 else ''}")
+
+
 class CaptureError(HsvizError):
     """Live capture could not start or went wrong."""
 
@@ -77,3 +95,28 @@ class WorkerError(HsvizError):
     (killed, out of memory): not the input's fault."""
 
     exit_status = 1
+
+
+_REASONS = {
+    _errno.ENOENT: "no such file",
+    _errno.EACCES: "permission denied",
+    _errno.EPERM: "permission denied",
+    _errno.EISDIR: "is a directory",
+    _errno.ENOTDIR: "a part of the path is not a directory",
+    _errno.ENOSPC: "No space left on device",
+    _errno.EROFS: "read-only file system",
+    _errno.ELOOP: "is a symbolic link (refused)",
+}
+
+
+def os_error(exc: OSError, path: object, doing: str = "",
+             kind: type[HsvizError] = OutputError) -> HsvizError:
+    """The project's error for an OSError on ``path``: ``kind`` with one line,
+    ``PATH: cannot DOING: reason`` (``PATH: reason`` without ``doing``), the reason
+    in plain words for the common cases and the system's words otherwise.
+
+    ``raise os_error(exc, path, "write") from None``.
+    """
+    reason = _REASONS.get(exc.errno or 0) or exc.strerror or str(exc) or type(exc).__name__
+    shown = _os.fspath(path) if isinstance(path, _os.PathLike) else str(path)
+    return kind(f"{shown}: cannot {doing}: {reason}" if doing else f"{shown}: {reason}")

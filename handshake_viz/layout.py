@@ -84,7 +84,7 @@ from handshake_viz.model import (
     Segment,
     TcpState,
 )
-from handshake_viz.report import humanize_bytes
+from handshake_viz.text import humanize_bytes
 
 __all__ = [
     "CallBar",

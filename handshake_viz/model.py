@@ -351,30 +351,13 @@ class Segment:
         return self.dir is Direction.C2S
 
     def to_json(self) -> dict[str, Any]:
-        """The ``"type": "segment"`` record of the JSONL schema."""
-        return {
-            "type": "segment",
-            "frame": self.frame,
-            "ts": self.ts,
-            "conn": self.conn,
-            "src": self.src,
-            "sport": self.sport,
-            "dst": self.dst,
-            "dport": self.dport,
-            "dir": self.dir.value,
-            "seq": self.seq,
-            "ack": self.ack,
-            "rel_seq": self.rel_seq,
-            "rel_ack": self.rel_ack,
-            "len": self.length,
-            "flags": flag_letters(self.flags),
-            "win": self.win,
-            "options": self.options.to_json(),
-            "label": self.label.value,
-            "phase": self.phase.value,
-            "analysis": [a.value for a in self.analysis],
-            "state": {"client": self.client_state.value, "server": self.server_state.value},
-        }
+        """The ``"type": "segment"`` record of the JSONL schema (parsed from the one
+        line writer, ``report.segment_jsonl``: the schema is defined once)."""
+        import json
+
+        from handshake_viz.report import segment_jsonl
+
+        return json.loads(segment_jsonl(self))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,22 +403,13 @@ class ConnectionSummary:
         return self.last_ts - self.first_ts
 
     def to_json(self) -> dict[str, Any]:
-        """The ``"type": "connection"`` record of the JSONL schema."""
-        return {
-            "type": "connection",
-            "conn": self.conn,
-            "client": self.client.to_json(),
-            "server": self.server.to_json(),
-            "first_ts": self.first_ts,
-            "last_ts": self.last_ts,
-            "segments": self.segments,
-            "bytes_c2s": self.bytes_c2s,
-            "bytes_s2c": self.bytes_s2c,
-            "conn_state": self.conn_state,
-            "history": self.history,
-            "roles_guessed": self.roles_guessed,
-            "state": {"client": self.client_state.value, "server": self.server_state.value},
-        }
+        """The ``"type": "connection"`` record of the JSONL schema (from
+        ``report.connection_jsonl``, its one definition)."""
+        import json
+
+        from handshake_viz.report import connection_jsonl
+
+        return json.loads(connection_jsonl(self))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,10 +456,13 @@ class Datagram:
         return self.dir is Direction.C2S
 
     def to_json(self) -> dict[str, Any]:
-        """The ``"type": "datagram"`` record of the JSONL schema."""
-        from handshake_viz.schema import datagram_record
+        """The ``"type": "datagram"`` record of the JSONL schema (from
+        ``report.datagram_jsonl``, its one definition)."""
+        import json
 
-        return datagram_record(self)
+        from handshake_viz.report import datagram_jsonl
+
+        return json.loads(datagram_jsonl(self))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,28 +2,76 @@
 
 ::
 
-    frames --decode--> Packet / UdpPacket --track--> Segment / Datagram --+
-    strace log, calls.jsonl --trace--> Call --align (else infer)----------+--> Trace
+    frames --decode--> Packet / UdpPacket --track / flows--> Segment / Datagram --+
+    strace log, calls.jsonl --trace--> Call --------align (else infer)-------------+--> Trace
 
-Every view reads a Trace: the text ladder and JSONL (``report``), the diagram
-(``layout`` then ``draw``), the notebook.  No other module chains decode, track and
-align.  (Skeleton: the builder lands with the rest of the redesign.)
+Every view reads what this module makes: the text ladder and JSONL (``report``,
+``analyze``), the diagram (``layout`` then ``draw``), the notebook (``api``), the
+annotated pcapng (``export``), the demo and the traced capture (``session``).  No
+other module chains decode, track and align, and only here is it decided which
+calls a connection shows: the traced ones when a call log has any for it, else
+calls inferred from its segments (marked ``inferred``), never a mixture.
+
+* :func:`load` -- a capture file (and the call log beside it) as a whole Trace;
+* :func:`stream` -- a capture file decoded and tracked record by record, for
+  ``hsviz analyze`` on files too large to hold (no calls: alignment needs whole
+  connections);
+* :class:`LiveTracking` -- packets from a live capture or a replay, tracked as
+  they arrive, and the Trace once it stops (:func:`trace_of_segments`).
 """
 
 from __future__ import annotations
 
+import html
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from handshake_viz.model import Call, ConnectionSummary, Datagram, FlowSummary, Segment
+from handshake_viz.errors import CaptureFileError, NoSuchConnection, TraceFileError, UsageError
+from handshake_viz.model import (
+    Call,
+    ConnectionSummary,
+    Datagram,
+    FlowSummary,
+    Packet,
+    Segment,
+    UdpPacket,
+)
 
-__all__ = ["Connection", "Flow", "Trace"]
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+
+    from handshake_viz.decode import CaptureReader
+    from handshake_viz.flows import FlowTracker
+    from handshake_viz.track import Tracker
+
+__all__ = [
+    "Connection",
+    "Flow",
+    "LiveTracking",
+    "Trace",
+    "calls_file_for",
+    "load",
+    "stream",
+    "trace_of_segments",
+]
+
+
+# ======================================================================================
+# The records every view reads
+# ======================================================================================
 
 
 @dataclass(frozen=True)
 class Connection:
     """One TCP connection of a trace: its summary, labelled segments and socket calls
-    (traced when a call log was given, else inferred and marked so; never a mixture)."""
+    (traced when a call log had any for it, else inferred and marked so).
+
+    >>> conn = load("captures/echo.pcap").connections[0]     # doctest: +SKIP
+    >>> [s.label.value for s in conn.segments][:3]            # doctest: +SKIP
+    ['SYN', 'SYN-ACK', 'ACK']
+    """
 
     summary: ConnectionSummary
     segments: tuple[Segment, ...]
@@ -38,6 +86,74 @@ class Connection:
         """True when the calls were reconstructed from the segments, not traced."""
         return bool(self.calls) and all(c.inferred for c in self.calls)
 
+    def plot(self, *, ax: Axes | None = None, time: str = "ordered", max_rows: int = 60,
+             **style: Any) -> Axes:
+        """Draw the sequence diagram on ``ax`` (or a new figure) and return the Axes.
+
+        >>> ax = conn.plot(max_rows=0)                            # doctest: +SKIP
+        """
+        from handshake_viz.draw import plot_connection
+
+        return plot_connection(self.segments, self.summary, self.calls, ax=ax, time=time,
+                               max_rows=max_rows, **style)
+
+    def to_dataframe(self) -> Any:
+        """The segments as a pandas DataFrame, one row per segment (needs pandas).
+
+        >>> conn.to_dataframe()[["frame", "label", "rel_seq"]]    # doctest: +SKIP
+        """
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "to_dataframe() needs pandas: pip install 'hsviz[pandas]' (or pip install pandas)"
+            ) from exc
+        rows = []
+        for s in self.segments:
+            d = s.to_json()
+            del d["type"]
+            d["client_state"] = d["state"]["client"]
+            d["server_state"] = d["state"]["server"]
+            del d["state"]
+            d["analysis"] = ",".join(d["analysis"])
+            rows.append(d)
+        return pd.DataFrame(rows)
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (f"<Connection {s.conn}: {s.client} -> {s.server}, {s.segments} segments, "
+                f"{s.conn_state} {s.history}, {len(self.calls)} calls>")
+
+    def _repr_html_(self) -> str:
+        s = self.summary
+        rows = "".join(
+            f"<tr><td>{g.frame}</td><td>{(g.ts - s.first_ts) * 1000:.3f}</td>"
+            f"<td>{'→' if g.is_c2s else '←'}</td><td><b>{g.label.value}</b></td>"
+            f"<td>{g.flag_str}</td><td>{g.rel_seq}</td><td>{'' if g.rel_ack is None else g.rel_ack}</td>"
+            f"<td>{g.length}</td><td>{', '.join(a.value for a in g.analysis)}</td>"
+            f"<td>{g.client_state.value}</td><td>{g.server_state.value}</td></tr>"
+            for g in self.segments[:200]
+        )
+        more = f"<p>… {len(self.segments) - 200} more segments</p>" if len(self.segments) > 200 else ""
+        return (
+            f"<p><b>conn {s.conn}</b>: {html.escape(str(s.client))} → {html.escape(str(s.server))} "
+            f"— {s.segments} segments, {s.duration * 1000:.3f} ms, {s.conn_state} {html.escape(s.history)}</p>"
+            "<table><tr><th>frame</th><th>ms</th><th></th><th>label</th><th>flags</th><th>seq</th>"
+            "<th>ack</th><th>len</th><th>analysis</th><th>client</th><th>server</th></tr>"
+            f"{rows}</table>{more}"
+        )
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        import matplotlib.pyplot as plt
+
+        ax = self.plot()
+        buf = io.BytesIO()
+        ax.figure.savefig(buf, format="png", dpi=80)
+        plt.close(ax.figure)
+        return buf.getvalue()
+
 
 @dataclass(frozen=True)
 class Flow:
@@ -51,15 +167,16 @@ class Flow:
     def flow(self) -> int:
         return self.summary.flow
 
-    @property
-    def calls_inferred(self) -> bool:
-        return bool(self.calls) and all(c.inferred for c in self.calls)
+    def __repr__(self) -> str:
+        s = self.summary
+        return f"<Flow {s.flow}: {s.client} -> {s.server}, {s.datagrams} datagrams, {len(self.calls)} calls>"
 
 
 @dataclass(frozen=True)
 class Trace:
-    """A whole capture: TCP connections, UDP flows, every socket call, and what
-    decoding noticed.  ``calls`` holds all calls, those on no connection too."""
+    """A whole capture: its TCP connections, UDP flows, every socket call (those on no
+    connection too: a listening socket's bind and listen, a failed bind), and what
+    decoding noticed."""
 
     path: Path | None
     connections: tuple[Connection, ...]
@@ -67,3 +184,288 @@ class Trace:
     calls: tuple[Call, ...] = ()
     warnings: tuple[str, ...] = field(default=())
     calls_path: Path | None = None
+    records: int = 0  # packet records in the capture (TCP, UDP or neither)
+
+    def connection(self, conn: int) -> Connection:
+        """Connection number ``conn`` (UsageError naming the range when there is none)."""
+        for c in self.connections:
+            if c.conn == conn:
+                return c
+        raise NoSuchConnection(self.path, conn, len(self.connections))
+
+    def flow(self, flow: int) -> Flow:
+        for f in self.flows:
+            if f.flow == flow:
+                return f
+        raise UsageError(f"{self.path}: no UDP flow {flow} (the capture has {len(self.flows)})")
+
+    @property
+    def loose_calls(self) -> tuple[Call, ...]:
+        """Traced calls on no captured connection or flow (setup, listeners, failed binds)."""
+        return tuple(c for c in self.calls if c.conn is None and not c.frames and not c.inferred)
+
+    def __len__(self) -> int:
+        return len(self.connections)
+
+    def __repr__(self) -> str:
+        flows = f", {len(self.flows)} UDP flows" if self.flows else ""
+        return f"<Trace {self.path}: {len(self.connections)} connections{flows}, {len(self.calls)} calls>"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{c.conn}</td><td>{html.escape(str(c.summary.client))}</td>"
+            f"<td>{html.escape(str(c.summary.server))}</td><td>{c.summary.segments}</td>"
+            f"<td>{c.summary.duration * 1000:.3f}</td><td>{c.summary.bytes_c2s}</td>"
+            f"<td>{c.summary.bytes_s2c}</td><td>{c.summary.conn_state}</td>"
+            f"<td>{html.escape(c.summary.history)}</td><td>{len(c.calls)}"
+            f"{' (inferred)' if c.calls_inferred else ''}</td></tr>"
+            for c in self.connections
+        )
+        return (
+            f"<p><b>{html.escape(str(self.path))}</b>: {len(self.connections)} TCP connections"
+            f"{f', {len(self.flows)} UDP flows' if self.flows else ''}</p>"
+            "<table><tr><th>conn</th><th>client</th><th>server</th><th>segments</th><th>ms</th>"
+            "<th>bytes →</th><th>bytes ←</th><th>conn_state</th><th>history</th><th>calls</th></tr>"
+            f"{rows}</table>"
+        )
+
+
+# ======================================================================================
+# Calls: which file, read, aligned, chosen per connection
+# ======================================================================================
+
+
+def calls_file_for(capture: str | Path, calls: str | Path | None = None) -> Path | None:
+    """The call log to use: ``calls`` when given (it must exist), else
+    ``X.calls.jsonl`` beside capture ``X.pcap`` when it exists, else None."""
+    from handshake_viz.trace import calls_path_for
+
+    if calls is not None:
+        path = Path(calls)
+        if not path.is_file():
+            raise TraceFileError(f"{path}: no such file")
+        return path
+    if str(capture) == "-":
+        return None
+    beside = calls_path_for(capture)
+    return beside if beside.is_file() else None
+
+
+def _read_calls(path: Path | None) -> list[Call]:
+    if path is None:
+        return []
+    from handshake_viz.trace import load_calls
+
+    return list(load_calls(path).calls)
+
+
+def trace_of_segments(
+    path: Path | None,
+    summaries: Sequence[ConnectionSummary],
+    segments: Iterable[Segment],
+    traced: Sequence[Call] = (),
+    *,
+    flows: Sequence[FlowSummary] = (),
+    datagrams: Iterable[Datagram] = (),
+    infer: bool = True,
+    warnings: Sequence[str] = (),
+    calls_path: Path | None = None,
+    records: int = 0,
+) -> Trace:
+    """The Trace of tracked segments (and datagrams) and traced calls: the calls are
+    aligned with the segments, and each connection gets its own traced calls when it
+    has any, else (``infer``) calls inferred from its segments.
+
+    ``summaries`` name the connections to keep (others' segments are ignored), in order.
+    """
+    from handshake_viz import align
+
+    wanted = {s.conn for s in summaries}
+    kept: dict[int, list[Segment]] = {s.conn: [] for s in summaries}
+    all_segments: list[Segment] = []
+    for seg in segments:
+        if seg.conn in wanted:
+            kept[seg.conn].append(seg)
+            all_segments.append(seg)
+    by_flow: dict[int, list[Datagram]] = {f.flow: [] for f in flows}
+    for d in datagrams:
+        if d.flow in by_flow:
+            by_flow[d.flow].append(d)
+    aligned: list[Call] = []
+    if traced:
+        aligned = align.align(all_segments, summaries, traced)
+        if flows:
+            aligned = align.align_datagrams([d for f in flows for d in by_flow[f.flow]], flows, aligned)
+    connections = []
+    for s in summaries:
+        segs = tuple(kept[s.conn])
+        own = [c for c in aligned if c.conn == s.conn]
+        calls = own if own else (align.infer_calls(segs, s) if infer and segs else [])
+        connections.append(Connection(s, segs, tuple(calls)))
+    flow_records = []
+    for f in flows:
+        dgrams = tuple(by_flow[f.flow])
+        flow_records.append(Flow(f, dgrams, tuple(align.calls_for_flow(f, dgrams, aligned))))
+    return Trace(path, tuple(connections), tuple(flow_records), tuple(aligned), tuple(warnings),
+                 calls_path, records)
+
+
+# ======================================================================================
+# A capture file
+# ======================================================================================
+
+
+def load(
+    path: str | Path,
+    *,
+    calls: str | Path | Sequence[Call] | None = None,
+    conn: int | Iterable[int] | None = None,
+    infer: bool = True,
+    udp: bool = True,
+) -> Trace:
+    """Decode, track and align a capture file into a :class:`Trace`.
+
+    ``calls``: an strace log or a ``.calls.jsonl`` (or the Call records themselves);
+    by default ``FILE.calls.jsonl`` beside the capture when it exists.  ``conn`` keeps only those connections'
+    segments in memory (the rest are still tracked, for numbering).  Connections
+    without traced calls get calls inferred from their segments (``infer=False``
+    leaves them without).  ``udp`` keeps UDP datagrams as flows.  A capture with
+    neither TCP nor UDP is a CaptureFileError.
+    """
+    from handshake_viz.decode import open_capture
+    from handshake_viz.flows import FlowTracker
+    from handshake_viz.track import Tracker
+
+    path = Path(path)
+    wanted = _wanted(conn)
+    given = calls is not None and not isinstance(calls, (str, Path))
+    calls_path = None if given else calls_file_for(path, calls)  # type: ignore[arg-type]
+    tracker: Tracker[Segment] = Tracker()
+    flow_tracker = FlowTracker()
+    segments: list[Segment] = []
+    datagrams: list[Datagram] = []
+    keep_seg, keep_dgram = segments.append, datagrams.append
+    with open_capture(path) as reader:
+        for rec in reader.records(tracker.feed_fields, flow_tracker.feed_fields if udp else None):
+            if type(rec) is Datagram:
+                keep_dgram(rec)
+            elif wanted is None or rec.conn in wanted:
+                keep_seg(rec)
+        warnings = tuple(reader.stats.warnings)
+        records = reader.stats.records
+    summaries = tracker.summaries()
+    flows = flow_tracker.summaries()
+    if not summaries and not flows:
+        raise CaptureFileError(f"{path}: no TCP segments or UDP datagrams in {records} records")
+    if wanted is not None:
+        missing = sorted(c for c in wanted if c >= len(summaries))
+        if missing:
+            raise NoSuchConnection(path, missing[0], len(summaries))
+        summaries = [s for s in summaries if s.conn in wanted]
+    traced = list(calls) if given else _read_calls(calls_path)  # type: ignore[arg-type]
+    return trace_of_segments(path, summaries, segments, traced, flows=flows, datagrams=datagrams,
+                             infer=infer, warnings=warnings, calls_path=calls_path, records=records)
+
+
+def _wanted(conn: int | Iterable[int] | None) -> set[int] | None:
+    if conn is None:
+        return None
+    wanted = {conn} if isinstance(conn, int) else set(conn)
+    if any(c < 0 for c in wanted):
+        raise UsageError(f"connection {min(wanted)}: connection numbers start at 0")
+    return wanted
+
+
+def stream(reader: CaptureReader, tracker: Tracker[Any], flows: FlowTracker | None = None,
+           make_udp: Callable[..., Any] | None = None) -> Iterator[Any]:
+    """Each record of an open capture, tracked: what ``tracker``'s ``record`` makes of a
+    TCP segment, and (with ``flows``) of a UDP datagram what ``make_udp`` makes of the
+    Datagram ``flows`` returns (default: the Datagram).  Nothing is kept: memory stays
+    that of the tracker (``hsviz analyze`` on any size of file)."""
+    if flows is None:
+        return reader.records(tracker.feed_fields)
+    feed = flows.feed_fields
+    if make_udp is None:
+        return reader.records(tracker.feed_fields, feed)
+    wrap = make_udp
+    return reader.records(tracker.feed_fields, lambda *f: wrap(feed(*f)))
+
+
+# ======================================================================================
+# Live: a capture or a replay, tracked as it arrives
+# ======================================================================================
+
+
+class LiveTracking:
+    """Track packets as a live capture (or a replay) hands them over.
+
+    ``packet(p)`` takes a Packet or UdpPacket (``LiveCapture(on_packet=...)``) and
+    calls ``on_segment(seg)`` / ``on_datagram(d)``; with ``connections=N`` it calls
+    ``stop("connections")`` once N connections have finished (both FINs acknowledged,
+    or a RST).  :meth:`trace` gives the Trace of what was seen (the calls of a traced
+    session are aligned by :func:`load` on the written file instead, so that times
+    are exactly those of the file).
+    """
+
+    def __init__(
+        self,
+        *,
+        connections: int | None = None,
+        on_segment: Callable[[Segment], None] | None = None,
+        on_datagram: Callable[[Datagram], None] | None = None,
+        keep: bool = False,
+    ) -> None:
+        from handshake_viz.flows import FlowTracker
+        from handshake_viz.track import Tracker
+
+        if connections is not None and connections < 1:
+            raise UsageError(f"--connections {connections}: must be at least 1")
+        self.tracker: Tracker[Segment] = Tracker()
+        self.flows = FlowTracker()
+        self.connections = connections
+        self.on_segment = on_segment
+        self.on_datagram = on_datagram
+        self.stop: Callable[[str], None] | None = None
+        self._keep = keep
+        self._segments: list[Segment] = []
+        self._datagrams: list[Datagram] = []
+        self._seen: set[int] = set()
+        self._completed: set[int] = set()
+
+    def packet(self, p: Packet | UdpPacket) -> None:
+        if type(p) is UdpPacket:
+            d = self.flows.feed(p)
+            if self._keep:
+                self._datagrams.append(d)
+            if self.on_datagram is not None:
+                self.on_datagram(d)
+            return
+        seg = self.tracker.feed(p)  # type: ignore[arg-type]
+        if self._keep:
+            self._segments.append(seg)
+        self._seen.add(seg.conn)
+        if self.tracker.is_finished(seg.conn):
+            self._completed.add(seg.conn)
+        if self.on_segment is not None:
+            self.on_segment(seg)
+        if (self.connections is not None and len(self._completed) >= self.connections
+                and self.stop is not None):
+            self.stop("connections")
+
+    @property
+    def seen(self) -> int:
+        """Connections seen so far."""
+        return len(self._seen)
+
+    @property
+    def completed(self) -> int:
+        """Connections finished so far (both FINs acknowledged, or reset)."""
+        return len(self._completed)
+
+    def summaries(self) -> list[ConnectionSummary]:
+        return self.tracker.summaries()
+
+    def trace(self, path: Path | None = None, calls: Sequence[Call] = ()) -> Trace:
+        """What was seen, as a Trace (needs ``keep=True``)."""
+        return trace_of_segments(path, self.summaries(), self._segments, calls,
+                                 flows=self.flows.summaries(), datagrams=self._datagrams)

@@ -9,13 +9,19 @@ from __future__ import annotations
 import json
 import struct
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps does to a str
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
+from handshake_viz.text import escape_preview
+
+if TYPE_CHECKING:  # pragma: no cover
+    from handshake_viz.pipeline import Trace
 from handshake_viz.model import (
     Analysis,
     Call,
     ConnectionSummary,
+    Datagram,
+    FlowSummary,
     Direction,
     Label,
     Phase,
@@ -31,15 +37,19 @@ __all__ = [
     "call_jsonl",
     "connection_header",
     "connection_jsonl",
+    "datagram_jsonl",
+    "flow_columns",
+    "flow_header",
     "format_call",
+    "format_datagram",
+    "format_flow_summary",
     "format_segment",
     "format_summary",
-    "humanize_bytes",
     "options_json",
     "packet_fields",
-    "payload_preview",
     "segment_jsonl",
     "segment_lines",
+    "trace_lines",
     "track_fields",
 ]
 
@@ -99,6 +109,29 @@ TrackFields = tuple[
 """conn, dir, rel_seq, rel_ack, label, phase, analysis, client_state, server_state"""
 
 
+UdpFields = tuple[int, float, str, int, str, int, int]
+"""A UDP datagram as decoded: frame, ts, src, sport, dst, dport, length"""
+FlowFields = tuple[int, Direction]
+"""What the flow tracker adds to a datagram: flow, dir"""
+
+
+def udp_fields(frame: int, ts: float, src: str, sport: int, dst: str, dport: int, length: int,
+               payload: bytes = b"", ip_version: int = 4) -> tuple[UdpFields, tuple[()]]:
+    """UdpPacket's constructor, returning :data:`UdpFields` (the parent's half, with
+    ``reader.records(packet_fields, udp_fields)``)."""
+    return (frame, ts, src, sport, dst, dport, length)  # type: ignore[return-value]
+
+
+def datagram_pair(d: Datagram) -> tuple[UdpFields, FlowFields]:
+    """A Datagram as the row :func:`segment_lines` writes."""
+    return (d.frame, d.ts, d.src, d.sport, d.dst, d.dport, d.length), (d.flow, d.dir)
+
+
+def flow_fields(d: Datagram) -> FlowFields:
+    """The flow tracker's half of a datagram's row (what the child process sends)."""
+    return (d.flow, d.dir)
+
+
 def packet_fields(
     frame: int, ts: float, src: str, sport: int, dst: str, dport: int, seq: int, ack: int,
     flags: int, win: int, length: int, payload: bytes = b"", raw_options: bytes = b"",
@@ -134,17 +167,24 @@ def both_fields(
 
 
 def segment_lines(
-    pairs: Iterable[tuple[PacketFields, TrackFields]], want: int | None = None
+    pairs: Iterable[tuple[PacketFields, TrackFields] | tuple[UdpFields, FlowFields]],
+    want: int | None = None,
 ) -> list[str]:
     """One ``"type": "segment"`` line per pair (only connection ``want``'s, if given);
-    each equal to ``json.dumps(seg.to_json())`` for the Segment with those fields."""
+    each equal to ``json.dumps(seg.to_json())`` for the Segment with those fields.  A
+    UDP datagram's pair (:data:`UdpFields`, :data:`FlowFields`) gives its
+    ``"type": "datagram"`` line (none when ``want`` is given)."""
     lines: list[str] = []
     append = lines.append
     tails, ts_option, ts_values, dir_text, flag_text = _TAILS, _TS_OPTION, _TS_VALUES, _DIR_TEXT, _FLAG_TEXT
     line, line_ts = _SEGMENT_LINE, _SEGMENT_LINE_TS
-    for (frame, ts, src, sport, dst, dport, seq, ack, flags, win, length, raw), (
-        conn, dir, rel_seq, rel_ack, label, phase, analysis, client_state, server_state
-    ) in pairs:
+    for packet, track in pairs:
+        if len(track) == 2:  # a UDP datagram
+            if want is None:
+                append(_datagram_line(packet, track))  # type: ignore[arg-type]
+            continue
+        (frame, ts, src, sport, dst, dport, seq, ack, flags, win, length, raw) = packet  # type: ignore[misc]
+        (conn, dir, rel_seq, rel_ack, label, phase, analysis, client_state, server_state) = track  # type: ignore[misc]
         if want is not None and conn != want:
             continue
         key = (label, phase, analysis, client_state, server_state)
@@ -191,32 +231,31 @@ def connection_jsonl(s: ConnectionSummary) -> str:
 
 
 def call_jsonl(call: Call) -> str:
+    """One ``"type": "call"`` line: ``Call.to_json()``, its one definition."""
     return json.dumps(call.to_json())
+
+
+_DATAGRAM_LINE = (
+    '{"type": "datagram", "frame": %s, "ts": %r, "flow": %s, "src": %s, "sport": %s, '
+    '"dst": %s, "dport": %s, "dir": "%s", "len": %s}'
+)
+
+
+def _datagram_line(u: UdpFields, f: FlowFields) -> str:
+    frame, ts, src, sport, dst, dport, length = u
+    return _DATAGRAM_LINE % (frame, ts, f[0], _json_str(src), sport, _json_str(dst), dport, f[1].value,
+                             length)
+
+
+def datagram_jsonl(d: Datagram) -> str:
+    """One ``"type": "datagram"`` line: a UDP datagram in its flow (the schema's one
+    definition of it)."""
+    return _datagram_line(*datagram_pair(d))
 
 
 # ----------------------------------------------------------------------------------------
 # Human-readable ladder
 # ----------------------------------------------------------------------------------------
-
-
-def humanize_bytes(n: int) -> str:
-    """``humanize_bytes(90112) == '88 KiB'``."""
-    if n < 1024:
-        return f"{n} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        n /= 1024  # type: ignore[assignment]
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if n >= 10 else f"{n:.1f} {unit}"
-    return f"{n} B"  # pragma: no cover
-
-
-def payload_preview(payload: bytes, limit: int = 16) -> str:
-    """A short, escaped, quoted preview: ``b"hello\\n"`` -> ``"hello\\n"``."""
-    if not payload:
-        return ""
-    text = payload[:limit].decode("latin-1")
-    esc = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
-    return f'"{esc}{"…" if len(payload) > limit else ""}"'
 
 
 def connection_header(summary: ConnectionSummary) -> str:
@@ -261,6 +300,30 @@ def format_summary(s: ConnectionSummary) -> str:
     )
 
 
+def flow_header(s: FlowSummary) -> str:
+    return f"flow {s.flow} (UDP): client {s.client}  →  server {s.server}"
+
+
+def flow_columns() -> str:
+    return f"{'frame':>7} {'time':>13}  {'':1} {'label':<9} {'':<4} {'length':<34} payload"
+
+
+def format_datagram(d: Datagram, t0: float | None = None) -> str:
+    """One ladder line of a UDP datagram: frame, time, direction, length, a preview."""
+    ms = (d.ts - (d.ts if t0 is None else t0)) * 1000.0
+    arrow = "→" if d.dir is Direction.C2S else "←"
+    preview = escape_preview(d.payload, d.length)
+    return f"{d.frame:>7} {ms:>10.3f} ms  {arrow} {'UDP':<9} {'':<4} {f'len={d.length}':<34} {preview}".rstrip()
+
+
+def format_flow_summary(s: FlowSummary) -> str:
+    """One line per UDP flow: endpoints, duration, datagrams and bytes each way."""
+    back = s.datagrams - s.datagrams_c2s
+    return (f"flow {s.flow} (UDP): {s.client} → {s.server}  {s.datagrams} datagrams "
+            f"({s.datagrams_c2s} →, {back} ←)  {s.duration * 1000:.3f} ms  {s.bytes_c2s} B →  "
+            f"{s.bytes_s2c} B ←  (no handshake, no acknowledgements, no close)")
+
+
 def format_call(call: Call, t0: float | None = None) -> str:
     ms = (call.start - (call.start if t0 is None else t0)) * 1000.0
     if call.errno is not None:
@@ -275,3 +338,67 @@ def format_call(call: Call, t0: float | None = None) -> str:
     frames = f"  frames {','.join(map(str, call.frames))}" if call.frames else ""
     fd = "" if call.fd is None else str(call.fd)
     return f"{'':7} {ms:>10.3f} ms  pid {call.pid} {call.call}({fd}) {result}{tag}{frames}"
+
+
+# ----------------------------------------------------------------------------------------
+# A whole Trace
+# ----------------------------------------------------------------------------------------
+
+
+def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None) -> Iterator[str]:
+    """Every line of a Trace's text (``mode`` "ladder" or "summary") or JSON Lines
+    ("jsonl") view: each connection's segments and calls in one time-ordered ladder
+    (:func:`~handshake_viz.align.timeline`), then each UDP flow's datagrams and calls,
+    then the calls on no captured connection; JSONL ends with the connection lines.
+    ``conn`` shows that connection only (no flows, no loose calls)."""
+    from handshake_viz.align import timeline
+
+    for c in trace.connections:
+        if conn is not None and c.conn != conn:
+            continue
+        s = c.summary
+        events = timeline(c.segments, c.calls)
+        if mode == "jsonl":
+            for e in events:
+                yield call_jsonl(e) if isinstance(e, Call) else segment_jsonl(e)  # type: ignore[arg-type]
+        elif mode == "ladder":
+            t0 = c.segments[0].ts if c.segments else s.first_ts
+            yield connection_header(s)
+            yield ladder_columns()
+            for e in events:
+                yield format_call(e, t0) if isinstance(e, Call) else format_segment(e, t0)  # type: ignore[arg-type]
+            yield format_summary(s)
+            yield ""
+    flows = trace.flows if conn is None else ()
+    on_flows: set[int] = set()
+    for f in flows:
+        on_flows.update(id(c) for c in f.calls)
+        events = timeline(f.datagrams, f.calls)  # type: ignore[arg-type]
+        if mode == "jsonl":
+            for e in events:
+                yield call_jsonl(e) if isinstance(e, Call) else datagram_jsonl(e)  # type: ignore[arg-type]
+        elif mode == "ladder":
+            t0 = f.datagrams[0].ts
+            yield flow_header(f.summary)
+            yield flow_columns()
+            for e in events:
+                yield format_call(e, t0) if isinstance(e, Call) else format_datagram(e, t0)  # type: ignore[arg-type]
+            yield format_flow_summary(f.summary)
+            yield ""
+    loose = [c for c in trace.calls if c.conn is None and id(c) not in on_flows] if conn is None else []
+    if mode == "jsonl":
+        yield from map(call_jsonl, loose)
+        for c in trace.connections:
+            if conn is None or c.conn == conn:
+                yield connection_jsonl(c.summary)
+    elif mode == "summary":
+        for c in trace.connections:
+            if conn is None or c.conn == conn:
+                yield format_summary(c.summary)
+        yield from (format_flow_summary(f.summary) for f in flows)
+    elif loose:
+        first = [c.summary.first_ts for c in trace.connections] + [f.summary.first_ts for f in trace.flows]
+        t0 = min(first) if first else loose[0].start
+        yield "calls on no captured connection:"
+        for call in loose:
+            yield format_call(call, t0)

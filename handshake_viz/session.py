@@ -68,7 +68,7 @@ from handshake_viz.capture import (
     default_output_name,
 )
 from handshake_viz.errors import HsvizError, TraceError, UsageError
-from handshake_viz.model import Call, Segment
+from handshake_viz.model import Call, Packet, UdpPacket
 from handshake_viz.trace import StraceParse, calls_path_for, write_calls_jsonl
 from handshake_viz.tracer import TracedProcess, attach, find_strace, start_traced
 
@@ -155,7 +155,8 @@ class TracedCapture:
     """Capture ``port`` while strace traces ``command`` (started) or ``pids`` (attached).
 
     Exactly one of ``command``/``pids``.  Capture options and callbacks are
-    :class:`~handshake_viz.capture.LiveCapture`'s; ``on_ready`` is called once
+    :class:`~handshake_viz.capture.LiveCapture`'s (track the packets with
+    :class:`~handshake_viz.pipeline.LiveTracking`); ``on_ready`` is called once
     the capture is ready, just before the command starts.  ``stdin``/``stdout``/
     ``stderr`` go to the command (default: inherited).  The constructor checks
     everything it can (options, strace, the command, the pids) and raises
@@ -174,12 +175,10 @@ class TracedCapture:
         output: str | os.PathLike[str] | None = None,
         count: int | None = None,
         timeout: float | None = None,
-        connections: int | None = None,
         on_ready: Callable[[], None] | None = None,
-        on_segment: Callable[[Segment], None] | None = None,
+        on_packet: Callable[[Packet | UdpPacket], None] | None = None,
         on_status: Callable[[CaptureStats], None] | None = None,
         handle_signals: bool = True,
-        tracker: Any = None,
         stdin: IO[Any] | int | None = None,
         stdout: IO[Any] | int | None = None,
         stderr: IO[Any] | int | None = None,
@@ -202,9 +201,9 @@ class TracedCapture:
         self._stdio = (stdin, stdout, stderr)
         self.live = LiveCapture(
             port, iface=iface, output=output if output is not None else default_output_name(),
-            count=count, timeout=timeout, connections=connections,
-            on_ready=self._ready, on_segment=on_segment, on_status=on_status,
-            handle_signals=handle_signals, tracker=tracker,
+            count=count, timeout=timeout,
+            on_ready=self._ready, on_packet=on_packet, on_status=on_status,
+            handle_signals=handle_signals,
         )
         self.output = self.live.output
         self.strace_log = strace_path_for(self.output)
@@ -327,13 +326,12 @@ class TracedCapture:
 
 
 def _aligned(pcap: Path, calls: list[Call]) -> list[Call]:
-    """Decode and track the written pcap again, and align the calls with it."""
-    from handshake_viz.align import align
-    from handshake_viz.decode import open_capture
-    from handshake_viz.track import Tracker
+    """The calls aligned with the segments of the written pcap (read back, so that
+    times are exactly those of the file)."""
+    from handshake_viz import pipeline
+    from handshake_viz.errors import CaptureFileError
 
-    tracker = Tracker()
-    with open_capture(pcap) as reader:
-        segments = [tracker.feed(p) for p in reader]
-    return align(segments, tracker.summaries(), calls)
-
+    try:
+        return list(pipeline.load(pcap, calls=calls, infer=False).calls)
+    except CaptureFileError:  # nothing decodable was captured: nothing to align with
+        return calls

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import ipaddress
 import json
 import math
 import os
@@ -54,7 +53,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import OutputError, TraceFileError
-from .model import Call, Endpoint
+from .model import COUNTS_MESSAGES, SYSCALLS, Call, CallKind, Endpoint, call_kind, normalize_ip
 
 __all__ = [
     "ACCEPT_CALLS",
@@ -65,6 +64,7 @@ __all__ = [
     "WRITE_CALLS",
     "StraceParse",
     "call_from_json",
+    "call_facts",
     "calls_path_for",
     "load_calls",
     "parse_strace",
@@ -75,19 +75,15 @@ __all__ = [
 
 # ----------------------------------------------------------------- vocabulary
 
-READ_CALLS = frozenset({"read", "readv", "recv", "recvfrom", "recvmsg"})
-WRITE_CALLS = frozenset({"write", "writev", "send", "sendto", "sendmsg", "sendfile"})
-ACCEPT_CALLS = frozenset({"accept", "accept4"})
-WAIT_CALLS = frozenset(
-    {"poll", "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait", "epoll_pwait2"}
-)
-CALLS_OF_INTEREST = (
-    frozenset({"socket", "bind", "listen", "connect", "shutdown", "close", "setsockopt"})
-    | ACCEPT_CALLS
-    | READ_CALLS
-    | WRITE_CALLS
-    | WAIT_CALLS
-)
+def _named(kind: CallKind) -> frozenset[str]:
+    return frozenset(name for name, k in SYSCALLS.items() if k is kind)
+
+
+READ_CALLS = _named(CallKind.RECV)
+WRITE_CALLS = _named(CallKind.SEND)
+ACCEPT_CALLS = _named(CallKind.ACCEPT)
+WAIT_CALLS = _named(CallKind.WAIT)
+CALLS_OF_INTEREST = frozenset(SYSCALLS)  # model.SYSCALLS: every call hsviz knows by name
 # Calls that only make sense on a socket: kept even when the fd is undecorated.
 _SOCKET_ONLY = frozenset(
     {"bind", "listen", "connect", "shutdown", "setsockopt", "recv", "recvfrom",
@@ -167,7 +163,7 @@ _INTERRUPTED = re.compile(r"resuming interrupted (\w+)")
 _ESCAPE = re.compile(r'\\(x[0-9A-Fa-f]{2}|[0-7]{1,3}|.)', re.DOTALL)
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "f": "\f", "a": "\a", "b": "\b"}
 
-_TCP_KINDS = frozenset({"TCP", "TCPv6"})
+_INET_KINDS = frozenset({"TCP", "TCPv6", "UDP", "UDPv6"})  # internet sockets, with endpoints
 _ROOT = -1  # placeholder tid for lines without a pid prefix until the root is known
 
 
@@ -266,20 +262,8 @@ def _top_args(s: str) -> list[str]:
     return out
 
 
-@functools.lru_cache(maxsize=4096)
-def _normalize_ip(ip: str) -> str:
-    """``::ffff:127.0.0.1`` -> ``127.0.0.1`` (the pcap shows IPv4); else canonical form."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
-
-
 def _endpoint(ip: str, port: str) -> Endpoint:
-    return Endpoint(_normalize_ip(ip), int(port))
+    return Endpoint(normalize_ip(ip), int(port))
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,10 +275,10 @@ class _Deco:
     remote: Endpoint | None = None
 
     @property
-    def tcp(self) -> str:
-        """``"tcp"``, ``"sock"`` (a socket of unknown protocol) or ``"other"``."""
-        if self.kind in _TCP_KINDS:
-            return "tcp"
+    def family(self) -> str:
+        """``"inet"`` (TCP or UDP), ``"sock"`` (a socket of unknown protocol) or ``"other"``."""
+        if self.kind in _INET_KINDS:
+            return "inet"
         if self.kind == "socket":
             return "sock"
         return "other"
@@ -313,7 +297,7 @@ def _parse_deco_text(text: str) -> _Deco:
     if not m:
         return _Deco("path")
     kind, body = m.group("kind"), m.group("body")
-    if kind not in _TCP_KINDS:
+    if kind not in _INET_KINDS:
         return _Deco(kind)
     ends = [_endpoint(e.group("ip6") or e.group("ip4"), e.group("port")) for e in _ENDPOINT.finditer(body)]
     if "->" in body and len(ends) == 2:
@@ -331,6 +315,40 @@ def _sockaddr(args: str) -> Endpoint | None:
     if m is None:
         return None
     return _endpoint(_unescape(m.group("ip")), m.group("port"))
+
+
+_MSG_FLAG = re.compile(r"\bMSG_[A-Z_]+")
+_SHUT = re.compile(r"\bSHUT_(?:RDWR|RD|WR)\b")
+_SHUT_NUMBERS = {"0": "SHUT_RD", "1": "SHUT_WR", "2": "SHUT_RDWR"}
+_PLAIN_ENDPOINT = re.compile(r"(?:^|[\s,])(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<ip4>\d+\.\d+\.\d+\.\d+)):(?P<port>\d+)\s*$")
+
+
+def call_facts(name: str, args: str) -> tuple[tuple[str, ...], str | None, Endpoint | None]:
+    """What a call's argument text says that later stages need, read once here:
+    ``(msg_flags, how, sockaddr)``: the ``MSG_*`` flags of a send or receive, a
+    shutdown's ``SHUT_*``, and the address argument (strace's ``sin_port=htons(…)``
+    form, or ``ip:port`` at the end as the demo recorder writes it)."""
+    kind = call_kind(name)
+    flags: tuple[str, ...] = ()
+    how: str | None = None
+    addr: Endpoint | None = None
+    if kind is CallKind.SEND or kind is CallKind.RECV:
+        if "MSG_" in args:
+            flags = tuple(dict.fromkeys(_MSG_FLAG.findall(args)))
+    elif kind is CallKind.SHUTDOWN:
+        m = _SHUT.search(args)
+        if m is not None:
+            how = m.group()
+        else:
+            last = args.rsplit(",", 1)[-1].strip()
+            how = _SHUT_NUMBERS.get(last)
+    if kind in (CallKind.CONNECT, CallKind.BIND, CallKind.SEND, CallKind.ACCEPT):
+        addr = _sockaddr(args)
+        if addr is None:
+            m = _PLAIN_ENDPOINT.search(args)
+            if m is not None:
+                addr = _endpoint(m.group("ip6") or m.group("ip4"), m.group("port"))
+    return flags, how, addr
 
 
 def _short_args(args: str) -> str:
@@ -662,8 +680,8 @@ class _Life:
     def see(self, deco: _Deco | None) -> None:
         if deco is None:
             return
-        if self.kind in (None, "sock") or deco.tcp == "tcp":
-            self.kind = deco.tcp
+        if self.kind in (None, "sock") or deco.family == "inet":
+            self.kind = deco.family
         if deco.local is not None and deco.remote is not None:
             if self.remote is None:
                 self.local, self.remote = deco.local, deco.remote
@@ -672,14 +690,14 @@ class _Life:
 
 
 def _merge(a: str | None, b: str | None) -> str | None:
-    """Combine two kinds: tcp beats sock beats None; other only if nothing better."""
-    order = {"tcp": 3, "sock": 2, "other": 1}
+    """Combine two kinds: inet beats sock beats None; other only if nothing better."""
+    order = {"inet": 3, "sock": 2, "other": 1}
     return max((a, b), key=lambda k: order.get(k or "", 0))
 
 
 def _socket_kind(args: str) -> str | None:
     if "AF_INET" in args:
-        return "tcp" if "SOCK_STREAM" in args else "other"
+        return "inet" if "SOCK_STREAM" in args or "SOCK_DGRAM" in args else "other"
     if args.lstrip().startswith("AF_"):
         return "other"
     return None
@@ -688,9 +706,9 @@ def _socket_kind(args: str) -> str | None:
 class _Builder:
     """Resolves pids, follows fds through their lives, fills 4-tuples, filters."""
 
-    def __init__(self, p: _Parser, tcp_only: bool) -> None:
+    def __init__(self, p: _Parser, inet_only: bool) -> None:
         self.p = p
-        self.tcp_only = tcp_only
+        self.inet_only = inet_only
         self.root = p.final_root()
         self.table: dict[tuple[int, int], _Life] = {}
         self.lives: list[_Life] = []
@@ -742,7 +760,7 @@ class _Builder:
         out = []
         for d in drafts:
             keep = d.keep if d.keep is not None else True
-            if self.tcp_only and not keep:
+            if self.inet_only and not keep:
                 continue
             out.append(self.to_call(d))
         return out
@@ -752,10 +770,10 @@ class _Builder:
         ret = _ret_int(raw.ret)
         rdeco = _parse_deco(raw.rdeco)
         if name == "socket":
-            kind = rdeco.tcp if rdeco else _socket_kind(raw.args)
+            kind = rdeco.family if rdeco else _socket_kind(raw.args)
             d = _Draft(raw, pid, tid, ret if ret is not None and ret >= 0 else None, name, ret, kind)
             if d.fd is None:
-                d.keep = kind in ("tcp", "sock") or (kind is None and not self.tcp_only)
+                d.keep = kind in ("inet", "sock") or (kind is None and not self.inet_only)
                 return d
             life = self.life(pid, d.fd, new=True)
             life.kind = _merge(kind, None)
@@ -769,13 +787,13 @@ class _Builder:
         m = _LEADING_FD.match(raw.args)
         fd = int(m.group("fd")) if m else None
         deco = _parse_deco(m.group("deco")) if m else None
-        d = _Draft(raw, pid, tid, fd, name, ret, deco.tcp if deco else None)
+        d = _Draft(raw, pid, tid, fd, name, ret, deco.family if deco else None)
         if deco is not None:
             d.local, d.remote = deco.local, deco.remote
         if name in ACCEPT_CALLS:
             if ret is not None and ret >= 0:
                 new = self.life(pid, ret, new=True)
-                new.kind = rdeco.tcp if rdeco else d.kind  # undecorated: like the listener
+                new.kind = rdeco.family if rdeco else d.kind  # undecorated: like the listener
                 new.see(rdeco)
                 if rdeco is not None and rdeco.remote is not None:
                     d.local, d.remote, d.fixed = rdeco.local, rdeco.remote, True
@@ -786,7 +804,7 @@ class _Builder:
         elif name == "connect":
             d.remote = _sockaddr(raw.args) or d.remote
         if fd is None or fd < 0:
-            d.keep = name in _SOCKET_ONLY or not self.tcp_only
+            d.keep = name in _SOCKET_ONLY or not self.inet_only
             return self.loose_draft(d)
         found = self.table.get((pid, fd))
         reused = (  # the fd was reused without a close() in the log
@@ -815,18 +833,18 @@ class _Builder:
         for fd, text in found:
             deco = _parse_deco(text)
             fds.setdefault(fd, deco)
-            kind = deco.tcp if deco else None
+            kind = deco.family if deco else None
             if kind is None:
                 known = self.table.get((pid, fd))
                 kind = known.kind if known else None
             kinds.append(kind)
         d = _Draft(raw, pid, tid, None, raw.name, ret, None)
-        d.keep = any(k in ("tcp", "sock") for k in kinds) or not self.tcp_only
+        d.keep = any(k in ("inet", "sock") for k in kinds) or not self.inet_only
         if len(fds) == 1:
             (fd, deco), = fds.items()
             d.fd = fd
             if deco is not None:
-                d.local, d.remote, d.kind = deco.local, deco.remote, deco.tcp
+                d.local, d.remote, d.kind = deco.local, deco.remote, deco.family
             life = self.table.get((pid, fd))
             if life is not None:
                 life.drafts.append(d)
@@ -842,7 +860,7 @@ class _Builder:
         remote = life.remote or life.connect_remote
         for d in life.drafts:
             if d.keep is None:
-                if kind in ("tcp", "sock"):
+                if kind in ("inet", "sock"):
                     d.keep = True
                 elif kind == "other":
                     d.keep = False
@@ -868,9 +886,10 @@ class _Builder:
     def to_call(self, d: _Draft) -> Call:
         raw = d.raw
         nbytes = None
-        moved = d.call in READ_CALLS or d.call in WRITE_CALLS
+        moved = (d.call in READ_CALLS or d.call in WRITE_CALLS) and d.call not in COUNTS_MESSAGES
         if moved and d.ret is not None and d.ret >= 0 and raw.errno is None:
             nbytes = d.ret
+        flags, how, sockaddr = call_facts(d.call, raw.args)
         args = _short_args(raw.args)
         if raw.restarted:
             args = f"restarted: {args}" if args else "restarted"
@@ -888,6 +907,9 @@ class _Builder:
             local=d.local,
             remote=d.remote,
             nbytes=nbytes,
+            msg_flags=flags,
+            how=how,
+            sockaddr=sockaddr,
         )
 
 
@@ -897,7 +919,7 @@ def parse_strace(
     name: str = "<strace>",
     pid: int | None = None,
     thread_groups: Mapping[int, int] | None = None,
-    tcp_only: bool = True,
+    inet_only: bool = True,
 ) -> StraceParse:
     """Read strace text made with ``strace -f -ttt -T -yy`` into Call records.
 
@@ -906,8 +928,8 @@ def parse_strace(
     worked out from the log, 0 if it cannot be.  ``thread_groups`` maps thread
     ids to process ids for threads that existed before the trace started (an
     attach); threads created while tracing are found from ``clone`` lines.
-    With ``tcp_only`` (the default) calls on files, pipes, UNIX and UDP sockets
-    are dropped: only TCP sockets (and sockets of unknown kind) remain.
+    With ``inet_only`` (the default) calls on files, pipes and UNIX sockets are
+    dropped: only TCP and UDP sockets (and sockets of unknown kind) remain.
 
     Never raises on content.
     """
@@ -920,7 +942,7 @@ def parse_strace(
         for n, line in enumerate(lines, 1):
             p.feed(n, line)
         p.close()
-        calls = _Builder(p, tcp_only).build()
+        calls = _Builder(p, inet_only).build()
     finally:
         if was_enabled:
             gc.enable()
@@ -946,7 +968,7 @@ def parse_strace_file(
     *,
     pid: int | None = None,
     thread_groups: Mapping[int, int] | None = None,
-    tcp_only: bool = True,
+    inet_only: bool = True,
 ) -> StraceParse:
     """:func:`parse_strace` on a file.  A ``-ff`` file (``log.1234``) gives its pid.
 
@@ -959,7 +981,7 @@ def parse_strace_file(
     with _open_text(path) as fh:
         try:
             return parse_strace(
-                fh, name=str(path), pid=pid, thread_groups=thread_groups, tcp_only=tcp_only
+                fh, name=str(path), pid=pid, thread_groups=thread_groups, inet_only=inet_only
             )
         except OSError as exc:
             raise TraceFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
@@ -1016,23 +1038,28 @@ def _decode_call(d: Any) -> Call:
     inferred = d.get("inferred", False)
     if not isinstance(inferred, bool):
         raise _RecordError('"inferred" must be true or false')
-    args = _need(d, "args", (str,), optional=True)
+    args = _need(d, "args", (str,), optional=True) or ""
+    name = _need(d, "call", (str,))
+    flags, how, sockaddr = call_facts(name, args)
     return Call(
         pid=pid,
         tid=pid if tid is None else tid,
         fd=_need(d, "fd", (int,), optional=True),
-        call=_need(d, "call", (str,)),
+        call=name,
         start=start,
         end=end,
         ret=_need(d, "ret", (int,), optional=True),
         errno=_need(d, "errno", (str,), optional=True),
-        args=args or "",
+        args=args,
         local=_endpoint_json(d, "local"),
         remote=_endpoint_json(d, "remote"),
         nbytes=_need(d, "nbytes", (int,), optional=True),
         conn=_need(d, "conn", (int,), optional=True),
         frames=tuple(frames),
         inferred=inferred,
+        msg_flags=flags,
+        how=how,
+        sockaddr=sockaddr,
     )
 
 

@@ -287,9 +287,9 @@ class TracedProcess:
             self.process.wait()
         return self.process.returncode
 
-    def result(self, *, tcp_only: bool = True) -> StraceParse:
+    def result(self, *, inet_only: bool = True) -> StraceParse:
         """Parse what strace wrote so far (complete once strace has exited)."""
-        return parse_strace_file(self.output, thread_groups=self.thread_groups, tcp_only=tcp_only)
+        return parse_strace_file(self.output, thread_groups=self.thread_groups, inet_only=inet_only)
 
     def close(self) -> None:
         self.stop()

@@ -27,6 +27,7 @@ from handshake_viz.align import (
     infer_calls,
     timeline,
 )
+from handshake_viz.trace import call_facts
 from handshake_viz.model import (
     Call,
     ConnectionSummary,
@@ -113,12 +114,14 @@ def call(name: str, who: str, start: float, end: float, ret: int | None = 0, *,
         fd = CFD if who == "c" else SFD
     if name in ("read", "recvfrom", "write", "sendto") and nbytes is None and ret and ret > 0:
         nbytes = ret
+    flags, how, sockaddr = call_facts(name, args)  # what the parser reads from the arguments
     return Call(
         pid=pid if pid is not None else (CPID if who == "c" else SPID),
         tid=pid if pid is not None else (CPID if who == "c" else SPID),
         fd=fd, call=name, start=T0 + start * MS, end=T0 + end * MS, ret=ret, errno=errno,
         args=args, local=mine if local == "auto" else local,  # type: ignore[arg-type]
         remote=theirs if remote == "auto" else remote, nbytes=nbytes,  # type: ignore[arg-type]
+        msg_flags=flags, how=how, sockaddr=sockaddr,
     )
 
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,11 +31,12 @@ from conftest import require
 from handshake_viz.capture import (
     CaptureResult,
     LiveCapture,
-    PcapWriter,
     bpf_port_filter,
     open_packet_socket,
     replay,
 )
+from handshake_viz.pcapio import PcapWriter
+from handshake_viz.pipeline import LiveTracking
 from handshake_viz.decode import open_capture
 from handshake_viz.errors import (
     CaptureFileError,
@@ -160,6 +161,17 @@ class _Thread(threading.Thread):
             raise self.error
         assert self.result is not None
         return self.result
+
+
+def _tracked(port: int, *, connections: int | None = None,
+             on_segment: Callable[[Segment], object] | None = None, **kw: object) -> LiveCapture:
+    """A LiveCapture whose packets the pipeline tracks (as ``hsviz capture`` does):
+    ``on_segment`` gets each labelled segment, ``connections`` stops it."""
+    tracking = LiveTracking(connections=connections, on_segment=on_segment)  # type: ignore[arg-type]
+    cap = LiveCapture(port, on_packet=tracking.packet, **kw)  # type: ignore[arg-type]
+    tracking.stop = cap.stop
+    cap.tracking = tracking  # type: ignore[attr-defined]  # for the test's summaries
+    return cap
 
 
 def _start(cap: LiveCapture) -> _Thread:
@@ -459,7 +471,7 @@ def test_bad_stop_conditions(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--count 0"):
         LiveCapture(80, output=tmp_path / "x.pcap", count=0)
     with pytest.raises(UsageError, match="--connections 0"):
-        LiveCapture(80, output=tmp_path / "x.pcap", connections=0)
+        LiveTracking(connections=0)
     with pytest.raises(UsageError, match="--timeout -1"):
         LiveCapture(80, output=tmp_path / "x.pcap", timeout=-1)
 
@@ -498,7 +510,7 @@ def test_every_segment_exactly_once_with_labels(live: None, tmp_path: Path, fami
     port = srv.getsockname()[1]
     segments: list[Segment] = []
     out = tmp_path / "live.pcap"
-    cap = LiveCapture(port, output=out, connections=1, timeout=20, on_segment=segments.append)
+    cap = _tracked(port, output=out, connections=1, timeout=20, on_segment=segments.append)
     t = _start(cap)
     # the first SYN goes out right after ready: it must be caught
     expected, cport, c2s, s2c = _conversation(srv, (b"hello", b"world!!", b"x" * 3000))
@@ -507,7 +519,7 @@ def test_every_segment_exactly_once_with_labels(live: None, tmp_path: Path, fami
 
     assert result.reason == "connections"
     assert len(segments) == expected, [s.label.value for s in segments]
-    assert result.stats.packets == result.stats.segments == expected
+    assert result.stats.packets == result.stats.decoded == expected
     assert result.stats.dropped == 0
     assert {s.conn for s in segments} == {0}
     assert segments[0].sport == cport and segments[0].dport == port
@@ -519,7 +531,7 @@ def test_every_segment_exactly_once_with_labels(live: None, tmp_path: Path, fami
     assert sum(s.length for s in segments if s.dir is Direction.C2S) == c2s
     assert sum(s.length for s in segments if s.dir is Direction.S2C) == s2c
     assert (segments[-1].client_state, segments[-1].server_state) == (TcpState.TIME_WAIT, TcpState.CLOSED)
-    (summary,) = result.summaries
+    (summary,) = cap.tracking.summaries()  # type: ignore[attr-defined]
     assert summary.conn_state == "SF"
     # the pcap holds the same segments, in order
     with open_capture(out) as reader:
@@ -536,7 +548,7 @@ def test_other_ports_and_protocols_are_not_captured(live: None, tmp_path: Path) 
     srv, other = _listener(), _listener()
     port = srv.getsockname()[1]
     segments: list[Segment] = []
-    cap = LiveCapture(port, output=tmp_path / "f.pcap", connections=1, timeout=20, on_segment=segments.append)
+    cap = _tracked(port, output=tmp_path / "f.pcap", connections=1, timeout=20, on_segment=segments.append)
     t = _start(cap)
     _conversation(other)  # TCP on another port
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:  # UDP to the same port number
@@ -619,7 +631,7 @@ def test_stop_from_another_thread_keeps_queued_frames(live: None, tmp_path: Path
     def slow(seg: object) -> None:
         gate.wait(5)  # hold the loop so the frames queue up in the kernel
 
-    cap = LiveCapture(port, output=tmp_path / "q.pcap", on_segment=slow)
+    cap = _tracked(port, output=tmp_path / "q.pcap", on_segment=slow)
     t = _start(cap)
     expected, *_ = _conversation(srv)
     cap.stop()
@@ -636,7 +648,7 @@ def test_kernel_drops_are_counted_not_hidden(live: None, tmp_path: Path) -> None
     srv = _listener()
     port = srv.getsockname()[1]
     gate = threading.Event()
-    cap = LiveCapture(port, output=tmp_path / "d.pcap", rcvbuf=1, on_segment=lambda seg: gate.wait(5))
+    cap = _tracked(port, output=tmp_path / "d.pcap", rcvbuf=1, on_segment=lambda seg: gate.wait(5))
     t = _start(cap)
     expected, *_ = _conversation(srv, (b"a" * 1000,) * 20)
     cap.stop()
@@ -659,7 +671,7 @@ def test_exception_in_callback_keeps_the_pcap(live: None, tmp_path: Path) -> Non
         if len(seen) == 4:
             raise RuntimeError("consumer broke")
 
-    t = _start(LiveCapture(port, output=tmp_path / "e.pcap", on_segment=boom))
+    t = _start(_tracked(port, output=tmp_path / "e.pcap", on_segment=boom))
     _conversation(srv)
     with pytest.raises(RuntimeError, match="consumer broke"):
         t.finish()

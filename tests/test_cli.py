@@ -88,9 +88,9 @@ def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, case):
         path = _bad(tmp_path, "text.pcap", b"hello, this is not a capture\n")
     elif case == "empty":
         path = _bad(tmp_path, "empty.pcap", b"")
-    else:  # a valid pcap with one UDP packet
+    else:  # a valid pcap with one ICMP packet: neither TCP nor UDP
         hdr = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0, b"\x7f\0\0\1", b"\x7f\0\0\1")
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 1, 0, b"\x7f\0\0\1", b"\x7f\0\0\1")
         frame = b"\0" * 12 + b"\x08\x00" + ip + struct.pack("!HHHH", 1, 2, 8, 0)
         rec = struct.pack("<IIII", 0, 0, len(frame), len(frame)) + frame
         path = _bad(tmp_path, "udp.pcap", hdr + rec)

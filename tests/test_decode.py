@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from handshake_viz import decode
+from handshake_viz import decode, pcapio
 from handshake_viz.decode import (
     CaptureReader,
     DecodeStats,
@@ -661,7 +661,7 @@ def test_short_reads_from_a_pipe_are_handled() -> None:
 
 def test_records_split_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every record boundary position relative to a chunk boundary is exercised."""
-    monkeypatch.setattr(decode, "CHUNK", 97)
+    monkeypatch.setattr(pcapio, "CHUNK", 97)
     frames = [(1.0 + i, ether(ipv4(tcp(seq=i, flags=0x18, payload=b"z" * (i % 13))))) for i in range(60)]
     packets, stats = read_all(pcap_bytes(frames))
     assert [p.seq for p in packets] == list(range(60))
@@ -709,7 +709,7 @@ def test_permission_denied(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         def deny(*args: object, **kwargs: object) -> None:
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr(decode, "open", deny, raising=False)
+        monkeypatch.setattr(pcapio, "open", deny, raising=False)
     assert _open_error("secret.pcap") == "secret.pcap: permission denied"
 
 
@@ -937,7 +937,7 @@ def test_tracemalloc_peak_stays_small_while_streaming(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert count == 20_000 and pkt.length == 1400
-    assert peak < 3 * decode.CHUNK + 2**20  # about two chunks, never the file
+    assert peak < 3 * pcapio.CHUNK + 2**20  # about two chunks, never the file
 
 
 _RSS_SCRIPT = """
@@ -971,6 +971,6 @@ def test_peak_rss_flat_with_packet_count(tmp_path: Path) -> None:
 
 def test_public_names() -> None:
     assert sorted(decode.__all__) == sorted(
-        ["CaptureReader", "DecodeStats", "LINKTYPES", "decode_frame", "iter_packets", "open_capture"]
+        ["CaptureReader", "DecodeStats", "LINKTYPES", "decode_frame", "ip_packet", "iter_packets", "open_capture"]
     )
     assert isinstance(open_capture(io.BytesIO(pcap_bytes([]))), CaptureReader)

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import require
 from handshake_viz import demo
+from handshake_viz.cli import build_parser, main
 from handshake_viz.model import Call, Direction, Flag, Segment
 from handshake_viz.trace import read_calls_jsonl
 
@@ -221,11 +222,12 @@ def test_multi_client_three_connections(out_dir: Path) -> None:
 def test_udp_has_no_handshake(out_dir: Path) -> None:
     r = run("udp", out_dir)
     assert r.segments == () and r.summaries == ()
-    assert len(r.datagrams) == 6
-    client = r.datagrams[0].src
-    assert [d.src == client for d in r.datagrams] == [True, False] * 3
+    assert len(r.datagrams) == 6 and {d.flow for d in r.datagrams} == {0}
+    assert [d.dir for d in r.datagrams] == [Direction.C2S, Direction.S2C] * 3
     assert [d.payload for d in r.datagrams] == [b"hello\n", b"HELLO\n"] * 3
     assert len(calls_named(r, "sendto")) == 6 and not calls_named(r, "connect", "listen", "accept4")
+    # each sendto caused its datagram, each recvfrom was released by one
+    assert all(len(c.frames) == 1 for c in calls_named(r, "sendto", "recvfrom"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -243,19 +245,16 @@ def test_png_is_drawn(tmp_path: Path) -> None:
 
 
 def test_list_and_unknown_scenario(capsys: pytest.CaptureFixture[str]) -> None:
-    assert demo.main(["--list"]) == 0
+    assert main(["demo", "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in listed] == list(demo.SCENARIOS)
-    assert demo.main(["no-such-lesson"]) == 2
+    assert main(["demo", "no-such-lesson"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-such-lesson" in err[0] and "echo" in err[0]
 
 
 def test_registrar_defaults() -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    demo.add_demo_command(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["demo"])
     assert (args.name, args.output_dir, args.list, args.all) == ("echo", ".", False, False)
     args = parser.parse_args(["demo", "refused", "-o", "out"])
@@ -312,7 +311,7 @@ def test_files_written_under_sudo_belong_to_the_user(tmp_path: Path, monkeypatch
     require(os.geteuid() == 0, "needs root to hand files to another user (runs in CI)")
     monkeypatch.setenv("SUDO_UID", "65534")
     monkeypatch.setenv("SUDO_GID", "65533")
-    assert demo.main(["refused", "-o", str(tmp_path)]) == 0
+    assert main(["demo", "refused", "-o", str(tmp_path)]) == 0
     capsys.readouterr()
     files = sorted(tmp_path.iterdir())
     assert {p.name for p in files} == {"refused.pcap", "refused.calls.jsonl", "refused.png"}
