@@ -71,6 +71,7 @@ from handshake_viz.errors import (
     CaptureError,
     PermissionDeniedError,
     UsageError,
+    os_error,
 )
 from handshake_viz.model import Packet, UdpPacket
 from handshake_viz.pcapio import DEFAULT_SNAPLEN, PcapWriter
@@ -304,7 +305,7 @@ def open_packet_socket(
         try:
             sock.bind((iface, 0))  # learn the link type; registers no packet hook
         except OSError as exc:
-            raise CaptureError(f"interface {iface!r}: cannot bind: {exc.strerror or exc}") from None
+            raise os_error(exc, f"interface {iface!r}", "bind", CaptureError) from None
         hatype = sock.getsockname()[3]
         if hatype in (ARPHRD_ETHER, ARPHRD_LOOPBACK):
             linktype, offset = LINKTYPE_ETHERNET, 14
@@ -332,7 +333,7 @@ def open_packet_socket(
         try:
             sock.bind((iface, ETH_P_ALL))
         except OSError as exc:
-            raise CaptureError(f"interface {iface!r}: cannot bind: {exc.strerror or exc}") from None
+            raise os_error(exc, f"interface {iface!r}", "bind", CaptureError) from None
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     except BaseException:
         sock.close()

@@ -24,7 +24,6 @@ the one translation of an OSError into these words.
 
 from __future__ import annotations
 
-import errno as _errno
 import os as _os
 
 __all__ = [
@@ -97,26 +96,13 @@ class WorkerError(HsvizError):
     exit_status = 1
 
 
-_REASONS = {
-    _errno.ENOENT: "no such file",
-    _errno.EACCES: "permission denied",
-    _errno.EPERM: "permission denied",
-    _errno.EISDIR: "is a directory",
-    _errno.ENOTDIR: "a part of the path is not a directory",
-    _errno.ENOSPC: "No space left on device",
-    _errno.EROFS: "read-only file system",
-    _errno.ELOOP: "is a symbolic link (refused)",
-}
-
-
-def os_error(exc: OSError, path: object, doing: str = "",
-             kind: type[HsvizError] = OutputError) -> HsvizError:
-    """The project's error for an OSError on ``path``: ``kind`` with one line,
-    ``PATH: cannot DOING: reason`` (``PATH: reason`` without ``doing``), the reason
-    in plain words for the common cases and the system's words otherwise.
+def os_error(exc: OSError, path: object, doing: str, kind: type[HsvizError] = OutputError) -> HsvizError:
+    """The project's error for an OSError met while ``doing`` something to ``path``:
+    ``kind`` with one line, ``PATH: cannot DOING: reason``, the reason in the
+    system's own words (``No space left on device``).
 
     ``raise os_error(exc, path, "write") from None``.
     """
-    reason = _REASONS.get(exc.errno or 0) or exc.strerror or str(exc) or type(exc).__name__
+    reason = exc.strerror or str(exc) or type(exc).__name__
     shown = _os.fspath(path) if isinstance(path, _os.PathLike) else str(path)
-    return kind(f"{shown}: cannot {doing}: {reason}" if doing else f"{shown}: {reason}")
+    return kind(f"{shown}: cannot {doing}: {reason}")

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from handshake_viz.errors import CaptureFileError, OutputError
+from handshake_viz.errors import CaptureFileError, OutputError, os_error
 
 __all__ = [
     "CHUNK",
@@ -699,7 +699,7 @@ def open_file(source: Source, *, supported: Mapping[int, str], name: str | None 
         except PermissionError:
             raise CaptureFileError(f"{shown}: permission denied") from None
         except OSError as exc:
-            raise CaptureFileError(f"{shown}: cannot open: {_why(exc)}") from None
+            raise os_error(exc, shown, "open", CaptureFileError) from None
         try:
             return CaptureFile(stream, shown, owns=True, supported=supported, stats=stats)  # type: ignore[arg-type]
         except BaseException:
@@ -760,7 +760,7 @@ class PcapWriter:
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+            raise os_error(exc, path, "write") from None
         self._write_all(_PCAP_HEADER.pack(_PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, linktype))
         self._closing = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -858,7 +858,7 @@ class PcapWriter:
                 n = os.write(self._fd, view)
                 view = view[n:]
         except OSError as exc:
-            raise OutputError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+            raise os_error(exc, self.path, "write") from None
 
     def __enter__(self) -> PcapWriter:
         return self
@@ -985,7 +985,7 @@ class _Source:
         except IsADirectoryError:
             raise CaptureFileError(f"{name}: is a directory, not a capture file") from None
         except OSError as exc:
-            raise CaptureFileError(f"{name}: cannot open: {exc.strerror or exc}") from None
+            raise os_error(exc, name, "open", CaptureFileError) from None
         self._raw = raw
         head = raw.read(2)
         raw.seek(0)
@@ -1172,18 +1172,18 @@ def copy_to_pcapng(src: str | os.PathLike[str], dest: str | os.PathLike[str],
         try:
             fd, tmp_name = tempfile.mkstemp(prefix=f".{dest_path.name}.", suffix=".tmp", dir=directory)
         except OSError as exc:
-            raise OutputError(f"{dest_path}: cannot write: {exc.strerror or exc}") from None
+            raise os_error(exc, dest_path, "write") from None
         with os.fdopen(fd, "wb") as out:
             try:
                 for block in _convert(source, comments, result):
                     out.write(block)
             except OSError as exc:  # reading errors arrive as CaptureFileError
-                raise OutputError(f"{dest_path}: cannot write: {exc.strerror or exc}") from None
+                raise os_error(exc, dest_path, "write") from None
         try:
             os.chmod(tmp_name, 0o644)  # mkstemp makes it private; a capture copy need not be
             os.replace(tmp_name, dest_path)
         except OSError as exc:
-            raise OutputError(f"{dest_path}: cannot write: {exc.strerror or exc}") from None
+            raise os_error(exc, dest_path, "write") from None
         tmp_name = None
     finally:
         source.close()

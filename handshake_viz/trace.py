@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import OutputError, TraceFileError
+from .errors import TraceFileError, os_error
 from .model import COUNTS_MESSAGES, SYSCALLS, Call, CallKind, Endpoint, call_kind, normalize_ip
 
 __all__ = [
@@ -960,7 +960,7 @@ def _open_text(path: Path) -> IO[str]:
             raise TraceFileError(f"{path}: not a text strace log (binary data)")
         return open(path, encoding="utf-8", errors="replace", newline="")
     except OSError as exc:
-        raise TraceFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise os_error(exc, path, "read", TraceFileError) from None
 
 
 def parse_strace_file(
@@ -984,7 +984,7 @@ def parse_strace_file(
                 fh, name=str(path), pid=pid, thread_groups=thread_groups, inet_only=inet_only
             )
         except OSError as exc:
-            raise TraceFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+            raise os_error(exc, path, "read", TraceFileError) from None
 
 
 # ------------------------------------------------------------- calls.jsonl
@@ -1096,7 +1096,7 @@ def write_calls_jsonl(calls: Iterable[Call], path: str | os.PathLike[str]) -> in
                 fh.write("\n")
                 n += 1
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise os_error(exc, path, "write") from None
     return n
 
 
@@ -1126,7 +1126,7 @@ def read_calls_jsonl(path: str | os.PathLike[str]) -> list[Call]:
     except UnicodeDecodeError:
         raise TraceFileError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
-        raise TraceFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise os_error(exc, path, "read", TraceFileError) from None
     return calls
 
 

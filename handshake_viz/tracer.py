@@ -56,7 +56,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from .errors import OutputError, PermissionDeniedError, TraceError
+from .errors import PermissionDeniedError, TraceError, os_error
 from .trace import _BOOKKEEPING, CALLS_OF_INTEREST, StraceParse, parse_strace_file
 
 __all__ = [
@@ -309,7 +309,7 @@ def _prepare_output(output: Path) -> None:
         with open(output, "w"):
             pass
     except OSError as exc:
-        raise OutputError(f"{output}: cannot write: {exc.strerror or exc}") from None
+        raise os_error(exc, output, "write") from None
 
 
 def _user_name(as_user: tuple[int, int]) -> str | None:
