@@ -21,6 +21,7 @@ from typing import Any
 
 from handshake_viz.errors import CaptureError
 from handshake_viz.model import Call, Endpoint
+from handshake_viz.text import escape_preview
 
 __all__ = [
     "ACCEPT_SETTLE",
@@ -63,9 +64,9 @@ def _errno_name(exc: OSError) -> str:
     return errno_mod.errorcode.get(exc.errno, str(exc.errno))
 
 
-def _preview(data: bytes, limit: int = 24) -> str:
-    text = repr(data[:limit])
-    return text + ("..." if len(data) > limit else "")
+def _preview(data: bytes) -> str:
+    """The bytes as strace shows them: quoted and escaped (``"hello\\n"``)."""
+    return escape_preview(data, limit=24)
 
 
 _SHUT_WR = socket.SHUT_WR
@@ -132,6 +133,8 @@ class Recorder:
         remote: Callable[[Any], Endpoint | None] | None = None,
         local_hint: Endpoint | None = None,
         remote_hint: Endpoint | None = None,
+        how: str | None = None,
+        sockaddr: Endpoint | None = None,
     ) -> Any:
         """Make one call and record it.
 
@@ -155,7 +158,7 @@ class Recorder:
                 pid=self.pid, tid=tid, fd=fd, call=name, start=start, end=end, ret=-1,
                 errno=_errno_name(exc), args=args,
                 local=_sockname(sock) or local_before or local_hint,
-                remote=_peername(sock) or remote_before or remote_hint,
+                remote=_peername(sock) or remote_before or remote_hint, how=how, sockaddr=sockaddr,
             ))
             raise
         end = time.time()
@@ -168,7 +171,7 @@ class Recorder:
             self._known[sock] = (loc, rem)
         self._add(Call(
             pid=self.pid, tid=tid, fd=fd, call=name, start=start, end=end, ret=ret(result),
-            args=args, local=loc, remote=rem, nbytes=nbytes(result),
+            args=args, local=loc, remote=rem, nbytes=nbytes(result), how=how, sockaddr=sockaddr,
         ))
         return result
 
@@ -193,7 +196,7 @@ class Recorder:
     def bind(self, sock: _Socket, port: int = 0) -> int:
         """Bind to 127.0.0.1:``port``; returns the bound port."""
         self._run(sock, "bind", lambda: sock.bind((HOST, port)), args=f"{HOST}:{port}",
-                  local_hint=Endpoint(HOST, port) if port else None)
+                  local_hint=Endpoint(HOST, port) if port else None, sockaddr=Endpoint(HOST, port))
         return int(sock.getsockname()[1])
 
     def listen(self, sock: _Socket, backlog: int) -> None:
@@ -229,7 +232,7 @@ class Recorder:
 
     def connect(self, sock: _Socket, port: int) -> None:
         self._run(sock, "connect", lambda: sock.connect((HOST, port)), args=f"{HOST}:{port}",
-                  remote_hint=Endpoint(HOST, port))
+                  remote_hint=Endpoint(HOST, port), sockaddr=Endpoint(HOST, port))
 
     def send(self, sock: _Socket, data: bytes) -> int:
         return int(self._run(sock, "sendto", lambda: sock.send(data), args=_preview(data),
@@ -243,7 +246,7 @@ class Recorder:
     def sendto(self, sock: _Socket, data: bytes, addr: Endpoint) -> int:
         return int(self._run(sock, "sendto", lambda: sock.sendto(data, (addr.ip, addr.port)),
                              args=f"{_preview(data)}, {addr}", ret=lambda n: n, nbytes=lambda n: n,
-                             remote=lambda _n: addr))
+                             remote=lambda _n: addr, sockaddr=addr))
 
     def recvfrom(self, sock: _Socket, size: int = 4096) -> tuple[bytes, Endpoint]:
         data, addr = self._run(sock, "recvfrom", lambda: sock.recvfrom(size), args=str(size),
@@ -255,7 +258,7 @@ class Recorder:
 
     def shutdown(self, sock: _Socket, how: int = _SHUT_WR) -> None:
         name = {socket.SHUT_RD: "SHUT_RD", socket.SHUT_WR: "SHUT_WR", socket.SHUT_RDWR: "SHUT_RDWR"}[how]
-        self._run(sock, "shutdown", lambda: sock.shutdown(how), args=name)
+        self._run(sock, "shutdown", lambda: sock.shutdown(how), args=name, how=name)
 
     def poll(self, sock: _Socket, timeout: float = SOCKET_TIMEOUT) -> int:
         """Wait until ``sock`` is readable without reading it (``poll(POLLIN)``)."""
