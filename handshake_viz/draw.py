@@ -442,8 +442,9 @@ def _paint_frame(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float
                     textcoords="offset points", ha="center", va="bottom",
                     fontsize=fs["subtitle"], color=_GREY, annotation_clip=False)
     header_w = [_bold_width(h, fs["header"]) for h in headers]
-    boxes = [((ln.x - layout.xlim[0]) * pt_per_x - w / 2 - 6, (ln.x - layout.xlim[0]) * pt_per_x + w / 2 + 6)
-             for ln, w in zip(layout.lifelines, header_w)]  # header boxes, points from the left
+    # header boxes, in points from the left edge (box padding included)
+    at = [(ln.x - layout.xlim[0]) * pt_per_x for ln in layout.lifelines]
+    boxes = [(x - w / 2 - 6, x + w / 2 + 6) for x, w in zip(at, header_w)]
     for lane in layout.lanes:
         lane_w = _text_width_pt(lane.title, fs["lane"], "DejaVu Sans", "normal", "normal")
         line_x = layout.lifelines[lane.lifeline].x

@@ -184,7 +184,6 @@ CALL_CHAR = 0.0210  # one character of a call label
 NOTE_CHAR = 0.0160  # … of a call's note
 STATE_CHAR = 0.0185  # … of a state mark (plus STATE_PAD for its box)
 STATE_PAD = 0.07
-HEADER_CHAR = 0.0245  # … of a lifeline header (bold 10.5 pt), for its neighbour
 NEIGHBOUR_GAP = 0.08  # air between one lifeline's texts and the next lifeline
 MIN_PITCH = 0.8  # two lifelines on the same side are never closer than this
 
@@ -746,6 +745,11 @@ def _closing_notes(segments: Sequence[Segment], summary: ConnectionSummary) -> l
             f"server {final['server'].value})"]
 
 
+def _side_states(seg: Segment) -> tuple[tuple[Side, TcpState], tuple[Side, TcpState]]:
+    """Both endpoints' states after ``seg``."""
+    return ("client", seg.client_state), ("server", seg.server_state)
+
+
 def _merge_notes(notes: list[tuple[int, str]]) -> list[str]:
     """``[(0, "client closed first …"), (1, "client closed first …")]`` ->
     ``["conns 0, 1: client closed first …"]``: one line per distinct text."""
@@ -835,9 +839,9 @@ def plan_trace(
     for f in flows:
         grams = tuple(f.datagrams)
         if grams:
-            s = f.summary
-            convs.append(_Conv("udp", s.flow, s.client, s.server, grams,
-                               tuple(getattr(f, "calls", ()) or ()), s))
+            fs = f.summary
+            convs.append(_Conv("udp", fs.flow, fs.client, fs.server, grams,
+                               tuple(getattr(f, "calls", ()) or ()), fs))
     if not convs:
         raise UsageError("nothing to draw: no segments or datagrams given")
     return _Planner(convs, tuple(calls), time, max_rows, title).layout()
@@ -847,7 +851,7 @@ def plan_trace(
 # The planner
 # ==========================================================================================
 
-_Key = tuple[str, str, int, str]  # (transport, normalized ip, port, "" or "peer")
+_Key = tuple[Transport, str, int, str]  # (transport, normalized ip, port, "" or "peer")
 _ELSEWHERE = -1  # a call on a socket that is not drawn
 
 
@@ -926,10 +930,10 @@ class _Planner:
     def _lifelines(self) -> None:
         keys_of: list[tuple[_Key, _Key]] = []
         for cv in self.convs:
-            ck = (cv.transport, normalize_ip(cv.client.ip), cv.client.port, "")
-            sk = (cv.transport, normalize_ip(cv.server.ip), cv.server.port, "")
+            sk: _Key = (cv.transport, normalize_ip(cv.server.ip), cv.server.port, "")
+            ck: _Key = (cv.transport, normalize_ip(cv.client.ip), cv.client.port, "")
             if ck == sk:  # a socket talking to itself still gets two lifelines
-                ck = (*ck[:3], "peer")
+                ck = (ck[0], ck[1], ck[2], "peer")
             keys_of.append((ck, sk))
         servers = {sk for _ck, sk in keys_of}
         client_keys: list[_Key] = []
@@ -938,9 +942,9 @@ class _Planner:
             ck, sk = keys_of[ci]
             if ck not in servers and ck not in client_keys:
                 client_keys.append(ck)
-            for k in (ck, sk):
-                if k in servers and k not in server_keys:
-                    server_keys.append(k)
+            for key in (ck, sk):
+                if key in servers and key not in server_keys:
+                    server_keys.append(key)
         self.keys: list[_Key] = client_keys + server_keys
         self.n_clients = len(client_keys)
         index = {k: i for i, k in enumerate(self.keys)}
@@ -1163,7 +1167,7 @@ class _Planner:
         for idx, d in enumerate(drafts):
             lane = texts.setdefault(d.lifeline, [])
             lane.append((d.y0 + 0.1, idx, "label"))
-            d.label = _call_label(d.call, self.keys[d.lifeline][0])  # type: ignore[arg-type]
+            d.label = _call_label(d.call, self.keys[d.lifeline][0])
             d.note = self._call_note(d)
             if d.note:
                 # at the return of a long call; right under the label of a short one, so that
@@ -1241,7 +1245,7 @@ class _Planner:
                     p = self.packets[i]
                     if not isinstance(p, Segment):
                         continue
-                    for side, st in (("client", p.client_state), ("server", p.server_state)):
+                    for side, st in _side_states(p):
                         key = (self.conv_of[i], side)
                         if st is not prev.get(key):
                             prev[key] = st
@@ -1263,7 +1267,7 @@ class _Planner:
                 continue  # UDP keeps no state
             ci = self.conv_of[it.a]
             sender: Side = "client" if p.dir is Direction.C2S else "server"
-            for side, st in (("client", p.client_state), ("server", p.server_state)):
+            for side, st in _side_states(p):
                 key = (ci, side)
                 if key in prev and st is prev[key]:
                     continue
@@ -1390,7 +1394,7 @@ class _Planner:
             out.append(Lifeline(
                 side=self.side_of(i), x=xs[i], endpoint=ep, header=f"{self.names[i]} {ep}",
                 subtitle=f"{transport.upper()} (kernel)", name=self.names[i],
-                transport=transport,  # type: ignore[arg-type]
+                transport=transport,
                 conns=tuple(cv.number for cv in mine if cv.transport == "tcp"),
                 flows=tuple(cv.number for cv in mine if cv.transport == "udp"),
             ))
@@ -1423,9 +1427,9 @@ class _Planner:
                 ))
                 continue
             run = range(it.a, it.b)
-            segs = [self.packets[i] for i in run if isinstance(self.packets[i], Segment)]
+            segs = [p for p in (self.packets[i] for i in run) if isinstance(p, Segment)]
             c2s = [self.packets[i] for i in run if self.packets[i].dir is Direction.C2S]
-            counts: Counter[Analysis] = Counter(a for s in segs for a in s.analysis)  # type: ignore[union-attr]
+            counts: Counter[Analysis] = Counter(a for s in segs for a in s.analysis)
             b_c2s = sum(p.length for p in c2s)
             b_s2c = sum(self.packets[i].length for i in run) - b_c2s
             duration = mono[it.b - 1] - mono[it.a]
@@ -1516,9 +1520,11 @@ class _Planner:
         closing: list[tuple[int, str]] = []
         guessed: list[tuple[int, str]] = []
         for cv in tcp:
+            if not isinstance(cv.summary, ConnectionSummary):  # pragma: no cover - by construction
+                continue
             segs = [p for p in cv.packets if isinstance(p, Segment)]
-            closing.extend((cv.number, t) for t in _closing_notes(segs, cv.summary))  # type: ignore[arg-type]
-            if getattr(cv.summary, "roles_guessed", False):
+            closing.extend((cv.number, t) for t in _closing_notes(segs, cv.summary))
+            if cv.summary.roles_guessed:
                 guessed.append((cv.number, "no SYN captured: client and server guessed from the "
                                 "port numbers"))
         if len(tcp) == 1:
@@ -1556,10 +1562,10 @@ class _Planner:
         dur = title_duration(max(p.ts for p in self.packets) - min(p.ts for p in self.packets))
         if len(self.convs) == 1:
             cv = self.convs[0]
-            if cv.transport == "udp":
+            s = cv.summary
+            if not isinstance(s, ConnectionSummary):
                 return (f"UDP flow {cv.number}: {cv.client} → {cv.server}   "
                         f"{plural(self.n_datagrams, 'datagram', 'datagrams')}, {dur}")
-            s: ConnectionSummary = cv.summary  # type: ignore[assignment]
             state_part = " ".join(p for p in (s.conn_state, s.history) if p)
             return (f"conn {s.conn}: {cv.client} → {cv.server}   "
                     f"{plural(self.n_segments, 'segment', 'segments')}, {dur}"

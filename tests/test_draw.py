@@ -258,9 +258,8 @@ def assert_legible(fig: Figure, ax, layout) -> None:  # type: ignore[no-untyped-
         for t in (r.label, r.detail, f"{r.detail}  {r.extra}", r.extra, ", ".join(r.markers)):
             if t:
                 row_room[t] = room
-    main = next((r for r in layout.arrow_rows), None)
-    gap = (to_px((main.text_x - main.text_room / 2, 0))[0], to_px((main.text_x + main.text_room / 2, 0))[0]) \
-        if main else (0.0, 0.0)
+    main = layout.arrow_rows[0]  # every arrow's texts share this gap
+    gap = row_room[main.label]
     states = {m.text for m in layout.states}
     lane_texts = {b.label for b in layout.calls} | {b.note for b in layout.calls if b.note}
     lines_px = [to_px((ln.x, 0.0))[0] for ln in layout.lifelines]
