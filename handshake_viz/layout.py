@@ -71,8 +71,9 @@ Socket calls become bars in their lifeline's lane from their start to their
 return.  A call goes to the lifeline whose address is its socket's ``local``
 address (an unbound UDP socket's ``0.0.0.0:port`` matches by port), else to the
 one its ``conn``, ``remote`` address, frames or name point to (a ``recv`` is on
-the receiver's side of the segment that released it), else to the one its pid's
-other calls went to.  Times map to ``y`` through the rows: a time between two
+the receiver's side of the segment that released it), else to the one the other
+calls on its socket went to (same pid and fd, between socket() and close()), else
+to the one its pid's other calls went to.  Times map to ``y`` through the rows: a time between two
 rows is interpolated between the first one's arrival and the second one's
 departure, so a call that started before a segment is drawn above its arrow and
 a ``recv`` that returned after a segment arrived ends below it.  The frames a
@@ -287,7 +288,7 @@ class StateMark:
     frame: int | None  # the segment after which the endpoint is in this state (None: initial)
     text: str  # "ESTABLISHED", on a shared lifeline "ESTABLISHED (client 2)"
     lifeline: int  # index into Layout.lifelines
-    conn: int | None  # None: the listening socket's LISTEN
+    conn: int | None  # None: the listening socket's LISTEN (a fold's mark naming several: the first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -745,6 +746,29 @@ def _closing_notes(segments: Sequence[Segment], summary: ConnectionSummary) -> l
             f"server {final['server'].value})"]
 
 
+def _socket_lives(calls: Iterable[Call]) -> dict[Call, int]:
+    """Which calls were made on one socket: those on one (pid, fd) from the socket()
+    or accept() that returned the fd to the close() of it (fd numbers are reused)."""
+    life_of: dict[Call, int] = {}
+    current: dict[tuple[int, int], int] = {}
+    lives = 0
+    for c in sorted(calls, key=lambda c: (c.start, c.end)):
+        if c.kind is CallKind.ACCEPT and c.ret is not None and c.ret >= 0:
+            lives += 1
+            current[(c.pid, c.ret)] = lives  # the accepted socket's life begins
+        fd = c.ret if c.kind is CallKind.SOCKET else c.fd
+        if fd is None or fd < 0:
+            continue
+        key = (c.pid, fd)
+        if c.kind is CallKind.SOCKET or key not in current:
+            lives += 1
+            current[key] = lives
+        life_of[c] = current[key]
+        if c.kind is CallKind.CLOSE:
+            del current[key]
+    return life_of
+
+
 def _side_states(seg: Segment) -> tuple[tuple[Side, TcpState], tuple[Side, TcpState]]:
     """Both endpoints' states after ``seg``."""
     return ("client", seg.client_state), ("server", seg.server_state)
@@ -917,8 +941,9 @@ class _Planner:
 
     def layout(self) -> Layout:
         self._lifelines()
-        self._rows_y()
+        self._rows()
         self._assign_calls()
+        self._rows_y()
         self._time_map()
         drafts = self._drafts()
         marks = self._states()
@@ -968,7 +993,7 @@ class _Planner:
 
     # --- rows: which, and their y -------------------------------------------------------------
 
-    def _rows_y(self) -> None:
+    def _rows(self) -> None:
         self.items = _fold_items(self.packets, self.max_rows)
         self.item_of: list[int] = [0] * len(self.packets)
         for k, it in enumerate(self.items):
@@ -984,6 +1009,29 @@ class _Planner:
             else:
                 self.texts.append((*datagram_text(p), ""))
         self.lines = [2 if e and len(d) + 2 + len(e) > DETAIL_CHARS else 1 for _l, d, e in self.texts]
+
+    def _crowded_gaps(self) -> dict[int, list[float]]:
+        """time="ordered": the gaps between two rows (by the index of the row above)
+        in which more calls start on one lane than their labels fit in one row (a
+        server restarting between two connections), and the call starts in them.
+        Such a gap is stretched and, as before the first row, only the order of the
+        calls in it is drawn: one step per start."""
+        if self.time != "ordered":
+            return {}
+        ends = [self.mono[it.b - 1] for it in self.items]
+        starts = [self.mono[it.a] for it in self.items]
+        per_lane: Counter[tuple[int, int]] = Counter()
+        in_gap: dict[int, set[float]] = {}
+        for c, ll in self.visible:
+            k = bisect.bisect_left(ends, c.start) - 1  # the last row that ended before it
+            if 0 <= k < len(self.items) - 1 and ends[k] < c.start < starts[k + 1]:
+                per_lane[(k, ll)] += 1
+                in_gap.setdefault(k, set()).add(c.start)
+        crowded = {k for (k, _ll), n in per_lane.items() if n * CALL_TEXT_PITCH > 1.0}
+        return {k: sorted(in_gap[k]) for k in sorted(crowded)}
+
+    def _rows_y(self) -> None:
+        self.gaps = self._crowded_gaps()
         mono = self.mono
         ys: list[tuple[float, float]] = []
         real = self.time == "real"
@@ -997,6 +1045,8 @@ class _Planner:
                 yb = max(yb, scale * (mono[it.b - 1] - mono[0]))
             ys.append((ya, yb))
             floor = yb + (1.0 - SLANT) + (SECOND_LINE if self.lines[k] == 2 else 0.0)
+            if k in self.gaps:
+                floor += max(0.0, (len(self.gaps[k]) + 1) * CALL_TEXT_PITCH - (1.0 - SLANT))
         self.ys = ys
 
     # --- calls: which lifeline ----------------------------------------------------------------
@@ -1071,9 +1121,18 @@ class _Planner:
             if not c.inferred:
                 by_pid.setdefault(c.pid, set()).add(ll)
             placed.append((c, ll))
+        # nothing ties it to a lifeline: the other calls on its socket may (a socket()
+        # or setsockopt() before bind() gave it an address), else its process's
+        life_of = _socket_lives(self.all_calls)
+        by_life: dict[int, set[int]] = {}
+        for c, ll in placed:
+            if c in life_of:
+                by_life.setdefault(life_of[c], set()).add(ll)
         self.unplaced = 0
-        for c in pending:  # nothing ties it to a socket: its process's other calls may
-            lls = by_pid.get(c.pid, set())
+        for c in pending:
+            lls = by_life.get(life_of[c], set()) if c in life_of else set()
+            if len(lls) != 1:
+                lls = by_pid.get(c.pid, set())
             if len(lls) == 1:
                 placed.append((c, next(iter(lls))))
             else:
@@ -1103,6 +1162,10 @@ class _Planner:
         for k, it in enumerate(self.items):
             knots.append((self.mono[it.a], self.ys[k][0]))
             knots.append((self.mono[it.b - 1], self.ys[k][1]))
+            crowd = self.gaps.get(k, [])
+            for j, t in enumerate(crowd):  # a stretched gap: one step per call start
+                top, bottom = self.ys[k][1], self.ys[k + 1][0]
+                knots.append((t, top + (bottom - top) * (j + 1) / (len(crowd) + 1)))
         y_last = self.ys[-1][1]
         for j, t in enumerate(post):
             knots.append((t, y_last + POST_STEP * (j + 1)))
@@ -1216,9 +1279,10 @@ class _Planner:
 
     # --- states -------------------------------------------------------------------------------
 
-    def _state_text(self, lifeline: int, state: TcpState, ci: int) -> str:
-        """``ESTABLISHED``, or on a lifeline several connections share, which one:
-        ``ESTABLISHED (client 2)`` (``(conn 4)`` when they share the peer too)."""
+    def _state_text(self, lifeline: int, state: TcpState, cis: Sequence[int]) -> str:
+        """``ESTABLISHED``, or on a lifeline several connections share, which ones:
+        ``ESTABLISHED (client 2)``, ``CLOSED (client 1, client 3)`` (``conn 4`` when
+        they share the peer too)."""
         if state is TcpState.LISTEN:
             return state.value  # the listening socket's, whichever connection showed it
         mine = [i for i, ends in enumerate(self.ends) if lifeline in ends
@@ -1226,10 +1290,12 @@ class _Planner:
         if len(mine) < 2:
             return state.value
         peers = [self.ends[i][0] if self.ends[i][1] == lifeline else self.ends[i][1] for i in mine]
-        cl, sl = self.ends[ci]
-        peer = cl if sl == lifeline else sl
-        tag = self.names[peer] if peers.count(peer) == 1 else f"conn {self.convs[ci].number}"
-        return f"{state.value} ({tag})"
+        tags = []
+        for ci in cis:
+            cl, sl = self.ends[ci]
+            peer = cl if sl == lifeline else sl
+            tags.append(self.names[peer] if peers.count(peer) == 1 else f"conn {self.convs[ci].number}")
+        return f"{state.value} ({', '.join(tags)})"
 
     def _states(self) -> list[_Mark]:
         marks: list[_Mark] = []
@@ -1250,17 +1316,22 @@ class _Planner:
                         if st is not prev.get(key):
                             prev[key] = st
                             changed[key] = (st, p.frame)
-                per_line: dict[int, list[_Mark]] = {}
-                for (ci, side), (st, frame) in changed.items():
+                # per lifeline, one mark per state naming its connections
+                per_line: dict[int, dict[TcpState, list[tuple[int, int]]]] = {}
+                for (ci, side), (st, frame) in sorted(changed.items(), key=lambda kv: kv[1][1]):
                     ll = self.ends[ci][0 if side == "client" else 1]
                     if st is TcpState.LISTEN and ll in listening:
                         continue
                     listening.update([ll] if st is TcpState.LISTEN else [])
-                    per_line.setdefault(ll, []).append(
-                        _Mark(ll, st, yb, frame, self._state_text(ll, st, ci), self.convs[ci].number))
-                for ms in per_line.values():  # several on one lifeline: one under the other
-                    marks.extend(_Mark(m.lifeline, m.state, m.y + j * CALL_TEXT_PITCH, m.frame, m.text,
-                                       m.conn) for j, m in enumerate(ms))
+                    per_line.setdefault(ll, {}).setdefault(st, []).append((frame, ci))
+                for ll, by_state in per_line.items():
+                    # one at the band's end; several one under the other around its middle
+                    n = len(by_state)
+                    y0 = yb if n == 1 else (ya + yb) / 2 - (n - 1) / 2 * CALL_TEXT_PITCH
+                    for j, (st, runs) in enumerate(by_state.items()):
+                        cis = [ci for _f, ci in runs]
+                        marks.append(_Mark(ll, st, y0 + j * CALL_TEXT_PITCH, runs[-1][0],
+                                           self._state_text(ll, st, cis), self.convs[cis[0]].number))
                 continue
             p = self.packets[it.a]
             if not isinstance(p, Segment):
@@ -1285,7 +1356,7 @@ class _Planner:
                 if st is TcpState.LISTEN:
                     listening.add(ll)
                 conn = None if st is TcpState.LISTEN else self.convs[ci].number
-                marks.append(_Mark(ll, st, y, p.frame, self._state_text(ll, st, ci), conn))
+                marks.append(_Mark(ll, st, y, p.frame, self._state_text(ll, st, [ci]), conn))
         return marks
 
     # --- x: lifelines spaced by what is written beside them ------------------------------------

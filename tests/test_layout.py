@@ -876,6 +876,10 @@ def test_the_whole_trace_folds_into_max_rows_and_counts_everything() -> None:
     (fold,) = layout.fold_rows
     assert fold.x_from == layout.lifelines[0].x and fold.x_to == layout.lifelines[-1].x
     assert any("folded to keep 12 rows" in n.text for n in layout.notes)
+    # the server's states that changed inside the fold: one mark per state, in the band
+    s = len(layout.lifelines) - 1
+    at_fold = [m for m in layout.states if m.lifeline == s and fold.y <= m.y <= fold.y_end]
+    assert [m.text for m in at_fold] == ["ESTABLISHED (client 3)", "CLOSED (client 1, client 2)"]
 
 
 @needs_multi
@@ -897,6 +901,30 @@ def test_a_chosen_connection_keeps_the_trace_calls_of_its_sockets() -> None:
     assert "listen" in names  # on no connection, but on the server's socket
     assert names.count("accept4") == 1  # the other connections' accepts are not drawn
     assert not any("not drawn" in n.text for n in layout.notes)  # they are not lost either
+
+
+def test_a_restarted_server_is_the_same_lifeline_and_every_call_is_drawn_in_order() -> None:
+    """time-wait: the server closes first, restarts on its port (bind() fails with
+    EADDRINUSE, then works with SO_REUSEADDR) and serves a second client."""
+    path = REPO / "captures" / "time-wait.pcap"
+    if not path.exists():
+        pytest.skip("captures/time-wait.pcap missing")
+    trace = trace_of(path)
+    layout = plan_trace(trace.connections, calls=trace.calls)
+    assert [ln.side for ln in layout.lifelines] == ["client", "client", "server"]
+    assert len(layout.calls) == len(trace.calls)  # socket()/setsockopt() before bind() too,
+    assert not any("not drawn" in n.text for n in layout.notes)  # by their fd's other calls
+    server = [b for b in layout.calls if b.lifeline == 2]
+    assert {"socket", "setsockopt", "bind", "listen", "accept4"} <= {b.call.call for b in server}
+    # the restart's calls all start between two rows: each gets a step, in order
+    first = next(i for i, r in enumerate(layout.rows) if r.conn == 1)
+    restart = [b for b in server if layout.rows[first - 1].y_end < b.y0 < layout.rows[first].y]
+    assert [b.call.call for b in restart] == ["socket", "bind", "close", "socket", "setsockopt",
+                                              "bind", "listen", "accept4"]
+    assert [b.label_y for b in restart] == sorted(b.label_y for b in restart)
+    assert restart[1].label == "bind(13) → EADDRINUSE" and restart[1].failed
+    assert [m.text for m in layout.states if m.lifeline == 2 and m.state is TcpState.TIME_WAIT] == [
+        "TIME-WAIT (client 1)"]
 
 
 def test_one_connection_plans_the_same_either_way() -> None:
