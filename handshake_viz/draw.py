@@ -146,6 +146,7 @@ _TOP_IN = 1.25  # title + headers above the axes (inches)
 _LINE_IN = 0.2  # one more header line
 _HEADER_GAP = 24.0  # points between two neighbouring lifeline headers
 _BOTTOM_IN = 0.55  # legend below the axes
+_LANES_ABOVE_PT = 20.0  # the row of lane titles above the headers, when they have one
 
 
 # ==========================================================================================
@@ -339,6 +340,38 @@ def _headers(layout: Layout, size: float, unit_pt: float) -> tuple[list[str], bo
     return [f"{ln.name}\n{ln.endpoint}" for ln in layout.lifelines], True
 
 
+@dataclass(frozen=True)
+class _Heads:
+    """What is written above the axes: lifeline headers (one or two lines each) and
+    lane titles, beside their own lifeline's header or, when one of them would run
+    into a neighbour's header, all on a row of their own above the headers."""
+
+    texts: list[str]
+    two_lines: bool
+    lanes_above: bool
+    lane_shift: list[float]  # points, per lane: away from its own header (beside it only)
+
+
+def _heads(layout: Layout, k: float, pt_per_x: float) -> _Heads:
+    size, lane_size = _SIZES["header"] * k, _SIZES["lane"] * k
+    texts, two = _headers(layout, size, pt_per_x)
+    widths = [_bold_width(t, size) for t in texts]
+    at = [(ln.x - layout.xlim[0]) * pt_per_x for ln in layout.lifelines]
+    boxes = [(x - w / 2 - 6, x + w / 2 + 6) for x, w in zip(at, widths)]  # padding included
+    shifts: list[float] = []
+    clash = False
+    for lane in layout.lanes:
+        lane_w = _text_width_pt(lane.title, lane_size, "DejaVu Sans", "normal", "normal")
+        room = abs(lane.x - layout.lifelines[lane.lifeline].x) * pt_per_x
+        need = widths[lane.lifeline] / 2 + 6 + 12 + lane_w / 2  # box padding + air
+        shift = max(0.0, need - room) * lane.direction
+        centre = (lane.x - layout.xlim[0]) * pt_per_x + shift
+        clash = clash or any(centre - lane_w / 2 - 6 < b1 and b0 < centre + lane_w / 2 + 6
+                             for i, (b0, b1) in enumerate(boxes) if i != lane.lifeline)
+        shifts.append(shift)
+    return _Heads(texts, two, clash, [0.0] * len(shifts) if clash else shifts)
+
+
 def _sizes(layout: Layout, st: Style) -> tuple[float, float, float]:
     k = st.font_scale
     size = _SIZES["header"] * k
@@ -346,6 +379,7 @@ def _sizes(layout: Layout, st: Style) -> tuple[float, float, float]:
     unit = st.unit_width
     if two:  # even on two lines the headers need more room: widen the diagram
         unit = max(unit, _header_room(layout, texts, size) / 72)
+    heads = _heads(layout, k, unit * 72)
     axes_w = (layout.xlim[1] - layout.xlim[0]) * unit
     widths = [axes_w, _text_width_pt(layout.title, _SIZES["title"] * k, "DejaVu Sans", "normal",
                                      "normal") * 1.04 / 72 + 0.8]
@@ -354,12 +388,13 @@ def _sizes(layout: Layout, st: Style) -> tuple[float, float, float]:
     legend_pt = sum(_text_width_pt(_LEGEND_TEXT.get(key, key), _SIZES["legend"] * k, "DejaVu Sans",
                                    "normal", "normal") + 60 for key in layout.legend)
     widths.append(legend_pt / 72 + 0.4)
-    height = (layout.ylim[1] - layout.ylim[0]) * st.row_height + _top_in(two, k) + _BOTTOM_IN * k
+    height = (layout.ylim[1] - layout.ylim[0]) * st.row_height + _top_in(heads, k) + _BOTTOM_IN * k
     return max(widths), height, axes_w
 
 
-def _top_in(two_line_headers: bool, k: float) -> float:
-    return (_TOP_IN + (_LINE_IN if two_line_headers else 0.0)) * k
+def _top_in(heads: _Heads, k: float) -> float:
+    return (_TOP_IN + (_LINE_IN if heads.two_lines else 0.0)
+            + (_LANES_ABOVE_PT / 72 if heads.lanes_above else 0.0)) * k
 
 
 def _new_figure(layout: Layout, st: Style, *, pyplot: bool) -> tuple[Figure, Axes]:
@@ -371,9 +406,8 @@ def _new_figure(layout: Layout, st: Style, *, pyplot: bool) -> tuple[Figure, Axe
     else:
         fig = Figure(figsize=(w, h), dpi=st.dpi)
     fig.patch.set_facecolor("white")
-    two = _headers(layout, _SIZES["header"] * st.font_scale, axes_w * 72 /
-                   (layout.xlim[1] - layout.xlim[0]))[1]
-    top, bottom = _top_in(two, st.font_scale), _BOTTOM_IN * st.font_scale
+    heads = _heads(layout, st.font_scale, axes_w * 72 / (layout.xlim[1] - layout.xlim[0]))
+    top, bottom = _top_in(heads, st.font_scale), _BOTTOM_IN * st.font_scale
     ax = fig.add_axes(((w - axes_w) / 2 / w, bottom / h, axes_w / w, 1.0 - (top + bottom) / h))
     return fig, ax
 
@@ -432,8 +466,8 @@ def _paint_frame(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float
                                          zorder=0))
     # Headers above the axes, in points so they do not depend on the row count.
     xy_axes = ("data", "axes fraction")
-    headers, two = _headers(layout, fs["header"], pt_per_x)
-    for line, header in zip(layout.lifelines, headers):
+    heads = _heads(layout, fs["header"] / _SIZES["header"], pt_per_x)
+    for line, header in zip(layout.lifelines, heads.texts):
         ax.annotate(header, xy=(line.x, 1.0), xycoords=xy_axes, xytext=(0, 24),
                     textcoords="offset points", ha="center", va="bottom", fontsize=fs["header"],
                     fontweight="bold", color=_INK, annotation_clip=False, multialignment="center",
@@ -441,25 +475,14 @@ def _paint_frame(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float
         ax.annotate(line.subtitle, xy=(line.x, 1.0), xycoords=xy_axes, xytext=(0, 6),
                     textcoords="offset points", ha="center", va="bottom",
                     fontsize=fs["subtitle"], color=_GREY, annotation_clip=False)
-    header_w = [_bold_width(h, fs["header"]) for h in headers]
-    # header boxes, in points from the left edge (box padding included)
-    at = [(ln.x - layout.xlim[0]) * pt_per_x for ln in layout.lifelines]
-    boxes = [(x - w / 2 - 6, x + w / 2 + 6) for x, w in zip(at, header_w)]
-    for lane in layout.lanes:
-        lane_w = _text_width_pt(lane.title, fs["lane"], "DejaVu Sans", "normal", "normal")
-        line_x = layout.lifelines[lane.lifeline].x
-        room = abs(lane.x - line_x) * pt_per_x
-        need = header_w[lane.lifeline] / 2 + 6 + 12 + lane_w / 2  # box padding + air
-        shift = max(0.0, need - room) * lane.direction
-        centre = (lane.x - layout.xlim[0]) * pt_per_x + shift
-        clash = any(centre - lane_w / 2 - 6 < b1 and b0 < centre + lane_w / 2 + 6
-                    for i, (b0, b1) in enumerate(boxes) if i != lane.lifeline)
-        # beside its own header, unless a neighbour's is there: then on the subtitles' line
-        ax.annotate(lane.title, xy=(lane.x, 1.0), xycoords=xy_axes,
-                    xytext=(0.0, 6) if clash else (shift, 24), textcoords="offset points",
-                    ha="center", va="bottom", fontsize=fs["lane"], color=_INK,
-                    annotation_clip=False)
-    ax.set_title(layout.title, fontsize=fs["title"], pad=58 + (14 if two else 0), color=_INK)
+    header_top = 24 + (14 if heads.two_lines else 0) + 22  # the boxes' tops, roughly
+    lane_y = header_top if heads.lanes_above else 24
+    for lane, shift in zip(layout.lanes, heads.lane_shift):
+        ax.annotate(lane.title, xy=(lane.x, 1.0), xycoords=xy_axes, xytext=(shift, lane_y),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=fs["lane"],
+                    color=_INK, annotation_clip=False)
+    pad = 58 + (14 if heads.two_lines else 0) + (_LANES_ABOVE_PT if heads.lanes_above else 0)
+    ax.set_title(layout.title, fontsize=fs["title"], pad=pad, color=_INK)
 
 
 def _wrap(text: str, size: float, room_pt: float, style: str = "italic") -> str:

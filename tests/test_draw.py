@@ -459,6 +459,10 @@ def test_multi_client_is_legible_at_the_default_size(time: str) -> None:
         b.label for b in layout.calls if b.call.call == "accept4"]
     for ln in layout.lifelines:
         assert ln.header in got
+    # the process titles have a row of their own above the headers (no room beside them)
+    titles = [t for t in fig.axes[0].texts if t.get_text() in {lane.title for lane in layout.lanes}]
+    headers = [t for t in fig.axes[0].texts if t.get_text() in {ln.header for ln in layout.lifelines}]
+    assert len(titles) == 4 and min(t.xyann[1] for t in titles) > max(t.xyann[1] for t in headers)
 
 
 @needs_multi
