@@ -87,7 +87,7 @@ _FIT = 0.9  # widest text line, as a share of the room between its lifelines
 class Style:
     """Options for the look; pass any of them as keywords to the plotting functions."""
 
-    colors: tuple[tuple[str, str], ...] = tuple(PHASE_COLORS.items())  # phase -> colour
+    colors: tuple[tuple[str, str], ...] = tuple(PHASE_COLORS.items())  # phase (or "udp") -> colour
     font_scale: float = 1.0  # multiplies every font size
     row_height: float = 0.58  # inches per row (new figures)
     unit_width: float = 3.6  # inches between the two lifelines (new figures)

@@ -384,13 +384,6 @@ class Layout:
         """The row texts in order, e.g. ``("SYN seq=0", "SYN-ACK seq=0 ack=1", …)``."""
         return tuple(r.text for r in self.rows)
 
-    def lifeline_of(self, endpoint: str, transport: Transport = "tcp") -> int:
-        """Index of the lifeline headed by ``endpoint`` (``"127.0.0.1:8080"``)."""
-        for i, ln in enumerate(self.lifelines):
-            if ln.endpoint == endpoint and ln.transport == transport:
-                return i
-        raise KeyError(f"no {transport} lifeline for {endpoint}")
-
 
 # ==========================================================================================
 # Row texts
@@ -593,15 +586,19 @@ class _Conv:
     number: int  # conn or flow number
     client: Endpoint
     server: Endpoint
-    packets: tuple[Packet, ...]  # in capture order
+    segments: tuple[Segment, ...]  # in capture order (a TCP connection's) …
+    datagrams: tuple[Datagram, ...]  # … or a UDP flow's
     calls: tuple[Call, ...]
     summary: ConnectionSummary | FlowSummary
 
     @property
+    def packets(self) -> tuple[Packet, ...]:
+        return self.segments or self.datagrams
+
+    @property
     def t0(self) -> float:
         """Time 0 of the conversation: its first SYN, else its first packet."""
-        first_syn = next((p.ts for p in self.packets if isinstance(p, Segment) and p.label is Label.SYN),
-                         None)
+        first_syn = next((s.ts for s in self.segments if s.label is Label.SYN), None)
         return self.packets[0].ts if first_syn is None else first_syn
 
 
@@ -824,7 +821,7 @@ def plan(
                          "given: draw one connection at a time")
     if summary is None:
         summary = _fallback_summary(segments)
-    conv = _Conv("tcp", summary.conn, summary.client, summary.server, tuple(segments),
+    conv = _Conv("tcp", summary.conn, summary.client, summary.server, tuple(segments), (),
                  tuple(calls), summary)
     return _Planner([conv], (), time, max_rows, None).layout()
 
@@ -858,13 +855,13 @@ def plan_trace(
         segs = tuple(c.segments)
         if segs:
             s = c.summary if c.summary is not None else _fallback_summary(segs)
-            convs.append(_Conv("tcp", s.conn, s.client, s.server, segs,
+            convs.append(_Conv("tcp", s.conn, s.client, s.server, segs, (),
                                tuple(getattr(c, "calls", ()) or ()), s))
     for f in flows:
         grams = tuple(f.datagrams)
         if grams:
             fs = f.summary
-            convs.append(_Conv("udp", fs.flow, fs.client, fs.server, grams,
+            convs.append(_Conv("udp", fs.flow, fs.client, fs.server, (), grams,
                                tuple(getattr(f, "calls", ()) or ()), fs))
     if not convs:
         raise UsageError("nothing to draw: no segments or datagrams given")
@@ -922,10 +919,14 @@ class _Planner:
         self.all_calls: list[Call] = list(dict.fromkeys(
             [c for conv in convs for c in conv.calls] + list(extra_calls)))
         # all packets in capture order; each conversation's own order is kept
-        streams = [[(p.frame, ci, p) for p in conv.packets] for ci, conv in enumerate(convs)]
-        merged = list(heapq.merge(*streams, key=lambda e: e[0])) if len(streams) > 1 else streams[0]
-        self.packets: list[Packet] = [e[2] for e in merged]
-        self.conv_of: list[int] = [e[1] for e in merged]
+        self.packets: list[Packet]
+        self.conv_of: list[int]
+        if len(convs) == 1:
+            self.packets, self.conv_of = list(convs[0].packets), [0] * len(convs[0].packets)
+        else:
+            streams = [[(p.frame, ci, p) for p in conv.packets] for ci, conv in enumerate(convs)]
+            merged = list(heapq.merge(*streams, key=lambda e: e[0]))
+            self.packets, self.conv_of = [e[2] for e in merged], [e[1] for e in merged]
         self.index_of_frame: dict[int, int] = {p.frame: i for i, p in enumerate(self.packets)}
         self.conv_of_conn = {cv.number: i for i, cv in enumerate(convs) if cv.transport == "tcp"}
         self.mono: list[float] = []
@@ -934,8 +935,8 @@ class _Planner:
             last = max(last, p.ts)
             self.mono.append(last)
         self.t0 = min(cv.t0 for cv in convs)
-        self.n_segments = sum(isinstance(p, Segment) for p in self.packets)
-        self.n_datagrams = len(self.packets) - self.n_segments
+        self.n_segments = sum(len(cv.segments) for cv in convs)
+        self.n_datagrams = sum(len(cv.datagrams) for cv in convs)
 
     # --- the whole plan ---------------------------------------------------------------------
 
@@ -1264,7 +1265,7 @@ class _Planner:
         if kind is CallKind.CLOSE and rst is not None:
             conv = self.convs[self.conv_of[self.index_of_frame[rst.frame]]]
             peer_data = any(s.length and s.dir is not rst.dir and s.frame < rst.frame
-                            for s in conv.packets)
+                            for s in conv.segments)
             return "unread data: close() sent RST, not FIN" if peer_data else "close() sent RST"
         if kind is CallKind.ACCEPT and d.released and not c.inferred:  # inferred: no real start
             done = min(p.ts for _, _, p in d.released)
@@ -1297,25 +1298,41 @@ class _Planner:
             tags.append(self.names[peer] if peers.count(peer) == 1 else f"conn {self.convs[ci].number}")
         return f"{state.value} ({', '.join(tags)})"
 
+    def _fold_changes(self, it: _Item, prev: dict[tuple[int, Side], TcpState | None]
+                      ) -> dict[tuple[int, Side], tuple[TcpState, int]]:
+        """The last state change of each (conversation, side) inside a folded run, and
+        its frame; ``prev`` is brought up to date.  (A hot loop: a fold can hide
+        hundreds of thousands of segments.)"""
+        changed: dict[tuple[int, Side], tuple[TcpState, int]] = {}
+        client: dict[int, TcpState | None] = {}
+        server: dict[int, TcpState | None] = {}
+        packets, conv_of = self.packets, self.conv_of
+        for i in range(it.a, it.b):
+            p = packets[i]
+            if not isinstance(p, Segment):
+                continue
+            ci = conv_of[i]
+            if ci not in client:
+                client[ci], server[ci] = prev.get((ci, "client")), prev.get((ci, "server"))
+            if p.client_state is not client[ci]:
+                client[ci] = p.client_state
+                changed[(ci, "client")] = (p.client_state, p.frame)
+            if p.server_state is not server[ci]:
+                server[ci] = p.server_state
+                changed[(ci, "server")] = (p.server_state, p.frame)
+        for ci in client:
+            prev[(ci, "client")], prev[(ci, "server")] = client[ci], server[ci]
+        return changed
+
     def _states(self) -> list[_Mark]:
         marks: list[_Mark] = []
         prev: dict[tuple[int, Side], TcpState | None] = {}
         listening: set[int] = set()
-        refused = {ci: _refused([p for p in cv.packets if isinstance(p, Segment)])
-                   for ci, cv in enumerate(self.convs) if cv.transport == "tcp"}
+        refused = [_refused(cv.segments) for cv in self.convs]
         for k, it in enumerate(self.items):
             ya, yb = self.ys[k]
             if it.fold:
-                changed: dict[tuple[int, Side], tuple[TcpState, int]] = {}
-                for i in range(it.a, it.b):
-                    p = self.packets[i]
-                    if not isinstance(p, Segment):
-                        continue
-                    for side, st in _side_states(p):
-                        key = (self.conv_of[i], side)
-                        if st is not prev.get(key):
-                            prev[key] = st
-                            changed[key] = (st, p.frame)
+                changed = self._fold_changes(it, prev)
                 # per lifeline, one mark per state naming its connections
                 per_line: dict[int, dict[TcpState, list[tuple[int, int]]]] = {}
                 for (ci, side), (st, frame) in sorted(changed.items(), key=lambda kv: kv[1][1]):
@@ -1593,8 +1610,7 @@ class _Planner:
         for cv in tcp:
             if not isinstance(cv.summary, ConnectionSummary):  # pragma: no cover - by construction
                 continue
-            segs = [p for p in cv.packets if isinstance(p, Segment)]
-            closing.extend((cv.number, t) for t in _closing_notes(segs, cv.summary))
+            closing.extend((cv.number, t) for t in _closing_notes(cv.segments, cv.summary))
             if cv.summary.roles_guessed:
                 guessed.append((cv.number, "no SYN captured: client and server guessed from the "
                                 "port numbers"))
