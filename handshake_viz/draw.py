@@ -346,10 +346,10 @@ class _Heads:
     lane titles, beside their own lifeline's header or, when one of them would run
     into a neighbour's header, all on a row of their own above the headers."""
 
-    texts: list[str]
+    texts: tuple[str, ...]
     two_lines: bool
     lanes_above: bool
-    lane_shift: list[float]  # points, per lane: away from its own header (beside it only)
+    lane_shift: tuple[float, ...]  # points, per lane: away from its own header (beside it only)
 
 
 def _heads(layout: Layout, k: float, pt_per_x: float) -> _Heads:
@@ -369,7 +369,7 @@ def _heads(layout: Layout, k: float, pt_per_x: float) -> _Heads:
         clash = clash or any(centre - lane_w / 2 - 6 < b1 and b0 < centre + lane_w / 2 + 6
                              for i, (b0, b1) in enumerate(boxes) if i != lane.lifeline)
         shifts.append(shift)
-    return _Heads(texts, two, clash, [0.0] * len(shifts) if clash else shifts)
+    return _Heads(tuple(texts), two, clash, tuple(0.0 for _ in shifts) if clash else tuple(shifts))
 
 
 def _sizes(layout: Layout, st: Style) -> tuple[float, float, float]:
