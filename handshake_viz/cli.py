@@ -189,8 +189,8 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--connections", type=int, metavar="N",
                    help="stop once N connections have ended (both FINs acknowledged, or a RST)")
     p.add_argument("--plot", action="store_true",
-                   help="on exit, also draw the sequence diagram: OUTPUT with .png for one "
-                   "connection, .pdf with a page per connection for several")
+                   help="on exit, also draw the sequence diagram beside the pcap (.png, every "
+                   "connection on one figure)")
     p.add_argument("--trace-pid", type=int, action="append", metavar="PID", default=[],
                    help="trace the socket calls of this running process (repeatable; needs strace)")
     p.add_argument("--as-root", action="store_true",
@@ -205,17 +205,14 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
 
 
 def _plot_capture(pcap: Any) -> Any:
-    """Draw what a capture wrote, beside it: one connection .png, several .pdf."""
+    """Draw what a capture wrote beside it, every connection on one figure (.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from handshake_viz import draw
-    from handshake_viz.api import load
+    from handshake_viz.pipeline import load
 
-    trace = load(pcap)
-    if len(trace.connections) == 1:
-        return draw.save_figure(draw.render(trace.connections[0]), pcap.with_suffix(".png"))
-    return draw.plot_all(trace.connections, pcap.with_suffix(".pdf"))
+    return draw.save_figure(draw.render_trace(load(pcap)), pcap.with_suffix(".png"))
 
 
 def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -405,22 +402,40 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 PLOT_FORMATS = (".png", ".svg", ".pdf")
 
 
+def _conn_list(text: str) -> list[int]:
+    """``--conn 0,2,5``: connection numbers, comma separated."""
+    try:
+        conns = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: connection numbers, e.g. 0 or 0,2,5") from None
+    if not conns:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least one connection number")
+    return conns
+
+
 def _add_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
-        help="draw the sequence diagram of a connection (png, svg or pdf)",
-        description="Draw a connection as a sequence diagram: lifelines for client and server, "
-        "one arrow per segment with its label and seq/ack, the TCP states where they change, "
-        "and the socket calls in outer lanes (traced when FILE.calls.jsonl or --calls exists, "
-        "otherwise inferred from the segments and drawn hollow).",
+        help="draw the sequence diagram of connections and UDP flows (png, svg or pdf)",
+        description="Draw a capture as a sequence diagram: a lifeline per socket address (a "
+        "server's listening port is one lifeline however many clients it has), one arrow per "
+        "segment or UDP datagram with its label and seq/ack, the TCP states where they change, "
+        "and the socket calls in the lanes beside the lifelines (traced when FILE.calls.jsonl or "
+        "--calls exists, otherwise inferred from the segments and drawn hollow). Several "
+        "connections share one figure and one time axis.",
     )
     p.add_argument("file", help="capture file (pcap or pcapng)")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output file; the format comes from the extension: .png, .svg, .pdf "
                    "(default: FILE with .png next to the input)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--conn", type=int, default=0, metavar="N", help="connection to draw (default 0)")
-    which.add_argument("--all", action="store_true", help="every connection, one page each (.pdf)")
+    which.add_argument("--conn", type=_conn_list, metavar="N[,N...]",
+                       help="the connections to draw, e.g. 0 or 0,2,5 (default: 0; a capture with "
+                       "only UDP draws its flows)")
+    which.add_argument("--all", action="store_true",
+                       help="every connection and UDP flow on one figure")
+    p.add_argument("--pages", action="store_true",
+                   help="a PDF with one page per connection (and per UDP flow) instead of one figure")
     p.add_argument("--time", choices=("ordered", "real"), default="ordered",
                    help="ordered: rows evenly spaced in event order, real time in the margin "
                    "(default); real: rows spaced by real time")
@@ -431,38 +446,36 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from pathlib import Path
-
     from handshake_viz.errors import OutputError
 
     src = Path(args.file)
     dest = Path(args.output) if args.output else src.with_suffix(".png")
     if dest.suffix.lower() not in PLOT_FORMATS:
         raise OutputError(f"{dest}: unknown output format '{dest.suffix}' (use .png, .svg or .pdf)")
-    if args.all and dest.suffix.lower() != ".pdf":
-        raise UsageError(f"{dest}: --all draws one page per connection: use a .pdf output")
+    if args.pages and dest.suffix.lower() != ".pdf":
+        raise UsageError(f"{dest}: --pages draws one page per connection: use a .pdf output")
     if args.max_rows < 0:
         raise UsageError(f"--max-rows {args.max_rows}: must be 0 (no folding) or more")
-    if args.conn < 0:
-        raise UsageError(f"--conn {args.conn}: connection numbers start at 0")
+    conns = args.conn
+    if conns is not None and min(conns) < 0:
+        raise UsageError(f"--conn {min(conns)}: connection numbers start at 0")
     import matplotlib
 
     matplotlib.use("Agg")
     from handshake_viz import draw
-    from handshake_viz.api import load
+    from handshake_viz.pipeline import load
 
-    trace = load(src, calls=args.calls, conn=None if args.all else args.conn)
-    if args.all:
-        draw.plot_all(trace.connections, dest, time=args.time, max_rows=args.max_rows)
+    everything = args.all or args.pages
+    trace = load(src, calls=args.calls, conn=None if everything or conns is None else conns)
+    if args.pages:
+        draw.plot_all(trace, dest, time=args.time, max_rows=args.max_rows)
     else:
-        conn = trace.connection(args.conn)
-        ax = conn.plot(time=args.time, max_rows=args.max_rows)
-        try:
-            draw.save_figure(ax.figure, dest)
-        finally:
-            import matplotlib.pyplot as plt
-
-            plt.close(ax.figure)
+        if not everything and conns is None:
+            conns = [0] if trace.connections else []  # a capture with only UDP: its flows
+        chosen = None if everything else conns
+        flows = None if everything or trace.connections else [f.flow for f in trace.flows]
+        fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows)
+        draw.save_figure(fig, dest)
     for w in trace.warnings:
         err.write(f"{PROG}: warning: {w}\n")
     out.write(f"{dest}\n")
@@ -498,6 +511,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="where to write the files (default: the current directory)")
     p.add_argument("--shipped", action="store_true",
                    help="do not capture: open the shipped captures/NAME.pcap")
+    p.add_argument("--redraw", action="store_true",
+                   help="with --shipped: draw the shipped capture again, to OUT_DIR/NAME.png "
+                   "(how captures/*.png are made)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -506,6 +522,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         EXPECTED_LABELS_FILE,
         SCENARIOS,
         can_capture,
+        draw_lesson,
         dump_expected_labels,
         expected_labels,
         format_result,
@@ -519,6 +536,8 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         width = max(map(len, SCENARIOS))
         out.writelines(f"{s.name:<{width}}  {s.lesson}\n" for s in SCENARIOS.values())
         return 0
+    if args.redraw and not args.shipped:
+        raise UsageError("--redraw: only with --shipped (a live run draws its capture anyway)")
     names = list(SCENARIOS) if args.all else [args.name]
     for n in names:
         scenario(n)  # unknown names fail before anything runs
@@ -531,6 +550,13 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for n in names:
         result = run_scenario(n, args.output_dir, live=live)
         results.append(result)
+        if args.redraw and not result.live:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            drawn = draw_lesson(result, Path(args.output_dir) / f"{n}.png")
+            err.write(f"{PROG}: drew {drawn}\n")
+            continue
         out.writelines(line + "\n" for line in format_result(result))
         written = [result.pcap, result.calls_path] + ([result.png] if result.png else [])
         if result.live:
