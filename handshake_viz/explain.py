@@ -76,7 +76,7 @@ C2S, S2C = Direction.C2S, Direction.S2C
 #: Linux's TIME-WAIT length (2MSL): ``TCP_TIMEWAIT_LEN`` is 60 s, fixed.
 TIME_WAIT_S = 60.0
 #: accept() starting this long after the handshake ACK is "late" (the connection queued).
-ACCEPT_LATE_MS = 5.0
+ACCEPT_LATE_MS = 20.0
 #: A pure ACK this long after the data it acknowledges was delayed (Linux: 40 ms at
 #: least, up to 200 ms; other systems up to 500 ms).
 DELAYED_ACK_MS = (30.0, 600.0)
@@ -266,17 +266,17 @@ _m("f.no-answer", "The SYN {syns} was never answered in this capture.")
 _m("f.no-answer.why", "Nothing answered at that address: a firewall dropping the SYN, a host that is down, a "
    "full accept queue dropping it, or a capture that sees only one direction.")
 _m("f.nagle", "A Nagle stall: {side}'s segment {held} left only when {peer}'s delayed ACK {ack} acknowledged the "
-   "previous small segment {prev}, {ms} after it. {count} such stalls in all: {held_all}.")
+   "previous small segment {prev}, {ms} after it. Stalls in all: {count} ({held_all}).")
 _m("f.nagle.call", "A Nagle stall: {call} had returned at once, but its bytes {held} waited in the send buffer "
-   "until {peer}'s delayed ACK {ack} acknowledged the previous small segment {prev}, {ms} after it. {count} such "
-   "stalls in all: {held_all}.")
+   "until {peer}'s delayed ACK {ack} acknowledged the previous small segment {prev}, {ms} after it. Stalls in "
+   "all: {count} ({held_all}).")
 _m("f.nagle.why", "Nagle's algorithm holds a small segment while earlier data is unacknowledged, and the "
    "receiver delays its ACK (about 40 ms on Linux) hoping to send it with a reply: write, write, read meets "
    "both. Write the request in one call (or writev), or set TCP_NODELAY on the sender.")
-_m("f.zero-window", "Zero window: {side} advertised a window of 0 at {zero} for {ms}; {peer} probed it "
-   "{probes} times ({probe_frames}); window update {update} reopened it.")
-_m("f.zero-window.open", "Zero window: {side} advertised a window of 0 at {zero}; {peer} probed it {probes} "
-   "times ({probe_frames}); the capture ends before the window reopened.")
+_m("f.zero-window", "Zero window: {side} advertised a window of 0 at {zero} for {ms}; window "
+   "probes from {peer}: {probes} ({probe_frames}); window update {update} reopened it.")
+_m("f.zero-window.open", "Zero window: {side} advertised a window of 0 at {zero}; window probes "
+   "from {peer}: {probes} ({probe_frames}); the capture ends before the window reopened.")
 _m("f.zero-window.reader", "{call} on {side} was the read that made room.")
 _m("f.zero-window.why", "The receiver's buffer was full because its application did not read fast enough "
    "(or at all): the sender must stop and only probes until a window update says there is room again. "
@@ -284,9 +284,13 @@ _m("f.zero-window.why", "The receiver's buffer was full because its application 
 _m("f.window-full", "{Side}'s data filled {peer}'s advertised window at {full}.")
 _m("f.window-full.why", "The sender may not have more unacknowledged bytes in flight than the receiver's "
    "window: it waits for ACKs that open the window. A slow reader or a small receive buffer.")
-_m("f.retransmission", "{count} retransmissions ({segs}); the first, {first}, sent {orig} again {ms} later.")
-_m("f.retransmission.unmatched", "{count} retransmissions ({segs}), by Wireshark's rules; their first "
-   "transmission was not captured.")
+_m("f.retransmission", "Retransmissions: {count} ({segs}); the first, {first}, sent {orig} again {ms} later.")
+_m("f.retransmission.unmatched", "Retransmissions: {count} ({segs}); the first transmission of {first} was not "
+   "captured.")
+_m("f.retransmission.copies-only", "Copies, not retransmissions: {count} ({segs}), each captured within 1 ms of "
+   "the same segment: other tools call them retransmissions, but TCP resent nothing.")
+_m("f.retransmission.copies.why", "The capture recorded the same packets more than once: a mirror port or "
+   "capture on several interfaces or VLANs at once. Drop the copies before judging the connection.")
 _m("f.retransmission.rto", "No ACK came for {orig} within the retransmission timeout ({ms}), so it was resent "
    "as {first}.")
 _m("f.retransmission.fast", "Fast retransmit: {dups} duplicate ACKs ({dup_frames}) reported a hole, and "
@@ -296,11 +300,15 @@ _m("f.retransmission.copies", "{copies} of them came within 1 ms of the original
 _m("f.retransmission.why", "TCP resends what was not acknowledged: after the retransmission timeout (RTO, "
    "at least 200 ms on Linux) or after three duplicate ACKs (fast retransmit). Loss or reordering on the path, "
    "or a receiver that dropped the segment.")
-_m("f.dup-ack", "{count} duplicate ACKs ({segs}).")
+_m("f.dup-ack", "Duplicate ACKs: {count} ({segs}).")
 _m("f.dup-ack.why", "A receiver repeats its last ACK for each segment that arrives out of order, reporting a "
    "hole; three of them make the sender retransmit at once.")
 _m("f.missed", "The capture misses segments: {lost} follow a gap in the sequence numbers (previous segment "
    "not captured), {unseen} acknowledge data never captured.")
+_m("f.one-way", "Only {side}'s segments were captured ({count}), yet they acknowledge data from {peer}: the "
+   "capture saw one direction of the connection.")
+_m("f.one-way.why", "The capture point saw one direction only (asymmetric routing, a filter, a mirror of one "
+   "direction). Nothing need be wrong with the connection; what {peer} sent cannot be told from this capture.")
 _m("f.missed.why", "The capturing host dropped packets, the capture started late or was filtered, or only one "
    "direction passed the capture point. TCP itself may have received them: look for retransmissions before "
    "blaming the network.")
@@ -308,7 +316,7 @@ _m("f.mid-stream", "No SYN was captured: the capture started after the connectio
 _m("f.mid-stream.guess", ", so the client was guessed from the ports")
 _m("f.mid-stream.why", "Sequence numbers are counted from the first captured segment (relative seq 1), and "
    "which side opened the connection can only be guessed (the lower, well-known port is taken for the server).")
-_m("f.checksum", "{count} segments ({segs}) have a TCP checksum that does not verify.")
+_m("f.checksum", "Segments whose TCP checksum does not verify: {count} ({segs}).")
 _m("f.checksum.why", "Captured on the sending host (and always on loopback) the checksum is left for the network "
    "card to fill in (checksum offload) or skipped entirely: other tools' 'incorrect checksum' here is not "
    "corruption. The receiver accepted them, or you would see retransmissions.")
@@ -321,7 +329,7 @@ _m("f.fast-open.request", "TCP Fast Open: SYN {syn} asked for a Fast Open cookie
 _m("f.fast-open.why", "With a cookie from an earlier connection a client may send data in its SYN (RFC 7413); "
    "the server delivers it to accept()/read() one round trip earlier. Needs TCP_FASTOPEN on the listener and "
    "MSG_FASTOPEN (or TCP_FASTOPEN_CONNECT) on the client.")
-_m("f.keep-alive", "{count} keep-alive probes ({segs}), every {interval} or so.")
+_m("f.keep-alive", "Keep-alive probes: {count} ({segs}), every {interval} or so.")
 _m("f.keep-alive.why", "A keep-alive is an empty segment one byte behind what was sent, asking the peer to "
    "answer with an ACK: SO_KEEPALIVE (Linux: after 2 hours idle, then every 75 s) or the application's own "
    "setting, used to notice a peer that went away and to keep NAT entries alive.")
@@ -796,8 +804,7 @@ def _story_open(ctx: Context, story: _Story) -> None:
             story.add(syn.frame, _say(OPEN_CALL, call=CallRef(opener, ctx.t0), **base))
         else:
             story.add(syn.frame, _say(OPEN, **base))
-        again = [x for x in v.segments if x.dir is C2S and x.flags & SYN and not x.flags & ACK
-                 and x.frame != syn.frame and (sa is None or x.frame < sa.frame)]
+        again = [x for x in _syns(ctx) if x.frame != syn.frame and (sa is None or x.frame < sa.frame)]
         if again:
             story.add(again[0].frame, _say(SYN_AGAIN, again=Frames(tuple(x.frame for x in again))))
         rst = v.refusing_rst
@@ -1154,10 +1161,19 @@ def _accept_late(ctx: Context) -> Iterator[Finding]:
                       numbers={"queued_ms": round(late * 1000, 3), "acked_bytes": n})
 
 
+def _syns(ctx: Context) -> list[Segment]:
+    """The client's SYNs, copies recorded within 1 ms of the previous one left out."""
+    out: list[Segment] = []
+    for s in ctx.segments:
+        if s.dir is C2S and s.flags & SYN and not s.flags & ACK and (not out or s.ts - out[-1].ts >= 0.001):
+            out.append(s)
+    return out
+
+
 @_rule
 def _syn_retransmitted(ctx: Context) -> Iterator[Finding]:
     v = ctx.view
-    syns = [s for s in ctx.segments if s.dir is C2S and s.flags & SYN and not s.flags & ACK]
+    syns = _syns(ctx)
     sa = v.syn_ack[S2C]
     if len(syns) < 2 and (syns or sa is not None):
         if not syns or sa is not None or v.refusing_rst is not None:
@@ -1165,7 +1181,7 @@ def _syn_retransmitted(ctx: Context) -> Iterator[Finding]:
     if not syns:
         return
     if sa is None and v.refusing_rst is None:
-        if any(s.dir is S2C for s in ctx.segments):
+        if any(s.dir is S2C for s in ctx.segments) or _one_way(ctx) is not None:
             return
         yield Finding(FindingKind.NO_ANSWER, _say("f.no-answer", syns=Frames(tuple(s.frame for s in syns))),
                       _say("f.no-answer.why"), ctx.basis, numbers={"syns": len(syns)})
@@ -1242,32 +1258,46 @@ def _flagged(ctx: Context, *names: str) -> list[Segment]:
     return [s for s in ctx.segments if any(getattr(a, "value", a) in names for a in s.analysis)]
 
 
-@_rule
-def _zero_window(ctx: Context) -> Iterator[Finding]:
+def _zero_windows(ctx: Context) -> list[tuple[Segment, Segment | None, list[Segment]]]:
+    """Each zero-window stretch: the first zero-window segment, the segment from the same
+    side that reopened the window (None if the capture ends first), and the peer's probes
+    meanwhile -- Linux probes with a segment one byte behind, which Wireshark's rules
+    call a keep-alive, so those count as probes here."""
+    out: list[tuple[Segment, Segment | None, list[Segment]]] = []
     zeros = _flagged(ctx, Analysis.ZERO_WINDOW.value)
+    probing = (Analysis.ZERO_WINDOW_PROBE.value, Analysis.KEEP_ALIVE.value)
     for d in (C2S, S2C):
         zs = [s for s in zeros if s.dir is d]
-        if not zs:
-            continue
-        side, peer = _dir_side(d), _other(_dir_side(d))
-        first = zs[0]
-        probes = [s for s in _flagged(ctx, Analysis.ZERO_WINDOW_PROBE.value) if s.dir is not d and s.frame > first.frame]
-        update = next((s for s in ctx.segments if s.dir is d and s.frame > first.frame and s.win > 0
-                       and not s.flags & RST), None)
+        while zs:
+            first = zs[0]
+            update = next((s for s in ctx.segments if s.dir is d and s.frame > first.frame and s.win > 0
+                           and not s.flags & RST), None)
+            end = update.frame if update is not None else ctx.segments[-1].frame + 1
+            probes = [s for s in ctx.segments if s.dir is not d and first.frame < s.frame < end
+                      and any(getattr(a, "value", a) in probing for a in s.analysis)]
+            out.append((first, update, probes))
+            zs = [s for s in zs if s.frame > end]
+    return out
+
+
+@_rule
+def _zero_window(ctx: Context) -> Iterator[Finding]:
+    for first, update, probes in _zero_windows(ctx):
+        side = _dir_side(first.dir)
         base: dict[str, Arg] = {"zero": Frames((first.frame,)), "probes": len(probes),
-                                "probe_frames": Frames(tuple(s.frame for s in probes)), **_sides_args(side)}
+                                "probe_frames": Frames(tuple(s.frame for s in probes)) if probes else "-",
+                                **_sides_args(side)}
         more: list[Sentence] = []
-        numbers: dict[str, float | int | str | None] = {"side": side, "zero_windows": len(zs), "probes": len(probes)}
+        numbers: dict[str, float | int | str | None] = {"side": side, "probes": len(probes)}
         if update is not None:
             what = _say("f.zero-window", update=Frames((update.frame,)), ms=Ms((update.ts - first.ts) * 1000), **base)
             numbers["ms"] = round((update.ts - first.ts) * 1000, 3)
             reader = next((c for c in reversed(ctx.side_calls(side, CallKind.RECV))
-                           if not c.inferred and c.end <= update.ts + 0.002 and c.end >= first.ts), None)
+                           if not c.inferred and first.ts <= c.end <= update.ts + 0.002), None)
             if reader is not None:
                 more.append(_say("f.zero-window.reader", call=CallRef(reader, ctx.t0), **_sides_args(side)))
         else:
             what = _say("f.zero-window.open", **base)
-        del peer
         yield Finding(FindingKind.ZERO_WINDOW, what, _say("f.zero-window.why"), ctx.basis, tuple(more), numbers)
 
 
@@ -1294,45 +1324,76 @@ def _original(ctx: Context, r: Segment) -> Segment | None:
 
 @_rule
 def _retransmissions(ctx: Context) -> Iterator[Finding]:
-    v = ctx.view
-    retx = [s for s in _flagged(ctx, Analysis.RETRANSMISSION.value) if not (s.flags & SYN and not s.flags & ACK)]
+    # a SYN sent again is the syn-retransmitted rule's; a side's first FIN is never a
+    # retransmission, even when Wireshark calls it one (it reused the SYN's number)
+    retx = [s for s in _flagged(ctx, Analysis.RETRANSMISSION.value)
+            if not (s.flags & SYN and not s.flags & ACK)
+            and not (s.flags & FIN and not s.length and _original(ctx, s) is None)]
     dups = _flagged(ctx, Analysis.DUP_ACK.value)
     if not retx:
         if dups:
             yield Finding(FindingKind.DUP_ACK, _say("f.dup-ack", count=len(dups), segs=Frames(tuple(s.frame for s in dups))),
                           _say("f.dup-ack.why"), ctx.basis, numbers={"dup_acks": len(dups)})
         return
-    first = retx[0]
-    orig = _original(ctx, first)
-    copies = 0
-    for r in retx:
-        o = _original(ctx, r)
-        if o is not None and (r.ts - o.ts) < 0.001:
-            copies += 1
+    segs = Frames(tuple(s.frame for s in retx))
+    originals = {r.frame: _original(ctx, r) for r in retx}
+    copies = sum(1 for r in retx if (o := originals[r.frame]) is not None and r.ts - o.ts < 0.001)
+    numbers: dict[str, float | int | str | None] = {
+        "retransmissions": len(retx), "dup_acks": len(dups), "copies": copies,
+        "fast": len(_flagged(ctx, Analysis.FAST_RETRANSMISSION.value))}
+    if copies == len(retx):  # not TCP resending: the capture recorded packets twice
+        yield Finding(FindingKind.RETRANSMISSION, _say("f.retransmission.copies-only", count=len(retx), segs=segs),
+                      _say("f.retransmission.copies.why"), Basis.SEGMENTS, numbers=numbers)
+        return
+    real = [r for r in retx if (o := originals[r.frame]) is None or r.ts - o.ts >= 0.001]
+    first, orig = real[0], originals[real[0].frame]
     more: list[Sentence] = []
     gap = (first.ts - orig.ts) * 1000 if orig is not None else None
-    numbers: dict[str, float | int | str | None] = {"retransmissions": len(retx), "dup_acks": len(dups),
-                                                    "fast": len(_flagged(ctx, Analysis.FAST_RETRANSMISSION.value)),
-                                                    "copies": copies, "first_gap_ms": None if gap is None else round(gap, 3)}
-    if orig is not None:
-        before = [d for d in dups if d.dir is not first.dir and orig.frame < d.frame < first.frame]
-        if Analysis.FAST_RETRANSMISSION in first.analysis or len(before) >= 3:
-            more.append(_say("f.retransmission.fast", dups=len(before), dup_frames=Frames(tuple(d.frame for d in before)),
-                             first=Frames((first.frame,))))
-        elif gap is not None and gap >= 1.0:
-            more.append(_say("f.retransmission.rto", orig=Frames((orig.frame,)), ms=Ms(gap), first=Frames((first.frame,))))
+    numbers["first_gap_ms"] = None if gap is None else round(gap, 3)
+    if Analysis.FAST_RETRANSMISSION in first.analysis:
+        before = _dup_run(ctx, first)
+        more.append(_say("f.retransmission.fast", dups=len(before), dup_frames=Frames(tuple(d.frame for d in before)),
+                         first=Frames((first.frame,))))
+    elif orig is not None and gap is not None and gap >= 1.0:
+        more.append(_say("f.retransmission.rto", orig=Frames((orig.frame,)), ms=Ms(gap), first=Frames((first.frame,))))
     if copies:
         more.append(_say("f.retransmission.copies", copies=copies))
-    segs = Frames(tuple(s.frame for s in retx))
     what = _say("f.retransmission", count=len(retx), segs=segs, first=Frames((first.frame,)),
                 orig=Frames((orig.frame,)), ms=Ms(gap or 0.0)) if orig is not None \
-        else _say("f.retransmission.unmatched", count=len(retx), segs=segs)
-    del v
+        else _say("f.retransmission.unmatched", count=len(retx), segs=segs, first=Frames((first.frame,)))
     yield Finding(FindingKind.RETRANSMISSION, what, _say("f.retransmission.why"), ctx.basis, tuple(more), numbers)
+
+
+def _dup_run(ctx: Context, r: Segment) -> list[Segment]:
+    """The duplicate ACKs from the peer that came just before ``r`` (back to the peer's
+    last segment that was not one)."""
+    run: list[Segment] = []
+    for s in reversed([s for s in ctx.segments if s.frame < r.frame and s.dir is not r.dir]):
+        if Analysis.DUP_ACK not in s.analysis:
+            break
+        run.append(s)
+    return run[::-1]
+
+
+def _one_way(ctx: Context) -> str | None:
+    """The side whose segments alone were captured, when the other side's must have
+    been sent (this side acknowledges data from it)."""
+    dirs = {s.dir for s in ctx.segments}
+    if len(dirs) != 1:
+        return None
+    d = dirs.pop()
+    if any(s.flags & ACK and not s.flags & (SYN | RST) and s.rel_ack is not None and s.rel_ack > 1 for s in ctx.segments):
+        return _dir_side(d)
+    return None
 
 
 @_rule
 def _missed(ctx: Context) -> Iterator[Finding]:
+    one_way = _one_way(ctx)
+    if one_way is not None:
+        yield Finding(FindingKind.MISSED_SEGMENTS, _say("f.one-way", count=len(ctx.segments), **_sides_args(one_way)),
+                      _say("f.one-way.why", **_sides_args(one_way)), Basis.SEGMENTS, numbers={"one_way": one_way})
+        return
     lost = _flagged(ctx, Analysis.LOST_SEGMENT.value)
     unseen = _flagged(ctx, Analysis.ACK_UNSEEN.value)
     if not lost and not unseen:
@@ -1390,7 +1451,8 @@ def _fast_open(ctx: Context) -> Iterator[Finding]:
 
 @_rule
 def _keep_alive(ctx: Context) -> Iterator[Finding]:
-    ka = _flagged(ctx, Analysis.KEEP_ALIVE.value)
+    probes = {s.frame for _, _, ps in _zero_windows(ctx) for s in ps}
+    ka = [s for s in _flagged(ctx, Analysis.KEEP_ALIVE.value) if s.frame not in probes]
     if not ka:
         return
     gaps = [(b.ts - a.ts) for a, b in zip(ka, ka[1:]) if a.dir is b.dir]
@@ -1404,7 +1466,11 @@ def _keep_alive(ctx: Context) -> Iterator[Finding]:
 @_rule
 def _idle(ctx: Context) -> Iterator[Finding]:
     segs = ctx.segments
-    gaps = [(b.ts - a.ts, a, b) for a, b in zip(segs, segs[1:]) if b.ts - a.ts >= IDLE_S]
+    waiting = {s.frame for _, _, ps in _zero_windows(ctx) for s in ps}
+    # a gap before a retransmission or a window probe is TCP waiting, not the applications idle
+    gaps = [(b.ts - a.ts, a, b) for a, b in zip(segs, segs[1:]) if b.ts - a.ts >= IDLE_S
+            and not (a.flags | b.flags) & SYN and Analysis.RETRANSMISSION not in b.analysis
+            and b.frame not in waiting]
     if not gaps:
         return
     longest = max(gaps, key=lambda g: g[0])
