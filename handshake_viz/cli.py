@@ -76,6 +76,11 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _warn(warnings: Sequence[str], err: TextIO) -> None:
+    """What decoding noticed (a cut-off record ...), one line each after the output."""
+    err.writelines(f"{PROG}: warning: {w}\n" for w in warnings)
+
+
 def _calls_file(args: argparse.Namespace) -> Path | None:
     """--calls FILE, else FILE.calls.jsonl beside the capture when it exists."""
     from handshake_viz.pipeline import calls_file_for
@@ -93,8 +98,7 @@ def _analyze_with_calls(args: argparse.Namespace, calls_file: Path, out: TextIO,
     trace = load(args.file, calls=calls_file, conn=args.conn, infer=False)
     mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
     out.writelines(line + "\n" for line in report.trace_lines(trace, mode, conn=args.conn))
-    for w in trace.warnings:
-        err.write(f"{PROG}: warning: {w}\n")
+    _warn(trace.warnings, err)
     return 0
 
 
@@ -109,8 +113,7 @@ def _analyze_explained(args: argparse.Namespace, calls_file: Path | None, out: T
     out.writelines(line + "\n" for line in report.trace_lines(
         trace, "ladder", conn=args.conn,
         explain=lambda c: explain_connection(c, others=trace.loose_calls).lines(lang)))
-    for w in trace.warnings:
-        err.write(f"{PROG}: warning: {w}\n")
+    _warn(trace.warnings, err)
     return 0
 
 
@@ -163,8 +166,7 @@ def _cmd_explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not explained.connections and not explained.findings:
             out.write(f"{args.file}: no TCP connection to explain\n")
         out.writelines(line + "\n" for line in explained.lines(lang))
-    for w in trace.warnings:
-        err.write(f"{PROG}: warning: {w}\n")
+    _warn(trace.warnings, err)
     return 0
 
 
@@ -548,8 +550,7 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             import matplotlib.pyplot as plt
 
             plt.close(ax.figure)
-    for w in trace.warnings:
-        err.write(f"{PROG}: warning: {w}\n")
+    _warn(trace.warnings, err)
     out.write(f"{dest}\n")
     return 0
 
