@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import html
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
@@ -180,6 +180,7 @@ FIN_SECOND = _m("fin.second", "{Peer} sent its own FIN {fin} {ms} later: the fou
                 "ACK, FIN, ACK.")
 FIN_SECOND_CALL = _m("fin.second.call", "{Peer}'s {call} sent its own FIN {fin} {ms} later: the four-way close "
                      "(四次挥手) FIN, ACK, FIN, ACK.")
+FIN_SECOND_PLAIN = _m("fin.second.plain", "{Peer} sent its own FIN {fin} {ms} later.")
 FIN_AFTER_RST = _m("fin.after-rst", "{Peer} still sent FIN {fin} after that RST: on {side}'s end the connection "
                    "no longer existed, so there is no orderly close.")
 LAST_ACK = _m("last-ack", "{Side}'s ACK {ack} acknowledged it (ack {ackno}).")
@@ -192,6 +193,8 @@ STILL_OPEN = _m("still-open", "The capture ends with the connection still open a
                 "server {sstate}).")
 RST_END = _m("rst.end", "{Side} ended the connection with RST {rst} instead of a FIN: no four-way close, and no "
              "TIME_WAIT on either side.")
+RST_AFTER_FIN = _m("rst.after-fin", "{Side}, which had already sent its FIN, then sent RST {rst}: the connection "
+                   "ends there, with no TIME_WAIT on either side.")
 RST_ERROR = _m("rst.error", "{call} on {peer} failed with {errno} because of that RST.")
 INFERRED_CALLS = _m("calls.inferred", "No socket calls were traced for this connection: the calls named here "
                     "are inferred from the segments.")
@@ -262,7 +265,7 @@ _m("f.syn-retransmitted", "The client's SYN was sent {count} times ({syns}) befo
 _m("f.syn-retransmitted.why", "A SYN is sent again when no answer comes within the initial retransmission "
    "timeout (1 s on Linux, then doubling). On one host this usually means the listener's accept queue was full "
    "and the SYN was dropped (the backlog of listen()); elsewhere, loss on the way.")
-_m("f.no-answer", "The SYN {syns} was never answered in this capture.")
+_m("f.no-answer", "The SYN was never answered in this capture ({syns}).")
 _m("f.no-answer.why", "Nothing answered at that address: a firewall dropping the SYN, a host that is down, a "
    "full accept queue dropping it, or a capture that sees only one direction.")
 _m("f.nagle", "A Nagle stall: {side}'s segment {held} left only when {peer}'s delayed ACK {ack} acknowledged the "
@@ -927,12 +930,15 @@ def _story_end(ctx: Context, story: _Story) -> None:
     if rsts:
         rst = rsts[0]
         side = _dir_side(rst.dir)
-        story.add(rst.frame, _say(RST_END, rst=Frames((rst.frame,)), **_sides_args(side)))
+        own_fin = v.fin[rst.dir]
+        key = RST_AFTER_FIN if own_fin is not None and own_fin.frame < rst.frame else RST_END
+        story.add(rst.frame, _say(key, rst=Frames((rst.frame,)), **_sides_args(side)))
         err = ctx.call_with(rst.frame, side=_other(side), pred=lambda c: c.errno in ("ECONNRESET", "EPIPE"))
         if err is not None:
             story.add(rst.frame, _say(RST_ERROR, call=CallRef(err, ctx.t0), errno=err.errno or "", **_sides_args(side)))
     elif ctx.segments and len(fins) < 2 and TcpState.TIME_WAIT not in (s.client_state, s.server_state) \
-            and (s.client_state, s.server_state) != (TcpState.CLOSED, TcpState.CLOSED):
+            and (s.client_state, s.server_state) != (TcpState.CLOSED, TcpState.CLOSED) \
+            and s.client_state is not TcpState.SYN_SENT and s.server_state is not TcpState.SYN_RECEIVED:
         last = ctx.segments[-1].frame
         story.add(last, _say(STILL_OPEN, last=Frames((last,)), cstate=s.client_state.value, sstate=s.server_state.value))
 
@@ -980,8 +986,11 @@ def _story_fins(ctx: Context, story: _Story, fins: list[Segment]) -> None:
         if second is not None:
             closer2 = _closer(ctx, second, peer)
             a3: dict[str, Arg] = {**sides, "fin": Frames((second.frame,)), "ms": Ms((second.ts - first.ts) * 1000)}
-            story.add(second.frame, _say(FIN_SECOND_CALL, call=CallRef(closer2, ctx.t0), **a3)
-                      if closer2 is not None and not closer2.inferred else _say(FIN_SECOND, **a3))
+            if rst is not None:  # a RST follows: this is no orderly four-way close
+                story.add(second.frame, _say(FIN_SECOND_PLAIN, **a3))
+            else:
+                story.add(second.frame, _say(FIN_SECOND_CALL, call=CallRef(closer2, ctx.t0), **a3)
+                          if closer2 is not None and not closer2.inferred else _say(FIN_SECOND, **a3))
     if second is not None:
         last = _acker(v, second, second.rel_end + 1)
         if last is not None and not last.flags & RST:
