@@ -661,9 +661,6 @@ class Context:
     def basis(self) -> Basis:
         return Basis.KERNEL if self.kernel else Basis.TRACE if self.traced else Basis.SEGMENTS
 
-    def ref(self, call: Call | None) -> CallRef | None:
-        return None if call is None else CallRef(call, self.t0)
-
     def side_calls(self, side: str, kind: CallKind | None = None) -> list[Call]:
         return [c for c in self.calls if self.sides.get(id(c)) == side and (kind is None or c.kind is kind)]
 
