@@ -44,7 +44,17 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
                    "are free; the output is the same)")
     p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl "
                    "(default: FILE's .calls.jsonl beside it, when present)")
+    _add_explain_options(p, explain_flag=True)
     p.set_defaults(func=_cmd_analyze)
+
+
+def _add_explain_options(p: argparse.ArgumentParser, *, explain_flag: bool) -> None:
+    if explain_flag:
+        p.add_argument("--explain", action="store_true",
+                       help="after each connection's ladder, what happened in words (as hsviz explain); "
+                       "without a call log the calls are inferred and shown in the ladder")
+    p.add_argument("--lang", choices=("en", "zh"), default=None,
+                   help="language of the explanation (default: from the locale, LANG/LC_ALL/LANGUAGE)")
 
 
 def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -52,13 +62,23 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     if args.conn is not None and args.conn < 0:
         raise UsageError(f"--conn {args.conn}: connection numbers start at 0")
+    if args.explain and (args.jsonl or args.summary):
+        raise UsageError("--explain: goes with the text ladder, not --jsonl or --summary "
+                         "(hsviz explain --json gives the explanation as data)")
     calls_file = _calls_file(args)
+    if args.explain:
+        return _analyze_explained(args, calls_file, out, err)
     if calls_file is not None:
         return _analyze_with_calls(args, calls_file, out, err)
     mode: Mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
     analyze_file(args.file, mode, want=args.conn, jobs=args.jobs, write=out.write,
                  warn=lambda w: err.write(f"{PROG}: warning: {w}\n"))
     return 0
+
+
+def _warn(warnings: Sequence[str], err: TextIO) -> None:
+    """What decoding noticed (a cut-off record ...), one line each after the output."""
+    err.writelines(f"{PROG}: warning: {w}\n" for w in warnings)
 
 
 def _calls_file(args: argparse.Namespace) -> Path | None:
@@ -78,8 +98,75 @@ def _analyze_with_calls(args: argparse.Namespace, calls_file: Path, out: TextIO,
     trace = load(args.file, calls=calls_file, conn=args.conn, infer=False)
     mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
     out.writelines(line + "\n" for line in report.trace_lines(trace, mode, conn=args.conn))
-    for w in trace.warnings:
-        err.write(f"{PROG}: warning: {w}\n")
+    _warn(trace.warnings, err)
+    return 0
+
+
+def _analyze_explained(args: argparse.Namespace, calls_file: Path | None, out: TextIO, err: TextIO) -> int:
+    """`hsviz analyze --explain`: the ladder, and after each connection its explanation."""
+    from handshake_viz.explain import explain_connection
+    from handshake_viz.i18n import default_lang
+    from handshake_viz.pipeline import load
+
+    lang = args.lang or default_lang()
+    trace = load(args.file, calls=calls_file, conn=args.conn)
+    out.writelines(line + "\n" for line in report.trace_lines(
+        trace, "ladder", conn=args.conn,
+        explain=lambda c: explain_connection(c, others=trace.loose_calls).lines(lang)))
+    _warn(trace.warnings, err)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------
+# explain
+# ----------------------------------------------------------------------------------------
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="what happened on each connection, in words: a numbered story and findings",
+        description="Tell each connection's story in plain words, every sentence citing its frames "
+        "(#3) and socket calls (connect() @0.000 ms): who opened, the ISNs and acknowledgements, "
+        "which call waited for what and how long, who closed first and why that side is in "
+        "TIME_WAIT; then how long each call took and what it waited for; then findings (refused, "
+        "reset, address in use, half-close, late accept(), Nagle and delayed ACK, zero window, "
+        "retransmissions, missed segments, Fast Open, keep-alives, idle...), each with its evidence "
+        "and usual cause. Calls come from FILE.calls.jsonl beside the capture (or --calls); without "
+        "them they are inferred from the segments, and the story says so.",
+    )
+    p.add_argument("file", help="capture file (pcap or pcapng)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--conn", type=int, metavar="N", help="only connection N (default: all)")
+    which.add_argument("--all", action="store_true", help="every connection (the default)")
+    p.add_argument("--json", action="store_true", help="print the explanation as JSON (schema in README)")
+    p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl")
+    _add_explain_options(p, explain_flag=False)
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import json
+
+    from handshake_viz.explain import explain_trace
+    from handshake_viz.i18n import default_lang
+    from handshake_viz.pipeline import load
+
+    if args.conn is not None and args.conn < 0:
+        raise UsageError(f"--conn {args.conn}: connection numbers start at 0")
+    lang = args.lang or default_lang()
+    trace = load(args.file, calls=args.calls, conn=args.conn)
+    explained = explain_trace(trace, conn=args.conn)
+    if args.json:
+        doc = {"type": "explain", "file": str(args.file), "lang": lang,
+               "connections": [e.to_json(lang) for e in explained.connections],
+               "findings": [f.to_json(lang) for f in explained.findings]}
+        out.write(json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+    else:
+        if not explained.connections and not explained.findings:
+            out.write(f"{args.file}: no TCP connection to explain\n")
+        out.writelines(line + "\n" for line in explained.lines(lang))
+    _warn(trace.warnings, err)
     return 0
 
 
@@ -476,8 +563,7 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         flows = None if everything or trace.connections else [f.flow for f in trace.flows]
         fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows)
         draw.save_figure(fig, dest)
-    for w in trace.warnings:
-        err.write(f"{PROG}: warning: {w}\n")
+    _warn(trace.warnings, err)
     out.write(f"{dest}\n")
     return 0
 
@@ -615,6 +701,7 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # subcommand put their registrar here.
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_analyze,
+    _add_explain,
     _add_plot,
     _add_capture,
     _add_replay,
