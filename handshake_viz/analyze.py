@@ -45,7 +45,8 @@ from handshake_viz import pipeline, report
 from handshake_viz.decode import open_capture
 from handshake_viz.errors import CaptureFileError, HsvizError, NoSuchConnection, UsageError, WorkerError
 from handshake_viz.flows import FlowTracker
-from handshake_viz.model import Datagram
+from handshake_viz.hindsight import Settler
+from handshake_viz.model import Datagram, Segment
 from handshake_viz.spill import SqliteStore
 from handshake_viz.track import Tracker, discard
 
@@ -117,6 +118,13 @@ def _items(path: str, mode: Mode, want: int | None, split: bool,
             tracker = Tracker()
             starts: dict[int, float] = {}
             flow_starts: dict[int, float] = {}
+            settler = Settler()  # the ladder is per connection: hindsight applies
+
+            def add(segs: Iterable[Segment]) -> None:
+                for seg in segs:
+                    t0 = starts.setdefault(seg.conn, seg.ts)
+                    ladders.setdefault(seg.conn, []).append(report.format_segment(seg, t0))
+
             for rec in pipeline.stream(reader, tracker, flows):
                 if type(rec) is Datagram:
                     if want is None:
@@ -125,8 +133,9 @@ def _items(path: str, mode: Mode, want: int | None, split: bool,
                     continue
                 if want is not None and rec.conn != want:
                     continue
-                t0 = starts.setdefault(rec.conn, rec.ts)
-                ladders.setdefault(rec.conn, []).append(report.format_segment(rec, t0))
+                add(settler.feed(rec))
+            for conn in range(tracker.connection_count):
+                add(settler.release(conn))
         stats = reader.stats
     count = tracker.connection_count
     yield "end", End(count, stats.records, tuple(stats.warnings), flows.flow_count)

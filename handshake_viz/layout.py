@@ -102,6 +102,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Union
 
 from handshake_viz.errors import UsageError
+from handshake_viz.hindsight import refusing_rst, settle
 from handshake_viz.model import (
     Analysis,
     Call,
@@ -693,19 +694,6 @@ def _packets_word(segments: int, datagrams: int) -> str:
     return "datagrams" if datagrams else "segments"
 
 
-def _refused(segments: Sequence[Segment]) -> bool:
-    """A SYN answered by a RST, with no SYN-ACK ever sent (Zeek's REJ)."""
-    saw_syn = False
-    for s in segments:
-        if s.label is Label.SYN_ACK:
-            return False
-        if s.label is Label.SYN:
-            saw_syn = True
-        elif s.flags & Flag.RST:
-            return saw_syn
-    return False
-
-
 def _closing_notes(segments: Sequence[Segment], summary: ConnectionSummary) -> list[str]:
     """One line on how the connection ended: who closed first and what that costs
     (TIME-WAIT), or who reset it, or that the capture ends with it still open."""
@@ -727,7 +715,7 @@ def _closing_notes(segments: Sequence[Segment], summary: ConnectionSummary) -> l
                 return ["client closed first → TIME-WAIT (2·MSL)"]
             return ["server closed first → TIME-WAIT (2·MSL): the server holds "
                     "this address pair until it ends"]
-    if rst is not None and _refused(segments):
+    if rst is not None and rst is refusing_rst(segments):
         return [f"{side_of[rst.dir]} refused the connection: a RST answered the SYN "
                 f"(nothing listening on port {summary.server.port})"]
     if rst is not None:
@@ -821,7 +809,7 @@ def plan(
                          "given: draw one connection at a time")
     if summary is None:
         summary = _fallback_summary(segments)
-    conv = _Conv("tcp", summary.conn, summary.client, summary.server, tuple(segments), (),
+    conv = _Conv("tcp", summary.conn, summary.client, summary.server, tuple(settle(segments)), (),
                  tuple(calls), summary)
     return _Planner([conv], (), time, max_rows, None).layout()
 
@@ -852,7 +840,7 @@ def plan_trace(
     _check_options(time, max_rows)
     convs: list[_Conv] = []
     for c in connections:
-        segs = tuple(c.segments)
+        segs = tuple(settle(tuple(c.segments)))  # a Trace's are settled already: a no-op
         if segs:
             s = c.summary if c.summary is not None else _fallback_summary(segs)
             convs.append(_Conv("tcp", s.conn, s.client, s.server, segs, (),
@@ -1328,7 +1316,6 @@ class _Planner:
         marks: list[_Mark] = []
         prev: dict[tuple[int, Side], TcpState | None] = {}
         listening: set[int] = set()
-        refused = [_refused(cv.segments) for cv in self.convs]
         for k, it in enumerate(self.items):
             ya, yb = self.ys[k]
             if it.fold:
@@ -1365,7 +1352,7 @@ class _Planner:
                 if side == sender:
                     y = ya
                 elif first and st is TcpState.LISTEN:
-                    if refused[ci] or ll in listening:  # nobody listening / said already
+                    if ll in listening:  # said already
                         continue
                     y = ya - LISTEN_ABOVE  # found listening before the first SYN arrived
                 else:

@@ -296,14 +296,20 @@ def trace_of_segments(
     ``summaries`` name the connections to keep (others' segments are ignored), in order.
     """
     from handshake_viz import align
+    from handshake_viz.hindsight import settle
 
     wanted = {s.conn for s in summaries}
-    kept: dict[int, list[Segment]] = {s.conn: [] for s in summaries}
+    collected: dict[int, list[Segment]] = {s.conn: [] for s in summaries}
     all_segments: list[Segment] = []
     for seg in segments:
         if seg.conn in wanted:
-            kept[seg.conn].append(seg)
+            collected[seg.conn].append(seg)
             all_segments.append(seg)
+    # Whole connections are known: what hindsight settles (a refused SYN's responder
+    # was CLOSED, not LISTEN) is settled here, once, for every view.
+    kept = {conn: settle(segs) for conn, segs in collected.items()}
+    if any(kept[conn] is not segs for conn, segs in collected.items()):
+        all_segments = sorted((s for segs in kept.values() for s in segs), key=lambda s: s.frame)
     by_flow: dict[int, list[Datagram]] = {f.flow: [] for f in flows}
     for d in datagrams:
         if d.flow in by_flow:
