@@ -81,6 +81,9 @@ _MONO = "DejaVu Sans Mono"
 _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 _MAX_PIXELS = 60_000  # Agg refuses images of 2**16 pixels or more in either direction
 _FIT = 0.9  # widest text line, as a share of the room between its lifelines
+# Every Text artist is plain text: wire text and traced programs' text contain "$"
+# (Redis's "$4\r\n"), backslashes and braces, which math text or TeX would parse.
+_PLAIN: dict[str, Any] = {"parse_math": False, "usetex": False}
 
 
 @dataclass(frozen=True)
@@ -220,14 +223,17 @@ _EMPTY_PATH = (np.zeros((0, 2)), np.zeros(0, dtype=np.uint8))
 
 @lru_cache(maxsize=4096)
 def _outline(text: str, family: str, weight: str, style: str) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices (points at size 1, baseline at y=0, starting at x=0) and codes."""
-    from matplotlib.textpath import TextPath
+    """Vertices (points at size 1, baseline at y=0, starting at x=0) and codes.
 
+    Straight from the font, never through ``TextPath``: that reads a string with two
+    ``$`` as math text, and wire text is plain text."""
     if not text.strip():
         return _EMPTY_PATH
-    tp = TextPath((0, 0), text, size=1, prop=FontProperties(family=family, weight=weight,
-                                                            style=style))
-    return np.asarray(tp.vertices, dtype=float), np.asarray(tp.codes, dtype=np.uint8)
+    prop = FontProperties(family=family, weight=weight, style=style)
+    verts, codes = _TTP.get_text_path(prop, text, ismath=False)
+    if not len(verts):
+        return _EMPTY_PATH
+    return np.asarray(verts, dtype=float) / _TTP.FONT_SCALE, np.asarray(codes, dtype=np.uint8)
 
 
 @lru_cache(maxsize=64)
@@ -259,7 +265,7 @@ class _Writer:
         family = _MONO if mono else "DejaVu Sans"
         if not self.paths:
             self.ax.text(x, y, s, ha=ha, va=va, fontsize=size, color=color, family=family,
-                         fontweight=weight, fontstyle=style, zorder=zorder)
+                         fontweight=weight, fontstyle=style, zorder=zorder, **_PLAIN)
             return
         self._pending.setdefault(zorder, []).append((x, y, s, size, color, ha, va, family, weight,
                                                     style, mono))
@@ -471,18 +477,18 @@ def _paint_frame(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float
         ax.annotate(header, xy=(line.x, 1.0), xycoords=xy_axes, xytext=(0, 24),
                     textcoords="offset points", ha="center", va="bottom", fontsize=fs["header"],
                     fontweight="bold", color=_INK, annotation_clip=False, multialignment="center",
-                    bbox=dict(boxstyle="round,pad=0.3", fc="#f4f4f4", ec=_INK, lw=0.9))
+                    bbox=dict(boxstyle="round,pad=0.3", fc="#f4f4f4", ec=_INK, lw=0.9), **_PLAIN)
         ax.annotate(line.subtitle, xy=(line.x, 1.0), xycoords=xy_axes, xytext=(0, 6),
                     textcoords="offset points", ha="center", va="bottom",
-                    fontsize=fs["subtitle"], color=_GREY, annotation_clip=False)
+                    fontsize=fs["subtitle"], color=_GREY, annotation_clip=False, **_PLAIN)
     header_top = 24 + (14 if heads.two_lines else 0) + 22  # the boxes' tops, roughly
     lane_y = header_top if heads.lanes_above else 24
     for lane, shift in zip(layout.lanes, heads.lane_shift):
         ax.annotate(lane.title, xy=(lane.x, 1.0), xycoords=xy_axes, xytext=(shift, lane_y),
                     textcoords="offset points", ha="center", va="bottom", fontsize=fs["lane"],
-                    color=_INK, annotation_clip=False)
+                    color=_INK, annotation_clip=False, **_PLAIN)
     pad = 58 + (14 if heads.two_lines else 0) + (_LANES_ABOVE_PT if heads.lanes_above else 0)
-    ax.set_title(layout.title, fontsize=fs["title"], pad=pad, color=_INK)
+    ax.set_title(layout.title, fontsize=fs["title"], pad=pad, color=_INK, **_PLAIN)
 
 
 def _wrap(text: str, size: float, room_pt: float, style: str = "italic") -> str:
@@ -521,7 +527,7 @@ def _paint_folds(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float
             text = _wrap(r.text, size, room)
         ax.text(r.text_x, r.y_mid, text, ha="center", va="center", fontsize=size,
                 fontstyle="italic", color=_INK, zorder=4, multialignment="center",
-                linespacing=1.25)
+                linespacing=1.25, **_PLAIN)
         out.text(layout.time_x, r.y_mid, r.time_text, ha="right", va="center",
                  size=fs["time"], mono=True, color=_GREY)
 
@@ -573,7 +579,7 @@ def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
         if tag:
             ax.text(left + lw + sep + 4 / pt_per_x, base, tag, ha="left", va="baseline",
                     fontsize=marker_size, fontweight="bold", color="white", zorder=4,
-                    bbox=dict(boxstyle="round,pad=0.25", fc=_FLAG, ec="none"))
+                    bbox=dict(boxstyle="round,pad=0.25", fc=_FLAG, ec="none"), **_PLAIN)
         if st.show_details:
             if r.lines == 2:
                 lines = [r.detail, r.extra]
@@ -605,7 +611,7 @@ def _paint_states(layout: Layout, ax: Axes, fs: dict[str, float]) -> None:
         left = m.side == "client"
         ax.text(m.x - 0.03 if left else m.x + 0.03, m.y, m.text, ha="right" if left else "left",
                 va="center", fontsize=fs["state"], fontstyle="italic", color="#555555",
-                bbox=box, zorder=5)
+                bbox=box, zorder=5, **_PLAIN)
 
 
 def _paint_calls(layout: Layout, ax: Axes, fs: dict[str, float], out: _Writer) -> None:
@@ -637,16 +643,16 @@ def _paint_calls(layout: Layout, ax: Axes, fs: dict[str, float], out: _Writer) -
                  size=fs["call"], mono=True, color=_FLAG if b.failed else _INK)
         if b.note:
             ax.text(b.label_x, b.note_y, b.note, ha="right" if left else "left", va="center",
-                    fontsize=fs["note"], fontstyle="italic", color=_NOTE, zorder=4)
+                    fontsize=fs["note"], fontstyle="italic", color=_NOTE, zorder=4, **_PLAIN)
 
 
 def _paint_footer(layout: Layout, ax: Axes, st: Style, fs: dict[str, float]) -> None:
     for note in layout.idle:
         ax.text(note.x, note.y, note.text, ha="center", va="center", fontsize=fs["fold"],
-                fontstyle="italic", color=_GREY)
+                fontstyle="italic", color=_GREY, **_PLAIN)
     for note in layout.notes:
         ax.text(note.x, note.y, note.text, ha="center", va="center", fontsize=fs["footer"],
-                color="#444444")
+                color="#444444", **_PLAIN)
     if not st.legend:
         return
     handles: list[Any] = []
@@ -662,9 +668,12 @@ def _paint_footer(layout: Layout, ax: Axes, st: Style, fs: dict[str, float]) -> 
             handles.append(Patch(fc="none", ec=_CALL_EDGE, ls="--", label=text))
         else:
             handles.append(Line2D([], [], color=st.color(key), lw=2, label=text))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-              bbox_transform=ax.transAxes, ncol=len(handles), frameon=False,
-              fontsize=fs["legend"], handlelength=2.2, columnspacing=1.6, borderaxespad=0.2)
+    legend = ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                       bbox_transform=ax.transAxes, ncol=len(handles), frameon=False,
+                       fontsize=fs["legend"], handlelength=2.2, columnspacing=1.6,
+                       borderaxespad=0.2)
+    for t in legend.get_texts():
+        t.update(_PLAIN)
 
 
 # ==========================================================================================

@@ -96,6 +96,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -125,6 +126,7 @@ from handshake_viz.text import (
     human_duration,
     humanize_bytes,
     plural,
+    safe_text,
     title_duration,
 )
 
@@ -146,6 +148,7 @@ __all__ = [
     "TimeMode",
     "UDP_NOTE",
     "datagram_text",
+    "plain",
     "plan",
     "plan_trace",
     "segment_text",
@@ -387,6 +390,32 @@ class Layout:
 
 
 # ==========================================================================================
+# Text from outside
+# ==========================================================================================
+
+NAME_CHARS = 32  # a call's name or errno from a call log: longer is cut (with "…")
+TITLE_CHARS = 200  # a title given by the caller (a file name, say)
+
+
+def plain(text: object, limit: int = NAME_CHARS) -> str:
+    """Text that came from the wire or a traced program (a call log's call name or
+    errno, an address, a title made of a file name) as the diagram writes it: every
+    control, separator, bidi, surrogate (invalid UTF-8 decoded with surrogateescape)
+    and other invisible format character (``U+200F`` right-to-left mark, zero-width
+    spaces, ``U+FEFF``) escaped as ``text.safe_text`` writes them (``\\x1b``,
+    ``\\u200f``), and cut to ``limit`` characters with ``…``.  ``$``, ``\\`` and braces
+    stay as they are: the painter hands every string to matplotlib as plain text."""
+    s = safe_text(text)
+    if not s.isascii():
+        s = "".join(f"\\u{ord(ch):04x}" if unicodedata.category(ch) == "Cf" else ch for ch in s)
+    if len(s) > limit:
+        head = s[:limit - 1]
+        cut = head.rfind("\\", len(head) - 5)  # never half an escape
+        s = (head[:cut] if cut >= 0 else head) + "…"
+    return s
+
+
+# ==========================================================================================
 # Row texts
 # ==========================================================================================
 
@@ -523,9 +552,9 @@ _WAITING = frozenset({CallKind.RECV, CallKind.ACCEPT, CallKind.WAIT})
 
 def _call_label(call: Call, transport: Transport) -> str:
     fd = "" if call.fd is None else str(call.fd)
-    head = f"{call.call}({fd})"
+    head = f"{plain(call.call)}({fd})"
     if call.errno is not None:
-        return f"{head} → {call.errno}"
+        return f"{head} → {plain(call.errno)}"
     if call.kind is CallKind.RECV and call.ret == 0 and transport == "tcp":
         return f"{head} → 0 (EOF)"  # on UDP, 0 is an empty datagram
     if call.kind in _SHOWS_RESULT and call.ret is not None:
@@ -1465,7 +1494,7 @@ class _Planner:
         out = []
         for i, (transport, _ip, _port, _tag) in enumerate(self.keys):
             mine = [cv for cv, ends in zip(self.convs, self.ends) if i in ends]
-            ep = str(self.endpoint[i])
+            ep = plain(self.endpoint[i], TITLE_CHARS)
             out.append(Lifeline(
                 side=self.side_of(i), x=xs[i], endpoint=ep, header=f"{self.names[i]} {ep}",
                 subtitle=f"{transport.upper()} (kernel)", name=self.names[i],
@@ -1632,7 +1661,7 @@ class _Planner:
 
     def _title(self) -> str:
         if self.title is not None:
-            return self.title
+            return plain(self.title, TITLE_CHARS)
         dur = title_duration(max(p.ts for p in self.packets) - min(p.ts for p in self.packets))
         if len(self.convs) == 1:
             cv = self.convs[0]
