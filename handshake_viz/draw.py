@@ -42,7 +42,7 @@ from matplotlib.textpath import TextToPath
 from matplotlib.transforms import Affine2D
 
 from handshake_viz.errors import OutputError, UsageError
-from handshake_viz.layout import Layout, TimeMode, plan, plan_trace
+from handshake_viz.layout import Layout, Row, TimeMode, plan, plan_trace
 from handshake_viz.model import Call, ConnectionSummary, Segment
 
 if TYPE_CHECKING:
@@ -528,8 +528,7 @@ def _paint_folds(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float
         ax.text(r.text_x, r.y_mid, text, ha="center", va="center", fontsize=size,
                 fontstyle="italic", color=_INK, zorder=4, multialignment="center",
                 linespacing=1.25, **_PLAIN)
-        out.text(layout.time_x, r.y_mid, r.time_text, ha="right", va="center",
-                 size=fs["time"], mono=True, color=_GREY)
+        _paint_time(layout, r, fs, out)
 
 
 def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
@@ -601,8 +600,18 @@ def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
                     out.text(r.text_x, top + i * size * 1.3 / pt_per_y, line, ha="center", va="top",
                              size=size, mono=True, color="#333333")
         if st.show_times:
-            out.text(layout.time_x, r.y, r.time_text, ha="right", va="center",
-                     size=fs["time"], mono=True, color=_GREY)
+            _paint_time(layout, r, fs, out)
+
+
+def _paint_time(layout: Layout, r: Row, fs: dict[str, float], out: _Writer) -> None:
+    """A row's time in the margin (once: empty when the row above said the same) and the
+    wait before it when that stands out (``+43 ms``, between the two rows)."""
+    if r.margin_text:
+        out.text(layout.time_x, r.time_y, r.margin_text, ha="right", va="center", size=fs["time"],
+                 mono=True, color=_GREY)
+    if r.gap_text and r.gap_y is not None:
+        out.text(layout.time_x, r.gap_y, r.gap_text, ha="right", va="center", size=fs["time"],
+                 mono=True, color=_NOTE, weight="bold")
 
 
 def _paint_states(layout: Layout, ax: Axes, fs: dict[str, float]) -> None:
@@ -632,6 +641,10 @@ def _paint_calls(layout: Layout, ax: Axes, fs: dict[str, float], out: _Writer) -
         ax.add_collection(LineCollection(
             [[(c.x0, c.y0), (c.x1, c.y1)] for c in links], colors=_CALL_EDGE, linewidths=0.9,
             linestyles=[(0, (4, 2)) if not c.inferred else (0, (1, 2)) for c in links], zorder=1.5))
+    leaders = [b.leader for b in layout.calls if b.leader is not None]
+    if leaders:  # a label moved away from its bar points at it
+        ax.add_collection(LineCollection([[(x0, y0), (x1, y1)] for x0, y0, x1, y1 in leaders],
+                                         colors=_CALL_EDGE, linewidths=0.7, zorder=3.5))
     queues = [c for c in layout.connectors if c.kind == "queue"]
     if queues:
         ax.add_collection(LineCollection([[(c.x0, c.y0), (c.x1, c.y1)] for c in queues],

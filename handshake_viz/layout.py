@@ -51,6 +51,16 @@ instants are the capture time).
   thought for 200 ms, an accept() called late), while bursts stay legible.
   Row labels still print the exact time.
 
+Time margin
+===========
+Each row's time since time 0 is written in the left margin once: a row at the
+same printed time as the row above (``13.58 ms`` twice) leaves its margin empty.
+A wait before a row that stands out from the capture's rhythm (at least
+``GAP_MIN`` seconds and ``GAP_FACTOR`` times the median gap between rows, e.g.
+the 43 ms a Nagle-delayed write waits for a delayed ACK) is written between the
+two rows, ``+43 ms``: in ``time="ordered"`` mode nothing else shows it.  In
+``time="real"`` mode an idle note says it instead where the stretch is tall.
+
 A datagram's row says ``UDP len=6 "hello\\n"``: no states, no flags, nothing is
 a retransmission, and a note under the diagram says what UDP does not do.
 
@@ -78,9 +88,21 @@ rows is interpolated between the first one's arrival and the second one's
 departure, so a call that started before a segment is drawn above its arrow and
 a ``recv`` that returned after a segment arrived ends below it.  The frames a
 call caused (sent by its lifeline) or was released by (received by it) are
-joined to the bar by connector lines; where the clocks disagree by a hair the
-bar is stretched so the picture never shows an effect before its cause.
-Inferred calls are marked so the painter draws them hollow and dashed.
+joined to the bar by connector lines; where the clocks disagree by a hair (up
+to ``MAX_BEND`` rows) the bar is stretched so the picture never shows an effect
+before its cause.  Farther than that the call stays where its clock puts it: a
+bar stretched over rows would push its thread's next calls below the segments
+they caused (strace's clock can lag the capture's by milliseconds on a busy
+machine).  Inferred calls are marked so the painter draws them hollow and dashed.
+
+Calls that repeat close together on one thread (five ``setsockopt``, a burst of
+``poll``/``recvfrom``) share one bar labelled with the count, ``5 ×
+setsockopt(7)``, ``40 × sendto(4) → 65536, 2.5 MiB``; :class:`CallBar` keeps
+each call (``calls``, ``members``) for a view that unfolds them.  A label sits
+beside its bar's outer edge; texts of a lane that would collide are moved apart
+as little as possible, and a label that no longer touches its bar (or had to
+move out past a bar of an outer column) gets a leader line to it.  A fold is
+joined once per lane, by the first call that reads or writes what it hides.
 
 States
 ======
@@ -99,7 +121,7 @@ import heapq
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Union
 
 from handshake_viz.errors import UsageError
@@ -135,6 +157,7 @@ if TYPE_CHECKING:  # the pipeline's records, read by attribute only
 
 __all__ = [
     "CallBar",
+    "CallMember",
     "Connector",
     "Fold",
     "LANE_OFFSET",
@@ -173,11 +196,15 @@ MAX_COLUMNS = 4
 BAR_HALF_WIDTH = 0.045
 CALL_LABEL_GAP = 0.025  # between a bar and its label
 CALL_TEXT_PITCH = 0.30  # min vertical distance between two texts in a lane (rows)
+TEXT_HALF = 0.13  # half a lane text's height (rows, at the painter's default style)
 MIN_BAR = 0.14  # a call that took no time still gets a visible bar (rows)
+MAX_BEND = 1.0  # a bar is stretched this far at most to reach a frame it caused or waited for
 PRE_STEP = 0.4  # rows between call starts before the first segment
 POST_STEP = 0.4  # … and after the last one
 REAL_STRETCH = 1.5  # time="real": row units per drawn row spread over the duration
 IDLE_ROWS = 3.0  # time="real": an empty stretch this tall gets a note saying how long it is
+GAP_MIN = 0.001  # seconds: a wait before a row is written in the margin from this long …
+GAP_FACTOR = 10.0  # … and this many times the median wait between rows
 DETAIL_CHARS = 49  # detail + extra longer than this: extra gets a line of its own …
 SECOND_LINE = 0.3  # … and the next row moves down this much
 LISTEN_ABOVE = 0.55  # a server found listening: its LISTEN mark this far above its first row
@@ -275,6 +302,15 @@ class Row:
     text_room: float  # width of the room for them (lifeline units)
     fold: Fold | None = None
     lines: int = 1  # 2: ``extra`` goes on its own line under ``detail`` (the row is taller)
+    margin_text: str = ""  # what the time margin shows (at time_y): "" when the row above showed the same
+    gap_text: str = ""  # "+43 ms": a wait before this row that stands out (see "Time margin")
+    gap_y: float | None = None  # where gap_text goes: between the row above's time and this one's
+
+    @property
+    def time_y(self) -> float:
+        """Where the row's time is written in the margin: level with the arrow's tail
+        (a fold's: its middle)."""
+        return self.y_mid if self.kind == "fold" else self.y
 
     @property
     def y_mid(self) -> float:
@@ -296,19 +332,38 @@ class StateMark:
 
 
 @dataclass(frozen=True, slots=True)
-class CallBar:
-    """A socket call: a bar in its lifeline's lane from start (y0) to return (y1)."""
+class CallMember:
+    """One call of a :class:`CallBar`, as it would be drawn alone: what an interactive
+    view shows when it unfolds a group (``5 × setsockopt(7)``) into its calls."""
 
     call: Call
+    label: str  # "setsockopt(7)"
+    y0: float  # its own extent, inside the group's bar
+    y1: float
+    t_start_ms: float
+    t_end_ms: float
+    frames: tuple[int, ...]  # the drawn frames it caused or was released by
+
+
+@dataclass(frozen=True, slots=True)
+class CallBar:
+    """A socket call, or a group of calls that repeat (``40 × sendto(4) → 65536,
+    2.5 MiB``): a bar in its lifeline's lane from start (y0) to return (y1).
+
+    The label is beside the bar's outer edge; where it could not stay there (pushed
+    up or down by the lane's other texts, or moved out past a bar of an outer
+    column) ``leader`` is a line from the bar to it."""
+
+    call: Call  # the (first) call
     side: Side
     column: int
     x: float  # bar centre
     x_inner: float  # bar edge facing the lifeline (connectors start here)
     y0: float
     y1: float
-    label: str  # "recv(4) → 6"
-    label_x: float
-    label_y: float  # pushed down where texts of the lane would collide
+    label: str  # "recv(4) → 6", "5 × setsockopt(7)"
+    label_x: float  # where the label starts (client: ends), on the lane's outer side
+    label_y: float  # moved where texts of the lane would collide
     note: str  # "FIN read as end of stream" (may be "")
     note_y: float
     inferred: bool
@@ -316,6 +371,14 @@ class CallBar:
     t_start_ms: float
     t_end_ms: float
     lifeline: int  # index into Layout.lifelines
+    calls: tuple[Call, ...] = ()  # every call the bar stands for, in order (``(call,)`` alone)
+    members: tuple[CallMember, ...] = ()  # the same, each with its own label and extent
+    leader: tuple[float, float, float, float] | None = None  # (x0, y0) on the bar -> (x1, y1) at the label
+
+    @property
+    def count(self) -> int:
+        """How many calls the bar stands for (1, or a group's size)."""
+        return len(self.calls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,6 +611,53 @@ _QUIET_RESULT = frozenset({CallKind.CONNECT, CallKind.CLOSE, CallKind.SHUTDOWN, 
 _SENDING = frozenset({CallKind.SEND, CallKind.CLOSE, CallKind.SHUTDOWN})
 # … these waited for it to arrive.
 _WAITING = frozenset({CallKind.RECV, CallKind.ACCEPT, CallKind.WAIT})
+
+
+# Kinds that may share a bar when they repeat: options and queries (a socket being set
+# up), or one kind of moving data with the waits between (poll, recvfrom, poll, …).
+_FAMILIES = (
+    frozenset({CallKind.OPTION, CallKind.QUERY}),
+    frozenset({CallKind.SEND, CallKind.WAIT}),
+    frozenset({CallKind.RECV, CallKind.WAIT}),
+    frozenset({CallKind.OTHER, CallKind.WAIT}),
+)
+
+
+def _group_label(calls: Sequence[Call], transport: Transport) -> str:
+    """The label of a group of calls that repeat: ``5 × setsockopt(7)``, ``40 ×
+    sendto(4) → 65536, 2.5 MiB`` (the result when every call returned the same),
+    ``12 × poll/recvfrom(5), 1.1 MiB`` (bytes moved, when any)."""
+    names = list(dict.fromkeys(plain(c.call) for c in calls))
+    fds = {c.fd for c in calls if c.fd is not None}
+    fd = str(next(iter(fds))) if len(fds) == 1 else ""
+    head = f"{len(calls)} × {'/'.join(names[:3])}{'/…' if len(names) > 3 else ''}({fd})"
+    first = calls[0]
+    if first.errno is not None:
+        return f"{head} → {plain(first.errno)}"
+    if (len(names) == 1 and first.kind in _SHOWS_RESULT and first.ret is not None
+            and all(c.ret == first.ret for c in calls)
+            and not (first.kind is CallKind.RECV and first.ret == 0 and transport == "tcp")):
+        head += f" → {first.ret}"
+    moved = sum(c.nbytes or 0 for c in calls if c.kind in (CallKind.SEND, CallKind.RECV))
+    return f"{head}, {humanize_bytes(moved)}" if moved else head
+
+
+def _stack(want: Sequence[float], pitch: float) -> list[float]:
+    """Positions for texts that would sit at ``want`` (ascending), in the same order,
+    at least ``pitch`` apart, moved as little as possible (least squares): the
+    pool-adjacent-violators algorithm on ``want[i] - i * pitch``.  A crowd of labels
+    spreads around its bars, up as well as down, instead of drifting ever lower."""
+    blocks: list[list[float]] = []  # [sum, count] of pooled positions
+    for i, w in enumerate(want):
+        blocks.append([w - i * pitch, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] * blocks[-1][1] > blocks[-1][0] * blocks[-2][1]:
+            total, n = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += n
+    out: list[float] = []
+    for total, n in blocks:
+        out.extend([total / n] * int(n))
+    return [z + i * pitch for i, z in enumerate(out)]
 
 
 def _call_label(call: Call, transport: Transport) -> str:
@@ -895,17 +1005,24 @@ _ELSEWHERE = -1  # a call on a socket that is not drawn
 
 @dataclass(slots=True)
 class _Draft:
-    """A call bar in the making (mutable while the lane is packed)."""
+    """A call bar in the making (mutable while the lane is packed): one call, or a
+    group of calls that repeat (``calls``, each call's own extent in ``parts``)."""
 
-    call: Call
+    calls: tuple[Call, ...]
     lifeline: int
     y0: float
     y1: float
     caused: list[tuple[int, float, Packet]]  # (item, y, packet) the call sent
     released: list[tuple[int, float, Packet]]  # packets whose arrival the call waited for
+    parts: list[_Draft] = field(default_factory=list)  # a group's calls, each as a draft of its own
     col: int = 0
     label: str = ""
     note: str = ""
+    outer: bool = False  # label out past the lane's outermost column (a bar is beside its own)
+
+    @property
+    def call(self) -> Call:
+        return self.calls[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -961,7 +1078,8 @@ class _Planner:
         self._lifelines()
         self._rows()
         self._assign_calls()
-        self._rows_y()
+        self._group_calls()
+        self._rows_y(self._crowded_gaps())
         self._time_map()
         drafts = self._drafts()
         marks = self._states()
@@ -1040,7 +1158,8 @@ class _Planner:
         starts = [self.mono[it.a] for it in self.items]
         per_lane: Counter[tuple[int, int]] = Counter()
         in_gap: dict[int, set[float]] = {}
-        for c, ll in self.visible:
+        for calls, ll in self.units:  # a group's label is one label
+            c = calls[0]
             k = bisect.bisect_left(ends, c.start) - 1  # the last row that ended before it
             if 0 <= k < len(self.items) - 1 and ends[k] < c.start < starts[k + 1]:
                 per_lane[(k, ll)] += 1
@@ -1048,8 +1167,8 @@ class _Planner:
         crowded = {k for (k, _ll), n in per_lane.items() if n * CALL_TEXT_PITCH > 1.0}
         return {k: sorted(in_gap[k]) for k in sorted(crowded)}
 
-    def _rows_y(self) -> None:
-        self.gaps = self._crowded_gaps()
+    def _rows_y(self, gaps: dict[int, list[float]]) -> None:
+        self.gaps = gaps
         mono = self.mono
         ys: list[tuple[float, float]] = []
         real = self.time == "real"
@@ -1167,13 +1286,58 @@ class _Planner:
             else:
                 self.visible.append((c, ll))
 
+    def _group_calls(self) -> None:
+        """``self.units``: the visible calls as the bars to draw, in order of start:
+        alone, or grouped with the calls that repeat right after them on their thread.
+
+        A call joins its thread's previous bar when their kinds repeat (options and
+        queries; sends, receives or others, with waits between them), neither needs a
+        note, they share errno and socket, and their labels would collide: both lie
+        before the first row (or after the last), where only the order of calls is
+        drawn, or both are quick (a bar shorter than a text pitch) and start less than
+        a text pitch apart on the diagram as it would be without groups."""
+        self._rows_y({})
+        self.units = [((c,), ll) for c, ll in self.visible]
+        self._time_map()
+        groups: list[tuple[list[Call], int]] = []
+        last_of: dict[tuple[int, int, int, bool], int] = {}
+        for c, ll in self.visible:
+            key = (ll, c.pid, c.tid, c.inferred)
+            j = last_of.get(key)
+            if j is not None and groups[j][1] == ll and self._repeats(groups[j][0], c, ll):
+                groups[j][0].append(c)
+                continue
+            last_of[key] = len(groups)
+            groups.append(([c], ll))
+        self.units = [(tuple(cs), ll) for cs, ll in groups]
+
+    def _repeats(self, calls: list[Call], c: Call, ll: int) -> bool:
+        """Whether ``c`` repeats the group ``calls`` (see :meth:`_group_calls`)."""
+        prev = calls[-1]
+        kinds = {x.kind for x in calls} | {c.kind}
+        if not any(kinds <= family for family in _FAMILIES) or c.errno != prev.errno:
+            return False
+        fds = {x.fd for x in calls if x.fd is not None} | ({c.fd} if c.fd is not None else set())
+        if len(fds) > 1 or any(self._call_note(self._member(x, ll)) for x in (prev, c)):
+            return False
+        first_t, last_t = self.mono[0], self.mono[-1]
+        if prev.end < first_t and c.end < first_t or prev.start > last_t and c.start > last_t:
+            return True  # only their order is drawn there, one step per bar
+        return (self._quick(prev, ll) and self._quick(c, ll)
+                and self.tmap(c.start) - self.tmap(prev.start) < CALL_TEXT_PITCH)
+
+    def _quick(self, c: Call, ll: int) -> bool:
+        """A call that would be drawn as a short bar: one that may join a group."""
+        d = self._member(c, ll)
+        return d.y1 - d.y0 < CALL_TEXT_PITCH
+
     def _time_map(self) -> None:
         # Before the first and after the last packet only the order of calls matters:
-        # each call start gets a step of its own, the returns fall in between.
+        # each bar's start gets a step of its own, the returns fall in between.
         knots: list[tuple[float, float]] = []
         first_t, last_t = self.mono[0], self.mono[-1]
-        pre = sorted({c.start for c, _ in self.visible if c.start < first_t})
-        post = sorted({c.start for c, _ in self.visible if c.start > last_t})
+        pre = sorted({calls[0].start for calls, _ in self.units if calls[0].start < first_t})
+        post = sorted({calls[0].start for calls, _ in self.units if calls[0].start > last_t})
         y_first = self.ys[0][0]
         for j, t in enumerate(pre):
             knots.append((t, y_first - PRE_STEP * (len(pre) - j)))
@@ -1191,29 +1355,43 @@ class _Planner:
 
     # --- call bars: extents, columns, texts (all but x) ---------------------------------------
 
+    def _member(self, c: Call, ll: int) -> _Draft:
+        """One call's extent from the time map, bent to respect causality with its frames."""
+        d = _Draft((c,), ll, self.tmap(c.start), self.tmap(c.end, end=True), [], [])
+        for f in c.frames:
+            i = self.index_of_frame.get(f)
+            if i is None:
+                continue
+            sender, receiver = self.ends_of(i)
+            if ll not in (sender, receiver):
+                continue
+            k = self.item_of[i]
+            ya, yb = self.ys[k]
+            y = (ya + yb) / 2 if self.items[k].fold else (ya if sender == ll else yb)
+            (d.caused if sender == ll else d.released).append((k, y, self.packets[i]))
+        kind = c.kind
+        if d.caused and (kind in _SENDING or kind is CallKind.CONNECT):
+            y0 = min(y for _, y, _ in d.caused) - 0.04
+            if d.y0 - MAX_BEND <= y0 < d.y0:
+                d.y0 = y0
+        if d.released and (kind in _WAITING or kind is CallKind.CONNECT):
+            y1 = max(y for _, y, _ in d.released) + 0.04
+            if d.y1 < y1 <= d.y1 + MAX_BEND:
+                d.y1 = y1
+        d.y1 = max(d.y1, d.y0)
+        return d
+
     def _drafts(self) -> list[_Draft]:
-        # 1. extents from the time map, bent to respect causality with the call's frames
+        # 1. extents from the time map, bent to respect causality with the calls' frames
         drafts: list[_Draft] = []
-        for c, ll in self.visible:
-            d = _Draft(c, ll, self.tmap(c.start), self.tmap(c.end, end=True), [], [])
-            for f in c.frames:
-                i = self.index_of_frame.get(f)
-                if i is None:
-                    continue
-                sender, receiver = self.ends_of(i)
-                if ll not in (sender, receiver):
-                    continue
-                k = self.item_of[i]
-                ya, yb = self.ys[k]
-                y = (ya + yb) / 2 if self.items[k].fold else (ya if sender == ll else yb)
-                (d.caused if sender == ll else d.released).append((k, y, self.packets[i]))
-            kind = c.kind
-            if d.caused and (kind in _SENDING or kind is CallKind.CONNECT):
-                d.y0 = min(d.y0, min(y for _, y, _ in d.caused) - 0.04)
-            if d.released and (kind in _WAITING or kind is CallKind.CONNECT):
-                d.y1 = max(d.y1, max(y for _, y, _ in d.released) + 0.04)
-            d.y1 = max(d.y1, d.y0)
-            drafts.append(d)
+        for calls, ll in self.units:
+            parts = [self._member(c, ll) for c in calls]
+            if len(parts) == 1:
+                drafts.append(parts[0])
+                continue
+            drafts.append(_Draft(calls, ll, min(p.y0 for p in parts), max(p.y1 for p in parts),
+                                 [j for p in parts for j in p.caused],
+                                 [j for p in parts for j in p.released], parts))
 
         # 2. per thread: a call starts after the previous one returned; minimum bar height
         last_end: dict[tuple[int, int, int, bool], float] = {}
@@ -1221,6 +1399,9 @@ class _Planner:
             key = (d.lifeline, d.call.pid, d.call.tid, d.call.inferred)
             prev_end = last_end.get(key)
             if prev_end is not None and d.y0 < prev_end + 0.03:
+                for part in d.parts:  # a group's calls move down with it
+                    shift = prev_end + 0.03 - d.y0
+                    part.y0, part.y1 = part.y0 + shift, part.y1 + shift
                 d.y0 = prev_end + 0.03
                 d.y1 = max(d.y1, d.y0)
             d.y1 = max(d.y1, d.y0 + MIN_BAR)
@@ -1242,13 +1423,19 @@ class _Planner:
                 else:
                     d.col = min(range(len(ends)), key=ends.__getitem__)
                     ends[d.col] = max(ends[d.col], d.y1)
+        self.columns: dict[int, int] = {ll: len(ends) for ll, ends in col_ends.items()}
 
-        # 4. texts: label at the bar's top, note at its bottom, pushed down so none collide
+        # 4. texts: label at the bar's top, note at its bottom, moved (as little as
+        # possible, in order) so that none collide
         texts: dict[int, list[tuple[float, int, str]]] = {}
         for idx, d in enumerate(drafts):
             lane = texts.setdefault(d.lifeline, [])
             lane.append((d.y0 + 0.1, idx, "label"))
-            d.label = _call_label(d.call, self.keys[d.lifeline][0])
+            transport = self.keys[d.lifeline][0]
+            if d.parts:
+                d.label = _group_label(d.calls, transport)
+                continue  # a group's calls need no note (or they would not be grouped)
+            d.label = _call_label(d.call, transport)
             d.note = self._call_note(d)
             if d.note:
                 # at the return of a long call; right under the label of a short one, so that
@@ -1259,11 +1446,21 @@ class _Planner:
         self.text_y: dict[tuple[int, str], float] = {}
         for lst in texts.values():
             lst.sort()
-            floor = float("-inf")
-            for y, idx, what in lst:
-                y = max(y, floor)
+            for (_want, idx, what), y in zip(lst, _stack([t[0] for t in lst], CALL_TEXT_PITCH)):
                 self.text_y[(idx, what)] = y
-                floor = y + CALL_TEXT_PITCH
+
+        # 5. a label beside its own bar, unless a bar of an outer column is beside that:
+        # then out past the lane's outermost column (and a leader line points at its bar)
+        outer_bars = [d for d in drafts if d.col > 0]
+        for idx, d in enumerate(drafts):
+            if d.col + 1 >= self.columns[d.lifeline]:
+                continue
+            bands = [(self.text_y[(idx, "label")] - TEXT_HALF, self.text_y[(idx, "label")] + TEXT_HALF)]
+            if d.note:
+                ny = self.text_y[(idx, "note")]
+                bands.append((ny - TEXT_HALF, ny + TEXT_HALF))
+            d.outer = any(o.lifeline == d.lifeline and o.col > d.col and o.y0 < hi and lo < o.y1
+                          for o in outer_bars for lo, hi in bands)
         return drafts
 
     def _call_note(self, d: _Draft) -> str:
@@ -1400,9 +1597,6 @@ class _Planner:
         left of its neighbour by what that neighbour writes on its left (lane, states),
         a further server right of its neighbour by what that one writes on its right."""
         n = len(self.keys)
-        self.columns: dict[int, int] = {}
-        for d in drafts:
-            self.columns[d.lifeline] = max(self.columns.get(d.lifeline, 0), d.col + 1)
         reach = [0.0] * n  # how far a lifeline's own texts reach from it, outwards
         for d in drafts:
             text = max(len(d.label) * CALL_CHAR, len(d.note) * NOTE_CHAR)
@@ -1437,7 +1631,7 @@ class _Planner:
     def _records(self, drafts: list[_Draft], marks: list[_Mark], xs: list[float]) -> Layout:
         lifelines = self._lifeline_records(xs)
         main = self._text_gap(max(self.n_clients - 1, 0), min(self.n_clients, len(xs) - 1), xs)
-        rows = self._row_records(xs, main)
+        rows = self._margin(self._row_records(xs, main))
         states = [StateMark(self.side_of(m.lifeline), m.state, xs[m.lifeline], m.y, m.frame, m.text,
                             m.lifeline, m.conn) for m in marks]
         bars, connectors, lanes = self._call_records(drafts, xs)
@@ -1558,6 +1752,23 @@ class _Planner:
             ))
         return rows
 
+    def _margin(self, rows: list[Row]) -> list[Row]:
+        """Rows with what the time margin says (see "Time margin" above)."""
+        mono, items = self.mono, self.items
+        waits = [mono[items[k].a] - mono[items[k - 1].b - 1] for k in range(1, len(items))]
+        typical = sorted(waits)[len(waits) // 2] if waits else 0.0
+        threshold = max(GAP_MIN, GAP_FACTOR * typical)
+        out: list[Row] = []
+        shown = ""
+        for k, r in enumerate(rows):
+            margin = "" if r.time_text == shown else r.time_text
+            shown = r.time_text
+            gap_text, gap_y = "", None
+            if k and waits[k - 1] >= threshold and not self._is_idle(k):  # (an idle note says it)
+                gap_text, gap_y = "+" + human_duration(waits[k - 1]), (rows[k - 1].time_y + r.time_y) / 2
+            out.append(replace(r, margin_text=margin, gap_text=gap_text, gap_y=gap_y))
+        return out
+
     def _call_records(self, drafts: list[_Draft], xs: list[float]
                       ) -> tuple[list[CallBar], list[Connector], list[Lane]]:
         lanes: list[Lane] = []
@@ -1582,22 +1793,37 @@ class _Planner:
         bars: list[CallBar] = []
         connectors: list[Connector] = []
         t0 = self.t0
+        joined_folds: set[tuple[int, int]] = set()  # (lifeline, fold item) joined already
         for idx, d in enumerate(drafts):
             c = d.call
             direction = -1 if self.side_of(d.lifeline) == "client" else 1
             x = lane_x[d.lifeline] + direction * LANE_COLUMN_STEP * d.col
             x_inner = x - direction * BAR_HALF_WIDTH
+            x_outer = x + direction * BAR_HALF_WIDTH
             bar_index = len(bars)
-            # every label of a lane in one column outside all its bars, so that the label
-            # of an inner column never runs across the bar of an outer one
-            outer = lane_x[d.lifeline] + direction * LANE_COLUMN_STEP * (self.columns[d.lifeline] - 1)
+            # the label beside its bar; past the outermost column when a bar of an outer
+            # column is beside it (it would run across that bar), with a leader line
+            outermost = lane_x[d.lifeline] + direction * LANE_COLUMN_STEP * (self.columns[d.lifeline] - 1)
+            label_x = (outermost if d.outer else x) + direction * (BAR_HALF_WIDTH + CALL_LABEL_GAP)
+            label_y = self.text_y[(idx, "label")]
+            # beside the bar when at least half the label's height is level with it
+            touches = not d.outer and d.y0 - TEXT_HALF / 2 < label_y < d.y1 + TEXT_HALF / 2
+            leader = None if touches else (x_outer, min(max(label_y, d.y0), d.y1),
+                                           label_x - direction * CALL_LABEL_GAP / 2, label_y)
+            transport = self.keys[d.lifeline][0]
+            members = tuple(
+                CallMember(call=m.call, label=_call_label(m.call, transport),
+                           y0=min(max(m.y0, d.y0), d.y1), y1=min(max(m.y1, d.y0), d.y1),
+                           t_start_ms=(m.call.start - t0) * 1e3, t_end_ms=(m.call.end - t0) * 1e3,
+                           frames=tuple(sorted({p.frame for _k, _y, p in m.caused + m.released})))
+                for m in (d.parts or [d]))
+            end = max(m.end for m in d.calls)
             bars.append(CallBar(
                 call=c, side=self.side_of(d.lifeline), column=d.col, x=x, x_inner=x_inner,
-                y0=d.y0, y1=d.y1, label=d.label,
-                label_x=outer + direction * (BAR_HALF_WIDTH + CALL_LABEL_GAP),
-                label_y=self.text_y[(idx, "label")], note=d.note,
+                y0=d.y0, y1=d.y1, label=d.label, label_x=label_x, label_y=label_y, note=d.note,
                 note_y=self.text_y.get((idx, "note"), d.y1), inferred=c.inferred, failed=c.failed,
-                t_start_ms=(c.start - t0) * 1e3, t_end_ms=(c.end - t0) * 1e3, lifeline=d.lifeline,
+                t_start_ms=(c.start - t0) * 1e3, t_end_ms=(end - t0) * 1e3, lifeline=d.lifeline,
+                calls=d.calls, members=members, leader=leader,
             ))
             x_line = xs[d.lifeline]
             seen: set[float] = set()
@@ -1605,9 +1831,15 @@ class _Planner:
                 if y in seen:
                     continue
                 seen.add(y)
+                fold = self.items[k].fold
+                if fold:
+                    # a fold is joined once per lane: later calls that read (or wrote)
+                    # what it hides would only add a fan of lines converging on it
+                    if (d.lifeline, k) in joined_folds:
+                        continue
+                    joined_folds.add((d.lifeline, k))
                 connectors.append(Connector(x_inner, min(max(y, d.y0), d.y1), x_line, y,
-                                            None if self.items[k].fold else p.frame, bar_index,
-                                            c.inferred))
+                                            None if fold else p.frame, bar_index, c.inferred))
             # accept() called after the handshake: show how long the connection sat queued
             if c.kind is CallKind.ACCEPT and d.released:
                 arrived = min(y for _, y, _ in d.released)
@@ -1646,6 +1878,10 @@ class _Planner:
                          "neither endpoints, frames nor pid tie them to a lifeline")
         return texts
 
+    def _is_idle(self, k: int) -> bool:
+        """time="real": the stretch before row ``k`` is tall enough for an idle note."""
+        return self.time == "real" and self.ys[k][0] - self.ys[k - 1][1] >= IDLE_ROWS
+
     def _idle(self, x: float) -> list[Note]:
         """time="real": say how long a long empty stretch is."""
         if self.time != "real":
@@ -1654,7 +1890,7 @@ class _Planner:
         idle: list[Note] = []
         for k in range(1, len(self.items)):
             top, bottom = self.ys[k - 1][1], self.ys[k][0]
-            if bottom - top >= IDLE_ROWS:
+            if self._is_idle(k):
                 quiet = self.mono[self.items[k].a] - self.mono[self.items[k - 1].b - 1]
                 idle.append(Note(f"{human_duration(quiet)} without {word}", (top + bottom) / 2, x))
         return idle

@@ -24,6 +24,7 @@ import pytest  # noqa: E402
 from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
 from handshake_viz import draw  # noqa: E402
 from handshake_viz.draw import (  # noqa: E402
@@ -226,6 +227,9 @@ def test_importing_draw_picks_no_backend_and_no_pyplot() -> None:
 
 
 def _boxes(fig: Figure, ax):  # type: ignore[no-untyped-def]
+    """(text, window box, anchor in data coordinates) of every text drawn: Text
+    artists (their bbox patch when they have one) and the glyph outlines of a busy
+    figure (``draw._TextPaths``)."""
     renderer = fig.canvas.get_renderer()
     boxes = []
     for t in ax.texts:
@@ -233,7 +237,18 @@ def _boxes(fig: Figure, ax):  # type: ignore[no-untyped-def]
             continue
         patch = t.get_bbox_patch()
         bb = patch.get_window_extent(renderer) if patch is not None else t.get_window_extent(renderer)
-        boxes.append((t.get_text(), bb))
+        boxes.append((t.get_text(), bb, tuple(t.get_position())))
+    scale = fig.dpi / 72
+    for coll in ax.collections:
+        if not isinstance(coll, draw._TextPaths):
+            continue
+        for text, path, anchor in zip(coll.strings, coll.get_paths(), coll.anchors):
+            if not text.strip() or not len(path.vertices):
+                continue
+            ext = path.get_extents()
+            x, y = ax.transData.transform(anchor)
+            boxes.append((text, Bbox([[x + ext.x0 * scale, y + ext.y0 * scale],
+                                      [x + ext.x1 * scale, y + ext.y1 * scale]]), tuple(anchor)))
     return boxes
 
 
@@ -242,13 +257,63 @@ def _overlaps(a, b, tol: float = 1.0) -> bool:  # type: ignore[no-untyped-def]
             and a.y0 + tol < b.y1 - tol and b.y0 + tol < a.y1 - tol)
 
 
+def _bar_boxes(ax, layout):  # type: ignore[no-untyped-def]
+    """Each call bar's window box, in layout order."""
+    from handshake_viz.layout import BAR_HALF_WIDTH
+
+    out = []
+    for b in layout.calls:
+        (x0, y0), (x1, y1) = ax.transData.transform([(b.x - BAR_HALF_WIDTH, b.y0),
+                                                    (b.x + BAR_HALF_WIDTH, b.y1)])
+        out.append(Bbox([[min(x0, x1), min(y0, y1)], [max(x0, x1), max(y0, y1)]]))
+    return out
+
+
+def _gap(a, b) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(horizontal, vertical) distance between two boxes (0 where they overlap)."""
+    return (max(0.0, a.x0 - b.x1, b.x0 - a.x1), max(0.0, a.y0 - b.y1, b.y0 - a.y1))
+
+
+def assert_labels_reach_their_bars(fig: Figure, ax, layout, boxes=None) -> None:  # type: ignore[no-untyped-def]
+    """Every call label's box touches its own bar, or a leader line runs from the bar
+    to the label; the leader lines drawn are exactly the layout's."""
+    boxes = boxes if boxes is not None else _boxes(fig, ax)
+    at = {(text, (round(float(anchor[0]), 6), round(float(anchor[1]), 6))): bb
+          for text, bb, anchor in boxes}
+    bars = _bar_boxes(ax, layout)
+    to_px = ax.transData.transform
+    for b, bar in zip(layout.calls, bars):
+        bb = at.get((b.label, (round(b.label_x, 6), round(b.label_y, 6))))
+        assert bb is not None, f"label {b.label!r} not drawn where the layout puts it"
+        dx, dy = _gap(bb, bar)
+        if dx <= 12 and dy == 0:  # beside its bar, a label gap away
+            continue
+        assert b.leader is not None, f"{b.label!r} neither touches its bar nor points at it"
+        (lx0, ly0), (lx1, ly1) = to_px([b.leader[:2], b.leader[2:]])
+        assert _gap(Bbox([[lx0, ly0], [lx0, ly0]]), bar) == (0.0, 0.0) or \
+            max(_gap(Bbox([[lx0, ly0], [lx0, ly0]]), bar)) <= 1.5, f"{b.label!r}: leader starts off its bar"
+        assert max(_gap(Bbox([[lx1, ly1], [lx1, ly1]]), bb)) <= 12, f"{b.label!r}: leader ends off its label"
+    leaders = [c for c in ax.collections if isinstance(c, LineCollection) and c.get_zorder() == 3.5]
+    drawn = [seg for c in leaders for seg in c.get_segments()]
+    assert len(drawn) == sum(b.leader is not None for b in layout.calls)
+
+
 def assert_legible(fig: Figure, ax, layout) -> None:  # type: ignore[no-untyped-def]
+    """No text overlaps another text or a call bar; row texts stay between their
+    lifelines, states off the arrows, lane texts off the lifelines; every call label
+    touches or points at its own bar; everything fits in the figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig).draw()
     boxes = _boxes(fig, ax)
-    clashes = [(ta, tb) for (ta, a), (tb, b) in combinations(boxes, 2) if _overlaps(a, b)]
+    pairs = [(ta, a, tb, b) for (ta, a, _), (tb, b, _) in combinations(boxes, 2) if _overlaps(a, b)]
+    clashes = [(ta, tb) for ta, _a, tb, _b in pairs]
     assert not clashes, f"overlapping texts: {clashes[:5]}"
+    bars = _bar_boxes(ax, layout)
+    on_bars = [(text, b.label) for text, bb, _ in boxes for b, bar in zip(layout.calls, bars)
+               if _overlaps(bb, bar)]
+    assert not on_bars, f"texts on call bars: {on_bars[:5]}"
+    assert_labels_reach_their_bars(fig, ax, layout, boxes)
     to_px = ax.transData.transform
     # row texts stay in their row's room between two lifelines (the text gap), states
     # stay outside the text gap, lane texts cross no lifeline
@@ -263,7 +328,7 @@ def assert_legible(fig: Figure, ax, layout) -> None:  # type: ignore[no-untyped-
     states = {m.text for m in layout.states}
     lane_texts = {b.label for b in layout.calls} | {b.note for b in layout.calls if b.note}
     lines_px = [to_px((ln.x, 0.0))[0] for ln in layout.lifelines]
-    for text, bb in boxes:
+    for text, bb, _ in boxes:
         if text in row_room:
             x0, x1 = row_room[text]
             assert x0 < bb.x0 and bb.x1 < x1, f"{text!r} crosses a lifeline"
@@ -275,7 +340,7 @@ def assert_legible(fig: Figure, ax, layout) -> None:  # type: ignore[no-untyped-
     width = fig.bbox.width
     title = ax.title.get_window_extent(fig.canvas.get_renderer())
     assert title.x0 >= 0 and title.x1 <= width
-    for _text, bb in boxes:
+    for _text, bb, _ in boxes:
         assert bb.x0 >= -1 and bb.x1 <= width + 1, f"{_text!r} leaves the figure"
 
 
