@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Capture a burst of short loopback connections with hsviz, tcpdump and scapy.
 
-    sudo python benchmarks/bench_capture_burst.py [--connections 2000] [--alone]
+    sudo "$(command -v python)" benchmarks/bench_capture_burst.py [--connections 2000] [--alone]
 
 A generator process opens ``--connections`` connections one after the other to
 its own server on 127.0.0.1 (a free port), each: handshake, a 32-byte request,

@@ -65,6 +65,10 @@ __all__ = [
 # ======================================================================================
 
 
+#: The DataFrame's integer columns that always have a value (``rel_ack`` may not).
+_INT_COLUMNS = ("frame", "conn", "sport", "dport", "seq", "ack", "rel_seq", "len", "win")
+
+
 @dataclass(frozen=True)
 class Connection:
     """One TCP connection of a trace: its summary, labelled segments and socket calls
@@ -134,7 +138,9 @@ class Connection:
             del d["state"]
             d["analysis"] = ",".join(d["analysis"])
             rows.append(d)
-        return pd.DataFrame(rows)
+        # rel_ack is null without the ACK bit: pandas' nullable integers keep the column
+        # integer (<NA>, not a float column with NaN); the other numbers are never missing
+        return pd.DataFrame(rows).astype({**dict.fromkeys(_INT_COLUMNS, "int64"), "rel_ack": "Int64"})
 
     def __repr__(self) -> str:
         s = self.summary

@@ -349,3 +349,28 @@ def test_the_time_margin_says_a_time_once_and_the_wait_that_matters(time: str) -
     drawn = texts(fig.axes[0])
     assert drawn.count("13.58 ms") == 1
     assert all(g in drawn for g in gaps.values())
+
+
+# ==========================================================================================
+# The rest of issue 13: replay prints the calls, the DataFrame keeps integers
+# ==========================================================================================
+
+
+@pytest.mark.skipif(not (REPO / "captures" / "echo.calls.jsonl").exists(), reason="no echo call log")
+def test_replay_prints_the_socket_calls_beside_the_capture() -> None:
+    got = subprocess.run([sys.executable, "-m", "handshake_viz", "replay",
+                          str(REPO / "captures" / "echo.pcap"), "--speed", "0"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert got.returncode == 0, got.stderr
+    assert "conn 0: socket calls" in got.stdout
+    assert "connect(18) = 0  frames 1,2" in got.stdout
+
+
+def test_to_dataframe_keeps_integer_columns_integer() -> None:
+    pd = pytest.importorskip("pandas")
+    df = load(REPO / "captures" / "echo.pcap").connections[0].to_dataframe()
+    assert str(df["rel_ack"].dtype) == "Int64"
+    assert df["rel_ack"].isna().tolist() == [True] + [False] * (len(df) - 1)  # the SYN has no ACK
+    assert df["rel_ack"].iloc[1] == 1 and not isinstance(df["rel_ack"].iloc[1], float)
+    for col in ("frame", "conn", "sport", "dport", "seq", "ack", "rel_seq", "len", "win"):
+        assert pd.api.types.is_integer_dtype(df[col]), col
