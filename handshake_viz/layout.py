@@ -102,7 +102,10 @@ each call (``calls``, ``members``) for a view that unfolds them.  A label sits
 beside its bar's outer edge; texts of a lane that would collide are moved apart
 as little as possible, and a label that no longer touches its bar (or had to
 move out past a bar of an outer column) gets a leader line to it.  A fold is
-joined once per lane, by the first call that reads or writes what it hides.
+joined once per lane, by the first call that reads or writes what it hides, and
+a call that read data which had arrived before it started (from the receive
+buffer) is joined to the first and the last of those segments: the span it
+read, not a fan of lines.  ``CallMember.frames`` still lists every frame.
 
 States
 ======
@@ -1826,7 +1829,10 @@ class _Planner:
                 calls=d.calls, members=members, leader=leader,
             ))
             x_line = xs[d.lifeline]
-            seen: set[float] = set()
+            # data that had arrived before the call started (read from the buffer): joined
+            # to the first and the last of those segments, the span it read, not a fan
+            early = sorted(y for _k, y, _p in d.released if y < d.y0)
+            seen: set[float] = set(early[1:-1])
             for k, y, p in d.caused + d.released:
                 if y in seen:
                     continue
