@@ -1300,14 +1300,14 @@ class _Planner:
         drawn, or both are quick (a bar shorter than a text pitch) and start less than
         a text pitch apart on the diagram as it would be without groups."""
         self._rows_y({})
-        self.units = [((c,), ll) for c, ll in self.visible]
+        self.units: list[tuple[tuple[Call, ...], int]] = [((c,), ll) for c, ll in self.visible]
         self._time_map()
         groups: list[tuple[list[Call], int]] = []
         last_of: dict[tuple[int, int, int, bool], int] = {}
         for c, ll in self.visible:
             key = (ll, c.pid, c.tid, c.inferred)
             j = last_of.get(key)
-            if j is not None and groups[j][1] == ll and self._repeats(groups[j][0], c, ll):
+            if j is not None and self._repeats(groups[j][0], c, ll):
                 groups[j][0].append(c)
                 continue
             last_of[key] = len(groups)

@@ -39,6 +39,7 @@ from handshake_viz import draw  # noqa: E402
 from handshake_viz.draw import render, render_trace, save_figure  # noqa: E402
 from handshake_viz.layout import (  # noqa: E402
     TITLE_CHARS,
+    TimeMode,
     _stack,
     plain,
     plan,
@@ -91,7 +92,7 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("time", ["ordered", "real"])
 @pytest.mark.parametrize("mode", ["http", "resp", "options", "bulk"])
-def test_busy_programs_are_legible(busy: dict[str, Path], mode: str, time: str) -> None:
+def test_busy_programs_are_legible(busy: dict[str, Path], mode: str, time: TimeMode) -> None:
     trace = load(busy[mode])
     assert trace.calls and not any(c.inferred for c in trace.calls)
     layout = plan_trace(trace.connections, calls=trace.calls, time=time)
@@ -212,21 +213,23 @@ def test_real_time_keeps_every_row_inside_the_axes_above_the_legend(path: Path) 
     ax = fig.axes[0]
     FigureCanvasAgg(fig).draw()
     box = ax.get_window_extent()
-    legend = ax.get_legend().get_window_extent()
+    legend = ax.get_legend()
+    assert legend is not None
+    legend_box = legend.get_window_extent()
     to_px = ax.transData.transform
     for r in layout.rows:
         for y in (r.y, r.y_end):
             _x, py = to_px((r.x_to if r.kind != "fold" else r.text_x, y))
             assert box.y0 <= py <= box.y1, f"{path.name}: row {r.index} outside the axes"
-            assert py > legend.y1, f"{path.name}: row {r.index} under the legend"
+            assert py > legend_box.y1, f"{path.name}: row {r.index} under the legend"
     for b in layout.calls:
         assert box.y0 <= to_px((b.x, b.y1))[1] <= box.y1, f"{path.name}: {b.label} cut off"
-    renderer = fig.canvas.get_renderer()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
     notes = [t for t in ax.texts if t.get_text() in {n.text for n in layout.notes}]
     assert len(notes) == len(layout.notes)
     for t in notes:
         bb = t.get_window_extent(renderer)
-        assert bb.y0 > legend.y1 and bb.y0 >= 0, f"{path.name}: footnote {t.get_text()!r} lost"
+        assert bb.y0 > legend_box.y1 and bb.y0 >= 0, f"{path.name}: footnote {t.get_text()!r} lost"
 
 
 # ==========================================================================================
@@ -329,7 +332,7 @@ def _nagle_segments():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("time", ["ordered", "real"])
-def test_the_time_margin_says_a_time_once_and_the_wait_that_matters(time: str) -> None:
+def test_the_time_margin_says_a_time_once_and_the_wait_that_matters(time: TimeMode) -> None:
     segments, summary = _nagle_segments()
     layout = plan(segments, summary, time=time)
     rows = layout.rows
@@ -340,7 +343,7 @@ def test_the_time_margin_says_a_time_once_and_the_wait_that_matters(time: str) -
     if time == "ordered":
         assert gaps == {4: "+14 ms", 6: "+43 ms"}
         r6 = rows[5]
-        assert rows[4].time_y < r6.gap_y < r6.time_y
+        assert r6.gap_y is not None and rows[4].time_y < r6.gap_y < r6.time_y
     else:  # tall stretches get an idle note instead, once
         idle = [n.text for n in layout.idle]
         assert all(f"{gaps[f][1:]} without segments" not in idle for f in gaps)

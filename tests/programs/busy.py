@@ -26,11 +26,7 @@ import threading
 
 
 def _listener(port: int) -> socket.socket:
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", port))
-    srv.listen(8)
-    return srv
+    return socket.create_server(("127.0.0.1", port), backlog=8)  # SO_REUSEADDR, bind, listen
 
 
 def http_mode(port: int) -> int:
