@@ -219,6 +219,7 @@ CALL_CHAR = 0.0210  # one character of a call label
 NOTE_CHAR = 0.0160  # … of a call's note
 STATE_CHAR = 0.0185  # … of a state mark (plus STATE_PAD for its box)
 STATE_PAD = 0.07
+TIME_CHAR = 0.0195  # … of a time in the margin (8 pt monospace)
 NEIGHBOUR_GAP = 0.08  # air between one lifeline's texts and the next lifeline
 MIN_PITCH = 0.8  # two lifelines on the same side are never closer than this
 
@@ -1682,7 +1683,9 @@ class _Planner:
             flows=tuple(cv.number for cv in self.convs if cv.transport == "udp"),
             lifelines=lifelines, lanes=tuple(lanes), rows=tuple(rows), states=tuple(states),
             calls=tuple(bars), connectors=tuple(connectors), notes=notes,
-            idle=tuple(self._idle(main[0])), legend=tuple(legend), xlim=(time_x - 0.3, right_edge),
+            idle=tuple(self._idle(main[0])), legend=tuple(legend),
+            xlim=(time_x - max([0.3] + [(len(t) + 1) * TIME_CHAR for r in rows
+                                        for t in (r.margin_text, r.gap_text)]), right_edge),
             ylim=(lifeline_top - 0.25, bottom), lifeline_top=lifeline_top,
             lifeline_bottom=lifeline_bottom, time_x=time_x,
         )

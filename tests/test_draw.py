@@ -280,19 +280,22 @@ def assert_labels_reach_their_bars(fig: Figure, ax, layout, boxes=None) -> None:
     boxes = boxes if boxes is not None else _boxes(fig, ax)
     at = {(text, (round(float(anchor[0]), 6), round(float(anchor[1]), 6))): bb
           for text, bb, anchor in boxes}
+    from handshake_viz.layout import CALL_LABEL_GAP
+
     bars = _bar_boxes(ax, layout)
     to_px = ax.transData.transform
+    near = abs(to_px((CALL_LABEL_GAP, 0.0))[0] - to_px((0.0, 0.0))[0]) + 3  # px: a label gap
     for b, bar in zip(layout.calls, bars):
         bb = at.get((b.label, (round(b.label_x, 6), round(b.label_y, 6))))
         assert bb is not None, f"label {b.label!r} not drawn where the layout puts it"
         dx, dy = _gap(bb, bar)
-        if dx <= 12 and dy == 0:  # beside its bar, a label gap away
+        if dx <= near and dy == 0:  # beside its bar, a label gap away
             continue
         assert b.leader is not None, f"{b.label!r} neither touches its bar nor points at it"
         (lx0, ly0), (lx1, ly1) = to_px([b.leader[:2], b.leader[2:]])
         assert _gap(Bbox([[lx0, ly0], [lx0, ly0]]), bar) == (0.0, 0.0) or \
             max(_gap(Bbox([[lx0, ly0], [lx0, ly0]]), bar)) <= 1.5, f"{b.label!r}: leader starts off its bar"
-        assert max(_gap(Bbox([[lx1, ly1], [lx1, ly1]]), bb)) <= 12, f"{b.label!r}: leader ends off its label"
+        assert max(_gap(Bbox([[lx1, ly1], [lx1, ly1]]), bb)) <= near, f"{b.label!r}: leader ends off its label"
     leaders = [c for c in ax.collections if isinstance(c, LineCollection) and c.get_zorder() == 3.5]
     drawn = [seg for c in leaders for seg in c.get_segments()]
     assert len(drawn) == sum(b.leader is not None for b in layout.calls)

@@ -354,6 +354,20 @@ def test_the_time_margin_says_a_time_once_and_the_wait_that_matters(time: TimeMo
     assert all(g in drawn for g in gaps.values())
 
 
+def test_a_margin_wide_enough_for_times_years_apart() -> None:
+    # captures merged from several days (Zeek's mixed-vlan-mpls.pcap): 149,873,366,619 ms
+    segments, summary = _nagle_segments()
+    far = [replace(s, ts=s.ts + 5e6 * i) for i, s in enumerate(segments)]
+    layout = plan(far, summary)
+    widest = max(len(r.margin_text) for r in layout.rows)
+    assert widest >= len("20,000,000,000 ms")
+    from handshake_viz.layout import TIME_CHAR
+
+    assert layout.xlim[0] <= layout.time_x - widest * TIME_CHAR
+    fig = render(far, summary)
+    assert_legible(fig, fig.axes[0], layout)
+
+
 # ==========================================================================================
 # The rest of issue 13: replay prints the calls, the DataFrame keeps integers
 # ==========================================================================================
