@@ -53,7 +53,7 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.conn is not None and args.conn < 0:
         raise UsageError(f"--conn {args.conn}: connection numbers start at 0")
     calls_file = _calls_file(args)
-    if calls_file is not None:
+    if calls_file is not None or _kernel_file(args) is not None:
         return _analyze_with_calls(args, calls_file, out, err)
     mode: Mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
     analyze_file(args.file, mode, want=args.conn, jobs=args.jobs, write=out.write,
@@ -68,11 +68,19 @@ def _calls_file(args: argparse.Namespace) -> Path | None:
     return calls_file_for(args.file, args.calls)
 
 
-def _analyze_with_calls(args: argparse.Namespace, calls_file: Path, out: TextIO, err: TextIO) -> int:
-    """`hsviz analyze` with socket calls: each connection's segments and calls in one
-    time-ordered ladder (or JSONL stream), then each UDP flow's.  Alignment needs whole
+def _kernel_file(args: argparse.Namespace) -> Path | None:
+    """FILE.kernel.jsonl beside the capture when it exists (hsviz capture --kernel)."""
+    from handshake_viz.pipeline import kernel_file_for
+
+    return kernel_file_for(args.file)
+
+
+def _analyze_with_calls(args: argparse.Namespace, calls_file: Path | None, out: TextIO, err: TextIO) -> int:
+    """`hsviz analyze` with socket calls or kernel events: each connection's segments and
+    calls in one time-ordered ladder (or JSONL stream), then each UDP flow's, with the
+    kernel's account where it was recorded.  Alignment and the kernel join need whole
     connections, so this path holds the selected connections in memory; without calls
-    analyze streams."""
+    and kernel events analyze streams."""
     from handshake_viz.pipeline import load
 
     trace = load(args.file, calls=calls_file, conn=args.conn, infer=False)
@@ -199,6 +207,11 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
                    help="keep capturing this long after the traced command exits, for the "
                    "last FIN/ACK; also how long the command may take to exit by itself when "
                    "the capture stops first (default: 0.5)")
+    p.add_argument("--kernel", action="store_true",
+                   help="also record the kernel's own account of the port (TCP states, windows, "
+                   "retransmissions, resets, drops and their reasons) through tracefs, into "
+                   "FILE.kernel.jsonl beside the pcap (needs root; without it, says why and "
+                   "captures anyway)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD",
                    help="run CMD [ARGS ...] under strace while capturing (needs strace)")
     p.set_defaults(func=_cmd_capture)
@@ -267,9 +280,73 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if session is not None:
         written += [session.strace_log, session.calls_path]
     try:
-        return _run_capture(args, live, session, view, err, out, written)
+        with _kernel_events(args.port, live.output, err, wanted=args.kernel) as kernel:
+            status = _run_capture(args, live, session, view, err, out, written)
+            if kernel.recorder is not None:
+                written.append(kernel.finish())
+            return status
     finally:
         give_to_sudo_user(p for p in written if p is not None and Path(p).exists())
+
+
+class _kernel_events:
+    """``--kernel`` around a capture: starts recording before the capture is ready (one
+    line and no kernel events when it cannot), writes FILE.kernel.jsonl on ``finish``,
+    and removes the trace instance on every way out.  A SIGTERM before the capture
+    handles signals itself ends the command through the same cleanup."""
+
+    def __init__(self, port: int, pcap: Any, err: TextIO, *, wanted: bool) -> None:
+        self.port, self.pcap, self.err, self.wanted = port, Path(pcap), err, wanted
+        self.recorder: Any = None
+        self._old_term: Any = None
+
+    def __enter__(self) -> _kernel_events:
+        if not self.wanted:
+            return self
+        import signal
+        import threading
+
+        from handshake_viz.errors import KernelEventsUnavailable
+        from handshake_viz.kernelio import KernelRecorder
+
+        if threading.current_thread() is threading.main_thread():
+            self._old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            self.recorder = KernelRecorder(self.port).start()
+        except KernelEventsUnavailable as exc:
+            self.err.write(f"{PROG}: {exc}; capturing without them\n")
+        return self
+
+    def finish(self) -> Path | None:
+        from handshake_viz.errors import KernelEventsUnavailable
+        from handshake_viz.kernel import kernel_path_for
+        from handshake_viz.kernelio import write_kernel_jsonl
+
+        try:
+            log = self.recorder.stop()
+        except KernelEventsUnavailable as exc:
+            self.err.write(f"{PROG}: warning: {exc}\n")
+            return None
+        path = write_kernel_jsonl(log, kernel_path_for(self.pcap))
+        for w in self.recorder.warnings:
+            self.err.write(f"{PROG}: warning: {w}\n")
+        if log.lost:
+            self.err.write(f"{PROG}: warning: the kernel's trace buffer overflowed: {log.lost} events lost; "
+                           f"{path} misses them\n")
+        self.err.write(f"{PROG}: wrote {len(log.events)} kernel events to {path}\n")
+        return path
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self.recorder is not None:
+            self.recorder.close()
+        if self._old_term is not None:
+            signal.signal(signal.SIGTERM, self._old_term)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, err: TextIO,
@@ -498,6 +575,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="where to write the files (default: the current directory)")
     p.add_argument("--shipped", action="store_true",
                    help="do not capture: open the shipped captures/NAME.pcap")
+    p.add_argument("--kernel", action=argparse.BooleanOptionalAction, default=None,
+                   help="record the kernel's own account beside the capture (NAME.kernel.jsonl): "
+                   "on by default when it can be had (root and tracefs)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -529,10 +609,12 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         live = False
     results = []
     for n in names:
-        result = run_scenario(n, args.output_dir, live=live)
+        result = run_scenario(n, args.output_dir, live=live, kernel=args.kernel)
         results.append(result)
+        err.writelines(f"hsviz: {w}\n" for w in result.warnings)
         out.writelines(line + "\n" for line in format_result(result))
-        written = [result.pcap, result.calls_path] + ([result.png] if result.png else [])
+        written = [result.pcap, result.calls_path] + ([result.kernel_path] if result.kernel_path else []) \
+            + ([result.png] if result.png else [])
         if result.live:
             give_to_sudo_user(written)  # `sudo hsviz demo` leaves files the user owns
         verb = "wrote" if result.live else "shipped"

@@ -6,10 +6,13 @@
      ├── InputError                 the user's input cannot be used (exit status 2)
      │    ├── CaptureFileError      a pcap/pcapng file: missing, not a capture, truncated
      │    ├── TraceFileError        a strace log or calls.jsonl that cannot be read
+     │    ├── KernelFileError       a kernel.jsonl (kernel events) that cannot be read
      │    └── UsageError            a value that makes no sense (port 0, a negative row count)
      │         └── NoSuchConnection a connection number the capture does not have
      ├── CaptureError               live capture failed (interface, socket, …)
-     │    └── PermissionDeniedError capturing or tracing needs root / CAP_NET_RAW
+     │    ├── PermissionDeniedError capturing or tracing needs root / CAP_NET_RAW
+     │    └── KernelEventsUnavailable  no root, no tracefs or no tracepoint: the capture
+     │                                 goes on without kernel events (said in one line)
      ├── TraceError                 running or attaching strace failed
      ├── OutputError                a file cannot be written (path, extension)
      └── WorkerError                the child process analysing a capture died
@@ -32,6 +35,8 @@ __all__ = [
     "CaptureFileError",
     "HsvizError",
     "InputError",
+    "KernelEventsUnavailable",
+    "KernelFileError",
     "OutputError",
     "PermissionDeniedError",
     "TraceError",
@@ -60,6 +65,10 @@ class TraceFileError(InputError):
     """A strace log or a calls.jsonl file cannot be used."""
 
 
+class KernelFileError(InputError):
+    """A ``.kernel.jsonl`` file (kernel events beside a capture) cannot be used."""
+
+
 class UsageError(InputError):
     """An option value that cannot work (port out of range, --conn out of range, …)."""
 
@@ -79,6 +88,12 @@ class CaptureError(HsvizError):
 
 class PermissionDeniedError(CaptureError):
     """Capturing or tracing needs privileges this process does not have."""
+
+
+class KernelEventsUnavailable(CaptureError):
+    """Kernel events cannot be recorded here (not root, no tracefs, a tracepoint this
+    kernel lacks).  Never fatal: the capture goes on without them, after one line
+    that says which and why."""
 
 
 class TraceError(HsvizError):

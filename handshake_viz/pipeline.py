@@ -4,13 +4,16 @@
 
     frames --decode--> Packet / UdpPacket --track / flows--> Segment / Datagram --+
     strace log, calls.jsonl --trace--> Call --------align (else infer)-------------+--> Trace
+    X.kernel.jsonl --kernel--> kernel events ------kerneljoin (addresses, ports)-----+
 
 Every view reads what this module makes: the text ladder and JSONL (``report``,
 ``analyze``), the diagram (``layout`` then ``draw``), the notebook (``api``), the
 annotated pcapng (``export``), the demo and the traced capture (``session``).  No
 other module chains decode, track and align, and only here is it decided which
 calls a connection shows: the traced ones when a call log has any for it, else
-calls inferred from its segments (marked ``inferred``), never a mixture.
+calls inferred from its segments (marked ``inferred``), never a mixture.  Kernel
+events (``X.kernel.jsonl`` beside ``X.pcap``, written by ``hsviz capture --kernel``)
+are joined here too: ``Trace.kernel`` and each ``Connection.kernel``.
 
 * :func:`load` -- a capture file (and the call log beside it) as a whole Trace;
 * :func:`stream` -- a capture file decoded and tracked record by record, for
@@ -44,6 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from handshake_viz.decode import CaptureReader
     from handshake_viz.flows import FlowTracker
+    from handshake_viz.kernel import KernelLog
+    from handshake_viz.kerneljoin import KernelConnection, KernelView
     from handshake_viz.track import Tracker
 
 __all__ = [
@@ -52,6 +57,7 @@ __all__ = [
     "LiveTracking",
     "Trace",
     "calls_file_for",
+    "kernel_file_for",
     "load",
     "stream",
     "trace_of_segments",
@@ -76,6 +82,7 @@ class Connection:
     summary: ConnectionSummary
     segments: tuple[Segment, ...]
     calls: tuple[Call, ...] = ()
+    kernel: KernelConnection | None = None  # the kernel's account, when X.kernel.jsonl was there
 
     @property
     def conn(self) -> int:
@@ -175,8 +182,9 @@ class Flow:
 @dataclass(frozen=True)
 class Trace:
     """A whole capture: its TCP connections, UDP flows, every socket call (those on no
-    connection too: a listening socket's bind and listen, a failed bind), and what
-    decoding noticed."""
+    connection too: a listening socket's bind and listen, a failed bind), what
+    decoding noticed, and the kernel's account when it was recorded (``kernel``:
+    listeners' accept queues, every drop, the log's clock and loss counts)."""
 
     path: Path | None
     connections: tuple[Connection, ...]
@@ -185,6 +193,7 @@ class Trace:
     warnings: tuple[str, ...] = field(default=())
     calls_path: Path | None = None
     records: int = 0  # packet records in the capture (TCP, UDP or neither)
+    kernel: KernelView | None = None
 
     def connection(self, conn: int) -> Connection:
         """Connection number ``conn`` (UsageError naming the range when there is none)."""
@@ -251,6 +260,23 @@ def calls_file_for(capture: str | Path, calls: str | Path | None = None) -> Path
     return beside if beside.is_file() else None
 
 
+def kernel_file_for(capture: str | Path, kernel: str | Path | None = None) -> Path | None:
+    """The kernel events to use: ``kernel`` when given (it must exist), else
+    ``X.kernel.jsonl`` beside capture ``X.pcap`` when it exists, else None."""
+    from handshake_viz.errors import KernelFileError
+    from handshake_viz.kernel import kernel_path_for
+
+    if kernel is not None:
+        path = Path(kernel)
+        if not path.is_file():
+            raise KernelFileError(f"{path}: no such file")
+        return path
+    if str(capture) == "-":
+        return None
+    beside = kernel_path_for(capture)
+    return beside if beside.is_file() else None
+
+
 def _read_calls(path: Path | None) -> list[Call]:
     if path is None:
         return []
@@ -271,10 +297,12 @@ def trace_of_segments(
     warnings: Sequence[str] = (),
     calls_path: Path | None = None,
     records: int = 0,
+    kernel: KernelLog | None = None,
 ) -> Trace:
     """The Trace of tracked segments (and datagrams) and traced calls: the calls are
     aligned with the segments, and each connection gets its own traced calls when it
-    has any, else (``infer``) calls inferred from its segments.
+    has any, else (``infer``) calls inferred from its segments.  With ``kernel`` (the
+    events of an ``X.kernel.jsonl``) every connection gets the kernel's account.
 
     ``summaries`` name the connections to keep (others' segments are ignored), in order.
     """
@@ -306,8 +334,28 @@ def trace_of_segments(
     for f in flows:
         dgrams = tuple(by_flow[f.flow])
         flow_records.append(Flow(f, dgrams, tuple(align.calls_for_flow(f, dgrams, aligned))))
+    view = None
+    if kernel is not None:
+        from dataclasses import replace
+
+        from handshake_viz.kerneljoin import join
+
+        view = join(kernel, [(c.summary, c.segments) for c in connections], aligned, path=kernel.path)
+        connections = [replace(c, kernel=view.connection(c.conn)) for c in connections]
+        warnings = list(warnings) + _kernel_warnings(kernel)
     return Trace(path, tuple(connections), tuple(flow_records), tuple(aligned), tuple(warnings),
-                 calls_path, records)
+                 calls_path, records, view)
+
+
+def _kernel_warnings(log: KernelLog) -> list[str]:
+    """What a kernel log's reader must be told: lost events are never silent."""
+    out = []
+    if log.lost:
+        out.append(f"{log.path}: the kernel's trace buffer overflowed: {log.lost} events lost "
+                   "(the kernel's account has gaps)")
+    if log.sync is None:
+        out.append(f"{log.path}: no clock calibration: kernel times are not on the capture's clock")
+    return out
 
 
 # ======================================================================================
@@ -322,11 +370,14 @@ def load(
     conn: int | Iterable[int] | None = None,
     infer: bool = True,
     udp: bool = True,
+    kernel: str | Path | KernelLog | bool | None = None,
 ) -> Trace:
     """Decode, track and align a capture file into a :class:`Trace`.
 
     ``calls``: an strace log or a ``.calls.jsonl`` (or the Call records themselves);
-    by default ``FILE.calls.jsonl`` beside the capture when it exists.  ``conn`` keeps only those connections'
+    by default ``FILE.calls.jsonl`` beside the capture when it exists.  ``kernel``:
+    an ``X.kernel.jsonl`` (or its KernelLog); by default the one beside the capture
+    when it exists; False: none.  ``conn`` keeps only those connections'
     segments in memory (the rest are still tracked, for numbering).  Connections
     without traced calls get calls inferred from their segments (``infer=False``
     leaves them without).  ``udp`` keeps UDP datagrams as flows.  A capture with
@@ -364,7 +415,21 @@ def load(
         summaries = [s for s in summaries if s.conn in wanted]
     traced = list(calls) if given else _read_calls(calls_path)  # type: ignore[arg-type]
     return trace_of_segments(path, summaries, segments, traced, flows=flows, datagrams=datagrams,
-                             infer=infer, warnings=warnings, calls_path=calls_path, records=records)
+                             infer=infer, warnings=warnings, calls_path=calls_path, records=records,
+                             kernel=_kernel_log(path, kernel))
+
+
+def _kernel_log(capture: Path, kernel: str | Path | KernelLog | bool | None) -> KernelLog | None:
+    if kernel is False:
+        return None
+    if kernel is not None and kernel is not True and not isinstance(kernel, (str, Path)):
+        return kernel
+    found = kernel_file_for(capture, kernel if isinstance(kernel, (str, Path)) else None)
+    if found is None:
+        return None
+    from handshake_viz.kernel import read_kernel_jsonl
+
+    return read_kernel_jsonl(found)
 
 
 def _wanted(conn: int | Iterable[int] | None) -> set[int] | None:
