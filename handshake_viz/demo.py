@@ -30,10 +30,11 @@ from handshake_viz.errors import CaptureError, CaptureFileError, UsageError, os_
 from handshake_viz.model import Call, CallKind, ConnectionSummary, Datagram, Segment
 from handshake_viz.pipeline import Trace
 from handshake_viz.recorder import SOCKET_TIMEOUT, Recorder
-from handshake_viz.scenarios import BACKLOG_ACCEPT_DELAY, DEFAULT_SCENARIO, SCENARIOS, Scenario
+from handshake_viz.scenarios import BACKLOG_ACCEPT_DELAY, BACKLOG_CLIENTS, DEFAULT_SCENARIO, SCENARIOS, Scenario
 
 __all__ = [
     "BACKLOG_ACCEPT_DELAY",
+    "BACKLOG_CLIENTS",
     "DEFAULT_SCENARIO",
     "EXPECTED_LABELS_FILE",
     "SCENARIOS",
