@@ -8,6 +8,9 @@ capture's ``.calls.jsonl`` (or ``--calls``); a connection without traced calls g
 the calls inferred from its segments, marked ``(inferred)`` -- never a mixture,
 exactly as the diagram shows them (``--traced-only`` leaves inferred calls out).
 
+With kernel events beside the capture (``X.kernel.jsonl``) a frame the kernel dropped,
+a RST it sent, or a retransmission also says so (``kernel dropped it: NO_SOCKET``).
+
 The copy is lossless: every record of the input is written, in order, with its
 original bytes -- link layer, non-TCP frames, cut frames and all -- so frame
 numbers stay the same and the comments point at the right packets.
@@ -38,12 +41,14 @@ from handshake_viz.model import Call, CallKind, ConnectionSummary, Direction, Se
 from handshake_viz.pcapio import CopyResult, copy_to_pcapng
 
 if TYPE_CHECKING:  # pragma: no cover
+    from handshake_viz import pipeline
     from handshake_viz.pipeline import Flow
 
 __all__ = [
     "call_comments",
     "default_output",
     "export_capture",
+    "kernel_comments",
 ]
 
 
@@ -127,6 +132,27 @@ def call_comments(segments: Iterable[Segment], summaries: Sequence[ConnectionSum
     return {f: [t for *_, t in sorted(v, key=lambda x: (x[0], x[1]))] for f, v in out.items()}
 
 
+def kernel_comments(trace: pipeline.Trace) -> dict[int, list[str]]:
+    """Frame number -> what the kernel said about it (with ``X.kernel.jsonl``): a drop
+    and its reason, the reason for a RST it sent, a retransmission."""
+    out: dict[int, list[str]] = {}
+    for conn in trace.connections:
+        if conn.kernel is None:
+            continue
+        for k in conn.kernel.segments:
+            notes = []
+            if k.drop is not None:
+                derived = " (derived: accept queue full)" if k.drop.source.value == "accept-queue" else ""
+                notes.append(f"kernel dropped it: {k.drop.reason}{derived}")
+            if k.reset_reason:
+                notes.append(f"kernel sent this RST: {k.reset_reason}")
+            if k.retransmit:
+                notes.append("kernel: retransmission")
+            if notes:
+                out[k.frame] = notes
+    return out
+
+
 # ======================================================================================
 # The whole export, and the CLI subcommand
 # ======================================================================================
@@ -166,6 +192,8 @@ def export_capture(src: str | os.PathLike[str], dest: str | os.PathLike[str] | N
     segments = [s for c in trace.connections for s in c.segments]
     shown = [c for conn in trace.connections for c in conn.calls]
     comments = call_comments(segments, [c.summary for c in trace.connections], shown, datagrams=trace.flows)
+    for frame, notes in kernel_comments(trace).items():
+        comments.setdefault(frame, []).extend(notes)
     result = copy_to_pcapng(src, dest_path, comments)
     result.warnings[:0] = [w for w in trace.warnings if w not in result.warnings]
     shown += [c for flow in trace.flows for c in flow.calls if c.frames]

@@ -455,13 +455,13 @@ def _listening_at(listener: Sequence[StateChange], ts: float,
                   child: Sequence[StateChange]) -> tuple[bool, float | None]:
     """Whether the listener was in LISTEN at ``ts``, and since when (None: since before
     the recording began).  The child's first change (from LISTEN) proves a listener."""
-    before = [c for c in listener if c.ts <= ts + TOLERANCE]
+    if child and child[0].old is LinuxState.LISTEN:
+        since = [c.ts for c in listener if c.new is LinuxState.LISTEN and c.ts <= child[0].ts]
+        return True, since[-1] if since else None
+    before = [c for c in listener if c.ts <= ts]
     if before:
-        last = before[-1]
-        return last.new is LinuxState.LISTEN, last.ts
-    after = [c for c in listener if c.ts > ts]
-    proof = (after and after[0].old is LinuxState.LISTEN) or any(c.old is LinuxState.LISTEN for c in child)
-    return bool(proof), None
+        return before[-1].new is LinuxState.LISTEN, before[-1].ts
+    return bool(listener) and listener[0].old is LinuxState.LISTEN, None
 
 
 def _inferred_steps(side: Side, segs: Sequence[Segment]) -> list[tuple[int, float, TcpState]]:

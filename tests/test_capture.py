@@ -934,8 +934,11 @@ def netns() -> Iterator[str]:
 
 @pytest.mark.live
 @pytest.mark.slow
-def test_burst_of_2000_connections_captured_completely(live: None, netns: str, tmp_path: Path) -> None:
-    """About 20,000 segments in well under a second: hsviz records every one, once.
+@pytest.mark.parametrize("kernel", [False, True], ids=["packets", "with-kernel-events"])
+def test_burst_of_2000_connections_captured_completely(live: None, netns: str, tmp_path: Path,
+                                                       kernel: bool) -> None:
+    """About 20,000 segments in well under a second: hsviz records every one, once
+    (also while recording the kernel's events for the port, ``--kernel``).
 
     The reference is the kernel's own count of the segments it sent (the burst runs
     alone in a network namespace), not another capturer: tcpdump stops at SIGINT
@@ -955,7 +958,7 @@ def test_burst_of_2000_connections_captured_completely(live: None, netns: str, t
     # -B: a 64 MiB buffer, as hsviz's, so that tcpdump is a fair second opinion on a busy machine
     td = subprocess.Popen([*inside, "tcpdump", "-i", "lo", "-U", "-B", "65536", "-w", "td.pcap", "tcp", "port",
                            port], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(td_err, "w"))
-    cli = _Cli(["--port", port, "-o", "hs.pcap"], tmp_path, prefix=inside)
+    cli = _Cli(["--port", port, "-o", "hs.pcap", *(["--kernel"] if kernel else [])], tmp_path, prefix=inside)
     hs_pcap, td_pcap = tmp_path / "hs.pcap", tmp_path / "td.pcap"
     try:
         cli.wait_ready()
@@ -987,6 +990,14 @@ def test_burst_of_2000_connections_captured_completely(live: None, netns: str, t
     assert len(ours) == sent, f"hsviz recorded {len(ours)} of the {sent} segments the kernel sent"
     assert max(collections.Counter(ours).values()) == 1  # TCP timestamps make each frame unique
     assert len(_ladder_lines(cli.out)) == len(ours)
+    if kernel:
+        from handshake_viz.kernel import StateChange, read_kernel_jsonl
+
+        assert not any("kernel events need" in line for line in cli.err), "".join(cli.err)
+        log = read_kernel_jsonl(tmp_path / "hs.kernel.jsonl")
+        assert log.lost == 0, f"the kernel's ring buffer lost {log.lost} events"
+        # every connection's client and server sockets changed state several times
+        assert sum(isinstance(e, StateChange) for e in log.events) >= 8 * n
     theirs = [r[4] for r in _raw_records(td_pcap)]
     if len(theirs) == sent:
         assert collections.Counter(ours) == collections.Counter(theirs)
