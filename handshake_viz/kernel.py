@@ -41,12 +41,16 @@ Facts the join relies on, each measured here:
   derives that drop from the queue instead (:mod:`handshake_viz.kerneljoin`).
 * Times are those of the instance's trace clock (``mono``, CLOCK_MONOTONIC);
   :class:`ClockSync` maps them onto the capture's wall clock from markers written
-  into the trace between two reads of the wall clock (:func:`calibrate`).
+  into the trace between two reads of the wall clock (:func:`calibrate`): the
+  markers are read first (:func:`find_markers`), then the events are parsed with
+  the offset applied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
 import ipaddress
 import json
 import math
@@ -80,7 +84,7 @@ __all__ = [
     "calibrate",
     "kernel_jsonl_lines",
     "kernel_path_for",
-    "on_capture_clock",
+    "find_markers",
     "parse_kernel_jsonl",
     "parse_trace_line",
     "parse_trace_text",
@@ -344,10 +348,19 @@ def _int(fields: Mapping[str, str], key: str, base: int = 10) -> int:
 
 
 def _ip(text: str) -> str:
+    """The one spelling of an address (``normalize_ip``); a trace names few, many times."""
+    ip = _address(text)
+    if ip is None:
+        raise _LineError(f"{text[:60]!r} is not an address")
+    return ip
+
+
+@functools.lru_cache(maxsize=1024)
+def _address(text: str) -> str | None:
     try:
-        return str(ipaddress.ip_address(text.strip("[]")))
+        return normalize_ip(str(ipaddress.ip_address(text.strip("[]"))))
     except ValueError:
-        raise _LineError(f"{text[:60]!r} is not an address") from None
+        return None
 
 
 def _family_endpoints(f: Mapping[str, str]) -> tuple[Endpoint, Endpoint]:
@@ -357,8 +370,7 @@ def _family_endpoints(f: Mapping[str, str]) -> tuple[Endpoint, Endpoint]:
         src, dst = (f["saddrv6"], f["daddrv6"]) if v6 else (f["saddr"], f["daddr"])
     except KeyError:
         raise _LineError("no saddr/daddr") from None
-    return (Endpoint(normalize_ip(_ip(src)), _int(f, "sport")),
-            Endpoint(normalize_ip(_ip(dst)), _int(f, "dport")))
+    return Endpoint(_ip(src), _int(f, "sport")), Endpoint(_ip(dst), _int(f, "dport"))
 
 
 def _sockaddr(text: str | None, key: str) -> Endpoint:
@@ -367,7 +379,7 @@ def _sockaddr(text: str | None, key: str) -> Endpoint:
         raise _LineError(f"no {key}")
     host, _, port = text.rpartition(":")
     try:
-        return Endpoint(normalize_ip(_ip(host)), int(port))
+        return Endpoint(_ip(host), int(port))
     except ValueError:
         raise _LineError(f"{key}={text[:60]!r} is not ADDRESS:PORT") from None
 
@@ -376,9 +388,10 @@ def _fields(body: str) -> dict[str, str]:
     return {k: v for k, v in _FIELD.findall(body)}
 
 
-def parse_trace_line(line: str) -> KernelEvent | Marker | None:
+def parse_trace_line(line: str, offset: float = 0.0) -> KernelEvent | Marker | None:
     """One line of tracefs text as a record; None for a comment, a blank line or an
-    event of another kind.  Raises ValueError naming what is wrong."""
+    event of another kind.  ``offset`` is added to the trace clock's time (a marker's
+    time stays the trace clock's).  Raises ValueError naming what is wrong."""
     text = line.rstrip("\n")
     if not text.strip() or text.lstrip().startswith("#"):
         return None
@@ -391,6 +404,7 @@ def parse_trace_line(line: str) -> KernelEvent | Marker | None:
     ts, cpu, event, body = float(m["ts"]), int(m["cpu"]), m["event"], m["body"]
     if event == "tracing_mark_write":
         return Marker(ts, cpu, body.strip())
+    ts += offset
     f = _fields(body)
     if event == "inet_sock_set_state":
         if f.get("protocol") not in (None, "IPPROTO_TCP"):
@@ -429,10 +443,25 @@ def _null_ptr(text: str) -> str:
     return "" if not text.strip("0x") else text
 
 
-def parse_trace_text(lines: Iterable[str], *, max_problems: int = 20) -> TraceParse:
+def find_markers(lines: Iterable[str]) -> list[Marker]:
+    """Only the markers of tracefs text (a first, quick pass: the clock offset they give
+    is then applied as the events are parsed)."""
+    out = []
+    for line in lines:
+        if "tracing_mark_write" in line and line.endswith("\n"):
+            with contextlib.suppress(ValueError):
+                rec = parse_trace_line(line)
+                if isinstance(rec, Marker):
+                    out.append(rec)
+    return out
+
+
+def parse_trace_text(lines: Iterable[str], *, offset: float = 0.0, max_problems: int = 20) -> TraceParse:
     """Read tracefs text (``trace_pipe`` or ``trace``), one line per item, each with its
     newline.  A last line without a newline was cut off mid-write: it is counted in
-    ``truncated`` and not used.  Lines not understood are counted, never fatal."""
+    ``truncated`` and not used.  Lines not understood are counted, never fatal.
+    ``offset`` moves the events' times (not the markers') onto another clock:
+    ``ClockSync.offset`` for the capture's."""
     events: list[KernelEvent] = []
     markers: list[Marker] = []
     problems: list[str] = []
@@ -444,7 +473,7 @@ def parse_trace_text(lines: Iterable[str], *, max_problems: int = 20) -> TracePa
             truncated = bool(line.strip())
             break
         try:
-            rec = parse_trace_line(line)
+            rec = parse_trace_line(line, offset)
         except ValueError as exc:
             unparsed += 1
             if len(problems) < max_problems:
@@ -606,12 +635,6 @@ def calibrate(markers: Sequence[Marker], brackets: Mapping[int, tuple[int, int]]
     if len(best) < 2:
         return ClockSync(clock, start[1], start[0])
     return ClockSync(clock, start[1], start[0], best[True][1] - best[False][1], best[True][0])
-
-
-def on_capture_clock(events: Iterable[KernelEvent], sync: ClockSync) -> tuple[KernelEvent, ...]:
-    """The events with ``ts`` moved onto the capture's clock."""
-    off = sync.offset
-    return tuple(e if e.ts is None else replace(e, ts=e.ts + off) for e in events)  # type: ignore[arg-type,operator]
 
 
 # ======================================================================================

@@ -62,8 +62,8 @@ from handshake_viz.kernel import (
     SYNC_MARKER,
     KernelLog,
     calibrate,
+    find_markers,
     kernel_jsonl_lines,
-    on_capture_clock,
     parse_trace_text,
     resolve,
 )
@@ -84,7 +84,9 @@ BUFFER_KB = 4096
 _PREFIX = "hsviz-"
 _MOUNT_PREFIX = "hsviz-tracefs-"
 _CLOCK = "mono"
-_MARKERS = 5  # clock markers at each end; the narrowest bracket is used
+_MARKERS = 5  # narrow clock markers wanted at each end; the narrowest bracket is used
+_NARROW_NS = 5_000  # a bracket this narrow (ns) counts
+_MARKER_TRIES = 50
 #: Drop reasons left out in the kernel: routine frees, not a packet refused.
 _ROUTINE_DROPS = ("NOT_SPECIFIED", "QUEUE_PURGE")
 _ETH_P_IP, _ETH_P_IPV6 = 0x0800, 0x86DD
@@ -211,6 +213,8 @@ class KernelRecorder:
         self._raw: IO[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._wake_r: int | None = None  # a pipe that wakes the reader at once when stopping
+        self._wake_w: int | None = None
         self._reader_error: list[BaseException] = []
         self._brackets: dict[int, tuple[int, int]] = {}
         self._next_marker = 0
@@ -263,12 +267,13 @@ class KernelRecorder:
             self._write(f"{path}/enable", "1")
         self.recorded = tuple(have)
         self._raw = tempfile.TemporaryFile(prefix="hsviz-kernel-")
+        self._wake_r, self._wake_w = os.pipe()
         self._pipe = os.open(self.instance / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
         self._marker = os.open(self.instance / "trace_marker", os.O_WRONLY)
         self._write("tracing_on", "1")
         self._reader = threading.Thread(target=self._read_loop, name="hsviz-kernel", daemon=True)
         self._reader.start()
-        self._mark(_MARKERS)
+        self._mark()
         self._split = self._next_marker
 
     def _filter(self, event: str) -> str:
@@ -298,22 +303,29 @@ class KernelRecorder:
             raise KernelEventsUnavailable(f"{UNAVAILABLE}: cannot set {rel} to {value!r}: "
                                           f"{exc.strerror or exc}") from None
 
-    def _mark(self, count: int) -> None:
-        """Clock markers, each between two reads of the wall clock."""
+    def _mark(self) -> None:
+        """Clock markers, each between two reads of the wall clock, until a few had
+        narrow brackets (another thread taking the GIL between the reads widens one)."""
         assert self._marker is not None
-        for _ in range(count):
+        narrow = 0
+        for _ in range(_MARKER_TRIES):
             n = self._next_marker
             self._next_marker += 1
             text = f"{SYNC_MARKER} {n}".encode()
             before = time.time_ns()
             os.write(self._marker, text)
-            self._brackets[n] = (before, time.time_ns())
+            after = time.time_ns()
+            self._brackets[n] = (before, after)
+            narrow += after - before <= _NARROW_NS
+            if narrow >= _MARKERS:
+                break
 
     def _read_loop(self) -> None:
         """Copy trace_pipe to the temporary file until stopped and drained."""
-        assert self._pipe is not None and self._raw is not None
+        assert self._pipe is not None and self._raw is not None and self._wake_r is not None
         poller = select.poll()
         poller.register(self._pipe, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         try:
             while True:
                 stopping = self._stopping.is_set()
@@ -326,7 +338,7 @@ class KernelRecorder:
                     continue
                 if stopping:
                     return
-                poller.poll(100)
+                poller.poll(1000)
         except BaseException as exc:  # noqa: BLE001 - reported by stop()
             self._reader_error.append(exc)
 
@@ -336,23 +348,18 @@ class KernelRecorder:
         """Stop recording and return the port's events on the wall clock (the instance
         stays until :meth:`close`)."""
         assert self.instance is not None and self._raw is not None
-        self._mark(_MARKERS)
+        self._mark()
         self._write("tracing_on", "0")
-        self._stopping.set()
+        self._wake()
         if self._reader is not None:
             self._reader.join()
         if self._reader_error:
             raise KernelEventsUnavailable(f"kernel events: reading the trace failed: {self._reader_error[0]}")
         overrun = self._overruns()
-        self._raw.seek(0)
-        import io
-
-        text = io.TextIOWrapper(self._raw, encoding="utf-8", errors="replace", newline="\n")
-        parsed = parse_trace_text(text)
-        text.detach()
-        sync = calibrate(parsed.markers, self._brackets, _CLOCK, split=self._split)
+        sync = calibrate(find_markers(self._text()), self._brackets, _CLOCK, split=self._split)
+        parsed = parse_trace_text(self._text(), offset=sync.offset if sync is not None else 0.0)
         resolved = resolve(parsed.events, self.port)
-        events = on_capture_clock(resolved.events, sync) if sync is not None else resolved.events
+        events = resolved.events
         if sync is None:
             self.warnings.append("kernel events: no clock markers came back: times are the trace clock's")
         if parsed.unparsed:
@@ -361,6 +368,20 @@ class KernelRecorder:
         return KernelLog(port=self.port, sync=sync, events=events, lost=max(overrun, parsed.lost),
                          recorded=self.recorded, missing=self.missing,
                          unattributed_drops=resolved.unattributed_drops)
+
+    def _text(self) -> Iterator[str]:
+        """The recorded text, line by line, from the start."""
+        assert self._raw is not None
+        self._raw.seek(0)
+        for line in self._raw:
+            yield line.decode("utf-8", "replace")
+
+    def _wake(self) -> None:
+        """Tell the reader to drain what is left and stop."""
+        self._stopping.set()
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
 
     def _overruns(self) -> int:
         """Events the ring buffer lost: per-CPU ``overrun`` plus ``dropped events``."""
@@ -386,18 +407,18 @@ class KernelRecorder:
         in_main = threading.current_thread() is threading.main_thread()
         old = signal.pthread_sigmask(signal.SIG_BLOCK, held) if in_main else None
         try:
-            self._stopping.set()
+            self._wake()
             if self.instance is not None:
                 with contextlib.suppress(OSError):
                     with open(self.instance / "tracing_on", "w") as fh:
                         fh.write("0")
             if self._reader is not None and self._reader.is_alive():
                 self._reader.join(2.0)
-            for fd in (self._pipe, self._marker):
+            for fd in (self._pipe, self._marker, self._wake_r, self._wake_w):
                 if fd is not None:
                     with contextlib.suppress(OSError):
                         os.close(fd)
-            self._pipe = self._marker = None
+            self._pipe = self._marker = self._wake_r = self._wake_w = None
             if self._raw is not None:
                 self._raw.close()
             if self.instance is not None:

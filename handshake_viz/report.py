@@ -491,7 +491,7 @@ def kernel_lines(view: KernelView) -> Iterator[str]:
     clock = (f"clock offset known to ±{log.sync.uncertainty * 1e6:.1f} µs" if log.sync is not None
              else "clock not calibrated")
     other = f", {log.unattributed_drops} drops elsewhere" if log.unattributed_drops else ""
-    yield (f"kernel events: {len(log.events)} ({', '.join(log.recorded) or 'none'}), {log.lost} lost, "
+    yield (f"kernel events: {len(log.events)} from {len(log.recorded)} tracepoints, {log.lost} lost, "
            f"{clock}{other}")
     if log.missing:
         yield f"kernel events not recorded (this kernel lacks them): {', '.join(log.missing)}"

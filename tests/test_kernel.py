@@ -29,8 +29,8 @@ from handshake_viz.kernel import (
     StateChange,
     calibrate,
     event_json,
+    find_markers,
     kernel_jsonl_lines,
-    on_capture_clock,
     parse_kernel_jsonl,
     parse_trace_line,
     parse_trace_text,
@@ -127,11 +127,11 @@ def test_kernel_jsonl_is_the_trace_resolved_and_mapped(name: str) -> None:
     written = read_kernel_jsonl(DATA / f"{name}.kernel.jsonl")
     sync_file = json.loads((DATA / f"{name}.sync.json").read_text())
     brackets = {int(k): tuple(v) for k, v in sync_file["brackets"].items()}
-    parsed = parse_trace_text(_lines(f"{name}.trace"))
-    sync = calibrate(parsed.markers, brackets, split=sync_file["split"])  # type: ignore[arg-type]
+    sync = calibrate(find_markers(_lines(f"{name}.trace")), brackets, split=sync_file["split"])  # type: ignore[arg-type]
     assert sync == written.sync
     assert sync is not None and sync.uncertainty < 50e-6 and not sync.stepped
-    events = on_capture_clock(resolve(parsed.events, written.port).events, sync)
+    parsed = parse_trace_text(_lines(f"{name}.trace"), offset=sync.offset)
+    events = resolve(parsed.events, written.port).events
     assert [event_json(e) for e in events] == [event_json(e) for e in written.events]
 
 

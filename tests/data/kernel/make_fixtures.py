@@ -68,7 +68,7 @@ def lost() -> None:
     rec = KernelRecorder(port, buffer_kb=4)
     rec.start()
     # Stop the reader: the ring must overflow before anyone reads it.
-    rec._stopping.set()
+    rec._wake()
     assert rec._reader is not None
     rec._reader.join()
 
