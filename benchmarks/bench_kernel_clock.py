@@ -3,7 +3,8 @@
 
     sudo python benchmarks/bench_kernel_clock.py [--connections 500]
 
-Captures ``--connections`` short loopback connections (ping, pong, close) with
+Captures ``--connections`` short loopback connections (``tests/programs/burst.py``: ping,
+pong, close) with
 ``hsviz.capture(..., kernel=True)`` and compares, on the capture's clock:
 
 * each probe (``tcp_probe``, taken as a segment is processed on arrival) with the
@@ -21,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,24 +34,8 @@ import handshake_viz as hv  # noqa: E402
 from handshake_viz.kernel import LinuxState  # noqa: E402
 from handshake_viz.model import Flag  # noqa: E402
 
-
-def burst(port: int, n: int, srv: socket.socket) -> None:
-    def serve() -> None:
-        for _ in range(n):
-            c, _ = srv.accept()
-            c.recv(100)
-            c.sendall(b"pong" * 8)
-            c.recv(100)
-            c.close()
-
-    t = threading.Thread(target=serve)
-    t.start()
-    for _ in range(n):
-        c = socket.create_connection(("127.0.0.1", port))
-        c.sendall(b"ping" * 8)
-        c.recv(100)
-        c.close()
-    t.join()
+# The burst (shared with the tests): prints the port, waits for a line, runs.
+GENERATOR = Path(__file__).resolve().parents[1] / "tests" / "programs" / "burst.py"
 
 
 def show(name: str, values_us: list[float]) -> None:
@@ -69,15 +53,22 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root to capture and to record kernel events", file=sys.stderr)
         return 2
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(512)
-    port = srv.getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="hsviz-clock-") as tmp:
-        runner = threading.Thread(target=burst, args=(port, args.connections, srv))
-        trace = hv.capture(port, connections=args.connections, timeout=120, kernel=True,
-                           output=Path(tmp) / "c.pcap", on_ready=runner.start)
-        runner.join()
+    gen = subprocess.Popen([sys.executable, str(GENERATOR), str(args.connections)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True)
+    assert gen.stdin is not None and gen.stdout is not None
+    port = int(gen.stdout.readline())
+
+    def go() -> None:
+        gen.stdin.write("go\n")  # type: ignore[union-attr]
+        gen.stdin.flush()  # type: ignore[union-attr]
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="hsviz-clock-") as tmp:
+            trace = hv.capture(port, connections=args.connections, timeout=120, kernel=True,
+                               output=Path(tmp) / "c.pcap", on_ready=go)
+    finally:
+        gen.kill()
+        gen.wait()
     assert trace.kernel is not None
     probe, synack, fin = [], [], []
     for conn in trace.connections:

@@ -211,7 +211,8 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
                    help="also record the kernel's own account of the port (TCP states, windows, "
                    "retransmissions, resets, drops and their reasons) through tracefs, into "
                    "FILE.kernel.jsonl beside the pcap (needs root; without it, says why and "
-                   "captures anyway)")
+                   "captures anyway). A FILE.kernel.jsonl left by an earlier capture to the same "
+                   "FILE is removed either way: it described the capture this one replaces")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD",
                    help="run CMD [ARGS ...] under strace while capturing (needs strace)")
     p.set_defaults(func=_cmd_capture)
@@ -281,10 +282,7 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         written += [session.strace_log, session.calls_path]
     try:
         with _kernel_events(args.port, live.output, err, wanted=args.kernel) as kernel:
-            status = _run_capture(args, live, session, view, err, out, written)
-            if kernel.recorder is not None:
-                written.append(kernel.finish())
-            return status
+            return _run_capture(args, live, session, view, err, out, written, kernel)
     finally:
         give_to_sudo_user(p for p in written if p is not None and Path(p).exists())
 
@@ -301,6 +299,9 @@ class _kernel_events:
         self._old_term: Any = None
 
     def __enter__(self) -> _kernel_events:
+        from handshake_viz.kernelio import remove_stale
+
+        remove_stale(self.pcap)
         if not self.wanted:
             return self
         import signal
@@ -350,7 +351,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, err: TextIO,
-                 out: TextIO, written: list[Any]) -> int:
+                 out: TextIO, written: list[Any], kernel: _kernel_events) -> int:
     try:
         outcome = session.run() if session is not None else None
         result = outcome.capture if outcome is not None else live.run()
@@ -378,6 +379,8 @@ def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, e
         n = len(outcome.calls)
         err.write(f"{PROG}: wrote {n} socket call{'s' if n != 1 else ''} to {outcome.calls_path} "
                   f"(strace log: {outcome.strace_log})\n")
+    if kernel.recorder is not None:
+        written.append(kernel.finish())
     if args.plot:
         if summaries or view.tracking.flows.flow_count:
             drawn = _plot_capture(result.output)

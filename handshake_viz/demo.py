@@ -186,9 +186,10 @@ def run_scenario(name: str, out_dir: str | os.PathLike[str] = ".", *, live: bool
     recorders: list[Any] = []
     warnings: list[str] = []
     from handshake_viz.kernel import kernel_path_for
+    from handshake_viz.kernelio import remove_stale
 
     kernel_path = kernel_path_for(pcap)
-    _remove_stale(kernel_path)
+    remove_stale(pcap)
 
     def start_capture(port: int) -> None:
         if kernel is not False and lesson.transport == "tcp":
@@ -218,16 +219,6 @@ def run_scenario(name: str, out_dir: str | os.PathLike[str] = ".", *, live: bool
     result = _result(lesson, True, pcap, calls_path, calls, notes, out / f"{name}.png" if draw else None,
                      kernel=written if written is not None else False)
     return replace(result, kernel_path=written, warnings=tuple(warnings))
-
-
-def _remove_stale(path: Path) -> None:
-    """A NAME.kernel.jsonl left by an earlier run does not describe this capture."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise os_error(exc, path, "remove the earlier kernel events") from None
 
 
 def _kernel_recorder(port: int, warnings: list[str]) -> list[Any]:

@@ -64,6 +64,7 @@ from handshake_viz.kernel import (
     calibrate,
     find_markers,
     kernel_jsonl_lines,
+    kernel_path_for,
     parse_trace_text,
     resolve,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "UNAVAILABLE",
     "find_tracefs",
     "instances_of",
+    "remove_stale",
     "write_kernel_jsonl",
 ]
 
@@ -162,6 +164,18 @@ def _reason_numbers(format_text: str, names: tuple[str, ...]) -> list[int]:
     """The numbers of drop reasons ``names`` in kfree_skb's format (they differ
     between kernel versions): ``{ 2, "NOT_SPECIFIED" }``."""
     return [int(n) for n, name in re.findall(r'\{\s*(\d+),\s*"(\w+)"\s*\}', format_text) if name in names]
+
+
+def remove_stale(pcap: str | os.PathLike[str]) -> None:
+    """Remove ``X.kernel.jsonl`` beside a capture about to be (re)written: it described
+    the capture this one replaces, and would be joined to it (OutputError if it stays)."""
+    stale = kernel_path_for(pcap)
+    try:
+        stale.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise os_error(exc, stale, "remove the earlier kernel events") from None
 
 
 def write_kernel_jsonl(log: KernelLog, path: str | os.PathLike[str]) -> Path:
@@ -271,10 +285,12 @@ class KernelRecorder:
         self._pipe = os.open(self.instance / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
         self._marker = os.open(self.instance / "trace_marker", os.O_WRONLY)
         self._write("tracing_on", "1")
-        self._reader = threading.Thread(target=self._read_loop, name="hsviz-kernel", daemon=True)
-        self._reader.start()
+        # Markers before the reader waits on the pipe: a waiting reader is woken inside
+        # each write, which makes the write slow and its bracket wide.
         self._mark()
         self._split = self._next_marker
+        self._reader = threading.Thread(target=self._read_loop, name="hsviz-kernel", daemon=True)
+        self._reader.start()
 
     def _filter(self, event: str) -> str:
         if event in ("tcp:tcp_send_reset",):
@@ -321,26 +337,31 @@ class KernelRecorder:
                 break
 
     def _read_loop(self) -> None:
-        """Copy trace_pipe to the temporary file until stopped and drained."""
-        assert self._pipe is not None and self._raw is not None and self._wake_r is not None
+        """Copy trace_pipe to the temporary file until told to stop (stop() drains the rest)."""
+        assert self._pipe is not None and self._wake_r is not None
         poller = select.poll()
         poller.register(self._pipe, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         try:
-            while True:
-                stopping = self._stopping.is_set()
-                try:
-                    chunk = os.read(self._pipe, 1 << 16)
-                except BlockingIOError:
-                    chunk = b""
-                if chunk:
-                    self._raw.write(chunk)
-                    continue
-                if stopping:
-                    return
-                poller.poll(1000)
+            while not self._stopping.is_set():
+                if not self._drain():
+                    poller.poll(1000)
         except BaseException as exc:  # noqa: BLE001 - reported by stop()
             self._reader_error.append(exc)
+
+    def _drain(self) -> bool:
+        """Copy what trace_pipe holds now; whether there was anything."""
+        assert self._pipe is not None and self._raw is not None
+        got = False
+        while True:
+            try:
+                chunk = os.read(self._pipe, 1 << 16)
+            except BlockingIOError:
+                return got
+            if not chunk:
+                return got
+            self._raw.write(chunk)
+            got = True
 
     # -- stop ------------------------------------------------------------------------
 
@@ -348,11 +369,12 @@ class KernelRecorder:
         """Stop recording and return the port's events on the wall clock (the instance
         stays until :meth:`close`)."""
         assert self.instance is not None and self._raw is not None
-        self._mark()
-        self._write("tracing_on", "0")
-        self._wake()
+        self._wake()  # the reader stops waiting on the pipe first (see _start)
         if self._reader is not None:
             self._reader.join()
+        self._mark()
+        self._write("tracing_on", "0")
+        self._drain()
         if self._reader_error:
             raise KernelEventsUnavailable(f"kernel events: reading the trace failed: {self._reader_error[0]}")
         overrun = self._overruns()

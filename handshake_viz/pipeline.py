@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from handshake_viz.errors import CaptureFileError, NoSuchConnection, TraceFileError, UsageError
+from handshake_viz.errors import CaptureFileError, InputError, NoSuchConnection, TraceFileError, UsageError
 from handshake_viz.model import (
     Call,
     ConnectionSummary,
@@ -249,15 +249,7 @@ def calls_file_for(capture: str | Path, calls: str | Path | None = None) -> Path
     ``X.calls.jsonl`` beside capture ``X.pcap`` when it exists, else None."""
     from handshake_viz.trace import calls_path_for
 
-    if calls is not None:
-        path = Path(calls)
-        if not path.is_file():
-            raise TraceFileError(f"{path}: no such file")
-        return path
-    if str(capture) == "-":
-        return None
-    beside = calls_path_for(capture)
-    return beside if beside.is_file() else None
+    return _file_for(capture, calls, calls_path_for, TraceFileError)
 
 
 def kernel_file_for(capture: str | Path, kernel: str | Path | None = None) -> Path | None:
@@ -266,15 +258,21 @@ def kernel_file_for(capture: str | Path, kernel: str | Path | None = None) -> Pa
     from handshake_viz.errors import KernelFileError
     from handshake_viz.kernel import kernel_path_for
 
-    if kernel is not None:
-        path = Path(kernel)
+    return _file_for(capture, kernel, kernel_path_for, KernelFileError)
+
+
+def _file_for(capture: str | Path, given: str | Path | None, beside: Callable[[str | Path], Path],
+              missing: type[InputError]) -> Path | None:
+    """``given`` (which must exist), else the file ``beside(capture)`` when it exists."""
+    if given is not None:
+        path = Path(given)
         if not path.is_file():
-            raise KernelFileError(f"{path}: no such file")
+            raise missing(f"{path}: no such file")
         return path
     if str(capture) == "-":
         return None
-    beside = kernel_path_for(capture)
-    return beside if beside.is_file() else None
+    found = beside(capture)
+    return found if found.is_file() else None
 
 
 def _read_calls(path: Path | None) -> list[Call]:
