@@ -49,7 +49,6 @@ Facts the join relies on, each measured here:
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 import ipaddress
 import json
@@ -62,7 +61,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Union
 
 from handshake_viz.errors import KernelFileError, os_error
-from handshake_viz.model import Endpoint, TcpState, normalize_ip
+from handshake_viz.model import Endpoint, TcpState, Word, normalize_ip
 
 __all__ = [
     "EVENTS",
@@ -110,7 +109,7 @@ SYNC_MARKER = "hsviz-sync"
 FORMAT_VERSION = 1
 
 
-class LinuxState(str, enum.Enum):
+class LinuxState(Word):
     """Linux's TCP states (include/net/tcp_states.h), as the tracepoints name them
     without the ``TCP_`` prefix.  ``rfc`` is the RFC 9293 state each stands for."""
 
@@ -126,9 +125,6 @@ class LinuxState(str, enum.Enum):
     LISTEN = "LISTEN"
     CLOSING = "CLOSING"
     NEW_SYN_RECV = "NEW_SYN_RECV"  # a request mini-socket: a half-open connection
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def rfc(self) -> TcpState:
@@ -151,7 +147,7 @@ _RFC = {
 }
 
 
-class EventType(str, enum.Enum):
+class EventType(Word):
     """The ``"type"`` of an event line in ``X.kernel.jsonl``."""
 
     STATE = "state"
@@ -160,9 +156,6 @@ class EventType(str, enum.Enum):
     RESET = "reset"
     DROP = "drop"
     LOST = "lost"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # ======================================================================================

@@ -43,7 +43,6 @@ nearest in time (SYNs for a SYN_SENT socket); a RST event to the RST nearest in 
 
 from __future__ import annotations
 
-import enum
 import re
 from bisect import bisect_right
 from collections import defaultdict
@@ -60,7 +59,7 @@ from handshake_viz.kernel import (
     Retransmit,
     StateChange,
 )
-from handshake_viz.model import Call, CallKind, ConnectionSummary, Direction, Endpoint, Flag, Segment, TcpState
+from handshake_viz.model import Call, CallKind, ConnectionSummary, Direction, Endpoint, Flag, Segment, TcpState, Word
 
 __all__ = [
     "AcceptQueue",
@@ -86,15 +85,12 @@ TOLERANCE = 0.001
 _DROP_LAG = 0.1
 
 
-class Side(str, enum.Enum):
+class Side(Word):
     CLIENT = "client"
     SERVER = "server"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Verdict(str, enum.Enum):
+class Verdict(Word):
     """How the kernel's account of one inferred state step compares."""
 
     AGREE = "agree"
@@ -102,19 +98,13 @@ class Verdict(str, enum.Enum):
     DISAGREE = "disagree"
     KERNEL_ONLY = "kernel-only"  # a kernel change no inferred step stands for
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class LinuxDifference(str, enum.Enum):
+class LinuxDifference(Word):
     """Where Linux's account differs from RFC 9293's state machine, always."""
 
     TIME_WAIT_MINISOCKET = "time-wait-minisocket"
     CHILD_AT_FINAL_ACK = "child-at-final-ack"
     REQUEST_SOCKET = "request-socket"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def explanation(self) -> str:
@@ -147,14 +137,11 @@ _EXPLAIN = {
 }
 
 
-class DropSource(str, enum.Enum):
+class DropSource(Word):
     """Where a drop is known from."""
 
     KFREE_SKB = "kfree_skb"  # the kernel said so, with its reason
     ACCEPT_QUEUE = "accept-queue"  # derived: a SYN unanswered while the accept queue was full
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # ======================================================================================
@@ -283,12 +270,9 @@ class KernelConnection:
         return next((p for p in self.periods if p.side is side and p.state is state), None)
 
 
-class QueueCause(str, enum.Enum):
+class QueueCause(Word):
     QUEUED = "queued"  # the handshake completed: the kernel queued the connection
     ACCEPTED = "accepted"  # accept() returned it
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import struct
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps does to a str
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from handshake_viz.text import escape_preview
+from handshake_viz.text import clock_text, escape_preview
+from handshake_viz.timing import CallTiming, Wait, call_timing, call_timings
 
 if TYPE_CHECKING:  # pragma: no cover
     from handshake_viz.kerneljoin import AcceptQueue, KernelConnection, KernelView, SegmentKernel
-    from handshake_viz.pipeline import Trace
+    from handshake_viz.pipeline import Connection, Trace
 from handshake_viz.model import (
     Analysis,
     Call,
@@ -232,9 +233,16 @@ def connection_jsonl(s: ConnectionSummary) -> str:
     )
 
 
-def call_jsonl(call: Call) -> str:
-    """One ``"type": "call"`` line: ``Call.to_json()``, its one definition."""
-    return json.dumps(call.to_json())
+def call_jsonl(call: Call, timing: CallTiming | None = None) -> str:
+    """One ``"type": "call"`` line: ``Call.to_json()``, its one definition, and with a
+    ``timing`` how long the call was blocked and on what (``"blocked_ms"``,
+    ``"waited_for"``: :mod:`handshake_viz.timing`)."""
+    record = call.to_json()
+    if timing is not None:
+        t = timing.to_json()
+        record["waited_for"] = t["waited_for"]
+        record["blocked_ms"] = t["blocked_ms"]
+    return json.dumps(record)
 
 
 _DATAGRAM_LINE = (
@@ -345,7 +353,32 @@ def format_flow_summary(s: FlowSummary) -> str:
             f"{s.bytes_s2c} B ←  (no handshake, no acknowledgements, no close)")
 
 
-def format_call(call: Call, t0: float | None = None) -> str:
+# How the ladder says what a call waited for (after its duration).
+_WAIT_WORDS = {
+    Wait.SYN_ACK: "waiting for the SYN-ACK",
+    Wait.RST: "until the RST",
+    Wait.CONNECTION: "waiting for a connection",
+    Wait.DATA: "waiting for data",
+    Wait.FIN: "until the FIN",
+    Wait.BUFFER_SPACE: "copying into the send buffer",
+    Wait.READY: "until ready",
+    Wait.NOTHING: "",
+}
+
+
+def timing_note(t: CallTiming) -> str:
+    """``[0.080 ms waiting for the SYN-ACK]``, ``[0.002 ms; queued 314.4 ms]``: a call's
+    timing in the ladder (empty while it was still blocked)."""
+    if t.blocked_ms is None:
+        return ""
+    words = _WAIT_WORDS[t.waited_for]
+    text = clock_text(t.blocked_ms) + (f" {words}" if words else "")
+    if t.queued_ms is not None:
+        text += f"; queued {clock_text(t.queued_ms)}"
+    return f"  [{text}]"
+
+
+def format_call(call: Call, t0: float | None = None, timing: CallTiming | None = None) -> str:
     ms = (call.start - (call.start if t0 is None else t0)) * 1000.0
     if call.errno is not None:
         result = f"= -1 {call.errno}"
@@ -358,7 +391,8 @@ def format_call(call: Call, t0: float | None = None) -> str:
     tag = " (inferred)" if call.inferred else ""
     frames = f"  frames {','.join(map(str, call.frames))}" if call.frames else ""
     fd = "" if call.fd is None else str(call.fd)
-    return f"{'':7} {ms:>10.3f} ms  pid {call.pid} {call.call}({fd}) {result}{tag}{frames}"
+    note = timing_note(timing) if timing is not None else ""
+    return f"{'':7} {ms:>10.3f} ms  pid {call.pid} {call.call}({fd}) {result}{tag}{frames}{note}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -366,12 +400,15 @@ def format_call(call: Call, t0: float | None = None) -> str:
 # ----------------------------------------------------------------------------------------
 
 
-def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None) -> Iterator[str]:
+def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None,
+                explain: Callable[[Connection], Iterable[str]] | None = None) -> Iterator[str]:
     """Every line of a Trace's text (``mode`` "ladder" or "summary") or JSON Lines
     ("jsonl") view: each connection's segments and calls in one time-ordered ladder
     (:func:`~handshake_viz.align.timeline`), then each UDP flow's datagrams and calls,
     then the calls on no captured connection; JSONL ends with the connection lines.
-    ``conn`` shows that connection only (no flows, no loose calls)."""
+    Every call carries its timing (:mod:`handshake_viz.timing`).  ``conn`` shows that
+    connection only (no flows, no loose calls); ``explain`` gives lines to print after
+    each connection's ladder (``hsviz analyze --explain``)."""
     from handshake_viz.align import timeline
 
     for c in trace.connections:
@@ -379,12 +416,13 @@ def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None) 
             continue
         s = c.summary
         events = timeline(c.segments, c.calls)
+        timed = {id(t.call): t for t in call_timings(c.calls, c.segments)}
         k = c.kernel
         facts = {f.frame: f for f in k.segments} if k is not None else {}
         if mode == "jsonl":
             for e in events:
                 if isinstance(e, Call):
-                    yield call_jsonl(e)
+                    yield call_jsonl(e, timed[id(e)])
                 elif k is None:
                     yield segment_jsonl(e)  # type: ignore[arg-type]
                 else:
@@ -395,12 +433,15 @@ def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None) 
             yield ladder_columns(trace.kernel is not None)
             for e in events:
                 if isinstance(e, Call):
-                    yield format_call(e, t0)
+                    yield format_call(e, t0, timed[id(e)])
                 else:
                     yield format_segment(e, t0, facts.get(e.frame) if trace.kernel is not None else None)  # type: ignore[arg-type]
             yield format_summary(s)
             if k is not None:
                 yield from connection_kernel_lines(k)
+            if explain is not None:
+                yield ""
+                yield from explain(c)
             yield ""
 
     flows = trace.flows if conn is None else ()
@@ -408,20 +449,21 @@ def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None) 
     for f in flows:
         on_flows.update(id(c) for c in f.calls)
         events = timeline(f.datagrams, f.calls)  # type: ignore[arg-type]
+        untimed: dict[int, Any] = {}  # UDP: no segments release a call
         if mode == "jsonl":
             for e in events:
-                yield call_jsonl(e) if isinstance(e, Call) else datagram_jsonl(e)  # type: ignore[arg-type]
+                yield call_jsonl(e, call_timing(e, untimed)) if isinstance(e, Call) else datagram_jsonl(e)  # type: ignore[arg-type]
         elif mode == "ladder":
             t0 = f.datagrams[0].ts
             yield flow_header(f.summary)
             yield flow_columns()
             for e in events:
-                yield format_call(e, t0) if isinstance(e, Call) else format_datagram(e, t0)  # type: ignore[arg-type]
+                yield format_call(e, t0, call_timing(e, untimed)) if isinstance(e, Call) else format_datagram(e, t0)  # type: ignore[arg-type]
             yield format_flow_summary(f.summary)
             yield ""
     loose = [c for c in trace.calls if c.conn is None and id(c) not in on_flows] if conn is None else []
     if mode == "jsonl":
-        yield from map(call_jsonl, loose)
+        yield from (call_jsonl(call, call_timing(call, {})) for call in loose)
         for c in trace.connections:
             if conn is None or c.conn == conn:
                 line = connection_jsonl(c.summary)
@@ -442,7 +484,7 @@ def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None) 
         t0 = min(first) if first else loose[0].start
         yield "calls on no captured connection:"
         for call in loose:
-            yield format_call(call, t0)
+            yield format_call(call, t0, call_timing(call, {}))
     if mode == "ladder" and trace.kernel is not None:
         if loose:
             yield ""
