@@ -489,10 +489,12 @@ class LiveCapture:
     def stop(self, reason: str = "stopped") -> None:
         """Ask ``run()`` to finish.  Thread-safe.  From outside, frames already queued
         are still written; from ``on_packet`` the capture ends with that packet."""
+        self._stop(reason, now=self._in_callback and threading.current_thread() is self._thread)
+
+    def _stop(self, reason: str, *, now: bool) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
-            if self._in_callback and threading.current_thread() is self._thread:
-                self._stop_now = True
+            self._stop_now = now
         try:
             self._wake_w.send(b"x")
         except OSError:
@@ -502,7 +504,9 @@ class LiveCapture:
         self._signals_seen += 1
         if self._signals_seen > 1:
             raise KeyboardInterrupt
-        self.stop("interrupted" if signum == signal.SIGINT else "terminated")
+        # A stop from outside, even when the handler runs inside on_packet (the main
+        # thread's): what the kernel queued is still written.
+        self._stop("interrupted" if signum == signal.SIGINT else "terminated", now=False)
 
     @property
     def stats(self) -> CaptureStats:

@@ -426,6 +426,9 @@ class _kernel_events:
 
         if self.recorder is not None:
             self.recorder.close()
+            if self.recorder.left_behind is not None:  # never silent
+                self.err.write(f"{PROG}: warning: could not remove the trace instance "
+                               f"{self.recorder.left_behind}: remove it with rmdir\n")
         if self._old_term is not None:
             signal.signal(signal.SIGTERM, self._old_term)
 

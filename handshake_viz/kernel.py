@@ -328,7 +328,7 @@ def _state(text: str) -> LinuxState:
 
 
 def _opt_state(text: str | None) -> LinuxState | None:
-    return None if text in (None, "UNKNOWN") else _state(text)  # type: ignore[arg-type]
+    return None if text is None or text == "UNKNOWN" else _state(text)
 
 
 def _int(fields: Mapping[str, str], key: str, base: int = 10) -> int:
@@ -535,7 +535,7 @@ def resolve(events: Sequence[KernelEvent], port: int) -> Resolved:
     for e in fixed:
         sock = getattr(e, "sock", "")
         if sock and not isinstance(e, (Drop, Lost)) and _on_port(e, port):
-            socks[sock] = (e.local, e.remote if e.remote.port else None)  # type: ignore[union-attr]
+            socks[sock] = (e.local, e.remote if e.remote.port else None)
     last: dict[int, tuple[str, float, bool, Endpoint, Endpoint]] = {}  # cpu -> its last packet-naming event
     kept: list[KernelEvent] = []
     unattributed = 0

@@ -234,6 +234,7 @@ class KernelRecorder:
         self._next_marker = 0
         self._split = 0
         self._closed = False
+        self.left_behind: Path | None = None  # an instance close() could not remove (never seen)
 
     # -- start ---------------------------------------------------------------------
 
@@ -452,6 +453,8 @@ class KernelRecorder:
                         break
                     except OSError:
                         time.sleep(0.01 * (attempt + 1) / 5)
+                else:
+                    self.left_behind = self.instance
             if self.mounted is not None:
                 _unmount(self.mounted)
         finally:

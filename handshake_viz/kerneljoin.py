@@ -46,7 +46,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -628,10 +628,11 @@ def _match_probes(segs: Sequence[Segment], probes: Sequence[Probe], direction: D
     return out
 
 
-def _nearest(segs: Sequence[Segment], ts: float, want: object) -> int | None:
+def _nearest(segs: Sequence[Segment], ts: float, want: Callable[[Segment], bool]) -> int | None:
+    """The segment ``want`` accepts nearest to ``ts`` (within 10 ms), if any."""
     best, gap = None, TOLERANCE * 10
     for g in segs:
-        if want(g) and abs(g.ts - ts) <= gap:  # type: ignore[operator]
+        if want(g) and abs(g.ts - ts) <= gap:
             best, gap = g.frame, abs(g.ts - ts)
     return best
 
@@ -705,14 +706,14 @@ def _listeners(summaries: Sequence[ConnectionSummary], per_conn: Mapping[int, Ma
         events = sorted([(t, 0, c, QueueCause.QUEUED) for t, c in queued]
                         + [(t, 1, c, QueueCause.ACCEPTED) for t, c in accepts])
         depth = 0
-        changes = []
+        moves: list[QueueChange] = []
         for t, _, c, cause in events:
             depth += 1 if cause is QueueCause.QUEUED else -1
-            changes.append(QueueChange(t, max(depth, 0), c, cause))
+            moves.append(QueueChange(t, max(depth, 0), c, cause))
         known = bool(accepts)
-        q = AcceptQueue(listener, backlog, tuple(changes), known)
-        overflows = _overflows(q, summaries, segs_of) if known and backlog is not None else ()
-        out.append(AcceptQueue(listener, backlog, tuple(changes), known, tuple(overflows)))
+        q = AcceptQueue(listener, backlog, tuple(moves), known)
+        overflows = _overflows(q, summaries, segs_of) if known and backlog is not None else []
+        out.append(AcceptQueue(listener, backlog, tuple(moves), known, tuple(overflows)))
     return out
 
 

@@ -424,9 +424,9 @@ def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None,
                 if isinstance(e, Call):
                     yield call_jsonl(e, timed[id(e)])
                 elif k is None:
-                    yield segment_jsonl(e)  # type: ignore[arg-type]
+                    yield segment_jsonl(e)
                 else:
-                    yield _with_kernel(segment_jsonl(e), facts.get(e.frame))  # type: ignore[arg-type]
+                    yield _with_kernel(segment_jsonl(e), facts.get(e.frame))
         elif mode == "ladder":
             t0 = c.segments[0].ts if c.segments else s.first_ts
             yield connection_header(s)
@@ -435,7 +435,7 @@ def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None,
                 if isinstance(e, Call):
                     yield format_call(e, t0, timed[id(e)])
                 else:
-                    yield format_segment(e, t0, facts.get(e.frame) if trace.kernel is not None else None)  # type: ignore[arg-type]
+                    yield format_segment(e, t0, facts.get(e.frame) if trace.kernel is not None else None)
             yield format_summary(s)
             if k is not None:
                 yield from connection_kernel_lines(k)
