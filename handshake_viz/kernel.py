@@ -744,13 +744,10 @@ def _endpoint(d: Mapping[str, Any], key: str, optional: bool = False) -> Endpoin
     if not isinstance(value, Mapping):
         raise _Bad(f'"{key}" must be an object with "ip" and "port"')
     ip = value.get("ip")
-    if not isinstance(ip, str) or len(ip) > 64:
+    known = _address(ip) if isinstance(ip, str) and len(ip) <= 64 else None
+    if known is None:
         raise _Bad(f'"{key}" ip must be an address, not {_show(ip)}')
-    try:
-        ip = normalize_ip(str(ipaddress.ip_address(ip)))
-    except ValueError:
-        raise _Bad(f'"{key}" ip must be an address, not {_show(ip)}') from None
-    return Endpoint(ip, _get(value, "port", "int", hi=65535))
+    return Endpoint(known, _get(value, "port", "int", hi=65535))
 
 
 def _linux_state(d: Mapping[str, Any], key: str, optional: bool = False) -> LinuxState | None:
