@@ -29,7 +29,7 @@ Theory of operation
   file, and :func:`handshake_viz.kernel.resolve` keeps only the port's.
 * **A reader thread** copies ``trace_pipe`` to an anonymous temporary file as it
   fills (poll, then read: the GIL is not held while waiting), so the ring buffer
-  (4 MiB per CPU) only has to hold what arrives between two reads.  Parsing waits
+  (4 MiB per CPU, 64 MiB in all at most) only has to hold what arrives between two reads.  Parsing waits
   until the capture is over, so it costs the capture nothing.  What the ring still
   lost is counted (per-CPU ``overrun``, and the ``[LOST N EVENTS]`` markers) and
   reported, never dropped silently.
@@ -81,8 +81,10 @@ __all__ = [
 
 #: The one-line reason's start when kernel events cannot be had.
 UNAVAILABLE = "kernel events need root and tracefs"
-#: Ring buffer per CPU, KiB: about 40,000 events, far more than one read's interval holds.
+#: Ring buffer per CPU, KiB: about 40,000 events, far more than one read's interval holds
+#: (less per CPU on machines with more than 16 CPUs: 64 MiB in all at most).
 BUFFER_KB = 4096
+_TOTAL_KB = 65536
 _PREFIX = "hsviz-"
 _MOUNT_PREFIX = "hsviz-tracefs-"
 _CLOCK = "mono"
@@ -214,7 +216,7 @@ class KernelRecorder:
             _counter += 1
             n = _counter
         self.port = port
-        self.buffer_kb = buffer_kb
+        self.buffer_kb = min(buffer_kb, max(1024, _TOTAL_KB // (os.cpu_count() or 1)))
         self.name = f"{_PREFIX}{os.getpid()}-{n}-{secrets.token_hex(2)}"
         self.tracefs: Path | None = None
         self.mounted: Path | None = None  # the private mount to undo
