@@ -697,12 +697,43 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------
+# show: one frame's bytes, field by field
+# ----------------------------------------------------------------------------------------
+
+
+def _add_show(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "show",
+        help="one TCP frame's header bytes field by field, as they are on the wire",
+        description="Take one frame apart: Ethernet (or the capture's link layer), IP and TCP, "
+        "each field's offset, its bytes as sent (network byte order, big-endian) and its value; "
+        "for ports, addresses, seq and ack the host-order value and the call that puts it in "
+        "network order (htons(8080) -> 1f 90), and what a little-endian machine would have "
+        "sent had the program forgotten htons().",
+    )
+    p.add_argument("file", help="capture file (pcap or pcapng)")
+    p.add_argument("--frame", type=int, required=True, metavar="N",
+                   help="frame number, from 1 (as Wireshark's frame.number and the JSONL 'frame')")
+    p.set_defaults(func=_cmd_show)
+
+
+def _cmd_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from handshake_viz.frames import show_frame
+    from handshake_viz.wire import show_lines
+
+    view = show_frame(args.file, args.frame)
+    out.writelines(line + "\n" for line in show_lines(view, args.file))
+    return 0
+
+
 # Subcommand registrars, in the order `hsviz --help` lists them.  Modules that add a
 # subcommand put their registrar here.
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_analyze,
     _add_explain,
     _add_plot,
+    _add_show,
     _add_capture,
     _add_replay,
     _add_demo,
