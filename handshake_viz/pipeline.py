@@ -216,6 +216,18 @@ class Trace:
                 return f
         raise UsageError(f"{self.path}: no UDP flow {flow} (the capture has {len(self.flows)})")
 
+    def packets(self) -> Any:
+        """Every frame of the capture as a scapy ``PacketList`` (``Ether/IP/TCP/Raw`` …),
+        in file order: ``trace.packets().summary()``, ``wrpcap("copy.pcap", …)``.
+
+        >>> trace.packets()[0].show()                             # doctest: +SKIP
+        """
+        from handshake_viz.frames import packet_list
+
+        if self.path is None:
+            raise UsageError("this trace was not read from a capture file: it has no frames to hand over")
+        return packet_list(self.path)
+
     @property
     def loose_calls(self) -> tuple[Call, ...]:
         """Traced calls on no captured connection or flow (setup, listeners, failed binds)."""
@@ -381,8 +393,12 @@ def load(
             raise NoSuchConnection(path, missing[0], len(summaries))
         summaries = [s for s in summaries if s.conn in wanted]
     traced = list(calls) if given else _read_calls(calls_path)  # type: ignore[arg-type]
-    return trace_of_segments(path, summaries, segments, traced, flows=flows, datagrams=datagrams,
-                             infer=infer, warnings=warnings, calls_path=calls_path, records=records)
+    trace = trace_of_segments(path, summaries, segments, traced, flows=flows, datagrams=datagrams,
+                              infer=infer, warnings=warnings, calls_path=calls_path, records=records)
+    from handshake_viz.frames import remember
+
+    remember(trace)  # seg.packet() finds its file through it
+    return trace
 
 
 def _wanted(conn: int | Iterable[int] | None) -> set[int] | None:
