@@ -486,7 +486,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # plot
 # ----------------------------------------------------------------------------------------
 
-PLOT_FORMATS = (".png", ".svg", ".pdf")
+PLOT_FORMATS = (".png", ".svg", ".pdf", ".html")
 
 
 def _conn_list(text: str) -> list[int]:
@@ -513,8 +513,9 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("file", help="capture file (pcap or pcapng)")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file; the format comes from the extension: .png, .svg, .pdf "
-                   "(default: FILE with .png next to the input)")
+                   help="output file; the format comes from the extension: .png, .svg, .pdf, or "
+                   ".html for an interactive page (one self-contained file: hover a segment for "
+                   "its record and bytes, zoom, open folds) (default: FILE with .png next to the input)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--conn", type=_conn_list, metavar="N[,N...]",
                        help="the connections to draw, e.g. 0 or 0,2,5 (default: 0; a capture with "
@@ -538,7 +539,7 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     src = Path(args.file)
     dest = Path(args.output) if args.output else src.with_suffix(".png")
     if dest.suffix.lower() not in PLOT_FORMATS:
-        raise OutputError(f"{dest}: unknown output format '{dest.suffix}' (use .png, .svg or .pdf)")
+        raise OutputError(f"{dest}: unknown output format '{dest.suffix}' (use .png, .svg, .pdf or .html)")
     if args.pages and dest.suffix.lower() != ".pdf":
         raise UsageError(f"{dest}: --pages draws one page per connection: use a .pdf output")
     if args.max_rows < 0:
@@ -561,8 +562,14 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             conns = [0] if trace.connections else []  # a capture with only UDP: its flows
         chosen = None if everything else conns
         flows = None if everything or trace.connections else [f.flow for f in trace.flows]
-        fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows)
-        draw.save_figure(fig, dest)
+        if dest.suffix.lower() == ".html":
+            from handshake_viz.html import write_page
+
+            write_page(trace, dest, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows)
+        else:
+            fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time,
+                                    max_rows=args.max_rows)
+            draw.save_figure(fig, dest)
     _warn(trace.warnings, err)
     out.write(f"{dest}\n")
     return 0
