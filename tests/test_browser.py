@@ -72,6 +72,15 @@ def css(driver: Any, selector: str) -> list[Any]:
     return driver.find_elements("css selector", selector)
 
 
+def segments(driver: Any) -> int:
+    """Segment rows drawn, once all are (past the first screenfuls they come in batches)."""
+    deadline = time.perf_counter() + 10
+    while not driver.execute_script("return document.body.getAttribute('data-drawn')"):
+        assert time.perf_counter() < deadline, "rows still being drawn after 10 s"
+        time.sleep(0.02)
+    return len(css(driver, "g.seg"))
+
+
 def hover(driver: Any, selector: str) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
@@ -102,7 +111,7 @@ def errors(driver: Any) -> list[str]:
 def test_echo_page_hover_click_jump_keys_screenshot(browser: Any, tmp_path: Path) -> None:
     page = plot_html(CAPTURES / "echo.pcap", tmp_path / "echo.html")
     assert open_page(browser, page) < OPEN_LIMIT_S
-    assert len(css(browser, "g.seg")) == 14
+    assert segments(browser) == 14
 
     hover(browser, 'g.seg[data-frame="2"]')  # the SYN-ACK
     shown = details(browser)
@@ -153,17 +162,17 @@ def test_a_fold_opens_in_place_and_closes_again(browser: Any, tmp_path: Path) ->
     total = make_capture(pcap, 1, 40)
     page = plot_html(pcap, tmp_path / "long.html", "--max-rows", "8")
     open_page(browser, page)
-    assert len(css(browser, "g.seg")) == 7 and len(css(browser, "g.fold")) == 1
+    assert segments(browser) == 7 and len(css(browser, "g.fold")) == 1
     fold_top = css(browser, "g.fold rect")[0].rect["y"]
     click(browser, "g.fold rect")
-    assert len(css(browser, "g.seg")) == total and not css(browser, "g.fold")
+    assert segments(browser) == total and not css(browser, "g.fold")
     first_hidden = css(browser, 'g.seg[data-frame="5"] line.arrow')[0]
     assert abs(first_hidden.rect["y"] - fold_top) < 40  # opened where it was
     click(browser, "g.refold rect")
-    assert len(css(browser, "g.seg")) == 7 and len(css(browser, "g.fold")) == 1
+    assert segments(browser) == 7 and len(css(browser, "g.fold")) == 1
     # stepping into the folded run opens it too
     browser.find_element("id", "jump-to").send_keys("20\n")
-    assert len(css(browser, "g.seg")) == total and details(browser).startswith("#20 ")
+    assert segments(browser) == total and details(browser).startswith("#20 ")
     assert errors(browser) == []
 
 
@@ -172,11 +181,11 @@ def test_several_connections_pick_one(browser: Any, tmp_path: Path) -> None:
 
     page = plot_html(CAPTURES / "multi-client.pcap", tmp_path / "multi.html", "--all")
     open_page(browser, page)
-    assert len(css(browser, "g.seg")) == 36
+    assert segments(browser) == 36
     picker = Select(browser.find_element("id", "view"))
     assert [o.text for o in picker.options][0] == "all 3 together" and len(picker.options) == 4
     picker.select_by_index(2)
-    assert len(css(browser, "g.seg")) == 12
+    assert segments(browser) == 12
     assert browser.find_element("id", "title").text.startswith("conn 1: ")
     assert errors(browser) == []
 
@@ -205,7 +214,7 @@ def test_1000_segments_open_in_under_two_seconds(browser: Any, tmp_path: Path) -
         page = plot_html(pcap, tmp_path / "big.html", *options)
         assert page.stat().st_size < 2_000_000
         assert open_page(browser, page) < OPEN_LIMIT_S
-        assert len(css(browser, "g.seg")) == drawn
+        assert segments(browser) == drawn
     click(browser, "g.seg")
     assert details(browser).startswith("#1 SYN")
 
@@ -225,7 +234,7 @@ def test_notebook_cell_shows_the_page_or_the_picture(browser: Any, tmp_path: Pat
         while not browser.execute_script("return document.body.getAttribute('data-ready')"):
             assert time.perf_counter() < deadline
             time.sleep(0.05)
-        assert len(css(browser, "g.seg")) == 14
+        assert segments(browser) == 14
     finally:
         browser.switch_to.default_content()
     # where scripts may not run, the static picture stays

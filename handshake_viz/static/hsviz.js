@@ -227,15 +227,14 @@
     var cls = r.kind === "segment" ? "row seg" : "row dgram";
     var grp = el("g", { "class": cls, "data-frame": r.frame, role: "button",
       "aria-label": "frame " + r.frame + ": " + r.text }, g);
-    var xs = X(Math.min(r.x_from, r.x_to)), xe = X(Math.max(r.x_from, r.x_to));
+    var xe = X(Math.max(r.x_from, r.x_to));
+    // the band behind the row is what the pointer hovers and clicks
     el("rect", { x: X(L.time_x) - 70, y: Y(r.y - 0.3), width: xe - X(L.time_x) + 80, height: (r.y_end - r.y + 0.78 + (r.lines - 1) * 0.3) * UY, "class": "band" }, grp);
-    void xs;
     var gap = 0.012, tipX = r.x_to > r.x_from ? r.x_to - gap : r.x_to + gap;
     el("line", { x1: X(r.x_from), y1: Y(r.y), x2: X(tipX), y2: Y(r.y_end), "class": "arrow" + (r.flagged ? " flagged" : ""),
       stroke: c, "marker-end": "url(#head-" + (r.kind === "datagram" ? "udp" : r.phase) + ")" }, grp);
     var crossing = L.lifelines.some(function (l) { return Math.min(r.x_from, r.x_to) < l.x && l.x < Math.max(r.x_from, r.x_to); });
     if (crossing) el("circle", { cx: X(r.x_from), cy: Y(r.y), r: 2.6, fill: c }, grp);
-    el("line", { x1: X(r.x_from), y1: Y(r.y), x2: X(r.x_to), y2: Y(r.y_end), "class": "hit" }, grp);
 
     // the label line: role (bold, phase colour) and analysis tags, centred together above the arrow
     var midY = (r.y + r.y_end) / 2, slope = Math.abs((r.y_end - r.y) / (r.x_to - r.x_from));
@@ -332,7 +331,31 @@
     });
   }
 
+  // Rows past the first screenfuls are drawn a batch at a time after the first paint, so
+  // that a page of thousands of rows shows at once (positions come from the data, so
+  // jumping or opening a fold never waits for them); data-drawn says all are there.
+  var FIRST_ROWS = 120, BATCH = 300, pending = null;
+
+  function drawRows(L, g) {
+    var i = 0;
+    var batch = function (n) {
+      pending = null;
+      for (var end = Math.min(L.rows.length, i + n); i < end; i++) {
+        if (L.rows[i].kind === "fold") drawFold(L, L.rows[i], g); else drawRow(L, L.rows[i], g);
+      }
+      if (i < L.rows.length) pending = setTimeout(function () { batch(BATCH); if (!pending) drawn(); }, 0);
+    };
+    if (pending) clearTimeout(pending);
+    batch(FIRST_ROWS);
+  }
+
+  function drawn() {
+    mark();
+    document.body.setAttribute("data-drawn", "true");
+  }
+
   function render() {
+    document.body.removeAttribute("data-drawn");
     var v = view(), L = v.layouts[S.open && v.layouts.length > 1 ? 1 : 0];
     S.L = L;
     S.rows = L.rows;
@@ -347,8 +370,7 @@
     S.H = (L.ylim[1] - L.ylim[0]) * UY;
     var under = el("g", { "class": "under" }, world);
     drawFrame(L, under);
-    var rows = el("g", { "class": "rows" }, world);
-    L.rows.forEach(function (r) { if (r.kind === "fold") drawFold(L, r, rows); else drawRow(L, r, rows); });
+    drawRows(L, el("g", { "class": "rows" }, world));
     drawStates(L, el("g", { "class": "states" }, world));
     drawCalls(L, under, el("g", { "class": "calls" }, world));
     drawFooter(L, el("g", { "class": "footer-notes" }, world));
@@ -364,6 +386,7 @@
     legend(L);
     mark();
     place();
+    if (!pending) drawn();
   }
 
   function legend(L) {
@@ -558,28 +581,20 @@
     mark();
   }
 
-  function mark() {  // highlight the selection and what is joined to it
-    var sel = S.sel, frames = {}, calls = {};
+  function mark() {  // highlight the selection and what is joined to it (only those touched)
+    svg.querySelectorAll(".selected, .linked").forEach(function (e) { e.classList.remove("selected", "linked"); });
+    var sel = S.sel, add = function (selector, cls) {
+      svg.querySelectorAll(selector).forEach(function (e) { e.classList.add(cls); });
+    };
     if (sel && sel.kind === "frame") {
-      frames[sel.id] = "selected";
-      ((D.frames[sel.id] || {}).calls || []).forEach(function (c) { calls[c] = "linked"; });
+      add('.row[data-frame="' + sel.id + '"]', "selected");
+      ((D.frames[sel.id] || {}).calls || []).forEach(function (c) {
+        add('.call[data-call="' + c + '"], .connector[data-call="' + c + '"]', "linked");
+      });
     } else if (sel && sel.kind === "call") {
-      calls[sel.id] = "selected";
-      D.calls[sel.id].rec.frames.forEach(function (f) { frames[f] = "linked"; });
+      add('.call[data-call="' + sel.id + '"], .connector[data-call="' + sel.id + '"]', "selected");
+      D.calls[sel.id].rec.frames.forEach(function (f) { add('.row[data-frame="' + f + '"]', "linked"); });
     }
-    svg.querySelectorAll(".row").forEach(function (g) {
-      var st = frames[g.getAttribute("data-frame")];
-      g.classList.toggle("selected", st === "selected");
-      g.classList.toggle("linked", st === "linked");
-    });
-    svg.querySelectorAll(".call").forEach(function (g) {
-      var st = calls[g.getAttribute("data-call")];
-      g.classList.toggle("selected", st === "selected");
-      g.classList.toggle("linked", st === "linked");
-    });
-    svg.querySelectorAll(".connector").forEach(function (l) {
-      l.classList.toggle("linked", !!calls[l.getAttribute("data-call")]);
-    });
   }
 
   // ------------------------------------------------------------------ the panel
@@ -826,7 +841,7 @@
     showDetails();
     showStory();
     $("loading").hidden = true;
-    document.body.setAttribute("data-ready", "true");
+    document.body.setAttribute("data-ready", Math.round(performance.now()));  // ms since the page began loading
   }
 
   load().then(start, function (err) {
