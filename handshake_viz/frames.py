@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from handshake_viz.errors import UsageError
 from handshake_viz.model import Datagram, Segment
-from handshake_viz.pcapio import Frame
+from handshake_viz.pcapio import CaptureFile, Frame
 
 if TYPE_CHECKING:  # pragma: no cover
     from handshake_viz.pipeline import Trace
@@ -51,8 +51,9 @@ def read_frames(path: PathLike, wanted: Iterable[int] | None = None) -> dict[int
     out: dict[int, Frame] = {}
     if want is not None and not want:
         return out
-    with open_file(path, supported=LINKTYPES) as f:
-        for fr in f.frames():
+    capture: CaptureFile = open_file(path, supported=LINKTYPES)
+    with capture:
+        for fr in capture.frames():
             if want is None or fr.frame in want:
                 out[fr.frame] = fr
                 if want is not None and fr.frame >= last:
@@ -67,7 +68,8 @@ def segment_at(path: PathLike, frame: int) -> Segment | None:
     from handshake_viz.track import Tracker
 
     tracker: Tracker[Segment] = Tracker()
-    with open_capture(path) as reader:
+    reader = open_capture(path)
+    with reader:
         for seg in reader.records(tracker.feed_fields):
             if seg.frame >= frame:
                 return seg if seg.frame == frame else None
@@ -110,10 +112,10 @@ def to_scapy(frame: Frame) -> Any:
     from scapy.layers import inet, inet6, l2  # noqa: F401  (registers the link types)
     from scapy.packet import Raw
 
-    cls = conf.l2types.get(frame.linktype)
+    cls: Any = conf.l2types.get(frame.linktype)
     if cls is None and frame.linktype == 14:  # DLT_RAW on OpenBSD: IP, either version
         cls = conf.l2types.get(101)
-    pkt = (cls or Raw)(frame.data)
+    pkt: Any = (cls or Raw)(frame.data)
     pkt.time = frame.ts
     pkt.wirelen = frame.wirelen
     return pkt

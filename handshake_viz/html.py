@@ -228,8 +228,8 @@ def page_data(
 
     # every call once: those drawn, those of the conversations, the loose ones
     timings: dict[Call, CallTiming] = {}
-    for c in connections:
-        timings.update((t.call, t) for t in call_timings(c.calls, c.segments))
+    for conn in connections:
+        timings.update((t.call, t) for t in call_timings(conn.calls, conn.segments))
     ordered = [b.call for pair in layouts for lay in pair for b in lay.calls]
     ordered += [c for conn in connections for c in conn.calls] + [c for f in flows for c in f.calls]
     ordered += list(loose)
@@ -237,7 +237,7 @@ def page_data(
     for c in ordered:
         call_ids.setdefault(c, len(call_ids))
 
-    records: dict[int, Segment | Datagram] = {s.frame: s for c in connections for s in c.segments}
+    records: dict[int, Segment | Datagram] = {s.frame: s for conn in connections for s in conn.segments}
     records.update((d.frame, d) for f in flows for d in f.datagrams)
     raw: dict[int, Any] = {}
     if capture is not None:
@@ -377,30 +377,22 @@ def _write_text(path: str | os.PathLike[str], text: str) -> Path:
 # ==========================================================================================
 
 
-def build_page(
-    connections: Sequence[Connection],
-    flows: Sequence[Flow] = (),
-    *,
-    calls: Iterable[Call] = (),
-    capture: str | os.PathLike[str] | None = None,
-    time: TimeMode = "ordered",
-    max_rows: int = 60,
-    title: str | None = None,
-    png: bool = False,
-) -> Page:
-    """The :class:`Page` of these connections and flows (``png``: with the static
-    picture for notebooks, drawn by :mod:`handshake_viz.draw`)."""
-    calls = tuple(calls)
-    data = page_data(connections, flows, calls=calls, capture=capture, time=time,
-                     max_rows=max_rows, title=title)
+def build_page(connections: Sequence[Connection], flows: Sequence[Flow] = (), *, png: bool = False,
+               **options: Any) -> Page:
+    """The :class:`Page` of these connections and flows (``options`` as
+    :func:`page_data`; ``png``: with the static picture for notebooks, drawn by
+    :mod:`handshake_viz.draw`)."""
+    options["calls"] = tuple(options.get("calls", ()))
+    data = page_data(connections, flows, **options)
     picture = None
     if png:
         import io
 
         from handshake_viz.draw import render_trace
 
-        chosen = SimpleNamespace(connections=list(connections), flows=list(flows), calls=list(calls))
-        fig = render_trace(chosen, time=time, max_rows=max_rows, title=title)
+        chosen = SimpleNamespace(connections=list(connections), flows=list(flows), calls=options["calls"])
+        fig = render_trace(chosen, time=options.get("time", "ordered"),
+                           max_rows=options.get("max_rows", 60), title=options.get("title"))
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=72, facecolor="white")
         picture = buf.getvalue()

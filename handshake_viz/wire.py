@@ -218,6 +218,18 @@ def _link(r: _Reader, linktype: int) -> tuple[int, int]:
     raise NotTcp(f"frame {r.frame}: {unsupported(linktype)}")
 
 
+def _protocol(raw: bytes) -> str:
+    return f"{raw[0]} ({_PROTOCOLS.get(raw[0], 'other')})"
+
+
+def _addresses(r: _Reader, layer: str, start: int) -> None:
+    """Source and destination address, as the program would have written them."""
+    family, name, size = (socket.AF_INET, "AF_INET", 4) if layer == "IPv4" else (socket.AF_INET6, "AF_INET6", 16)
+    for i, which in enumerate(("source address", "destination address")):
+        r.take(layer, which, start + i * size, size, lambda raw: socket.inet_ntop(family, raw),
+               host=lambda raw: f'inet_pton({name}, "{socket.inet_ntop(family, raw)}")')
+
+
 def _ipv4(r: _Reader, p: int) -> tuple[int, int, int]:
     """IPv4 fields: ``(protocol, offset of the next header, bytes after the IP header)``."""
     d = r.data
@@ -237,12 +249,9 @@ def _ipv4(r: _Reader, p: int) -> tuple[int, int, int]:
 
     r.take("IPv4", "flags, fragment offset", p + 6, 2, frag)
     r.take("IPv4", "time to live", p + 8, 1, _dec)
-    proto = r.take("IPv4", "protocol", p + 9, 1,
-                   lambda raw: f"{raw[0]} ({_PROTOCOLS.get(raw[0], 'other')})")[0]
+    proto = r.take("IPv4", "protocol", p + 9, 1, _protocol)[0]
     r.take("IPv4", "header checksum", p + 10, 2, _hex)
-    for name, at in (("source address", 12), ("destination address", 16)):
-        r.take("IPv4", name, p + at, 4, lambda raw: socket.inet_ntop(socket.AF_INET, raw),
-               host=lambda raw: f'inet_pton(AF_INET, "{socket.inet_ntop(socket.AF_INET, raw)}")')
+    _addresses(r, "IPv4", p + 12)
     if ihl > 20:
         r.take("IPv4", "options", p + 20, ihl - 20, lambda raw: f"{len(raw)} bytes")
     if ihl < 20:
@@ -260,12 +269,9 @@ def _ipv6(r: _Reader, p: int) -> tuple[int, int, int]:
 
     r.take("IPv6", "version, traffic class, flow label", p, 4, first)
     plen = _u(r.take("IPv6", "payload length", p + 4, 2, _dec))
-    nh = r.take("IPv6", "next header", p + 6, 1,
-                lambda raw: f"{raw[0]} ({_PROTOCOLS.get(raw[0], 'other')})")[0]
+    nh = r.take("IPv6", "next header", p + 6, 1, _protocol)[0]
     r.take("IPv6", "hop limit", p + 7, 1, _dec)
-    for name, at in (("source address", 8), ("destination address", 24)):
-        r.take("IPv6", name, p + at, 16, lambda raw: socket.inet_ntop(socket.AF_INET6, raw),
-               host=lambda raw: f'inet_pton(AF_INET6, "{socket.inet_ntop(socket.AF_INET6, raw)}")')
+    _addresses(r, "IPv6", p + 8)
     t = p + 40
     ext = 0
     while nh in (0, 43, 44, 51, 60):
@@ -274,9 +280,7 @@ def _ipv6(r: _Reader, p: int) -> tuple[int, int, int]:
         size = 8 if nh == 44 else (d[t + 1] + 2) * 4 if nh == 51 else (d[t + 1] + 1) * 8
         kind = _PROTOCOLS[nh]
         nxt = d[t]
-        r.take("IPv6", kind, t, size,
-               lambda raw, nxt=nxt: f"{len(raw)} bytes, next header {nxt} "
-                                    f"({_PROTOCOLS.get(nxt, 'other')})")
+        r.take("IPv6", kind, t, size, lambda raw: f"{len(raw)} bytes, next header {_protocol(raw)}")
         nh, t, ext = nxt, t + size, ext + size
     return nh, t, (plen or len(d) - p - 40) - ext
 

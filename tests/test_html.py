@@ -64,7 +64,7 @@ def hostile_capture(directory: Path) -> Path:
     path = directory / "hostile.pcap"
     wrpcap(str(path), packets)
     ends = {"local": {"ip": c[0], "port": c[1]}, "remote": {"ip": s[0], "port": s[1]}}
-    calls = [
+    calls: list[dict[str, Any]] = [
         dict(type="call", conn=None, pid=7, tid=7, fd=3, call="connect", start=t - 0.0005, end=t + 0.0012,
              ret=0, errno=None, args='3, {sa_family=AF_INET, sin_port=htons(8080), sin_addr=inet_addr("10.0.0.2")}, 16',
              nbytes=None, inferred=False, frames=[], **ends),
