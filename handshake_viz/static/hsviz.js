@@ -434,7 +434,7 @@
 
   function fit(all) {  // the whole width (all), else as much as stays readable, lifelines centred
     var w = stage.clientWidth;
-    S.k = Math.min(1.3, Math.max(all ? 0.15 : 0.7, (w - 10) / S.W));
+    S.k = Math.min(1.3, Math.max(all ? 0.15 : 0.6, (w - 10) / S.W));
     if (S.W * S.k <= w) S.tx = (w - S.W * S.k) / 2;
     else {
       var ls = S.L.lifelines, mid = X((ls[0].x + ls[ls.length - 1].x) / 2);
