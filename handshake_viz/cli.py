@@ -503,7 +503,8 @@ def _conn_list(text: str) -> list[int]:
 def _add_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
-        help="draw the sequence diagram of connections and UDP flows (png, svg or pdf)",
+        help="draw the sequence diagram of connections and UDP flows (png, svg, pdf, or an "
+        "interactive html page)",
         description="Draw a capture as a sequence diagram: a lifeline per socket address (a "
         "server's listening port is one lifeline however many clients it has), one arrow per "
         "segment or UDP datagram with its label and seq/ack, the TCP states where they change, "
