@@ -569,7 +569,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # plot
 # ----------------------------------------------------------------------------------------
 
-PLOT_FORMATS = (".png", ".svg", ".pdf")
+PLOT_FORMATS = (".png", ".svg", ".pdf", ".html")
 
 
 def _conn_list(text: str) -> list[int]:
@@ -586,7 +586,8 @@ def _conn_list(text: str) -> list[int]:
 def _add_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
-        help="draw the sequence diagram of connections and UDP flows (png, svg or pdf)",
+        help="draw the sequence diagram of connections and UDP flows (png, svg, pdf, or an "
+        "interactive html page)",
         description="Draw a capture as a sequence diagram: a lifeline per socket address (a "
         "server's listening port is one lifeline however many clients it has), one arrow per "
         "segment or UDP datagram with its label and seq/ack, the TCP states where they change, "
@@ -596,8 +597,9 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("file", help="capture file (pcap or pcapng)")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file; the format comes from the extension: .png, .svg, .pdf "
-                   "(default: FILE with .png next to the input)")
+                   help="output file; the format comes from the extension: .png, .svg, .pdf, or "
+                   ".html for an interactive page (one self-contained file: hover a segment for "
+                   "its record and bytes, zoom, open folds) (default: FILE with .png next to the input)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--conn", type=_conn_list, metavar="N[,N...]",
                        help="the connections to draw, e.g. 0 or 0,2,5 (default: 0; a capture with "
@@ -621,7 +623,7 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     src = Path(args.file)
     dest = Path(args.output) if args.output else src.with_suffix(".png")
     if dest.suffix.lower() not in PLOT_FORMATS:
-        raise OutputError(f"{dest}: unknown output format '{dest.suffix}' (use .png, .svg or .pdf)")
+        raise OutputError(f"{dest}: unknown output format '{dest.suffix}' (use .png, .svg, .pdf or .html)")
     if args.pages and dest.suffix.lower() != ".pdf":
         raise UsageError(f"{dest}: --pages draws one page per connection: use a .pdf output")
     if args.max_rows < 0:
@@ -644,8 +646,14 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             conns = [0] if trace.connections else []  # a capture with only UDP: its flows
         chosen = None if everything else conns
         flows = None if everything or trace.connections else [f.flow for f in trace.flows]
-        fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows)
-        draw.save_figure(fig, dest)
+        if dest.suffix.lower() == ".html":
+            from handshake_viz.html import write_page
+
+            write_page(trace, dest, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows)
+        else:
+            fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time,
+                                    max_rows=args.max_rows)
+            draw.save_figure(fig, dest)
     _warn(trace.warnings, err)
     out.write(f"{dest}\n")
     return 0
@@ -785,12 +793,43 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------
+# show: one frame's bytes, field by field
+# ----------------------------------------------------------------------------------------
+
+
+def _add_show(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "show",
+        help="one TCP frame's header bytes field by field, as they are on the wire",
+        description="Take one frame apart: Ethernet (or the capture's link layer), IP and TCP, "
+        "each field's offset, its bytes as sent (network byte order, big-endian) and its value; "
+        "for ports, addresses, seq and ack the host-order value and the call that puts it in "
+        "network order (htons(8080) -> 1f 90), and what a little-endian machine would have "
+        "sent had the program forgotten htons().",
+    )
+    p.add_argument("file", help="capture file (pcap or pcapng)")
+    p.add_argument("--frame", type=int, required=True, metavar="N",
+                   help="frame number, from 1 (as Wireshark's frame.number and the JSONL 'frame')")
+    p.set_defaults(func=_cmd_show)
+
+
+def _cmd_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from handshake_viz.frames import show_frame
+    from handshake_viz.wire import show_lines
+
+    view = show_frame(args.file, args.frame)
+    out.writelines(line + "\n" for line in show_lines(view, args.file))
+    return 0
+
+
 # Subcommand registrars, in the order `hsviz --help` lists them.  Modules that add a
 # subcommand put their registrar here.
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_analyze,
     _add_explain,
     _add_plot,
+    _add_show,
     _add_capture,
     _add_replay,
     _add_demo,

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
     from handshake_viz.explain import Explanation
+    from handshake_viz.html import Page
 
     from handshake_viz.decode import CaptureReader
     from handshake_viz.flows import FlowTracker
@@ -120,6 +121,24 @@ class Connection:
 
         return plot_connection(self.segments, self.summary, self.calls, ax=ax, time=time,
                                max_rows=max_rows, **style)
+
+    def show(self, *, time: str = "ordered", max_rows: int = 60) -> Page:
+        """The interactive diagram, inline in Jupyter: hover a segment for its record,
+        payload and header bytes, a call for its strace line and timing; zoom, open
+        folds, step with the arrow keys.  Where scripts are not allowed the notebook
+        shows the static picture.  ``.save("x.html")`` writes the page.
+
+        >>> conn.show()                                           # doctest: +SKIP
+        """
+        from handshake_viz.frames import capture_of
+        from handshake_viz.html import build_page
+
+        try:
+            capture: Path | None = capture_of(self.segments[0]) if self.segments else None
+        except UsageError:
+            capture = None  # not loaded from a file: the page shows no header bytes
+        return build_page([self], calls=self.others, capture=capture, time=time,  # type: ignore[arg-type]
+                          max_rows=max_rows, png=True)
 
     def to_dataframe(self) -> Any:
         """The segments as a pandas DataFrame, one row per segment (needs pandas).
@@ -224,6 +243,31 @@ class Trace:
             if f.flow == flow:
                 return f
         raise UsageError(f"{self.path}: no UDP flow {flow} (the capture has {len(self.flows)})")
+
+    def show(self, *, conns: Iterable[int] | None = None, flows: Iterable[int] | None = None,
+             time: str = "ordered", max_rows: int = 60) -> Page:
+        """The interactive diagram of the whole trace (or the connections and flows
+        numbered), inline in Jupyter, with a list to pick one connection: see
+        :meth:`Connection.show`.
+
+        >>> trace.show(conns=[0, 2])                              # doctest: +SKIP
+        """
+        from handshake_viz.html import trace_page
+
+        return trace_page(self, conns=conns, flows=flows, time=time, max_rows=max_rows,  # type: ignore[arg-type]
+                          png=True)
+
+    def packets(self) -> Any:
+        """Every frame of the capture as a scapy ``PacketList`` (``Ether/IP/TCP/Raw`` …),
+        in file order: ``trace.packets().summary()``, ``wrpcap("copy.pcap", …)``.
+
+        >>> trace.packets()[0].show()                             # doctest: +SKIP
+        """
+        from handshake_viz.frames import packet_list
+
+        if self.path is None:
+            raise UsageError("this trace was not read from a capture file: it has no frames to hand over")
+        return packet_list(self.path)
 
     @property
     def loose_calls(self) -> tuple[Call, ...]:
@@ -430,9 +474,13 @@ def load(
             raise NoSuchConnection(path, missing[0], len(summaries))
         summaries = [s for s in summaries if s.conn in wanted]
     traced = list(calls) if given else _read_calls(calls_path)  # type: ignore[arg-type]
-    return trace_of_segments(path, summaries, segments, traced, flows=flows, datagrams=datagrams,
-                             infer=infer, warnings=warnings, calls_path=calls_path, records=records,
-                             kernel=_kernel_log(path, kernel))
+    trace = trace_of_segments(path, summaries, segments, traced, flows=flows, datagrams=datagrams,
+                              infer=infer, warnings=warnings, calls_path=calls_path, records=records,
+                              kernel=_kernel_log(path, kernel))
+    from handshake_viz.frames import remember
+
+    remember(trace)  # seg.packet() finds its file through it
+    return trace
 
 
 def _kernel_log(capture: Path, kernel: str | Path | KernelLog | bool | None) -> KernelLog | None:

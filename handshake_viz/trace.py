@@ -41,6 +41,7 @@ Things strace does that the parser handles (all seen on this machine, strace 6.1
 
 from __future__ import annotations
 
+import errno as errno_mod
 import functools
 import gc
 import json
@@ -70,6 +71,7 @@ __all__ = [
     "parse_strace",
     "parse_strace_file",
     "read_calls_jsonl",
+    "strace_line",
     "write_calls_jsonl",
 ]
 
@@ -1148,3 +1150,114 @@ def load_calls(path: str | os.PathLike[str], **strace_options: Any) -> StracePar
         calls.sort(key=lambda c: c.start)
         return StraceParse(calls, 0, [], {}, 0)
     return parse_strace_file(path, **strace_options)
+
+
+# ------------------------------------------------------------ a call as strace prints it
+
+
+def strace_line(call: Call, data: bytes | None = None) -> str:
+    """``call`` as ``strace -f -ttt -T`` prints it (without ``-yy``'s fd decorations)::
+
+        444  1795321422.640360 connect(18, {sa_family=AF_INET, sin_port=htons(53745),
+        sin_addr=inet_addr("127.0.0.1")}, 16) = 0 <0.000666>
+
+    A call parsed from strace keeps its arguments as strace printed them (shortened);
+    a call the demo's recorder logged is spelled out from its facts (``sendto(18,
+    "hello\\n", 6, 0, NULL, 0)`` for Python's ``send``); ``data`` is what a read returned
+    or a write sent, when the caller knows it (the payload of the segments it is joined
+    to) and the record does not say.  An inferred call was never traced: its line says
+    ``?`` where nothing is known, and gives no duration.
+    """
+    args = call.args if _printed_by_strace(call) else _spelled_out(call, data)
+    if call.errno is not None:
+        try:
+            why = os.strerror(getattr(errno_mod, call.errno))
+        except (AttributeError, TypeError):
+            why = call.errno
+        result = f"-1 {call.errno} ({why})"
+    else:
+        result = "?" if call.ret is None else str(call.ret)
+    if call.kind is CallKind.WAIT and call.ret and call.fd is not None and call.errno is None:
+        result += f" ([{{fd={call.fd}, revents=POLLIN}}])"
+    took = f" <{call.end - call.start:.6f}>" if (call.ret is not None or call.errno) and not call.inferred else ""
+    tid = "?" if call.inferred else call.tid
+    return f"{tid}  {call.start:.6f} {call.call}({args}) = {result}{took}"
+
+
+def _printed_by_strace(call: Call) -> bool:
+    """strace prints a descriptor call's fd first; the demo's recorder does not."""
+    if call.inferred:
+        return False
+    if call.fd is None:  # socket(): strace names the protocol too
+        return call.args.count(",") >= 2
+    return call.args.startswith(f"{call.fd},") or (call.args == str(call.fd) and call.kind is CallKind.CLOSE)
+
+
+def _sockaddr_text(ep: Endpoint | None) -> tuple[str, int]:
+    if ep is None:
+        return "NULL", 0
+    if ":" in ep.ip:
+        return (f'{{sa_family=AF_INET6, sin6_port=htons({ep.port}), sin6_flowinfo=htonl(0), '
+                f'inet_pton(AF_INET6, "{ep.ip}", &sin6_addr), sin6_scope_id=0}}', 28)
+    return f'{{sa_family=AF_INET, sin_port=htons({ep.port}), sin_addr=inet_addr("{ep.ip}")}}', 16
+
+
+# the recorder's data argument: strace-quoted ("hello\n"), or Python's repr (b'hello\n')
+_QUOTED_ARG = re.compile(r'"(?:[^"\\]|\\.)*"' r"|b'(?:[^'\\]|\\.)*'" r'|b"(?:[^"\\]|\\.)*"')
+
+
+def _quoted(call: Call, data: bytes | None) -> str:
+    """The data argument of a send or receive, quoted as strace quotes it."""
+    from handshake_viz.text import escape_preview
+
+    if call.kind is CallKind.RECV and call.ret == 0 and call.errno is None:
+        return '""'
+    quoted = _QUOTED_ARG.match(call.args) if call.kind is CallKind.SEND else None
+    if quoted is None:
+        return escape_preview(data, limit=32) if data else '"…"'
+    text = quoted.group(0)
+    if text.startswith("b"):  # older recordings kept Python's repr of the bytes
+        import ast
+
+        try:
+            return escape_preview(ast.literal_eval(text), limit=32)
+        except (ValueError, SyntaxError):
+            return text
+    return text
+
+
+def _spelled_out(call: Call, data: bytes | None) -> str:
+    """Arguments of a recorded (or inferred) call, in strace's form."""
+    fd = "?" if call.fd is None else str(call.fd)
+    kind = call.kind
+    addr, size = _sockaddr_text(call.sockaddr or (call.remote if kind is CallKind.ACCEPT else None))
+    if kind is CallKind.SOCKET:
+        parts = call.args.split(", ") if call.args else ["AF_INET", "SOCK_STREAM"]
+        return ", ".join(parts + ["IPPROTO_IP"] * (len(parts) < 3))
+    if kind in (CallKind.BIND, CallKind.CONNECT):
+        if call.sockaddr is None and call.remote is not None and kind is CallKind.CONNECT:
+            addr, size = _sockaddr_text(call.remote)
+        return f"{fd}, {addr}, {size}"
+    if kind is CallKind.LISTEN:
+        return f"{fd}, {call.args or '?'}"
+    if kind is CallKind.ACCEPT:
+        return f"{fd}, {addr}, [{size}], SOCK_CLOEXEC"
+    if kind is CallKind.SEND:
+        n = call.nbytes if call.nbytes is not None else "?"
+        dest = f"{addr}, {size}" if call.sockaddr is not None else "NULL, 0"
+        return f"{fd}, {_quoted(call, data)}, {n}, 0, {dest}"
+    if kind is CallKind.RECV:
+        size_arg = call.args if call.args.isdigit() else "?"
+        return f"{fd}, {_quoted(call, data)}, {size_arg}, 0, NULL, NULL"
+    if kind is CallKind.SHUTDOWN:
+        return f"{fd}, {call.how or call.args or '?'}"
+    if kind is CallKind.WAIT:
+        return f"[{{fd={fd}, events=POLLIN}}], 1, 5000"
+    if kind is CallKind.OPTION:
+        parts = call.args.split(", ")
+        if len(parts) == 3:  # SOL_SOCKET, SO_REUSEADDR, 1
+            return f"{fd}, {parts[0]}, {parts[1]}, [{parts[2]}], 4"
+        return f"{fd}, {call.args}" if call.args else fd
+    if kind is CallKind.CLOSE:
+        return fd
+    return f"{fd}, {call.args}" if call.args else fd
