@@ -15,10 +15,16 @@ from typing import Any, TextIO
 
 from handshake_viz import report
 from handshake_viz.errors import HsvizError, NoSuchConnection, UsageError
+from handshake_viz.text import safe_text
 
 __all__ = ["main", "build_parser"]
 
 PROG = "hsviz"
+
+
+def _warn(err: TextIO, text: object) -> None:
+    """``hsviz: warning: TEXT``, escaped: warnings quote file names and file contents."""
+    err.write(f"{PROG}: warning: {safe_text(text)}\n")
 
 
 # ----------------------------------------------------------------------------------------
@@ -57,7 +63,7 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return _analyze_with_calls(args, calls_file, out, err)
     mode: Mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
     analyze_file(args.file, mode, want=args.conn, jobs=args.jobs, write=out.write,
-                 warn=lambda w: err.write(f"{PROG}: warning: {w}\n"))
+                 warn=lambda w: _warn(err, w))
     return 0
 
 
@@ -79,7 +85,7 @@ def _analyze_with_calls(args: argparse.Namespace, calls_file: Path, out: TextIO,
     mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
     out.writelines(line + "\n" for line in report.trace_lines(trace, mode, conn=args.conn))
     for w in trace.warnings:
-        err.write(f"{PROG}: warning: {w}\n")
+        _warn(err, w)
     return 0
 
 
@@ -387,7 +393,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         stats = packets.stats
         warnings = list(stats.warnings)
     for w in warnings:
-        err.write(f"{PROG}: warning: {w}\n")
+        _warn(err, w)
     if not tracking.seen and not tracking.flows.flow_count:
         raise UsageError(f"{args.file}: no TCP segments or UDP datagrams in {stats.records} records")
     view.summaries()
@@ -464,7 +470,7 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
             plt.close(ax.figure)
     for w in trace.warnings:
-        err.write(f"{PROG}: warning: {w}\n")
+        _warn(err, w)
     out.write(f"{dest}\n")
     return 0
 
@@ -576,7 +582,8 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise UsageError("-o: empty output path")
     result, traced = export_capture(args.file, args.output, calls=args.calls,
                                     traced_only=args.traced_only)
-    err.writelines(f"hsviz: warning: {w}\n" for w in result.warnings)
+    for w in result.warnings:
+        _warn(err, w)
     kind = "traced" if traced else "inferred"
     if not result.comments:
         kind = "none"
@@ -624,11 +631,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
         return int(args.func(args, out, err) or 0)
     except NoSuchConnection as exc:  # the library's words, in terms of this command's flag
         n = exc.count
-        err.write(f"{PROG}: {exc.source}: --conn {exc.conn} out of range (the capture has {n} "
+        err.write(f"{PROG}: {safe_text(exc.source)}: --conn {exc.conn} out of range (the capture has {n} "
                   f"connection{'s' if n != 1 else ''})\n")
         return exc.exit_status
     except HsvizError as exc:
-        err.write(f"{PROG}: {exc}\n")
+        err.write(f"{PROG}: {safe_text(exc)}\n")
         return exc.exit_status
     except KeyboardInterrupt:
         err.write(f"{PROG}: interrupted\n")

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from handshake_viz.errors import CaptureFileError, OutputError
 from handshake_viz.model import Call, CallKind, ConnectionSummary, Direction, Segment
 from handshake_viz.pcapio import CopyResult, copy_to_pcapng
+from handshake_viz.text import safe_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from handshake_viz.pipeline import Flow
@@ -88,7 +89,7 @@ def _comment(call: Call, caused: bool) -> str:
     """``connect() pid 1234 fd 3``, ``recvfrom() pid 1240 fd 4 returns 6``,
     ``read() returns 0 (inferred)``."""
     text = _who(call) + ("" if caused else _returns(call))
-    return text + " (inferred)" if call.inferred else text
+    return safe_text(text + " (inferred)" if call.inferred else text)
 
 
 def call_comments(segments: Iterable[Segment], summaries: Sequence[ConnectionSummary],

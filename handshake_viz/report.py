@@ -12,7 +12,7 @@ from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from handshake_viz.text import escape_preview
+from handshake_viz.text import escape_preview, safe_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from handshake_viz.pipeline import Trace
@@ -327,7 +327,7 @@ def format_flow_summary(s: FlowSummary) -> str:
 def format_call(call: Call, t0: float | None = None) -> str:
     ms = (call.start - (call.start if t0 is None else t0)) * 1000.0
     if call.errno is not None:
-        result = f"= -1 {call.errno}"
+        result = f"= -1 {safe_text(call.errno)}"
     elif call.ret is not None:
         result = f"= {call.ret}"
     elif call.inferred:
@@ -337,7 +337,7 @@ def format_call(call: Call, t0: float | None = None) -> str:
     tag = " (inferred)" if call.inferred else ""
     frames = f"  frames {','.join(map(str, call.frames))}" if call.frames else ""
     fd = "" if call.fd is None else str(call.fd)
-    return f"{'':7} {ms:>10.3f} ms  pid {call.pid} {call.call}({fd}) {result}{tag}{frames}"
+    return f"{'':7} {ms:>10.3f} ms  pid {call.pid} {safe_text(call.call)}({fd}) {result}{tag}{frames}"
 
 
 # ----------------------------------------------------------------------------------------
