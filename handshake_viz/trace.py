@@ -55,6 +55,7 @@ from typing import IO, Any
 
 from .errors import TraceFileError, os_error
 from .model import COUNTS_MESSAGES, SYSCALLS, Call, CallKind, Endpoint, call_kind, normalize_ip
+from .outfile import DEFAULT_MODE, AtomicFile
 from .text import safe_text
 
 __all__ = [
@@ -1187,21 +1188,20 @@ def calls_path_for(pcap_path: str | os.PathLike[str]) -> Path:
     return p.with_name(stem + ".calls.jsonl")
 
 
-def write_calls_jsonl(calls: Iterable[Call], path: str | os.PathLike[str]) -> int:
+def write_calls_jsonl(calls: Iterable[Call], path: str | os.PathLike[str], *, mode: int = DEFAULT_MODE) -> int:
     """Write one ``Call.to_json()`` object per line; returns how many.
 
-    Raises OutputError when the file cannot be written.
+    The file is written whole under a temporary name and renamed into place
+    (:class:`~handshake_viz.outfile.AtomicFile`: no link followed, ``mode`` 0600
+    unless told).  Raises OutputError when it cannot be written.
     """
     path = Path(path)
     n = 0
-    try:
-        with open(path, "w", encoding="utf-8") as fh:
-            for call in calls:
-                fh.write(json.dumps(call.to_json(), separators=(",", ":"), ensure_ascii=False))
-                fh.write("\n")
-                n += 1
-    except OSError as exc:
-        raise os_error(exc, path, "write") from None
+    with AtomicFile(path, "w", mode_bits=mode) as fh:
+        for call in calls:
+            fh.write(json.dumps(call.to_json(), separators=(",", ":"), ensure_ascii=False))
+            fh.write("\n")
+            n += 1
     return n
 
 
