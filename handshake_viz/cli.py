@@ -8,6 +8,7 @@ status 2; nothing else is caught, so a real bug still shows its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -176,8 +177,12 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
         "line per segment as it arrives, write every frame to a pcap, and on exit print each "
         "connection's summary and the pcap's path. Stops on Ctrl-C (twice: at once), SIGTERM, "
         "--count, --timeout or --connections. "
-        "With -- CMD, the command runs under strace once the capture is ready (as the user "
-        "who ran sudo, unless --as-root); the capture stops --grace seconds after it exits, "
+        "Run as root (sudo), hsviz opens the packet socket (and attaches strace for "
+        "--trace-pid), then drops to the user who ran sudo (or --user) with no capability "
+        "left, before it reads a packet or writes a file; files are made new, never through "
+        "a link, mode 0600 (--mode). "
+        "With -- CMD, the command runs under strace once the capture is ready (as that "
+        "user; --as-root only for a real root login); the capture stops --grace seconds after it exits, "
         "or, stopping first, ends it. With --trace-pid, strace attaches to running processes "
         "and detaches when the capture stops; they keep running. Either way the socket calls "
         "are printed after the summaries and written beside the pcap: FILE.calls.jsonl "
@@ -200,7 +205,12 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace-pid", type=int, action="append", metavar="PID", default=[],
                    help="trace the socket calls of this running process (repeatable; needs strace)")
     p.add_argument("--as-root", action="store_true",
-                   help="run the command after -- as root, not as the user who ran sudo")
+                   help="run the command after -- with root's full rights (a real root login "
+                   "only: refused under sudo)")
+    p.add_argument("--user", metavar="NAME",
+                   help="the user to become once the packet socket is open (default: the "
+                   "user who ran sudo; run as plain root, root without capabilities)")
+    _add_file_options(p, what="the pcap, FILE.strace and FILE.calls.jsonl")
     p.add_argument("--grace", type=float, default=0.5, metavar="SECONDS",
                    help="keep capturing this long after the traced command exits, for the "
                    "last FIN/ACK; also how long the command may take to exit by itself when "
@@ -208,6 +218,44 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD",
                    help="run CMD [ARGS ...] under strace while capturing (needs strace)")
     p.set_defaults(func=_cmd_capture)
+
+
+def _add_file_options(p: argparse.ArgumentParser, *, what: str) -> None:
+    """--mode, --snaplen and --no-payload: for files that will be shared."""
+    p.add_argument("--mode", default="0600", metavar="OCTAL",
+                   help=f"file mode of {what} (default: 0600: they hold payloads)")
+    p.add_argument("--snaplen", type=int, metavar="N",
+                   help="keep at most N bytes of each frame (the analysis keeps every "
+                   "length from the IP header)")
+    p.add_argument("--no-payload", action="store_true",
+                   help="keep only each frame's headers (link, IP, TCP/UDP), for sharing")
+
+
+def _preload(*, plot: bool) -> None:
+    import importlib
+
+    names = ["handshake_viz.pipeline", "handshake_viz.align", "handshake_viz.spill", "handshake_viz.trace",
+             "handshake_viz.session"]
+    if plot:
+        names += ["matplotlib", "matplotlib.pyplot", "handshake_viz.draw", "handshake_viz.api"]
+    # numpy's BLAS starts a thread per CPU when it is loaded; a thread alive at the drop
+    # would keep capabilities (they belong to a thread), so it loads single-threaded.
+    saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
+    os.environ.update(dict.fromkeys(_BLAS_THREADS, "1"))
+    try:
+        for name in names:
+            importlib.import_module(name)
+            if name == "matplotlib":
+                importlib.import_module(name).use("Agg")
+    finally:  # the traced command gets the environment it was given
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _plot_capture(pcap: Any) -> Any:
@@ -238,6 +286,16 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.as_root and not command:
         raise UsageError("--as-root: only for a command given after --")
     tracing = bool(command or args.trace_pid)
+    from handshake_viz.outfile import parse_mode
+    from handshake_viz.privilege import PrivilegedSetup, capture_identity
+
+    file_options: dict[str, Any] = {"mode": parse_mode(args.mode), "headers_only": args.no_payload}
+    if args.snaplen is not None:
+        file_options["snaplen"] = args.snaplen
+    privileges = PrivilegedSetup(capture_identity(args.user, as_root=args.as_root))
+    # Whatever runs after the drop is imported before it: the user may not be able to
+    # read this Python's own files (a Python installed under /root).
+    privileges.add(lambda: _preload(plot=args.plot))
 
     tracking = LiveTracking(connections=args.connections)
     view = _LiveView(tracking, out, err, status=err.isatty())
@@ -254,10 +312,11 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         from handshake_viz.session import TracedCapture
 
         session = TracedCapture(
-            args.port, command=command, pids=args.trace_pid, as_user=None if args.as_root else "sudo",
+            args.port, command=command, pids=args.trace_pid, as_root=args.as_root,
             grace=args.grace, iface=args.iface, output=output,
             count=args.count, timeout=args.timeout,
             on_ready=ready, on_packet=tracking.packet, on_status=view.status,
+            privileges=privileges, **file_options,
         )
         live = session.live
     else:
@@ -265,21 +324,14 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             args.port, iface=args.iface, output=output,
             count=args.count, timeout=args.timeout,
             on_ready=ready, on_packet=tracking.packet, on_status=view.status,
+            privileges=privileges, **file_options,
         )
     tracking.stop = live.stop
-    from handshake_viz.tracer import give_to_sudo_user
-
-    written: list[Any] = [live.output]
-    if session is not None:
-        written += [session.strace_log, session.calls_path]
-    try:
-        return _run_capture(args, live, session, view, err, out, written)
-    finally:
-        give_to_sudo_user(p for p in written if p is not None and Path(p).exists())
+    return _run_capture(args, live, session, view, err, out)
 
 
 def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, err: TextIO,
-                 out: TextIO, written: list[Any]) -> int:
+                 out: TextIO) -> int:
     try:
         outcome = session.run() if session is not None else None
         result = outcome.capture if outcome is not None else live.run()
@@ -307,14 +359,15 @@ def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, e
         n = len(outcome.calls)
         err.write(f"{PROG}: wrote {n} socket call{'s' if n != 1 else ''} to {outcome.calls_path} "
                   f"(strace log: {outcome.strace_log})\n")
+        for fault in outcome.faults:  # the strace log could not be written whole
+            err.write(f"{PROG}: {safe_text(fault)}\n")
     if args.plot:
         if summaries or view.tracking.flows.flow_count:
             drawn = _plot_capture(result.output)
-            written.append(drawn)
             err.write(f"{PROG}: drew {drawn}\n")
         else:
             err.write(f"{PROG}: no connection to draw\n")
-    return 0
+    return 2 if outcome is not None and outcome.faults else 0
 
 
 def _print_calls(calls: Any, summaries: list[Any], out: TextIO) -> None:
