@@ -556,8 +556,10 @@ class LiveCapture:
                 restore[signum] = signal.signal(signum, self._on_signal)
         writer: PcapWriter | None = None
         try:
-            self._psock = open_packet_socket(self.iface, self.port, snaplen=self.snaplen, rcvbuf=self.rcvbuf,
-                                             udp=self.udp)
+            # The kernel keeps whole frames: a frame its filter cut would lose its length on
+            # the wire; the receive buffer (self._view) holds the first `snaplen` bytes and
+            # recvmsg still says how long the frame was.
+            self._psock = open_packet_socket(self.iface, self.port, rcvbuf=self.rcvbuf, udp=self.udp)
             if self.privileges is not None:  # root's work is done: the rest runs as the user
                 self.privileges.open_and_drop()
             writer = PcapWriter(self.output, linktype=self._psock.linktype, snaplen=self.snaplen,

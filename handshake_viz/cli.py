@@ -625,6 +625,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl")
     p.add_argument("--traced-only", action="store_true",
                    help="comment only traced calls, never calls inferred from the segments")
+    _add_file_options(p, what="the pcapng")
     p.set_defaults(func=_cmd_export)
 
 
@@ -633,8 +634,13 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     if args.output is not None and not args.output:
         raise UsageError("-o: empty output path")
+    from handshake_viz.outfile import parse_mode
+
+    if args.snaplen is not None and args.snaplen < 1:
+        raise UsageError(f"--snaplen {args.snaplen}: must be at least 1")
     result, traced = export_capture(args.file, args.output, calls=args.calls,
-                                    traced_only=args.traced_only)
+                                    traced_only=args.traced_only, mode=parse_mode(args.mode),
+                                    snaplen=args.snaplen, headers_only=args.no_payload)
     for w in result.warnings:
         _warn(err, w)
     kind = "traced" if traced else "inferred"

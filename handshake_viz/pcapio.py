@@ -797,6 +797,7 @@ class PcapWriter:
         if self._error is not None:
             self.records += 1
             self.lost += 1
+            self._error_raised = True
             raise self._error
         if self._fd is None:
             raise ValueError("write to a closed PcapWriter")
@@ -822,19 +823,28 @@ class PcapWriter:
             self._buf_records += 1
             self.records += 1
             if len(buf) >= self.max_buffer or now - self._pending_since >= self.flush_interval:
-                self._flush_locked()
+                self._flush_raising()
 
     def maybe_flush(self, now: float | None = None) -> None:
         """Flush if the oldest pending record has waited ``flush_interval`` or more;
         raises the writer's error, if any, even when nothing is pending."""
         if self._error is not None:
+            self._error_raised = True
             raise self._error
         if self._buf and (now if now is not None else time.monotonic()) - self._pending_since >= self.flush_interval:
             self.flush()
 
     def flush(self) -> None:
         with self._lock:
+            self._flush_raising()
+
+    def _flush_raising(self) -> None:
+        """_flush_locked for a caller: the error it raises has reached someone."""
+        try:
             self._flush_locked()
+        except OutputError:
+            self._error_raised = True
+            raise
 
     def _flush_locked(self) -> None:
         if self._error is not None:
@@ -849,10 +859,13 @@ class PcapWriter:
 
     def _flush_loop(self) -> None:
         while not self._closing.wait(self.flush_interval):
-            try:
-                self.maybe_flush()
-            except OutputError:
-                return  # kept in self._error: the capture's next call raises it
+            with self._lock:
+                if not self._buf or time.monotonic() - self._pending_since < self.flush_interval:
+                    continue
+                try:
+                    self._flush_locked()
+                except OutputError:
+                    return  # kept in self._error: the capture's next call raises it
 
     def close(self) -> None:
         """Write what is pending and close the file.  Safe to call more than once.
@@ -866,6 +879,8 @@ class PcapWriter:
             try:
                 if self._error is None:
                     self._flush_locked()
+                if self._error is None and self._fd is not None and unlinked(self._fd):
+                    self._fail(self._gone())
             except OutputError:
                 pass
             finally:
@@ -912,10 +927,12 @@ class PcapWriter:
         self._size += len(data)
         self.on_disk += records
         if unlinked(self._fd):
-            self.lost = self.records
-            raise self._fail(OutputError(
-                f"{self.path}: the file was removed while it was written (its directory "
-                f"deleted?): its {self.on_disk:,} packets are lost"))
+            raise self._fail(self._gone())
+
+    def _gone(self) -> OutputError:
+        self.lost = self.records
+        return OutputError(f"{self.path}: the file was removed while it was written (its directory "
+                           f"deleted?): its {self.records:,} packets are lost")
 
     def __enter__(self) -> PcapWriter:
         return self

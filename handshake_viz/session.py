@@ -189,7 +189,8 @@ class StraceLog:
     def _copy(self) -> None:
         fd = self._fd
         assert fd is not None
-        size = 0  # bytes in the file, always whole lines once a write failed
+        size = 0  # bytes in the file
+        whole = 0  # bytes in the file up to the end of its last whole line
         while chunk := os.read(self._read, 1 << 16):
             if not size:
                 self.remove_fifo()  # strace has it open: no name left behind, even after a SIGKILL
@@ -201,15 +202,17 @@ class StraceLog:
                 while done < len(chunk):
                     done += os.write(fd, chunk[done:])
             except OSError as exc:
-                whole = chunk.rfind(b"\n", 0, done) + 1
+                cut = chunk.rfind(b"\n", 0, done) + 1  # 0: no line ended in what was written
                 with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size + whole)
-                self.lines += chunk.count(b"\n", 0, whole)
-                self.lost += chunk.count(b"\n", whole)
+                    os.ftruncate(fd, size + cut if cut else whole)
+                self.lines += chunk.count(b"\n", 0, cut)
+                self.lost += chunk.count(b"\n", cut)
                 self.fault = f"cannot write: {exc.strerror or exc}"
                 continue
             size += len(chunk)
             self.lines += chunk.count(b"\n")
+            if (last := chunk.rfind(b"\n")) >= 0:
+                whole = size - len(chunk) + last + 1
             if unlinked(fd):
                 self.fault = "the file was removed while it was written (its directory deleted?)"
                 self.lost, self.lines = self.lines, 0
@@ -370,7 +373,13 @@ class TracedCapture:
                 with contextlib.suppress(HsvizError):
                     self._write_calls()
             raise
-        calls, parse = self._write_calls()
+        try:
+            calls, parse = self._write_calls()
+        except OutputError as exc:
+            if not self._faults:
+                raise
+            # The strace log failed first (a full disk): that is the cause to name.
+            raise OutputError(f"{self._faults[0]}; and {exc}") from None
         return SessionResult(
             capture=result,
             mode=self.mode,
