@@ -1116,6 +1116,8 @@ def _from_pcap(src: _Source, magic: bytes, comments: Mapping[int, Sequence[str]]
         raise CaptureFileError(f"{src.name}: pcap file header truncated: {4 + len(head)} of 24 bytes")
     _major, _minor, _zone, _sig, snaplen, network = struct.unpack(order + "HHiIII", head)
     linktype = network & 0x03FFFFFF
+    if linktype > 0xFFFF:  # a pcapng interface holds 16 bits: no such link type exists
+        raise CaptureFileError(f"{src.name}: {unsupported(linktype)}")
     yield _shb("<")
     yield _idb("<", linktype, snaplen, resol)
     scale = 10 ** resol
