@@ -83,13 +83,15 @@ __all__ = [
     "capture",
     "load",
     "plot_connection",
+    "plot_trace",
+    "render_trace",
 ]
 
 
 def __getattr__(name: str) -> object:
     # matplotlib is imported only when a diagram is drawn: `hsviz analyze` starts fast.
-    if name == "plot_connection":
-        from handshake_viz.draw import plot_connection
+    if name in ("plot_connection", "plot_trace", "render_trace"):
+        from handshake_viz import draw
 
-        return plot_connection
+        return getattr(draw, name)
     raise AttributeError(f"module 'handshake_viz' has no attribute {name!r}")

@@ -198,11 +198,13 @@ from handshake_viz.model import (
 
 __all__ = [
     "SLACK",
+    "ConnectionView",
     "accept_queue_delay",
     "align",
     "align_datagrams",
     "calls_for_flow",
     "calls_for_connection",
+    "connection_view",
     "infer_calls",
     "timeline",
 ]
@@ -342,6 +344,17 @@ class _ConnView:
         was answered by a SYN-ACK, or the connection was synchronized.  (A lone
         RST shows neither side's socket: the kernel sends those for no socket too.)"""
         return self.first_syn[C2S] is not None or self.syn_ack[S2C] is not None or self.synchronized()
+
+
+#: One connection's landmarks as these rules read them (first SYN, SYN-ACK, FIN and RST
+#: each way, the refusing RST, the handshake ACK, first-sent bytes per segment).
+ConnectionView = _ConnView
+
+
+def connection_view(summary: ConnectionSummary, segments: Iterable[Segment]) -> ConnectionView:
+    """The landmarks of one connection, found once, as the alignment rules see them (so
+    that ``explain`` names the same handshake ACK or FIN that a call is joined to)."""
+    return _view(summary, segments)
 
 
 def _view(summary: ConnectionSummary, segments: Iterable[Segment]) -> _ConnView:

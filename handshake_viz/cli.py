@@ -23,11 +23,6 @@ __all__ = ["main", "build_parser"]
 PROG = "hsviz"
 
 
-def _warn(err: TextIO, text: object) -> None:
-    """``hsviz: warning: TEXT``, escaped: warnings quote file names and file contents."""
-    err.write(f"{PROG}: warning: {safe_text(text)}\n")
-
-
 # ----------------------------------------------------------------------------------------
 # analyze
 # ----------------------------------------------------------------------------------------
@@ -51,7 +46,17 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
                    "are free; the output is the same)")
     p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl "
                    "(default: FILE's .calls.jsonl beside it, when present)")
+    _add_explain_options(p, explain_flag=True)
     p.set_defaults(func=_cmd_analyze)
+
+
+def _add_explain_options(p: argparse.ArgumentParser, *, explain_flag: bool) -> None:
+    if explain_flag:
+        p.add_argument("--explain", action="store_true",
+                       help="after each connection's ladder, what happened in words (as hsviz explain); "
+                       "without a call log the calls are inferred and shown in the ladder")
+    p.add_argument("--lang", choices=("en", "zh"), default=None,
+                   help="language of the explanation (default: from the locale, LANG/LC_ALL/LANGUAGE)")
 
 
 def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -59,13 +64,24 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     if args.conn is not None and args.conn < 0:
         raise UsageError(f"--conn {args.conn}: connection numbers start at 0")
+    if args.explain and (args.jsonl or args.summary):
+        raise UsageError("--explain: goes with the text ladder, not --jsonl or --summary "
+                         "(hsviz explain --json gives the explanation as data)")
     calls_file = _calls_file(args)
+    if args.explain:
+        return _analyze_explained(args, calls_file, out, err)
     if calls_file is not None:
         return _analyze_with_calls(args, calls_file, out, err)
     mode: Mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
     analyze_file(args.file, mode, want=args.conn, jobs=args.jobs, write=out.write,
-                 warn=lambda w: _warn(err, w))
+                 warn=lambda w: _warn([w], err))
     return 0
+
+
+def _warn(warnings: Sequence[str], err: TextIO) -> None:
+    """What decoding noticed (a cut-off record ...), one line each after the output,
+    escaped: warnings quote file names and file contents."""
+    err.writelines(f"{PROG}: warning: {safe_text(w)}\n" for w in warnings)
 
 
 def _calls_file(args: argparse.Namespace) -> Path | None:
@@ -85,8 +101,75 @@ def _analyze_with_calls(args: argparse.Namespace, calls_file: Path, out: TextIO,
     trace = load(args.file, calls=calls_file, conn=args.conn, infer=False)
     mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
     out.writelines(line + "\n" for line in report.trace_lines(trace, mode, conn=args.conn))
-    for w in trace.warnings:
-        _warn(err, w)
+    _warn(trace.warnings, err)
+    return 0
+
+
+def _analyze_explained(args: argparse.Namespace, calls_file: Path | None, out: TextIO, err: TextIO) -> int:
+    """`hsviz analyze --explain`: the ladder, and after each connection its explanation."""
+    from handshake_viz.explain import explain_connection
+    from handshake_viz.i18n import default_lang
+    from handshake_viz.pipeline import load
+
+    lang = args.lang or default_lang()
+    trace = load(args.file, calls=calls_file, conn=args.conn)
+    out.writelines(line + "\n" for line in report.trace_lines(
+        trace, "ladder", conn=args.conn,
+        explain=lambda c: explain_connection(c, others=trace.loose_calls).lines(lang)))
+    _warn(trace.warnings, err)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------
+# explain
+# ----------------------------------------------------------------------------------------
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="what happened on each connection, in words: a numbered story and findings",
+        description="Tell each connection's story in plain words, every sentence citing its frames "
+        "(#3) and socket calls (connect() @0.000 ms): who opened, the ISNs and acknowledgements, "
+        "which call waited for what and how long, who closed first and why that side is in "
+        "TIME_WAIT; then how long each call took and what it waited for; then findings (refused, "
+        "reset, address in use, half-close, late accept(), Nagle and delayed ACK, zero window, "
+        "retransmissions, missed segments, Fast Open, keep-alives, idle...), each with its evidence "
+        "and usual cause. Calls come from FILE.calls.jsonl beside the capture (or --calls); without "
+        "them they are inferred from the segments, and the story says so.",
+    )
+    p.add_argument("file", help="capture file (pcap or pcapng)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--conn", type=int, metavar="N", help="only connection N (default: all)")
+    which.add_argument("--all", action="store_true", help="every connection (the default)")
+    p.add_argument("--json", action="store_true", help="print the explanation as JSON (schema in README)")
+    p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl")
+    _add_explain_options(p, explain_flag=False)
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import json
+
+    from handshake_viz.explain import explain_trace
+    from handshake_viz.i18n import default_lang
+    from handshake_viz.pipeline import load
+
+    if args.conn is not None and args.conn < 0:
+        raise UsageError(f"--conn {args.conn}: connection numbers start at 0")
+    lang = args.lang or default_lang()
+    trace = load(args.file, calls=args.calls, conn=args.conn)
+    explained = explain_trace(trace, conn=args.conn)
+    if args.json:
+        doc = {"type": "explain", "file": str(args.file), "lang": lang,
+               "connections": [e.to_json(lang) for e in explained.connections],
+               "findings": [f.to_json(lang) for f in explained.findings]}
+        out.write(json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+    else:
+        if not explained.connections and not explained.findings:
+            out.write(f"{args.file}: no TCP connection to explain\n")
+        out.writelines(line + "\n" for line in explained.lines(lang))
+    _warn(trace.warnings, err)
     return 0
 
 
@@ -200,8 +283,8 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--connections", type=int, metavar="N",
                    help="stop once N connections have ended (both FINs acknowledged, or a RST)")
     p.add_argument("--plot", action="store_true",
-                   help="on exit, also draw the sequence diagram: OUTPUT with .png for one "
-                   "connection, .pdf with a page per connection for several")
+                   help="on exit, also draw the sequence diagram beside the pcap (.png, every "
+                   "connection on one figure)")
     p.add_argument("--trace-pid", type=int, action="append", metavar="PID", default=[],
                    help="trace the socket calls of this running process (repeatable; needs strace)")
     p.add_argument("--as-root", action="store_true",
@@ -259,17 +342,14 @@ _BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _plot_capture(pcap: Any) -> Any:
-    """Draw what a capture wrote, beside it: one connection .png, several .pdf."""
+    """Draw what a capture wrote beside it, every connection on one figure (.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from handshake_viz import draw
-    from handshake_viz.api import load
+    from handshake_viz.pipeline import load
 
-    trace = load(pcap)
-    if len(trace.connections) == 1:
-        return draw.save_figure(draw.render(trace.connections[0]), pcap.with_suffix(".png"))
-    return draw.plot_all(trace.connections, pcap.with_suffix(".pdf"))
+    return draw.save_figure(draw.render_trace(load(pcap)), pcap.with_suffix(".png"))
 
 
 def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -445,8 +525,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             tracking.packet(packet)
         stats = packets.stats
         warnings = list(stats.warnings)
-    for w in warnings:
-        _warn(err, w)
+    _warn(warnings, err)
     if not tracking.seen and not tracking.flows.flow_count:
         raise UsageError(f"{args.file}: no TCP segments or UDP datagrams in {stats.records} records")
     view.summaries()
@@ -464,22 +543,40 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 PLOT_FORMATS = (".png", ".svg", ".pdf")
 
 
+def _conn_list(text: str) -> list[int]:
+    """``--conn 0,2,5``: connection numbers, comma separated."""
+    try:
+        conns = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: connection numbers, e.g. 0 or 0,2,5") from None
+    if not conns:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least one connection number")
+    return conns
+
+
 def _add_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
-        help="draw the sequence diagram of a connection (png, svg or pdf)",
-        description="Draw a connection as a sequence diagram: lifelines for client and server, "
-        "one arrow per segment with its label and seq/ack, the TCP states where they change, "
-        "and the socket calls in outer lanes (traced when FILE.calls.jsonl or --calls exists, "
-        "otherwise inferred from the segments and drawn hollow).",
+        help="draw the sequence diagram of connections and UDP flows (png, svg or pdf)",
+        description="Draw a capture as a sequence diagram: a lifeline per socket address (a "
+        "server's listening port is one lifeline however many clients it has), one arrow per "
+        "segment or UDP datagram with its label and seq/ack, the TCP states where they change, "
+        "and the socket calls in the lanes beside the lifelines (traced when FILE.calls.jsonl or "
+        "--calls exists, otherwise inferred from the segments and drawn hollow). Several "
+        "connections share one figure and one time axis.",
     )
     p.add_argument("file", help="capture file (pcap or pcapng)")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output file; the format comes from the extension: .png, .svg, .pdf "
                    "(default: FILE with .png next to the input)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--conn", type=int, default=0, metavar="N", help="connection to draw (default 0)")
-    which.add_argument("--all", action="store_true", help="every connection, one page each (.pdf)")
+    which.add_argument("--conn", type=_conn_list, metavar="N[,N...]",
+                       help="the connections to draw, e.g. 0 or 0,2,5 (default: 0; a capture with "
+                       "only UDP draws its flows)")
+    which.add_argument("--all", action="store_true",
+                       help="every connection and UDP flow on one figure")
+    p.add_argument("--pages", action="store_true",
+                   help="a PDF with one page per connection (and per UDP flow) instead of one figure")
     p.add_argument("--time", choices=("ordered", "real"), default="ordered",
                    help="ordered: rows evenly spaced in event order, real time in the margin "
                    "(default); real: rows spaced by real time")
@@ -490,40 +587,37 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from pathlib import Path
-
     from handshake_viz.errors import OutputError
 
     src = Path(args.file)
     dest = Path(args.output) if args.output else src.with_suffix(".png")
     if dest.suffix.lower() not in PLOT_FORMATS:
         raise OutputError(f"{dest}: unknown output format '{dest.suffix}' (use .png, .svg or .pdf)")
-    if args.all and dest.suffix.lower() != ".pdf":
-        raise UsageError(f"{dest}: --all draws one page per connection: use a .pdf output")
+    if args.pages and dest.suffix.lower() != ".pdf":
+        raise UsageError(f"{dest}: --pages draws one page per connection: use a .pdf output")
     if args.max_rows < 0:
         raise UsageError(f"--max-rows {args.max_rows}: must be 0 (no folding) or more")
-    if args.conn < 0:
-        raise UsageError(f"--conn {args.conn}: connection numbers start at 0")
+    conns = args.conn
+    if conns is not None and min(conns) < 0:
+        raise UsageError(f"--conn {min(conns)}: connection numbers start at 0")
     import matplotlib
 
     matplotlib.use("Agg")
     from handshake_viz import draw
-    from handshake_viz.api import load
+    from handshake_viz.pipeline import load
 
-    trace = load(src, calls=args.calls, conn=None if args.all else args.conn)
-    if args.all:
-        draw.plot_all(trace.connections, dest, time=args.time, max_rows=args.max_rows)
+    everything = args.all or args.pages
+    trace = load(src, calls=args.calls, conn=None if everything or conns is None else conns)
+    if args.pages:
+        draw.plot_all(trace, dest, time=args.time, max_rows=args.max_rows)
     else:
-        conn = trace.connection(args.conn)
-        ax = conn.plot(time=args.time, max_rows=args.max_rows)
-        try:
-            draw.save_figure(ax.figure, dest)
-        finally:
-            import matplotlib.pyplot as plt
-
-            plt.close(ax.figure)
-    for w in trace.warnings:
-        _warn(err, w)
+        if not everything and conns is None:
+            conns = [0] if trace.connections else []  # a capture with only UDP: its flows
+        chosen = None if everything else conns
+        flows = None if everything or trace.connections else [f.flow for f in trace.flows]
+        fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows)
+        draw.save_figure(fig, dest)
+    _warn(trace.warnings, err)
     out.write(f"{dest}\n")
     return 0
 
@@ -557,6 +651,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="where to write the files (default: the current directory)")
     p.add_argument("--shipped", action="store_true",
                    help="do not capture: open the shipped captures/NAME.pcap")
+    p.add_argument("--redraw", action="store_true",
+                   help="with --shipped: draw the shipped capture again, to OUT_DIR/NAME.png "
+                   "(how captures/*.png are made)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -565,6 +662,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         EXPECTED_LABELS_FILE,
         SCENARIOS,
         can_capture,
+        draw_lesson,
         dump_expected_labels,
         expected_labels,
         format_result,
@@ -578,6 +676,8 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         width = max(map(len, SCENARIOS))
         out.writelines(f"{s.name:<{width}}  {s.lesson}\n" for s in SCENARIOS.values())
         return 0
+    if args.redraw and not args.shipped:
+        raise UsageError("--redraw: only with --shipped (a live run draws its capture anyway)")
     names = list(SCENARIOS) if args.all else [args.name]
     for n in names:
         scenario(n)  # unknown names fail before anything runs
@@ -590,6 +690,13 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for n in names:
         result = run_scenario(n, args.output_dir, live=live)
         results.append(result)
+        if args.redraw and not result.live:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            drawn = draw_lesson(result, Path(args.output_dir) / f"{n}.png")
+            err.write(f"{PROG}: drew {drawn}\n")
+            continue
         out.writelines(line + "\n" for line in format_result(result))
         written = [result.pcap, result.calls_path] + ([result.png] if result.png else [])
         if result.live:
@@ -641,8 +748,7 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     result, traced = export_capture(args.file, args.output, calls=args.calls,
                                     traced_only=args.traced_only, mode=parse_mode(args.mode),
                                     snaplen=args.snaplen, headers_only=args.no_payload)
-    for w in result.warnings:
-        _warn(err, w)
+    _warn(result.warnings, err)
     kind = "traced" if traced else "inferred"
     if not result.comments:
         kind = "none"
@@ -655,6 +761,7 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # subcommand put their registrar here.
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_analyze,
+    _add_explain,
     _add_plot,
     _add_capture,
     _add_replay,

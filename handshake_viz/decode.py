@@ -451,28 +451,17 @@ def decode_frame(
 # ---------------------------------------------------------------------------
 
 
-class CaptureReader:
-    """An open capture: iterate it for its TCP packets (and, on request, UDP datagrams).
-
-    A thin layer over :class:`~handshake_viz.pcapio.CaptureFile`, which reads the
-    records: iterating yields :class:`Packet` records in file order;
-    :meth:`records` builds them with another constructor (and UDP datagrams with
-    ``make_udp``); :attr:`stats` counts what was read.  Use it as a context manager,
-    or call :meth:`close`.
+class CaptureReader(pcapio.CaptureFile):
+    """An open capture (see :class:`~handshake_viz.pcapio.CaptureFile`, which reads the
+    records): iterate it for its TCP packets; :meth:`records` builds them with another
+    constructor (and UDP datagrams with ``make_udp``); :attr:`stats` counts what was
+    read.  Use it as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, file: pcapio.CaptureFile) -> None:
-        self._file = file
-        self.stats: DecodeStats = file.stats  # type: ignore[assignment]
-
-    name = property(lambda self: self._file.name)
-    format = property(lambda self: self._file.format)
-    linktypes = property(lambda self: self._file.linktypes)
-    snaplen = property(lambda self: self._file.snaplen)
-    ts_resolution = property(lambda self: self._file.ts_resolution)
+    stats: DecodeStats
 
     def __iter__(self) -> Iterator[Packet]:
-        return self._file.walk(_decode, _make_packet)
+        return self.walk(_decode, _make_packet)
 
     def records(self, make: Callable[..., _T], make_udp: Callable[..., Any] | None = None
                 ) -> Iterator[_T]:
@@ -481,31 +470,14 @@ class CaptureReader:
         writer takes only the fields it prints, in a tuple -- and, with ``make_udp``,
         each UDP datagram with it (UdpPacket's fields), in the same stream."""
         if make_udp is None:
-            return self._file.walk(_decode, make)
+            return self.walk(_decode, make)
         stats = self.stats
 
         def udp(*fields: Any) -> Any:
             stats.udp += 1
             return make_udp(*fields)
 
-        return self._file.walk(_decode, make, udp)
-
-    def frames(self) -> Iterator[pcapio.Frame]:
-        """Each record's raw bytes (see :meth:`pcapio.CaptureFile.frames`)."""
-        return self._file.frames()
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> CaptureReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return (f"<CaptureReader {self.name!r} {self.format} linktypes={self.linktypes} "
-                f"records={self.stats.records}>")
+        return self.walk(_decode, make, udp)
 
 
 def open_capture(source: Source, *, name: str | None = None) -> CaptureReader:
@@ -517,7 +489,7 @@ def open_capture(source: Source, *, name: str | None = None) -> CaptureReader:
     when the file is missing, a directory, unreadable, empty, not a capture, has a
     cut file header, or (pcap) an unsupported link type.
     """
-    return CaptureReader(pcapio.open_file(source, supported=LINKTYPES, name=name, stats=DecodeStats()))
+    return pcapio.open_file(source, supported=LINKTYPES, name=name, stats=DecodeStats(), cls=CaptureReader)
 
 
 def iter_packets(path: Source) -> Iterator[Packet]:

@@ -40,6 +40,7 @@ __all__ = [
     "can_capture",
     "dump_expected_labels",
     "expected_labels",
+    "draw_lesson",
     "format_result",
     "run_scenario",
     "scenario",
@@ -222,17 +223,17 @@ def _result(lesson: Scenario, live: bool, pcap: Path, calls_path: Path, calls: S
     result = DemoResult(lesson.name, lesson.lesson, live, pcap, calls_path, None, trace, tuple(notes))
     result = replace(result, notes=tuple(notes) + tuple(_lesson_notes(lesson, result)))
     if png is not None:
-        from handshake_viz import draw
-
-        render = getattr(draw, "render_trace", None)
-        if render is not None:
-            fig = render(trace, time=lesson.time, max_rows=0)
-        elif trace.connections:  # until the one-figure diagram of a whole trace lands
-            fig = draw.render(trace.connections[0], time=lesson.time, max_rows=0)
-        else:
-            fig = None
-        result = replace(result, png=draw.save_figure(fig, png) if fig is not None else None)
+        result = replace(result, png=draw_lesson(result, png))
     return result
+
+
+def draw_lesson(result: DemoResult, png: Path) -> Path:
+    """The lesson's diagram, every connection and flow on one figure, as ``hsviz plot
+    FILE --all`` draws it (with the lesson's own time mode)."""
+    from handshake_viz import draw
+
+    lesson = scenario(result.scenario)
+    return draw.save_figure(draw.render_trace(result.trace, time=lesson.time, max_rows=0), png)  # type: ignore[arg-type]
 
 
 def _lesson_notes(scenario: Scenario, result: DemoResult) -> list[str]:

@@ -3,14 +3,16 @@
 Seaborn-style entry points: data first, keyword-only options, draw on the
 caller's Axes (or a new figure sized to the diagram) and return the Axes; never
 ``plt.show()``.  All decisions about *what* is drawn were made by
-``layout.plan``; this module only decides how it looks.
+``layout.plan_trace``; this module only decides how it looks.
 
-* :func:`plot_connection` — plan and paint one connection, return the Axes.
-* :func:`render` — the same on a new pyplot-free Figure (for the CLI and batch
-  jobs: nothing is registered with pyplot, nothing leaks).
+* :func:`plot_trace` — plan and paint a whole trace (or chosen connections and
+  UDP flows) on one time axis, one lifeline per socket address; return the Axes.
+* :func:`plot_connection` — the same for one connection.
+* :func:`render_trace`, :func:`render` — the same on a new pyplot-free Figure
+  (for the CLI and batch jobs: nothing is registered with pyplot, nothing leaks).
 * :func:`paint` — paint an existing Layout onto an Axes.
 * :func:`save_figure` — write png/svg/pdf atomically (temp file + rename).
-* :func:`plot_all` — a multi-page PDF, one connection per page.
+* :func:`plot_all` — a multi-page PDF, one connection (or flow) per page.
 
 Speed: arrows, arrowheads, call bars and connectors are a handful of batched
 collections, so a 1,000-segment connection with ``max_rows=0`` renders in about
@@ -40,7 +42,7 @@ from matplotlib.textpath import TextToPath
 from matplotlib.transforms import Affine2D
 
 from handshake_viz.errors import OutputError, UsageError
-from handshake_viz.layout import Layout, TimeMode, plan
+from handshake_viz.layout import Layout, TimeMode, plan, plan_trace
 from handshake_viz.model import Call, ConnectionSummary, Segment
 
 if TYPE_CHECKING:
@@ -53,7 +55,9 @@ __all__ = [
     "paint",
     "plot_all",
     "plot_connection",
+    "plot_trace",
     "render",
+    "render_trace",
     "save_figure",
 ]
 
@@ -62,6 +66,7 @@ PHASE_COLORS: dict[str, str] = {
     "data": "#2ca02c",
     "close": "#d62728",
     "reset": "#9467bd",
+    "udp": "#d9730d",  # datagrams: no phase, one colour
 }
 _INK = "#222222"
 _GREY = "#666666"
@@ -74,15 +79,15 @@ _FOLD_FACE = "#f1f1f1"
 _MONO = "DejaVu Sans Mono"
 
 _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
-_MAX_PIXELS = 60_000
-_FIT = 0.9  # widest text line between the lifelines (lifeline units)  # Agg refuses images of 2**16 pixels or more in either direction
+_MAX_PIXELS = 60_000  # Agg refuses images of 2**16 pixels or more in either direction
+_FIT = 0.9  # widest text line, as a share of the room between its lifelines
 
 
 @dataclass(frozen=True)
 class Style:
     """Options for the look; pass any of them as keywords to the plotting functions."""
 
-    colors: tuple[tuple[str, str], ...] = tuple(PHASE_COLORS.items())  # phase -> colour
+    colors: tuple[tuple[str, str], ...] = tuple(PHASE_COLORS.items())  # phase (or "udp") -> colour
     font_scale: float = 1.0  # multiplies every font size
     row_height: float = 0.58  # inches per row (new figures)
     unit_width: float = 3.6  # inches between the two lifelines (new figures)
@@ -131,15 +136,17 @@ _SIZES = {
     "legend": 9.0,
 }
 _LEGEND_TEXT = {
+    "udp": "UDP datagram",
     "flagged": "flagged segment (dashed)",
     "fold": "folded run",
     "call-traced": "socket call (traced)",
     "call-inferred": "socket call (inferred)",
 }
-_TOP_IN = 1.25
+_TOP_IN = 1.25  # title + headers above the axes (inches)
 _LINE_IN = 0.2  # one more header line
-_HEADER_GAP = 24.0  # points between the two lifeline headers  # title + headers above the axes (inches)
+_HEADER_GAP = 24.0  # points between two neighbouring lifeline headers
 _BOTTOM_IN = 0.55  # legend below the axes
+_LANES_ABOVE_PT = 20.0  # the row of lane titles above the headers, when they have one
 
 
 # ==========================================================================================
@@ -315,13 +322,54 @@ def _bold_width(text: str, size: float) -> float:
                for line in text.split("\n"))
 
 
+def _header_room(layout: Layout, texts: list[str], size: float) -> float:
+    """Points per lifeline unit that neighbouring headers ``texts`` need."""
+    need = 0.0
+    for (a, ta), (b, tb) in zip(zip(layout.lifelines, texts), zip(layout.lifelines[1:], texts[1:])):
+        need = max(need, ((_bold_width(ta, size) + _bold_width(tb, size)) / 2 + _HEADER_GAP)
+                   / (b.x - a.x))
+    return need
+
+
 def _headers(layout: Layout, size: float, unit_pt: float) -> tuple[list[str], bool]:
-    """Lifeline headers on one line (``client 127.0.0.1:49736``) when both fit
-    between the lifelines, else on two (side, then endpoint: long IPv6 addresses)."""
+    """Lifeline headers on one line (``client 127.0.0.1:49736``) when neighbours fit
+    side by side, else on two (name, then endpoint: long IPv6 addresses)."""
     one = [ln.header for ln in layout.lifelines]
-    if (_bold_width(one[0], size) + _bold_width(one[1], size)) / 2 + _HEADER_GAP <= unit_pt:
+    if _header_room(layout, one, size) <= unit_pt:
         return one, False
-    return [f"{ln.side}\n{ln.endpoint}" for ln in layout.lifelines], True
+    return [f"{ln.name}\n{ln.endpoint}" for ln in layout.lifelines], True
+
+
+@dataclass(frozen=True)
+class _Heads:
+    """What is written above the axes: lifeline headers (one or two lines each) and
+    lane titles, beside their own lifeline's header or, when one of them would run
+    into a neighbour's header, all on a row of their own above the headers."""
+
+    texts: tuple[str, ...]
+    two_lines: bool
+    lanes_above: bool
+    lane_shift: tuple[float, ...]  # points, per lane: away from its own header (beside it only)
+
+
+def _heads(layout: Layout, k: float, pt_per_x: float) -> _Heads:
+    size, lane_size = _SIZES["header"] * k, _SIZES["lane"] * k
+    texts, two = _headers(layout, size, pt_per_x)
+    widths = [_bold_width(t, size) for t in texts]
+    at = [(ln.x - layout.xlim[0]) * pt_per_x for ln in layout.lifelines]
+    boxes = [(x - w / 2 - 6, x + w / 2 + 6) for x, w in zip(at, widths)]  # padding included
+    shifts: list[float] = []
+    clash = False
+    for lane in layout.lanes:
+        lane_w = _text_width_pt(lane.title, lane_size, "DejaVu Sans", "normal", "normal")
+        room = abs(lane.x - layout.lifelines[lane.lifeline].x) * pt_per_x
+        need = widths[lane.lifeline] / 2 + 6 + 12 + lane_w / 2  # box padding + air
+        shift = max(0.0, need - room) * lane.direction
+        centre = (lane.x - layout.xlim[0]) * pt_per_x + shift
+        clash = clash or any(centre - lane_w / 2 - 6 < b1 and b0 < centre + lane_w / 2 + 6
+                             for i, (b0, b1) in enumerate(boxes) if i != lane.lifeline)
+        shifts.append(shift)
+    return _Heads(tuple(texts), two, clash, tuple(0.0 for _ in shifts) if clash else tuple(shifts))
 
 
 def _sizes(layout: Layout, st: Style) -> tuple[float, float, float]:
@@ -330,8 +378,8 @@ def _sizes(layout: Layout, st: Style) -> tuple[float, float, float]:
     texts, two = _headers(layout, size, st.unit_width * 72)
     unit = st.unit_width
     if two:  # even on two lines the headers need more room: widen the diagram
-        unit = max(unit, ((_bold_width(texts[0], size) + _bold_width(texts[1], size)) / 2
-                          + _HEADER_GAP) / 72)
+        unit = max(unit, _header_room(layout, texts, size) / 72)
+    heads = _heads(layout, k, unit * 72)
     axes_w = (layout.xlim[1] - layout.xlim[0]) * unit
     widths = [axes_w, _text_width_pt(layout.title, _SIZES["title"] * k, "DejaVu Sans", "normal",
                                      "normal") * 1.04 / 72 + 0.8]
@@ -340,12 +388,13 @@ def _sizes(layout: Layout, st: Style) -> tuple[float, float, float]:
     legend_pt = sum(_text_width_pt(_LEGEND_TEXT.get(key, key), _SIZES["legend"] * k, "DejaVu Sans",
                                    "normal", "normal") + 60 for key in layout.legend)
     widths.append(legend_pt / 72 + 0.4)
-    height = (layout.ylim[1] - layout.ylim[0]) * st.row_height + _top_in(two, k) + _BOTTOM_IN * k
+    height = (layout.ylim[1] - layout.ylim[0]) * st.row_height + _top_in(heads, k) + _BOTTOM_IN * k
     return max(widths), height, axes_w
 
 
-def _top_in(two_line_headers: bool, k: float) -> float:
-    return (_TOP_IN + (_LINE_IN if two_line_headers else 0.0)) * k
+def _top_in(heads: _Heads, k: float) -> float:
+    return (_TOP_IN + (_LINE_IN if heads.two_lines else 0.0)
+            + (_LANES_ABOVE_PT / 72 if heads.lanes_above else 0.0)) * k
 
 
 def _new_figure(layout: Layout, st: Style, *, pyplot: bool) -> tuple[Figure, Axes]:
@@ -357,9 +406,8 @@ def _new_figure(layout: Layout, st: Style, *, pyplot: bool) -> tuple[Figure, Axe
     else:
         fig = Figure(figsize=(w, h), dpi=st.dpi)
     fig.patch.set_facecolor("white")
-    two = _headers(layout, _SIZES["header"] * st.font_scale, axes_w * 72 /
-                   (layout.xlim[1] - layout.xlim[0]))[1]
-    top, bottom = _top_in(two, st.font_scale), _BOTTOM_IN * st.font_scale
+    heads = _heads(layout, st.font_scale, axes_w * 72 / (layout.xlim[1] - layout.xlim[0]))
+    top, bottom = _top_in(heads, st.font_scale), _BOTTOM_IN * st.font_scale
     ax = fig.add_axes(((w - axes_w) / 2 / w, bottom / h, axes_w / w, 1.0 - (top + bottom) / h))
     return fig, ax
 
@@ -418,8 +466,8 @@ def _paint_frame(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float
                                          zorder=0))
     # Headers above the axes, in points so they do not depend on the row count.
     xy_axes = ("data", "axes fraction")
-    headers, two = _headers(layout, fs["header"], pt_per_x)
-    for line, header in zip(layout.lifelines, headers):
+    heads = _heads(layout, fs["header"] / _SIZES["header"], pt_per_x)
+    for line, header in zip(layout.lifelines, heads.texts):
         ax.annotate(header, xy=(line.x, 1.0), xycoords=xy_axes, xytext=(0, 24),
                     textcoords="offset points", ha="center", va="bottom", fontsize=fs["header"],
                     fontweight="bold", color=_INK, annotation_clip=False, multialignment="center",
@@ -427,17 +475,14 @@ def _paint_frame(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float
         ax.annotate(line.subtitle, xy=(line.x, 1.0), xycoords=xy_axes, xytext=(0, 6),
                     textcoords="offset points", ha="center", va="bottom",
                     fontsize=fs["subtitle"], color=_GREY, annotation_clip=False)
-    header_w = {ln.side: _bold_width(h, fs["header"]) for ln, h in zip(layout.lifelines, headers)}
-    for lane in layout.lanes:
-        lane_w = _text_width_pt(lane.title, fs["lane"], "DejaVu Sans", "normal", "normal")
-        line_x = layout.lifelines[0 if lane.side == "client" else 1].x
-        room = abs(lane.x - line_x) * pt_per_x
-        need = header_w[lane.side] / 2 + 6 + 12 + lane_w / 2  # box padding + air
-        shift = max(0.0, need - room) * lane.direction
-        ax.annotate(lane.title, xy=(lane.x, 1.0), xycoords=xy_axes, xytext=(shift, 24),
+    header_top = 24 + (14 if heads.two_lines else 0) + 22  # the boxes' tops, roughly
+    lane_y = header_top if heads.lanes_above else 24
+    for lane, shift in zip(layout.lanes, heads.lane_shift):
+        ax.annotate(lane.title, xy=(lane.x, 1.0), xycoords=xy_axes, xytext=(shift, lane_y),
                     textcoords="offset points", ha="center", va="bottom", fontsize=fs["lane"],
                     color=_INK, annotation_clip=False)
-    ax.set_title(layout.title, fontsize=fs["title"], pad=58 + (14 if two else 0), color=_INK)
+    pad = 58 + (14 if heads.two_lines else 0) + (_LANES_ABOVE_PT if heads.lanes_above else 0)
+    ax.set_title(layout.title, fontsize=fs["title"], pad=pad, color=_INK)
 
 
 def _wrap(text: str, size: float, room_pt: float, style: str = "italic") -> str:
@@ -462,17 +507,19 @@ def _paint_folds(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float
     folds = layout.fold_rows
     if not folds:
         return
-    boxes = [[(-0.02, r.y - 0.2), (1.02, r.y - 0.2), (1.02, r.y_end + 0.2), (-0.02, r.y_end + 0.2)]
+    x0, x1 = layout.lifelines[0].x - 0.02, layout.lifelines[-1].x + 0.02
+    boxes = [[(x0, r.y - 0.2), (x1, r.y - 0.2), (x1, r.y_end + 0.2), (x0, r.y_end + 0.2)]
              for r in folds]
     ax.add_collection(PolyCollection(boxes, facecolors=_FOLD_FACE, edgecolors="#999999",
                                      linewidths=0.8, linestyles=(0, (4, 3)), zorder=0.5))
     for r in folds:
         size = fs["fold"]
-        text = _wrap(r.text, size, 0.96 * pt_per_x)
+        room = 0.96 * r.text_room * pt_per_x
+        text = _wrap(r.text, size, room)
         if text.count("\n") >= 2:  # three lines or more: smaller, to stay inside the band
             size = 0.85 * size
-            text = _wrap(r.text, size, 0.96 * pt_per_x)
-        ax.text(0.5, r.y_mid, text, ha="center", va="center", fontsize=size,
+            text = _wrap(r.text, size, room)
+        ax.text(r.text_x, r.y_mid, text, ha="center", va="center", fontsize=size,
                 fontstyle="italic", color=_INK, zorder=4, multialignment="center",
                 linespacing=1.25)
         out.text(layout.time_x, r.y_mid, r.time_text, ha="right", va="center",
@@ -481,13 +528,14 @@ def _paint_folds(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float
 
 def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
                   pt_per_x: float, pt_per_y: float, out: _Writer) -> None:
-    rows = layout.segment_rows
+    rows = layout.arrow_rows
     if not rows:
         return
     gap = 0.012  # arrowheads touch, not cross, the receiving lifeline
     tails = np.array([(r.x_from, r.y) for r in rows])
     tips = np.array([(r.x_to - gap if r.x_to > r.x_from else r.x_to + gap, r.y_end) for r in rows])
-    colors = [st.color(r.phase.value if r.phase else "") for r in rows]
+    colors = [st.color("udp" if r.kind == "datagram" else r.phase.value if r.phase else "")
+              for r in rows]
     styles = ["--" if r.flagged else "-" for r in rows]
     ax.add_collection(LineCollection(np.stack([tails, tips], axis=1), colors=colors,
                                      linewidths=1.6, linestyles=styles, zorder=2))
@@ -495,6 +543,13 @@ def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
                         edgecolors="none", offset_transform=ax.transData, zorder=2.1)
     heads.set_transform(Affine2D().scale(1 / 72) + ax.figure.dpi_scale_trans)
     ax.add_collection(heads)
+    # an arrow that passes other lifelines gets a dot where it starts: its sender
+    xs = sorted(ln.x for ln in layout.lifelines)
+    starts = [(r.x_from, r.y, color) for r, color in zip(rows, colors)
+              if any(min(r.x_from, r.x_to) < x < max(r.x_from, r.x_to) for x in xs)]
+    if starts:
+        ax.scatter([s[0] for s in starts], [s[1] for s in starts], s=16,
+                   c=[s[2] for s in starts], linewidths=0, zorder=2.2)
 
     label_size, detail_size, marker_size = fs["label"], fs["detail"], fs["marker"]
     for r, color in zip(rows, colors):
@@ -507,7 +562,7 @@ def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
             if tag else 0.0
         sep = 10 / pt_per_x if tag else 0.0
         total = lw + sep + tw
-        left = 0.5 - total / 2
+        left = r.text_x - total / 2
         # baseline: above the arrow wherever the line spans it (the arrow is highest
         # next to its sender)
         x_near = left if r.x_to > r.x_from else left + total
@@ -526,17 +581,18 @@ def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
                 lines = [r.detail + (f"  {r.extra}" if r.extra else "")]
             widest = max(_mono_width_pt(line, detail_size) for line in lines) / pt_per_x
             size = detail_size
-            if widest > _FIT:  # shrink to fit between the lifelines, never below 6 pt
-                size = max(6.0, size * _FIT / widest)
+            fit = _FIT * r.text_room
+            if widest > fit:  # shrink to fit between the lifelines, never below 6 pt
+                size = max(6.0, size * fit / widest)
             # top of the first line: below the arrow wherever the line spans it (the
             # arrow is lowest next to its receiver)
             dw = _mono_width_pt(lines[0], size) / pt_per_x
-            x_far = 0.5 + dw / 2 if r.x_to > r.x_from else 0.5 - dw / 2
+            x_far = r.text_x + dw / 2 if r.x_to > r.x_from else r.text_x - dw / 2
             y_low = r.y + abs(x_far - r.x_from) * slope
             top = max(mid_y + 0.12, y_low + 0.06)
             for i, line in enumerate(lines):
                 if line:
-                    out.text(0.5, top + i * size * 1.3 / pt_per_y, line, ha="center", va="top",
+                    out.text(r.text_x, top + i * size * 1.3 / pt_per_y, line, ha="center", va="top",
                              size=size, mono=True, color="#333333")
         if st.show_times:
             out.text(layout.time_x, r.y, r.time_text, ha="right", va="center",
@@ -586,10 +642,10 @@ def _paint_calls(layout: Layout, ax: Axes, fs: dict[str, float], out: _Writer) -
 
 def _paint_footer(layout: Layout, ax: Axes, st: Style, fs: dict[str, float]) -> None:
     for note in layout.idle:
-        ax.text(0.5, note.y, note.text, ha="center", va="center", fontsize=fs["fold"],
+        ax.text(note.x, note.y, note.text, ha="center", va="center", fontsize=fs["fold"],
                 fontstyle="italic", color=_GREY)
     for note in layout.notes:
-        ax.text(0.5, note.y, note.text, ha="center", va="center", fontsize=fs["footer"],
+        ax.text(note.x, note.y, note.text, ha="center", va="center", fontsize=fs["footer"],
                 color="#444444")
     if not st.legend:
         return
@@ -654,12 +710,9 @@ def plot_connection(
     ``time``/``max_rows`` as in :func:`handshake_viz.layout.plan`; ``style``
     keywords are the fields of :class:`Style`.
     """
-    st = _style(style)
+    _style(style)
     segs, summary, calls = _unpack(segments_or_conn, summary, calls)
-    layout = plan(segs, summary, calls, time=time, max_rows=max_rows)
-    if ax is None:
-        _fig, ax = _new_figure(layout, st, pyplot=True)
-    return paint(layout, ax, **style)
+    return _plot(plan(segs, summary, calls, time=time, max_rows=max_rows), ax, style)
 
 
 def render(
@@ -672,12 +725,97 @@ def render(
     **style: Any,
 ) -> Figure:
     """Like :func:`plot_connection`, on a new Figure that pyplot does not know about."""
-    st = _style(style)
+    _style(style)
     segs, summary, calls = _unpack(segments_or_conn, summary, calls)
-    layout = plan(segs, summary, calls, time=time, max_rows=max_rows)
-    fig, ax = _new_figure(layout, st, pyplot=False)
+    return _render(plan(segs, summary, calls, time=time, max_rows=max_rows), style)
+
+
+def plot_trace(
+    trace: Any,
+    *,
+    conns: Iterable[int] | None = None,
+    flows: Iterable[int] | None = None,
+    ax: Axes | None = None,
+    time: TimeMode = "ordered",
+    max_rows: int = 60,
+    title: str | None = None,
+    **style: Any,
+) -> Axes:
+    """Draw several conversations of a trace on one time axis and return the Axes.
+
+    ``trace`` is a :class:`handshake_viz.pipeline.Trace` (or anything with
+    ``connections`` and optionally ``flows`` and ``calls``), or a sequence of
+    connections and flows.  ``conns``/``flows`` pick connection and flow numbers;
+    by default everything is drawn, and naming either draws only what is named.
+    One lifeline per socket address: a server's listening port is one lifeline
+    with one lane, whatever the number of clients.  Draws on ``ax`` when given,
+    else on a new pyplot figure sized to the diagram; never calls ``plt.show()``.
+    ``time``/``max_rows`` as in :func:`handshake_viz.layout.plan_trace`; ``style``
+    keywords are the fields of :class:`Style`.
+    """
+    _style(style)
+    return _plot(_plan_trace(trace, conns, flows, time, max_rows, title), ax, style)
+
+
+def render_trace(
+    trace: Any,
+    *,
+    conns: Iterable[int] | None = None,
+    flows: Iterable[int] | None = None,
+    time: TimeMode = "ordered",
+    max_rows: int = 60,
+    title: str | None = None,
+    **style: Any,
+) -> Figure:
+    """Like :func:`plot_trace`, on a new Figure that pyplot does not know about."""
+    _style(style)
+    return _render(_plan_trace(trace, conns, flows, time, max_rows, title), style)
+
+
+def _plot(layout: Layout, ax: Axes | None, style: dict[str, Any]) -> Axes:
+    if ax is None:
+        _fig, ax = _new_figure(layout, _style(style), pyplot=True)
+    return paint(layout, ax, **style)
+
+
+def _render(layout: Layout, style: dict[str, Any]) -> Figure:
+    fig, ax = _new_figure(layout, _style(style), pyplot=False)
     paint(layout, ax, **style)
     return fig
+
+
+def _select(trace: Any, conns: Iterable[int] | None, flows: Iterable[int] | None
+            ) -> tuple[list[Any], list[Any], list[Call]]:
+    """The connections and flows of ``trace`` to draw, and the trace's own calls
+    (those on no connection among them: a listen(), the listening socket's close())."""
+    if hasattr(trace, "connections"):
+        all_conns = list(trace.connections)
+        all_flows = list(getattr(trace, "flows", ()) or ())
+        calls = list(getattr(trace, "calls", ()) or ())
+    else:
+        items = list(trace)
+        all_conns = [c for c in items if hasattr(c, "segments")]
+        all_flows = [f for f in items if hasattr(f, "datagrams")]
+        calls = []
+    if conns is None and flows is None:
+        return all_conns, all_flows, calls
+    picked: list[list[Any]] = []
+    for want, have, what in ((conns, all_conns, "connection"), (flows, all_flows, "flow")):
+        numbers = {getattr(x.summary, "conn" if what == "connection" else "flow"): x for x in have}
+        chosen = list(dict.fromkeys(want or ()))
+        for n in chosen:
+            if n not in numbers:
+                raise UsageError(f"{what} {n}: not in the trace (it has "
+                                 f"{len(have)} {what}{'' if len(have) == 1 else 's'})")
+        picked.append([numbers[n] for n in sorted(chosen)])
+    return picked[0], picked[1], calls
+
+
+def _plan_trace(trace: Any, conns: Iterable[int] | None, flows: Iterable[int] | None,
+                time: TimeMode, max_rows: int, title: str | None) -> Layout:
+    connections, chosen_flows, calls = _select(trace, conns, flows)
+    return plan_trace(connections, chosen_flows, calls=calls, time=time, max_rows=max_rows,
+                      title=title)
 
 
 def _check_output(path: str | os.PathLike[str], allowed: dict[str, str]) -> tuple[Path, str]:
@@ -773,27 +911,33 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
 
 
 def plot_all(
-    conns: Iterable[Any],
+    conns: Iterable[Any] | Any,
     path: str | os.PathLike[str],
     *,
     time: TimeMode = "ordered",
     max_rows: int = 60,
     **style: Any,
 ) -> Path:
-    """One PDF page per connection.  Each item of ``conns`` is what
-    :func:`plot_connection` accepts (a Segment list, a ``(segments, summary[, calls])``
-    tuple, or an object with ``segments``/``summary``/``calls``).  Written atomically."""
+    """One PDF page per connection (``--pages``).  ``conns`` is a trace (then every
+    connection and every UDP flow gets a page, with the trace's calls that belong
+    to it, e.g. the server's ``listen()``), or items that :func:`plot_connection`
+    accepts (a Segment list, a ``(segments, summary[, calls])`` tuple, or an
+    object with ``segments``/``summary``/``calls``).  Written atomically."""
     from matplotlib.backends.backend_pdf import PdfPages
 
-    items = list(conns)
-    if not items:
-        raise UsageError(f"{os.fspath(path)}: no connections to draw")
     _style(style)
     # plan everything first: bad input fails before any file is touched
     layouts = []
-    for item in items:
-        segs, summary, calls = _unpack(item, None, ())
-        layouts.append(plan(segs, summary, calls, time=time, max_rows=max_rows))
+    if hasattr(conns, "connections"):
+        connections, flows, calls = _select(conns, None, None)
+        layouts += [plan_trace([c], calls=calls, time=time, max_rows=max_rows) for c in connections]
+        layouts += [plan_trace((), [f], calls=calls, time=time, max_rows=max_rows) for f in flows]
+    else:
+        for item in conns:
+            segs, summary, item_calls = _unpack(item, None, ())
+            layouts.append(plan(segs, summary, item_calls, time=time, max_rows=max_rows))
+    if not layouts:
+        raise UsageError(f"{os.fspath(path)}: no connections to draw")
 
     def write(fh: Any, fmt: str) -> None:
         st = _style(style)

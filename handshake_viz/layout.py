@@ -1,90 +1,134 @@
-"""A sequence diagram of one TCP connection, as plain data.
+"""A sequence diagram of one or more conversations, as plain data.
 
-``plan(segments, summary, calls)`` decides everything about the picture that can
-be decided without pixels: which rows exist and where, what each label says,
-which states are written where, where the socket-call bars go, what gets folded.
-``handshake_viz.draw`` only paints a :class:`Layout`; tests inspect it directly.
-Nothing here imports matplotlib.
+``plan_trace(connections, flows)`` decides everything about the picture that can
+be decided without pixels: which lifelines exist and where, which rows exist and
+where, what each label says, which states are written where, where the
+socket-call bars go, what gets folded.  ``plan(segments, summary, calls)`` is the
+same for one TCP connection.  ``handshake_viz.draw`` only paints a
+:class:`Layout`; tests inspect it directly.  Nothing here imports matplotlib.
+
+Lifelines
+=========
+One lifeline per socket address: ``(transport, normalized ip, port)``.  A
+server that accepted three clients is ONE lifeline (its listening port), with
+ONE lane of calls beside it; each client is a lifeline of its own.  Clients are
+on the left in order of first appearance, servers on the right; an address that
+is a server in any conversation counts as a server.  A UDP flow's lifelines are
+its two addresses (the flow's client is whoever sent first).
 
 Coordinates
 ===========
-``x`` is in *lifeline units*: the client's TCP lifeline is at ``x = 0``, the
-server's at ``x = 1``; the application lanes (socket calls) sit outside them at
-``-LANE_OFFSET`` and ``1 + LANE_OFFSET``.  ``y`` is in *row units* and grows
-*downwards* (time runs down the page): in ``time="ordered"`` mode the k-th row's
-arrow leaves its sender at ``y = k`` and reaches the receiver at ``y + SLANT``
-(plus ``SECOND_LINE`` for every earlier row whose seq/ack line and options are
-too long for one line, e.g. a TCP Fast Open SYN).
+``x`` is in *lifeline units*: the innermost client's lifeline is at ``x = 0``,
+the first server's at ``x = 1``.  The gap between them is the *text gap*: every
+arrow crosses it, and every row's label and seq/ack line is written there.
+Further clients sit to the left of ``x = 0``, further servers to the right of
+``x = 1``, each far enough from its neighbour for its lane (the socket calls,
+``LANE_OFFSET`` outside its lifeline) and its state marks.  With one client and
+one server this is the classic picture: lifelines at 0 and 1, lanes outside.
+
+``y`` is in *row units* and grows *downwards* (time runs down the page): in
+``time="ordered"`` mode the k-th row's arrow leaves its sender at ``y = k`` and
+reaches the receiver at ``y + SLANT`` (plus ``SECOND_LINE`` for every earlier
+row whose seq/ack line and options are too long for one line, e.g. a TCP Fast
+Open SYN).
 
 Rows
 ====
-One row per segment, in capture order.  A segment's arrow leaves the sender's
-lifeline at ``Row.y`` and arrives at ``Row.y_end`` (the slant only shows the
-direction of travel; on loopback both instants are the capture time).
+One row per TCP segment or UDP datagram, all conversations interleaved in
+capture order (frame numbers; the conversations come from one capture).  A
+row's arrow leaves the sender's lifeline at ``Row.y`` and arrives at
+``Row.y_end`` (the slant only shows the direction of travel; on loopback both
+instants are the capture time).
 
 * ``time="ordered"`` (default): rows are evenly spaced in capture order and the
   real time is written beside each row.  Loopback segments are microseconds
   apart; spacing them by time would stack every label on top of the next.
 * ``time="real"``: ``y`` follows real time (``k`` row units per second, ``k``
-  chosen so the whole connection spans ~1.5 rows per row drawn), **but two rows
+  chosen so the whole trace spans ~1.5 rows per row drawn), **but two rows
   are never closer than one row unit**: a burst is pushed down until it fits
   and the rows after it are placed at their real time again as soon as there is
   room.  So vertical gaps larger than a row are true idle times (a server that
   thought for 200 ms, an accept() called late), while bursts stay legible.
   Row labels still print the exact time.
 
+A datagram's row says ``UDP len=6 "hello\\n"``: no states, no flags, nothing is
+a retransmission, and a note under the diagram says what UDP does not do.
+
 Folding
 =======
-With more than ``max_rows`` segments (``max_rows=0``: never fold) the first and
-the last rows are kept (the handshake and close whole when they fit, the rest of
-the budget split evenly) and the run between them becomes one :class:`Fold` row
-whose text counts what it hides: ``… 1,204 segments, 88 KiB each way, 0.4 s …``
-plus analysis events and hidden socket calls.  Nothing is dropped silently: the
-fold counts plus the drawn rows always add up to the segments given, and a state
-change inside a fold is written at the fold.
+With more than ``max_rows`` rows (``max_rows=0``: never fold) the first and
+the last rows are kept (the leading handshake rows and the trailing close rows
+whole when they fit, the rest of the budget split evenly) and the run between
+them becomes one :class:`Fold` row whose text counts what it hides:
+``… 1,204 segments, 88 KiB each way, 0.4 s …`` plus analysis events and hidden
+socket calls.  Nothing is dropped silently: the fold counts plus the drawn rows
+always add up to the packets given, and a state change inside a fold is written
+at the fold.
 
 Calls
 =====
-Socket calls become bars in their side's lane from their start to their return.
-Times map to ``y`` through the rows: a time between two rows is interpolated
-between the first one's arrival and the second one's departure, so a call that
-started before a segment is drawn above its arrow and a ``recv`` that returned
-after a segment arrived ends below it.  The frames a call caused (sent by its
-side) or was released by (received by its side) are joined to the bar by
-connector lines; where the clocks disagree by a hair the bar is stretched so the
-picture never shows an effect before its cause.  Inferred calls are marked so
-the painter draws them hollow and dashed.
+Socket calls become bars in their lifeline's lane from their start to their
+return.  A call goes to the lifeline whose address is its socket's ``local``
+address (an unbound UDP socket's ``0.0.0.0:port`` matches by port), else to the
+one its ``conn``, ``remote`` address, frames or name point to (a ``recv`` is on
+the receiver's side of the segment that released it), else to the one the other
+calls on its socket went to (same pid and fd, between socket() and close()), else
+to the one its pid's other calls went to.  Times map to ``y`` through the rows: a time between two
+rows is interpolated between the first one's arrival and the second one's
+departure, so a call that started before a segment is drawn above its arrow and
+a ``recv`` that returned after a segment arrived ends below it.  The frames a
+call caused (sent by its lifeline) or was released by (received by it) are
+joined to the bar by connector lines; where the clocks disagree by a hair the
+bar is stretched so the picture never shows an effect before its cause.
+Inferred calls are marked so the painter draws them hollow and dashed.
 
 States
 ======
-A side's RFC 9293 state is written on its lifeline where it changes: at the
-departure of a segment the side sent, at the arrival of one it received.  A
-server found in LISTEN is marked above the first row.
+A TCP endpoint's RFC 9293 state is written on its lifeline where it changes: at
+the departure of a segment it sent, at the arrival of one it received.  A server
+found in LISTEN is marked above its first row.  On a lifeline shared by several
+connections (a server's listening port) each state names the connection's peer,
+``ESTABLISHED (client 2)``: the kernel keeps one socket per connection, and the
+listening socket stays in LISTEN all along.
 """
 
 from __future__ import annotations
 
 import bisect
-import ipaddress
+import heapq
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Union
 
 from handshake_viz.errors import UsageError
 from handshake_viz.model import (
     Analysis,
     Call,
+    CallKind,
     ConnectionSummary,
+    Datagram,
     Direction,
     Endpoint,
     Flag,
+    FlowSummary,
     Label,
     Phase,
     Segment,
     TcpState,
+    normalize_ip,
 )
-from handshake_viz.text import humanize_bytes
+from handshake_viz.text import (
+    clock_text,
+    escape_preview,
+    human_duration,
+    humanize_bytes,
+    plural,
+    title_duration,
+)
+
+if TYPE_CHECKING:  # the pipeline's records, read by attribute only
+    from handshake_viz.pipeline import Connection, Flow
 
 __all__ = [
     "CallBar",
@@ -99,19 +143,25 @@ __all__ = [
     "SLANT",
     "StateMark",
     "TimeMode",
-    "call_kind",
-    "escape_preview",
-    "human_duration",
+    "UDP_NOTE",
+    "datagram_text",
     "plan",
+    "plan_trace",
     "segment_text",
 ]
 
 TimeMode = Literal["ordered", "real"]
 Side = Literal["client", "server"]
+Transport = Literal["tcp", "udp"]
+Packet = Union[Segment, Datagram]
+
+#: What a figure with UDP says under the diagram.
+UDP_NOTE = ("UDP: no handshake, no acknowledgements, no close; each sendto() is one datagram, "
+            "and nothing tells the sender whether it arrived")
 
 # --- geometry (see "Coordinates" above) ---------------------------------------------------
-X_CLIENT = 0.0
-X_SERVER = 1.0
+X_CLIENT = 0.0  # the innermost client
+X_SERVER = 1.0  # the first server
 SLANT = 0.42  # how far (rows) an arrow drops from departure to arrival
 LANE_OFFSET = 0.62  # lane centre distance from its lifeline
 LANE_COLUMN_STEP = 0.13  # extra columns (overlapping calls of other threads) go outwards
@@ -124,9 +174,19 @@ PRE_STEP = 0.4  # rows between call starts before the first segment
 POST_STEP = 0.4  # … and after the last one
 REAL_STRETCH = 1.5  # time="real": row units per drawn row spread over the duration
 IDLE_ROWS = 3.0  # time="real": an empty stretch this tall gets a note saying how long it is
-PREVIEW_CHARS = 16
 DETAIL_CHARS = 49  # detail + extra longer than this: extra gets a line of its own …
 SECOND_LINE = 0.3  # … and the next row moves down this much
+LISTEN_ABOVE = 0.55  # a server found listening: its LISTEN mark this far above its first row
+# Room between two neighbouring lifelines on the same side (lifeline units).  Widths of
+# texts are estimated from their length at the painter's default style (3.6 in per
+# lifeline unit; call labels 8.5 pt monospace, notes and states 7.5 pt italic); the
+# painter never moves anything, so a generous estimate only costs a little width.
+CALL_CHAR = 0.0210  # one character of a call label
+NOTE_CHAR = 0.0160  # … of a call's note
+STATE_CHAR = 0.0185  # … of a state mark (plus STATE_PAD for its box)
+STATE_PAD = 0.07
+NEIGHBOUR_GAP = 0.08  # air between one lifeline's texts and the next lifeline
+MIN_PITCH = 0.8  # two lifelines on the same side are never closer than this
 
 
 # ==========================================================================================
@@ -136,18 +196,23 @@ SECOND_LINE = 0.3  # … and the next row moves down this much
 
 @dataclass(frozen=True, slots=True)
 class Lifeline:
-    """One side's kernel TCP, drawn as a vertical line headed ``client 127.0.0.1:49736``."""
+    """One socket address's kernel side, drawn as a vertical line headed
+    ``client 127.0.0.1:49736`` (``client 2 127.0.0.1:51382`` when there are several)."""
 
-    side: Side
+    side: Side  # its role: a server in any conversation is a server
     x: float
     endpoint: str  # "127.0.0.1:49736"
     header: str  # "client 127.0.0.1:49736"
-    subtitle: str  # "TCP (kernel)"
+    subtitle: str  # "TCP (kernel)" / "UDP (kernel)"
+    name: str  # "client", "client 2", "server"
+    transport: Transport
+    conns: tuple[int, ...]  # TCP connections it takes part in
+    flows: tuple[int, ...]  # UDP flows it takes part in
 
 
 @dataclass(frozen=True, slots=True)
 class Lane:
-    """One side's application lane: the process(es) whose socket calls are drawn."""
+    """One lifeline's application lane: the process(es) whose socket calls are drawn."""
 
     side: Side
     x: float  # centre of the innermost column
@@ -155,47 +220,55 @@ class Lane:
     pids: tuple[int, ...]  # traced pids, in order of appearance
     columns: int  # bar columns used (>1 when calls of several threads overlap)
     direction: int  # -1: columns grow to the left (client), +1: to the right (server)
+    lifeline: int  # index into Layout.lifelines
 
 
 @dataclass(frozen=True, slots=True)
 class Fold:
-    """What a folded run of segments contained (the counts are exact)."""
+    """What a folded run of rows contained (the counts are exact)."""
 
     first_frame: int
     last_frame: int
-    segments: int
+    segments: int  # TCP segments
     segments_c2s: int
     segments_s2c: int
-    bytes_c2s: int  # payload length (sequence space) client -> server
+    bytes_c2s: int  # payload length (sequence space) client -> server, datagrams included
     bytes_s2c: int
-    duration: float  # seconds from the first to the last folded segment
+    duration: float  # seconds from the first to the last folded packet
     analysis: tuple[tuple[Analysis, int], ...]  # analysis flag counts, most frequent first
     calls: int  # socket calls that started and ended inside the run (not drawn)
+    datagrams: int  # UDP datagrams
     text: str  # "… 1,204 segments, 88 KiB each way, 0.4 s …"
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One segment arrow, or one fold band (``kind == "fold"``)."""
+    """One segment or datagram arrow, or one fold band (``kind == "fold"``)."""
 
     index: int
-    kind: Literal["segment", "fold"]
+    kind: Literal["segment", "datagram", "fold"]
     y: float  # departure (fold: top of the band)
     y_end: float  # arrival (fold: bottom of the band)
-    t_ms: float  # ms since the layout's t0 (fold: its first segment)
+    t_ms: float  # ms since the layout's t0 (fold: its first packet)
     time_text: str  # "0.054 ms"
     x_from: float
     x_to: float
     dir: Direction | None  # None for a fold
     frame: int | None  # None for a fold
-    label: str  # "SYN-ACK"  (fold: "…")
-    detail: str  # "seq=0 ack=1"
+    label: str  # "SYN-ACK", "UDP"  (fold: "…")
+    detail: str  # "seq=0 ack=1", 'len=6 "hello\n"'
     extra: str  # "win=65495 mss=65495 wscale=7 sackOK" (SYN/SYN-ACK, window events)
     text: str  # label and detail on one line: "SYN-ACK seq=0 ack=1"
-    phase: Phase | None  # None for a fold
+    phase: Phase | None  # None for a datagram or a fold
     analysis: tuple[Analysis, ...]
     markers: tuple[str, ...]  # short tags for the analysis flags: ("retransmission",)
     flagged: bool  # a problem flag is set (the painter dashes the arrow)
+    conn: int | None  # the TCP connection of a segment row
+    flow: int | None  # the UDP flow of a datagram row
+    lifeline_from: int | None  # indexes into Layout.lifelines (None for a fold)
+    lifeline_to: int | None
+    text_x: float  # centre of the row's texts: the text gap's middle (a fold: the band's)
+    text_room: float  # width of the room for them (lifeline units)
     fold: Fold | None = None
     lines: int = 1  # 2: ``extra`` goes on its own line under ``detail`` (the row is taller)
 
@@ -206,19 +279,21 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class StateMark:
-    """A side's state written on its lifeline where it changed."""
+    """An endpoint's TCP state written on its lifeline where it changed."""
 
     side: Side
     state: TcpState
     x: float  # the lifeline
     y: float
-    frame: int | None  # the segment after which the side is in this state (None: initial)
-    text: str
+    frame: int | None  # the segment after which the endpoint is in this state (None: initial)
+    text: str  # "ESTABLISHED", on a shared lifeline "ESTABLISHED (client 2)"
+    lifeline: int  # index into Layout.lifelines
+    conn: int | None  # None: the listening socket's LISTEN (a fold's mark naming several: the first)
 
 
 @dataclass(frozen=True, slots=True)
 class CallBar:
-    """A socket call: a bar in its side's lane from start (y0) to return (y1)."""
+    """A socket call: a bar in its lifeline's lane from start (y0) to return (y1)."""
 
     call: Call
     side: Side
@@ -236,6 +311,7 @@ class CallBar:
     failed: bool
     t_start_ms: float
     t_end_ms: float
+    lifeline: int  # index into Layout.lifelines
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +333,7 @@ class Connector:
 class Note:
     text: str
     y: float
+    x: float  # centre
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,9 +342,12 @@ class Layout:
 
     title: str
     time_mode: TimeMode
-    t0: float  # epoch seconds of time 0 (the first SYN, or the first segment)
-    segments: int  # segments represented (drawn rows + folded), == len(input)
-    lifelines: tuple[Lifeline, Lifeline]
+    t0: float  # epoch seconds of time 0 (the first SYN, or the first packet)
+    segments: int  # TCP segments represented (drawn rows + folded)
+    datagrams: int  # UDP datagrams represented (drawn rows + folded)
+    conns: tuple[int, ...]  # the TCP connections drawn
+    flows: tuple[int, ...]  # the UDP flows drawn
+    lifelines: tuple[Lifeline, ...]  # clients left to right, then servers
     lanes: tuple[Lane, ...]
     rows: tuple[Row, ...]
     states: tuple[StateMark, ...]
@@ -275,7 +355,7 @@ class Layout:
     connectors: tuple[Connector, ...]
     notes: tuple[Note, ...]
     idle: tuple[Note, ...]  # time="real": "60 s without segments" in long empty stretches
-    legend: tuple[str, ...]  # keys: phase values, "flagged", "fold", "call-traced", "call-inferred"
+    legend: tuple[str, ...]  # keys: phase values, "udp", "flagged", "fold", "call-traced", …
     xlim: tuple[float, float]
     ylim: tuple[float, float]  # (top, bottom), top < bottom
     lifeline_top: float
@@ -285,6 +365,15 @@ class Layout:
     @property
     def segment_rows(self) -> tuple[Row, ...]:
         return tuple(r for r in self.rows if r.kind == "segment")
+
+    @property
+    def datagram_rows(self) -> tuple[Row, ...]:
+        return tuple(r for r in self.rows if r.kind == "datagram")
+
+    @property
+    def arrow_rows(self) -> tuple[Row, ...]:
+        """Every row drawn as an arrow: segments and datagrams, in order."""
+        return tuple(r for r in self.rows if r.kind != "fold")
 
     @property
     def fold_rows(self) -> tuple[Row, ...]:
@@ -297,72 +386,8 @@ class Layout:
 
 
 # ==========================================================================================
-# Text helpers
+# Row texts
 # ==========================================================================================
-
-_ESCAPES = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x22: '\\"', 0x5C: "\\\\"}
-
-
-def escape_preview(payload: bytes, length: int | None = None, limit: int = PREVIEW_CHARS) -> str:
-    """Quoted, escaped start of a payload, at most ``limit`` characters inside the quotes.
-
-    ``escape_preview(b"HELLO\\n") == '"HELLO\\\\n"'``.  Escapes are Python-like
-    (``\\n``, ``\\x00``) and never cut in half; ``…`` marks a cut, also when the
-    capture holds fewer bytes than the segment carried (``length``).  Empty
-    payload (nothing captured) gives ``""``.
-    """
-    if not payload:
-        return ""
-    out: list[str] = []
-    used = 0
-    cut = False
-    for i, b in enumerate(payload):
-        piece = _ESCAPES.get(b) or (chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}")
-        if used + len(piece) > limit or (used + len(piece) == limit and i < len(payload) - 1):
-            cut = True
-            break
-        out.append(piece)
-        used += len(piece)
-    if length is not None and length > len(payload):
-        cut = True
-    return '"' + "".join(out) + ("…" if cut else "") + '"'
-
-
-def human_duration(seconds: float) -> str:
-    """``0.4 s``, ``12 ms``, ``1.5 ms``, ``350 µs`` (always a unit, never scientific)."""
-    s = abs(seconds)
-    sign = "-" if seconds < 0 else ""
-    if s >= 100:
-        return f"{sign}{s:,.0f} s"
-    if s >= 0.1:
-        return f"{sign}{s:.1f} s"
-    if s >= 0.01:
-        return f"{sign}{s * 1e3:.0f} ms"
-    if s >= 0.001:
-        return f"{sign}{s * 1e3:.1f} ms"
-    return f"{sign}{s * 1e6:.0f} µs"
-
-
-def _title_duration(seconds: float) -> str:
-    """The title's duration keeps more digits: ``1.70 ms``, ``2.35 s``."""
-    if seconds < 0.001:
-        return f"{seconds * 1e6:.0f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:,.2f} s"
-
-
-def _time_text(ms: float) -> str:
-    """Microsecond precision where it matters (loopback), less for long times."""
-    a = abs(ms)
-    if a < 10:
-        return f"{ms:.3f} ms"
-    if a < 100:
-        return f"{ms:.2f} ms"
-    if a < 100_000:
-        return f"{ms:,.1f} ms"
-    return f"{ms:,.0f} ms"
-
 
 _MARKERS: dict[Analysis, str] = {
     Analysis.RETRANSMISSION: "retransmission",
@@ -473,61 +498,40 @@ def segment_text(seg: Segment) -> tuple[str, str, str]:
     return label, detail, extra
 
 
+def datagram_text(d: Datagram) -> tuple[str, str]:
+    """``("UDP", 'len=6 "hello\\\\n"')`` for one datagram's arrow: its length and the
+    start of its payload, nothing else (UDP has no sequence numbers to show)."""
+    preview = escape_preview(d.payload, d.length)
+    return "UDP", f"len={d.length} {preview}".rstrip()
+
+
 # ==========================================================================================
-# Calls: kinds, sides, labels
+# Calls: labels, kinds
 # ==========================================================================================
 
-_SEND_CALLS = frozenset(
-    {"write", "writev", "pwrite64", "send", "sendto", "sendmsg", "sendmmsg", "sendfile", "sendfile64",
-     "splice"}
-)
-_RECV_CALLS = frozenset({"read", "readv", "pread64", "recv", "recvfrom", "recvmsg", "recvmmsg"})
-_WAIT_CALLS = frozenset(
-    {"poll", "ppoll", "select", "pselect6", "_newselect", "epoll_wait", "epoll_pwait", "epoll_pwait2"}
-)
+# Kinds whose label shows the return value (bytes moved, the accepted fd, ready count) …
+_SHOWS_RESULT = frozenset({CallKind.SEND, CallKind.RECV, CallKind.ACCEPT, CallKind.WAIT})
+# … and kinds that return 0 or an fd nobody needs to read (only failures are shown).
+_QUIET_RESULT = frozenset({CallKind.CONNECT, CallKind.CLOSE, CallKind.SHUTDOWN, CallKind.SOCKET,
+                           CallKind.BIND, CallKind.LISTEN, CallKind.OPTION, CallKind.QUERY})
+# Which end of a packet a call sits at: these sent it (or, a connect, began the handshake) …
+_SENDING = frozenset({CallKind.SEND, CallKind.CLOSE, CallKind.SHUTDOWN})
+# … these waited for it to arrive.
+_WAITING = frozenset({CallKind.RECV, CallKind.ACCEPT, CallKind.WAIT})
 
 
-def call_kind(name: str) -> str:
-    """``send``, ``recv``, ``connect``, ``accept``, ``close``, ``wait``, ``setup`` or ``other``."""
-    if name in _SEND_CALLS:
-        return "send"
-    if name in _RECV_CALLS:
-        return "recv"
-    if name == "connect":
-        return "connect"
-    if name in ("accept", "accept4"):
-        return "accept"
-    if name in ("close", "shutdown"):
-        return "close"
-    if name in _WAIT_CALLS:
-        return "wait"
-    if name in ("socket", "bind", "listen", "setsockopt", "getsockopt", "getsockname", "getpeername"):
-        return "setup"
-    return "other"
-
-
-def _call_label(call: Call) -> str:
-    kind = call_kind(call.call)
+def _call_label(call: Call, transport: Transport) -> str:
     fd = "" if call.fd is None else str(call.fd)
     head = f"{call.call}({fd})"
     if call.errno is not None:
         return f"{head} → {call.errno}"
-    if kind == "recv" and call.ret == 0:
-        return f"{head} → 0 (EOF)"
-    if kind in ("send", "recv", "accept", "wait") and call.ret is not None:
+    if call.kind is CallKind.RECV and call.ret == 0 and transport == "tcp":
+        return f"{head} → 0 (EOF)"  # on UDP, 0 is an empty datagram
+    if call.kind in _SHOWS_RESULT and call.ret is not None:
         return f"{head} → {call.ret}"
-    if kind not in ("connect", "close", "setup") and call.ret not in (None, 0):
+    if call.kind not in _QUIET_RESULT and call.ret not in (None, 0):
         return f"{head} → {call.ret}"
     return head
-
-
-def _ep_key(ep: Endpoint | None) -> tuple[object, int] | None:
-    if ep is None:
-        return None
-    try:
-        return (ipaddress.ip_address(ep.ip), ep.port)
-    except ValueError:
-        return (ep.ip, ep.port)
 
 
 # ==========================================================================================
@@ -570,29 +574,57 @@ class _TimeMap:
 
 
 # ==========================================================================================
-# Planning
+# Planning: conversations, folding, notes
 # ==========================================================================================
+
+
+@dataclass(frozen=True, slots=True)
+class _Conv:
+    """One conversation to draw: a TCP connection or a UDP flow."""
+
+    transport: Transport
+    number: int  # conn or flow number
+    client: Endpoint
+    server: Endpoint
+    segments: tuple[Segment, ...]  # in capture order (a TCP connection's) …
+    datagrams: tuple[Datagram, ...]  # … or a UDP flow's
+    calls: tuple[Call, ...]
+    summary: ConnectionSummary | FlowSummary
+
+    @property
+    def packets(self) -> tuple[Packet, ...]:
+        return self.segments or self.datagrams
+
+    @property
+    def t0(self) -> float:
+        """Time 0 of the conversation: its first SYN, else its first packet."""
+        first_syn = next((s.ts for s in self.segments if s.label is Label.SYN), None)
+        return self.packets[0].ts if first_syn is None else first_syn
 
 
 @dataclass(slots=True)
 class _Item:
-    """A row in the making: a segment index or a folded run [a, b)."""
+    """A row in the making: a packet index or a folded run [a, b)."""
 
     a: int
     b: int
     fold: bool
 
 
-def _fold_items(segments: Sequence[Segment], max_rows: int) -> list[_Item]:
-    n = len(segments)
+def _phase(p: Packet) -> Phase | None:
+    return p.phase if isinstance(p, Segment) else None
+
+
+def _fold_items(packets: Sequence[Packet], max_rows: int) -> list[_Item]:
+    n = len(packets)
     if max_rows == 0 or n <= max_rows:
         return [_Item(i, i + 1, False) for i in range(n)]
     keep = max_rows - 1  # one row goes to the fold itself
     lead = 0
-    while lead < n and segments[lead].phase is Phase.HANDSHAKE:
+    while lead < n and _phase(packets[lead]) is Phase.HANDSHAKE:
         lead += 1
     trail = 0
-    while trail < n - lead and segments[n - 1 - trail].phase in (Phase.CLOSE, Phase.RESET):
+    while trail < n - lead and _phase(packets[n - 1 - trail]) in (Phase.CLOSE, Phase.RESET):
         trail += 1
     if lead + trail <= keep:
         extra = keep - lead - trail
@@ -629,13 +661,13 @@ def _fallback_summary(segments: Sequence[Segment]) -> ConnectionSummary:
     )
 
 
-def _plural(n: int, one: str, many: str) -> str:
-    return f"{n:,} {one if n == 1 else many}"
-
-
-def _fold_text(f_segments: int, b_c2s: int, b_s2c: int, duration: float,
+def _fold_text(segments: int, datagrams: int, b_c2s: int, b_s2c: int, duration: float,
                analysis: Counter[Analysis], calls: int) -> str:
-    parts = [_plural(f_segments, "segment", "segments")]
+    parts = []
+    if segments or not datagrams:
+        parts.append(plural(segments, "segment", "segments"))
+    if datagrams:
+        parts.append(plural(datagrams, "datagram", "datagrams"))
     if b_c2s == 0 and b_s2c == 0:
         parts.append("no payload")
     elif humanize_bytes(b_c2s) == humanize_bytes(b_s2c):
@@ -648,10 +680,17 @@ def _fold_text(f_segments: int, b_c2s: int, b_s2c: int, duration: float,
     parts.append(human_duration(duration))
     for flag, count in analysis.most_common():
         one, many = _PLURALS.get(flag, (flag.value, flag.value))
-        parts.append(_plural(count, one, many))
+        parts.append(plural(count, one, many))
     if calls:
-        parts.append(_plural(calls, "socket call", "socket calls"))
+        parts.append(plural(calls, "socket call", "socket calls"))
     return "… " + ", ".join(parts) + " …"
+
+
+def _packets_word(segments: int, datagrams: int) -> str:
+    """What the rows are: ``segments``, ``datagrams``, or ``packets`` when both."""
+    if segments and datagrams:
+        return "packets"
+    return "datagrams" if datagrams else "segments"
 
 
 def _refused(segments: Sequence[Segment]) -> bool:
@@ -704,6 +743,59 @@ def _closing_notes(segments: Sequence[Segment], summary: ConnectionSummary) -> l
             f"server {final['server'].value})"]
 
 
+def _socket_lives(calls: Iterable[Call]) -> dict[Call, int]:
+    """Which calls were made on one socket: those on one (pid, fd) from the socket()
+    or accept() that returned the fd to the close() of it (fd numbers are reused)."""
+    life_of: dict[Call, int] = {}
+    current: dict[tuple[int, int], int] = {}
+    lives = 0
+    for c in sorted(calls, key=lambda c: (c.start, c.end)):
+        if c.kind is CallKind.ACCEPT and c.ret is not None and c.ret >= 0:
+            lives += 1
+            current[(c.pid, c.ret)] = lives  # the accepted socket's life begins
+        fd = c.ret if c.kind is CallKind.SOCKET else c.fd
+        if fd is None or fd < 0:
+            continue
+        key = (c.pid, fd)
+        if c.kind is CallKind.SOCKET or key not in current:
+            lives += 1
+            current[key] = lives
+        life_of[c] = current[key]
+        if c.kind is CallKind.CLOSE:
+            del current[key]
+    return life_of
+
+
+def _side_states(seg: Segment) -> tuple[tuple[Side, TcpState], tuple[Side, TcpState]]:
+    """Both endpoints' states after ``seg``."""
+    return ("client", seg.client_state), ("server", seg.server_state)
+
+
+def _merge_notes(notes: list[tuple[int, str]]) -> list[str]:
+    """``[(0, "client closed first …"), (1, "client closed first …")]`` ->
+    ``["conns 0, 1: client closed first …"]``: one line per distinct text."""
+    by_text: dict[str, list[int]] = {}
+    for conn, text in notes:
+        by_text.setdefault(text, []).append(conn)
+    out = []
+    for text, conns in by_text.items():
+        who = f"conn {conns[0]}" if len(conns) == 1 else "conns " + ", ".join(map(str, conns))
+        out.append(f"{who}: {text}")
+    return out
+
+
+# ==========================================================================================
+# Entry points
+# ==========================================================================================
+
+
+def _check_options(time: str, max_rows: object) -> None:
+    if time not in ("ordered", "real"):
+        raise UsageError(f"--time {time}: use 'ordered' or 'real'")
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0:
+        raise UsageError(f"--max-rows {max_rows}: must be a whole number >= 0 (0 draws every segment)")
+
+
 def plan(
     segments: Sequence[Segment],
     summary: ConnectionSummary | None = None,
@@ -712,17 +804,14 @@ def plan(
     time: TimeMode = "ordered",
     max_rows: int = 60,
 ) -> Layout:
-    """Lay out one connection's sequence diagram.
+    """Lay out one connection's sequence diagram (:func:`plan_trace` of one connection).
 
     ``segments`` are one connection's, in capture order; ``summary`` its
     ConnectionSummary (endpoints, conn_state, history; derived from the
     segments when None); ``calls`` the socket calls to draw in the lanes (calls
     of other connections are ignored when ``Call.conn`` says so).
     """
-    if time not in ("ordered", "real"):
-        raise UsageError(f"--time {time}: use 'ordered' or 'real'")
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0:
-        raise UsageError(f"--max-rows {max_rows}: must be a whole number >= 0 (0 draws every segment)")
+    _check_options(time, max_rows)
     segments = list(segments)
     if not segments:
         raise UsageError("no segments to draw: the connection is empty")
@@ -732,280 +821,59 @@ def plan(
                          "given: draw one connection at a time")
     if summary is None:
         summary = _fallback_summary(segments)
-    calls = [c for c in calls if c.conn is None or c.conn == summary.conn]
-
-    n = len(segments)
-    t0 = next((s.ts for s in segments if s.label is Label.SYN), segments[0].ts)
-
-    # --- monotone times (captures can step backwards) ------------------------------------
-    mono: list[float] = []
-    last = float("-inf")
-    for s in segments:
-        last = max(last, s.ts)
-        mono.append(last)
-
-    items = _fold_items(segments, max_rows)
-
-    # --- texts, and which rows need a second detail line --------------------------------------
-    texts: list[tuple[str, str, str]] = [
-        ("…", "", "") if it.fold else segment_text(segments[it.a]) for it in items]
-    lines = [2 if e and len(d) + 2 + len(e) > DETAIL_CHARS else 1 for _l, d, e in texts]
-
-    # --- y of every item --------------------------------------------------------------------
-    ys: list[tuple[float, float]] = []
-    floor = float("-inf") if time == "real" else 0.0
-    duration = mono[-1] - mono[0]
-    scale = REAL_STRETCH * len(items) / duration if duration > 0 and time == "real" else 0.0
-    for k, it in enumerate(items):
-        ya = max(scale * (mono[it.a] - mono[0]), floor) if time == "real" else floor
-        yb = ya + SLANT
-        if it.fold and time == "real":
-            yb = max(yb, scale * (mono[it.b - 1] - mono[0]))
-        ys.append((ya, yb))
-        floor = yb + (1.0 - SLANT) + (SECOND_LINE if lines[k] == 2 else 0.0)
-
-    client_ep, server_ep = summary.client, summary.server
-    x_of = {Direction.C2S: (X_CLIENT, X_SERVER), Direction.S2C: (X_SERVER, X_CLIENT)}
-
-    # --- calls: which ones, which side ---------------------------------------------------------
-    frame_index: dict[int, int] = {s.frame: i for i, s in enumerate(segments)}
-    item_of_seg: list[int] = [0] * n
-    for k, it in enumerate(items):
-        for i in range(it.a, it.b):
-            item_of_seg[i] = k
-    placed: list[tuple[Call, Side]] = []
-    unplaced = 0
-    pid_side: dict[int, Side] = {}
-    pending: list[Call] = []
-    ckey, skey = _ep_key(client_ep), _ep_key(server_ep)
-    for c in sorted(calls, key=lambda c: (c.start, c.end)):
-        side = _side_of_call(c, ckey, skey, segments, frame_index)
-        if side is None:
-            pending.append(c)
-            continue
-        if not c.inferred:
-            pid_side.setdefault(c.pid, side)
-        placed.append((c, side))
-    for c in pending:
-        side = pid_side.get(c.pid)
-        if side is None:
-            unplaced += 1
-        else:
-            placed.append((c, side))
-    placed.sort(key=lambda cs: (cs[0].start, cs[0].end))
-
-    # --- calls hidden inside folds --------------------------------------------------------------
-    fold_spans = [(k, mono[it.a], mono[it.b - 1]) for k, it in enumerate(items) if it.fold]
-    hidden_calls: Counter[int] = Counter()
-    visible: list[tuple[Call, Side]] = []
-    for c, side in placed:
-        inside = next((k for k, ta, tb in fold_spans if ta < c.start and c.end < tb), None)
-        if inside is not None:
-            hidden_calls[inside] += 1
-        else:
-            visible.append((c, side))
-
-    # --- the time map ---------------------------------------------------------------------------
-    knots: list[tuple[float, float]] = []
-    first_t, last_t = mono[0], mono[-1]
-    # Before the first and after the last segment only the order of calls matters: each
-    # call start gets a step of its own, the returns fall in between.
-    pre = sorted({c.start for c, _ in visible if c.start < first_t})
-    post = sorted({c.start for c, _ in visible if c.start > last_t})
-    y_first = ys[0][0]
-    for j, t in enumerate(pre):
-        knots.append((t, y_first - PRE_STEP * (len(pre) - j)))
-    for k, it in enumerate(items):
-        knots.append((mono[it.a], ys[k][0]))
-        knots.append((mono[it.b - 1], ys[k][1]))
-    y_last = ys[-1][1]
-    for j, t in enumerate(post):
-        knots.append((t, y_last + POST_STEP * (j + 1)))
-    tmap = _TimeMap(knots)
-
-    # --- rows -----------------------------------------------------------------------------------
-    rows: list[Row] = []
-    for k, it in enumerate(items):
-        ya, yb = ys[k]
-        if not it.fold:
-            seg = segments[it.a]
-            label, detail, extra = texts[k]
-            x0, x1 = x_of[seg.dir]
-            ms = (seg.ts - t0) * 1e3
-            markers = _markers(seg.analysis)
-            rows.append(Row(
-                index=k, kind="segment", y=ya, y_end=yb, t_ms=ms, time_text=_time_text(ms),
-                x_from=x0, x_to=x1, dir=seg.dir, frame=seg.frame, label=label, detail=detail,
-                extra=extra, text=f"{label} {detail}".rstrip(), phase=seg.phase, lines=lines[k],
-                analysis=seg.analysis, markers=markers,
-                flagged=any(a in _PROBLEMS for a in seg.analysis),
-            ))
-        else:
-            run = segments[it.a:it.b]
-            c2s = [s for s in run if s.dir is Direction.C2S]
-            counts: Counter[Analysis] = Counter(a for s in run for a in s.analysis)
-            b_c2s = sum(s.length for s in c2s)
-            b_s2c = sum(s.length for s in run) - b_c2s
-            duration = mono[it.b - 1] - mono[it.a]
-            text = _fold_text(len(run), b_c2s, b_s2c, duration, counts, hidden_calls[k])
-            fold = Fold(
-                first_frame=run[0].frame, last_frame=run[-1].frame, segments=len(run),
-                segments_c2s=len(c2s), segments_s2c=len(run) - len(c2s), bytes_c2s=b_c2s,
-                bytes_s2c=b_s2c, duration=duration, analysis=tuple(counts.most_common()),
-                calls=hidden_calls[k], text=text,
-            )
-            ms = (run[0].ts - t0) * 1e3
-            rows.append(Row(
-                index=k, kind="fold", y=ya, y_end=yb, t_ms=ms, time_text=_time_text(ms),
-                x_from=X_CLIENT, x_to=X_SERVER, dir=None, frame=None, label="…", detail="",
-                extra="", text=text, phase=None, analysis=tuple(counts),
-                markers=(), flagged=False, fold=fold,
-            ))
-
-    # --- states -----------------------------------------------------------------------------------
-    states: list[StateMark] = []
-    x_side = {"client": X_CLIENT, "server": X_SERVER}
-    prev: dict[str, TcpState | None] = {"client": None, "server": None}
-    first = segments[0]
-    refused = _refused(segments)
-    for k, it in enumerate(items):
-        ya, yb = ys[k]
-        if it.fold:
-            for side in ("client", "server"):
-                changed_at = None
-                for s in segments[it.a:it.b]:
-                    st = s.client_state if side == "client" else s.server_state
-                    if st is not prev[side]:
-                        changed_at = (st, s.frame)
-                        prev[side] = st
-                if changed_at is not None:
-                    states.append(StateMark(side, changed_at[0], x_side[side], yb, changed_at[1],
-                                            changed_at[0].value))
-            continue
-        seg = segments[it.a]
-        sender: Side = "client" if seg.dir is Direction.C2S else "server"
-        for side in ("client", "server"):
-            st = seg.client_state if side == "client" else seg.server_state
-            if st is prev[side]:
-                continue
-            if side == sender:
-                y = ya
-            elif k == 0 and seg is first and st is TcpState.LISTEN:
-                if refused:  # nobody was listening: the RST says so, not the tracker's guess
-                    prev[side] = st
-                    continue
-                y = ya - 0.55  # found listening before the first SYN arrived
-            else:
-                y = yb
-            states.append(StateMark(side, st, x_side[side], y, seg.frame, st.value))
-            prev[side] = st
-
-    # --- call bars ------------------------------------------------------------------------------
-    bars, connectors, lanes = _place_calls(visible, segments, frame_index, item_of_seg, items, ys,
-                                           tmap, t0)
-
-    # --- notes ----------------------------------------------------------------------------------
-    note_texts = _closing_notes(segments, summary)
-    if summary.roles_guessed:
-        note_texts.append("no SYN captured: client and server guessed from the port numbers")
-    n_folded = sum(it.b - it.a for it in items if it.fold)
-    if n_folded:
-        note_texts.append(
-            f"{_plural(n_folded, 'segment', 'segments')} folded to keep {max_rows} rows "
-            "(max_rows=0 draws every segment)")
-    if unplaced:
-        note_texts.append(f"{_plural(unplaced, 'socket call', 'socket calls')} not drawn: "
-                          "neither endpoints, frames nor pid tie them to a side")
-
-    ymax = max([ys[-1][1]] + [b.y1 for b in bars] + [b.note_y for b in bars if b.note]
-               + [b.label_y for b in bars] + [m.y for m in states])
-    ymin = min([ys[0][0] - 0.55] + [b.y0 for b in bars] + [b.label_y for b in bars]
-               + [m.y for m in states])
-    lifeline_top = ymin - 0.35
-    lifeline_bottom = ymax + 0.55
-    notes = tuple(Note(t, lifeline_bottom + 0.45 + 0.38 * i) for i, t in enumerate(note_texts))
-    bottom = (notes[-1].y if notes else lifeline_bottom) + 0.45
-
-    # --- time="real": say what a long empty stretch is -------------------------------------------
-    idle: list[Note] = []
-    if time == "real":
-        for k in range(1, len(items)):
-            top, bottom = ys[k - 1][1], ys[k][0]
-            if bottom - top >= IDLE_ROWS:
-                quiet = mono[items[k].a] - mono[items[k - 1].b - 1]
-                idle.append(Note(f"{human_duration(quiet)} without segments", (top + bottom) / 2))
-
-    # --- headers, title, legend, extents -------------------------------------------------------
-    lifelines = (
-        Lifeline("client", X_CLIENT, str(client_ep), f"client {client_ep}", "TCP (kernel)"),
-        Lifeline("server", X_SERVER, str(server_ep), f"server {server_ep}", "TCP (kernel)"),
-    )
-    dur = _title_duration(max(s.ts for s in segments) - min(s.ts for s in segments))
-    state_part = " ".join(p for p in (summary.conn_state, summary.history) if p)
-    title = (f"conn {summary.conn}: {client_ep} → {server_ep}   "
-             f"{_plural(n, 'segment', 'segments')}, {dur}" + (f", {state_part}" if state_part else "")
-             + ("  (roles guessed)" if summary.roles_guessed else ""))
-    legend = [p.value for p in Phase]
-    if any(r.flagged for r in rows):
-        legend.append("flagged")
-    if any(r.kind == "fold" for r in rows):
-        legend.append("fold")
-    if any(not b.inferred for b in bars):
-        legend.append("call-traced")
-    if any(b.inferred for b in bars):
-        legend.append("call-inferred")
-
-    if lanes:
-        left = min([X_CLIENT - LANE_OFFSET] + [ln.x - LANE_COLUMN_STEP * (ln.columns - 1)
-                                              for ln in lanes if ln.side == "client"])
-        right = max([X_SERVER + LANE_OFFSET] + [ln.x + LANE_COLUMN_STEP * (ln.columns - 1)
-                                               for ln in lanes if ln.side == "server"])
-        time_x = left - 0.68
-        xlim = (time_x - 0.3, right + 0.78)
-    else:
-        time_x = X_CLIENT - 0.4
-        xlim = (time_x - 0.3, X_SERVER + 0.45)
-    return Layout(
-        title=title, time_mode=time, t0=t0, segments=n, lifelines=lifelines, lanes=tuple(lanes),
-        rows=tuple(rows), states=tuple(states), calls=tuple(bars), connectors=tuple(connectors),
-        notes=notes, idle=tuple(idle), legend=tuple(legend), xlim=xlim, ylim=(lifeline_top - 0.25, bottom),
-        lifeline_top=lifeline_top, lifeline_bottom=lifeline_bottom, time_x=time_x,
-    )
+    conv = _Conv("tcp", summary.conn, summary.client, summary.server, tuple(segments), (),
+                 tuple(calls), summary)
+    return _Planner([conv], (), time, max_rows, None).layout()
 
 
-def _side_of_call(call: Call, ckey: object, skey: object, segments: Sequence[Segment],
-                  frame_index: dict[int, int]) -> Side | None:
-    """The side a call runs on: by its socket's endpoints (strace -yy), else by the
-    segments it is tied to (a send is on the sender's side, a recv on the receiver's),
-    else by its name (connect is a client's, accept a server's)."""
-    local, remote = _ep_key(call.local), _ep_key(call.remote)
-    if local is not None and local == ckey:
-        return "client"
-    if local is not None and local == skey:
-        return "server"
-    if remote is not None and remote == skey:
-        return "client"
-    if remote is not None and remote == ckey:
-        return "server"
-    kind = call_kind(call.call)
-    for f in call.frames:
-        i = frame_index.get(f)
-        if i is None:
-            continue
-        sender: Side = "client" if segments[i].dir is Direction.C2S else "server"
-        receiver: Side = "server" if sender == "client" else "client"
-        if kind in ("send", "close"):
-            return sender
-        if kind in ("recv", "accept", "wait"):
-            return receiver
-        if kind == "connect":
-            return "client"
-        return sender
-    if kind == "connect":
-        return "client"
-    if kind == "accept" or call.call == "listen":
-        return "server"
-    return None
+def plan_trace(
+    connections: Iterable[Connection] = (),
+    flows: Iterable[Flow] = (),
+    *,
+    calls: Iterable[Call] = (),
+    time: TimeMode = "ordered",
+    max_rows: int = 60,
+    title: str | None = None,
+) -> Layout:
+    """Lay out several conversations of one capture on one time axis.
+
+    ``connections`` are TCP connections (anything with ``summary``, ``segments``
+    and optionally ``calls``, e.g. :class:`handshake_viz.pipeline.Connection`),
+    ``flows`` UDP flows (``summary``, ``datagrams``, ``calls``).  ``calls`` adds
+    socket calls that belong to no conversation yet (a trace's ``listen()`` and
+    the listening socket's ``close()``): each is drawn on the lane of the lifeline
+    whose address is its socket's, and dropped when that socket is not drawn.
+    Calls given twice (in a connection and in ``calls``) are drawn once.
+
+    Rows interleave in capture order; ``time``, ``max_rows`` as in :func:`plan`
+    (``max_rows`` counts the rows of all conversations together).  ``title``
+    replaces the generated one.
+    """
+    _check_options(time, max_rows)
+    convs: list[_Conv] = []
+    for c in connections:
+        segs = tuple(c.segments)
+        if segs:
+            s = c.summary if c.summary is not None else _fallback_summary(segs)
+            convs.append(_Conv("tcp", s.conn, s.client, s.server, segs, (),
+                               tuple(getattr(c, "calls", ()) or ()), s))
+    for f in flows:
+        grams = tuple(f.datagrams)
+        if grams:
+            fs = f.summary
+            convs.append(_Conv("udp", fs.flow, fs.client, fs.server, (), grams,
+                               tuple(getattr(f, "calls", ()) or ()), fs))
+    if not convs:
+        raise UsageError("nothing to draw: no segments or datagrams given")
+    return _Planner(convs, tuple(calls), time, max_rows, title).layout()
+
+
+# ==========================================================================================
+# The planner
+# ==========================================================================================
+
+_Key = tuple[Transport, str, int, str]  # (transport, normalized ip, port, "" or "peer")
+_ELSEWHERE = -1  # a call on a socket that is not drawn
 
 
 @dataclass(slots=True)
@@ -1013,173 +881,792 @@ class _Draft:
     """A call bar in the making (mutable while the lane is packed)."""
 
     call: Call
-    side: Side
-    kind: str
+    lifeline: int
     y0: float
     y1: float
-    caused: list[tuple[int, float, Segment]]  # (item, y, segment) the call sent
-    released: list[tuple[int, float, Segment]]  # segments whose arrival the call waited for
+    caused: list[tuple[int, float, Packet]]  # (item, y, packet) the call sent
+    released: list[tuple[int, float, Packet]]  # packets whose arrival the call waited for
     col: int = 0
+    label: str = ""
     note: str = ""
 
 
-def _call_note(d: _Draft, segments: Sequence[Segment]) -> str:
-    """A short why-note for the calls whose meaning is not obvious from the label."""
-    c, kind = d.call, d.kind
-    if kind == "recv" and c.ret == 0 and c.errno is None:
-        return "FIN read as end of stream"
-    if c.errno == "ECONNRESET":
-        return "RST read as ECONNRESET"
-    if c.errno == "ECONNREFUSED":
-        return "refused: a RST answered the SYN"
-    rst = next((s for _, _, s in d.caused if s.flags & Flag.RST), None)
-    if kind == "close" and rst is not None:
-        peer_data = any(s.length and s.dir is not rst.dir and s.frame < rst.frame for s in segments)
-        return "unread data: close() sent RST, not FIN" if peer_data else "close() sent RST"
-    if kind == "accept" and d.released and not c.inferred:  # an inferred accept has no real start
-        done = min(s.ts for _, _, s in d.released)
-        if c.start > done:
-            return f"connection queued {human_duration(c.start - done)} before accept()"
-        if any(s.flags & Flag.SYN and not s.flags & Flag.ACK for _, _, s in d.released):
-            # TCP Fast Open (RFC 7413): the SYN's data was accepted, accept() returns at the SYN
-            return "returns at the SYN (Fast Open: data in the SYN)"
-        return "blocks until the handshake is done"
-    return ""
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """A state mark before the lifelines have an x."""
+
+    lifeline: int
+    state: TcpState
+    y: float
+    frame: int | None
+    text: str
+    conn: int | None
 
 
-def _place_calls(
-    visible: list[tuple[Call, Side]],
-    segments: Sequence[Segment],
-    frame_index: dict[int, int],
-    item_of_seg: list[int],
-    items: list[_Item],
-    ys: list[tuple[float, float]],
-    tmap: _TimeMap,
-    t0: float,
-) -> tuple[list[CallBar], list[Connector], list[Lane]]:
-    # 1. extents from the time map, bent to respect causality with the call's frames
-    drafts: list[_Draft] = []
-    for c, side in visible:
-        kind = call_kind(c.call)
-        d = _Draft(c, side, kind, tmap(c.start), tmap(c.end, end=True), [], [])
-        for f in c.frames:
-            i = frame_index.get(f)
-            if i is None:
-                continue
-            seg = segments[i]
-            k = item_of_seg[i]
-            sent_by: Side = "client" if seg.dir is Direction.C2S else "server"
-            if items[k].fold:
-                y = (ys[k][0] + ys[k][1]) / 2
+class _Planner:
+    """Plans one Layout.  The steps run in the order of :meth:`layout`; each
+    reads what the earlier ones left on ``self``.  Everything vertical (rows,
+    bars, states) is planned first; the lifelines get their x last, spaced by
+    what turned out to be written beside them."""
+
+    def __init__(self, convs: list[_Conv], extra_calls: tuple[Call, ...], time: TimeMode,
+                 max_rows: int, title: str | None) -> None:
+        self.convs = convs
+        self.time = time
+        self.max_rows = max_rows
+        self.title = title
+        # every call once, in order of first mention
+        self.all_calls: list[Call] = list(dict.fromkeys(
+            [c for conv in convs for c in conv.calls] + list(extra_calls)))
+        # all packets in capture order; each conversation's own order is kept
+        self.packets: list[Packet]
+        self.conv_of: list[int]
+        if len(convs) == 1:
+            self.packets, self.conv_of = list(convs[0].packets), [0] * len(convs[0].packets)
+        else:
+            streams = [[(p.frame, ci, p) for p in conv.packets] for ci, conv in enumerate(convs)]
+            merged = list(heapq.merge(*streams, key=lambda e: e[0]))
+            self.packets, self.conv_of = [e[2] for e in merged], [e[1] for e in merged]
+        self.index_of_frame: dict[int, int] = {p.frame: i for i, p in enumerate(self.packets)}
+        self.conv_of_conn = {cv.number: i for i, cv in enumerate(convs) if cv.transport == "tcp"}
+        self.mono: list[float] = []
+        last = float("-inf")
+        for p in self.packets:  # captures can step backwards in time
+            last = max(last, p.ts)
+            self.mono.append(last)
+        self.t0 = min(cv.t0 for cv in convs)
+        self.n_segments = sum(len(cv.segments) for cv in convs)
+        self.n_datagrams = sum(len(cv.datagrams) for cv in convs)
+
+    # --- the whole plan ---------------------------------------------------------------------
+
+    def layout(self) -> Layout:
+        self._lifelines()
+        self._rows()
+        self._assign_calls()
+        self._rows_y()
+        self._time_map()
+        drafts = self._drafts()
+        marks = self._states()
+        xs = self._positions(drafts, marks)
+        return self._records(drafts, marks, xs)
+
+    # --- lifelines: one per socket address ----------------------------------------------------
+
+    def _lifelines(self) -> None:
+        keys_of: list[tuple[_Key, _Key]] = []
+        for cv in self.convs:
+            sk: _Key = (cv.transport, normalize_ip(cv.server.ip), cv.server.port, "")
+            ck: _Key = (cv.transport, normalize_ip(cv.client.ip), cv.client.port, "")
+            if ck == sk:  # a socket talking to itself still gets two lifelines
+                ck = (ck[0], ck[1], ck[2], "peer")
+            keys_of.append((ck, sk))
+        servers = {sk for _ck, sk in keys_of}
+        client_keys: list[_Key] = []
+        server_keys: list[_Key] = []
+        for ci in dict.fromkeys(self.conv_of):  # conversations in order of first appearance
+            ck, sk = keys_of[ci]
+            if ck not in servers and ck not in client_keys:
+                client_keys.append(ck)
+            for key in (ck, sk):
+                if key in servers and key not in server_keys:
+                    server_keys.append(key)
+        self.keys: list[_Key] = client_keys + server_keys
+        self.n_clients = len(client_keys)
+        index = {k: i for i, k in enumerate(self.keys)}
+        self.ends: list[tuple[int, int]] = [(index[ck], index[sk]) for ck, sk in keys_of]
+        self.endpoint: list[Endpoint] = [Endpoint("", 0)] * len(self.keys)
+        for cv, (cl, sl) in zip(self.convs, self.ends):
+            self.endpoint[cl], self.endpoint[sl] = cv.client, cv.server
+        self.names: list[str] = []
+        for i in range(len(self.keys)):
+            side, k, n = (("client", i + 1, len(client_keys)) if i < self.n_clients
+                          else ("server", i - self.n_clients + 1, len(server_keys)))
+            self.names.append(side if n == 1 else f"{side} {k}")
+
+    def side_of(self, lifeline: int) -> Side:
+        return "client" if lifeline < self.n_clients else "server"
+
+    def ends_of(self, i: int) -> tuple[int, int]:
+        """(sender, receiver) lifelines of packet ``i``."""
+        cl, sl = self.ends[self.conv_of[i]]
+        return (cl, sl) if self.packets[i].dir is Direction.C2S else (sl, cl)
+
+    # --- rows: which, and their y -------------------------------------------------------------
+
+    def _rows(self) -> None:
+        self.items = _fold_items(self.packets, self.max_rows)
+        self.item_of: list[int] = [0] * len(self.packets)
+        for k, it in enumerate(self.items):
+            for i in range(it.a, it.b):
+                self.item_of[i] = k
+        self.texts: list[tuple[str, str, str]] = []
+        for it in self.items:
+            p = self.packets[it.a]
+            if it.fold:
+                self.texts.append(("…", "", ""))
+            elif isinstance(p, Segment):
+                self.texts.append(segment_text(p))
             else:
-                y = ys[k][0] if sent_by == side else ys[k][1]
-            (d.caused if sent_by == side else d.released).append((k, y, seg))
-        if d.caused and kind in ("send", "connect", "close"):
-            d.y0 = min(d.y0, min(y for _, y, _ in d.caused) - 0.04)
-        if d.released and kind in ("recv", "accept", "connect", "wait"):
-            d.y1 = max(d.y1, max(y for _, y, _ in d.released) + 0.04)
-        d.y1 = max(d.y1, d.y0)
-        drafts.append(d)
+                self.texts.append((*datagram_text(p), ""))
+        self.lines = [2 if e and len(d) + 2 + len(e) > DETAIL_CHARS else 1 for _l, d, e in self.texts]
 
-    # 2. per thread: a call starts after the previous one returned; minimum bar height
-    last_end: dict[tuple[str, int, int, bool], float] = {}
-    for d in drafts:
-        key = (d.side, d.call.pid, d.call.tid, d.call.inferred)
-        prev_end = last_end.get(key)
-        if prev_end is not None and d.y0 < prev_end + 0.03:
-            d.y0 = prev_end + 0.03
+    def _crowded_gaps(self) -> dict[int, list[float]]:
+        """time="ordered": the gaps between two rows (by the index of the row above)
+        in which more calls start on one lane than their labels fit in one row (a
+        server restarting between two connections), and the call starts in them.
+        Such a gap is stretched and, as before the first row, only the order of the
+        calls in it is drawn: one step per start."""
+        if self.time != "ordered":
+            return {}
+        ends = [self.mono[it.b - 1] for it in self.items]
+        starts = [self.mono[it.a] for it in self.items]
+        per_lane: Counter[tuple[int, int]] = Counter()
+        in_gap: dict[int, set[float]] = {}
+        for c, ll in self.visible:
+            k = bisect.bisect_left(ends, c.start) - 1  # the last row that ended before it
+            if 0 <= k < len(self.items) - 1 and ends[k] < c.start < starts[k + 1]:
+                per_lane[(k, ll)] += 1
+                in_gap.setdefault(k, set()).add(c.start)
+        crowded = {k for (k, _ll), n in per_lane.items() if n * CALL_TEXT_PITCH > 1.0}
+        return {k: sorted(in_gap[k]) for k in sorted(crowded)}
+
+    def _rows_y(self) -> None:
+        self.gaps = self._crowded_gaps()
+        mono = self.mono
+        ys: list[tuple[float, float]] = []
+        real = self.time == "real"
+        floor = float("-inf") if real else 0.0
+        duration = mono[-1] - mono[0]
+        scale = REAL_STRETCH * len(self.items) / duration if duration > 0 and real else 0.0
+        for k, it in enumerate(self.items):
+            ya = max(scale * (mono[it.a] - mono[0]), floor) if real else floor
+            yb = ya + SLANT
+            if it.fold and real:
+                yb = max(yb, scale * (mono[it.b - 1] - mono[0]))
+            ys.append((ya, yb))
+            floor = yb + (1.0 - SLANT) + (SECOND_LINE if self.lines[k] == 2 else 0.0)
+            if k in self.gaps:
+                floor += max(0.0, (len(self.gaps[k]) + 1) * CALL_TEXT_PITCH - (1.0 - SLANT))
+        self.ys = ys
+
+    # --- calls: which lifeline ----------------------------------------------------------------
+
+    def _find(self, ep: Endpoint, transport: str | None) -> list[int]:
+        """Lifelines at ``ep``; an unspecified address (an unbound socket's
+        ``0.0.0.0:port``) matches any address with that port."""
+        ip = normalize_ip(ep.ip)
+        ok = [i for i, k in enumerate(self.keys) if transport is None or k[0] == transport]
+        exact = [i for i in ok if self.keys[i][1:3] == (ip, ep.port)]
+        if exact or ip not in ("0.0.0.0", "::"):
+            return exact
+        return [i for i in ok if self.keys[i][2] == ep.port]
+
+    def _lifeline_of_call(self, c: Call) -> int | None:
+        """The lifeline a call runs on (see "Calls" in the module docstring);
+        ``_ELSEWHERE`` for a call on a socket that is not drawn, None when unknown."""
+        if c.conn is not None:
+            ci = self.conv_of_conn.get(c.conn)
+            if ci is None:
+                return _ELSEWHERE  # another connection's
+            cands: Sequence[int] = (ci,)
+        else:
+            cands = range(len(self.convs))
+        frames = [self.index_of_frame[f] for f in c.frames if f in self.index_of_frame]
+        frames = [i for i in frames if self.conv_of[i] in cands]
+        transport = ("tcp" if c.conn is not None
+                     else self.convs[self.conv_of[frames[0]]].transport if frames else None)
+        if c.local is not None:
+            hits = self._find(c.local, transport)
+            if len(hits) == 1:
+                return hits[0]
+            if not hits and c.conn is None and c.local.port != 0:
+                return _ELSEWHERE  # a socket of its own, not drawn
+        if c.remote is not None:
+            peer = {(normalize_ip(c.remote.ip), c.remote.port)}
+            across = set()
+            for ci in cands:
+                cl, sl = self.ends[ci]
+                if transport is None or self.convs[ci].transport == transport:
+                    if {self.keys[sl][1:3]} == peer:
+                        across.add(cl)
+                    if {self.keys[cl][1:3]} == peer:
+                        across.add(sl)
+            if len(across) == 1:
+                return across.pop()
+        for i in frames:
+            sender, receiver = self.ends_of(i)
+            if c.kind is CallKind.CONNECT:
+                return self.ends[self.conv_of[i]][0]
+            return receiver if c.kind in _WAITING else sender
+        tcp = [ci for ci in cands if self.convs[ci].transport == "tcp"]
+        if c.kind is CallKind.CONNECT:
+            ones = {self.ends[ci][0] for ci in tcp}
+        elif c.kind in (CallKind.ACCEPT, CallKind.LISTEN):
+            ones = {self.ends[ci][1] for ci in tcp}
+        else:
+            ones = set()
+        return ones.pop() if len(ones) == 1 else None
+
+    def _assign_calls(self) -> None:
+        placed: list[tuple[Call, int]] = []
+        pending: list[Call] = []
+        by_pid: dict[int, set[int]] = {}
+        for c in sorted(self.all_calls, key=lambda c: (c.start, c.end)):
+            ll = self._lifeline_of_call(c)
+            if ll == _ELSEWHERE:
+                continue
+            if ll is None:
+                pending.append(c)
+                continue
+            if not c.inferred:
+                by_pid.setdefault(c.pid, set()).add(ll)
+            placed.append((c, ll))
+        # nothing ties it to a lifeline: the other calls on its socket may (a socket()
+        # or setsockopt() before bind() gave it an address), else its process's
+        life_of = _socket_lives(self.all_calls)
+        by_life: dict[int, set[int]] = {}
+        for c, ll in placed:
+            if c in life_of:
+                by_life.setdefault(life_of[c], set()).add(ll)
+        self.unplaced = 0
+        for c in pending:
+            lls = by_life.get(life_of[c], set()) if c in life_of else set()
+            if len(lls) != 1:
+                lls = by_pid.get(c.pid, set())
+            if len(lls) == 1:
+                placed.append((c, next(iter(lls))))
+            else:
+                self.unplaced += 1
+        placed.sort(key=lambda cl: (cl[0].start, cl[0].end))
+        # calls inside a fold are counted there, not drawn
+        spans = [(k, self.mono[it.a], self.mono[it.b - 1]) for k, it in enumerate(self.items) if it.fold]
+        self.hidden_calls: Counter[int] = Counter()
+        self.visible: list[tuple[Call, int]] = []
+        for c, ll in placed:
+            inside = next((k for k, ta, tb in spans if ta < c.start and c.end < tb), None)
+            if inside is not None:
+                self.hidden_calls[inside] += 1
+            else:
+                self.visible.append((c, ll))
+
+    def _time_map(self) -> None:
+        # Before the first and after the last packet only the order of calls matters:
+        # each call start gets a step of its own, the returns fall in between.
+        knots: list[tuple[float, float]] = []
+        first_t, last_t = self.mono[0], self.mono[-1]
+        pre = sorted({c.start for c, _ in self.visible if c.start < first_t})
+        post = sorted({c.start for c, _ in self.visible if c.start > last_t})
+        y_first = self.ys[0][0]
+        for j, t in enumerate(pre):
+            knots.append((t, y_first - PRE_STEP * (len(pre) - j)))
+        for k, it in enumerate(self.items):
+            knots.append((self.mono[it.a], self.ys[k][0]))
+            knots.append((self.mono[it.b - 1], self.ys[k][1]))
+            crowd = self.gaps.get(k, [])
+            for j, t in enumerate(crowd):  # a stretched gap: one step per call start
+                top, bottom = self.ys[k][1], self.ys[k + 1][0]
+                knots.append((t, top + (bottom - top) * (j + 1) / (len(crowd) + 1)))
+        y_last = self.ys[-1][1]
+        for j, t in enumerate(post):
+            knots.append((t, y_last + POST_STEP * (j + 1)))
+        self.tmap = _TimeMap(knots)
+
+    # --- call bars: extents, columns, texts (all but x) ---------------------------------------
+
+    def _drafts(self) -> list[_Draft]:
+        # 1. extents from the time map, bent to respect causality with the call's frames
+        drafts: list[_Draft] = []
+        for c, ll in self.visible:
+            d = _Draft(c, ll, self.tmap(c.start), self.tmap(c.end, end=True), [], [])
+            for f in c.frames:
+                i = self.index_of_frame.get(f)
+                if i is None:
+                    continue
+                sender, receiver = self.ends_of(i)
+                if ll not in (sender, receiver):
+                    continue
+                k = self.item_of[i]
+                ya, yb = self.ys[k]
+                y = (ya + yb) / 2 if self.items[k].fold else (ya if sender == ll else yb)
+                (d.caused if sender == ll else d.released).append((k, y, self.packets[i]))
+            kind = c.kind
+            if d.caused and (kind in _SENDING or kind is CallKind.CONNECT):
+                d.y0 = min(d.y0, min(y for _, y, _ in d.caused) - 0.04)
+            if d.released and (kind in _WAITING or kind is CallKind.CONNECT):
+                d.y1 = max(d.y1, max(y for _, y, _ in d.released) + 0.04)
             d.y1 = max(d.y1, d.y0)
-        d.y1 = max(d.y1, d.y0 + MIN_BAR)
-        last_end[key] = d.y1
+            drafts.append(d)
 
-    # 3. columns: interval partitioning per side (overlapping threads get their own column)
-    col_ends: dict[str, list[float]] = {"client": [], "server": []}
-    for d in drafts:
-        ends = col_ends[d.side]
-        for col, e in enumerate(ends):
-            if d.y0 >= e + 0.02:
-                ends[col] = d.y1
-                d.col = col
-                break
-        else:
-            if len(ends) < MAX_COLUMNS:
-                ends.append(d.y1)
-                d.col = len(ends) - 1
+        # 2. per thread: a call starts after the previous one returned; minimum bar height
+        last_end: dict[tuple[int, int, int, bool], float] = {}
+        for d in drafts:
+            key = (d.lifeline, d.call.pid, d.call.tid, d.call.inferred)
+            prev_end = last_end.get(key)
+            if prev_end is not None and d.y0 < prev_end + 0.03:
+                d.y0 = prev_end + 0.03
+                d.y1 = max(d.y1, d.y0)
+            d.y1 = max(d.y1, d.y0 + MIN_BAR)
+            last_end[key] = d.y1
+
+        # 3. columns: interval partitioning per lane (overlapping threads get their own column)
+        col_ends: dict[int, list[float]] = {}
+        for d in drafts:
+            ends = col_ends.setdefault(d.lifeline, [])
+            for col, e in enumerate(ends):
+                if d.y0 >= e + 0.02:
+                    ends[col] = d.y1
+                    d.col = col
+                    break
             else:
-                d.col = min(range(len(ends)), key=ends.__getitem__)
-                ends[d.col] = max(ends[d.col], d.y1)
+                if len(ends) < MAX_COLUMNS:
+                    ends.append(d.y1)
+                    d.col = len(ends) - 1
+                else:
+                    d.col = min(range(len(ends)), key=ends.__getitem__)
+                    ends[d.col] = max(ends[d.col], d.y1)
 
-    # 4. texts: label at the bar's top, note at its bottom, pushed down so none collide
-    texts: dict[str, list[tuple[float, int, str]]] = {"client": [], "server": []}
-    for idx, d in enumerate(drafts):
-        texts[d.side].append((d.y0 + 0.1, idx, "label"))
-        d.note = _call_note(d, segments)
-        if d.note:
-            # at the return of a long call; right under the label of a short one, so that
-            # no other call's label comes between a call and its note
-            tall = d.y1 - d.y0 >= 2 * CALL_TEXT_PITCH + 0.1
-            anchor = d.y1 - 0.05 if tall else d.y0 + 0.1 + 1e-6
-            texts[d.side].append((anchor, idx, "note"))
-    text_y: dict[tuple[int, str], float] = {}
-    for lst in texts.values():
-        lst.sort()
-        floor = float("-inf")
-        for y, idx, what in lst:
-            y = max(y, floor)
-            text_y[(idx, what)] = y
-            floor = y + CALL_TEXT_PITCH
+        # 4. texts: label at the bar's top, note at its bottom, pushed down so none collide
+        texts: dict[int, list[tuple[float, int, str]]] = {}
+        for idx, d in enumerate(drafts):
+            lane = texts.setdefault(d.lifeline, [])
+            lane.append((d.y0 + 0.1, idx, "label"))
+            d.label = _call_label(d.call, self.keys[d.lifeline][0])
+            d.note = self._call_note(d)
+            if d.note:
+                # at the return of a long call; right under the label of a short one, so that
+                # no other call's label comes between a call and its note
+                tall = d.y1 - d.y0 >= 2 * CALL_TEXT_PITCH + 0.1
+                anchor = d.y1 - 0.05 if tall else d.y0 + 0.1 + 1e-6
+                lane.append((anchor, idx, "note"))
+        self.text_y: dict[tuple[int, str], float] = {}
+        for lst in texts.values():
+            lst.sort()
+            floor = float("-inf")
+            for y, idx, what in lst:
+                y = max(y, floor)
+                self.text_y[(idx, what)] = y
+                floor = y + CALL_TEXT_PITCH
+        return drafts
 
-    # 5. records
-    lanes: list[Lane] = []
-    lane_x_of: dict[str, float] = {}
-    for side in ("client", "server"):
-        mine = [d for d in drafts if d.side == side]
-        if not mine:
-            continue
-        direction = -1 if side == "client" else 1
-        lane_x = (X_CLIENT - LANE_OFFSET) if side == "client" else (X_SERVER + LANE_OFFSET)
-        lane_x_of[side] = lane_x
-        pids: list[int] = []
-        for d in mine:
-            if not d.call.inferred and d.call.pid not in pids:
-                pids.append(d.call.pid)
-        if pids:
-            who = (f"pid {pids[0]}" if len(pids) == 1 else
-                   "pids " + ", ".join(map(str, pids[:4])) + (", …" if len(pids) > 4 else ""))
-            title = f"{side} process ({who})"
-        else:
-            title = f"{side} process (calls inferred)"
-        columns = 1 + max(d.col for d in mine)
-        lanes.append(Lane(side, lane_x, title, tuple(pids), columns, direction))  # type: ignore[arg-type]
+    def _call_note(self, d: _Draft) -> str:
+        """A short why-note for the calls whose meaning is not obvious from the label."""
+        c, kind = d.call, d.call.kind
+        if self.keys[d.lifeline][0] == "udp":
+            # no connection: a refusal is the peer kernel's ICMP port unreachable
+            return "refused: ICMP port unreachable" if c.errno == "ECONNREFUSED" else ""
+        if kind is CallKind.RECV and c.ret == 0 and c.errno is None:
+            return "FIN read as end of stream"
+        if c.errno == "ECONNRESET":
+            return "RST read as ECONNRESET"
+        if c.errno == "ECONNREFUSED":
+            return "refused: a RST answered the SYN"
+        rst = next((p for _, _, p in d.caused if isinstance(p, Segment) and p.flags & Flag.RST), None)
+        if kind is CallKind.CLOSE and rst is not None:
+            conv = self.convs[self.conv_of[self.index_of_frame[rst.frame]]]
+            peer_data = any(s.length and s.dir is not rst.dir and s.frame < rst.frame
+                            for s in conv.segments)
+            return "unread data: close() sent RST, not FIN" if peer_data else "close() sent RST"
+        if kind is CallKind.ACCEPT and d.released and not c.inferred:  # inferred: no real start
+            done = min(p.ts for _, _, p in d.released)
+            if c.start > done:
+                return f"connection queued {human_duration(c.start - done)} before accept()"
+            if any(isinstance(p, Segment) and p.flags & Flag.SYN and not p.flags & Flag.ACK
+                   for _, _, p in d.released):
+                # TCP Fast Open (RFC 7413): the SYN's data was accepted, accept() returns at the SYN
+                return "returns at the SYN (Fast Open: data in the SYN)"
+            return "blocks until the handshake is done"
+        return ""
 
-    bars: list[CallBar] = []
-    connectors: list[Connector] = []
-    for idx, d in enumerate(drafts):
-        c = d.call
-        direction = -1 if d.side == "client" else 1
-        x = lane_x_of[d.side] + direction * LANE_COLUMN_STEP * d.col
-        x_inner = x - direction * BAR_HALF_WIDTH
-        label_x = x + direction * (BAR_HALF_WIDTH + CALL_LABEL_GAP)
-        bar_index = len(bars)
-        bars.append(CallBar(
-            call=c, side=d.side, column=d.col, x=x, x_inner=x_inner, y0=d.y0, y1=d.y1,
-            label=_call_label(c), label_x=label_x, label_y=text_y[(idx, "label")], note=d.note,
-            note_y=text_y.get((idx, "note"), d.y1), inferred=c.inferred, failed=c.failed,
-            t_start_ms=(c.start - t0) * 1e3, t_end_ms=(c.end - t0) * 1e3,
-        ))
-        x_line = X_CLIENT if d.side == "client" else X_SERVER
-        seen: set[float] = set()
-        for k, y, seg in d.caused + d.released:
-            if y in seen:
+    # --- states -------------------------------------------------------------------------------
+
+    def _state_text(self, lifeline: int, state: TcpState, cis: Sequence[int]) -> str:
+        """``ESTABLISHED``, or on a lifeline several connections share, which ones:
+        ``ESTABLISHED (client 2)``, ``CLOSED (client 1, client 3)`` (``conn 4`` when
+        they share the peer too)."""
+        if state is TcpState.LISTEN:
+            return state.value  # the listening socket's, whichever connection showed it
+        mine = [i for i, ends in enumerate(self.ends) if lifeline in ends
+                and self.convs[i].transport == "tcp"]
+        if len(mine) < 2:
+            return state.value
+        peers = [self.ends[i][0] if self.ends[i][1] == lifeline else self.ends[i][1] for i in mine]
+        tags = []
+        for ci in cis:
+            cl, sl = self.ends[ci]
+            peer = cl if sl == lifeline else sl
+            tags.append(self.names[peer] if peers.count(peer) == 1 else f"conn {self.convs[ci].number}")
+        return f"{state.value} ({', '.join(tags)})"
+
+    def _fold_changes(self, it: _Item, prev: dict[tuple[int, Side], TcpState | None]
+                      ) -> dict[tuple[int, Side], tuple[TcpState, int]]:
+        """The last state change of each (conversation, side) inside a folded run, and
+        its frame; ``prev`` is brought up to date.  (A hot loop: a fold can hide
+        hundreds of thousands of segments.)"""
+        changed: dict[tuple[int, Side], tuple[TcpState, int]] = {}
+        client: dict[int, TcpState | None] = {}
+        server: dict[int, TcpState | None] = {}
+        packets, conv_of = self.packets, self.conv_of
+        for i in range(it.a, it.b):
+            p = packets[i]
+            if not isinstance(p, Segment):
                 continue
-            seen.add(y)
-            connectors.append(Connector(x_inner, min(max(y, d.y0), d.y1), x_line, y,
-                                        None if items[k].fold else seg.frame, bar_index, c.inferred))
-        # accept() called after the handshake: show how long the connection sat queued
-        if d.kind == "accept" and d.released:
-            arrived = min(y for _, y, _ in d.released)
-            if d.y0 > arrived + 0.05:
-                first = min((s for _, _, s in d.released), key=lambda s: s.ts)
-                connectors.append(Connector(x, arrived, x, d.y0, first.frame, bar_index,
-                                            c.inferred, kind="queue"))
-    return bars, connectors, lanes
+            ci = conv_of[i]
+            if ci not in client:
+                client[ci], server[ci] = prev.get((ci, "client")), prev.get((ci, "server"))
+            if p.client_state is not client[ci]:
+                client[ci] = p.client_state
+                changed[(ci, "client")] = (p.client_state, p.frame)
+            if p.server_state is not server[ci]:
+                server[ci] = p.server_state
+                changed[(ci, "server")] = (p.server_state, p.frame)
+        for ci in client:
+            prev[(ci, "client")], prev[(ci, "server")] = client[ci], server[ci]
+        return changed
+
+    def _states(self) -> list[_Mark]:
+        marks: list[_Mark] = []
+        prev: dict[tuple[int, Side], TcpState | None] = {}
+        listening: set[int] = set()
+        refused = [_refused(cv.segments) for cv in self.convs]
+        for k, it in enumerate(self.items):
+            ya, yb = self.ys[k]
+            if it.fold:
+                changed = self._fold_changes(it, prev)
+                # per lifeline, one mark per state naming its connections
+                per_line: dict[int, dict[TcpState, list[tuple[int, int]]]] = {}
+                for (ci, side), (st, frame) in sorted(changed.items(), key=lambda kv: kv[1][1]):
+                    ll = self.ends[ci][0 if side == "client" else 1]
+                    if st is TcpState.LISTEN and ll in listening:
+                        continue
+                    listening.update([ll] if st is TcpState.LISTEN else [])
+                    per_line.setdefault(ll, {}).setdefault(st, []).append((frame, ci))
+                for ll, by_state in per_line.items():
+                    # one at the band's end; several one under the other around its middle
+                    n = len(by_state)
+                    y0 = yb if n == 1 else (ya + yb) / 2 - (n - 1) / 2 * CALL_TEXT_PITCH
+                    for j, (st, runs) in enumerate(by_state.items()):
+                        cis = [ci for _f, ci in runs]
+                        marks.append(_Mark(ll, st, y0 + j * CALL_TEXT_PITCH, runs[-1][0],
+                                           self._state_text(ll, st, cis), self.convs[cis[0]].number))
+                continue
+            p = self.packets[it.a]
+            if not isinstance(p, Segment):
+                continue  # UDP keeps no state
+            ci = self.conv_of[it.a]
+            sender: Side = "client" if p.dir is Direction.C2S else "server"
+            for side, st in _side_states(p):
+                key = (ci, side)
+                if key in prev and st is prev[key]:
+                    continue
+                first = key not in prev
+                prev[key] = st
+                ll = self.ends[ci][0 if side == "client" else 1]
+                if side == sender:
+                    y = ya
+                elif first and st is TcpState.LISTEN:
+                    if refused[ci] or ll in listening:  # nobody listening / said already
+                        continue
+                    y = ya - LISTEN_ABOVE  # found listening before the first SYN arrived
+                else:
+                    y = yb
+                if st is TcpState.LISTEN:
+                    listening.add(ll)
+                conn = None if st is TcpState.LISTEN else self.convs[ci].number
+                marks.append(_Mark(ll, st, y, p.frame, self._state_text(ll, st, [ci]), conn))
+        return marks
+
+    # --- x: lifelines spaced by what is written beside them ------------------------------------
+
+    def _positions(self, drafts: list[_Draft], marks: list[_Mark]) -> list[float]:
+        """x of every lifeline.  The innermost client is at 0 and the first server at 1
+        (the text gap between them holds every row's texts); a further client stands
+        left of its neighbour by what that neighbour writes on its left (lane, states),
+        a further server right of its neighbour by what that one writes on its right."""
+        n = len(self.keys)
+        self.columns: dict[int, int] = {}
+        for d in drafts:
+            self.columns[d.lifeline] = max(self.columns.get(d.lifeline, 0), d.col + 1)
+        reach = [0.0] * n  # how far a lifeline's own texts reach from it, outwards
+        for d in drafts:
+            text = max(len(d.label) * CALL_CHAR, len(d.note) * NOTE_CHAR)
+            lane = (LANE_OFFSET + LANE_COLUMN_STEP * (self.columns[d.lifeline] - 1) + BAR_HALF_WIDTH
+                    + CALL_LABEL_GAP + text)
+            reach[d.lifeline] = max(reach[d.lifeline], lane)
+        for m in marks:
+            reach[m.lifeline] = max(reach[m.lifeline], 0.03 + STATE_PAD + len(m.text) * STATE_CHAR)
+        self.reach = reach
+        nc = self.n_clients
+        xs = [0.0] * n
+        for j in range(nc - 2, -1, -1):
+            xs[j] = xs[j + 1] - max(MIN_PITCH, reach[j + 1] + NEIGHBOUR_GAP)
+        for j in range(nc, n):
+            xs[j] = X_SERVER if j == nc else xs[j - 1] + max(MIN_PITCH, reach[j - 1] + NEIGHBOUR_GAP)
+        return xs
+
+    def _text_gap(self, a: int, b: int, xs: list[float]) -> tuple[float, float]:
+        """(centre, width) of the room for the texts of an arrow between lifelines a and
+        b: the gap between the innermost client and the first server when it crosses
+        it (every TCP arrow does), else the widest gap it crosses."""
+        lo, hi = min(a, b), max(a, b)
+        nc = self.n_clients
+        if 0 < nc and lo < nc <= hi:
+            g = nc - 1
+        else:
+            g = max(range(lo, max(hi, lo + 1)), key=lambda j: xs[j + 1] - xs[j])
+        return (xs[g] + xs[g + 1]) / 2, xs[g + 1] - xs[g]
+
+    # --- records ------------------------------------------------------------------------------
+
+    def _records(self, drafts: list[_Draft], marks: list[_Mark], xs: list[float]) -> Layout:
+        lifelines = self._lifeline_records(xs)
+        main = self._text_gap(max(self.n_clients - 1, 0), min(self.n_clients, len(xs) - 1), xs)
+        rows = self._row_records(xs, main)
+        states = [StateMark(self.side_of(m.lifeline), m.state, xs[m.lifeline], m.y, m.frame, m.text,
+                            m.lifeline, m.conn) for m in marks]
+        bars, connectors, lanes = self._call_records(drafts, xs)
+
+        note_texts = self._notes()
+        ys = self.ys
+        ymax = max([ys[-1][1]] + [b.y1 for b in bars] + [b.note_y for b in bars if b.note]
+                   + [b.label_y for b in bars] + [m.y for m in states])
+        ymin = min([ys[0][0] - LISTEN_ABOVE] + [b.y0 for b in bars] + [b.label_y for b in bars]
+                   + [m.y for m in states])
+        lifeline_top = ymin - 0.35
+        lifeline_bottom = ymax + 0.55
+        centre = (xs[0] + xs[-1]) / 2
+        notes = tuple(Note(t, lifeline_bottom + 0.45 + 0.38 * i, centre) for i, t in enumerate(note_texts))
+        bottom = (notes[-1].y if notes else lifeline_bottom) + 0.45
+
+        legend = [p.value for p in Phase] if self.n_segments else []
+        if self.n_datagrams:
+            legend.append("udp")
+        if any(r.flagged for r in rows):
+            legend.append("flagged")
+        if any(r.kind == "fold" for r in rows):
+            legend.append("fold")
+        if any(not b.inferred for b in bars):
+            legend.append("call-traced")
+        if any(b.inferred for b in bars):
+            legend.append("call-inferred")
+
+        # margins: the time column left of everything, room for the outermost texts
+        step = LANE_COLUMN_STEP
+        if lanes:
+            left = min([xs[0] - LANE_OFFSET] + [ln.x - step * (ln.columns - 1) for ln in lanes
+                                                if ln.direction < 0])
+            right = max([xs[-1] + LANE_OFFSET] + [ln.x + step * (ln.columns - 1) for ln in lanes
+                                                  if ln.direction > 0])
+            time_x, right_edge = left - 0.68, right + 0.78
+        else:
+            time_x, right_edge = xs[0] - 0.4, xs[-1] + 0.45
+        time_x = min(time_x, xs[0] - self.reach[0] - 0.06)
+        right_edge = max(right_edge, xs[-1] + self.reach[-1] + 0.1)
+        return Layout(
+            title=self._title(), time_mode=self.time, t0=self.t0, segments=self.n_segments,
+            datagrams=self.n_datagrams,
+            conns=tuple(cv.number for cv in self.convs if cv.transport == "tcp"),
+            flows=tuple(cv.number for cv in self.convs if cv.transport == "udp"),
+            lifelines=lifelines, lanes=tuple(lanes), rows=tuple(rows), states=tuple(states),
+            calls=tuple(bars), connectors=tuple(connectors), notes=notes,
+            idle=tuple(self._idle(main[0])), legend=tuple(legend), xlim=(time_x - 0.3, right_edge),
+            ylim=(lifeline_top - 0.25, bottom), lifeline_top=lifeline_top,
+            lifeline_bottom=lifeline_bottom, time_x=time_x,
+        )
+
+    def _lifeline_records(self, xs: list[float]) -> tuple[Lifeline, ...]:
+        out = []
+        for i, (transport, _ip, _port, _tag) in enumerate(self.keys):
+            mine = [cv for cv, ends in zip(self.convs, self.ends) if i in ends]
+            ep = str(self.endpoint[i])
+            out.append(Lifeline(
+                side=self.side_of(i), x=xs[i], endpoint=ep, header=f"{self.names[i]} {ep}",
+                subtitle=f"{transport.upper()} (kernel)", name=self.names[i],
+                transport=transport,
+                conns=tuple(cv.number for cv in mine if cv.transport == "tcp"),
+                flows=tuple(cv.number for cv in mine if cv.transport == "udp"),
+            ))
+        return tuple(out)
+
+    def _row_records(self, xs: list[float], main: tuple[float, float]) -> list[Row]:
+        rows: list[Row] = []
+        t0, mono = self.t0, self.mono
+        for k, it in enumerate(self.items):
+            ya, yb = self.ys[k]
+            if not it.fold:
+                p = self.packets[it.a]
+                label, detail, extra = self.texts[k]
+                sender, receiver = self.ends_of(it.a)
+                text_x, room = self._text_gap(sender, receiver, xs)
+                ms = (p.ts - t0) * 1e3
+                seg = p if isinstance(p, Segment) else None
+                analysis = seg.analysis if seg is not None else ()
+                rows.append(Row(
+                    index=k, kind="segment" if seg is not None else "datagram", y=ya, y_end=yb,
+                    t_ms=ms, time_text=clock_text(ms), x_from=xs[sender], x_to=xs[receiver],
+                    dir=p.dir, frame=p.frame, label=label, detail=detail, extra=extra,
+                    text=f"{label} {detail}".rstrip(), phase=seg.phase if seg is not None else None,
+                    analysis=analysis, markers=_markers(analysis),
+                    flagged=any(a in _PROBLEMS for a in analysis),
+                    conn=seg.conn if seg is not None else None,
+                    flow=p.flow if isinstance(p, Datagram) else None,
+                    lifeline_from=sender, lifeline_to=receiver, text_x=text_x, text_room=room,
+                    lines=self.lines[k],
+                ))
+                continue
+            run = range(it.a, it.b)
+            segs = [p for p in (self.packets[i] for i in run) if isinstance(p, Segment)]
+            c2s = [self.packets[i] for i in run if self.packets[i].dir is Direction.C2S]
+            counts: Counter[Analysis] = Counter(a for s in segs for a in s.analysis)
+            b_c2s = sum(p.length for p in c2s)
+            b_s2c = sum(self.packets[i].length for i in run) - b_c2s
+            duration = mono[it.b - 1] - mono[it.a]
+            n_segs = len(segs)
+            n_grams = (it.b - it.a) - n_segs
+            seg_c2s = sum(isinstance(p, Segment) for p in c2s)
+            text = _fold_text(n_segs, n_grams, b_c2s, b_s2c, duration, counts, self.hidden_calls[k])
+            fold = Fold(
+                first_frame=self.packets[it.a].frame, last_frame=self.packets[it.b - 1].frame,
+                segments=n_segs, segments_c2s=seg_c2s, segments_s2c=n_segs - seg_c2s,
+                bytes_c2s=b_c2s, bytes_s2c=b_s2c, duration=duration,
+                analysis=tuple(counts.most_common()), calls=self.hidden_calls[k], datagrams=n_grams,
+                text=text,
+            )
+            ms = (self.packets[it.a].ts - t0) * 1e3
+            rows.append(Row(
+                index=k, kind="fold", y=ya, y_end=yb, t_ms=ms, time_text=clock_text(ms),
+                x_from=xs[0], x_to=xs[-1], dir=None, frame=None, label="…", detail="", extra="",
+                text=text, phase=None, analysis=tuple(counts), markers=(), flagged=False,
+                conn=None, flow=None, lifeline_from=None, lifeline_to=None, text_x=main[0],
+                text_room=main[1], fold=fold,
+            ))
+        return rows
+
+    def _call_records(self, drafts: list[_Draft], xs: list[float]
+                      ) -> tuple[list[CallBar], list[Connector], list[Lane]]:
+        lanes: list[Lane] = []
+        lane_x: dict[int, float] = {}
+        for ll in sorted({d.lifeline for d in drafts}):
+            mine = [d for d in drafts if d.lifeline == ll]
+            side = self.side_of(ll)
+            direction = -1 if side == "client" else 1
+            lane_x[ll] = xs[ll] + direction * LANE_OFFSET
+            pids: list[int] = []
+            for d in mine:
+                if not d.call.inferred and d.call.pid not in pids:
+                    pids.append(d.call.pid)
+            if pids:
+                who = (f"pid {pids[0]}" if len(pids) == 1 else
+                       "pids " + ", ".join(map(str, pids[:4])) + (", …" if len(pids) > 4 else ""))
+                title = f"{self.names[ll]} process ({who})"
+            else:
+                title = f"{self.names[ll]} process (calls inferred)"
+            lanes.append(Lane(side, lane_x[ll], title, tuple(pids), self.columns[ll], direction, ll))
+
+        bars: list[CallBar] = []
+        connectors: list[Connector] = []
+        t0 = self.t0
+        for idx, d in enumerate(drafts):
+            c = d.call
+            direction = -1 if self.side_of(d.lifeline) == "client" else 1
+            x = lane_x[d.lifeline] + direction * LANE_COLUMN_STEP * d.col
+            x_inner = x - direction * BAR_HALF_WIDTH
+            bar_index = len(bars)
+            # every label of a lane in one column outside all its bars, so that the label
+            # of an inner column never runs across the bar of an outer one
+            outer = lane_x[d.lifeline] + direction * LANE_COLUMN_STEP * (self.columns[d.lifeline] - 1)
+            bars.append(CallBar(
+                call=c, side=self.side_of(d.lifeline), column=d.col, x=x, x_inner=x_inner,
+                y0=d.y0, y1=d.y1, label=d.label,
+                label_x=outer + direction * (BAR_HALF_WIDTH + CALL_LABEL_GAP),
+                label_y=self.text_y[(idx, "label")], note=d.note,
+                note_y=self.text_y.get((idx, "note"), d.y1), inferred=c.inferred, failed=c.failed,
+                t_start_ms=(c.start - t0) * 1e3, t_end_ms=(c.end - t0) * 1e3, lifeline=d.lifeline,
+            ))
+            x_line = xs[d.lifeline]
+            seen: set[float] = set()
+            for k, y, p in d.caused + d.released:
+                if y in seen:
+                    continue
+                seen.add(y)
+                connectors.append(Connector(x_inner, min(max(y, d.y0), d.y1), x_line, y,
+                                            None if self.items[k].fold else p.frame, bar_index,
+                                            c.inferred))
+            # accept() called after the handshake: show how long the connection sat queued
+            if c.kind is CallKind.ACCEPT and d.released:
+                arrived = min(y for _, y, _ in d.released)
+                if d.y0 > arrived + 0.05:
+                    first = min((p for _, _, p in d.released), key=lambda p: p.ts)
+                    connectors.append(Connector(x, arrived, x, d.y0, first.frame, bar_index,
+                                                c.inferred, kind="queue"))
+        return bars, connectors, lanes
+
+    # --- texts around the diagram ---------------------------------------------------------------
+
+    def _notes(self) -> list[str]:
+        tcp = [cv for cv in self.convs if cv.transport == "tcp"]
+        closing: list[tuple[int, str]] = []
+        guessed: list[tuple[int, str]] = []
+        for cv in tcp:
+            if not isinstance(cv.summary, ConnectionSummary):  # pragma: no cover - by construction
+                continue
+            closing.extend((cv.number, t) for t in _closing_notes(cv.segments, cv.summary))
+            if cv.summary.roles_guessed:
+                guessed.append((cv.number, "no SYN captured: client and server guessed from the "
+                                "port numbers"))
+        if len(tcp) == 1:
+            texts = [t for _, t in closing + guessed]
+        else:
+            texts = _merge_notes(closing) + _merge_notes(guessed)
+        if self.n_datagrams:
+            texts.append(UDP_NOTE)
+        n_folded = sum(it.b - it.a for it in self.items if it.fold)
+        if n_folded:
+            word = _packets_word(self.n_segments, self.n_datagrams)
+            texts.append(f"{n_folded:,} {word if n_folded != 1 else word[:-1]} folded to keep "
+                         f"{self.max_rows} rows (max_rows=0 draws every {word[:-1]})")
+        if self.unplaced:
+            texts.append(f"{plural(self.unplaced, 'socket call', 'socket calls')} not drawn: "
+                         "neither endpoints, frames nor pid tie them to a lifeline")
+        return texts
+
+    def _idle(self, x: float) -> list[Note]:
+        """time="real": say how long a long empty stretch is."""
+        if self.time != "real":
+            return []
+        word = _packets_word(self.n_segments, self.n_datagrams)
+        idle: list[Note] = []
+        for k in range(1, len(self.items)):
+            top, bottom = self.ys[k - 1][1], self.ys[k][0]
+            if bottom - top >= IDLE_ROWS:
+                quiet = self.mono[self.items[k].a] - self.mono[self.items[k - 1].b - 1]
+                idle.append(Note(f"{human_duration(quiet)} without {word}", (top + bottom) / 2, x))
+        return idle
+
+    def _title(self) -> str:
+        if self.title is not None:
+            return self.title
+        dur = title_duration(max(p.ts for p in self.packets) - min(p.ts for p in self.packets))
+        if len(self.convs) == 1:
+            cv = self.convs[0]
+            s = cv.summary
+            if not isinstance(s, ConnectionSummary):
+                return (f"UDP flow {cv.number}: {cv.client} → {cv.server}   "
+                        f"{plural(self.n_datagrams, 'datagram', 'datagrams')}, {dur}")
+            state_part = " ".join(p for p in (s.conn_state, s.history) if p)
+            return (f"conn {s.conn}: {cv.client} → {cv.server}   "
+                    f"{plural(self.n_segments, 'segment', 'segments')}, {dur}"
+                    + (f", {state_part}" if state_part else "")
+                    + ("  (roles guessed)" if s.roles_guessed else ""))
+        heads: list[str] = []
+        counts: list[str] = []
+        for transport, one, many, unit in (("udp", "UDP flow", "UDP flows", "datagram"),
+                                           ("tcp", "TCP connection", "TCP connections", "segment")):
+            mine = [cv for cv in self.convs if cv.transport == transport]
+            if not mine:
+                continue
+            servers = list(dict.fromkeys(str(cv.server) for cv in mine))
+            heads.append(plural(len(mine), one, many) + (f" to {servers[0]}" if len(servers) == 1 else ""))
+            n = self.n_datagrams if transport == "udp" else self.n_segments
+            counts.append(plural(n, unit, unit + "s"))
+        return f"{', '.join(heads)}   {', '.join(counts)}, {dur}"

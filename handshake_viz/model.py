@@ -43,6 +43,7 @@ __all__ = [
     "TcpOptions",
     "TcpState",
     "UdpPacket",
+    "Word",
     "call_kind",
     "fast_constructor",
     "flag_letters",
@@ -92,7 +93,15 @@ def flag_letters(flags: int) -> str:
         return text
 
 
-class Label(str, enum.Enum):
+class Word(str, enum.Enum):
+    """A closed vocabulary whose values are the JSONL schema's exact strings, so
+    ``json.dumps`` of a member needs no mapping and ``str()`` gives the word."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Label(Word):
     """What a segment does in the conversation, as the lessons name it.
 
     ``[s.label.value for s in conn.segments[:3]] == ["SYN", "SYN-ACK", "ACK"]``
@@ -107,11 +116,8 @@ class Label(str, enum.Enum):
     FIN_ACK = "FIN-ACK"  # a FIN that also acknowledges the peer's FIN
     RST = "RST"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Phase(str, enum.Enum):
+class Phase(Word):
     """Which part of the connection's life a segment belongs to."""
 
     HANDSHAKE = "handshake"
@@ -119,11 +125,8 @@ class Phase(str, enum.Enum):
     CLOSE = "close"
     RESET = "reset"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class TcpState(str, enum.Enum):
+class TcpState(Word):
     """RFC 9293 §3.3.2 connection states, as seen from the capture."""
 
     CLOSED = "CLOSED"
@@ -138,21 +141,15 @@ class TcpState(str, enum.Enum):
     LAST_ACK = "LAST-ACK"
     TIME_WAIT = "TIME-WAIT"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Direction(str, enum.Enum):
+class Direction(Word):
     """Which way a segment travels: ``seg.dir is Direction.C2S`` for client to server."""
 
     C2S = "c2s"
     S2C = "s2c"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Analysis(str, enum.Enum):
+class Analysis(Word):
     """Analysis flags, named as Wireshark's ``tcp.analysis.*`` fields."""
 
     RETRANSMISSION = "retransmission"
@@ -168,9 +165,6 @@ class Analysis(str, enum.Enum):
     WINDOW_FULL = "window-full"
     KEEP_ALIVE = "keep-alive"
     KEEP_ALIVE_ACK = "keep-alive-ack"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,8 +257,24 @@ def parse_options(raw: bytes) -> TcpOptions:
     return TcpOptions(mss, wscale, sack_perm, tuple(sack), ts_val, ts_ecr, tfo, truncated)
 
 
+class _TcpHeaderView:
+    """What a Packet and a Segment both tell of their TCP header's bits."""
+
+    __slots__ = ()
+    flags: int
+    raw_options: bytes
+
+    @property
+    def options(self) -> TcpOptions:
+        return parse_options(self.raw_options)
+
+    @property
+    def flag_str(self) -> str:
+        return flag_letters(self.flags)
+
+
 @dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(_TcpHeaderView):
     """One TCP segment as decoded from a capture, before any tracking.
 
     ``length`` is the TCP payload length from the IP header (sequence space the
@@ -288,20 +298,12 @@ class Packet:
     ip_version: int = 4
 
     @property
-    def options(self) -> TcpOptions:
-        return parse_options(self.raw_options)
-
-    @property
     def flag_set(self) -> Flag:
         return Flag(self.flags)
 
-    @property
-    def flag_str(self) -> str:
-        return flag_letters(self.flags)
-
 
 @dataclass(frozen=True, slots=True)
-class Segment:
+class Segment(_TcpHeaderView):
     """A Packet after tracking: which connection, which way, what it means.
 
     ``rel_seq``/``rel_ack`` are Wireshark's relative numbers: 0 for the SYN, 1 for
@@ -332,14 +334,6 @@ class Segment:
     payload: bytes = b""
     raw_options: bytes = b""
     ip_version: int = 4
-
-    @property
-    def options(self) -> TcpOptions:
-        return parse_options(self.raw_options)
-
-    @property
-    def flag_str(self) -> str:
-        return flag_letters(self.flags)
 
     @property
     def rel_end(self) -> int:
@@ -489,7 +483,7 @@ class FlowSummary:
         return self.last_ts - self.first_ts
 
 
-class CallKind(str, enum.Enum):
+class CallKind(Word):
     """What a system call does to a socket, whatever its name (``write`` and ``sendto``
     both SEND).  Set once, where a call is parsed or recorded (``Call.kind``)."""
 
@@ -506,9 +500,6 @@ class CallKind(str, enum.Enum):
     OPTION = "option"  # setsockopt, getsockopt
     QUERY = "query"  # getsockname, getpeername
     OTHER = "other"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: Every system call hsviz knows by name, and its kind.  The strace runner traces
@@ -661,7 +652,7 @@ def fast_constructor(cls: type[_R], sample: tuple[Any, ...]) -> Callable[..., _R
     body = "\n".join(f"    self.{n} = {n}" for n in names)
     namespace: dict[str, Any] = {"_cls": cls}
     exec(f"def __init__(self, {', '.join(names)}):\n{body}\n    self.__class__ = _cls\n", namespace)
-    builder = type(f"_{cls.__name__}Builder", (), {"__slots__": names, "__init__": namespace["__init__"]})
+    builder = type(f"_{cls.__name__}Builder", cls.__bases__, {"__slots__": names, "__init__": namespace["__init__"]})
     try:
         made, ref = builder(*sample), cls(*sample)
         if type(made) is not cls or made != ref or hash(made) != hash(ref):

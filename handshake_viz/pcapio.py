@@ -46,7 +46,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from handshake_viz.errors import CaptureFileError, OutputError, os_error
 from handshake_viz.outfile import DEFAULT_MODE, AtomicFile, create_live, unlinked
@@ -146,8 +146,13 @@ class ReadStats:
     warnings: list[str] = field(default_factory=list)  # full lines, file name first
 
     def _reset(self) -> None:
-        self.records = self.decoded = self.skipped = self.malformed = self.snaplen_cut = 0
+        self.set(0, 0, 0, 0, 0)
         self.warnings.clear()
+
+    def set(self, records: int, decoded: int, skipped: int, malformed: int, snaplen_cut: int) -> None:
+        """The counts so far (a walk keeps them in locals and writes them here now and then)."""
+        self.records, self.decoded, self.skipped = records, decoded, skipped
+        self.malformed, self.snaplen_cut = malformed, snaplen_cut
 
 
 class Decoder(Protocol):
@@ -380,6 +385,10 @@ class CaptureFile:
         """Each record as a :class:`Frame` (its bytes copied), in file order."""
         return self.walk(_as_frame, Frame)
 
+    def _refill(self, buf: bytes, pos: int, size: int) -> bytes:
+        """The unread rest of ``buf``, then (up to) ``size`` more bytes of the file."""
+        return buf[pos:] + self._read(size)
+
     def _read(self, n: int) -> bytes:
         """Read ``n`` bytes (fewer only at end of file)."""
         return self._read_at_least(self._stream, n, n)
@@ -389,7 +398,6 @@ class CaptureFile:
         name = self.name
         stats = self.stats
         buf = self._start()
-        read = self._read
         lt = self.linktypes[0]
         rec = struct.Struct(self._order + "IIII").unpack_from
         units = self._units
@@ -400,11 +408,9 @@ class CaptureFile:
         try:
             while True:
                 if blen - pos < 16:
-                    tail, buf = buf[pos:], b""  # let the old chunk go before reading the next
-                    buf = tail + read(CHUNK)
+                    buf = self._refill(buf, pos, CHUNK)
                     pos, blen = 0, len(buf)
-                    stats.records, stats.decoded, stats.skipped = frame, nok, nskip
-                    stats.malformed, stats.snaplen_cut = nbad, ncut
+                    stats.set(frame, nok, nskip, nbad, ncut)
                     if blen < 16:
                         if blen:
                             stats.warnings.append(
@@ -420,12 +426,10 @@ class CaptureFile:
                 start = pos + 16
                 end = start + caplen
                 if end > blen:
-                    tail, buf = buf[pos:], b""  # let the old chunk go before reading the next
-                    buf = tail + read(max(CHUNK, end - blen))
+                    buf = self._refill(buf, pos, max(CHUNK, end - blen))
                     pos, blen = 0, len(buf)
                     start, end = 16, 16 + caplen
-                    stats.records, stats.decoded, stats.skipped = frame, nok, nskip
-                    stats.malformed, stats.snaplen_cut = nbad, ncut
+                    stats.set(frame, nok, nskip, nbad, ncut)
                     if end > blen:
                         stats.warnings.append(
                             f"{name}: record {frame + 1} truncated: {blen - 16} of {caplen} bytes"
@@ -447,15 +451,13 @@ class CaptureFile:
                 else:
                     nbad += 1
         finally:
-            stats.records, stats.decoded, stats.skipped = frame, nok, nskip
-            stats.malformed, stats.snaplen_cut = nbad, ncut
+            stats.set(frame, nok, nskip, nbad, ncut)
 
     def _walk_pcapng(self, decode: Decoder, make: Callable[..., Any],
                      make_udp: Callable[..., Any] | None) -> Iterator[Any]:
         name = self.name
         stats = self.stats
         buf = self._start()
-        read = self._read
         pos = 0
         base = 0  # file offset of buf[0], for messages
         blen = len(buf)
@@ -471,11 +473,9 @@ class CaptureFile:
             while True:
                 if blen - pos < 28:
                     base += pos
-                    tail, buf = buf[pos:], b""  # let the old chunk go before reading the next
-                    buf = tail + read(CHUNK)
+                    buf = self._refill(buf, pos, CHUNK)
                     pos, blen = 0, len(buf)
-                    stats.records, stats.decoded, stats.skipped = frame, nok, nskip
-                    stats.malformed, stats.snaplen_cut = nbad, ncut
+                    stats.set(frame, nok, nskip, nbad, ncut)
                     if blen < 12:
                         if blen:
                             stats.warnings.append(
@@ -507,11 +507,9 @@ class CaptureFile:
                     )
                 if pos + size > blen:
                     base += pos
-                    tail, buf = buf[pos:], b""  # let the old chunk go before reading the next
-                    buf = tail + read(max(CHUNK, pos + size - blen))
+                    buf = self._refill(buf, pos, max(CHUNK, pos + size - blen))
                     pos, blen = 0, len(buf)
-                    stats.records, stats.decoded, stats.skipped = frame, nok, nskip
-                    stats.malformed, stats.snaplen_cut = nbad, ncut
+                    stats.set(frame, nok, nskip, nbad, ncut)
                     if blen >= 28:
                         btype, size, iid, hi, lo, caplen, wirelen = blk(buf, 0)
                     if size > blen:
@@ -548,27 +546,8 @@ class CaptureFile:
                             f"(corrupt file?)"
                         ) from None
                     start = pos + 28
-                    end = start + caplen
-                    pos += size
-                    if wirelen > caplen:
-                        ncut += 1
-                        extra = wirelen - caplen
-                    else:
-                        extra = 0
-                    if not ok:
-                        nskip += 1
-                        continue
                     ts = ((hi << 32) | lo) / ticks + offset
-                    r = decode(lt, buf, start, end, frame, ts, extra, make, make_udp)
-                    if r:
-                        nok += 1
-                        yield r  # type: ignore[misc]
-                    elif r is None:
-                        nskip += 1
-                    else:
-                        nbad += 1
-                    continue
-                if btype == 3:  # Simple Packet Block: no interface id, no timestamp
+                elif btype == 3:  # Simple Packet Block: no interface id, no timestamp
                     frame += 1
                     if not ifaces:
                         raise CaptureFileError(
@@ -580,14 +559,22 @@ class CaptureFile:
                     caplen = min(wirelen, size - 16)
                     if snap:
                         caplen = min(caplen, snap)
+                    start = pos + 12
+                    ts = 0.0
+                else:
+                    start = -1  # not a packet
+                if start >= 0:  # a packet block, of either kind
+                    end = start + caplen
+                    pos += size
                     if wirelen > caplen:
                         ncut += 1
-                    start = pos + 12
-                    pos += size
+                        extra = wirelen - caplen
+                    else:
+                        extra = 0
                     if not ok:
                         nskip += 1
                         continue
-                    r = decode(lt, buf, start, start + caplen, frame, 0.0, wirelen - caplen, make, make_udp)
+                    r = decode(lt, buf, start, end, frame, ts, extra, make, make_udp)
                     if r:
                         nok += 1
                         yield r  # type: ignore[misc]
@@ -615,8 +602,7 @@ class CaptureFile:
                     ifaces = []
                 pos += size
         finally:
-            stats.records, stats.decoded, stats.skipped = frame, nok, nskip
-            stats.malformed, stats.snaplen_cut = nbad, ncut
+            stats.set(frame, nok, nskip, nbad, ncut)
 
     # -- resources ----------------------------------------------------------
 
@@ -637,7 +623,7 @@ class CaptureFile:
 
     def __repr__(self) -> str:
         return (
-            f"<CaptureFile {self.name!r} {self.format} linktypes={self.linktypes} "
+            f"<{type(self).__name__} {self.name!r} {self.format} linktypes={self.linktypes} "
             f"records={self.stats.records}>"
         )
 
@@ -679,13 +665,16 @@ def _why(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+_F = TypeVar("_F", bound="CaptureFile")
+
+
 def open_file(source: Source, *, supported: Mapping[int, str], name: str | None = None,
-              stats: ReadStats | None = None) -> CaptureFile:
+              stats: ReadStats | None = None, cls: type[_F] = CaptureFile) -> _F:  # type: ignore[assignment]
     """Open a pcap or pcapng capture (possibly gzip-compressed) for reading its records.
 
     ``source`` is a path (``"-"`` reads standard input) or a binary file object.
     ``name`` is what messages call the file (default: the path as given, or the
-    file object's ``name``).  Raises :class:`~handshake_viz.errors.CaptureFileError`
+    file object's ``name``); ``cls`` what to make of it (a CaptureFile subclass).  Raises :class:`~handshake_viz.errors.CaptureFileError`
     when the file is missing, a directory, unreadable, empty, not a capture, has a
     cut file header, or (pcap) an unsupported link type.
     """
@@ -693,7 +682,7 @@ def open_file(source: Source, *, supported: Mapping[int, str], name: str | None 
         path = os.fspath(source)
         shown = name or (path if isinstance(path, str) else os.fsdecode(path))
         if path == "-":
-            return CaptureFile(sys.stdin.buffer, name or "-", owns=False, supported=supported, stats=stats)
+            return cls(sys.stdin.buffer, name or "-", owns=False, supported=supported, stats=stats)
         try:
             stream = open(path, "rb", buffering=0)  # we do our own large reads
         except FileNotFoundError:
@@ -705,12 +694,12 @@ def open_file(source: Source, *, supported: Mapping[int, str], name: str | None 
         except OSError as exc:
             raise os_error(exc, shown, "open", CaptureFileError) from None
         try:
-            return CaptureFile(stream, shown, owns=True, supported=supported, stats=stats)  # type: ignore[arg-type]
+            return cls(stream, shown, owns=True, supported=supported, stats=stats)  # type: ignore[arg-type]
         except BaseException:
             stream.close()
             raise
     shown = name or str(getattr(source, "name", "") or "<stream>")
-    return CaptureFile(source, shown, owns=False, supported=supported, stats=stats)
+    return cls(source, shown, owns=False, supported=supported, stats=stats)
 
 
 # ---------------------------------------------------------------------------

@@ -42,6 +42,8 @@ from handshake_viz.model import (
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
+    from handshake_viz.explain import Explanation
+
     from handshake_viz.decode import CaptureReader
     from handshake_viz.flows import FlowTracker
     from handshake_viz.track import Tracker
@@ -76,10 +78,25 @@ class Connection:
     summary: ConnectionSummary
     segments: tuple[Segment, ...]
     calls: tuple[Call, ...] = ()
+    #: The trace's calls on no connection (a listener's bind, a bind that failed on
+    #: this connection's port): what :meth:`explain` needs beyond the connection.
+    others: tuple[Call, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def conn(self) -> int:
         return self.summary.conn
+
+    def explain(self) -> Explanation:
+        """What happened, in words: the numbered story, the findings (data: kind,
+        frames, calls, numbers) and every call's timing; prints as text, renders as
+        HTML in a notebook, ``.text("zh")`` in Chinese, ``.to_json()`` as data.
+
+        >>> conn.explain().findings                               # doctest: +SKIP
+        (Finding(kind=<FindingKind.REFUSED: 'refused'>, ...),)
+        """
+        from handshake_viz.explain import explain_connection
+
+        return explain_connection(self, others=self.others)
 
     @property
     def calls_inferred(self) -> bool:
@@ -297,11 +314,12 @@ def trace_of_segments(
         if flows:
             aligned = align.align_datagrams([d for f in flows for d in by_flow[f.flow]], flows, aligned)
     connections = []
+    loose = tuple(c for c in aligned if c.conn is None and not c.frames and not c.inferred)
     for s in summaries:
         segs = tuple(kept[s.conn])
         own = [c for c in aligned if c.conn == s.conn]
         calls = own if own else (align.infer_calls(segs, s) if infer and segs else [])
-        connections.append(Connection(s, segs, tuple(calls)))
+        connections.append(Connection(s, segs, tuple(calls), loose))
     flow_records = []
     for f in flows:
         dgrams = tuple(by_flow[f.flow])

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import struct
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps does to a str
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from handshake_viz.text import escape_preview, safe_text
+from handshake_viz.text import clock_text, escape_preview, safe_text
+from handshake_viz.timing import CallTiming, Wait, call_timing, call_timings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from handshake_viz.pipeline import Trace
+    from handshake_viz.pipeline import Connection, Trace
 from handshake_viz.model import (
     Analysis,
     Call,
@@ -230,9 +231,16 @@ def connection_jsonl(s: ConnectionSummary) -> str:
     )
 
 
-def call_jsonl(call: Call) -> str:
-    """One ``"type": "call"`` line: ``Call.to_json()``, its one definition."""
-    return json.dumps(call.to_json())
+def call_jsonl(call: Call, timing: CallTiming | None = None) -> str:
+    """One ``"type": "call"`` line: ``Call.to_json()``, its one definition, and with a
+    ``timing`` how long the call was blocked and on what (``"blocked_ms"``,
+    ``"waited_for"``: :mod:`handshake_viz.timing`)."""
+    record = call.to_json()
+    if timing is not None:
+        t = timing.to_json()
+        record["waited_for"] = t["waited_for"]
+        record["blocked_ms"] = t["blocked_ms"]
+    return json.dumps(record)
 
 
 _DATAGRAM_LINE = (
@@ -324,7 +332,32 @@ def format_flow_summary(s: FlowSummary) -> str:
             f"{s.bytes_s2c} B ←  (no handshake, no acknowledgements, no close)")
 
 
-def format_call(call: Call, t0: float | None = None) -> str:
+# How the ladder says what a call waited for (after its duration).
+_WAIT_WORDS = {
+    Wait.SYN_ACK: "waiting for the SYN-ACK",
+    Wait.RST: "until the RST",
+    Wait.CONNECTION: "waiting for a connection",
+    Wait.DATA: "waiting for data",
+    Wait.FIN: "until the FIN",
+    Wait.BUFFER_SPACE: "copying into the send buffer",
+    Wait.READY: "until ready",
+    Wait.NOTHING: "",
+}
+
+
+def timing_note(t: CallTiming) -> str:
+    """``[0.080 ms waiting for the SYN-ACK]``, ``[0.002 ms; queued 314.4 ms]``: a call's
+    timing in the ladder (empty while it was still blocked)."""
+    if t.blocked_ms is None:
+        return ""
+    words = _WAIT_WORDS[t.waited_for]
+    text = clock_text(t.blocked_ms) + (f" {words}" if words else "")
+    if t.queued_ms is not None:
+        text += f"; queued {clock_text(t.queued_ms)}"
+    return f"  [{text}]"
+
+
+def format_call(call: Call, t0: float | None = None, timing: CallTiming | None = None) -> str:
     ms = (call.start - (call.start if t0 is None else t0)) * 1000.0
     if call.errno is not None:
         result = f"= -1 {safe_text(call.errno)}"
@@ -337,7 +370,8 @@ def format_call(call: Call, t0: float | None = None) -> str:
     tag = " (inferred)" if call.inferred else ""
     frames = f"  frames {','.join(map(str, call.frames))}" if call.frames else ""
     fd = "" if call.fd is None else str(call.fd)
-    return f"{'':7} {ms:>10.3f} ms  pid {call.pid} {safe_text(call.call)}({fd}) {result}{tag}{frames}"
+    note = timing_note(timing) if timing is not None else ""
+    return f"{'':7} {ms:>10.3f} ms  pid {call.pid} {safe_text(call.call)}({fd}) {result}{tag}{frames}{note}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -345,12 +379,15 @@ def format_call(call: Call, t0: float | None = None) -> str:
 # ----------------------------------------------------------------------------------------
 
 
-def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None) -> Iterator[str]:
+def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None,
+                explain: Callable[[Connection], Iterable[str]] | None = None) -> Iterator[str]:
     """Every line of a Trace's text (``mode`` "ladder" or "summary") or JSON Lines
     ("jsonl") view: each connection's segments and calls in one time-ordered ladder
     (:func:`~handshake_viz.align.timeline`), then each UDP flow's datagrams and calls,
     then the calls on no captured connection; JSONL ends with the connection lines.
-    ``conn`` shows that connection only (no flows, no loose calls)."""
+    Every call carries its timing (:mod:`handshake_viz.timing`).  ``conn`` shows that
+    connection only (no flows, no loose calls); ``explain`` gives lines to print after
+    each connection's ladder (``hsviz analyze --explain``)."""
     from handshake_viz.align import timeline
 
     for c in trace.connections:
@@ -358,36 +395,41 @@ def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None) 
             continue
         s = c.summary
         events = timeline(c.segments, c.calls)
+        timed = {id(t.call): t for t in call_timings(c.calls, c.segments)}
         if mode == "jsonl":
             for e in events:
-                yield call_jsonl(e) if isinstance(e, Call) else segment_jsonl(e)  # type: ignore[arg-type]
+                yield call_jsonl(e, timed[id(e)]) if isinstance(e, Call) else segment_jsonl(e)  # type: ignore[arg-type]
         elif mode == "ladder":
             t0 = c.segments[0].ts if c.segments else s.first_ts
             yield connection_header(s)
             yield ladder_columns()
             for e in events:
-                yield format_call(e, t0) if isinstance(e, Call) else format_segment(e, t0)  # type: ignore[arg-type]
+                yield format_call(e, t0, timed[id(e)]) if isinstance(e, Call) else format_segment(e, t0)  # type: ignore[arg-type]
             yield format_summary(s)
+            if explain is not None:
+                yield ""
+                yield from explain(c)
             yield ""
     flows = trace.flows if conn is None else ()
     on_flows: set[int] = set()
     for f in flows:
         on_flows.update(id(c) for c in f.calls)
         events = timeline(f.datagrams, f.calls)  # type: ignore[arg-type]
+        untimed: dict[int, Any] = {}  # UDP: no segments release a call
         if mode == "jsonl":
             for e in events:
-                yield call_jsonl(e) if isinstance(e, Call) else datagram_jsonl(e)  # type: ignore[arg-type]
+                yield call_jsonl(e, call_timing(e, untimed)) if isinstance(e, Call) else datagram_jsonl(e)  # type: ignore[arg-type]
         elif mode == "ladder":
             t0 = f.datagrams[0].ts
             yield flow_header(f.summary)
             yield flow_columns()
             for e in events:
-                yield format_call(e, t0) if isinstance(e, Call) else format_datagram(e, t0)  # type: ignore[arg-type]
+                yield format_call(e, t0, call_timing(e, untimed)) if isinstance(e, Call) else format_datagram(e, t0)  # type: ignore[arg-type]
             yield format_flow_summary(f.summary)
             yield ""
     loose = [c for c in trace.calls if c.conn is None and id(c) not in on_flows] if conn is None else []
     if mode == "jsonl":
-        yield from map(call_jsonl, loose)
+        yield from (call_jsonl(call, call_timing(call, {})) for call in loose)
         for c in trace.connections:
             if conn is None or c.conn == conn:
                 yield connection_jsonl(c.summary)
@@ -401,4 +443,4 @@ def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None) 
         t0 = min(first) if first else loose[0].start
         yield "calls on no captured connection:"
         for call in loose:
-            yield format_call(call, t0)
+            yield format_call(call, t0, call_timing(call, {}))

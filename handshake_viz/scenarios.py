@@ -90,6 +90,21 @@ def _listener(rec: Recorder, backlog: int = 8) -> tuple[socket.socket, int]:
     return srv, port
 
 
+def _serve(rec: Recorder, start_capture: StartCapture, serve: Callable[[socket.socket], None]
+           ) -> tuple[socket.socket, _Threads]:
+    """The classic opening: a listening socket on a fresh port, the capture started on
+    it, ``serve(listener)`` running in a server thread; returns once that thread is
+    (all but) blocked in accept(), with a client socket connected to it."""
+    srv, port = _listener(rec)
+    start_capture(port)
+    threads = _Threads()
+    threads.start(serve, srv, name="server")
+    rec.wait_accepting(srv)
+    cli = rec.socket()
+    rec.connect(cli, port)
+    return cli, threads
+
+
 def _upper_echo(rec: Recorder, conn: socket.socket) -> None:
     """Reply to each read with its upper case until the peer's FIN (read -> 0), then close."""
     while True:
@@ -101,11 +116,7 @@ def _upper_echo(rec: Recorder, conn: socket.socket) -> None:
 
 
 def _scenario_handshake(rec: Recorder, start_capture: StartCapture) -> list[str]:
-    srv, port = _listener(rec)
-    start_capture(port)
-    threads = _Threads()
-
-    def server() -> None:
+    def server(srv: socket.socket) -> None:
         conn = rec.accept(srv)
         rec.recv(conn)  # -> 0: the client's FIN
         # Take a moment before closing, as a server finishing its work would: the
@@ -115,29 +126,18 @@ def _scenario_handshake(rec: Recorder, start_capture: StartCapture) -> list[str]
         rec.close(conn)
         rec.close(srv)
 
-    threads.start(server, name="server")
-    rec.wait_accepting(srv)
-    cli = rec.socket()
-    rec.connect(cli, port)
+    cli, threads = _serve(rec, start_capture, server)
     rec.close(cli)
     threads.join()
     return []
 
 
 def _scenario_echo(rec: Recorder, start_capture: StartCapture) -> list[str]:
-    srv, port = _listener(rec)
-    start_capture(port)
-    threads = _Threads()
-
-    def server() -> None:
-        conn = rec.accept(srv)
-        _upper_echo(rec, conn)
+    def server(srv: socket.socket) -> None:
+        _upper_echo(rec, rec.accept(srv))
         rec.close(srv)
 
-    threads.start(server, name="server")
-    rec.wait_accepting(srv)
-    cli = rec.socket()
-    rec.connect(cli, port)
+    cli, threads = _serve(rec, start_capture, server)
     for _ in range(3):
         rec.send(cli, b"hello\n")
         rec.recv(cli)
@@ -147,11 +147,7 @@ def _scenario_echo(rec: Recorder, start_capture: StartCapture) -> list[str]:
 
 
 def _scenario_half_close(rec: Recorder, start_capture: StartCapture) -> list[str]:
-    srv, port = _listener(rec)
-    start_capture(port)
-    threads = _Threads()
-
-    def server() -> None:
+    def server(srv: socket.socket) -> None:
         conn = rec.accept(srv)
         while rec.recv(conn):  # read until the client's FIN: read() -> 0
             pass
@@ -162,10 +158,7 @@ def _scenario_half_close(rec: Recorder, start_capture: StartCapture) -> list[str
         rec.close(conn)
         rec.close(srv)
 
-    threads.start(server, name="server")
-    rec.wait_accepting(srv)
-    cli = rec.socket()
-    rec.connect(cli, port)
+    cli, threads = _serve(rec, start_capture, server)
     rec.send(cli, b"hello\n")
     rec.shutdown(cli, socket.SHUT_WR)
     while rec.recv(cli):  # data after our own FIN, until the server's FIN
@@ -201,20 +194,13 @@ def _scenario_refused(rec: Recorder, start_capture: StartCapture) -> list[str]:
 
 
 def _scenario_reset(rec: Recorder, start_capture: StartCapture) -> list[str]:
-    srv, port = _listener(rec)
-    start_capture(port)
-    threads = _Threads()
-
-    def server() -> None:
+    def server(srv: socket.socket) -> None:
         conn = rec.accept(srv)
         rec.poll(conn)  # data has arrived ... and is never read
         rec.close(conn)  # unread data in the receive buffer: RST, not FIN
         rec.close(srv)
 
-    threads.start(server, name="server")
-    rec.wait_accepting(srv)
-    cli = rec.socket()
-    rec.connect(cli, port)
+    cli, threads = _serve(rec, start_capture, server)
     rec.send(cli, b"data the server never reads\n")
     try:
         rec.recv(cli)

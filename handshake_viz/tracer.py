@@ -120,8 +120,8 @@ def give_to_sudo_user(paths: Iterable[str | os.PathLike[str] | None]) -> None:
     for path in paths:
         if path is None:
             continue
-        try:
-            os.chown(path, *user)
+        try:  # never through a link: the name may have been swapped for one since
+            os.chown(path, *user, follow_symlinks=False)
         except OSError:
             pass
 

@@ -807,9 +807,9 @@ def test_cli_stops_after_connections(live: None, tmp_path: Path) -> None:
     assert f"hsviz: wrote {expected} packets to {pcap.name}\n" in cli.err
     headers = [line for line in cli.out if line.startswith("conn ") and ": client " in line]
     assert [h.split(":")[0] for h in headers] == ["conn 0", "conn 1"]
-    # --plot: two connections, so a PDF with a page each, beside the pcap
-    assert f"hsviz: drew {pcap.with_suffix('.pdf').name}\n" in cli.err
-    assert len(re.findall(rb"/Type\s*/Page\b(?!s)", pcap.with_suffix(".pdf").read_bytes())) == 2
+    # --plot: both connections on one figure, beside the pcap
+    assert f"hsviz: drew {pcap.with_suffix('.png').name}\n" in cli.err
+    assert pcap.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.live

@@ -26,20 +26,34 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
 from handshake_viz import draw  # noqa: E402
-from handshake_viz.draw import paint, plot_all, plot_connection, render, save_figure  # noqa: E402
+from handshake_viz.draw import (  # noqa: E402
+    paint,
+    plot_all,
+    plot_connection,
+    plot_trace,
+    render,
+    render_trace,
+    save_figure,
+)
 from handshake_viz.errors import OutputError, UsageError  # noqa: E402
-from handshake_viz.layout import plan  # noqa: E402
+from handshake_viz.layout import plan, plan_trace  # noqa: E402
 
 from test_layout import (  # noqa: E402  (tests/ is on sys.path under pytest)
     ECHO_LABELS,
     ECHO_PCAP,
+    MULTI_PCAP,
     TRACES,
+    UDP_PCAP,
     capture_connections,
     corpus_connections,
     echo,
     echo_calls,
     long_exchange,
     needs_corpus,
+    needs_multi,
+    needs_udp,
+    trace_of,
+    udp_trace,
 )
 
 
@@ -236,18 +250,27 @@ def assert_legible(fig: Figure, ax, layout) -> None:  # type: ignore[no-untyped-
     clashes = [(ta, tb) for (ta, a), (tb, b) in combinations(boxes, 2) if _overlaps(a, b)]
     assert not clashes, f"overlapping texts: {clashes[:5]}"
     to_px = ax.transData.transform
-    x_client = to_px((0.0, 0.0))[0]
-    x_server = to_px((1.0, 0.0))[0]
-    row_texts = {r.label for r in layout.segment_rows} | {r.detail for r in layout.segment_rows}
-    row_texts |= {f"{r.detail}  {r.extra}" for r in layout.segment_rows}
-    row_texts |= {r.extra for r in layout.segment_rows if r.extra}
-    row_texts |= {", ".join(r.markers) for r in layout.segment_rows if r.markers}
+    # row texts stay in their row's room between two lifelines (the text gap), states
+    # stay outside the text gap, lane texts cross no lifeline
+    row_room: dict[str, tuple[float, float]] = {}
+    for r in layout.arrow_rows:
+        room = (to_px((r.text_x - r.text_room / 2, 0.0))[0], to_px((r.text_x + r.text_room / 2, 0.0))[0])
+        for t in (r.label, r.detail, f"{r.detail}  {r.extra}", r.extra, ", ".join(r.markers)):
+            if t:
+                row_room[t] = room
+    main = layout.arrow_rows[0]  # every arrow's texts share this gap
+    gap = row_room[main.label]
     states = {m.text for m in layout.states}
+    lane_texts = {b.label for b in layout.calls} | {b.note for b in layout.calls if b.note}
+    lines_px = [to_px((ln.x, 0.0))[0] for ln in layout.lifelines]
     for text, bb in boxes:
-        if text in row_texts:
-            assert x_client < bb.x0 and bb.x1 < x_server, f"{text!r} crosses a lifeline"
+        if text in row_room:
+            x0, x1 = row_room[text]
+            assert x0 < bb.x0 and bb.x1 < x1, f"{text!r} crosses a lifeline"
         elif text in states:
-            assert bb.x1 < x_client or bb.x0 > x_server, f"state {text!r} on the arrows"
+            assert bb.x1 < gap[0] or bb.x0 > gap[1], f"state {text!r} on the arrows"
+        elif text in lane_texts:
+            assert not any(bb.x0 < x < bb.x1 for x in lines_px), f"call text {text!r} crosses a lifeline"
     # the title, headers and legend fit in the figure
     width = fig.bbox.width
     title = ax.title.get_window_extent(fig.canvas.get_renderer())
@@ -411,3 +434,113 @@ def test_paint_paints_a_given_layout() -> None:
     assert ax.get_xlim() == layout.xlim
     assert ax.get_ylim() == (layout.ylim[1], layout.ylim[0])  # time runs down
     assert all(isinstance(t, Text) for t in ax.texts)
+
+
+# ==========================================================================================
+# Several conversations, one figure
+# ==========================================================================================
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@needs_multi
+@pytest.mark.parametrize("time", ["ordered", "real"])
+def test_multi_client_is_legible_at_the_default_size(time: str) -> None:
+    trace = trace_of(MULTI_PCAP)
+    fig = render_trace(trace, time=time)
+    layout = plan_trace(trace.connections, calls=trace.calls, time=time)
+    assert_legible(fig, fig.axes[0], layout)
+    got = texts(fig.axes[0])
+    assert [t for t in got if t.startswith("accept4(")] == [
+        b.label for b in layout.calls if b.call.call == "accept4"]
+    for ln in layout.lifelines:
+        assert ln.header in got
+    # the process titles have a row of their own above the headers (no room beside them)
+    titles = [t for t in fig.axes[0].texts if t.get_text() in {lane.title for lane in layout.lanes}]
+    headers = [t for t in fig.axes[0].texts if t.get_text() in {ln.header for ln in layout.lifelines}]
+    assert len(titles) == 4 and min(t.xyann[1] for t in titles) > max(t.xyann[1] for t in headers)
+
+
+@needs_multi
+def test_multi_client_png_is_at_most_2400_pixels_wide(tmp_path: Path) -> None:
+    trace = trace_of(MULTI_PCAP)
+    width, _height = png_size(save_figure(render_trace(trace), tmp_path / "multi.png"))
+    assert width <= 2400
+    # the figure grows with the lifelines: one connection of it is narrower
+    one, _ = png_size(save_figure(render_trace(trace, conns=[0]), tmp_path / "one.png"))
+    assert one < width
+
+
+@needs_multi
+def test_plot_trace_draws_on_the_given_axes_and_picks_connections() -> None:
+    trace = trace_of(MULTI_PCAP)
+    fig, ax = plt.subplots(figsize=(24, 20))
+    assert plot_trace(trace, conns=[2, 0], ax=ax) is ax and len(fig.axes) == 1
+    got = texts(ax)
+    headers = [t for t in got if t.startswith(("client ", "server ")) and "process" not in t]
+    servers = [t for t in headers if t.startswith("server ")]
+    clients = [t for t in headers if t.startswith("client ")]
+    assert len(servers) == 1 and len(clients) == 2
+    heads = [c for c in ax.collections if isinstance(c, draw._ArrowHeads)]
+    assert len(heads[0].get_offsets()) == 24  # two connections of twelve segments
+    # without an Axes: a new figure, sized to the diagram
+    ax2 = plot_trace(trace)
+    assert ax2.figure is not fig and ax2.figure.get_size_inches()[0] > 14
+    with pytest.raises(UsageError, match="connection 7: not in the trace"):
+        plot_trace(trace, conns=[7])
+
+
+@needs_multi
+def test_arrows_that_pass_other_lifelines_mark_their_sender() -> None:
+    trace = trace_of(MULTI_PCAP)
+    layout = plan_trace(trace.connections, calls=trace.calls)
+    fig = render_trace(trace)
+    ax = fig.axes[0]
+    (dots,) = [c for c in ax.collections if c.get_zorder() == 2.2]
+    passing = [r for r in layout.arrow_rows if any(
+        min(r.x_from, r.x_to) < ln.x < max(r.x_from, r.x_to) for ln in layout.lifelines)]
+    assert [tuple(p) for p in dots.get_offsets()] == [(r.x_from, r.y) for r in passing]
+    assert passing and all(layout.lifelines[r.lifeline_from].name != "client 3" for r in passing)
+
+
+@needs_multi
+def test_plot_all_gives_a_trace_one_page_per_connection(tmp_path: Path) -> None:
+    trace = trace_of(MULTI_PCAP)
+    data = plot_all(trace, tmp_path / "pages.pdf").read_bytes()
+    assert len(re.findall(rb"/Type\s*/Page\b", data)) == 3
+
+
+@needs_udp
+@pytest.mark.parametrize("ext", [".png", ".svg", ".pdf"])
+def test_udp_figure_is_written_in_every_format(tmp_path: Path, ext: str) -> None:
+    out = save_figure(render_trace(udp_trace()), tmp_path / f"udp{ext}")
+    assert out.read_bytes().startswith(MAGIC[ext])
+
+
+@needs_udp
+def test_udp_svg_names_its_calls_and_no_tcp(tmp_path: Path) -> None:
+    svg = save_figure(render_trace(udp_trace()), tmp_path / "udp.svg").read_text()
+    assert "sendto(" in svg and "recvfrom(" in svg
+    assert not re.search(r"\bSYN\b", svg)  # nor SYN-ACK: no handshake drawn or in the legend
+    assert "nothing tells the sender" in svg and "UDP datagram" in svg
+
+
+@needs_udp
+def test_udp_is_drawn_like_tcp_arrows_calls_connectors() -> None:
+    trace = udp_trace()
+    fig = render_trace(trace)
+    ax = fig.axes[0]
+    layout = plan_trace(flows=trace.flows, calls=trace.calls)
+    assert_legible(fig, ax, layout)
+    got = texts(ax)
+    assert got.count("UDP") == 6 and got.count('len=6 "hello\\n"') == 3
+    (shafts,) = arrow_collections(ax)
+    assert {tuple(c) for c in shafts.get_colors()} == {matplotlib.colors.to_rgba(draw.PHASE_COLORS["udp"])}
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["UDP datagram", "socket call (traced)"]
+    links = [c for c in ax.collections if isinstance(c, LineCollection) and c.get_zorder() == 1.5]
+    assert len(links[0].get_segments()) == 12  # six sendto and six recvfrom, each to its datagram

@@ -16,32 +16,31 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from handshake_viz.errors import UsageError
-from handshake_viz.layout import (
-    SECOND_LINE,
-    Layout,
-    call_kind,
-    escape_preview,
-    human_duration,
-    plan,
-    segment_text,
-)
+from handshake_viz.layout import SECOND_LINE, UDP_NOTE, Layout, plan, plan_trace, segment_text
 from handshake_viz.model import (
     Analysis,
     Call,
+    CallKind,
     ConnectionSummary,
+    Datagram,
     Direction,
     Endpoint,
+    FlowSummary,
     Label,
     Packet,
     Phase,
     Segment,
     TcpState,
+    call_kind,
 )
+from handshake_viz.pipeline import Connection, Flow, Trace
+from handshake_viz.text import escape_preview, human_duration
 from handshake_viz.track import Tracker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,6 +206,55 @@ def capture_connections(path: Path) -> list[tuple[list[Segment], ConnectionSumma
     with open_capture(path) as reader:
         segments = [tracker.feed(p) for p in reader]
     return [([s for s in segments if s.conn == summ.conn], summ) for summ in tracker.summaries()]
+
+
+MULTI_PCAP = REPO / "captures" / "multi-client.pcap"
+UDP_PCAP = REPO / "captures" / "udp.pcap"
+
+
+def trace_of(path: Path) -> Trace:
+    """A capture as the pipeline's Trace, built with today's ``api.load`` (decode,
+    track, align): its connections, and every traced call (listen() too)."""
+    from handshake_viz.api import load
+
+    loaded = load(path)
+    conns = tuple(Connection(c.summary, c.segments, c.calls) for c in loaded.connections)
+    return Trace(loaded.path, conns, (), loaded.calls, loaded.warnings, loaded.calls_path)
+
+
+def udp_trace(path: Path = UDP_PCAP) -> Trace:
+    """The UDP lesson as the pipeline will give it: one Flow of Datagrams, and the
+    calls with ``frames`` filled the way the aligner will (a sendto caused the next
+    datagram from its port, a recvfrom was released by the next one to it)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.utils import rdpcap
+
+    from handshake_viz.trace import read_calls_jsonl
+
+    raw = [(frame, p) for frame, p in enumerate(rdpcap(str(path)), 1) if UDP in p]
+    first = raw[0][1]
+    client = Endpoint(first[IP].src, first[UDP].sport)
+    server = Endpoint(first[IP].dst, first[UDP].dport)
+    grams = []
+    for frame, p in raw:
+        payload = bytes(p[UDP].payload)
+        c2s = (p[IP].src, p[UDP].sport) == (client.ip, client.port)
+        grams.append(Datagram(frame, float(p.time), 0, Direction.C2S if c2s else Direction.S2C,
+                              p[IP].src, p[UDP].sport, p[IP].dst, p[UDP].dport, len(payload), payload))
+    c2s = [d for d in grams if d.is_c2s]
+    summary = FlowSummary(0, client, server, grams[0].ts, grams[-1].ts, len(grams), len(c2s),
+                          sum(d.length for d in c2s), sum(d.length for d in grams if not d.is_c2s))
+    queues: dict[tuple[str, int], list[Datagram]] = {}
+    for d in grams:
+        queues.setdefault(("out", d.sport), []).append(d)
+        queues.setdefault(("in", d.dport), []).append(d)
+    calls = []
+    for c in read_calls_jsonl(path.with_suffix(".calls.jsonl")):
+        way = {CallKind.SEND: "out", CallKind.RECV: "in"}.get(c.kind)
+        queue = queues.get((way, c.local.port), []) if way and c.local else []
+        calls.append(replace(c, frames=(queue.pop(0).frame,)) if queue else c)
+    flow = Flow(summary, tuple(grams), tuple(calls))
+    return Trace(path, (), (flow,), tuple(calls))
 
 
 def accounted(layout: Layout) -> int:
@@ -626,10 +674,15 @@ def test_calls_inside_a_fold_are_counted_not_drawn() -> None:
     assert layout.calls == () and "1 socket call" in fold.text
 
 
-def test_call_kinds() -> None:
-    assert call_kind("sendto") == "send" and call_kind("recvmsg") == "recv"
-    assert call_kind("accept4") == "accept" and call_kind("shutdown") == "close"
-    assert call_kind("epoll_wait") == "wait" and call_kind("listen") == "setup"
+def test_the_layout_reads_call_kinds_from_the_model() -> None:
+    assert call_kind("sendto") is CallKind.SEND and call_kind("recvmsg") is CallKind.RECV
+    assert call_kind("accept4") is CallKind.ACCEPT and call_kind("shutdown") is CallKind.SHUTDOWN
+    # a shutdown sends the FIN: its bar starts above the FIN it caused, like close()'s
+    segments, summary = echo()
+    shut = call(2943, "shutdown", 3, 1.580, 1.590, 0, (12,))
+    (bar,) = plan(segments, summary, [shut]).calls
+    fin = next(r for r in plan(segments, summary).rows if r.frame == 12)
+    assert bar.side == "client" and bar.y0 <= fin.y and bar.label == "shutdown(3)"
 
 
 # ==========================================================================================
@@ -713,3 +766,255 @@ def test_single_rst_is_one_row_and_states_are_shown() -> None:
     assert len(layout.rows) == 1 and layout.rows[0].label == Label.RST.value
     assert layout.states  # the tracker's states after the RST are written
     assert all(m.state in TcpState for m in layout.states)
+
+
+# ==========================================================================================
+# Several conversations on one time axis
+# ==========================================================================================
+
+
+needs_multi = pytest.mark.skipif(not MULTI_PCAP.exists(), reason="captures/multi-client.pcap missing")
+needs_udp = pytest.mark.skipif(not UDP_PCAP.exists(), reason="captures/udp.pcap missing")
+
+
+def multi_layout(**kw: object) -> tuple[Trace, Layout]:
+    trace = trace_of(MULTI_PCAP)
+    return trace, plan_trace(trace.connections, calls=trace.calls, **kw)  # type: ignore[arg-type]
+
+
+@needs_multi
+def test_a_server_with_three_clients_is_one_lifeline_and_one_lane() -> None:
+    trace, layout = multi_layout()
+    servers = [ln for ln in layout.lifelines if ln.side == "server"]
+    clients = [ln for ln in layout.lifelines if ln.side == "client"]
+    assert len(servers) == 1 and len(clients) == 3
+    (server,) = servers
+    assert server.endpoint == str(trace.connections[0].summary.server) and server.x == 1.0
+    assert server.conns == (0, 1, 2) and server.name == "server"
+    # clients on the left in order of first appearance, the innermost at 0
+    first_seen = sorted(trace.connections, key=lambda c: c.segments[0].frame)
+    assert [ln.endpoint for ln in clients] == [str(c.summary.client) for c in first_seen]
+    assert [ln.name for ln in clients] == ["client 1", "client 2", "client 3"]
+    xs = [ln.x for ln in layout.lifelines]
+    assert xs == sorted(xs) and clients[-1].x == 0.0
+    assert all(b - a >= 0.8 for a, b in zip(xs, xs[1:]))
+    # one lane per lifeline; the server's holds every call of its process on that port
+    assert sorted(ln.lifeline for ln in layout.lanes) == [0, 1, 2, 3]
+    s = layout.lifelines.index(server)
+    on_server = [b for b in layout.calls if b.lifeline == s]
+    assert {b.call.call for b in on_server} >= {"listen", "accept4", "recvfrom", "sendto", "close"}
+    # every call is on the lane of the lifeline at its socket's own address
+    for b in layout.calls:
+        assert b.call.local is not None and layout.lifelines[b.lifeline].endpoint == str(b.call.local)
+        assert b.x > server.x if b.lifeline == s else b.x < layout.lifelines[b.lifeline].x
+
+
+@needs_multi
+def test_three_handshakes_complete_and_three_accepts_return_in_order() -> None:
+    trace, layout = multi_layout()
+    s = next(i for i, ln in enumerate(layout.lifelines) if ln.side == "server")
+    accepts = [b for b in layout.calls if b.call.kind is CallKind.ACCEPT]
+    assert len(accepts) == 3 and all(b.lifeline == s for b in accepts)
+    assert [b.y1 for b in accepts] == sorted(b.y1 for b in accepts)  # they return in order …
+    assert [b.call.end for b in accepts] == sorted(b.call.end for b in accepts)
+    # … each after its own connection's handshake completed in the kernel
+    rows = _rows_by_frame(layout)
+    by_conn = {c.conn: c for c in trace.connections}
+    for bar in accepts:
+        conn = by_conn[bar.call.conn]
+        last_ack = next(seg for seg in conn.segments if seg.label is Label.ACK)
+        assert bar.y1 >= rows[last_ack.frame].y_end
+        established = [m for m in layout.states if m.conn == conn.conn and m.lifeline == s
+                       and m.state is TcpState.ESTABLISHED]
+        assert len(established) == 1 and established[0].y <= bar.y1
+
+
+@needs_multi
+def test_rows_of_all_connections_interleave_in_capture_order() -> None:
+    trace, layout = multi_layout(max_rows=0)
+    segments = sorted((seg for c in trace.connections for seg in c.segments), key=lambda s: s.frame)
+    assert [r.frame for r in layout.rows] == [s.frame for s in segments]
+    assert len({r.conn for r in layout.rows}) == 3  # not one connection after the other …
+    order = [r.conn for r in layout.rows]
+    assert order != sorted(order)  # conn 0's data comes after conn 1's handshake
+    ys = [r.y for r in layout.rows]
+    assert ys == sorted(ys)
+    for r in layout.rows:  # … each arrow between its own client and the shared server
+        summary = trace.connections[r.conn].summary  # type: ignore[index]
+        ends = {layout.lifelines[r.lifeline_from].endpoint, layout.lifelines[r.lifeline_to].endpoint}
+        assert ends == {str(summary.client), str(summary.server)}
+        assert (r.text_x, r.text_room) == (0.5, 1.0)  # texts in the gap every arrow crosses
+    assert layout.segments == len(segments) and layout.conns == (0, 1, 2)
+
+
+@needs_multi
+def test_states_on_the_shared_server_lifeline_name_their_client() -> None:
+    _trace, layout = multi_layout()
+    s = next(i for i, ln in enumerate(layout.lifelines) if ln.side == "server")
+    server_marks = [m for m in layout.states if m.lifeline == s]
+    assert [m.text for m in server_marks].count("LISTEN") == 1  # the listening socket, once
+    assert server_marks[0].text == "LISTEN" and server_marks[0].conn is None
+    name_of = {}
+    for r in layout.rows:
+        name_of[r.conn] = layout.lifelines[r.lifeline_from if layout.lifelines[r.lifeline_from].side
+                                           == "client" else r.lifeline_to].name
+    for m in server_marks[1:]:
+        assert m.text == f"{m.state.value} ({name_of[m.conn]})"
+    for conn, name in name_of.items():
+        mine = [m.state for m in server_marks if m.conn == conn]
+        assert mine == [TcpState.SYN_RECEIVED, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT,
+                        TcpState.LAST_ACK, TcpState.CLOSED], name
+    # client lifelines are not shared: plain states, as in the one-connection diagram
+    assert all("(" not in m.text for m in layout.states if m.lifeline != s)
+
+
+@needs_multi
+def test_the_whole_trace_folds_into_max_rows_and_counts_everything() -> None:
+    trace, layout = multi_layout(max_rows=12)
+    assert len(layout.rows) == 12
+    assert accounted(layout) == sum(len(c.segments) for c in trace.connections) == 36
+    (fold,) = layout.fold_rows
+    assert fold.x_from == layout.lifelines[0].x and fold.x_to == layout.lifelines[-1].x
+    assert any("folded to keep 12 rows" in n.text for n in layout.notes)
+    # the server's states that changed inside the fold: one mark per state, in the band
+    s = len(layout.lifelines) - 1
+    at_fold = [m for m in layout.states if m.lifeline == s and fold.y <= m.y <= fold.y_end]
+    assert [m.text for m in at_fold] == ["ESTABLISHED (client 3)", "CLOSED (client 1, client 2)"]
+
+
+@needs_multi
+def test_notes_say_each_connection_once_and_the_title_counts() -> None:
+    _trace, layout = multi_layout()
+    assert [n.text for n in layout.notes] == ["conns 0, 1, 2: client closed first → TIME-WAIT (2·MSL)"]
+    assert layout.title.startswith("3 TCP connections to 127.0.0.1:")
+    assert "36 segments" in layout.title
+    _trace, titled = multi_layout(title="three clients")
+    assert titled.title == "three clients"
+
+
+@needs_multi
+def test_a_chosen_connection_keeps_the_trace_calls_of_its_sockets() -> None:
+    trace = trace_of(MULTI_PCAP)
+    layout = plan_trace(trace.connections[1:2], calls=trace.calls)
+    assert [ln.side for ln in layout.lifelines] == ["client", "server"]
+    names = [b.call.call for b in layout.calls]
+    assert "listen" in names  # on no connection, but on the server's socket
+    assert names.count("accept4") == 1  # the other connections' accepts are not drawn
+    assert not any("not drawn" in n.text for n in layout.notes)  # they are not lost either
+
+
+def test_a_restarted_server_is_the_same_lifeline_and_every_call_is_drawn_in_order() -> None:
+    """time-wait: the server closes first, restarts on its port (bind() fails with
+    EADDRINUSE, then works with SO_REUSEADDR) and serves a second client."""
+    path = REPO / "captures" / "time-wait.pcap"
+    if not path.exists():
+        pytest.skip("captures/time-wait.pcap missing")
+    trace = trace_of(path)
+    layout = plan_trace(trace.connections, calls=trace.calls)
+    assert [ln.side for ln in layout.lifelines] == ["client", "client", "server"]
+    assert len(layout.calls) == len(trace.calls)  # socket()/setsockopt() before bind() too,
+    assert not any("not drawn" in n.text for n in layout.notes)  # by their fd's other calls
+    server = [b for b in layout.calls if b.lifeline == 2]
+    assert {"socket", "setsockopt", "bind", "listen", "accept4"} <= {b.call.call for b in server}
+    # the restart's calls all start between two rows: each gets a step, in order
+    first = next(i for i, r in enumerate(layout.rows) if r.conn == 1)
+    restart = [b for b in server if layout.rows[first - 1].y_end < b.y0 < layout.rows[first].y]
+    assert [b.call.call for b in restart] == ["socket", "bind", "close", "socket", "setsockopt",
+                                              "bind", "listen", "accept4"]
+    assert [b.label_y for b in restart] == sorted(b.label_y for b in restart)
+    assert restart[1].label == "bind(13) → EADDRINUSE" and restart[1].failed
+    assert [m.text for m in layout.states if m.lifeline == 2 and m.state is TcpState.TIME_WAIT] == [
+        "TIME-WAIT (client 1)"]
+
+
+def test_one_connection_plans_the_same_either_way() -> None:
+    segments, summary = echo()
+    calls = echo_calls()
+    conn = Connection(summary, tuple(segments), tuple(calls))
+    assert plan_trace([conn]) == plan(segments, summary, calls)
+    assert plan_trace([conn], time="real", max_rows=5) == plan(segments, summary, calls, time="real",
+                                                               max_rows=5)
+
+
+def test_plan_trace_needs_something_to_draw() -> None:
+    with pytest.raises(UsageError, match="nothing to draw"):
+        plan_trace([])
+    segments, summary = echo()
+    with pytest.raises(UsageError, match="--max-rows -2"):
+        plan_trace([Connection(summary, tuple(segments))], max_rows=-2)
+
+
+# ==========================================================================================
+# UDP
+# ==========================================================================================
+
+
+@needs_udp
+def test_datagrams_are_rows_with_their_calls_and_nothing_tcp() -> None:
+    trace = udp_trace()
+    (flow,) = trace.flows
+    layout = plan_trace(flows=trace.flows)
+    assert [r.kind for r in layout.rows] == ["datagram"] * 6
+    assert [r.text for r in layout.rows] == ['UDP len=6 "hello\\n"', 'UDP len=6 "HELLO\\n"'] * 3
+    assert all(r.phase is None and not r.flagged and not r.markers and r.extra == "" for r in layout.rows)
+    assert layout.states == ()  # no handshake, no states
+    assert layout.segments == 0 and layout.datagrams == 6 and layout.flows == (0,)
+    assert [ln.subtitle for ln in layout.lifelines] == ["UDP (kernel)", "UDP (kernel)"]
+    assert [ln.endpoint for ln in layout.lifelines] == [str(flow.summary.client), str(flow.summary.server)]
+    assert layout.legend == ("udp", "call-traced")
+    assert UDP_NOTE in [n.text for n in layout.notes]
+    assert layout.title.startswith("UDP flow 0: ") and "6 datagrams" in layout.title
+    rows = _rows_by_frame(layout)
+    # sendto/recvfrom joined to their datagrams; the client's socket is 0.0.0.0:port
+    sends = [b for b in layout.calls if b.call.call == "sendto"]
+    recvs = [b for b in layout.calls if b.call.call == "recvfrom"]
+    assert len(sends) == len(recvs) == 6
+    for b in sends:
+        (f,) = b.call.frames
+        assert b.y0 <= rows[f].y and layout.lifelines[b.lifeline].x == rows[f].x_from
+    for b in recvs:
+        (f,) = b.call.frames
+        assert b.y1 >= rows[f].y_end and layout.lifelines[b.lifeline].x == rows[f].x_to
+        assert b.label.endswith("→ 6") and not b.note
+    joined = {(c.call_index, c.frame) for c in layout.connectors}
+    assert joined == {(i, f) for i, b in enumerate(layout.calls) for f in b.call.frames}
+    client_socket = next(b for b in layout.calls if b.call.call == "socket" and b.call.local.ip == "0.0.0.0")
+    assert layout.lifelines[client_socket.lifeline].side == "client"
+
+
+def test_an_empty_udp_recv_is_not_an_end_of_stream() -> None:
+    d = Datagram(1, T0, 0, Direction.C2S, *CLIENT, *SERVER, 0, b"")
+    flow = Flow(FlowSummary(0, Endpoint(*CLIENT), Endpoint(*SERVER), T0, T0, 1, 1, 0, 0), (d,),
+                (Call(7, 7, 3, "recvfrom", T0 - 1e-4, T0 + 1e-4, 0, local=Endpoint(*SERVER), frames=(1,)),))
+    layout = plan_trace(flows=[flow])
+    (bar,) = layout.calls
+    assert bar.label == "recvfrom(3) → 0" and bar.note == "" and bar.side == "server"
+    assert layout.rows[0].text == "UDP len=0"
+
+
+def test_a_dns_lookup_and_an_http_connection_in_one_figure() -> None:
+    """A UDP flow before a TCP connection: four lifelines, rows in capture order,
+    TCP rows with states and phases, UDP rows with neither."""
+    segments, summary = echo()
+    resolver, dns = Endpoint("127.0.0.1", 40000), Endpoint("127.0.0.53", 53)
+    query = Datagram(101, T0 - 2e-3, 0, Direction.C2S, resolver.ip, resolver.port, dns.ip, dns.port,
+                     30, b"\x12\x34\x01\x00")
+    answer = Datagram(102, T0 - 1e-3, 0, Direction.S2C, dns.ip, dns.port, resolver.ip, resolver.port,
+                      46, b"\x12\x34\x81\x80")
+    flow = Flow(FlowSummary(0, resolver, dns, query.ts, answer.ts, 2, 1, 30, 46), (query, answer))
+    # frame numbers of one capture: the lookup comes first
+    segs = [replace(s, frame=s.frame + 102) for s in segments]
+    conn = Connection(summary, tuple(segs))
+    layout = plan_trace([conn], [flow])
+    assert [r.kind for r in layout.rows] == ["datagram"] * 2 + ["segment"] * 14
+    assert [(ln.side, ln.transport) for ln in layout.lifelines] == [
+        ("client", "udp"), ("client", "tcp"), ("server", "udp"), ("server", "tcp")]
+    assert [ln.x for ln in layout.lifelines][1:3] == [0.0, 1.0]
+    assert layout.rows[0].text == 'UDP len=30 "\\x124\\x01\\x00…"'
+    assert {m.lifeline for m in layout.states} == {1, 3}  # only the TCP lifelines have states
+    assert layout.legend[:5] == ("handshake", "data", "close", "reset", "udp")
+    assert layout.title == ("1 UDP flow to 127.0.0.53:53, 1 TCP connection to 127.0.0.1:18081   "
+                            "2 datagrams, 14 segments, 3.70 ms")
+    assert UDP_NOTE in [n.text for n in layout.notes]
+    for r in layout.rows:  # every arrow's texts sit in the gap between the inner client and server
+        assert (r.text_x, r.text_room) == (0.5, 1.0)
