@@ -418,11 +418,11 @@ def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, e
     except KeyboardInterrupt:  # a second Ctrl-C: the pcap is closed, say where it is
         view.clear_status()
         if live.ready.is_set():
-            err.write(f"{PROG}: wrote {live.stats.packets} packets to {live.output}\n")
+            err.write(f"{PROG}: wrote {live.stats.packets} packets to {safe_text(live.output)}\n")
             if session is not None and session.ended_command:
                 err.write(f"{PROG}: ended the command\n")
             if session is not None and session.calls_written is not None:
-                err.write(f"{PROG}: wrote the socket calls to {session.calls_written}\n")
+                err.write(f"{PROG}: wrote the socket calls to {safe_text(session.calls_written)}\n")
         raise
     finally:
         view.clear_status()
@@ -434,17 +434,17 @@ def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, e
     if result.stats.dropped:
         err.write(f"{PROG}: warning: the kernel dropped {result.stats.dropped} packets "
                   f"(receive buffer full); {result.output} misses them\n")
-    err.write(f"{PROG}: wrote {result.stats.packets} packets to {result.output}\n")
+    err.write(f"{PROG}: wrote {result.stats.packets} packets to {safe_text(result.output)}\n")
     if outcome is not None:
         n = len(outcome.calls)
-        err.write(f"{PROG}: wrote {n} socket call{'s' if n != 1 else ''} to {outcome.calls_path} "
-                  f"(strace log: {outcome.strace_log})\n")
+        err.write(f"{PROG}: wrote {n} socket call{'s' if n != 1 else ''} to {safe_text(outcome.calls_path)} "
+                  f"(strace log: {safe_text(outcome.strace_log)})\n")
         for fault in outcome.faults:  # the strace log could not be written whole
             err.write(f"{PROG}: {safe_text(fault)}\n")
     if args.plot:
         if summaries or view.tracking.flows.flow_count:
             drawn = _plot_capture(result.output)
-            err.write(f"{PROG}: drew {drawn}\n")
+            err.write(f"{PROG}: drew {safe_text(drawn)}\n")
         else:
             err.write(f"{PROG}: no connection to draw\n")
     return 2 if outcome is not None and outcome.faults else 0
@@ -618,7 +618,7 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows)
         draw.save_figure(fig, dest)
     _warn(trace.warnings, err)
-    out.write(f"{dest}\n")
+    out.write(f"{safe_text(dest)}\n")
     return 0
 
 
@@ -695,7 +695,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
             matplotlib.use("Agg")
             drawn = draw_lesson(result, Path(args.output_dir) / f"{n}.png")
-            err.write(f"{PROG}: drew {drawn}\n")
+            err.write(f"{PROG}: drew {safe_text(drawn)}\n")
             continue
         out.writelines(line + "\n" for line in format_result(result))
         written = [result.pcap, result.calls_path] + ([result.png] if result.png else [])
@@ -752,7 +752,7 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     kind = "traced" if traced else "inferred"
     if not result.comments:
         kind = "none"
-    out.write(f"{result.path}: {result.frames} frames, {result.comments} comments on "
+    out.write(f"{safe_text(result.path)}: {result.frames} frames, {result.comments} comments on "
               f"{result.commented} frames (calls: {kind})\n")
     return 0
 

@@ -407,6 +407,17 @@ def test_a_running_capture_keeps_no_privilege(nobody_dir: Path) -> None:
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, NOBODY, 0o600), name
 
 
+def test_plain_root_drops_to_user_given(nobody_dir: Path) -> None:
+    """Run as plain root, `--user NAME` is whom the capture becomes."""
+    _need_root_capture()
+    res = _hsviz("capture", "--port", str(_free_port()), "-o", "u.pcap", "--timeout", "0.3", "--user", "nobody",
+                 cwd=nobody_dir, env=_root_env())
+    assert res.returncode == 0, res.stderr
+    assert (nobody_dir / "u.pcap").stat().st_uid == NOBODY
+    res = _hsviz("capture", "--port", "1", "--user", "no-such-user-hsviz", cwd=nobody_dir, env=_root_env())
+    _one_line(res, "--user no-such-user-hsviz: no such user")
+
+
 @pytest.fixture
 def root_secret(tmp_path: Path) -> Iterator[Path]:
     """A root-owned 0600 file, as /etc/shadow is."""
