@@ -906,7 +906,7 @@ class PcapWriter:
             self.lost += records - kept
             reason = exc.strerror or str(exc)
             if not records and not self.on_disk:
-                raise self._fail(os_error(exc, self.path, "write")) from None
+                raise self._fail(OutputError(str(os_error(exc, self.path, "write")))) from None
             raise self._fail(OutputError(
                 f"{self.path}: cannot write: {reason}: the file keeps the first "
                 f"{self.on_disk:,} packets, cut back to the last whole record; "

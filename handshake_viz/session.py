@@ -15,10 +15,13 @@ Order of events, running a command (``command=[...]``)
 ------------------------------------------------------
 1. Before anything starts: strace must exist and the command must be found
    (one-line errors, nothing captured).
-2. The capture opens its socket; once it is *ready* (every matching segment
-   from now on is caught) strace starts the command, by default as the user
-   who ran ``sudo`` (``SUDO_UID``), not as root: strace ``-u`` switches users,
-   so strace itself keeps the right to trace.
+2. The capture opens its socket; with ``privileges`` (``hsviz capture`` as root)
+   it then drops to the user who ran sudo (:mod:`handshake_viz.privilege`), after
+   arming the watchdog that ends the command if hsviz dies.  Once it is *ready*
+   (every matching segment from now on is caught, the pcap open) strace starts the
+   command as that user: strace runs unprivileged and traces its own child.  (With
+   ``--as-root``, for a real root login, strace starts before the drop instead.)
+   strace writes its log into a FIFO; :class:`StraceLog` saves it to ``X.strace``.
 3. When the command exits -- strace exits when the command and everything it
    started have -- the capture keeps running for ``grace`` seconds (the last
    FIN/ACK of a close is often still in flight), then stops.
@@ -33,8 +36,9 @@ Order of events, running a command (``command=[...]``)
 
 Attaching (``pids=[...]``)
 --------------------------
-strace attaches *before* the capture opens, so a wrong pid or a missing
-permission is reported before anything is captured.  When the capture stops,
+strace attaches *before* the capture opens (and before the privilege drop: it
+needs root to trace another user's processes), so a wrong pid or a missing
+permission is reported before anything is captured, and no file is left.  When the capture stops,
 strace detaches and the processes keep running.  If every traced process exits
 first, the capture stops ``grace`` seconds later, as for a command.  Calls that
 were blocked when strace attached appear to start at that moment.
@@ -63,6 +67,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from handshake_viz.capture import (
+    DEFAULT_SNAPLEN,
     CaptureResult,
     CaptureStats,
     LiveCapture,
@@ -291,7 +296,7 @@ class TracedCapture:
         privileges: PrivilegedSetup | None = None,
         as_root: bool = False,
         mode: int = DEFAULT_MODE,
-        snaplen: int | None = None,
+        snaplen: int = DEFAULT_SNAPLEN,
         headers_only: bool = False,
     ) -> None:
         if bool(command) == bool(pids):
@@ -318,7 +323,7 @@ class TracedCapture:
             count=count, timeout=timeout,
             on_ready=self._ready, on_packet=on_packet, on_status=on_status,
             handle_signals=handle_signals, privileges=privileges, mode=mode, headers_only=headers_only,
-            **({} if snaplen is None else {"snaplen": snaplen}),
+            snaplen=snaplen,
         )
         self.output = self.live.output
         self.log: StraceLog | None = None

@@ -298,7 +298,7 @@ class Watchdog:
             self.process = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _WATCHDOG, action, str(uid), str(gid),
                  ",".join(map(str, groups))],
-                stdin=theirs, stdout=subprocess.DEVNULL,
+                stdin=theirs.fileno(), stdout=subprocess.DEVNULL,
             )
         except OSError as exc:
             ours.close()
