@@ -19,10 +19,12 @@ README says: ``HSVIZ_FUZZ_EXAMPLES=20000 python -m pytest tests/test_fuzz.py``.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
 import os
+import shutil
 import struct
 import tempfile
 from collections.abc import Callable
@@ -48,6 +50,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 # In memory where there is a tmpfs: a file system's rename costs more than a check.
 _WORK = Path(tempfile.mkdtemp(prefix="hsviz-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
 
 
 def _keep(target: str, data: bytes) -> Path:
