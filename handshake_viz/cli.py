@@ -8,6 +8,7 @@ status 2; nothing else is caught, so a real bug still shows its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from typing import Any, TextIO
 
 from handshake_viz import report
 from handshake_viz.errors import HsvizError, NoSuchConnection, UsageError
+from handshake_viz.text import safe_text
 
 __all__ = ["main", "build_parser"]
 
@@ -72,13 +74,14 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return _analyze_with_calls(args, calls_file, out, err)
     mode: Mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
     analyze_file(args.file, mode, want=args.conn, jobs=args.jobs, write=out.write,
-                 warn=lambda w: err.write(f"{PROG}: warning: {w}\n"))
+                 warn=lambda w: _warn([w], err))
     return 0
 
 
 def _warn(warnings: Sequence[str], err: TextIO) -> None:
-    """What decoding noticed (a cut-off record ...), one line each after the output."""
-    err.writelines(f"{PROG}: warning: {w}\n" for w in warnings)
+    """What decoding noticed (a cut-off record ...), one line each after the output,
+    escaped: warnings quote file names and file contents."""
+    err.writelines(f"{PROG}: warning: {safe_text(w)}\n" for w in warnings)
 
 
 def _calls_file(args: argparse.Namespace) -> Path | None:
@@ -265,8 +268,12 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
         "line per segment as it arrives, write every frame to a pcap, and on exit print each "
         "connection's summary and the pcap's path. Stops on Ctrl-C (twice: at once), SIGTERM, "
         "--count, --timeout or --connections. "
-        "With -- CMD, the command runs under strace once the capture is ready (as the user "
-        "who ran sudo, unless --as-root); the capture stops --grace seconds after it exits, "
+        "Run as root (sudo), hsviz opens the packet socket (and attaches strace for "
+        "--trace-pid), then drops to the user who ran sudo (or --user) with no capability "
+        "left, before it reads a packet or writes a file; files are made new, never through "
+        "a link, mode 0600 (--mode). "
+        "With -- CMD, the command runs under strace once the capture is ready (as that "
+        "user; --as-root only for a real root login); the capture stops --grace seconds after it exits, "
         "or, stopping first, ends it. With --trace-pid, strace attaches to running processes "
         "and detaches when the capture stops; they keep running. Either way the socket calls "
         "are printed after the summaries and written beside the pcap: FILE.calls.jsonl "
@@ -289,7 +296,12 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace-pid", type=int, action="append", metavar="PID", default=[],
                    help="trace the socket calls of this running process (repeatable; needs strace)")
     p.add_argument("--as-root", action="store_true",
-                   help="run the command after -- as root, not as the user who ran sudo")
+                   help="run the command after -- with root's full rights (a real root login "
+                   "only: refused under sudo)")
+    p.add_argument("--user", metavar="NAME",
+                   help="the user to become once the packet socket is open (default: the "
+                   "user who ran sudo; run as plain root, root without capabilities)")
+    _add_file_options(p, what="the pcap, FILE.strace and FILE.calls.jsonl")
     p.add_argument("--grace", type=float, default=0.5, metavar="SECONDS",
                    help="keep capturing this long after the traced command exits, for the "
                    "last FIN/ACK; also how long the command may take to exit by itself when "
@@ -303,6 +315,44 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD",
                    help="run CMD [ARGS ...] under strace while capturing (needs strace)")
     p.set_defaults(func=_cmd_capture)
+
+
+def _add_file_options(p: argparse.ArgumentParser, *, what: str) -> None:
+    """--mode, --snaplen and --no-payload: for files that will be shared."""
+    p.add_argument("--mode", default="0600", metavar="OCTAL",
+                   help=f"file mode of {what} (default: 0600: they hold payloads)")
+    p.add_argument("--snaplen", type=int, metavar="N",
+                   help="keep at most N bytes of each frame (the analysis keeps every "
+                   "length from the IP header)")
+    p.add_argument("--no-payload", action="store_true",
+                   help="keep only each frame's headers (link, IP, TCP/UDP), for sharing")
+
+
+def _preload(*, plot: bool) -> None:
+    import importlib
+
+    names = ["handshake_viz.pipeline", "handshake_viz.align", "handshake_viz.spill", "handshake_viz.trace",
+             "handshake_viz.session"]
+    if plot:
+        names += ["matplotlib", "matplotlib.pyplot", "handshake_viz.draw", "handshake_viz.api"]
+    # numpy's BLAS starts a thread per CPU when it is loaded; a thread alive at the drop
+    # would keep capabilities (they belong to a thread), so it loads single-threaded.
+    saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
+    os.environ.update(dict.fromkeys(_BLAS_THREADS, "1"))
+    try:
+        for name in names:
+            importlib.import_module(name)
+            if name == "matplotlib":
+                importlib.import_module(name).use("Agg")
+    finally:  # the traced command gets the environment it was given
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _plot_capture(pcap: Any) -> Any:
@@ -330,6 +380,16 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.as_root and not command:
         raise UsageError("--as-root: only for a command given after --")
     tracing = bool(command or args.trace_pid)
+    from handshake_viz.outfile import parse_mode
+    from handshake_viz.privilege import PrivilegedSetup, capture_identity
+
+    file_options: dict[str, Any] = {"mode": parse_mode(args.mode), "headers_only": args.no_payload}
+    if args.snaplen is not None:
+        file_options["snaplen"] = args.snaplen
+    privileges = PrivilegedSetup(capture_identity(args.user, as_root=args.as_root))
+    # Whatever runs after the drop is imported before it: the user may not be able to
+    # read this Python's own files (a Python installed under /root).
+    privileges.add(lambda: _preload(plot=args.plot))
 
     tracking = LiveTracking(connections=args.connections)
     view = _LiveView(tracking, out, err, status=err.isatty())
@@ -346,10 +406,11 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         from handshake_viz.session import TracedCapture
 
         session = TracedCapture(
-            args.port, command=command, pids=args.trace_pid, as_user=None if args.as_root else "sudo",
+            args.port, command=command, pids=args.trace_pid, as_root=args.as_root,
             grace=args.grace, iface=args.iface, output=output,
             count=args.count, timeout=args.timeout,
             on_ready=ready, on_packet=tracking.packet, on_status=view.status,
+            privileges=privileges, **file_options,
         )
         live = session.live
     else:
@@ -357,18 +418,12 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             args.port, iface=args.iface, output=output,
             count=args.count, timeout=args.timeout,
             on_ready=ready, on_packet=tracking.packet, on_status=view.status,
+            privileges=privileges, **file_options,
         )
     tracking.stop = live.stop
-    from handshake_viz.tracer import give_to_sudo_user
-
-    written: list[Any] = [live.output]
-    if session is not None:
-        written += [session.strace_log, session.calls_path]
-    try:
-        with _kernel_events(args.port, live.output, err, wanted=args.kernel) as kernel:
-            return _run_capture(args, live, session, view, err, out, written, kernel)
-    finally:
-        give_to_sudo_user(p for p in written if p is not None and Path(p).exists())
+    with _kernel_events(args.port, live.output, err, wanted=args.kernel, privileges=privileges,
+                        mode=file_options["mode"]) as kernel:
+        return _run_capture(args, live, session, view, err, out, kernel)
 
 
 class _kernel_events:
@@ -377,30 +432,52 @@ class _kernel_events:
     and removes the trace instance on every way out.  A SIGTERM before the capture
     handles signals itself ends the command through the same cleanup."""
 
-    def __init__(self, port: int, pcap: Any, err: TextIO, *, wanted: bool) -> None:
+    def __init__(self, port: int, pcap: Any, err: TextIO, *, wanted: bool, privileges: Any = None,
+                 mode: int | None = None) -> None:
         self.port, self.pcap, self.err, self.wanted = port, Path(pcap), err, wanted
+        self.privileges, self.mode = privileges, mode
         self.recorder: Any = None
         self._old_term: Any = None
 
     def __enter__(self) -> _kernel_events:
-        from handshake_viz.kernelio import remove_stale
-
-        remove_stale(self.pcap)
-        if not self.wanted:
-            return self
         import signal
         import threading
 
-        from handshake_viz.errors import KernelEventsUnavailable
-        from handshake_viz.kernelio import KernelRecorder
+        from handshake_viz.kernelio import KernelRecorder, remove_stale
 
+        # An old X.kernel.jsonl must not pair with the new capture; removed as the user
+        # (after the drop) when there is one to drop to.
+        if self.privileges is None:
+            remove_stale(self.pcap)
+        else:
+            self.privileges.after.append(lambda: remove_stale(self.pcap))
+        if not self.wanted:
+            return self
         if threading.current_thread() is threading.main_thread():
             self._old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        recorder = KernelRecorder(self.port)
+        if self.privileges is None:  # nothing to drop: open and read at once
+            self._open(recorder, read=True)
+            return self
+
+        def opened() -> None:  # as root, before the drop
+            self._open(recorder, read=False)
+
+        def reading() -> None:  # as the user, right after it
+            if self.recorder is not None:
+                self.recorder.start_reading()
+
+        self.privileges.add(opened)
+        self.privileges.after.append(reading)
+        return self
+
+    def _open(self, recorder: Any, *, read: bool) -> None:
+        from handshake_viz.errors import KernelEventsUnavailable
+
         try:
-            self.recorder = KernelRecorder(self.port).start()
+            self.recorder = recorder.start() if read else recorder.open()
         except KernelEventsUnavailable as exc:
             self.err.write(f"{PROG}: {exc}; capturing without them\n")
-        return self
 
     def finish(self) -> Path | None:
         from handshake_viz.errors import KernelEventsUnavailable
@@ -412,7 +489,7 @@ class _kernel_events:
         except KernelEventsUnavailable as exc:
             self.err.write(f"{PROG}: warning: {exc}\n")
             return None
-        path = write_kernel_jsonl(log, kernel_path_for(self.pcap))
+        path = write_kernel_jsonl(log, kernel_path_for(self.pcap), mode=self.mode)
         for w in self.recorder.warnings:
             self.err.write(f"{PROG}: warning: {w}\n")
         if log.lost:
@@ -438,18 +515,18 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, err: TextIO,
-                 out: TextIO, written: list[Any], kernel: _kernel_events) -> int:
+                 out: TextIO, kernel: _kernel_events) -> int:
     try:
         outcome = session.run() if session is not None else None
         result = outcome.capture if outcome is not None else live.run()
     except KeyboardInterrupt:  # a second Ctrl-C: the pcap is closed, say where it is
         view.clear_status()
         if live.ready.is_set():
-            err.write(f"{PROG}: wrote {live.stats.packets} packets to {live.output}\n")
+            err.write(f"{PROG}: wrote {live.stats.packets} packets to {safe_text(live.output)}\n")
             if session is not None and session.ended_command:
                 err.write(f"{PROG}: ended the command\n")
             if session is not None and session.calls_written is not None:
-                err.write(f"{PROG}: wrote the socket calls to {session.calls_written}\n")
+                err.write(f"{PROG}: wrote the socket calls to {safe_text(session.calls_written)}\n")
         raise
     finally:
         view.clear_status()
@@ -461,21 +538,22 @@ def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, e
     if result.stats.dropped:
         err.write(f"{PROG}: warning: the kernel dropped {result.stats.dropped} packets "
                   f"(receive buffer full); {result.output} misses them\n")
-    err.write(f"{PROG}: wrote {result.stats.packets} packets to {result.output}\n")
+    err.write(f"{PROG}: wrote {result.stats.packets} packets to {safe_text(result.output)}\n")
     if outcome is not None:
         n = len(outcome.calls)
-        err.write(f"{PROG}: wrote {n} socket call{'s' if n != 1 else ''} to {outcome.calls_path} "
-                  f"(strace log: {outcome.strace_log})\n")
+        err.write(f"{PROG}: wrote {n} socket call{'s' if n != 1 else ''} to {safe_text(outcome.calls_path)} "
+                  f"(strace log: {safe_text(outcome.strace_log)})\n")
+        for fault in outcome.faults:  # the strace log could not be written whole
+            err.write(f"{PROG}: {safe_text(fault)}\n")
     if kernel.recorder is not None:
-        written.append(kernel.finish())
+        kernel.finish()
     if args.plot:
         if summaries or view.tracking.flows.flow_count:
             drawn = _plot_capture(result.output)
-            written.append(drawn)
-            err.write(f"{PROG}: drew {drawn}\n")
+            err.write(f"{PROG}: drew {safe_text(drawn)}\n")
         else:
             err.write(f"{PROG}: no connection to draw\n")
-    return 0
+    return 2 if outcome is not None and outcome.faults else 0
 
 
 def _print_calls(calls: Any, summaries: list[Any], out: TextIO) -> None:
@@ -553,8 +631,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             tracking.packet(packet)
         stats = packets.stats
         warnings = list(stats.warnings)
-    for w in warnings:
-        err.write(f"{PROG}: warning: {w}\n")
+    _warn(warnings, err)
     if not tracking.seen and not tracking.flows.flow_count:
         raise UsageError(f"{args.file}: no TCP segments or UDP datagrams in {stats.records} records")
     view.summaries()
@@ -655,7 +732,7 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                     max_rows=args.max_rows)
             draw.save_figure(fig, dest)
     _warn(trace.warnings, err)
-    out.write(f"{dest}\n")
+    out.write(f"{safe_text(dest)}\n")
     return 0
 
 
@@ -736,7 +813,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
             matplotlib.use("Agg")
             drawn = draw_lesson(result, Path(args.output_dir) / f"{n}.png")
-            err.write(f"{PROG}: drew {drawn}\n")
+            err.write(f"{PROG}: drew {safe_text(drawn)}\n")
             continue
         out.writelines(line + "\n" for line in format_result(result))
         written = [result.pcap, result.calls_path] + ([result.kernel_path] if result.kernel_path else []) \
@@ -774,6 +851,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl")
     p.add_argument("--traced-only", action="store_true",
                    help="comment only traced calls, never calls inferred from the segments")
+    _add_file_options(p, what="the pcapng")
     p.set_defaults(func=_cmd_export)
 
 
@@ -782,13 +860,18 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     if args.output is not None and not args.output:
         raise UsageError("-o: empty output path")
+    from handshake_viz.outfile import parse_mode
+
+    if args.snaplen is not None and args.snaplen < 1:
+        raise UsageError(f"--snaplen {args.snaplen}: must be at least 1")
     result, traced = export_capture(args.file, args.output, calls=args.calls,
-                                    traced_only=args.traced_only)
-    err.writelines(f"hsviz: warning: {w}\n" for w in result.warnings)
+                                    traced_only=args.traced_only, mode=parse_mode(args.mode),
+                                    snaplen=args.snaplen, headers_only=args.no_payload)
+    _warn(result.warnings, err)
     kind = "traced" if traced else "inferred"
     if not result.comments:
         kind = "none"
-    out.write(f"{result.path}: {result.frames} frames, {result.comments} comments on "
+    out.write(f"{safe_text(result.path)}: {result.frames} frames, {result.comments} comments on "
               f"{result.commented} frames (calls: {kind})\n")
     return 0
 
@@ -864,11 +947,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
         return int(args.func(args, out, err) or 0)
     except NoSuchConnection as exc:  # the library's words, in terms of this command's flag
         n = exc.count
-        err.write(f"{PROG}: {exc.source}: --conn {exc.conn} out of range (the capture has {n} "
+        err.write(f"{PROG}: {safe_text(exc.source)}: --conn {exc.conn} out of range (the capture has {n} "
                   f"connection{'s' if n != 1 else ''})\n")
         return exc.exit_status
     except HsvizError as exc:
-        err.write(f"{PROG}: {exc}\n")
+        err.write(f"{PROG}: {safe_text(exc)}\n")
         return exc.exit_status
     except KeyboardInterrupt:
         err.write(f"{PROG}: interrupted\n")

@@ -21,7 +21,9 @@ Every message is one line that names the file, connection or value and what is
 wrong, in the library's own words (``trace.pcap: record 1234 truncated: 40 of 74
 bytes``; ``trace.pcap: no connection 9: the capture has 3 connections``); the CLI
 prints that line and exits with ``exit_status``, putting its own flag names where
-the library's words map to one (``--conn 9 out of range``).  :func:`os_error` is
+the library's words map to one (``--conn 9 out of range``).  A message may quote a
+file name or a call log's text: the CLI passes it through
+:func:`handshake_viz.text.safe_text` before it reaches a terminal.  :func:`os_error` is
 the one translation of an OSError into these words.
 """
 
@@ -118,6 +120,8 @@ def os_error(exc: OSError, path: object, doing: str, kind: type[HsvizError] = Ou
 
     ``raise os_error(exc, path, "write") from None``.
     """
+    from handshake_viz.text import safe_text
+
     reason = exc.strerror or str(exc) or type(exc).__name__
     shown = _os.fspath(path) if isinstance(path, _os.PathLike) else str(path)
-    return kind(f"{shown}: cannot {doing}: {reason}")
+    return kind(safe_text(f"{shown}: cannot {doing}: {reason}"))

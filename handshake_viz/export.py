@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING
 
 from handshake_viz.errors import CaptureFileError, OutputError
 from handshake_viz.model import Call, CallKind, ConnectionSummary, Direction, Segment
-from handshake_viz.pcapio import CopyResult, copy_to_pcapng
+from handshake_viz.outfile import DEFAULT_MODE
+from handshake_viz.pcapio import CopyResult, Cut, copy_to_pcapng
+from handshake_viz.text import safe_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from handshake_viz import pipeline
@@ -93,7 +95,7 @@ def _comment(call: Call, caused: bool) -> str:
     """``connect() pid 1234 fd 3``, ``recvfrom() pid 1240 fd 4 returns 6``,
     ``read() returns 0 (inferred)``."""
     text = _who(call) + ("" if caused else _returns(call))
-    return text + " (inferred)" if call.inferred else text
+    return safe_text(text + " (inferred)" if call.inferred else text)
 
 
 def call_comments(segments: Iterable[Segment], summaries: Sequence[ConnectionSummary],
@@ -158,6 +160,20 @@ def kernel_comments(trace: pipeline.Trace) -> dict[int, list[str]]:
 # ======================================================================================
 
 
+def _cutter(snaplen: int | None, headers_only: bool) -> Cut | None:
+    """How many bytes of each frame an export keeps, or None to keep them all."""
+    if snaplen is None and not headers_only:
+        return None
+    from handshake_viz.decode import header_length
+
+    limit = snaplen if snaplen is not None else 1 << 32
+
+    def cut(linktype: int, data: bytes) -> int:
+        return min(limit, header_length(linktype, data) if headers_only else len(data))
+
+    return cut
+
+
 def default_output(src: str | os.PathLike[str]) -> Path:
     """``trace.pcap`` -> ``trace.annotated.pcapng`` beside it."""
     p = Path(src)
@@ -170,11 +186,17 @@ def default_output(src: str | os.PathLike[str]) -> Path:
 
 def export_capture(src: str | os.PathLike[str], dest: str | os.PathLike[str] | None = None, *,
                    calls: str | os.PathLike[str] | None = None,
-                   traced_only: bool = False) -> tuple[CopyResult, bool]:
+                   traced_only: bool = False, mode: int = DEFAULT_MODE, snaplen: int | None = None,
+                   headers_only: bool = False) -> tuple[CopyResult, bool]:
     """Write the annotated pcapng of ``src`` to ``dest`` (default: :func:`default_output`):
     the calls of its Trace (``calls``, else the ``.calls.jsonl`` beside it; connections
     without traced calls get inferred ones unless ``traced_only``) as packet comments.
     Returns the result and whether any traced call was used.
+
+    For a copy to share, ``snaplen`` keeps at most that many bytes of each frame and
+    ``headers_only`` its headers only (:func:`~handshake_viz.decode.header_length`);
+    every record keeps its length on the wire, so the analysis is the same.
+    ``mode`` is the file's mode (0600).
 
     A capture with neither TCP nor UDP is still copied (with no comments).
     """
@@ -194,7 +216,7 @@ def export_capture(src: str | os.PathLike[str], dest: str | os.PathLike[str] | N
     comments = call_comments(segments, [c.summary for c in trace.connections], shown, datagrams=trace.flows)
     for frame, notes in kernel_comments(trace).items():
         comments.setdefault(frame, []).extend(notes)
-    result = copy_to_pcapng(src, dest_path, comments)
+    result = copy_to_pcapng(src, dest_path, comments, mode=mode, cut=_cutter(snaplen, headers_only))
     result.warnings[:0] = [w for w in trace.warnings if w not in result.warnings]
     shown += [c for flow in trace.flows for c in flow.calls if c.frames]
     return result, any(not c.inferred for c in shown)

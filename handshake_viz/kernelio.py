@@ -180,21 +180,87 @@ def remove_stale(pcap: str | os.PathLike[str]) -> None:
         raise os_error(exc, stale, "remove the earlier kernel events") from None
 
 
-def write_kernel_jsonl(log: KernelLog, path: str | os.PathLike[str]) -> Path:
-    """Write ``X.kernel.jsonl`` (OutputError when it cannot be written)."""
+def write_kernel_jsonl(log: KernelLog, path: str | os.PathLike[str], *, mode: int | None = None) -> Path:
+    """Write ``X.kernel.jsonl`` as the other outputs are written (a temporary file renamed
+    into place, never through a link, ``mode`` bits: 0600 by default); OutputError when
+    it cannot be written."""
+    from handshake_viz.outfile import DEFAULT_MODE, AtomicFile
+
     path = Path(path)
-    try:
-        with open(path, "w", encoding="utf-8") as fh:
-            for line in kernel_jsonl_lines(log):
-                fh.write(line + "\n")
-    except OSError as exc:
-        raise os_error(exc, path, "write") from None
+    with AtomicFile(path, "w", mode_bits=DEFAULT_MODE if mode is None else mode) as fh:
+        for line in kernel_jsonl_lines(log):
+            fh.write(line + "\n")
     return path
 
 
 # ======================================================================================
 # The recorder
 # ======================================================================================
+
+
+class _CleanupHelper:
+    """A child process that keeps root for one job: when the recorder closes -- or its
+    process dies, ``kill -9`` included, which closes the pipe just the same -- switch
+    tracing off, remove the trace instance and undo a private mount.
+
+    The capturing process drops every privilege after :meth:`KernelRecorder.open`
+    (``hsviz capture``), and removing a tracefs instance or unmounting needs them; the
+    helper reads no packet, no file and no trace, only one byte from its pipe.
+    """
+
+    def __init__(self, pid: int, pipe: int) -> None:
+        self.pid, self.pipe = pid, pipe
+
+    @classmethod
+    def start(cls, instance: Path, mounted: Path | None) -> _CleanupHelper:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the helper: root, no threads, nothing but the pipe
+            status = 1
+            try:
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_IGN)  # only the pipe ends it
+                os.closerange(0, r)
+                os.closerange(r + 1, os.sysconf("SC_OPEN_MAX"))
+                while os.read(r, 64):
+                    pass
+                status = 0 if _remove_instance(instance, mounted) else 1
+            finally:
+                os._exit(status)
+        os.close(r)
+        return cls(pid, w)
+
+    def finish(self) -> bool:
+        """Tell the helper to clean up and wait for it; whether the instance is gone."""
+        with contextlib.suppress(OSError):
+            os.close(self.pipe)
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status) == 0
+
+
+def _remove_instance(instance: Path, mounted: Path | None) -> bool:
+    """Tracing off, the instance removed (EBUSY while the kernel lets go of the pipe:
+    retried), the private mount undone; whether the instance is gone."""
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.join(instance, "tracing_on"), os.O_WRONLY)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+    gone = False
+    for attempt in range(50):
+        try:
+            os.rmdir(instance)
+            gone = True
+            break
+        except FileNotFoundError:
+            gone = True
+            break
+        except OSError:
+            time.sleep(0.01 * (attempt + 1) / 5)
+    if mounted is not None:
+        _unmount(mounted)
+    return gone
 
 
 class KernelRecorder:
@@ -235,22 +301,49 @@ class KernelRecorder:
         self._brackets: dict[int, tuple[int, int]] = {}
         self._next_marker = 0
         self._split = 0
+        self._on: int | None = None  # tracing_on, kept open: stop() may run without root
+        self._stats: list[int] = []  # per_cpu/cpu*/stats, kept open for the same reason
+        self._helper: _CleanupHelper | None = None
         self._closed = False
         self.left_behind: Path | None = None  # an instance close() could not remove (never seen)
 
     # -- start ---------------------------------------------------------------------
 
     def start(self) -> KernelRecorder:
-        """Create the instance and start recording; KernelEventsUnavailable (one line
-        that says which and why) when it cannot.  Nothing is left behind then."""
+        """:meth:`open` and :meth:`start_reading` at once (a process that keeps root)."""
+        self.open()
         try:
-            self._start()
+            self.start_reading()
         except BaseException:
             self.close()
             raise
         return self
 
-    def _start(self) -> None:
+    def open(self) -> KernelRecorder:
+        """Everything that needs root, done before ``hsviz capture`` drops it: the
+        instance, its events and filters, the files read and written later (kept
+        open), recording switched on, and a small helper process that stays root only
+        to remove the instance (and undo the mount) once this process closes the
+        recorder or dies, even by ``kill -9``.  KernelEventsUnavailable (one line that
+        says which and why) when it cannot; nothing is left behind then."""
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def start_reading(self) -> None:
+        """Clock markers and the reader thread: no privilege needed (the files are
+        open), so this may run after the drop."""
+        # Markers before the reader waits on the pipe: a waiting reader is woken inside
+        # each write, which makes the write slow and its bracket wide.
+        self._mark()
+        self._split = self._next_marker
+        self._reader = threading.Thread(target=self._read_loop, name="hsviz-kernel", daemon=True)
+        self._reader.start()
+
+    def _open(self) -> None:
         if os.geteuid() != 0:
             raise KernelEventsUnavailable(f"{UNAVAILABLE}: not running as root (try sudo)")
         self.tracefs = find_tracefs()
@@ -287,13 +380,10 @@ class KernelRecorder:
         self._wake_r, self._wake_w = os.pipe()
         self._pipe = os.open(self.instance / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
         self._marker = os.open(self.instance / "trace_marker", os.O_WRONLY)
-        self._write("tracing_on", "1")
-        # Markers before the reader waits on the pipe: a waiting reader is woken inside
-        # each write, which makes the write slow and its bracket wide.
-        self._mark()
-        self._split = self._next_marker
-        self._reader = threading.Thread(target=self._read_loop, name="hsviz-kernel", daemon=True)
-        self._reader.start()
+        self._on = os.open(self.instance / "tracing_on", os.O_WRONLY)
+        self._stats = [os.open(f, os.O_RDONLY) for f in sorted((self.instance / "per_cpu").glob("cpu*/stats"))]
+        os.write(self._on, b"1")
+        self._helper = _CleanupHelper.start(self.instance, self.mounted)
 
     def _filter(self, event: str) -> str:
         if event in ("tcp:tcp_send_reset",):
@@ -376,7 +466,8 @@ class KernelRecorder:
         if self._reader is not None:
             self._reader.join()
         self._mark()
-        self._write("tracing_on", "0")
+        assert self._on is not None
+        os.write(self._on, b"0")
         self._drain()
         if self._reader_error:
             raise KernelEventsUnavailable(f"kernel events: reading the trace failed: {self._reader_error[0]}")
@@ -410,11 +501,10 @@ class KernelRecorder:
 
     def _overruns(self) -> int:
         """Events the ring buffer lost: per-CPU ``overrun`` plus ``dropped events``."""
-        assert self.instance is not None
         total = 0
-        for stats in (self.instance / "per_cpu").glob("cpu*/stats"):
+        for fd in self._stats:
             with contextlib.suppress(OSError, ValueError):
-                for line in stats.read_text().splitlines():
+                for line in os.pread(fd, 4096, 0).decode("ascii", "replace").splitlines():
                     key, _, value = line.partition(":")
                     if key.strip() in ("overrun", "dropped events"):
                         total += int(value)
@@ -433,19 +523,23 @@ class KernelRecorder:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, held) if in_main else None
         try:
             self._wake()
-            if self.instance is not None:
+            if self._on is not None:
                 with contextlib.suppress(OSError):
-                    with open(self.instance / "tracing_on", "w") as fh:
-                        fh.write("0")
+                    os.write(self._on, b"0")
             if self._reader is not None and self._reader.is_alive():
                 self._reader.join(2.0)
-            for fd in (self._pipe, self._marker, self._wake_r, self._wake_w):
+            for fd in (self._pipe, self._marker, self._wake_r, self._wake_w, self._on, *self._stats):
                 if fd is not None:
                     with contextlib.suppress(OSError):
                         os.close(fd)
-            self._pipe = self._marker = self._wake_r = self._wake_w = None
+            self._pipe = self._marker = self._wake_r = self._wake_w = self._on = None
+            self._stats = []
             if self._raw is not None:
                 self._raw.close()
+            if self._helper is not None:  # it has root: it removes the instance and the mount
+                if not self._helper.finish():
+                    self.left_behind = self.instance
+                return
             if self.instance is not None:
                 for attempt in range(50):  # EBUSY while the kernel lets go of the pipe
                     try:

@@ -12,7 +12,7 @@ from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from handshake_viz.text import clock_text, escape_preview
+from handshake_viz.text import clock_text, escape_preview, safe_text
 from handshake_viz.timing import CallTiming, Wait, call_timing, call_timings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -381,7 +381,7 @@ def timing_note(t: CallTiming) -> str:
 def format_call(call: Call, t0: float | None = None, timing: CallTiming | None = None) -> str:
     ms = (call.start - (call.start if t0 is None else t0)) * 1000.0
     if call.errno is not None:
-        result = f"= -1 {call.errno}"
+        result = f"= -1 {safe_text(call.errno)}"
     elif call.ret is not None:
         result = f"= {call.ret}"
     elif call.inferred:
@@ -392,7 +392,7 @@ def format_call(call: Call, t0: float | None = None, timing: CallTiming | None =
     frames = f"  frames {','.join(map(str, call.frames))}" if call.frames else ""
     fd = "" if call.fd is None else str(call.fd)
     note = timing_note(timing) if timing is not None else ""
-    return f"{'':7} {ms:>10.3f} ms  pid {call.pid} {call.call}({fd}) {result}{tag}{frames}{note}"
+    return f"{'':7} {ms:>10.3f} ms  pid {call.pid} {safe_text(call.call)}({fd}) {result}{tag}{frames}{note}"
 
 
 # ----------------------------------------------------------------------------------------

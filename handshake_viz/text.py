@@ -1,11 +1,18 @@
-"""Text for people: payload previews, durations, byte counts.
+"""Text for people: payload previews, durations, byte counts, and wire text made safe.
 
 One helper for every view (the text ladder, the diagram, the notebook), so that a
 preview of the same bytes or a duration of the same length reads the same
 everywhere.  Pure functions of their arguments.
+
+:func:`safe_text` is the one escape for text that came from outside (a capture, a
+call log, a file name) on its way to a terminal, an error message, an SVG/HTML
+file or a pcapng comment: a call log can name a call ``send\x1b[31m`` and a raw ESC
+repaints a terminal or makes an SVG invalid XML.
 """
 
 from __future__ import annotations
+
+import re
 
 __all__ = [
     "PREVIEW_CHARS",
@@ -14,8 +21,33 @@ __all__ = [
     "human_duration",
     "humanize_bytes",
     "plural",
+    "safe_text",
     "title_duration",
 ]
+
+# Characters no sink may receive raw: C0 and C1 controls and DEL (terminal escapes;
+# invalid in XML 1.0), lone surrogates (cannot be encoded), line and paragraph
+# separators, bidirectional overrides and isolates (text that reads other than it
+# is), and the two noncharacters XML forbids.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                     "\ufffe\uffff\ud800-\udfff]")
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(text: object) -> str:
+    """``str(text)`` with every control, separator, bidi and surrogate character
+    written as ``\\xNN`` / ``\\uNNNN``: safe for a terminal, an error line, XML
+    (SVG, HTML) and UTF-8.  Printable text, backslashes included, is unchanged, so
+    strace's own escapes read as strace printed them.
+
+    ``safe_text("send\\x1b[31m") == "send\\\\x1b[31m"``.
+    """
+    s = text if isinstance(text, str) else str(text)
+    return _UNSAFE.sub(_escape_char, s) if _UNSAFE.search(s) else s
 
 #: Characters of payload a preview shows inside its quotes (escapes count in full).
 PREVIEW_CHARS = 16

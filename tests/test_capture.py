@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require
+from conftest import NOBODY, require
 from handshake_viz.capture import (
     CaptureResult,
     LiveCapture,
@@ -1123,13 +1123,12 @@ def test_replay_inject_without_privileges(tmp_path: Path) -> None:
 
 
 @pytest.mark.live
-def test_cli_capture_under_sudo_leaves_files_the_user_owns(live: None, tmp_path: Path) -> None:
-    """`sudo hsviz capture … --plot`: the pcap and the drawing belong to who ran sudo."""
-    require(os.geteuid() == 0, "needs root to hand files to another user (runs in CI)")
+def test_cli_capture_under_sudo_leaves_files_the_user_owns(live: None, nobody_dir: Path) -> None:
+    """`sudo hsviz capture … --plot`: the pcap and the drawing are made by who ran sudo."""
     srv = _listener()
     port = srv.getsockname()[1]
-    cli = _Cli(["--port", str(port), "-o", "f.pcap", "--plot"], tmp_path,
-               env={"SUDO_UID": "65534", "SUDO_GID": "65533"})
+    cli = _Cli(["--port", str(port), "-o", "f.pcap", "--plot"], nobody_dir,
+               env={"SUDO_UID": str(NOBODY), "SUDO_GID": "65533"})
     cli.wait_ready()
     _conversation(srv)
     time.sleep(0.3)
@@ -1137,8 +1136,9 @@ def test_cli_capture_under_sudo_leaves_files_the_user_owns(live: None, tmp_path:
     rc = cli.finish()
     srv.close()
     assert rc == 0, "".join(cli.err)
-    files = sorted(p.name for p in tmp_path.iterdir())
+    files = sorted(p.name for p in nobody_dir.iterdir())
     assert files == ["f.pcap", "f.png"], files
     for name in files:
-        st = (tmp_path / name).stat()
-        assert (st.st_uid, st.st_gid) == (65534, 65533), name
+        st = (nobody_dir / name).stat()
+        assert (st.st_uid, st.st_gid) == (NOBODY, 65533), name
+    assert (nobody_dir / "f.pcap").stat().st_mode & 0o777 == 0o600
