@@ -2,6 +2,7 @@
 """Capture a burst of short loopback connections with hsviz, tcpdump and scapy.
 
     sudo "$(command -v python)" benchmarks/bench_capture_burst.py [--connections 2000] [--alone]
+    sudo "$(command -v python)" benchmarks/bench_capture_burst.py --kernel [--runs 5]
 
 A generator process opens ``--connections`` connections one after the other to
 its own server on 127.0.0.1 (a free port), each: handshake, a 32-byte request,
@@ -22,6 +23,13 @@ Each capturer is started and the burst begins only after all of them said they
 were listening; all are stopped after the burst (hsviz by SIGTERM, which writes
 what the kernel had queued).  Prints a table of packets recorded.
 Needs root (or CAP_NET_RAW).
+
+``--kernel`` measures what ``hsviz capture --kernel`` costs instead: bursts in
+turn with ``hsviz capture`` and with ``hsviz capture --kernel`` (tcpdump beside
+each as the reference), ``--runs`` times, and prints per burst its length, the
+packets recorded, the kernel events recorded and lost, the hsviz process's CPU
+time, and how long it took from SIGTERM to exit (``--kernel`` parses, joins the
+port's events and writes ``.kernel.jsonl`` then).
 """
 
 from __future__ import annotations
@@ -96,7 +104,11 @@ class Capturer:
 
     def stop(self) -> None:
         self.proc.send_signal(self.stop_signal)
-        self.proc.wait(timeout=120)
+        t0 = time.monotonic()
+        _, status, usage = os.wait4(self.proc.pid, 0)  # the child's own CPU time, as it exits
+        self.stop_seconds = time.monotonic() - t0
+        self.cpu_seconds = usage.ru_utime + usage.ru_stime
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
 
     def result(self) -> tuple[int, str]:
         raise NotImplementedError
@@ -108,12 +120,15 @@ class Hsviz(Capturer):
     ready_text = "listening on lo port"
     stop_signal = signal.SIGTERM
 
+    extra: tuple[str, ...] = ()
+
     def start(self, port: int, workdir: Path) -> None:
-        self.pcap = workdir / "hsviz.pcap"
+        self.pcap = workdir / f"{self.key}.pcap"
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        cmd = [sys.executable, "-m", "handshake_viz", "capture", "--port", str(port), "-o", str(self.pcap)]
-        self.errfile = workdir / "hsviz.err"
-        self.outfile = workdir / "hsviz.out"
+        cmd = [sys.executable, "-m", "handshake_viz", "capture", "--port", str(port), "-o", str(self.pcap),
+               *self.extra]
+        self.errfile = workdir / f"{self.key}.err"
+        self.outfile = workdir / f"{self.key}.out"
         self.proc = subprocess.Popen(
             cmd, stdout=open(self.outfile, "wb"), stderr=open(self.errfile, "wb"), cwd=workdir, env=env
         )
@@ -125,6 +140,20 @@ class Hsviz(Capturer):
             if "kernel dropped" in line:
                 drops = line.split("dropped", 1)[1].split()[0]
         return count_records(self.pcap), drops
+
+
+class HsvizKernel(Hsviz):
+    name = "hsviz capture --kernel"
+    key = "hsviz-kernel"
+    extra = ("--kernel",)
+
+    def kernel_events(self) -> tuple[int, int]:
+        """(events written, events lost) from the .kernel.jsonl header."""
+        import json
+
+        with open(self.pcap.with_suffix(".kernel.jsonl"), encoding="utf-8") as fh:
+            header = json.loads(fh.readline())
+        return header["events"], header["lost"]
 
 
 class Tcpdump(Capturer):
@@ -218,15 +247,43 @@ def run_burst(capturers: list[Capturer], connections: int, workdir: Path) -> flo
     return seconds
 
 
+def kernel_cost(connections: int, runs: int) -> int:
+    """Bursts in turn with and without --kernel; one row per burst."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hsviz-burst-") as tmp:
+        workdir = Path(tmp)
+        for n in range(runs):
+            for kind in (Hsviz, HsvizKernel):
+                hs = kind()
+                group: list[Capturer] = [hs] + ([Tcpdump()] if shutil.which("tcpdump") else [])
+                seconds = run_burst(group, connections, workdir)
+                packets, drops = hs.result()
+                reference = group[1].result()[0] if len(group) > 1 else None
+                events, lost = hs.kernel_events() if isinstance(hs, HsvizKernel) else (0, 0)
+                rows.append((n + 1, hs.name, seconds, packets, reference, drops, events, lost, hs.cpu_seconds,
+                             hs.stop_seconds))
+    print(f"{connections} short connections on loopback, with and without --kernel, {runs} runs")
+    print(f"{'run':>3} {'capturer':<24} {'burst s':>8} {'packets':>8} {'tcpdump':>8} {'drops':>6} "
+          f"{'k-events':>9} {'k-lost':>7} {'CPU s':>6} {'stop s':>7}")
+    for run, name, seconds, packets, ref, drops, events, lost, cpu, stop in rows:
+        print(f"{run:>3} {name:<24} {seconds:>8.2f} {packets:>8} {ref if ref is not None else '-':>8} {drops:>6} "
+              f"{events:>9} {lost:>7} {cpu:>6.2f} {stop:>7.2f}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1] if __doc__ else None)
     ap.add_argument("--connections", type=int, default=2000)
     ap.add_argument("--alone", action="store_true", help="give each capturer its own burst")
     ap.add_argument("--no-scapy", action="store_true", help="leave out scapy's AsyncSniffer")
+    ap.add_argument("--kernel", action="store_true", help="measure what --kernel costs (see above)")
+    ap.add_argument("--runs", type=int, default=5, help="bursts of each kind with --kernel (default 5)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (or CAP_NET_RAW) to capture", file=sys.stderr)
         return 2
+    if args.kernel:
+        return kernel_cost(args.connections, args.runs)
     kinds: list[type[Capturer]] = [Hsviz]
     if shutil.which("tcpdump"):
         kinds.append(Tcpdump)

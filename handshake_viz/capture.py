@@ -74,7 +74,9 @@ from handshake_viz.errors import (
     os_error,
 )
 from handshake_viz.model import Packet, UdpPacket
+from handshake_viz.outfile import DEFAULT_MODE
 from handshake_viz.pcapio import DEFAULT_SNAPLEN, PcapWriter
+from handshake_viz.privilege import PrivilegedSetup
 
 __all__ = [
     "DEFAULT_SNAPLEN",
@@ -100,6 +102,7 @@ PACKET_OUTGOING = 4
 ETH_P_ALL = 0x0003
 SO_RCVBUFFORCE = 33
 SO_ATTACH_FILTER = 26
+SO_LOCK_FILTER = 44
 SO_TIMESTAMPNS = 35
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 ARPHRD_ETHER = 1
@@ -324,6 +327,9 @@ def open_packet_socket(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         protocols = (_IPPROTO_TCP, _IPPROTO_UDP) if udp else (_IPPROTO_TCP,)
         _attach_filter(sock, bpf_port_filter(port, link_offset=offset, snaplen=snaplen, protocols=protocols))
+        # The filter cannot be changed from now on, not even by this process: after the
+        # privilege drop the socket stays a view of this port and nothing else.
+        sock.setsockopt(socket.SOL_SOCKET, SO_LOCK_FILTER, 1)
         sock.setblocking(False)
         _drain(sock)
         # Before the bind, so that no packet is ever queued with the time it was read.
@@ -430,6 +436,13 @@ class LiveCapture:
     nothing; the CLI passes callbacks: ``on_ready()`` once listening,
     ``on_packet(packet)`` per decoded packet, ``on_status(stats)`` about every
     ``status_interval`` seconds.
+
+    ``privileges``: run as root, :meth:`run` hands the open socket's process over
+    to :meth:`PrivilegedSetup.open_and_drop` (its openers, then the drop to the
+    user, see :mod:`handshake_viz.privilege`) before it opens the pcap or reads a
+    packet.  ``mode`` is the pcap's file mode (0600); ``snaplen`` cuts every frame
+    in the kernel and ``headers_only`` keeps each frame's headers only
+    (:func:`~handshake_viz.decode.header_length`): both keep its length on the wire.
     """
 
     def __init__(
@@ -448,8 +461,13 @@ class LiveCapture:
         snaplen: int = DEFAULT_SNAPLEN,
         rcvbuf: int = DEFAULT_RCVBUF,
         handle_signals: bool = True,
+        headers_only: bool = False,
+        mode: int = DEFAULT_MODE,
+        privileges: PrivilegedSetup | None = None,
     ) -> None:
         _check_port(port)
+        if not 1 <= snaplen <= DEFAULT_SNAPLEN:
+            raise UsageError(f"--snaplen {snaplen}: must be between 1 and {DEFAULT_SNAPLEN}")
         if count is not None and count < 1:
             raise UsageError(f"--count {count}: must be at least 1")
         if timeout is not None and not timeout > 0:
@@ -467,6 +485,9 @@ class LiveCapture:
         self.snaplen = snaplen
         self.rcvbuf = rcvbuf
         self.handle_signals = handle_signals
+        self.headers_only = headers_only
+        self.mode = mode
+        self.privileges = privileges
         self.ready = threading.Event()
         self._stop_reason: str | None = None
         self._stop_now = False  # stop() from inside on_packet: no more frames at all
@@ -489,10 +510,12 @@ class LiveCapture:
     def stop(self, reason: str = "stopped") -> None:
         """Ask ``run()`` to finish.  Thread-safe.  From outside, frames already queued
         are still written; from ``on_packet`` the capture ends with that packet."""
+        self._stop(reason, now=self._in_callback and threading.current_thread() is self._thread)
+
+    def _stop(self, reason: str, *, now: bool) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
-            if self._in_callback and threading.current_thread() is self._thread:
-                self._stop_now = True
+            self._stop_now = now
         try:
             self._wake_w.send(b"x")
         except OSError:
@@ -502,7 +525,9 @@ class LiveCapture:
         self._signals_seen += 1
         if self._signals_seen > 1:
             raise KeyboardInterrupt
-        self.stop("interrupted" if signum == signal.SIGINT else "terminated")
+        # A stop from outside, even when the handler runs inside on_packet (the main
+        # thread's): what the kernel queued is still written.
+        self._stop("interrupted" if signum == signal.SIGINT else "terminated", now=False)
 
     @property
     def stats(self) -> CaptureStats:
@@ -523,10 +548,11 @@ class LiveCapture:
         """Capture until a stop condition; call once.  Raises UsageError (interface),
         PermissionDeniedError, CaptureError or OutputError before ready; after ready,
         any exception from a callback propagates once the pcap is closed."""
-        from handshake_viz.decode import decode_frame
+        from handshake_viz.decode import decode_frame, header_length
 
         self._thread = threading.current_thread()
         self._decode = decode_frame
+        self._header_length = header_length
         self._view = memoryview(bytearray(self.snaplen))  # one receive buffer, reused
         restore: dict[signal.Signals, Any] = {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
@@ -534,9 +560,14 @@ class LiveCapture:
                 restore[signum] = signal.signal(signum, self._on_signal)
         writer: PcapWriter | None = None
         try:
-            self._psock = open_packet_socket(self.iface, self.port, snaplen=self.snaplen, rcvbuf=self.rcvbuf,
-                                             udp=self.udp)
-            writer = PcapWriter(self.output, linktype=self._psock.linktype, snaplen=self.snaplen)
+            # The kernel keeps whole frames: a frame its filter cut would lose its length on
+            # the wire; the receive buffer (self._view) holds the first `snaplen` bytes and
+            # recvmsg still says how long the frame was.
+            self._psock = open_packet_socket(self.iface, self.port, rcvbuf=self.rcvbuf, udp=self.udp)
+            if self.privileges is not None:  # root's work is done: the rest runs as the user
+                self.privileges.open_and_drop()
+            writer = PcapWriter(self.output, linktype=self._psock.linktype, snaplen=self.snaplen,
+                                mode=self.mode)
             self._t_ready = time.monotonic()
             self.ready.set()
             if self.on_ready is not None:
@@ -608,8 +639,10 @@ class LiveCapture:
         linktype = self._psock.linktype
         view = self._view
         decode = self._decode
+        header_length = self._header_length
         on_packet = self.on_packet
         udp = self.udp
+        headers_only = self.headers_only
         while limit > 0 and not self._stop_now:
             limit -= 1
             try:
@@ -627,6 +660,8 @@ class LiveCapture:
             if not ts_ns:
                 ts_ns = time.time_ns()
             data = bytes(view[: min(n, self.snaplen)])
+            if headers_only:
+                data = data[: header_length(linktype, data)]
             writer.write(data, ts_ns=ts_ns, wirelen=n)
             self._packets += 1
             usec = ts_ns // 1000

@@ -8,6 +8,7 @@ status 2; nothing else is caught, so a real bug still shows its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from typing import Any, TextIO
 
 from handshake_viz import report
 from handshake_viz.errors import HsvizError, NoSuchConnection, UsageError
+from handshake_viz.text import safe_text
 
 __all__ = ["main", "build_parser"]
 
@@ -68,17 +70,18 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     calls_file = _calls_file(args)
     if args.explain:
         return _analyze_explained(args, calls_file, out, err)
-    if calls_file is not None:
+    if calls_file is not None or _kernel_file(args) is not None:
         return _analyze_with_calls(args, calls_file, out, err)
     mode: Mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
     analyze_file(args.file, mode, want=args.conn, jobs=args.jobs, write=out.write,
-                 warn=lambda w: err.write(f"{PROG}: warning: {w}\n"))
+                 warn=lambda w: _warn([w], err))
     return 0
 
 
 def _warn(warnings: Sequence[str], err: TextIO) -> None:
-    """What decoding noticed (a cut-off record ...), one line each after the output."""
-    err.writelines(f"{PROG}: warning: {w}\n" for w in warnings)
+    """What decoding noticed (a cut-off record ...), one line each after the output,
+    escaped: warnings quote file names and file contents."""
+    err.writelines(f"{PROG}: warning: {safe_text(w)}\n" for w in warnings)
 
 
 def _calls_file(args: argparse.Namespace) -> Path | None:
@@ -88,11 +91,19 @@ def _calls_file(args: argparse.Namespace) -> Path | None:
     return calls_file_for(args.file, args.calls)
 
 
-def _analyze_with_calls(args: argparse.Namespace, calls_file: Path, out: TextIO, err: TextIO) -> int:
-    """`hsviz analyze` with socket calls: each connection's segments and calls in one
-    time-ordered ladder (or JSONL stream), then each UDP flow's.  Alignment needs whole
+def _kernel_file(args: argparse.Namespace) -> Path | None:
+    """FILE.kernel.jsonl beside the capture when it exists (hsviz capture --kernel)."""
+    from handshake_viz.pipeline import kernel_file_for
+
+    return kernel_file_for(args.file)
+
+
+def _analyze_with_calls(args: argparse.Namespace, calls_file: Path | None, out: TextIO, err: TextIO) -> int:
+    """`hsviz analyze` with socket calls or kernel events: each connection's segments and
+    calls in one time-ordered ladder (or JSONL stream), then each UDP flow's, with the
+    kernel's account where it was recorded.  Alignment and the kernel join need whole
     connections, so this path holds the selected connections in memory; without calls
-    analyze streams."""
+    and kernel events analyze streams."""
     from handshake_viz.pipeline import load
 
     trace = load(args.file, calls=calls_file, conn=args.conn, infer=False)
@@ -257,8 +268,12 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
         "line per segment as it arrives, write every frame to a pcap, and on exit print each "
         "connection's summary and the pcap's path. Stops on Ctrl-C (twice: at once), SIGTERM, "
         "--count, --timeout or --connections. "
-        "With -- CMD, the command runs under strace once the capture is ready (as the user "
-        "who ran sudo, unless --as-root); the capture stops --grace seconds after it exits, "
+        "Run as root (sudo), hsviz opens the packet socket (and attaches strace for "
+        "--trace-pid), then drops to the user who ran sudo (or --user) with no capability "
+        "left, before it reads a packet or writes a file; files are made new, never through "
+        "a link, mode 0600 (--mode). "
+        "With -- CMD, the command runs under strace once the capture is ready (as that "
+        "user; --as-root only for a real root login); the capture stops --grace seconds after it exits, "
         "or, stopping first, ends it. With --trace-pid, strace attaches to running processes "
         "and detaches when the capture stops; they keep running. Either way the socket calls "
         "are printed after the summaries and written beside the pcap: FILE.calls.jsonl "
@@ -281,14 +296,63 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace-pid", type=int, action="append", metavar="PID", default=[],
                    help="trace the socket calls of this running process (repeatable; needs strace)")
     p.add_argument("--as-root", action="store_true",
-                   help="run the command after -- as root, not as the user who ran sudo")
+                   help="run the command after -- with root's full rights (a real root login "
+                   "only: refused under sudo)")
+    p.add_argument("--user", metavar="NAME",
+                   help="the user to become once the packet socket is open (default: the "
+                   "user who ran sudo; run as plain root, root without capabilities)")
+    _add_file_options(p, what="the pcap, FILE.strace and FILE.calls.jsonl")
     p.add_argument("--grace", type=float, default=0.5, metavar="SECONDS",
                    help="keep capturing this long after the traced command exits, for the "
                    "last FIN/ACK; also how long the command may take to exit by itself when "
                    "the capture stops first (default: 0.5)")
+    p.add_argument("--kernel", action="store_true",
+                   help="also record the kernel's own account of the port (TCP states, windows, "
+                   "retransmissions, resets, drops and their reasons) through tracefs, into "
+                   "FILE.kernel.jsonl beside the pcap (needs root; without it, says why and "
+                   "captures anyway). A FILE.kernel.jsonl left by an earlier capture to the same "
+                   "FILE is removed either way: it described the capture this one replaces")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD",
                    help="run CMD [ARGS ...] under strace while capturing (needs strace)")
     p.set_defaults(func=_cmd_capture)
+
+
+def _add_file_options(p: argparse.ArgumentParser, *, what: str) -> None:
+    """--mode, --snaplen and --no-payload: for files that will be shared."""
+    p.add_argument("--mode", default="0600", metavar="OCTAL",
+                   help=f"file mode of {what} (default: 0600: they hold payloads)")
+    p.add_argument("--snaplen", type=int, metavar="N",
+                   help="keep at most N bytes of each frame (the analysis keeps every "
+                   "length from the IP header)")
+    p.add_argument("--no-payload", action="store_true",
+                   help="keep only each frame's headers (link, IP, TCP/UDP), for sharing")
+
+
+def _preload(*, plot: bool) -> None:
+    import importlib
+
+    names = ["handshake_viz.pipeline", "handshake_viz.align", "handshake_viz.spill", "handshake_viz.trace",
+             "handshake_viz.session"]
+    if plot:
+        names += ["matplotlib", "matplotlib.pyplot", "handshake_viz.draw", "handshake_viz.api"]
+    # numpy's BLAS starts a thread per CPU when it is loaded; a thread alive at the drop
+    # would keep capabilities (they belong to a thread), so it loads single-threaded.
+    saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
+    os.environ.update(dict.fromkeys(_BLAS_THREADS, "1"))
+    try:
+        for name in names:
+            importlib.import_module(name)
+            if name == "matplotlib":
+                importlib.import_module(name).use("Agg")
+    finally:  # the traced command gets the environment it was given
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _plot_capture(pcap: Any) -> Any:
@@ -316,6 +380,16 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.as_root and not command:
         raise UsageError("--as-root: only for a command given after --")
     tracing = bool(command or args.trace_pid)
+    from handshake_viz.outfile import parse_mode
+    from handshake_viz.privilege import PrivilegedSetup, capture_identity
+
+    file_options: dict[str, Any] = {"mode": parse_mode(args.mode), "headers_only": args.no_payload}
+    if args.snaplen is not None:
+        file_options["snaplen"] = args.snaplen
+    privileges = PrivilegedSetup(capture_identity(args.user, as_root=args.as_root))
+    # Whatever runs after the drop is imported before it: the user may not be able to
+    # read this Python's own files (a Python installed under /root).
+    privileges.add(lambda: _preload(plot=args.plot))
 
     tracking = LiveTracking(connections=args.connections)
     view = _LiveView(tracking, out, err, status=err.isatty())
@@ -332,10 +406,11 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         from handshake_viz.session import TracedCapture
 
         session = TracedCapture(
-            args.port, command=command, pids=args.trace_pid, as_user=None if args.as_root else "sudo",
+            args.port, command=command, pids=args.trace_pid, as_root=args.as_root,
             grace=args.grace, iface=args.iface, output=output,
             count=args.count, timeout=args.timeout,
             on_ready=ready, on_packet=tracking.packet, on_status=view.status,
+            privileges=privileges, **file_options,
         )
         live = session.live
     else:
@@ -343,32 +418,115 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             args.port, iface=args.iface, output=output,
             count=args.count, timeout=args.timeout,
             on_ready=ready, on_packet=tracking.packet, on_status=view.status,
+            privileges=privileges, **file_options,
         )
     tracking.stop = live.stop
-    from handshake_viz.tracer import give_to_sudo_user
+    with _kernel_events(args.port, live.output, err, wanted=args.kernel, privileges=privileges,
+                        mode=file_options["mode"]) as kernel:
+        return _run_capture(args, live, session, view, err, out, kernel)
 
-    written: list[Any] = [live.output]
-    if session is not None:
-        written += [session.strace_log, session.calls_path]
-    try:
-        return _run_capture(args, live, session, view, err, out, written)
-    finally:
-        give_to_sudo_user(p for p in written if p is not None and Path(p).exists())
+
+class _kernel_events:
+    """``--kernel`` around a capture: starts recording before the capture is ready (one
+    line and no kernel events when it cannot), writes FILE.kernel.jsonl on ``finish``,
+    and removes the trace instance on every way out.  A SIGTERM before the capture
+    handles signals itself ends the command through the same cleanup."""
+
+    def __init__(self, port: int, pcap: Any, err: TextIO, *, wanted: bool, privileges: Any = None,
+                 mode: int | None = None) -> None:
+        self.port, self.pcap, self.err, self.wanted = port, Path(pcap), err, wanted
+        self.privileges, self.mode = privileges, mode
+        self.recorder: Any = None
+        self._old_term: Any = None
+
+    def __enter__(self) -> _kernel_events:
+        import signal
+        import threading
+
+        from handshake_viz.kernelio import KernelRecorder, remove_stale
+
+        # An old X.kernel.jsonl must not pair with the new capture; removed as the user
+        # (after the drop) when there is one to drop to.
+        if self.privileges is None:
+            remove_stale(self.pcap)
+        else:
+            self.privileges.after.append(lambda: remove_stale(self.pcap))
+        if not self.wanted:
+            return self
+        if threading.current_thread() is threading.main_thread():
+            self._old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        recorder = KernelRecorder(self.port)
+        if self.privileges is None:  # nothing to drop: open and read at once
+            self._open(recorder, read=True)
+            return self
+
+        def opened() -> None:  # as root, before the drop
+            self._open(recorder, read=False)
+
+        def reading() -> None:  # as the user, right after it
+            if self.recorder is not None:
+                self.recorder.start_reading()
+
+        self.privileges.add(opened)
+        self.privileges.after.append(reading)
+        return self
+
+    def _open(self, recorder: Any, *, read: bool) -> None:
+        from handshake_viz.errors import KernelEventsUnavailable
+
+        try:
+            self.recorder = recorder.start() if read else recorder.open()
+        except KernelEventsUnavailable as exc:
+            self.err.write(f"{PROG}: {exc}; capturing without them\n")
+
+    def finish(self) -> Path | None:
+        from handshake_viz.errors import KernelEventsUnavailable
+        from handshake_viz.kernel import kernel_path_for
+        from handshake_viz.kernelio import write_kernel_jsonl
+
+        try:
+            log = self.recorder.stop()
+        except KernelEventsUnavailable as exc:
+            self.err.write(f"{PROG}: warning: {exc}\n")
+            return None
+        path = write_kernel_jsonl(log, kernel_path_for(self.pcap), mode=self.mode)
+        for w in self.recorder.warnings:
+            self.err.write(f"{PROG}: warning: {w}\n")
+        if log.lost:
+            self.err.write(f"{PROG}: warning: the kernel's trace buffer overflowed: {log.lost} events lost; "
+                           f"{path} misses them\n")
+        self.err.write(f"{PROG}: wrote {len(log.events)} kernel events to {path}\n")
+        return path
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self.recorder is not None:
+            self.recorder.close()
+            if self.recorder.left_behind is not None:  # never silent
+                self.err.write(f"{PROG}: warning: could not remove the trace instance "
+                               f"{self.recorder.left_behind}: remove it with rmdir\n")
+        if self._old_term is not None:
+            signal.signal(signal.SIGTERM, self._old_term)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, err: TextIO,
-                 out: TextIO, written: list[Any]) -> int:
+                 out: TextIO, kernel: _kernel_events) -> int:
     try:
         outcome = session.run() if session is not None else None
         result = outcome.capture if outcome is not None else live.run()
     except KeyboardInterrupt:  # a second Ctrl-C: the pcap is closed, say where it is
         view.clear_status()
         if live.ready.is_set():
-            err.write(f"{PROG}: wrote {live.stats.packets} packets to {live.output}\n")
+            err.write(f"{PROG}: wrote {live.stats.packets} packets to {safe_text(live.output)}\n")
             if session is not None and session.ended_command:
                 err.write(f"{PROG}: ended the command\n")
             if session is not None and session.calls_written is not None:
-                err.write(f"{PROG}: wrote the socket calls to {session.calls_written}\n")
+                err.write(f"{PROG}: wrote the socket calls to {safe_text(session.calls_written)}\n")
         raise
     finally:
         view.clear_status()
@@ -380,19 +538,22 @@ def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, e
     if result.stats.dropped:
         err.write(f"{PROG}: warning: the kernel dropped {result.stats.dropped} packets "
                   f"(receive buffer full); {result.output} misses them\n")
-    err.write(f"{PROG}: wrote {result.stats.packets} packets to {result.output}\n")
+    err.write(f"{PROG}: wrote {result.stats.packets} packets to {safe_text(result.output)}\n")
     if outcome is not None:
         n = len(outcome.calls)
-        err.write(f"{PROG}: wrote {n} socket call{'s' if n != 1 else ''} to {outcome.calls_path} "
-                  f"(strace log: {outcome.strace_log})\n")
+        err.write(f"{PROG}: wrote {n} socket call{'s' if n != 1 else ''} to {safe_text(outcome.calls_path)} "
+                  f"(strace log: {safe_text(outcome.strace_log)})\n")
+        for fault in outcome.faults:  # the strace log could not be written whole
+            err.write(f"{PROG}: {safe_text(fault)}\n")
+    if kernel.recorder is not None:
+        kernel.finish()
     if args.plot:
         if summaries or view.tracking.flows.flow_count:
             drawn = _plot_capture(result.output)
-            written.append(drawn)
-            err.write(f"{PROG}: drew {drawn}\n")
+            err.write(f"{PROG}: drew {safe_text(drawn)}\n")
         else:
             err.write(f"{PROG}: no connection to draw\n")
-    return 0
+    return 2 if outcome is not None and outcome.faults else 0
 
 
 def _print_calls(calls: Any, summaries: list[Any], out: TextIO) -> None:
@@ -470,8 +631,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             tracking.packet(packet)
         stats = packets.stats
         warnings = list(stats.warnings)
-    for w in warnings:
-        err.write(f"{PROG}: warning: {w}\n")
+    _warn(warnings, err)
     if not tracking.seen and not tracking.flows.flow_count:
         raise UsageError(f"{args.file}: no TCP segments or UDP datagrams in {stats.records} records")
     view.summaries()
@@ -486,7 +646,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # plot
 # ----------------------------------------------------------------------------------------
 
-PLOT_FORMATS = (".png", ".svg", ".pdf")
+PLOT_FORMATS = (".png", ".svg", ".pdf", ".html")
 
 
 def _conn_list(text: str) -> list[int]:
@@ -503,7 +663,8 @@ def _conn_list(text: str) -> list[int]:
 def _add_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
-        help="draw the sequence diagram of connections and UDP flows (png, svg or pdf)",
+        help="draw the sequence diagram of connections and UDP flows (png, svg, pdf, or an "
+        "interactive html page)",
         description="Draw a capture as a sequence diagram: a lifeline per socket address (a "
         "server's listening port is one lifeline however many clients it has), one arrow per "
         "segment or UDP datagram with its label and seq/ack, the TCP states where they change, "
@@ -513,8 +674,9 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("file", help="capture file (pcap or pcapng)")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file; the format comes from the extension: .png, .svg, .pdf "
-                   "(default: FILE with .png next to the input)")
+                   help="output file; the format comes from the extension: .png, .svg, .pdf, or "
+                   ".html for an interactive page (one self-contained file: hover a segment for "
+                   "its record and bytes, zoom, open folds) (default: FILE with .png next to the input)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--conn", type=_conn_list, metavar="N[,N...]",
                        help="the connections to draw, e.g. 0 or 0,2,5 (default: 0; a capture with "
@@ -538,7 +700,7 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     src = Path(args.file)
     dest = Path(args.output) if args.output else src.with_suffix(".png")
     if dest.suffix.lower() not in PLOT_FORMATS:
-        raise OutputError(f"{dest}: unknown output format '{dest.suffix}' (use .png, .svg or .pdf)")
+        raise OutputError(f"{dest}: unknown output format '{dest.suffix}' (use .png, .svg, .pdf or .html)")
     if args.pages and dest.suffix.lower() != ".pdf":
         raise UsageError(f"{dest}: --pages draws one page per connection: use a .pdf output")
     if args.max_rows < 0:
@@ -561,10 +723,16 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             conns = [0] if trace.connections else []  # a capture with only UDP: its flows
         chosen = None if everything else conns
         flows = None if everything or trace.connections else [f.flow for f in trace.flows]
-        fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows)
-        draw.save_figure(fig, dest)
+        if dest.suffix.lower() == ".html":
+            from handshake_viz.html import write_page
+
+            write_page(trace, dest, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows)
+        else:
+            fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time,
+                                    max_rows=args.max_rows)
+            draw.save_figure(fig, dest)
     _warn(trace.warnings, err)
-    out.write(f"{dest}\n")
+    out.write(f"{safe_text(dest)}\n")
     return 0
 
 
@@ -600,6 +768,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--redraw", action="store_true",
                    help="with --shipped: draw the shipped capture again, to OUT_DIR/NAME.png "
                    "(how captures/*.png are made)")
+    p.add_argument("--kernel", action=argparse.BooleanOptionalAction, default=None,
+                   help="record the kernel's own account beside the capture (NAME.kernel.jsonl): "
+                   "on by default when it can be had (root and tracefs)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -634,17 +805,19 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         live = False
     results = []
     for n in names:
-        result = run_scenario(n, args.output_dir, live=live)
+        result = run_scenario(n, args.output_dir, live=live, kernel=args.kernel)
         results.append(result)
+        err.writelines(f"hsviz: {w}\n" for w in result.warnings)
         if args.redraw and not result.live:
             import matplotlib
 
             matplotlib.use("Agg")
             drawn = draw_lesson(result, Path(args.output_dir) / f"{n}.png")
-            err.write(f"{PROG}: drew {drawn}\n")
+            err.write(f"{PROG}: drew {safe_text(drawn)}\n")
             continue
         out.writelines(line + "\n" for line in format_result(result))
-        written = [result.pcap, result.calls_path] + ([result.png] if result.png else [])
+        written = [result.pcap, result.calls_path] + ([result.kernel_path] if result.kernel_path else []) \
+            + ([result.png] if result.png else [])
         if result.live:
             give_to_sudo_user(written)  # `sudo hsviz demo` leaves files the user owns
         verb = "wrote" if result.live else "shipped"
@@ -678,6 +851,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl")
     p.add_argument("--traced-only", action="store_true",
                    help="comment only traced calls, never calls inferred from the segments")
+    _add_file_options(p, what="the pcapng")
     p.set_defaults(func=_cmd_export)
 
 
@@ -686,14 +860,49 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     if args.output is not None and not args.output:
         raise UsageError("-o: empty output path")
+    from handshake_viz.outfile import parse_mode
+
+    if args.snaplen is not None and args.snaplen < 1:
+        raise UsageError(f"--snaplen {args.snaplen}: must be at least 1")
     result, traced = export_capture(args.file, args.output, calls=args.calls,
-                                    traced_only=args.traced_only)
-    err.writelines(f"hsviz: warning: {w}\n" for w in result.warnings)
+                                    traced_only=args.traced_only, mode=parse_mode(args.mode),
+                                    snaplen=args.snaplen, headers_only=args.no_payload)
+    _warn(result.warnings, err)
     kind = "traced" if traced else "inferred"
     if not result.comments:
         kind = "none"
-    out.write(f"{result.path}: {result.frames} frames, {result.comments} comments on "
+    out.write(f"{safe_text(result.path)}: {result.frames} frames, {result.comments} comments on "
               f"{result.commented} frames (calls: {kind})\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------
+# show: one frame's bytes, field by field
+# ----------------------------------------------------------------------------------------
+
+
+def _add_show(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "show",
+        help="one TCP frame's header bytes field by field, as they are on the wire",
+        description="Take one frame apart: Ethernet (or the capture's link layer), IP and TCP, "
+        "each field's offset, its bytes as sent (network byte order, big-endian) and its value; "
+        "for ports, addresses, seq and ack the host-order value and the call that puts it in "
+        "network order (htons(8080) -> 1f 90), and what a little-endian machine would have "
+        "sent had the program forgotten htons().",
+    )
+    p.add_argument("file", help="capture file (pcap or pcapng)")
+    p.add_argument("--frame", type=int, required=True, metavar="N",
+                   help="frame number, from 1 (as Wireshark's frame.number and the JSONL 'frame')")
+    p.set_defaults(func=_cmd_show)
+
+
+def _cmd_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from handshake_viz.frames import show_frame
+    from handshake_viz.wire import show_lines
+
+    view = show_frame(args.file, args.frame)
+    out.writelines(line + "\n" for line in show_lines(view, args.file))
     return 0
 
 
@@ -703,6 +912,7 @@ _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_analyze,
     _add_explain,
     _add_plot,
+    _add_show,
     _add_capture,
     _add_replay,
     _add_demo,
@@ -737,11 +947,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
         return int(args.func(args, out, err) or 0)
     except NoSuchConnection as exc:  # the library's words, in terms of this command's flag
         n = exc.count
-        err.write(f"{PROG}: {exc.source}: --conn {exc.conn} out of range (the capture has {n} "
+        err.write(f"{PROG}: {safe_text(exc.source)}: --conn {exc.conn} out of range (the capture has {n} "
                   f"connection{'s' if n != 1 else ''})\n")
         return exc.exit_status
     except HsvizError as exc:
-        err.write(f"{PROG}: {exc}\n")
+        err.write(f"{PROG}: {safe_text(exc)}\n")
         return exc.exit_status
     except KeyboardInterrupt:
         err.write(f"{PROG}: interrupted\n")

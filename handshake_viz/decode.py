@@ -57,6 +57,7 @@ __all__ = [
     "CaptureReader",
     "DecodeStats",
     "decode_frame",
+    "header_length",
     "ip_packet",
     "iter_packets",
     "open_capture",
@@ -234,6 +235,47 @@ def ip_packet(linktype: int, data: bytes) -> bytes | None:
     """The IP packet inside a frame (``replay --inject`` re-sends it), or None."""
     found = _network(linktype, data, 0, len(data))
     return data[found[0]:] if found else None
+
+
+_LINK_HEADER = {LT_ETHERNET: 14, LT_SLL: 16, LT_SLL2: 20, LT_NULL: 4, LT_LOOP: 4}
+
+
+def header_length(linktype: int, data: bytes) -> int:
+    """How many leading bytes of a frame are headers: link, IP (with options and
+    IPv6 extension headers) and the TCP header (with options) or UDP header.  What
+    ``--no-payload`` keeps: the IP header still gives every length, so the analysis
+    of a headers-only file is that of the full one.  A frame that carries no IP
+    keeps its link header; an IP packet of another protocol, or a later fragment,
+    its IP header.  Never more than ``len(data)``.
+    """
+    n = len(data)
+    found = _network(linktype, data, 0, n)
+    if not found:
+        return min(n, _LINK_HEADER.get(linktype, 0)) if found is None else n
+    p, ver = found
+    if p >= n:
+        return n
+    if ver == 0:
+        ver = data[p] >> 4
+    if ver == 4 and n - p >= 20:
+        t = p + ((data[p] & 15) << 2)
+        proto = data[p + 9]
+        if _U16.unpack_from(data, p + 6)[0] & 0x1FFF:
+            return min(n, t)  # a later fragment: no transport header in it
+    elif ver == 6 and n - p >= 40:
+        proto, t = data[p + 6], p + 40
+        while proto in (0, 43, 44, 51, 60) and t + 8 <= n:
+            if proto == 44 and _U16.unpack_from(data, t + 2)[0] & 0xFFF8:
+                return min(n, t + 8)
+            step = 8 if proto == 44 else (data[t + 1] + 2) << 2 if proto == 51 else (data[t + 1] + 1) << 3
+            proto, t = data[t], t + step
+    else:
+        return n  # IP header cut or not IP after all: nothing past the headers was captured
+    if proto == 6 and t + 13 <= n:
+        return min(n, t + ((data[t + 12] >> 2) & 0x3C or 20))
+    if proto == 17:
+        return min(n, t + 8)
+    return min(n, t)
 
 
 def _decode(

@@ -6,8 +6,9 @@ CAP_NET_RAW) :func:`run_scenario` captures live: the scenario binds its port,
 asks for the capture on that port and waits until it is ready, plays, a short
 grace period lets the last ACK arrive, and the capture stops.  It then writes
 ``NAME.pcap``, ``NAME.calls.jsonl`` (the calls the scenario's Recorder logged)
-and ``NAME.png``.  Without the privilege it opens the shipped
-``captures/NAME.pcap`` instead and says so.
+and ``NAME.png``, and (by default, when root and tracefs allow it) the kernel's own
+account of the port, ``NAME.kernel.jsonl``.  Without the privilege it opens the
+shipped ``captures/NAME.pcap`` instead and says so.
 
 What the files show is what ``hsviz analyze`` and ``hsviz plot`` show: the
 result's Trace comes from :func:`handshake_viz.pipeline.load`, its picture from
@@ -29,10 +30,11 @@ from handshake_viz.errors import CaptureError, CaptureFileError, UsageError, os_
 from handshake_viz.model import Call, CallKind, ConnectionSummary, Datagram, Segment
 from handshake_viz.pipeline import Trace
 from handshake_viz.recorder import SOCKET_TIMEOUT, Recorder
-from handshake_viz.scenarios import BACKLOG_ACCEPT_DELAY, DEFAULT_SCENARIO, SCENARIOS, Scenario
+from handshake_viz.scenarios import BACKLOG_ACCEPT_DELAY, BACKLOG_CLIENTS, DEFAULT_SCENARIO, SCENARIOS, Scenario
 
 __all__ = [
     "BACKLOG_ACCEPT_DELAY",
+    "BACKLOG_CLIENTS",
     "DEFAULT_SCENARIO",
     "EXPECTED_LABELS_FILE",
     "SCENARIOS",
@@ -113,6 +115,8 @@ class DemoResult:
     png: Path | None  # None when no diagram was drawn
     trace: Trace
     notes: tuple[str, ...] = ()
+    kernel_path: Path | None = None  # NAME.kernel.jsonl, when kernel events were recorded
+    warnings: tuple[str, ...] = ()  # e.g. why kernel events could not be recorded
 
     @property
     def segments(self) -> tuple[Segment, ...]:
@@ -156,14 +160,16 @@ def scenario(name: str) -> Scenario:
 
 
 def run_scenario(name: str, out_dir: str | os.PathLike[str] = ".", *, live: bool | None = None,
-                 draw: bool = True) -> DemoResult:
+                 draw: bool = True, kernel: bool | None = None) -> DemoResult:
     """Run scenario ``name`` live and write ``NAME.pcap``, ``.calls.jsonl``, ``.png`` to ``out_dir``.
 
     ``live=None`` captures when :func:`can_capture`, else reads the shipped
     ``captures/NAME.pcap`` (nothing is written then); ``live=True`` insists
     (PermissionDeniedError without the privilege), ``live=False`` never captures.
-    ``draw=False`` skips the PNG (``DemoResult.png`` is None).  Raises UsageError
-    for an unknown name, OutputError for an unusable ``out_dir``.
+    ``draw=False`` skips the PNG (``DemoResult.png`` is None).  ``kernel`` records the
+    kernel's events too (``NAME.kernel.jsonl``): None when they can be had (else one
+    line in ``warnings`` says why not), False never.  Raises UsageError for an
+    unknown name, OutputError for an unusable ``out_dir``.
     """
     lesson = scenario(name)
     if live is None:
@@ -178,26 +184,72 @@ def run_scenario(name: str, out_dir: str | os.PathLike[str] = ".", *, live: bool
     pcap = out / f"{name}.pcap"
     rec = Recorder()
     captures: list[_Capture] = []
+    recorders: list[Any] = []
+    warnings: list[str] = []
+    from handshake_viz.kernel import kernel_path_for
+    from handshake_viz.kernelio import remove_stale
+
+    kernel_path = kernel_path_for(pcap)
+    remove_stale(pcap)
 
     def start_capture(port: int) -> None:
+        if kernel is not False and lesson.transport == "tcp":
+            recorders.extend(_kernel_recorder(port, warnings))
         cap = _Capture(port, pcap, udp=lesson.transport == "udp")
         captures.append(cap)
         cap.start()
 
     try:
-        notes = lesson.run(rec, start_capture)
-        time.sleep(GRACE)
+        try:
+            notes = lesson.run(rec, start_capture)
+            time.sleep(GRACE)
+        finally:
+            for cap in captures:
+                cap.stop()
+        if not captures:
+            raise CaptureError(f"demo {name}: the scenario never started its capture")
+        written = _write_kernel(recorders, kernel_path, warnings)
     finally:
-        for cap in captures:
-            cap.stop()
-    if not captures:
-        raise CaptureError(f"demo {name}: the scenario never started its capture")
+        for r in recorders:
+            r.close()
     from handshake_viz.trace import calls_path_for, write_calls_jsonl
 
     calls = rec.calls
     calls_path = Path(calls_path_for(pcap))
     write_calls_jsonl(calls, calls_path)
-    return _result(lesson, True, pcap, calls_path, calls, notes, out / f"{name}.png" if draw else None)
+    result = _result(lesson, True, pcap, calls_path, calls, notes, out / f"{name}.png" if draw else None,
+                     kernel=written if written is not None else False)
+    return replace(result, kernel_path=written, warnings=tuple(warnings))
+
+
+def _kernel_recorder(port: int, warnings: list[str]) -> list[Any]:
+    """A started recorder for ``port``, or none (and one line why) when it cannot be had."""
+    from handshake_viz.errors import KernelEventsUnavailable
+    from handshake_viz.kernelio import KernelRecorder
+
+    try:
+        recorder = KernelRecorder(port).start()
+    except KernelEventsUnavailable as exc:
+        warnings.append(f"{exc}; capturing without them")
+        return []
+    warnings.extend(f"warning: {w}" for w in recorder.warnings)
+    return [recorder]
+
+
+def _write_kernel(recorders: list[Any], path: Path, warnings: list[str]) -> Path | None:
+    from handshake_viz.errors import KernelEventsUnavailable
+    from handshake_viz.kernelio import write_kernel_jsonl
+
+    if not recorders:
+        return None
+    try:
+        log = recorders[0].stop()
+    except KernelEventsUnavailable as exc:
+        warnings.append(f"warning: {exc}")
+        return None
+    if log.lost:
+        warnings.append(f"warning: the kernel's trace buffer overflowed: {log.lost} events lost")
+    return write_kernel_jsonl(log, path)
 
 
 def _open_shipped(lesson: Scenario) -> DemoResult:
@@ -215,11 +267,14 @@ def _open_shipped(lesson: Scenario) -> DemoResult:
 
 
 def _result(lesson: Scenario, live: bool, pcap: Path, calls_path: Path, calls: Sequence[Call] | None,
-            notes: Sequence[str], png: Path | None) -> DemoResult:
+            notes: Sequence[str], png: Path | None, *, kernel: Path | bool | None = None) -> DemoResult:
+    """The result of a run: its Trace (``kernel``: the kernel events file, False for none,
+    None for whatever lies beside the capture), notes and, with ``png``, its diagram."""
     from handshake_viz import pipeline
 
     trace = pipeline.load(pcap, calls=calls if calls is not None else
-                          (calls_path if calls_path.exists() else None))
+                          (calls_path if calls_path.exists() else None),
+                          kernel=kernel)
     result = DemoResult(lesson.name, lesson.lesson, live, pcap, calls_path, None, trace, tuple(notes))
     result = replace(result, notes=tuple(notes) + tuple(_lesson_notes(lesson, result)))
     if png is not None:

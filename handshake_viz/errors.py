@@ -6,10 +6,13 @@
      ├── InputError                 the user's input cannot be used (exit status 2)
      │    ├── CaptureFileError      a pcap/pcapng file: missing, not a capture, truncated
      │    ├── TraceFileError        a strace log or calls.jsonl that cannot be read
+     │    ├── KernelFileError       a kernel.jsonl (kernel events) that cannot be read
      │    └── UsageError            a value that makes no sense (port 0, a negative row count)
      │         └── NoSuchConnection a connection number the capture does not have
      ├── CaptureError               live capture failed (interface, socket, …)
-     │    └── PermissionDeniedError capturing or tracing needs root / CAP_NET_RAW
+     │    ├── PermissionDeniedError capturing or tracing needs root / CAP_NET_RAW
+     │    └── KernelEventsUnavailable  no root, no tracefs or no tracepoint: the capture
+     │                                 goes on without kernel events (said in one line)
      ├── TraceError                 running or attaching strace failed
      ├── OutputError                a file cannot be written (path, extension)
      └── WorkerError                the child process analysing a capture died
@@ -18,7 +21,9 @@ Every message is one line that names the file, connection or value and what is
 wrong, in the library's own words (``trace.pcap: record 1234 truncated: 40 of 74
 bytes``; ``trace.pcap: no connection 9: the capture has 3 connections``); the CLI
 prints that line and exits with ``exit_status``, putting its own flag names where
-the library's words map to one (``--conn 9 out of range``).  :func:`os_error` is
+the library's words map to one (``--conn 9 out of range``).  A message may quote a
+file name or a call log's text: the CLI passes it through
+:func:`handshake_viz.text.safe_text` before it reaches a terminal.  :func:`os_error` is
 the one translation of an OSError into these words.
 """
 
@@ -32,6 +37,8 @@ __all__ = [
     "CaptureFileError",
     "HsvizError",
     "InputError",
+    "KernelEventsUnavailable",
+    "KernelFileError",
     "OutputError",
     "PermissionDeniedError",
     "TraceError",
@@ -60,6 +67,10 @@ class TraceFileError(InputError):
     """A strace log or a calls.jsonl file cannot be used."""
 
 
+class KernelFileError(InputError):
+    """A ``.kernel.jsonl`` file (kernel events beside a capture) cannot be used."""
+
+
 class UsageError(InputError):
     """An option value that cannot work (port out of range, --conn out of range, …)."""
 
@@ -79,6 +90,12 @@ class CaptureError(HsvizError):
 
 class PermissionDeniedError(CaptureError):
     """Capturing or tracing needs privileges this process does not have."""
+
+
+class KernelEventsUnavailable(CaptureError):
+    """Kernel events cannot be recorded here (not root, no tracefs, a tracepoint this
+    kernel lacks).  Never fatal: the capture goes on without them, after one line
+    that says which and why."""
 
 
 class TraceError(HsvizError):
@@ -103,6 +120,8 @@ def os_error(exc: OSError, path: object, doing: str, kind: type[HsvizError] = Ou
 
     ``raise os_error(exc, path, "write") from None``.
     """
+    from handshake_viz.text import safe_text
+
     reason = exc.strerror or str(exc) or type(exc).__name__
     shown = _os.fspath(path) if isinstance(path, _os.PathLike) else str(path)
-    return kind(f"{shown}: cannot {doing}: {reason}")
+    return kind(safe_text(f"{shown}: cannot {doing}: {reason}"))

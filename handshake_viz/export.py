@@ -8,6 +8,9 @@ capture's ``.calls.jsonl`` (or ``--calls``); a connection without traced calls g
 the calls inferred from its segments, marked ``(inferred)`` -- never a mixture,
 exactly as the diagram shows them (``--traced-only`` leaves inferred calls out).
 
+With kernel events beside the capture (``X.kernel.jsonl``) a frame the kernel dropped,
+a RST it sent, or a retransmission also says so (``kernel dropped it: NO_SOCKET``).
+
 The copy is lossless: every record of the input is written, in order, with its
 original bytes -- link layer, non-TCP frames, cut frames and all -- so frame
 numbers stay the same and the comments point at the right packets.
@@ -35,15 +38,19 @@ from typing import TYPE_CHECKING
 
 from handshake_viz.errors import CaptureFileError, OutputError
 from handshake_viz.model import Call, CallKind, ConnectionSummary, Direction, Segment
-from handshake_viz.pcapio import CopyResult, copy_to_pcapng
+from handshake_viz.outfile import DEFAULT_MODE
+from handshake_viz.pcapio import CopyResult, Cut, copy_to_pcapng
+from handshake_viz.text import safe_text
 
 if TYPE_CHECKING:  # pragma: no cover
+    from handshake_viz import pipeline
     from handshake_viz.pipeline import Flow
 
 __all__ = [
     "call_comments",
     "default_output",
     "export_capture",
+    "kernel_comments",
 ]
 
 
@@ -88,7 +95,7 @@ def _comment(call: Call, caused: bool) -> str:
     """``connect() pid 1234 fd 3``, ``recvfrom() pid 1240 fd 4 returns 6``,
     ``read() returns 0 (inferred)``."""
     text = _who(call) + ("" if caused else _returns(call))
-    return text + " (inferred)" if call.inferred else text
+    return safe_text(text + " (inferred)" if call.inferred else text)
 
 
 def call_comments(segments: Iterable[Segment], summaries: Sequence[ConnectionSummary],
@@ -127,9 +134,44 @@ def call_comments(segments: Iterable[Segment], summaries: Sequence[ConnectionSum
     return {f: [t for *_, t in sorted(v, key=lambda x: (x[0], x[1]))] for f, v in out.items()}
 
 
+def kernel_comments(trace: pipeline.Trace) -> dict[int, list[str]]:
+    """Frame number -> what the kernel said about it (with ``X.kernel.jsonl``): a drop
+    and its reason, the reason for a RST it sent, a retransmission."""
+    out: dict[int, list[str]] = {}
+    for conn in trace.connections:
+        if conn.kernel is None:
+            continue
+        for k in conn.kernel.segments:
+            notes = []
+            if k.drop is not None:
+                derived = " (derived: accept queue full)" if k.drop.source.value == "accept-queue" else ""
+                notes.append(f"kernel dropped it: {k.drop.reason}{derived}")
+            if k.reset_reason:
+                notes.append(f"kernel sent this RST: {k.reset_reason}")
+            if k.retransmit:
+                notes.append("kernel: retransmission")
+            if notes:
+                out[k.frame] = notes
+    return out
+
+
 # ======================================================================================
 # The whole export, and the CLI subcommand
 # ======================================================================================
+
+
+def _cutter(snaplen: int | None, headers_only: bool) -> Cut | None:
+    """How many bytes of each frame an export keeps, or None to keep them all."""
+    if snaplen is None and not headers_only:
+        return None
+    from handshake_viz.decode import header_length
+
+    limit = snaplen if snaplen is not None else 1 << 32
+
+    def cut(linktype: int, data: bytes) -> int:
+        return min(limit, header_length(linktype, data) if headers_only else len(data))
+
+    return cut
 
 
 def default_output(src: str | os.PathLike[str]) -> Path:
@@ -144,11 +186,17 @@ def default_output(src: str | os.PathLike[str]) -> Path:
 
 def export_capture(src: str | os.PathLike[str], dest: str | os.PathLike[str] | None = None, *,
                    calls: str | os.PathLike[str] | None = None,
-                   traced_only: bool = False) -> tuple[CopyResult, bool]:
+                   traced_only: bool = False, mode: int = DEFAULT_MODE, snaplen: int | None = None,
+                   headers_only: bool = False) -> tuple[CopyResult, bool]:
     """Write the annotated pcapng of ``src`` to ``dest`` (default: :func:`default_output`):
     the calls of its Trace (``calls``, else the ``.calls.jsonl`` beside it; connections
     without traced calls get inferred ones unless ``traced_only``) as packet comments.
     Returns the result and whether any traced call was used.
+
+    For a copy to share, ``snaplen`` keeps at most that many bytes of each frame and
+    ``headers_only`` its headers only (:func:`~handshake_viz.decode.header_length`);
+    every record keeps its length on the wire, so the analysis is the same.
+    ``mode`` is the file's mode (0600).
 
     A capture with neither TCP nor UDP is still copied (with no comments).
     """
@@ -166,7 +214,9 @@ def export_capture(src: str | os.PathLike[str], dest: str | os.PathLike[str] | N
     segments = [s for c in trace.connections for s in c.segments]
     shown = [c for conn in trace.connections for c in conn.calls]
     comments = call_comments(segments, [c.summary for c in trace.connections], shown, datagrams=trace.flows)
-    result = copy_to_pcapng(src, dest_path, comments)
+    for frame, notes in kernel_comments(trace).items():
+        comments.setdefault(frame, []).extend(notes)
+    result = copy_to_pcapng(src, dest_path, comments, mode=mode, cut=_cutter(snaplen, headers_only))
     result.warnings[:0] = [w for w in trace.warnings if w not in result.warnings]
     shown += [c for flow in trace.flows for c in flow.calls if c.frames]
     return result, any(not c.inferred for c in shown)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -344,6 +345,17 @@ class Segment(_TcpHeaderView):
     def is_c2s(self) -> bool:
         return self.dir is Direction.C2S
 
+    def packet(self, capture: str | os.PathLike[str] | None = None) -> Any:
+        """This segment's frame as a scapy packet (``Ether/IP/TCP/Raw`` on Ethernet), so
+        ``.show()``, ``hexdump()`` and the rest of scapy work on it.  ``capture``: the
+        file it came from (default: that of the loaded Trace that holds this segment).
+
+        >>> seg.packet().show()                                   # doctest: +SKIP
+        """
+        from handshake_viz.frames import packet_of
+
+        return packet_of(self, capture)
+
     def to_json(self) -> dict[str, Any]:
         """The ``"type": "segment"`` record of the JSONL schema (parsed from the one
         line writer, ``report.segment_jsonl``: the schema is defined once)."""
@@ -448,6 +460,13 @@ class Datagram:
     @property
     def is_c2s(self) -> bool:
         return self.dir is Direction.C2S
+
+    def packet(self, capture: str | os.PathLike[str] | None = None) -> Any:
+        """This datagram's frame as a scapy packet (``Ether/IP/UDP/Raw``): see
+        :meth:`Segment.packet`."""
+        from handshake_viz.frames import packet_of
+
+        return packet_of(self, capture)
 
     def to_json(self) -> dict[str, Any]:
         """The ``"type": "datagram"`` record of the JSONL schema (from

@@ -40,7 +40,6 @@ import os
 import signal
 import struct
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from handshake_viz.errors import CaptureFileError, OutputError, os_error
+from handshake_viz.outfile import DEFAULT_MODE, AtomicFile, create_live, unlinked
 
 __all__ = [
     "CHUNK",
@@ -269,12 +269,16 @@ class CaptureFile:
     # -- opening ----------------------------------------------------------
 
     def _read_at_least(self, stream: BinaryIO, size: int, minimum: int) -> bytes:
-        """Read up to ``size`` bytes, looping on short reads until ``minimum`` or EOF."""
+        """Read up to ``size`` bytes, looping on short reads until ``minimum`` or EOF.
+
+        Each ``read()`` asks for at most ``CHUNK`` bytes: a record header may claim
+        4 GiB, and ``read(n)`` allocates ``n`` bytes before it reads one, so memory
+        must follow what the file holds, not what it claims."""
         parts: list[bytes] = []
         got = 0
         while True:
             try:
-                data = stream.read(size - got)
+                data = stream.read(min(size - got, CHUNK))
             except (OSError, EOFError, ValueError, zlib.error) as exc:  # ValueError: closed
                 raise CaptureFileError(f"{self.name}: read error: {_why(exc)}") from None
             if not data:
@@ -723,6 +727,14 @@ class PcapWriter:
     and a background thread does the same when no more writes come (a capture
     whose consumer is stuck printing still gets its records onto the disk).
     Per record this costs one lock and one ``bytearray`` extend, not a syscall.
+
+    The file is made new (:func:`~handshake_viz.outfile.create_live`: never through
+    a link, ``mode`` 0600 unless told).  When a write fails (the disk is full) the
+    file is cut back to the last record written whole, so it stays readable by
+    every tool, and the OutputError says how many packets it keeps and how many
+    are lost (:attr:`lost`); every later ``write`` counts its record as lost and
+    raises again.  A file that loses its name while it is written (its directory
+    removed) is an error too, found at the next flush.
     """
 
     def __init__(
@@ -734,23 +746,24 @@ class PcapWriter:
         flush_interval: float = 0.05,
         max_buffer: int = 1 << 20,
         background_flush: bool = True,
+        mode: int = DEFAULT_MODE,
     ) -> None:
         self.path = Path(path)
         self.linktype = linktype
         self.snaplen = snaplen
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
-        self.records = 0
+        self.records = 0  # records given to write()
+        self.on_disk = 0  # records written whole to the file
+        self.lost = 0  # records that will never be in the file
+        self._size = 0  # bytes of header and whole records in the file
         self._buf = bytearray()
+        self._buf_records = 0
         self._pending_since = 0.0
         self._lock = threading.Lock()
-        self._error: OutputError | None = None  # raised by the flusher thread, reported here
-        self._fd: int | None = None
-        try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise os_error(exc, path, "write") from None
-        self._write_all(_PCAP_HEADER.pack(_PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, linktype))
+        self._error: OutputError | None = None  # the first failure, raised by every later call
+        self._fd: int | None = create_live(self.path, mode)
+        self._write_out(_PCAP_HEADER.pack(_PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, linktype), 0)
         self._closing = threading.Event()
         self._flusher: threading.Thread | None = None
         if background_flush:
@@ -771,6 +784,9 @@ class PcapWriter:
     ) -> None:
         """Append one record.  ``ts_ns`` (epoch nanoseconds) wins over ``ts`` (seconds)."""
         if self._error is not None:
+            self.records += 1
+            self.lost += 1
+            self._error_raised = True
             raise self._error
         if self._fd is None:
             raise ValueError("write to a closed PcapWriter")
@@ -793,37 +809,56 @@ class PcapWriter:
             # One extend per record: a signal handler that raises between two
             # bytecodes can never leave half a record in the buffer.
             buf += record
+            self._buf_records += 1
             self.records += 1
             if len(buf) >= self.max_buffer or now - self._pending_since >= self.flush_interval:
-                self._flush_locked()
+                self._flush_raising()
 
     def maybe_flush(self, now: float | None = None) -> None:
-        """Flush if the oldest pending record has waited ``flush_interval`` or more."""
+        """Flush if the oldest pending record has waited ``flush_interval`` or more;
+        raises the writer's error, if any, even when nothing is pending."""
+        if self._error is not None:
+            self._error_raised = True
+            raise self._error
         if self._buf and (now if now is not None else time.monotonic()) - self._pending_since >= self.flush_interval:
             self.flush()
 
     def flush(self) -> None:
         with self._lock:
+            self._flush_raising()
+
+    def _flush_raising(self) -> None:
+        """_flush_locked for a caller: the error it raises has reached someone."""
+        try:
             self._flush_locked()
+        except OutputError:
+            self._error_raised = True
+            raise
 
     def _flush_locked(self) -> None:
+        if self._error is not None:
+            raise self._error
         if self._buf and self._fd is not None:
             # SIGINT/SIGTERM are held while the buffer goes out, so a handler that
             # raises cannot make the bytes be written twice or cut in half.
             with _signals_held():
                 data, self._buf = self._buf, bytearray()
-                self._write_all(data)
+                n, self._buf_records = self._buf_records, 0
+                self._write_out(data, n)
 
     def _flush_loop(self) -> None:
         while not self._closing.wait(self.flush_interval):
-            try:
-                self.maybe_flush()
-            except OutputError as exc:
-                self._error = exc
-                return
+            with self._lock:
+                if not self._buf or time.monotonic() - self._pending_since < self.flush_interval:
+                    continue
+                try:
+                    self._flush_locked()
+                except OutputError:
+                    return  # kept in self._error: the capture's next call raises it
 
     def close(self) -> None:
-        """Write what is pending and close the file.  Safe to call more than once."""
+        """Write what is pending and close the file.  Safe to call more than once.
+        Raises the writer's error if no call has raised it yet."""
         if self._fd is None:
             return
         self._closing.set()
@@ -831,23 +866,62 @@ class PcapWriter:
             self._flusher.join()
         with self._lock:
             try:
-                self._flush_locked()
+                if self._error is None:
+                    self._flush_locked()
+                if self._error is None and self._fd is not None and unlinked(self._fd):
+                    self._fail(self._gone())
+            except OutputError:
+                pass
             finally:
                 fd, self._fd = self._fd, None
                 if fd is not None:
                     os.close(fd)
-        if self._error is not None:
+        if self._error is not None and not self._error_raised:
+            self._error_raised = True
             raise self._error
 
-    def _write_all(self, data: bytes | bytearray) -> None:
+    _error_raised = False
+
+    def _fail(self, error: OutputError) -> OutputError:
+        self._error = error
+        return error
+
+    def _write_out(self, data: bytes | bytearray, records: int) -> None:
+        """Write ``data`` (whole records, ``records`` of them, or the file header);
+        on a failure cut the file back to its last whole record and raise."""
         assert self._fd is not None
         view = memoryview(data)
+        done = 0
         try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            while done < len(data):
+                done += os.write(self._fd, view[done:])
         except OSError as exc:
-            raise os_error(exc, self.path, "write") from None
+            whole, kept = _whole_records(data, done) if records else (0, 0)
+            try:
+                os.ftruncate(self._fd, self._size + whole)
+            except OSError:
+                pass
+            self._size += whole
+            self.on_disk += kept
+            self.lost += records - kept
+            reason = exc.strerror or str(exc)
+            if not records and not self.on_disk:
+                raise self._fail(OutputError(str(os_error(exc, self.path, "write")))) from None
+            raise self._fail(OutputError(
+                f"{self.path}: cannot write: {reason}: the file keeps the first "
+                f"{self.on_disk:,} packets, cut back to the last whole record; "
+                f"{self.lost:,} lost")) from None
+        finally:
+            view.release()
+        self._size += len(data)
+        self.on_disk += records
+        if unlinked(self._fd):
+            raise self._fail(self._gone())
+
+    def _gone(self) -> OutputError:
+        self.lost = self.records
+        return OutputError(f"{self.path}: the file was removed while it was written (its directory "
+                           f"deleted?): its {self.records:,} packets are lost")
 
     def __enter__(self) -> PcapWriter:
         return self
@@ -860,6 +934,18 @@ class PcapWriter:
             self.close()
         except Exception:  # noqa: BLE001,S110 - nothing left to report to at interpreter exit
             pass
+
+
+def _whole_records(data: bytes | bytearray, written: int) -> tuple[int, int]:
+    """(bytes, records) of the whole pcap records at the start of ``data`` that lie
+    within its first ``written`` bytes."""
+    pos = count = 0
+    while pos + 16 <= written:
+        end = pos + 16 + _PCAP_RECORD.unpack_from(data, pos)[2]
+        if end > written:
+            break
+        pos, count = end, count + 1
+    return pos, count
 
 
 class _signals_held:
@@ -992,13 +1078,18 @@ class _Source:
         self._raw.close()
 
 
-def _convert(src: _Source, comments: Mapping[int, Sequence[str]], result: CopyResult) -> Iterator[bytes]:
+#: ``cut(linktype, frame)``: how many leading bytes of a frame an export keeps.
+Cut = Callable[[int, bytes], int]
+
+
+def _convert(src: _Source, comments: Mapping[int, Sequence[str]], result: CopyResult,
+             cut: Cut | None = None) -> Iterator[bytes]:
     """The output blocks, one at a time."""
     magic = src.read(4)
     if magic in _PCAP_MAGICS:
-        yield from _from_pcap(src, magic, comments, result)
+        yield from _from_pcap(src, magic, comments, result, cut)
     elif magic == _PCAPNG_MAGIC:
-        yield from _from_pcapng(src, magic, comments, result)
+        yield from _from_pcapng(src, magic, comments, result, cut)
     elif not magic:
         raise CaptureFileError(f"{src.name}: empty file (0 bytes)")
     else:
@@ -1006,15 +1097,18 @@ def _convert(src: _Source, comments: Mapping[int, Sequence[str]], result: CopyRe
 
 
 def _from_pcap(src: _Source, magic: bytes, comments: Mapping[int, Sequence[str]],
-               result: CopyResult) -> Iterator[bytes]:
+               result: CopyResult, cut: Cut | None) -> Iterator[bytes]:
     order, units = _PCAP_MAGICS[magic]
     resol = 9 if units == 1e9 else 6
     head = src.read(20)
     if len(head) < 20:
         raise CaptureFileError(f"{src.name}: pcap file header truncated: {4 + len(head)} of 24 bytes")
     _major, _minor, _zone, _sig, snaplen, network = struct.unpack(order + "HHiIII", head)
+    linktype = network & 0x03FFFFFF
+    if linktype > 0xFFFF:  # a pcapng interface holds 16 bits: no such link type exists
+        raise CaptureFileError(f"{src.name}: {unsupported(linktype)}")
     yield _shb("<")
-    yield _idb("<", network & 0x03FFFFFF, snaplen, resol)
+    yield _idb("<", linktype, snaplen, resol)
     scale = 10 ** resol
     rec = struct.Struct(order + "IIII")
     frame = 0
@@ -1037,14 +1131,18 @@ def _from_pcap(src: _Source, magic: bytes, comments: Mapping[int, Sequence[str]]
         frame += 1
         notes = comments.get(frame, ())
         _count(result, notes)
+        if cut is not None:
+            data = data[: cut(linktype, data)]
+            caplen = len(data)
         yield _epb("<", 0, sec * scale + frac, caplen, origlen, data, b"", notes)
     result.frames = frame
 
 
 def _from_pcapng(src: _Source, magic: bytes, comments: Mapping[int, Sequence[str]],
-                 result: CopyResult) -> Iterator[bytes]:
+                 result: CopyResult, cut: Cut | None) -> Iterator[bytes]:
     order = "<"
     frame = 0
+    linktypes: list[int] = []  # the section's interfaces, for ``cut``
     first = magic
     while True:
         head = first + src.read(8 - len(first)) if first else src.read(8)
@@ -1077,6 +1175,7 @@ def _from_pcapng(src: _Source, magic: bytes, comments: Mapping[int, Sequence[str
             body = bom + rest[:-4]
             # section length -> -1: the comments change it
             body = body[:8] + struct.pack(order + "q", -1) + body[16:]
+            linktypes = []
             yield _block(order, SHB, body)
             continue
         btype, total = struct.unpack(order + "II", head)
@@ -1089,21 +1188,25 @@ def _from_pcapng(src: _Source, magic: bytes, comments: Mapping[int, Sequence[str
                                    "bytes (dropped)")
             break
         block = head + rest
+        if btype == IDB and total >= 20:
+            linktypes.append(struct.unpack_from(order + "H", block, 8)[0])
         if btype not in (EPB, OPB, SPB):
             yield block
             continue
         frame += 1
         notes = comments.get(frame, ())
-        if not notes:
+        if not notes and cut is None:
             yield block
             continue
         _count(result, notes)
-        yield _with_comments(src.name, order, btype, block, notes, frame)
+        yield _with_comments(src.name, order, btype, block, notes, frame, cut, linktypes)
     result.frames = frame
 
 
 def _with_comments(name: str, order: str, btype: int, block: bytes, notes: Sequence[str],
-                   frame: int) -> bytes:
+                   frame: int, cut: Cut | None = None, linktypes: Sequence[int] = ()) -> bytes:
+    """The packet block rewritten as an EPB with ``notes`` added to its options, its
+    frame cut by ``cut`` (to nothing when its interface is unknown)."""
     body = block[8:-4]
     if btype == EPB:
         if len(body) < 20:
@@ -1127,7 +1230,9 @@ def _with_comments(name: str, order: str, btype: int, block: bytes, notes: Seque
         raise CaptureFileError(f"{name}: record {frame}: captured length {caplen} does not fit its block")
     data = body[start:data_end]
     old = _strip_end(order, body[data_end + _pad4(caplen):]) if btype != SPB else b""
-    return _epb(order, iface, (hi << 32) | lo, caplen, origlen, data, old, notes)
+    if cut is not None:
+        data = data[: cut(linktypes[iface], data)] if iface < len(linktypes) else b""
+    return _epb(order, iface, (hi << 32) | lo, len(data), origlen, data, old, notes)
 
 
 def _count(result: CopyResult, notes: Sequence[str]) -> None:
@@ -1137,13 +1242,17 @@ def _count(result: CopyResult, notes: Sequence[str]) -> None:
 
 
 def copy_to_pcapng(src: str | os.PathLike[str], dest: str | os.PathLike[str],
-                 comments: Mapping[int, Sequence[str]]) -> CopyResult:
+                   comments: Mapping[int, Sequence[str]], *, mode: int = DEFAULT_MODE,
+                   cut: Cut | None = None) -> CopyResult:
     """Copy capture ``src`` (pcap or pcapng, possibly gzipped) to pcapng ``dest``, adding
     ``comments[frame]`` to each frame (1-based, as ``decode`` numbers them).
 
-    Writes a temporary file beside ``dest`` and renames it, so a failure never leaves
-    a half-written file.  Raises CaptureFileError for an unusable input and OutputError
-    when ``dest`` cannot be written.
+    ``cut(linktype, frame_bytes)`` gives how many leading bytes of each frame to keep
+    (``--snaplen``, ``--no-payload``); the record keeps its length on the wire.
+    Writes a temporary file beside ``dest`` (``mode``, 0600 by default) and renames it,
+    so a failure never leaves a half-written file and no link is followed.  Raises
+    CaptureFileError for an unusable input and OutputError when ``dest`` cannot be
+    written.
     """
     src_path, dest_path = Path(src), Path(dest)
     name = os.fspath(src)
@@ -1155,32 +1264,12 @@ def copy_to_pcapng(src: str | os.PathLike[str], dest: str | os.PathLike[str],
         raise OutputError(f"{dest_path}: is the input capture; choose another output with -o")
     source = _Source(src_path, name)
     result = CopyResult(dest_path)
-    tmp_name = None
     try:
-        directory = dest_path.parent if str(dest_path.parent) else Path(".")
-        try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{dest_path.name}.", suffix=".tmp", dir=directory)
-        except OSError as exc:
-            raise os_error(exc, dest_path, "write") from None
-        with os.fdopen(fd, "wb") as out:
-            try:
-                for block in _convert(source, comments, result):
-                    out.write(block)
-            except OSError as exc:  # reading errors arrive as CaptureFileError
-                raise os_error(exc, dest_path, "write") from None
-        try:
-            os.chmod(tmp_name, 0o644)  # mkstemp makes it private; a capture copy need not be
-            os.replace(tmp_name, dest_path)
-        except OSError as exc:
-            raise os_error(exc, dest_path, "write") from None
-        tmp_name = None
+        with AtomicFile(dest_path, "wb", mode_bits=mode) as out:
+            for block in _convert(source, comments, result, cut):
+                out.write(block)
     finally:
         source.close()
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
     return result
 
 

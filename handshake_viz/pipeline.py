@@ -4,13 +4,16 @@
 
     frames --decode--> Packet / UdpPacket --track / flows--> Segment / Datagram --+
     strace log, calls.jsonl --trace--> Call --------align (else infer)-------------+--> Trace
+    X.kernel.jsonl --kernel--> kernel events ------kerneljoin (addresses, ports)-----+
 
 Every view reads what this module makes: the text ladder and JSONL (``report``,
 ``analyze``), the diagram (``layout`` then ``draw``), the notebook (``api``), the
 annotated pcapng (``export``), the demo and the traced capture (``session``).  No
 other module chains decode, track and align, and only here is it decided which
 calls a connection shows: the traced ones when a call log has any for it, else
-calls inferred from its segments (marked ``inferred``), never a mixture.
+calls inferred from its segments (marked ``inferred``), never a mixture.  Kernel
+events (``X.kernel.jsonl`` beside ``X.pcap``, written by ``hsviz capture --kernel``)
+are joined here too: ``Trace.kernel`` and each ``Connection.kernel``.
 
 * :func:`load` -- a capture file (and the call log beside it) as a whole Trace;
 * :func:`stream` -- a capture file decoded and tracked record by record, for
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from handshake_viz.errors import CaptureFileError, NoSuchConnection, TraceFileError, UsageError
+from handshake_viz.errors import CaptureFileError, InputError, NoSuchConnection, TraceFileError, UsageError
 from handshake_viz.model import (
     Call,
     ConnectionSummary,
@@ -43,9 +46,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
     from handshake_viz.explain import Explanation
+    from handshake_viz.html import Page
 
     from handshake_viz.decode import CaptureReader
     from handshake_viz.flows import FlowTracker
+    from handshake_viz.kernel import KernelLog
+    from handshake_viz.kerneljoin import KernelConnection, KernelView
     from handshake_viz.track import Tracker
 
 __all__ = [
@@ -54,6 +60,7 @@ __all__ = [
     "LiveTracking",
     "Trace",
     "calls_file_for",
+    "kernel_file_for",
     "load",
     "stream",
     "trace_of_segments",
@@ -85,6 +92,7 @@ class Connection:
     #: The trace's calls on no connection (a listener's bind, a bind that failed on
     #: this connection's port): what :meth:`explain` needs beyond the connection.
     others: tuple[Call, ...] = field(default=(), repr=False, compare=False)
+    kernel: KernelConnection | None = None  # the kernel's account, when X.kernel.jsonl was there
 
     @property
     def conn(self) -> int:
@@ -117,6 +125,24 @@ class Connection:
 
         return plot_connection(self.segments, self.summary, self.calls, ax=ax, time=time,
                                max_rows=max_rows, **style)
+
+    def show(self, *, time: str = "ordered", max_rows: int = 60) -> Page:
+        """The interactive diagram, inline in Jupyter: hover a segment for its record,
+        payload and header bytes, a call for its strace line and timing; zoom, open
+        folds, step with the arrow keys.  Where scripts are not allowed the notebook
+        shows the static picture.  ``.save("x.html")`` writes the page.
+
+        >>> conn.show()                                           # doctest: +SKIP
+        """
+        from handshake_viz.frames import capture_of
+        from handshake_viz.html import build_page
+
+        try:
+            capture: Path | None = capture_of(self.segments[0]) if self.segments else None
+        except UsageError:
+            capture = None  # not loaded from a file: the page shows no header bytes
+        return build_page([self], calls=self.others, capture=capture, time=time,  # type: ignore[arg-type]
+                          max_rows=max_rows, png=True)
 
     def to_dataframe(self) -> Any:
         """The segments as a pandas DataFrame, one row per segment (needs pandas).
@@ -198,8 +224,9 @@ class Flow:
 @dataclass(frozen=True)
 class Trace:
     """A whole capture: its TCP connections, UDP flows, every socket call (those on no
-    connection too: a listening socket's bind and listen, a failed bind), and what
-    decoding noticed."""
+    connection too: a listening socket's bind and listen, a failed bind), what
+    decoding noticed, and the kernel's account when it was recorded (``kernel``:
+    listeners' accept queues, every drop, the log's clock and loss counts)."""
 
     path: Path | None
     connections: tuple[Connection, ...]
@@ -208,6 +235,7 @@ class Trace:
     warnings: tuple[str, ...] = field(default=())
     calls_path: Path | None = None
     records: int = 0  # packet records in the capture (TCP, UDP or neither)
+    kernel: KernelView | None = None
 
     def connection(self, conn: int) -> Connection:
         """Connection number ``conn`` (UsageError naming the range when there is none)."""
@@ -221,6 +249,31 @@ class Trace:
             if f.flow == flow:
                 return f
         raise UsageError(f"{self.path}: no UDP flow {flow} (the capture has {len(self.flows)})")
+
+    def show(self, *, conns: Iterable[int] | None = None, flows: Iterable[int] | None = None,
+             time: str = "ordered", max_rows: int = 60) -> Page:
+        """The interactive diagram of the whole trace (or the connections and flows
+        numbered), inline in Jupyter, with a list to pick one connection: see
+        :meth:`Connection.show`.
+
+        >>> trace.show(conns=[0, 2])                              # doctest: +SKIP
+        """
+        from handshake_viz.html import trace_page
+
+        return trace_page(self, conns=conns, flows=flows, time=time, max_rows=max_rows,  # type: ignore[arg-type]
+                          png=True)
+
+    def packets(self) -> Any:
+        """Every frame of the capture as a scapy ``PacketList`` (``Ether/IP/TCP/Raw`` …),
+        in file order: ``trace.packets().summary()``, ``wrpcap("copy.pcap", …)``.
+
+        >>> trace.packets()[0].show()                             # doctest: +SKIP
+        """
+        from handshake_viz.frames import packet_list
+
+        if self.path is None:
+            raise UsageError("this trace was not read from a capture file: it has no frames to hand over")
+        return packet_list(self.path)
 
     @property
     def loose_calls(self) -> tuple[Call, ...]:
@@ -263,15 +316,30 @@ def calls_file_for(capture: str | Path, calls: str | Path | None = None) -> Path
     ``X.calls.jsonl`` beside capture ``X.pcap`` when it exists, else None."""
     from handshake_viz.trace import calls_path_for
 
-    if calls is not None:
-        path = Path(calls)
+    return _file_for(capture, calls, calls_path_for, TraceFileError)
+
+
+def kernel_file_for(capture: str | Path, kernel: str | Path | None = None) -> Path | None:
+    """The kernel events to use: ``kernel`` when given (it must exist), else
+    ``X.kernel.jsonl`` beside capture ``X.pcap`` when it exists, else None."""
+    from handshake_viz.errors import KernelFileError
+    from handshake_viz.kernel import kernel_path_for
+
+    return _file_for(capture, kernel, kernel_path_for, KernelFileError)
+
+
+def _file_for(capture: str | Path, given: str | Path | None, beside: Callable[[str | Path], Path],
+              missing: type[InputError]) -> Path | None:
+    """``given`` (which must exist), else the file ``beside(capture)`` when it exists."""
+    if given is not None:
+        path = Path(given)
         if not path.is_file():
-            raise TraceFileError(f"{path}: no such file")
+            raise missing(f"{path}: no such file")
         return path
     if str(capture) == "-":
         return None
-    beside = calls_path_for(capture)
-    return beside if beside.is_file() else None
+    found = beside(capture)
+    return found if found.is_file() else None
 
 
 def _read_calls(path: Path | None) -> list[Call]:
@@ -294,10 +362,12 @@ def trace_of_segments(
     warnings: Sequence[str] = (),
     calls_path: Path | None = None,
     records: int = 0,
+    kernel: KernelLog | None = None,
 ) -> Trace:
     """The Trace of tracked segments (and datagrams) and traced calls: the calls are
     aligned with the segments, and each connection gets its own traced calls when it
-    has any, else (``infer``) calls inferred from its segments.
+    has any, else (``infer``) calls inferred from its segments.  With ``kernel`` (the
+    events of an ``X.kernel.jsonl``) every connection gets the kernel's account.
 
     ``summaries`` name the connections to keep (others' segments are ignored), in order.
     """
@@ -336,8 +406,28 @@ def trace_of_segments(
     for f in flows:
         dgrams = tuple(by_flow[f.flow])
         flow_records.append(Flow(f, dgrams, tuple(align.calls_for_flow(f, dgrams, aligned))))
+    view = None
+    if kernel is not None:
+        from dataclasses import replace
+
+        from handshake_viz.kerneljoin import join
+
+        view = join(kernel, [(c.summary, c.segments) for c in connections], aligned, path=kernel.path)
+        connections = [replace(c, kernel=view.connection(c.conn)) for c in connections]
+        warnings = list(warnings) + _kernel_warnings(kernel)
     return Trace(path, tuple(connections), tuple(flow_records), tuple(aligned), tuple(warnings),
-                 calls_path, records)
+                 calls_path, records, view)
+
+
+def _kernel_warnings(log: KernelLog) -> list[str]:
+    """What a kernel log's reader must be told: lost events are never silent."""
+    out = []
+    if log.lost:
+        out.append(f"{log.path}: the kernel's trace buffer overflowed: {log.lost} events lost "
+                   "(the kernel's account has gaps)")
+    if log.sync is None:
+        out.append(f"{log.path}: no clock calibration: kernel times are not on the capture's clock")
+    return out
 
 
 # ======================================================================================
@@ -352,11 +442,14 @@ def load(
     conn: int | Iterable[int] | None = None,
     infer: bool = True,
     udp: bool = True,
+    kernel: str | Path | KernelLog | bool | None = None,
 ) -> Trace:
     """Decode, track and align a capture file into a :class:`Trace`.
 
     ``calls``: an strace log or a ``.calls.jsonl`` (or the Call records themselves);
-    by default ``FILE.calls.jsonl`` beside the capture when it exists.  ``conn`` keeps only those connections'
+    by default ``FILE.calls.jsonl`` beside the capture when it exists.  ``kernel``:
+    an ``X.kernel.jsonl`` (or its KernelLog); by default the one beside the capture
+    when it exists; False: none.  ``conn`` keeps only those connections'
     segments in memory (the rest are still tracked, for numbering).  Connections
     without traced calls get calls inferred from their segments (``infer=False``
     leaves them without).  ``udp`` keeps UDP datagrams as flows.  A capture with
@@ -393,8 +486,26 @@ def load(
             raise NoSuchConnection(path, missing[0], len(summaries))
         summaries = [s for s in summaries if s.conn in wanted]
     traced = list(calls) if given else _read_calls(calls_path)  # type: ignore[arg-type]
-    return trace_of_segments(path, summaries, segments, traced, flows=flows, datagrams=datagrams,
-                             infer=infer, warnings=warnings, calls_path=calls_path, records=records)
+    trace = trace_of_segments(path, summaries, segments, traced, flows=flows, datagrams=datagrams,
+                              infer=infer, warnings=warnings, calls_path=calls_path, records=records,
+                              kernel=_kernel_log(path, kernel))
+    from handshake_viz.frames import remember
+
+    remember(trace)  # seg.packet() finds its file through it
+    return trace
+
+
+def _kernel_log(capture: Path, kernel: str | Path | KernelLog | bool | None) -> KernelLog | None:
+    if kernel is False:
+        return None
+    if kernel is not None and kernel is not True and not isinstance(kernel, (str, Path)):
+        return kernel
+    found = kernel_file_for(capture, kernel if isinstance(kernel, (str, Path)) else None)
+    if found is None:
+        return None
+    from handshake_viz.kernel import read_kernel_jsonl
+
+    return read_kernel_jsonl(found)
 
 
 def _wanted(conn: int | Iterable[int] | None) -> set[int] | None:

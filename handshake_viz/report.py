@@ -12,10 +12,11 @@ from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from handshake_viz.text import clock_text, escape_preview
+from handshake_viz.text import clock_text, escape_preview, safe_text
 from handshake_viz.timing import CallTiming, Wait, call_timing, call_timings
 
 if TYPE_CHECKING:  # pragma: no cover
+    from handshake_viz.kerneljoin import AcceptQueue, KernelConnection, KernelView, SegmentKernel
     from handshake_viz.pipeline import Connection, Trace
 from handshake_viz.model import (
     Analysis,
@@ -46,6 +47,7 @@ __all__ = [
     "format_flow_summary",
     "format_segment",
     "format_summary",
+    "kernel_lines",
     "options_json",
     "packet_fields",
     "segment_jsonl",
@@ -271,10 +273,12 @@ def connection_header(summary: ConnectionSummary) -> str:
     return f"conn {summary.conn}: client {summary.client}  →  server {summary.server}{guess}"
 
 
-def format_segment(seg: Segment, t0: float | None = None) -> str:
+def format_segment(seg: Segment, t0: float | None = None, kernel: SegmentKernel | None = None) -> str:
     """One ladder line: frame, time, direction, label, flags, rel seq/ack, len, analysis, states.
 
     ``t0`` is the time origin (the connection's first segment); default: the segment itself.
+    ``kernel`` (with kernel events) adds each socket's state as the kernel reported it
+    after this segment, in Linux's names, and what the kernel dropped or retransmitted.
     """
     ms = (seg.ts - (seg.ts if t0 is None else t0)) * 1000.0
     arrow = "→" if seg.dir is Direction.C2S else "←"
@@ -285,17 +289,34 @@ def format_segment(seg: Segment, t0: float | None = None) -> str:
         seq = f"seq={seg.rel_seq}"
     detail = f"{seq}{ack} len={seg.length}"
     analysis = f"  [{', '.join(a.value for a in seg.analysis)}]" if seg.analysis else ""
+    states = f"{seg.client_state.value:>12} | {seg.server_state.value:<12}"
+    if kernel is not None:
+        states += f"  {kernel.client or '-':>12} | {kernel.server or '-':<12}"
+        analysis += _kernel_marks(kernel)
     return (
         f"{seg.frame:>7} {ms:>10.3f} ms  {arrow} {seg.label.value:<9} {flag_letters(seg.flags):<4} "
-        f"{detail:<34} {seg.client_state.value:>12} | {seg.server_state.value:<12}{analysis}"
+        f"{detail:<34} {states}{analysis}"
     )
 
 
-def ladder_columns() -> str:
-    return (
+def _kernel_marks(k: SegmentKernel) -> str:
+    marks = []
+    if k.drop is not None:
+        derived = " (derived: accept queue full)" if k.drop.source.value == "accept-queue" else ""
+        marks.append(f"kernel dropped it: {k.drop.reason}{derived}")
+    if k.retransmit:
+        marks.append("kernel retransmitted")
+    if k.reset_reason:
+        marks.append(f"RST because {k.reset_reason}")
+    return f"  <{'; '.join(marks)}>" if marks else ""
+
+
+def ladder_columns(kernel: bool = False) -> str:
+    text = (
         f"{'frame':>7} {'time':>13}  {'':1} {'label':<9} {'flag':<4} {'seq/ack (relative)':<34} "
         f"{'client':>12} | {'server':<12}"
     )
+    return text + f"  {'kernel client':>12} | {'server':<12}" if kernel else text
 
 
 def format_summary(s: ConnectionSummary) -> str:
@@ -360,7 +381,7 @@ def timing_note(t: CallTiming) -> str:
 def format_call(call: Call, t0: float | None = None, timing: CallTiming | None = None) -> str:
     ms = (call.start - (call.start if t0 is None else t0)) * 1000.0
     if call.errno is not None:
-        result = f"= -1 {call.errno}"
+        result = f"= -1 {safe_text(call.errno)}"
     elif call.ret is not None:
         result = f"= {call.ret}"
     elif call.inferred:
@@ -371,7 +392,7 @@ def format_call(call: Call, t0: float | None = None, timing: CallTiming | None =
     frames = f"  frames {','.join(map(str, call.frames))}" if call.frames else ""
     fd = "" if call.fd is None else str(call.fd)
     note = timing_note(timing) if timing is not None else ""
-    return f"{'':7} {ms:>10.3f} ms  pid {call.pid} {call.call}({fd}) {result}{tag}{frames}{note}"
+    return f"{'':7} {ms:>10.3f} ms  pid {call.pid} {safe_text(call.call)}({fd}) {result}{tag}{frames}{note}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -396,20 +417,33 @@ def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None,
         s = c.summary
         events = timeline(c.segments, c.calls)
         timed = {id(t.call): t for t in call_timings(c.calls, c.segments)}
+        k = c.kernel
+        facts = {f.frame: f for f in k.segments} if k is not None else {}
         if mode == "jsonl":
             for e in events:
-                yield call_jsonl(e, timed[id(e)]) if isinstance(e, Call) else segment_jsonl(e)  # type: ignore[arg-type]
+                if isinstance(e, Call):
+                    yield call_jsonl(e, timed[id(e)])
+                elif k is None:
+                    yield segment_jsonl(e)
+                else:
+                    yield _with_kernel(segment_jsonl(e), facts.get(e.frame))
         elif mode == "ladder":
             t0 = c.segments[0].ts if c.segments else s.first_ts
             yield connection_header(s)
-            yield ladder_columns()
+            yield ladder_columns(trace.kernel is not None)
             for e in events:
-                yield format_call(e, t0, timed[id(e)]) if isinstance(e, Call) else format_segment(e, t0)  # type: ignore[arg-type]
+                if isinstance(e, Call):
+                    yield format_call(e, t0, timed[id(e)])
+                else:
+                    yield format_segment(e, t0, facts.get(e.frame) if trace.kernel is not None else None)
             yield format_summary(s)
+            if k is not None:
+                yield from connection_kernel_lines(k)
             if explain is not None:
                 yield ""
                 yield from explain(c)
             yield ""
+
     flows = trace.flows if conn is None else ()
     on_flows: set[int] = set()
     for f in flows:
@@ -432,15 +466,136 @@ def trace_lines(trace: Trace, mode: str = "ladder", *, conn: int | None = None,
         yield from (call_jsonl(call, call_timing(call, {})) for call in loose)
         for c in trace.connections:
             if conn is None or c.conn == conn:
-                yield connection_jsonl(c.summary)
+                line = connection_jsonl(c.summary)
+                yield line if c.kernel is None else _with_kernel_json(line, connection_kernel_json(c.kernel))
+        if trace.kernel is not None:
+            yield from kernel_jsonl(trace.kernel)
     elif mode == "summary":
         for c in trace.connections:
             if conn is None or c.conn == conn:
                 yield format_summary(c.summary)
+                if c.kernel is not None:
+                    yield from connection_kernel_lines(c.kernel)
         yield from (format_flow_summary(f.summary) for f in flows)
+        if trace.kernel is not None:
+            yield from kernel_lines(trace.kernel)
     elif loose:
         first = [c.summary.first_ts for c in trace.connections] + [f.summary.first_ts for f in trace.flows]
         t0 = min(first) if first else loose[0].start
         yield "calls on no captured connection:"
         for call in loose:
             yield format_call(call, t0, call_timing(call, {}))
+    if mode == "ladder" and trace.kernel is not None:
+        if loose:
+            yield ""
+        yield from kernel_lines(trace.kernel)
+
+
+# ----------------------------------------------------------------------------------------
+# The kernel's account (only with kernel events: X.kernel.jsonl)
+# ----------------------------------------------------------------------------------------
+
+
+def connection_kernel_lines(k: KernelConnection) -> Iterator[str]:
+    """After a connection's summary: the agreement line, the time spent in the states
+    a lesson is about, drops and retransmissions the kernel reported."""
+    from handshake_viz.kerneljoin import agreement_line
+
+    yield agreement_line(k)
+    shown = [p for p in k.periods if p.state in _TIMED and p.duration is not None]
+    if shown:
+        yield "kernel: " + ", ".join(f"{p.side} {p.state.value} {p.duration * 1000:.3f} ms" for p in shown)  # type: ignore[operator]
+    for d in k.drops:
+        where = f"frame {d.frame}" if d.frame is not None else "a segment not captured"
+        how = "derived: the accept queue was full" if d.source.value == "accept-queue" else "kfree_skb"
+        yield f"kernel dropped {where}: {d.reason} ({how})"
+
+
+_TIMED = {TcpState.SYN_SENT, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_2, TcpState.LAST_ACK, TcpState.FIN_WAIT_1}
+
+
+def _queue_text(q: AcceptQueue) -> str:
+    backlog = f"backlog {q.backlog}, Linux queues up to {q.limit}" if q.backlog is not None else "backlog not traced"
+    depth = f"up to {q.max_depth} waiting for accept()" if q.dequeues_known else \
+        f"{q.max_depth} queued (accept() not traced: the depth only grows)"
+    text = f"accept queue of {q.listener}: {depth} ({backlog})"
+    if q.overflows:
+        frames = ", ".join(str(d.frame) for d in q.overflows)
+        text += f"; SYN dropped because it was full: frame {frames}"
+    return text
+
+
+def kernel_lines(view: KernelView) -> Iterator[str]:
+    """After the whole ladder: the accept queues, the log's loss and clock."""
+    for q in view.listeners:
+        yield _queue_text(q)
+    log = view.log
+    clock = (f"clock offset known to ±{log.sync.uncertainty * 1e6:.1f} µs" if log.sync is not None
+             else "clock not calibrated")
+    other = f", {log.unattributed_drops} drops elsewhere" if log.unattributed_drops else ""
+    yield (f"kernel events: {len(log.events)} from {len(log.recorded)} tracepoints, {log.lost} lost, "
+           f"{clock}{other}")
+    if log.missing:
+        yield f"kernel events not recorded (this kernel lacks them): {', '.join(log.missing)}"
+
+
+def _with_kernel_json(line: str, obj: dict[str, Any]) -> str:
+    """A JSONL object line with ``"kernel": obj`` added at its end."""
+    return f'{line[:-1]}, "kernel": {json.dumps(obj)}}}'
+
+
+def _with_kernel(line: str, facts: SegmentKernel | None) -> str:
+    return line if facts is None else _with_kernel_json(line, segment_kernel_json(facts))
+
+
+def segment_kernel_json(k: SegmentKernel) -> dict[str, Any]:
+    """A segment line's ``"kernel"`` object: each socket's state after it (Linux names),
+    the receiver's probe values where one matched, a drop, a retransmission."""
+    out: dict[str, Any] = {"state": {"client": k.client, "server": k.server}}
+    if k.probe is not None:
+        out.update(k.probe.values())
+    if k.drop is not None:
+        out["drop"] = {"reason": k.drop.reason, "source": k.drop.source.value}
+    if k.retransmit:
+        out["retransmit"] = True
+    if k.reset_reason:
+        out["reset_reason"] = k.reset_reason
+    return out
+
+
+def connection_kernel_json(k: KernelConnection) -> dict[str, Any]:
+    """A connection line's ``"kernel"`` object."""
+    def steps(seq: Any) -> list[Any]:
+        return [[s.new.value, s.ts] for s in seq]
+
+    return {
+        "agree": k.agree,
+        "compared": k.compared,
+        "states": {"client": steps(k.client_steps), "server": steps(k.server_steps)},
+        "checks": [{"side": c.side.value, "frame": c.frame,
+                    "inferred": c.inferred.value if c.inferred else None,
+                    "kernel": c.kernel.new.value if c.kernel else None,
+                    "kernel_ts": c.kernel.ts if c.kernel else None,
+                    "verdict": c.verdict.value, "note": c.note} for c in k.checks],
+        "periods": [{"side": p.side.value, "state": p.state.value, "start": p.start, "end": p.end}
+                    for p in k.periods],
+    }
+
+
+def kernel_jsonl(view: KernelView) -> Iterator[str]:
+    """The ``"listener"`` lines (accept queues) and the ``"kernel"`` line (the log)."""
+    for q in view.listeners:
+        yield json.dumps({
+            "type": "listener", "ip": q.listener.ip, "port": q.listener.port, "backlog": q.backlog,
+            "max_depth": q.max_depth, "dequeues_known": q.dequeues_known,
+            "queue": [[c.ts, c.depth, c.conn, c.cause.value] for c in q.changes],
+            "overflows": [d.frame for d in q.overflows],
+        })
+    log = view.log
+    yield json.dumps({
+        "type": "kernel", "events": len(log.events), "lost": log.lost,
+        "sync": log.sync.to_json() if log.sync else None, "recorded": list(log.recorded),
+        "missing": list(log.missing), "unattributed_drops": log.unattributed_drops,
+        "drops": [{"ts": d.ts, "reason": d.reason, "source": d.source.value, "frame": d.frame, "conn": d.conn}
+                  for d in view.drops],
+    })

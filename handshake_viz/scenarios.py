@@ -25,10 +25,12 @@ from handshake_viz.errors import CaptureError
 from handshake_viz.model import Endpoint
 from handshake_viz.recorder import HOST, SOCKET_TIMEOUT, Recorder
 
-__all__ = ["BACKLOG_ACCEPT_DELAY", "DEFAULT_SCENARIO", "SCENARIOS", "Scenario", "StartCapture"]
+__all__ = ["BACKLOG_ACCEPT_DELAY", "BACKLOG_CLIENTS", "DEFAULT_SCENARIO", "SCENARIOS", "Scenario", "StartCapture"]
 
 #: How late the ``backlog`` server calls accept(), in seconds.
 BACKLOG_ACCEPT_DELAY = 0.3
+#: Clients of the ``backlog`` lesson: listen(1) queues two, the third SYN is dropped.
+BACKLOG_CLIENTS = 3
 DEFAULT_SCENARIO = "echo"
 
 
@@ -292,16 +294,18 @@ def _scenario_backlog(rec: Recorder, start_capture: StartCapture) -> list[str]:
         rec.recv(cli)  # waits until the server finally accepts and replies
         rec.close(cli)
 
-    for k in (1, 2):
+    for k in range(1, BACKLOG_CLIENTS + 1):
         threads.start(client, k, name=f"client{k}")
+        time.sleep(0.01)  # one after the other: the queue fills in order
     time.sleep(BACKLOG_ACCEPT_DELAY)  # the server is busy: nobody calls accept()
-    for _ in range(2):
+    for _ in range(BACKLOG_CLIENTS):
         conn = rec.accept(srv)
         _upper_echo(rec, conn)
     rec.close(srv)
     threads.join()
     return [(f"listen(1) and accept() called {BACKLOG_ACCEPT_DELAY * 1000:.0f} ms late: the kernel "
-             "completes both handshakes and queues the connections; the clients' data waits too")]
+             "completes two handshakes and queues them (Linux queues backlog + 1); the third SYN "
+             "finds the queue full, is dropped without an answer and sent again a second later")]
 
 
 def _scenario_multi_client(rec: Recorder, start_capture: StartCapture) -> list[str]:
@@ -375,8 +379,9 @@ SCENARIOS: dict[str, Scenario] = {
                  _scenario_reset),
         Scenario("time-wait", "the side that closes first sits in TIME-WAIT: a restart's bind() "
                  "fails with EADDRINUSE until SO_REUSEADDR", _scenario_time_wait),
-        Scenario("backlog", "listen(1) and a late accept(): the kernel completes the handshakes "
-                 "before accept() is called", _scenario_backlog, time="real"),
+        Scenario("backlog", "listen(1), three clients and a late accept(): the kernel completes two "
+                 "handshakes before accept() is called and drops the third SYN", _scenario_backlog,
+                 time="real"),
         Scenario("multi-client", "a threaded server and three concurrent clients: several "
                  "connections in one capture", _scenario_multi_client),
         Scenario("udp", "the same echo over UDP: no handshake, no ACKs, no close",

@@ -15,10 +15,13 @@ Order of events, running a command (``command=[...]``)
 ------------------------------------------------------
 1. Before anything starts: strace must exist and the command must be found
    (one-line errors, nothing captured).
-2. The capture opens its socket; once it is *ready* (every matching segment
-   from now on is caught) strace starts the command, by default as the user
-   who ran ``sudo`` (``SUDO_UID``), not as root: strace ``-u`` switches users,
-   so strace itself keeps the right to trace.
+2. The capture opens its socket; with ``privileges`` (``hsviz capture`` as root)
+   it then drops to the user who ran sudo (:mod:`handshake_viz.privilege`), after
+   arming the watchdog that ends the command if hsviz dies.  Once it is *ready*
+   (every matching segment from now on is caught, the pcap open) strace starts the
+   command as that user: strace runs unprivileged and traces its own child.  (With
+   ``--as-root``, for a real root login, strace starts before the drop instead.)
+   strace writes its log into a FIFO; :class:`StraceLog` saves it to ``X.strace``.
 3. When the command exits -- strace exits when the command and everything it
    started have -- the capture keeps running for ``grace`` seconds (the last
    FIN/ACK of a close is often still in flight), then stops.
@@ -33,8 +36,9 @@ Order of events, running a command (``command=[...]``)
 
 Attaching (``pids=[...]``)
 --------------------------
-strace attaches *before* the capture opens, so a wrong pid or a missing
-permission is reported before anything is captured.  When the capture stops,
+strace attaches *before* the capture opens (and before the privilege drop: it
+needs root to trace another user's processes), so a wrong pid or a missing
+permission is reported before anything is captured, and no file is left.  When the capture stops,
 strace detaches and the processes keep running.  If every traced process exits
 first, the capture stops ``grace`` seconds later, as for a command.  Calls that
 were blocked when strace attached appear to start at that moment.
@@ -55,6 +59,7 @@ import contextlib
 import os
 import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,19 +67,23 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from handshake_viz.capture import (
+    DEFAULT_SNAPLEN,
     CaptureResult,
     CaptureStats,
     LiveCapture,
     default_output_name,
 )
-from handshake_viz.errors import HsvizError, TraceError, UsageError
+from handshake_viz.errors import HsvizError, OutputError, TraceError, UsageError
 from handshake_viz.model import Call, Packet, UdpPacket
+from handshake_viz.outfile import DEFAULT_MODE, check_target, create_live, unlinked
+from handshake_viz.privilege import PrivilegedSetup
 from handshake_viz.trace import StraceParse, calls_path_for, write_calls_jsonl
-from handshake_viz.tracer import TracedProcess, attach, find_strace, start_traced
+from handshake_viz.tracer import TracedProcess, Watchdog, attach, find_strace, start_traced
 
 __all__ = [
     "DEFAULT_GRACE",
     "SessionResult",
+    "StraceLog",
     "TracedCapture",
     "describe_status",
     "strace_path_for",
@@ -129,6 +138,108 @@ class SessionResult:
     still_running: tuple[int, ...] = ()
     unparsed: int = 0
     problems: list[str] = field(default_factory=list)
+    faults: list[str] = field(default_factory=list)  # what went wrong writing the strace log
+
+
+class StraceLog:
+    """strace's log on its way to ``X.strace``.
+
+    strace writes into a FIFO in a private directory, and this process saves what
+    comes out.  So ``X.strace`` is made by the user after the privilege drop (never
+    by root, never through a link, ``mode`` 0600), even when strace itself had to
+    start as root before it (``--trace-pid``); and a full disk is met here, where
+    the file is cut back to its last whole line and the lines that could not be
+    kept are counted (:attr:`fault`).  A FIFO rather than a pipe: strace would
+    pass an inherited pipe descriptor on to the command it starts, shifting the
+    command's own descriptor numbers.
+
+    Order: make it (``fifo`` is what strace's ``-o`` names), start strace, call
+    :meth:`start` (after the drop: creates the file, starts the copying thread),
+    and :meth:`finish` once strace has exited.  Never started (an attach that
+    failed, a capture that never got ready), it leaves no file behind.
+    """
+
+    def __init__(self, path: Path, mode: int = DEFAULT_MODE) -> None:
+        self.path = path
+        self.mode = mode
+        self.fault: str | None = None
+        self.lines = 0  # whole lines in the file
+        self.lost = 0  # lines that could not be written
+        self._dir: str | None = tempfile.mkdtemp(prefix="hsviz-strace-")
+        self.fifo = os.path.join(self._dir, "log")
+        os.mkfifo(self.fifo, 0o600)
+        self._read = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        os.set_blocking(self._read, True)
+        # Our own writer keeps the FIFO from reading as ended before strace opens it,
+        # and until finish() says strace is gone.
+        self._hold: int | None = os.open(self.fifo, os.O_WRONLY | os.O_CLOEXEC)
+        self._fd: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def remove_fifo(self) -> None:
+        """Remove the FIFO's name once strace has it open (or never will)."""
+        if self._dir is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.fifo)
+            with contextlib.suppress(OSError):
+                os.rmdir(self._dir)
+            self._dir = None
+
+    def start(self) -> None:
+        """Create ``X.strace`` and copy the log into it from now on (OutputError)."""
+        self._fd = create_live(self.path, self.mode)
+        self._thread = threading.Thread(target=self._copy, name="hsviz-strace-log", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        fd = self._fd
+        assert fd is not None
+        size = 0  # bytes in the file
+        whole = 0  # bytes in the file up to the end of its last whole line
+        while chunk := os.read(self._read, 1 << 16):
+            if not size:
+                self.remove_fifo()  # strace has it open: no name left behind, even after a SIGKILL
+            if self.fault is not None:
+                self.lost += chunk.count(b"\n")
+                continue
+            done = 0
+            try:
+                while done < len(chunk):
+                    done += os.write(fd, chunk[done:])
+            except OSError as exc:
+                cut = chunk.rfind(b"\n", 0, done) + 1  # 0: no line ended in what was written
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size + cut if cut else whole)
+                self.lines += chunk.count(b"\n", 0, cut)
+                self.lost += chunk.count(b"\n", cut)
+                self.fault = f"cannot write: {exc.strerror or exc}"
+                continue
+            size += len(chunk)
+            self.lines += chunk.count(b"\n")
+            if (last := chunk.rfind(b"\n")) >= 0:
+                whole = size - len(chunk) + last + 1
+            if unlinked(fd):
+                self.fault = "the file was removed while it was written (its directory deleted?)"
+                self.lost, self.lines = self.lines, 0
+
+    def finish(self) -> str | None:
+        """strace has exited: copy what is left, close, and say what went wrong (None: nothing)."""
+        if self._hold is not None:
+            os.close(self._hold)
+            self._hold = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for fd in (self._read, self._fd):
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._read, self._fd = -1, None
+        self.remove_fifo()
+        if self.fault is None:
+            return None
+        return (f"{self.path}: {self.fault}: the log keeps its first {self.lines:,} lines, cut back "
+                f"to the last whole line; {self.lost:,} lines lost")
 
 
 def _alive(pid: int) -> bool:
@@ -182,6 +293,11 @@ class TracedCapture:
         stdin: IO[Any] | int | None = None,
         stdout: IO[Any] | int | None = None,
         stderr: IO[Any] | int | None = None,
+        privileges: PrivilegedSetup | None = None,
+        as_root: bool = False,
+        mode: int = DEFAULT_MODE,
+        snaplen: int = DEFAULT_SNAPLEN,
+        headers_only: bool = False,
     ) -> None:
         if bool(command) == bool(pids):
             raise UsageError("trace either a command (after --) or running processes (--trace-pid), one of them")
@@ -198,20 +314,27 @@ class TracedCapture:
         self.as_user = as_user
         self.grace = grace
         self.on_ready = on_ready
+        self.privileges = privileges
+        self.as_root = as_root
+        self.file_mode = mode
         self._stdio = (stdin, stdout, stderr)
         self.live = LiveCapture(
             port, iface=iface, output=output if output is not None else default_output_name(),
             count=count, timeout=timeout,
             on_ready=self._ready, on_packet=on_packet, on_status=on_status,
-            handle_signals=handle_signals,
+            handle_signals=handle_signals, privileges=privileges, mode=mode, headers_only=headers_only,
+            snaplen=snaplen,
         )
         self.output = self.live.output
+        self.log: StraceLog | None = None
+        self._guard: Watchdog | None = None
         self.strace_log = strace_path_for(self.output)
         self.calls_path = calls_path_for(self.output)
         self.traced: TracedProcess | None = None
         self._finishing = threading.Event()
         self._watcher: threading.Thread | None = None
         self._ran = False
+        self._faults: list[str] = []
         self.ended_command = False  # the capture stopped first and we ended the command
         self.calls_written: Path | None = None  # set once the calls file is written
 
@@ -233,22 +356,35 @@ class TracedCapture:
         if self._ran:
             raise UsageError("a TracedCapture runs once")
         self._ran = True
-        if self.pids:
-            self.traced = attach(self.pids, self.strace_log)
-            self._start_watcher()
         try:
+            if self.pids:  # attaching needs privilege: before the capture drops it
+                self.log = StraceLog(self.strace_log, self.file_mode)
+                self.traced = attach(self.pids, self.strace_log, log_to=self.log.fifo,
+                                     watchdog=self.privileges is not None)
+                self.log.remove_fifo()
+            if self.privileges is None:
+                self._check_outputs()
+            else:
+                self.privileges.after.append(self._check_outputs)
+                if self.command:  # armed while this interpreter may still be run
+                    self.privileges.add(self._arm_watchdog)
+                if self.command and self.as_root:  # root's full rights: started before the drop
+                    self.privileges.add(self._start_command)
             result = self.live.run()
             status, terminated = self._finish_tracing()
         except BaseException:  # an error, or a second Ctrl-C: end tracing, keep what there is
             self._finish_tracing()
-            if self.live.ready.is_set():
+            if self.log is not None and self.log.path.exists() and self.live.ready.is_set():
                 with contextlib.suppress(HsvizError):
                     self._write_calls()
-            elif self.strace_log.exists() and self.strace_log.stat().st_size == 0:
-                with contextlib.suppress(OSError):
-                    self.strace_log.unlink()  # nothing was captured: leave nothing behind
             raise
-        calls, parse = self._write_calls()
+        try:
+            calls, parse = self._write_calls()
+        except OutputError as exc:
+            if not self._faults:
+                raise
+            # The strace log failed first (a full disk): that is the cause to name.
+            raise OutputError(f"{self._faults[0]}; and {exc}") from None
         return SessionResult(
             capture=result,
             mode=self.mode,
@@ -261,19 +397,51 @@ class TracedCapture:
             still_running=tuple(p for p in self.pids if _alive(p)),
             unparsed=parse.unparsed,
             problems=list(parse.problems),
+            faults=list(self._faults),
         )
 
+    def _check_outputs(self) -> None:
+        """The strace log and the calls file may be written (as the user, after the
+        drop): checked before the pcap is made, so a refused name leaves nothing."""
+        check_target(self.strace_log)
+        check_target(self.calls_path)
+
+    def _arm_watchdog(self) -> None:
+        """The watchdog that ends the command if hsviz dies, made before the drop and
+        dropping itself to the same user (it must be able to kill what runs as them)."""
+        assert self.privileges is not None
+        t = self.privileges.target
+        self._guard = Watchdog("kill", None if self.as_root else (t.uid, t.gid, t.groups))
+
+    def _start_command(self) -> None:
+        if self.traced is not None:
+            return
+        stdin, stdout, stderr = self._stdio
+        self.log = StraceLog(self.strace_log, self.file_mode)
+        try:
+            self.traced = start_traced(
+                self.command, output=self.strace_log,
+                as_user=None if self.privileges is not None else self.as_user,
+                stdin=stdin, stdout=stdout, stderr=stderr, log_to=self.log.fifo,
+                watchdog=self._guard if self._guard is not None else True,
+            )
+        except BaseException:
+            self.log.finish()
+            self.log = None
+            if self._guard is not None:
+                self._guard.close()
+            raise
+
     def _ready(self) -> None:
-        """The capture is ready: start the command (LiveCapture calls this, main thread)."""
+        """The capture is ready, the pcap open, privileges dropped: save strace's log,
+        start the command (LiveCapture calls this, main thread)."""
         if self.on_ready is not None:
             self.on_ready()
         if self.command:
-            stdin, stdout, stderr = self._stdio
-            self.traced = start_traced(
-                self.command, output=self.strace_log, as_user=self.as_user,
-                stdin=stdin, stdout=stdout, stderr=stderr,
-            )
-            self._start_watcher()
+            self._start_command()
+        assert self.log is not None
+        self.log.start()
+        self._start_watcher()
 
     def _start_watcher(self) -> None:
         self._watcher = threading.Thread(target=self._watch, name="hsviz-strace-watch", daemon=True)
@@ -297,6 +465,8 @@ class TracedCapture:
             self._watcher.join()
         traced = self.traced
         if traced is None:
+            if self.log is not None:
+                self.log.finish()  # never started: nothing written, the FIFO removed
             return None, False
         if self.command and traced.poll() is None:
             # The capture stopped first (count, timeout, connections, a signal).  The
@@ -309,6 +479,10 @@ class TracedCapture:
             status = traced.stop()
         finally:
             traced.close()
+            if self.log is not None:
+                fault = self.log.finish()
+                if fault is not None:
+                    self._faults.append(fault)
         return status, self.ended_command
 
     def _write_calls(self) -> tuple[list[Call], StraceParse]:
@@ -320,7 +494,7 @@ class TracedCapture:
         calls = list(parse.calls)
         if calls and self.live.stats.packets:
             calls = _aligned(self.output, calls)
-        write_calls_jsonl(calls, self.calls_path)
+        write_calls_jsonl(calls, self.calls_path, mode=self.file_mode)
         self.calls_written = self.calls_path
         return calls, parse
 

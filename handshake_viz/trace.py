@@ -41,19 +41,23 @@ Things strace does that the parser handles (all seen on this machine, strace 6.1
 
 from __future__ import annotations
 
+import errno as errno_mod
 import functools
 import gc
+import ipaddress
 import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import TraceFileError, os_error
 from .model import COUNTS_MESSAGES, SYSCALLS, Call, CallKind, Endpoint, call_kind, normalize_ip
+from .outfile import DEFAULT_MODE, AtomicFile
+from .text import safe_text
 
 __all__ = [
     "ACCEPT_CALLS",
@@ -70,6 +74,7 @@ __all__ = [
     "parse_strace",
     "parse_strace_file",
     "read_calls_jsonl",
+    "strace_line",
     "write_calls_jsonl",
 ]
 
@@ -105,6 +110,10 @@ the kernel (or libc) runs it again, and the trace shows it again."""
 _CONNECT_PENDING = frozenset({"EINPROGRESS", "EALREADY", "EISCONN"})
 
 _MAX_PROBLEMS = 20
+#: Longest line a call log or an strace log may have.  A call record is under a
+#: kilobyte and strace -s 64 lines a few; a longer line is hostile or broken, and
+#: reading it whole could take any amount of memory.
+MAX_LINE = 65536
 _MAX_ARGS = 120
 
 
@@ -130,34 +139,34 @@ class StraceParse:
 # ------------------------------------------------------------ line grammar
 
 _LEADER = re.compile(
-    r"(?:\[pid\s+(?P<p1>\d+)(?:<[^>]*>)?\]\s+|(?P<p2>\d+)(?:<[^>]*>)?\s+)?"
-    r"(?P<ts>\d+\.\d+)\s+(?P<rest>.*)",
+    r"(?:\[pid\s+(?P<p1>\d{1,10})(?:<[^>]*>)?\]\s+|(?P<p2>\d{1,10})(?:<[^>]*>)?\s+)?"
+    r"(?P<ts>\d{1,12}\.\d{1,9})\s+(?P<rest>.*)",
     re.DOTALL,
 )
 _TIME_OF_DAY = re.compile(r"(?:\[pid\s+\d+[^\]]*\]\s+|\d+\S*\s+)?\d\d:\d\d:\d\d")
 _CALL_OPEN = re.compile(r"(\w+)\(")
 _RESUMED = re.compile(r"<\.\.\. (\w+) resumed>\s?(.*)", re.DOTALL)
 _STRACE_MSG = re.compile(r"strace: Process \d+ (?:attached|detached|suspended)")
-_ATTACHED = re.compile(r"strace: Process (\d+) attached")
+_ATTACHED = re.compile(r"strace: Process (\d{1,10}) attached")
 _DECO = r"<(?:->|[^<>]|<[^<>]*>)*>"
 _DECO_RE = re.compile(_DECO)
 _RET = re.compile(
-    r"\s*=\s*(?P<ret>-?\d+|\?|0x[0-9a-fA-F]+)(?P<deco>" + _DECO + r")?"
+    r"\s*=\s*(?P<ret>-?\d{1,20}|\?|0x[0-9a-fA-F]{1,16})(?P<deco>" + _DECO + r")?"
     r"(?:\s+(?P<errno>E[A-Z0-9_?]+)(?:\s+\([^)]*\))?)?"
     r"(?:\s+\((?P<extra>.*?)\))?"
     r"(?P<unavailable>\s+<unavailable>)?"
-    r"\s*(?:<(?P<dur>\d+(?:\.\d+)?)>)?\s*$",
+    r"\s*(?:<(?P<dur>\d{1,12}(?:\.\d{1,9})?)>)?\s*$",
     re.DOTALL,
 )
-_LEADING_FD = re.compile(r"\s*(?P<fd>-?\d+)(?P<deco>" + _DECO + r")?")
-_POLL_FD = re.compile(r"fd=(?P<fd>\d+)(?P<deco>" + _DECO + r")?")
-_SELECT_FD = re.compile(r"(?P<fd>\d+)(?P<deco>" + _DECO + r")?")
+_LEADING_FD = re.compile(r"\s*(?P<fd>-?\d{1,10})(?P<deco>" + _DECO + r")?")
+_POLL_FD = re.compile(r"fd=(?P<fd>\d{1,10})(?P<deco>" + _DECO + r")?")
+_SELECT_FD = re.compile(r"(?P<fd>\d{1,10})(?P<deco>" + _DECO + r")?")
 _STRING_OR_DECO = re.compile(r'"(?:[^"\\]|\\.)*"|(?<=\d)' + _DECO, re.DOTALL)
 _SOCK_DECO = re.compile(r"(?P<kind>[A-Za-z][\w-]*):\[(?P<body>.*)\]", re.DOTALL)
-_ENDPOINT = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.%\w]+)\]|(?P<ip4>\d+\.\d+\.\d+\.\d+)):(?P<port>\d+)")
-_SIN = re.compile(r'sin_port=htons\((?P<port>\d+)\),\s*sin_addr=inet_addr\("(?P<ip>(?:[^"\\]|\\.)*)"\)')
+_ENDPOINT = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.%\w]+)\]|(?P<ip4>\d+\.\d+\.\d+\.\d+)):(?P<port>\d{1,5}(?!\d))")
+_SIN = re.compile(r'sin_port=htons\((?P<port>\d{1,5}(?!\d))\),\s*sin_addr=inet_addr\("(?P<ip>(?:[^"\\]|\\.)*)"\)')
 _SIN6 = re.compile(
-    r'sin6_port=htons\((?P<port>\d+)\).*?inet_pton\(AF_INET6,\s*"(?P<ip>(?:[^"\\]|\\.)*)"', re.DOTALL
+    r'sin6_port=htons\((?P<port>\d{1,5}(?!\d))\).*?inet_pton\(AF_INET6,\s*"(?P<ip>(?:[^"\\]|\\.)*)"', re.DOTALL
 )
 _INTERRUPTED = re.compile(r"resuming interrupted (\w+)")
 _ESCAPE = re.compile(r'\\(x[0-9A-Fa-f]{2}|[0-7]{1,3}|.)', re.DOTALL)
@@ -320,7 +329,7 @@ def _sockaddr(args: str) -> Endpoint | None:
 _MSG_FLAG = re.compile(r"\bMSG_[A-Z_]+")
 _SHUT = re.compile(r"\bSHUT_(?:RDWR|RD|WR)\b")
 _SHUT_NUMBERS = {"0": "SHUT_RD", "1": "SHUT_WR", "2": "SHUT_RDWR"}
-_PLAIN_ENDPOINT = re.compile(r"(?:^|[\s,])(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<ip4>\d+\.\d+\.\d+\.\d+)):(?P<port>\d+)\s*$")
+_PLAIN_ENDPOINT = re.compile(r"(?:^|[\s,])(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<ip4>\d+\.\d+\.\d+\.\d+)):(?P<port>\d{1,5}(?!\d))\s*$")
 
 
 def call_facts(name: str, args: str) -> tuple[tuple[str, ...], str | None, Endpoint | None]:
@@ -914,7 +923,7 @@ class _Builder:
 
 
 def parse_strace(
-    lines: Iterable[str],
+    lines: Iterable[str | None],
     *,
     name: str = "<strace>",
     pid: int | None = None,
@@ -931,7 +940,9 @@ def parse_strace(
     With ``inet_only`` (the default) calls on files, pipes and UNIX sockets are
     dropped: only TCP and UDP sockets (and sockets of unknown kind) remain.
 
-    Never raises on content.
+    Never raises on content: a line longer than :data:`MAX_LINE` (None from a
+    reader that did not keep it) is counted as not understood, numbers longer than
+    any pid, fd or time are not read as numbers.
     """
     p = _Parser(name, pid, thread_groups)
     # The records hold no reference cycles; the cyclic collector only re-scans
@@ -940,6 +951,9 @@ def parse_strace(
     gc.disable()
     try:
         for n, line in enumerate(lines, 1):
+            if line is None or len(line) > MAX_LINE:
+                p.problem(n, f"longer than {MAX_LINE:,} characters")
+                continue
             p.feed(n, line)
         p.close()
         calls = _Builder(p, inet_only).build()
@@ -981,7 +995,7 @@ def parse_strace_file(
     with _open_text(path) as fh:
         try:
             return parse_strace(
-                fh, name=str(path), pid=pid, thread_groups=thread_groups, inet_only=inet_only
+                _bounded_lines(fh), name=str(path), pid=pid, thread_groups=thread_groups, inet_only=inet_only
             )
         except OSError as exc:
             raise os_error(exc, path, "read", TraceFileError) from None
@@ -994,6 +1008,67 @@ class _RecordError(ValueError):
     """A call record that does not fit the schema (internal; becomes TraceFileError)."""
 
 
+#: Deepest JSON nesting a call record may have (a record nests two levels: an
+#: object holding "local": {...} and "frames": [...]).
+MAX_DEPTH = 8
+#: Longest number literal accepted in a call record: 64-bit integers, and floats
+#: as json.dumps writes epoch seconds.  Longer ones cost quadratic time to convert
+#: (Python refuses ints over 4,300 digits) or overflow a float.
+_MAX_INT_DIGITS = 20
+_MAX_FLOAT_CHARS = 32
+#: Times outside this many seconds from the epoch are not a capture's clock.
+_MAX_SECONDS = 1e11
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_ERRNO = re.compile(r"E[A-Z0-9_?]{1,31}")
+_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise _RecordError(f"number with {len(text):,} digits (at most {_MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    if len(text) > _MAX_FLOAT_CHARS:
+        raise _RecordError(f"number {len(text):,} characters long (at most {_MAX_FLOAT_CHARS})")
+    return float(text)
+
+
+def _json_constant(text: str) -> float:
+    raise _RecordError(f"{text} is not a number")
+
+
+_CALL_JSON = json.JSONDecoder(parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
+
+
+def _nesting(line: str) -> int:
+    """How deep the JSON text ``line`` nests (brackets inside strings do not count)."""
+    if line.count("[") + line.count("{") <= MAX_DEPTH:
+        return 0
+    depth = deepest = 0
+    for m in _NESTING.finditer(line):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def _parse_call_line(line: str) -> Any:
+    """One call-log line as JSON, within the bounds above; _RecordError otherwise."""
+    if _nesting(line) > MAX_DEPTH:
+        raise _RecordError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    try:
+        return _CALL_JSON.decode(line)
+    except json.JSONDecodeError as exc:
+        raise _RecordError(f"not JSON ({exc.msg})") from None
+    except RecursionError:  # belt and braces: _nesting should have refused it
+        raise _RecordError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+
+
 def _need(d: Mapping[str, Any], key: str, types: tuple[type, ...], *, optional: bool = False) -> Any:
     if key not in d or d[key] is None:
         if optional:
@@ -1001,12 +1076,39 @@ def _need(d: Mapping[str, Any], key: str, types: tuple[type, ...], *, optional: 
         raise _RecordError(f'missing "{key}"')
     value = d[key]
     if isinstance(value, bool) and bool not in types:
-        raise _RecordError(f'"{key}" must be {types[0].__name__}, not {value!r}')
+        raise _RecordError(f'"{key}" must be {types[0].__name__}, not {_shown(value)}')
     if not isinstance(value, types):
-        raise _RecordError(f'"{key}" must be {types[0].__name__}, not {value!r}')
+        raise _RecordError(f'"{key}" must be {types[0].__name__}, not {_shown(value)}')
     if isinstance(value, float) and not math.isfinite(value):
         raise _RecordError(f'"{key}" must be a finite number')
+    if isinstance(value, str) and _SURROGATE.search(value):
+        raise _RecordError(f'"{key}" is not valid Unicode (a lone surrogate)')
     return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _shown(value: object) -> str:
+    """A short, escaped picture of a bad value for a message."""
+    text = repr(value)
+    return safe_text(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _seconds(d: Mapping[str, Any], key: str, *, optional: bool = False) -> float | None:
+    value = _need(d, key, (int, float), optional=optional)
+    if value is None:
+        return None
+    if not -_MAX_SECONDS < value < _MAX_SECONDS:
+        raise _RecordError(f'"{key}" {_shown(value)} is not a time in epoch seconds')
+    return float(value)
+
+
+def _text(d: Mapping[str, Any], key: str, pattern: re.Pattern[str], what: str) -> str | None:
+    value = _need(d, key, (str,), optional=key != "call")
+    if value is not None and not pattern.fullmatch(value):
+        raise _RecordError(f'"{key}" {_shown(value)} is not {what}')
+    return value  # type: ignore[no-any-return]
 
 
 def _endpoint_json(d: Mapping[str, Any], key: str) -> Endpoint | None:
@@ -1019,7 +1121,11 @@ def _endpoint_json(d: Mapping[str, Any], key: str) -> Endpoint | None:
     port = _need(value, "port", (int,))
     if not 0 <= port <= 65535:
         raise _RecordError(f'"{key}" port {port} out of range')
-    return Endpoint(ip, port)
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise _RecordError(f'"{key}" ip {_shown(ip)} is not an IP address') from None
+    return Endpoint(normalize_ip(ip), port)
 
 
 def _decode_call(d: Any) -> Call:
@@ -1027,9 +1133,10 @@ def _decode_call(d: Any) -> Call:
         raise _RecordError("not a JSON object")
     pid = _need(d, "pid", (int,))
     tid = _need(d, "tid", (int,), optional=True)
-    start = float(_need(d, "start", (int, float)))
-    end_raw = _need(d, "end", (int, float), optional=True)
-    end = start if end_raw is None else float(end_raw)
+    start = _seconds(d, "start")
+    assert start is not None
+    end_raw = _seconds(d, "end", optional=True)
+    end = start if end_raw is None else end_raw
     if end < start:
         raise _RecordError(f"end {end} before start {start}")
     frames = d.get("frames") or []
@@ -1039,7 +1146,8 @@ def _decode_call(d: Any) -> Call:
     if not isinstance(inferred, bool):
         raise _RecordError('"inferred" must be true or false')
     args = _need(d, "args", (str,), optional=True) or ""
-    name = _need(d, "call", (str,))
+    name = _text(d, "call", _NAME, "a system call name")
+    assert name is not None
     flags, how, sockaddr = call_facts(name, args)
     return Call(
         pid=pid,
@@ -1049,7 +1157,7 @@ def _decode_call(d: Any) -> Call:
         start=start,
         end=end,
         ret=_need(d, "ret", (int,), optional=True),
-        errno=_need(d, "errno", (str,), optional=True),
+        errno=_text(d, "errno", _ERRNO, "an errno name"),
         args=args,
         local=_endpoint_json(d, "local"),
         remote=_endpoint_json(d, "remote"),
@@ -1082,44 +1190,63 @@ def calls_path_for(pcap_path: str | os.PathLike[str]) -> Path:
     return p.with_name(stem + ".calls.jsonl")
 
 
-def write_calls_jsonl(calls: Iterable[Call], path: str | os.PathLike[str]) -> int:
+def write_calls_jsonl(calls: Iterable[Call], path: str | os.PathLike[str], *, mode: int = DEFAULT_MODE) -> int:
     """Write one ``Call.to_json()`` object per line; returns how many.
 
-    Raises OutputError when the file cannot be written.
+    The file is written whole under a temporary name and renamed into place
+    (:class:`~handshake_viz.outfile.AtomicFile`: no link followed, ``mode`` 0600
+    unless told).  Raises OutputError when it cannot be written.
     """
     path = Path(path)
     n = 0
-    try:
-        with open(path, "w", encoding="utf-8") as fh:
-            for call in calls:
-                fh.write(json.dumps(call.to_json(), separators=(",", ":"), ensure_ascii=False))
-                fh.write("\n")
-                n += 1
-    except OSError as exc:
-        raise os_error(exc, path, "write") from None
+    with AtomicFile(path, "w", mode_bits=mode) as fh:
+        for call in calls:
+            fh.write(json.dumps(call.to_json(), separators=(",", ":"), ensure_ascii=False))
+            fh.write("\n")
+            n += 1
     return n
+
+
+def _bounded_lines(fh: IO[str], limit: int = MAX_LINE) -> Iterator[str | None]:
+    """The lines of ``fh``, or None for a line longer than ``limit`` characters (its
+    text is read in ``limit``-sized pieces and dropped, never held whole)."""
+    while True:
+        line = fh.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith("\n"):
+            while True:
+                rest = fh.readline(limit)
+                if not rest or rest.endswith("\n"):
+                    break
+            yield None
+            continue
+        yield line
 
 
 def read_calls_jsonl(path: str | os.PathLike[str]) -> list[Call]:
     """Read a calls file.  Blank lines and records of another ``type`` (an
     ``hsviz analyze --jsonl`` stream also holds segments) are skipped.
 
-    Raises TraceFileError ``file: line N: reason`` for the first bad line.
+    The file may come from anyone (it is picked up beside a capture): lines longer
+    than :data:`MAX_LINE`, JSON nested deeper than :data:`MAX_DEPTH`, numbers longer
+    than a 64-bit integer, times beyond any clock, text that is not valid Unicode
+    and names that are not a call's are refused.  Raises TraceFileError
+    ``file: line N: reason`` for the first bad line.
     """
     path = Path(path)
     calls: list[Call] = []
     try:
         with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
+            for n, line in enumerate(_bounded_lines(fh), 1):
+                if line is None:
+                    raise TraceFileError(f"{path}: line {n}: longer than {MAX_LINE:,} characters")
                 if not line.strip():
                     continue
                 try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TraceFileError(f"{path}: line {n}: not JSON ({exc.msg})") from None
-                if isinstance(d, dict) and d.get("type", "call") != "call":
-                    continue
-                try:
+                    d = _parse_call_line(line)
+                    if isinstance(d, dict) and d.get("type", "call") != "call":
+                        continue
                     calls.append(_decode_call(d))
                 except _RecordError as exc:
                     raise TraceFileError(f"{path}: line {n}: {exc}") from None
@@ -1138,13 +1265,120 @@ def load_calls(path: str | os.PathLike[str], **strace_options: Any) -> StracePar
     """
     path = Path(path)
     with _open_text(path) as fh:
-        first = ""
-        for line in fh:
-            if line.strip():
-                first = line.lstrip()[:1]
-                break
+        first = fh.read(MAX_LINE).lstrip()[:1]
     if first == "{":
         calls = read_calls_jsonl(path)
         calls.sort(key=lambda c: c.start)
         return StraceParse(calls, 0, [], {}, 0)
     return parse_strace_file(path, **strace_options)
+
+
+# ------------------------------------------------------------ a call as strace prints it
+
+
+def strace_line(call: Call, data: bytes | None = None) -> str:
+    """``call`` as ``strace -f -ttt -T`` prints it (without ``-yy``'s fd decorations)::
+
+        444  1795321422.640360 connect(18, {sa_family=AF_INET, sin_port=htons(53745),
+        sin_addr=inet_addr("127.0.0.1")}, 16) = 0 <0.000666>
+
+    A call parsed from strace keeps its arguments as strace printed them (shortened);
+    a call the demo's recorder logged is spelled out from its facts (``sendto(18,
+    "hello\\n", 6, 0, NULL, 0)`` for Python's ``send``); ``data`` is what a read returned
+    or a write sent, when the caller knows it (the payload of the segments it is joined
+    to) and the record does not say.  An inferred call was never traced: its line says
+    ``?`` where nothing is known, and gives no duration.
+    """
+    args = call.args if _printed_by_strace(call) else _spelled_out(call, data)
+    if call.errno is not None:
+        try:
+            why = os.strerror(getattr(errno_mod, call.errno))
+        except (AttributeError, TypeError):
+            why = call.errno
+        result = f"-1 {call.errno} ({why})"
+    else:
+        result = "?" if call.ret is None else str(call.ret)
+    if call.kind is CallKind.WAIT and call.ret and call.fd is not None and call.errno is None:
+        result += f" ([{{fd={call.fd}, revents=POLLIN}}])"
+    took = f" <{call.end - call.start:.6f}>" if (call.ret is not None or call.errno) and not call.inferred else ""
+    tid = "?" if call.inferred else call.tid
+    return f"{tid}  {call.start:.6f} {call.call}({args}) = {result}{took}"
+
+
+def _printed_by_strace(call: Call) -> bool:
+    """strace prints a descriptor call's fd first; the demo's recorder does not."""
+    if call.inferred:
+        return False
+    if call.fd is None:  # socket(): strace names the protocol too
+        return call.args.count(",") >= 2
+    return call.args.startswith(f"{call.fd},") or (call.args == str(call.fd) and call.kind is CallKind.CLOSE)
+
+
+def _sockaddr_text(ep: Endpoint | None) -> tuple[str, int]:
+    if ep is None:
+        return "NULL", 0
+    if ":" in ep.ip:
+        return (f'{{sa_family=AF_INET6, sin6_port=htons({ep.port}), sin6_flowinfo=htonl(0), '
+                f'inet_pton(AF_INET6, "{ep.ip}", &sin6_addr), sin6_scope_id=0}}', 28)
+    return f'{{sa_family=AF_INET, sin_port=htons({ep.port}), sin_addr=inet_addr("{ep.ip}")}}', 16
+
+
+# the recorder's data argument: strace-quoted ("hello\n"), or Python's repr (b'hello\n')
+_QUOTED_ARG = re.compile(r'"(?:[^"\\]|\\.)*"' r"|b'(?:[^'\\]|\\.)*'" r'|b"(?:[^"\\]|\\.)*"')
+
+
+def _quoted(call: Call, data: bytes | None) -> str:
+    """The data argument of a send or receive, quoted as strace quotes it."""
+    from handshake_viz.text import escape_preview
+
+    if call.kind is CallKind.RECV and call.ret == 0 and call.errno is None:
+        return '""'
+    quoted = _QUOTED_ARG.match(call.args) if call.kind is CallKind.SEND else None
+    if quoted is None:
+        return escape_preview(data, limit=32) if data else '"…"'
+    text = quoted.group(0)
+    if text.startswith("b"):  # older recordings kept Python's repr of the bytes
+        import ast
+
+        try:
+            return escape_preview(ast.literal_eval(text), limit=32)
+        except (ValueError, SyntaxError):
+            return text
+    return text
+
+
+def _spelled_out(call: Call, data: bytes | None) -> str:
+    """Arguments of a recorded (or inferred) call, in strace's form."""
+    fd = "?" if call.fd is None else str(call.fd)
+    kind = call.kind
+    addr, size = _sockaddr_text(call.sockaddr or (call.remote if kind is CallKind.ACCEPT else None))
+    if kind is CallKind.SOCKET:
+        parts = call.args.split(", ") if call.args else ["AF_INET", "SOCK_STREAM"]
+        return ", ".join(parts + ["IPPROTO_IP"] * (len(parts) < 3))
+    if kind in (CallKind.BIND, CallKind.CONNECT):
+        if call.sockaddr is None and call.remote is not None and kind is CallKind.CONNECT:
+            addr, size = _sockaddr_text(call.remote)
+        return f"{fd}, {addr}, {size}"
+    if kind is CallKind.LISTEN:
+        return f"{fd}, {call.args or '?'}"
+    if kind is CallKind.ACCEPT:
+        return f"{fd}, {addr}, [{size}], SOCK_CLOEXEC"
+    if kind is CallKind.SEND:
+        n = call.nbytes if call.nbytes is not None else "?"
+        dest = f"{addr}, {size}" if call.sockaddr is not None else "NULL, 0"
+        return f"{fd}, {_quoted(call, data)}, {n}, 0, {dest}"
+    if kind is CallKind.RECV:
+        size_arg = call.args if call.args.isdigit() else "?"
+        return f"{fd}, {_quoted(call, data)}, {size_arg}, 0, NULL, NULL"
+    if kind is CallKind.SHUTDOWN:
+        return f"{fd}, {call.how or call.args or '?'}"
+    if kind is CallKind.WAIT:
+        return f"[{{fd={fd}, events=POLLIN}}], 1, 5000"
+    if kind is CallKind.OPTION:
+        parts = call.args.split(", ")
+        if len(parts) == 3:  # SOL_SOCKET, SO_REUSEADDR, 1
+            return f"{fd}, {parts[0]}, {parts[1]}, [{parts[2]}], 4"
+        return f"{fd}, {call.args}" if call.args else fd
+    if kind is CallKind.CLOSE:
+        return fd
+    return f"{fd}, {call.args}" if call.args else fd

@@ -49,10 +49,12 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -62,6 +64,7 @@ from .trace import _BOOKKEEPING, CALLS_OF_INTEREST, StraceParse, parse_strace_fi
 __all__ = [
     "TRACED_SYSCALLS",
     "TracedProcess",
+    "Watchdog",
     "attach",
     "find_strace",
     "start_traced",
@@ -117,8 +120,8 @@ def give_to_sudo_user(paths: Iterable[str | os.PathLike[str] | None]) -> None:
     for path in paths:
         if path is None:
             continue
-        try:
-            os.chown(path, *user)
+        try:  # never through a link: the name may have been swapped for one since
+            os.chown(path, *user, follow_symlinks=False)
         except OSError:
             pass
 
@@ -200,6 +203,147 @@ def _thread_groups(pids: Iterable[int]) -> dict[int, int]:
     return groups
 
 
+# The watchdog: a small process that outlives hsviz.  It is started first (before
+# the privilege drop, while this interpreter can still be run), drops to the user
+# it is told to, and is then handed strace by a pidfd (never a pid that could be
+# reused) over a socket only hsviz holds.  When that socket ends -- hsviz
+# finished, or died, even by SIGKILL -- it acts:
+#   "kill"   (a command hsviz started): SIGKILL to every process under strace,
+#            then strace.  strace is made a child subreaper when it starts, so the
+#            command's orphans stay under it and none escapes to init.
+#   "detach" (--trace-pid): SIGINT to strace, which detaches and leaves the
+#            processes running.  It keeps strace's rights (root), so a dropped
+#            hsviz can still make a root strace detach.
+_WATCHDOG = r"""
+import os, select, signal, socket, sys, time
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+    signal.signal(s, signal.SIG_IGN)
+action, uid, gid, groups = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+if uid >= 0 and os.geteuid() == 0:
+    import ctypes
+    prctl = ctypes.CDLL(None).prctl
+    for cap in range(64):
+        prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+    os.setgroups([int(g) for g in groups.split(",") if g])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+link = socket.socket(fileno=0)
+pidfd = pid = None
+try:
+    while True:
+        msg, fds, _flags, _addr = socket.recv_fds(link, 64, 1)
+        if not msg:
+            break
+        pidfd, pid = fds[0], int(msg)
+except OSError:
+    pass
+if pidfd is None:
+    sys.exit(0)
+def gone():
+    return bool(select.select([pidfd], [], [], 0)[0])
+def below(root):
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/children") as fh:
+                    kids = [int(k) for k in fh.read().split()]
+            except (OSError, ValueError):
+                continue
+            out += kids
+            todo += kids
+    return out
+if action == "detach":
+    if not gone():
+        signal.pidfd_send_signal(pidfd, signal.SIGINT)
+    sys.exit(0)
+for _ in range(500):
+    if gone():
+        break
+    kids = below(pid)
+    if not kids:
+        break
+    for k in kids:
+        try:
+            os.kill(k, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.01)
+if not gone():
+    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+"""
+
+
+class Watchdog:
+    """Ends (``"kill"``) or detaches (``"detach"``) strace and what it traces when this
+    process stops, however it stops (see :data:`_WATCHDOG`).
+
+    Made before strace starts -- before the privilege drop when there is one, with
+    ``user`` (uid, gid, groups) the identity it drops to at once -- and told which
+    strace to watch by :meth:`watch`.  :meth:`release` makes it act now; :meth:`close`
+    also waits for it.
+    """
+
+    def __init__(self, action: Literal["kill", "detach"],
+                 user: tuple[int, int, Sequence[int]] | None = None) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        uid, gid, groups = user if user is not None else (-1, -1, ())
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG, action, str(uid), str(gid),
+                 ",".join(map(str, groups))],
+                stdin=theirs.fileno(), stdout=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            ours.close()
+            raise TraceError(f"cannot start the strace watchdog: {exc.strerror or exc}") from None
+        finally:
+            theirs.close()
+        self._link: socket.socket | None = ours
+
+    def watch(self, strace_pid: int) -> None:
+        """Watch this strace from now on."""
+        assert self._link is not None
+        pidfd = os.pidfd_open(strace_pid)
+        try:
+            socket.send_fds(self._link, [str(strace_pid).encode()], [pidfd])
+        finally:
+            os.close(pidfd)
+
+    def release(self) -> None:
+        """End the link: the watchdog does its action (on what is left) and exits."""
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+
+    def close(self) -> None:
+        self.release()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _strace_preexec(subreaper: bool) -> Callable[[], None] | None:
+    """For a started command: strace adopts the command's orphans (a child subreaper),
+    so the watchdog finds every process to end under it."""
+    if not subreaper:
+        return None
+    from handshake_viz.privilege import PR_SET_CHILD_SUBREAPER, prctl
+
+    def preexec() -> None:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+    return preexec
+
+
 class TracedProcess:
     """strace running a command (:func:`start_traced`) or attached to pids (:func:`attach`).
 
@@ -219,8 +363,10 @@ class TracedProcess:
         pids: Sequence[int] = (),
         thread_groups: Mapping[int, int] | None = None,
         stderr_log: IO[bytes] | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.process = process
+        self.watchdog = watchdog
         self.output = output
         self.argv = tuple(argv)
         self.pids = tuple(pids)
@@ -264,8 +410,11 @@ class TracedProcess:
         if self.process.poll() is not None:
             return self.process.returncode
         if self.pids:  # attached: SIGINT makes strace detach and leave them running
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGINT)
+            if self.watchdog is not None:  # strace is root, we may not be: the watchdog sends it
+                self.watchdog.release()
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.send_signal(signal.SIGINT)
         else:
             # A child signalled before strace has seized it dies under strace's
             # feet ("Unexpected wait status"): wait until it is traced and has
@@ -293,6 +442,9 @@ class TracedProcess:
 
     def close(self) -> None:
         self.stop()
+        if self.watchdog is not None:
+            self.watchdog.close()
+            self.watchdog = None
         if self._stderr_log is not None:
             self._stderr_log.close()
             self._stderr_log = None
@@ -336,8 +488,15 @@ def start_traced(
     stderr: Any = None,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    log_to: str | None = None,
+    watchdog: bool | Watchdog = False,
 ) -> TracedProcess:
     """Run ``argv`` under strace, writing the log to ``output``.
+
+    ``log_to``: strace writes its log there (a FIFO the caller reads and saves to
+    ``output``) instead of creating ``output`` itself.  ``watchdog``: the
+    command and everything it starts die with this process, even when it is killed
+    by SIGKILL (see :data:`_WATCHDOG`).
 
     ``as_user``: ``"sudo"`` (default) runs the command as the user who invoked
     sudo (``SUDO_UID``) when there is one; a ``(uid, gid)`` pair runs it as that
@@ -358,18 +517,29 @@ def start_traced(
     user_pair = sudo_user() if as_user == _SUDO else as_user
     user = _user_name(user_pair) if user_pair is not None else None
     out = Path(output)
-    _prepare_output(out)
+    if log_to is None:
+        _prepare_output(out)
     version = strace_version(exe)
     seccomp = version is not None and version >= (5, 3)
-    cmd = strace_command(out, argv=argv, user=user, exe=exe, seccomp=seccomp)
+    cmd = strace_command(out if log_to is None else log_to, argv=argv, user=user, exe=exe, seccomp=seccomp)
     try:
         proc = subprocess.Popen(
             cmd, stdin=stdin, stdout=stdout, stderr=stderr,
             env=dict(env) if env is not None else None, cwd=cwd,
+            preexec_fn=_strace_preexec(bool(watchdog)),
         )
     except OSError as exc:
         raise TraceError(f"cannot run strace: {exc.strerror or exc}") from None
-    return TracedProcess(proc, out, argv=argv)
+    guard = None
+    if watchdog:
+        try:
+            guard = Watchdog("kill") if watchdog is True else watchdog
+            guard.watch(proc.pid)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    return TracedProcess(proc, out, argv=argv, watchdog=guard)
 
 
 def attach(
@@ -377,8 +547,15 @@ def attach(
     output: str | os.PathLike[str],
     *,
     timeout: float = 5.0,
+    log_to: str | None = None,
+    watchdog: bool = False,
 ) -> TracedProcess:
     """Attach strace to running processes (all their threads and future children).
+
+    ``log_to`` as for :func:`start_traced`; with ``watchdog`` strace is made to
+    detach (by a small process that stays with strace's rights) when
+    :meth:`TracedProcess.stop` is called or this process dies, whatever rights this
+    process has by then.
 
     Returns once every thread of every pid is traced, so nothing they do
     afterwards is missed.  Calls already blocked when strace attaches show as
@@ -392,22 +569,34 @@ def attach(
         if pid <= 0 or not os.path.isdir(f"/proc/{pid}"):
             raise TraceError(f"--trace-pid {pid}: no such process")
     out = Path(output)
-    _prepare_output(out)
+    if log_to is None:
+        _prepare_output(out)
     groups = _thread_groups(pids)
     log = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the TracedProcess, closed by close()
-    cmd = strace_command(out, pids=pids, exe=exe)
+    cmd = strace_command(out if log_to is None else log_to, pids=pids, exe=exe)
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
     except OSError as exc:
         log.close()
         raise TraceError(f"cannot run strace: {exc.strerror or exc}") from None
-    traced = TracedProcess(proc, out, pids=pids, thread_groups=groups, stderr_log=log)
+    try:
+        guard = Watchdog("detach") if watchdog else None
+        if guard is not None:
+            guard.watch(proc.pid)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        log.close()
+        raise
+    traced = TracedProcess(proc, out, pids=pids, thread_groups=groups, stderr_log=log, watchdog=guard)
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
             log.seek(0)
             text = log.read().decode(errors="replace").strip().splitlines()
             log.close()
+            if guard is not None:
+                guard.close()
             last = text[-1] if text else f"strace exited with status {proc.returncode}"
             m = re.search(r"ptrace\(PTRACE_\w+, (\d+)\)", last)
             who = m.group(1) if m else str(pids[0])

@@ -8,9 +8,16 @@ everything and runs as root, the same miss is a failure, never a silent skip.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+#: The user a capture drops to in the tests (``SUDO_UID``): Debian's ``nobody``.
+NOBODY = 65534
 
 
 def in_ci() -> bool:
@@ -38,6 +45,21 @@ def can_capture() -> bool:
 def live() -> None:
     """Capture tests need CAP_NET_RAW: skip outside CI, fail loudly in CI."""
     require(can_capture(), "needs root or CAP_NET_RAW to capture (runs in CI)")
+
+
+@pytest.fixture
+def nobody_dir() -> Iterator[Path]:
+    """A directory that user NOBODY owns, as a sudo user's own directory would be:
+    pytest's ``tmp_path`` lies under a root-only directory the dropped user cannot
+    enter.  Needs root (skip outside CI, fail in CI)."""
+    require(os.geteuid() == 0, "needs root to make a directory for another user (runs in CI)")
+    path = Path(tempfile.mkdtemp(prefix="hsviz-test-"))
+    os.chmod(path, 0o755)
+    os.chown(path, NOBODY, NOBODY)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def make_capture(path, connections: int, exchanges: int, **kw) -> int:  # type: ignore[no-untyped-def]

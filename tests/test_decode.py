@@ -971,6 +971,7 @@ def test_peak_rss_flat_with_packet_count(tmp_path: Path) -> None:
 
 def test_public_names() -> None:
     assert sorted(decode.__all__) == sorted(
-        ["CaptureReader", "DecodeStats", "LINKTYPES", "decode_frame", "ip_packet", "iter_packets", "open_capture"]
+        ["CaptureReader", "DecodeStats", "LINKTYPES", "decode_frame", "header_length", "ip_packet", "iter_packets",
+         "open_capture"]
     )
     assert isinstance(open_capture(io.BytesIO(pcap_bytes([]))), CaptureReader)

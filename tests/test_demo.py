@@ -194,15 +194,22 @@ def test_time_wait_bind_fails_then_reuseaddr_works(out_dir: Path) -> None:
 def test_backlog_accept_returns_well_after_the_handshake(out_dir: Path) -> None:
     r = run("backlog", out_dir)
     assert [c.args for c in calls_named(r, "listen")] == ["1"]
-    assert len(r.summaries) == 2
+    assert len(r.summaries) == demo.BACKLOG_CLIENTS == 3
+    queued, dropped = [], []
     for s in r.summaries:
         segs = conn_segments(r, s.conn)
-        assert labels(segs)[:3] == ["SYN", "SYN-ACK", "ACK"]
-        handshake_ack = segs[2].ts
         (accept,) = [c for c in calls_named(r, "accept4") if c.remote == s.client]
-        assert accept.end - handshake_ack > 0.6 * demo.BACKLOG_ACCEPT_DELAY
         (connect,) = [c for c in calls_named(r, "connect") if c.local == s.client]
-        assert connect.ret == 0 and connect.end < accept.start, "connect() returned before accept()"
+        assert connect.ret == 0
+        if labels(segs)[:3] == ["SYN", "SYN-ACK", "ACK"]:  # queued by the kernel before accept()
+            queued.append(s)
+            assert accept.end - segs[2].ts > 0.6 * demo.BACKLOG_ACCEPT_DELAY
+            assert connect.end < accept.start, "connect() returned before accept()"
+        else:  # listen(1) queues two: the third SYN is dropped and sent again a second later
+            dropped.append(s)
+            assert labels(segs)[:4] == ["SYN", "SYN", "SYN-ACK", "ACK"]
+            assert segs[1].ts - segs[0].ts > 0.9
+    assert len(queued) == 2 and len(dropped) == 1
     assert any("after the handshake's final ACK" in n for n in r.notes)
 
 
@@ -314,5 +321,6 @@ def test_files_written_under_sudo_belong_to_the_user(tmp_path: Path, monkeypatch
     assert main(["demo", "refused", "-o", str(tmp_path)]) == 0
     capsys.readouterr()
     files = sorted(tmp_path.iterdir())
-    assert {p.name for p in files} == {"refused.pcap", "refused.calls.jsonl", "refused.png"}
+    names = {p.name for p in files}
+    assert names - {"refused.kernel.jsonl"} == {"refused.pcap", "refused.calls.jsonl", "refused.png"}
     assert all((p.stat().st_uid, p.stat().st_gid) == (65534, 65533) for p in files)

@@ -99,11 +99,16 @@ def test_half_close_read_returns_zero_while_data_still_flows_back() -> None:
 
 
 def test_backlog_accept_after_the_handshake() -> None:
+    queued, dropped = [], []
     for e in _explained("backlog"):
+        (dropped if "syn.again" in _keys(e) else queued).append(e)
+    assert len(queued) == 2 and len(dropped) == 1  # listen(1) queues two; the third SYN is dropped
+    for e in queued:
         assert "accept.late" in _keys(e)
         [f] = e.findings
         assert f.kind is FindingKind.ACCEPT_LATE and f.numbers["queued_ms"] > 250  # type: ignore[operator]
         assert f.numbers["acked_bytes"] == 20  # the kernel acknowledged the request before accept()
+    assert [f.kind for f in dropped[0].findings] == [FindingKind.SYN_RETRANSMITTED]
 
 
 def test_echo_piggyback_and_no_false_alarm() -> None:

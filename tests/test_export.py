@@ -371,7 +371,7 @@ def test_export_subcommand(tmp_path: Path):
     assert scapy_comments(dest) == {1: ["connect() (inferred)"], 2: ["connect() returns 0 (inferred)"],
                                     3: ["accept() returns (inferred)"],
                                     4: ["write() (inferred)", "read() returns 6 (inferred)"]}
-    assert dest.stat().st_mode & 0o777 == 0o644
+    assert dest.stat().st_mode & 0o777 == 0o600  # payloads inside: private unless --mode widens it
     status, out, err = _run(["export", str(tmp_path / "missing.pcap"), "-o", str(tmp_path / "x.pcapng")])
     assert status == 2 and out == "" and err.count("\n") == 1 and "missing.pcap: no such file" in err
     status, out, err = _run(["export", str(src), "-o", str(tmp_path / "x.png")])

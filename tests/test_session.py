@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import NOBODY
 
 from handshake_viz import cli
 from handshake_viz.api import load
@@ -362,18 +363,28 @@ def test_exit_status_is_reported_not_returned(traced: None, tmp_path: Path) -> N
     assert (tmp_path / "s.calls.jsonl").read_text() == ""
 
 
-def test_command_runs_as_the_sudo_user_unless_as_root(traced: None, tmp_path: Path) -> None:
-    _need(os.geteuid() == 0, "switching users needs root")
-    env = dict(os.environ, SUDO_UID="65534", SUDO_GID="65534")
+def test_command_runs_as_the_sudo_user_and_as_root_only_for_root(traced: None, nobody_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """Under sudo the command runs as who ran sudo; --as-root is refused there (hsviz
+    cannot know whether that user may run it as root) and kept for a real root login."""
+    env = dict(os.environ, SUDO_UID=str(NOBODY), SUDO_GID=str(NOBODY))
     port = str(_free_port())
-    if subprocess.run(["id", "-nu", "65534"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("no user with uid 65534")
-    as_user = _hsviz("capture", "--port", port, "-o", str(tmp_path / "u.pcap"), "--grace", "0",
+    as_user = _hsviz("capture", "--port", port, "-o", str(nobody_dir / "u.pcap"), "--grace", "0",
                      "--", "id", "-u", env=env)
-    as_root = _hsviz("capture", "--port", port, "-o", str(tmp_path / "r.pcap"), "--grace", "0",
+    assert as_user.returncode == 0, as_user.stderr
+    assert as_user.stdout.split()[0] == str(NOBODY)
+    refused = _hsviz("capture", "--port", port, "-o", str(nobody_dir / "r.pcap"), "--grace", "0",
                      "--as-root", "--", "id", "-u", env=env)
-    assert as_user.returncode == 0 and as_root.returncode == 0, as_user.stderr + as_root.stderr
-    assert as_user.stdout.split()[0] == "65534" and as_root.stdout.split()[0] == "0"
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("hsviz: --as-root: refused under sudo") and refused.stderr.count("\n") == 1
+    assert not (nobody_dir / "r.pcap").exists()
+    root_env = {k: v for k, v in os.environ.items() if not k.startswith("SUDO_")}
+    # root without capabilities writes only where root may: not in the user's directory
+    as_root = _hsviz("capture", "--port", port, "-o", str(tmp_path / "root.pcap"), "--grace", "0",
+                     "--as-root", "--", "sh", "-c", "id -u; grep CapEff /proc/self/status", env=root_env)
+    assert as_root.returncode == 0, as_root.stderr
+    uid, caps = as_root.stdout.split("\n")[:2]
+    assert uid == "0" and int(caps.split()[1], 16) != 0  # root's full rights, as asked
 
 
 # --------------------------------------------------------------------------- no strace

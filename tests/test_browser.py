@@ -1,0 +1,245 @@
+"""The interactive page in a real browser: headless Chromium (Debian's `chromium` and
+`chromium-driver`, installed by .ci/run) driven by selenium, nothing downloaded.
+
+Outside CI the tests skip, saying why, when no browser is installed; in CI they fail.
+One browser serves the whole module; each page is made here with the CLI.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_capture, require
+from test_html import HOSTILE, hostile_capture, plot_html
+
+from handshake_viz.frames import read_frames
+from handshake_viz.wire import dissect
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTURES = REPO / "captures"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+#: Without the background-networking flags Chromium tries to reach Google's services,
+#: which this machine's closed network refuses; a fresh profile for every run.
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1400,900")
+OPEN_LIMIT_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        require(False, "needs selenium (pip install -e '.[test]')")
+    require(Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file(),
+            "needs a browser: apt-get install chromium chromium-driver (.ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="hsviz-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_page(driver: Any, path: Path) -> float:
+    """Load the page and wait until it has drawn; returns the seconds that took."""
+    start = time.perf_counter()
+    driver.get(path.resolve().as_uri())
+    while not driver.execute_script("return document.body && document.body.getAttribute('data-ready')"):
+        if time.perf_counter() - start > 10:
+            pytest.fail(f"{path.name}: not drawn after 10 s: {driver.find_element('id', 'loading').text}")
+        time.sleep(0.02)
+    return time.perf_counter() - start
+
+
+def css(driver: Any, selector: str) -> list[Any]:
+    return driver.find_elements("css selector", selector)
+
+
+def segments(driver: Any) -> int:
+    """Segment rows drawn, once all are (past the first screenfuls they come in batches)."""
+    deadline = time.perf_counter() + 10
+    while not driver.execute_script("return document.body.getAttribute('data-drawn')"):
+        assert time.perf_counter() < deadline, "rows still being drawn after 10 s"
+        time.sleep(0.02)
+    return len(css(driver, "g.seg"))
+
+
+def hover(driver: Any, selector: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).move_to_element(css(driver, selector)[0]).perform()
+
+
+def click(driver: Any, selector: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).move_to_element(css(driver, selector)[0]).click().perform()
+
+
+def call_named(driver: Any, label: str) -> str:
+    """The data-call of the call bar whose label starts with ``label``."""
+    return str(driver.execute_script(
+        "return [...document.querySelectorAll('g.call')].find("
+        "g => g.querySelector('.call-label').textContent.startsWith(arguments[0])).dataset.call", label))
+
+
+def details(driver: Any) -> str:
+    return str(driver.find_element("id", "details").text)
+
+
+def errors(driver: Any) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_echo_page_hover_click_jump_keys_screenshot(browser: Any, tmp_path: Path) -> None:
+    page = plot_html(CAPTURES / "echo.pcap", tmp_path / "echo.html")
+    assert open_page(browser, page) < OPEN_LIMIT_S
+    assert segments(browser) == 14
+
+    hover(browser, 'g.seg[data-frame="2"]')  # the SYN-ACK
+    shown = details(browser)
+    assert shown.startswith("#2 SYN-ACK seq=0 ack=1")
+    assert "ack=1" in shown and "SYN-RECEIVED" in shown and "rel_ack" in shown
+    assert "htons(53745)" in shown  # its header bytes, field by field
+
+    accept = call_named(browser, "accept4(13)")
+    click(browser, f'g.call[data-call="{accept}"] rect.bar')  # the server's accept4()
+    shown = details(browser)
+    strace = browser.find_element("css selector", "#details pre.strace").text
+    assert strace.startswith("469  1795321422.635065 accept4(13, {sa_family=AF_INET, sin_port=htons(59958), "
+                             'sin_addr=inet_addr("127.0.0.1")}, [16], SOCK_CLOEXEC) = 19 <0.006103>')
+    assert "waited for" in shown and "a connection whose handshake completed" in shown
+    assert css(browser, f'g.call.selected[data-call="{accept}"]')
+
+    box = browser.find_element("id", "jump-to")
+    box.send_keys("12\n")
+    assert details(browser).startswith("#12 FIN seq=19 ack=19")
+    assert css(browser, 'g.seg.selected[data-frame="12"]')
+
+    from selenium.webdriver.common.keys import Keys
+
+    browser.find_element("id", "stage").send_keys(Keys.ARROW_RIGHT)
+    assert details(browser).startswith("#13 FIN-ACK")
+    browser.find_element("id", "stage").send_keys(Keys.ARROW_LEFT, Keys.ARROW_LEFT)
+    assert details(browser).startswith("#11 PIGGYBACK")
+
+    # the panel's bytes are the frame's, field by field as hsviz show gives them
+    frame = read_frames(CAPTURES / "echo.pcap", [11])[11]
+    rows = [r.text for r in css(browser, "#details table.wire tr:not(.layer):not(.note)")]
+    fields = dissect(frame).fields
+    assert len(rows) == len(fields)
+    for row, f in zip(rows, fields):
+        assert row.startswith(f"{f.offset} {f.hex} {f.name}"), row
+
+    shot = tmp_path / "echo.png"
+    assert browser.save_screenshot(str(shot))
+    png = shot.read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 40_000
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == tuple(browser.execute_script("return [innerWidth, innerHeight]"))
+    assert errors(browser) == []
+
+
+def test_a_fold_opens_in_place_and_closes_again(browser: Any, tmp_path: Path) -> None:
+    pcap = tmp_path / "long.pcap"
+    total = make_capture(pcap, 1, 40)
+    page = plot_html(pcap, tmp_path / "long.html", "--max-rows", "8")
+    open_page(browser, page)
+    assert segments(browser) == 7 and len(css(browser, "g.fold")) == 1
+    fold_top = css(browser, "g.fold rect")[0].rect["y"]
+    click(browser, "g.fold rect")
+    assert segments(browser) == total and not css(browser, "g.fold")
+    first_hidden = css(browser, 'g.seg[data-frame="5"] line.arrow')[0]
+    assert abs(first_hidden.rect["y"] - fold_top) < 40  # opened where it was
+    click(browser, "g.refold rect")
+    assert segments(browser) == 7 and len(css(browser, "g.fold")) == 1
+    # stepping into the folded run opens it too
+    browser.find_element("id", "jump-to").send_keys("20\n")
+    assert segments(browser) == total and details(browser).startswith("#20 ")
+    assert errors(browser) == []
+
+
+def test_several_connections_pick_one(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    page = plot_html(CAPTURES / "multi-client.pcap", tmp_path / "multi.html", "--all")
+    open_page(browser, page)
+    assert segments(browser) == 36
+    picker = Select(browser.find_element("id", "view"))
+    assert [o.text for o in picker.options][0] == "all 3 together" and len(picker.options) == 4
+    picker.select_by_index(2)
+    assert segments(browser) == 12
+    assert browser.find_element("id", "title").text.startswith("conn 1: ")
+    assert errors(browser) == []
+
+
+def test_hostile_capture_shows_its_text_and_runs_none_of_it(browser: Any, tmp_path: Path) -> None:
+    page = plot_html(hostile_capture(tmp_path), tmp_path / "hostile.html")
+    open_page(browser, page)
+    labels = " ".join(t.text for t in css(browser, "g.seg text.detail"))
+    assert "<script>window" in labels and "</svg><svg onl" in labels
+    for frame in (4, 6, 8, 10):
+        click(browser, f'g.seg[data-frame="{frame}"]')
+        assert browser.execute_script("return window.__pwned") is None
+    assert "\\x1b[31mred\\x1b[0m" in details(browser)
+    click(browser, 'g.seg[data-frame="4"]')
+    shown = details(browser)
+    assert HOSTILE[0].decode() in shown and "</pre><script>window.__pwned=4</script>" in shown
+    assert browser.execute_script("return window.__pwned") is None
+    assert not css(browser, "img") and not css(browser, "svg svg")
+    assert len(css(browser, "script")) == 2
+
+
+def test_1000_segments_open_in_under_two_seconds(browser: Any, tmp_path: Path) -> None:
+    pcap = tmp_path / "big.pcap"
+    assert make_capture(pcap, 1, 331) == 1000
+    for options, drawn in (((), 59), (("--max-rows", "0"), 1000)):
+        page = plot_html(pcap, tmp_path / "big.html", *options)
+        assert page.stat().st_size < 2_000_000
+        assert open_page(browser, page) < OPEN_LIMIT_S
+        assert segments(browser) == drawn
+    click(browser, "g.seg")
+    assert details(browser).startswith("#1 SYN")
+
+
+def test_notebook_cell_shows_the_page_or_the_picture(browser: Any, tmp_path: Path) -> None:
+    import handshake_viz as hv
+
+    cell = hv.load(CAPTURES / "echo.pcap").connections[0].show()._repr_mimebundle_()["text/html"]
+    wrapper = "<!DOCTYPE html><html><body>{}</body></html>"
+    (tmp_path / "cell.html").write_text(wrapper.format(cell), encoding="utf-8")
+    browser.get((tmp_path / "cell.html").as_uri())
+    frame = css(browser, "iframe")[0]
+    assert frame.is_displayed() and not css(browser, "img")[0].is_displayed()
+    browser.switch_to.frame(frame)
+    try:
+        deadline = time.perf_counter() + 10
+        while not browser.execute_script("return document.body.getAttribute('data-ready')"):
+            assert time.perf_counter() < deadline
+            time.sleep(0.05)
+        assert segments(browser) == 14
+    finally:
+        browser.switch_to.default_content()
+    # where scripts may not run, the static picture stays
+    blocked = ('<!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" '
+               "content=\"script-src 'none'\"></head><body>{}</body></html>")
+    (tmp_path / "static.html").write_text(blocked.format(cell), encoding="utf-8")
+    browser.get((tmp_path / "static.html").as_uri())
+    assert css(browser, "img")[0].is_displayed() and not css(browser, "iframe")[0].is_displayed()
