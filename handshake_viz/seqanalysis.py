@@ -121,18 +121,18 @@ def scaled_window(fwd: SeqFlow, rev: SeqFlow, flags: int, win: int, raw_options:
     RFC 7323 §2.2: the scale applies only if both SYNs carry the option, and never to
     the window of a SYN itself.  ``fwd`` is the segment's direction, ``rev`` the other.
     """
-    if flags & SYN:
-        ws = parse_options(raw_options).wscale_effective if raw_options else None
-        if flags & ACK:
-            if ws is None or rev.win_scale < 0:
-                fwd.win_scale = rev.win_scale = (
-                    0 if ws is None or rev.win_scale == -2 else fwd.win_scale)
-            else:
-                fwd.win_scale = ws
+    if not flags & SYN:
+        scale = fwd.win_scale
+        return win << scale if scale > 0 else win
+    ws = parse_options(raw_options).wscale_effective if raw_options else None
+    if flags & ACK:
+        if ws is None or rev.win_scale < 0:
+            fwd.win_scale = rev.win_scale = 0 if ws is None or rev.win_scale == -2 else fwd.win_scale
         else:
-            fwd.win_scale = ws if ws is not None else -2
-        return win
-    return win << max(fwd.win_scale, 0)
+            fwd.win_scale = ws
+    else:
+        fwd.win_scale = ws if ws is not None else -2
+    return win
 
 
 def analyze(

@@ -63,7 +63,7 @@ from __future__ import annotations
 import enum
 
 from handshake_viz.model import TcpState
-from handshake_viz.seqnum import ACK, FIN, MASK, RST, SYN, seq_ge
+from handshake_viz.seqnum import ACK, FIN, HALF, MASK, RST, SYN
 from handshake_viz.seqnum import members as _members
 
 __all__ = [
@@ -226,7 +226,7 @@ def is_acceptable(seq: int, seg_len: int, rcv_nxt: int | None) -> bool:
     if rcv_nxt is None:
         return True
     last = seq if seg_len == 0 else (seq + seg_len - 1) & MASK
-    return seq_ge(last, rcv_nxt)
+    return ((last - rcv_nxt) & MASK) < HALF  # last >= rcv_nxt (seqnum.seq_ge, inlined)
 
 
 Events = tuple[Event, ...]
@@ -280,6 +280,8 @@ def after_segment(
 ) -> tuple[TcpState, TcpState]:
     """The sender's and the receiver's states after one segment (arguments as
     :func:`segment_events`)."""
+    if not (flags & (SYN | FIN | RST) or acks_syn or acks_fin):
+        return sender, receiver  # no event either side: most segments the tracker asks about
     key = (flags & (SYN | ACK | FIN | RST), acks_syn, syn_acked, acks_fin, peer_fin_unacked,
            acceptable)
     try:

@@ -9,6 +9,8 @@ endpoints' states.  No packets and no tracker: these are the tables alone
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from handshake_viz.model import TcpState
@@ -211,6 +213,25 @@ def test_events_in_order_sender_then_receiver_ack_before_fin():
     assert segment_events(bits("S"), **FACTS) == ((E.SYN,), (E.SYN,))
     assert segment_events(bits("SA"), **FACTS) == ((E.SYN_ACK,), ())
     assert segment_events(bits("A"), **FACTS) == ((), ())
+
+
+def test_after_segment_is_its_events_through_the_tables():
+    """after_segment (memoised, with a shortcut for segments that are no event) against
+    segment_events walked through next_state, for every combination."""
+    names = list(FACTS)
+    for flags in range(0x20):
+        if flags & FLAG_BITS["P"]:
+            continue  # PSH changes nothing here
+        for values in itertools.product([False, True], repeat=len(names)):
+            facts = dict(zip(names, values))
+            sent, received = segment_events(flags, **facts)
+            for sender, receiver in itertools.product(TcpState, TcpState):
+                want_s, want_r = sender, receiver
+                for event in sent:
+                    want_s = next_state(Role.SENDER, want_s, event)
+                for event in received:
+                    want_r = next_state(Role.RECEIVER, want_r, event)
+                assert after_segment(sender, receiver, flags, **facts) == (want_s, want_r)
 
 
 def test_both_tables_have_a_row_for_every_state():
