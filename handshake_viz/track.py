@@ -53,8 +53,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import fields
-from operator import attrgetter
 from typing import Any, Generic, TypeVar, overload
 
 from handshake_viz.model import (
@@ -134,10 +132,6 @@ _make_segment = fast_constructor(Segment, (
     7, 1.5, 2, Direction.S2C, "10.0.0.1", 1, "::1", 2, 3, 4, 5, None, 6, 0x12, 8, L.SYN_ACK,
     P.HANDSHAKE, (Analysis.DUP_ACK,), TcpState.SYN_SENT, TcpState.LISTEN, b"x", b"\x01", 6))
 
-# A Packet's fields in order: what feed_fields takes.
-_packet_values = attrgetter(*(f.name for f in fields(Packet)))
-
-
 def discard(*fields: object) -> bool:
     """A ``record`` that keeps nothing, for a tracker fed only for its summaries
     (``feed_all``, ``hsviz analyze --summary``): not None, which would mean "not
@@ -213,7 +207,10 @@ class Tracker(Generic[R]):
 
     def feed(self, p: Packet) -> R:
         """Label one packet; the returned Segment's states are those *after* it."""
-        return self.feed_fields(*_packet_values(p))
+        return self.feed_fields(
+            p.frame, p.ts, p.src, p.sport, p.dst, p.dport, p.seq, p.ack, p.flags, p.win,
+            p.length, p.payload, p.raw_options, p.ip_version,
+        )  # fmt: skip
 
     def feed_fields(
         self, frame: int, ts: float, src: str, sport: int, dst: str, dport: int, seq: int,
@@ -252,9 +249,9 @@ class Tracker(Generic[R]):
         make, self._make = self._make, discard
         n = 0
         try:
-            feed = self.feed_fields
+            feed = self.feed
             for p in packets:
-                feed(*_packet_values(p))
+                feed(p)
                 n += 1
         finally:
             self._make = make
@@ -410,8 +407,8 @@ class Tracker(Generic[R]):
         change no RFC 9293 state, write no Zeek history letter and only move a few
         counters.  This method tests exactly the conditions under which that is so
         (the caller has checked: ACK set; SYN, FIN and RST clear) and, if they hold,
-        makes the same updates ``_feed`` would and returns the Segment.  Otherwise it returns None having changed nothing, and ``_feed``
-        takes the segment.
+        makes the same updates ``_feed`` would and returns the Segment.  Otherwise it
+        returns None having changed nothing, and ``_feed`` takes the segment.
 
         Invariants it relies on: ``fwd.nextseq`` is non-zero only after ``_feed`` saw a
         segment this way (which set ``fwd.base``); ``fwd.highest_ack`` is set only by an
@@ -526,9 +523,10 @@ class Tracker(Generic[R]):
             if rev.fin_end is not None and not rev.fin_acked and _seq_ge(ack, rev.fin_end):
                 rev.fin_acked = acks_fin = True
 
-        # The receiver's RCV.NXT is as far as it has acknowledged (fin_retransmission.pcap:
-        # a FIN+ACK reusing the SYN's sequence number is wholly before it, and leaves
-        # the server in SYN-RECEIVED).
+        # Both endpoints' RFC 9293 states, from what the segment acknowledges and whether
+        # its receiver can accept it: as far as the observer knows, the receiver's RCV.NXT
+        # is the highest ACK it sent (fin_retransmission.pcap: a FIN+ACK reusing the SYN's
+        # sequence number is wholly before it, and leaves the server in SYN-RECEIVED).
         fwd.state, rev.state = after_segment(
             fwd.state, rev.state, flags, acks_syn=acks_syn, syn_acked=rev.syn_acked,
             acks_fin=acks_fin, peer_fin_unacked=rev.fin_end is not None and not rev.fin_acked,
@@ -540,8 +538,7 @@ class Tracker(Generic[R]):
             return L.RST, P.RESET
 
         if flags & SYN:
-            if fwd.syn_seq is None or fwd.syn_seq != seq:
-                fwd.syn_seq = seq
+            fwd.syn_seq = seq  # a retransmission's is the same; port reuse brings a new one
             return (L.SYN_ACK if flags & ACK else L.SYN), P.HANDSHAKE
 
         phase = P.DATA
