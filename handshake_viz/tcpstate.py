@@ -3,12 +3,12 @@
 Theory of operation
 ===================
 
-This module is the only place where an RFC 9293 state changes.  Everything that
-decides a state lives here, in the style of h11's ``_state.py``: two transition
-tables and the few rules that say which events a captured segment is.  The tracker
-(``track.py``) works out what a segment acknowledges and whether its receiver can
-accept it (sequence arithmetic, its own bookkeeping), then asks
-:func:`after_segment` for both endpoints' new states; it never chooses a state
+This module decides every RFC 9293 state, in the style of h11's ``_state.py``: two
+transition tables and the few rules that say which events a captured segment is.
+The tracker (``track.py``) keeps the bookkeeping (what a segment acknowledges, the
+highest ACK each side sent: sequence arithmetic), asks :func:`is_acceptable`
+whether the receiver can take the segment and :func:`after_segment` for both
+endpoints' new states, and stores what it is told; it never chooses a state
 itself.
 
 Two endpoints, two tables
