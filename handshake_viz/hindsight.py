@@ -1,9 +1,10 @@
 """States only hindsight knows: rules applied once a connection's answer is seen.
 
-The tracker (``track.py``) labels each segment with both sides' RFC 9293 states *as
-known after that segment*: it must answer before the next one arrives.  At a
-client's first SYN it cannot know whether anybody listens, and assumes the server
-does (``LISTEN``).  The answer settles it:
+The tracker (``track``, its state moves in ``tcpstate``) labels each segment with both
+sides' RFC 9293 states *as known after that segment*: it must answer before the next
+one arrives.  At a client's first SYN it cannot know whether anybody listens, and
+assumes the server does (``LISTEN``, ``tcpstate.initial_states``).  The answer
+settles it:
 
 * RFC 9293 §3.10.7.1 (SEGMENT ARRIVES, state CLOSED): "An incoming segment not
   containing a RST causes a RST to be sent in response."  A SYN answered by a RST

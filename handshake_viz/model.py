@@ -22,7 +22,7 @@ import ipaddress
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "Word",
     "call_kind",
     "fast_constructor",
+    "field_picker",
     "flag_letters",
     "make_packet",
     "normalize_ip",
@@ -679,6 +680,46 @@ def fast_constructor(cls: type[_R], sample: tuple[Any, ...]) -> Callable[..., _R
     except (TypeError, AttributeError):  # pragma: no cover - other interpreters
         return cls
     return builder
+
+
+def field_picker(cls: type, *groups: tuple[str, ...]) -> Callable[..., tuple[Any, ...]]:
+    """A function shaped like ``cls``'s constructor that returns some of its fields,
+    chosen by name: with one group, the tuple of those fields; with several, a tuple
+    of such tuples.  ``field_picker(Segment, ("conn", "dir"))(*fields)`` is
+    ``(conn, dir)``.
+
+    For callbacks that are handed a record's fields positionally (``Tracker(record=…)``,
+    ``CaptureReader.records(…)``) and keep a few of them: the function is generated,
+    so it costs what writing it out would (a NamedTuple of the same fields costs
+    twice as much to build, and pickles eighteen times slower), and the field list
+    stays ``cls``'s own instead of a copy that could drift.  Unknown names raise
+    ValueError at once.
+    """
+    params = fields(cls)
+    names = {f.name for f in params}
+    for group in groups:
+        unknown = [n for n in group if n not in names]
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no field {', '.join(unknown)}")
+    namespace: dict[str, Any] = {}
+    signature = []
+    for f in params:
+        if f.default is not MISSING:
+            namespace[f"_default_{f.name}"] = f.default
+            signature.append(f"{f.name}=_default_{f.name}")
+        else:
+            signature.append(f.name)
+
+    def spell(group: tuple[str, ...]) -> str:
+        return f"({', '.join(group)}{',' if len(group) == 1 else ''})"
+
+    result = spell(groups[0]) if len(groups) == 1 else spell(tuple(map(spell, groups)))
+    name = f"pick_{cls.__name__.lower()}_fields"
+    exec(f"def {name}({', '.join(signature)}):\n    return {result}\n", namespace)
+    picker: Callable[..., tuple[Any, ...]] = namespace[name]
+    picker.__qualname__ = name
+    picker.__doc__ = f"{cls.__name__}'s fields in, {' + '.join(map(spell, groups))} out."
+    return picker
 
 
 # Packet's constructor, five times cheaper (decode builds every Packet through it; the

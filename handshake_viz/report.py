@@ -10,6 +10,7 @@ import json
 import struct
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps does to a str
 from collections.abc import Callable, Iterable, Iterator
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from handshake_viz.text import clock_text, escape_preview, safe_text
@@ -26,13 +27,17 @@ from handshake_viz.model import (
     FlowSummary,
     Direction,
     Label,
+    Packet,
     Phase,
     Segment,
     TcpState,
+    field_picker,
     flag_letters,
 )
 
 __all__ = [
+    "PACKET_FIELDS",
+    "TRACK_FIELDS",
     "PacketFields",
     "TrackFields",
     "both_fields",
@@ -103,13 +108,24 @@ def _segment_tail(key: tuple[Any, ...]) -> str:
 # The JSON Lines writer works on plain tuples, split in what the decoder knows and
 # what the tracker adds, so that with two processes (analyze.py) each side can make
 # its own half: the parent decodes the file for the first, the child tracks it for
-# the second, and only the second crosses the pipe.
+# the second, and only the second crosses the pipe.  Each half is named once, here,
+# and picked from Packet's or Segment's own fields by those names.
+PACKET_FIELDS: tuple[str, ...] = (
+    "frame", "ts", "src", "sport", "dst", "dport", "seq", "ack", "flags", "win", "length",
+    "raw_options",
+)
+"""The decoder's half of a row: the fields of Packet (and Segment) a line writes."""
+TRACK_FIELDS: tuple[str, ...] = (
+    "conn", "dir", "rel_seq", "rel_ack", "label", "phase", "analysis", "client_state",
+    "server_state",
+)
+"""The tracker's half of a row: what Segment adds to Packet."""
 PacketFields = tuple[int, float, str, int, str, int, int, int, int, int, int, bytes]
-"""frame, ts, src, sport, dst, dport, seq, ack, flags, win, length, raw_options"""
+"""The values of :data:`PACKET_FIELDS`, in that order."""
 TrackFields = tuple[
     int, Direction, int, int | None, Label, Phase, tuple[Analysis, ...], TcpState, TcpState
 ]
-"""conn, dir, rel_seq, rel_ack, label, phase, analysis, client_state, server_state"""
+"""The values of :data:`TRACK_FIELDS`, in that order."""
 
 
 UdpFields = tuple[int, float, str, int, str, int, int]
@@ -135,38 +151,14 @@ def flow_fields(d: Datagram) -> FlowFields:
     return (d.flow, d.dir)
 
 
-def packet_fields(
-    frame: int, ts: float, src: str, sport: int, dst: str, dport: int, seq: int, ack: int,
-    flags: int, win: int, length: int, payload: bytes = b"", raw_options: bytes = b"",
-    ip_version: int = 4,
-) -> PacketFields:
-    """Packet's constructor, returning :data:`PacketFields` (``reader.records(packet_fields)``)."""
-    return (frame, ts, src, sport, dst, dport, seq, ack, flags, win, length, raw_options)
-
-
-def track_fields(
-    frame: int, ts: float, conn: int, dir: Direction, src: str, sport: int, dst: str,
-    dport: int, seq: int, ack: int, rel_seq: int, rel_ack: int | None, length: int,
-    flags: int, win: int, label: Label, phase: Phase, analysis: tuple[Analysis, ...],
-    client_state: TcpState, server_state: TcpState, payload: bytes = b"",
-    raw_options: bytes = b"", ip_version: int = 4,
-) -> TrackFields:
-    """Segment's constructor, returning :data:`TrackFields` (``Tracker(record=track_fields)``)."""
-    return (conn, dir, rel_seq, rel_ack, label, phase, analysis, client_state, server_state)
-
-
-def both_fields(
-    frame: int, ts: float, conn: int, dir: Direction, src: str, sport: int, dst: str,
-    dport: int, seq: int, ack: int, rel_seq: int, rel_ack: int | None, length: int,
-    flags: int, win: int, label: Label, phase: Phase, analysis: tuple[Analysis, ...],
-    client_state: TcpState, server_state: TcpState, payload: bytes = b"",
-    raw_options: bytes = b"", ip_version: int = 4,
-) -> tuple[PacketFields, TrackFields]:
-    """Segment's constructor, returning both halves (for one process)."""
-    return (
-        (frame, ts, src, sport, dst, dport, seq, ack, flags, win, length, raw_options),
-        (conn, dir, rel_seq, rel_ack, label, phase, analysis, client_state, server_state),
-    )
+packet_fields: Callable[..., PacketFields] = field_picker(Packet, PACKET_FIELDS)
+"""Shaped like Packet's constructor, returns :data:`PacketFields` (``reader.records(packet_fields)``)."""
+track_fields: Callable[..., TrackFields] = field_picker(Segment, TRACK_FIELDS)
+"""Shaped like Segment's constructor, returns :data:`TrackFields` (``Tracker(record=track_fields)``)."""
+both_fields: Callable[..., tuple[PacketFields, TrackFields]] = field_picker(
+    Segment, PACKET_FIELDS, TRACK_FIELDS)
+"""Shaped like Segment's constructor, returns both halves (for one process)."""
+_segment_halves = attrgetter(*PACKET_FIELDS), attrgetter(*TRACK_FIELDS)
 
 
 def segment_lines(
@@ -181,6 +173,7 @@ def segment_lines(
     append = lines.append
     tails, ts_option, ts_values, dir_text, flag_text = _TAILS, _TS_OPTION, _TS_VALUES, _DIR_TEXT, _FLAG_TEXT
     line, line_ts = _SEGMENT_LINE, _SEGMENT_LINE_TS
+    # PACKET_FIELDS, then TRACK_FIELDS, in their order (a UDP datagram's row: UdpFields, FlowFields)
     for packet, track in pairs:
         if len(track) == 2:  # a UDP datagram
             if want is None:
@@ -206,12 +199,8 @@ def segment_lines(
 
 def segment_jsonl(seg: Segment) -> str:
     """One ``"type": "segment"`` line; equal to ``json.dumps(seg.to_json())`` but faster."""
-    return segment_lines([(
-        (seg.frame, seg.ts, seg.src, seg.sport, seg.dst, seg.dport, seg.seq, seg.ack, seg.flags,
-         seg.win, seg.length, seg.raw_options),
-        (seg.conn, seg.dir, seg.rel_seq, seg.rel_ack, seg.label, seg.phase, seg.analysis,
-         seg.client_state, seg.server_state),
-    )])[0]
+    packet_half, track_half = _segment_halves
+    return segment_lines([(packet_half(seg), track_half(seg))])[0]
 
 
 _CONNECTION_LINE = (

@@ -11,13 +11,108 @@ connections and the few thousand most recently finished; older ones are packed
   SQLite keeps in a small page cache and spills to a file deleted on close:
   memory stays flat however many connections the capture has.
 * :class:`MemoryStore` keeps them in a dict (for tests, and small captures).
+
+Packing is this module's too: :func:`pack` makes the bytes a store keeps of a
+finished connection (everything the tracker knows of it, and its summary),
+:func:`unpack` gives the connection back exactly as it was, and
+:func:`unpack_summary` only its summary.  A store sees opaque bytes under a
+connection number and a :func:`store_key` (:class:`ConnectionStore`).
 """
 
 from __future__ import annotations
 
+import marshal
 import sqlite3
+from dataclasses import fields
+from operator import attrgetter
+from typing import Protocol
 
-__all__ = ["MemoryStore", "SqliteStore"]
+from handshake_viz.model import ConnectionSummary, Direction, TcpState
+from handshake_viz.tracked import TrackedConn, TrackedFlow, summary_of
+from handshake_viz.zeek import EndpointState, ZeekEndpoint, ZeekView
+
+__all__ = [
+    "ConnectionStore",
+    "MemoryStore",
+    "SqliteStore",
+    "pack",
+    "store_key",
+    "unpack",
+    "unpack_summary",
+]
+
+
+class ConnectionStore(Protocol):
+    """Where a Tracker puts finished connections it no longer keeps in memory.
+
+    ``key`` names the connection's 4-tuple in either direction (both directions give
+    the same key, :func:`store_key`); ``state`` is opaque bytes (:func:`pack`).
+    ``find`` returns the newest connection stored under ``key``: with port reuse,
+    several are.  ``put`` for a connection already stored replaces it.
+    """
+
+    def put(self, conn: int, key: str, state: bytes) -> None: ...
+
+    def get(self, conn: int) -> bytes | None: ...
+
+    def find(self, key: str) -> tuple[int, bytes] | None: ...
+
+
+def store_key(a: tuple[str, int], b: tuple[str, int]) -> str:
+    """The same text for a 4-tuple in both directions."""
+    if b < a:
+        a, b = b, a
+    return f"{a[0]} {a[1]} {b[0]} {b[1]}"
+
+
+# What is packed of each record: everything but the references between them, which
+# unpack makes again, and the enums, stored by value.
+_FLOW_LINKS = ("dir", "state", "conn", "peer", "zeek")
+_FLOW_SCALARS = tuple(f.name for f in fields(TrackedFlow) if f.name not in _FLOW_LINKS)
+_ZEND_SCALARS = tuple(f.name for f in fields(ZeekEndpoint) if f.name not in ("state", "prev_state"))
+_CONN_SCALARS = ("index", "client", "server", "roles_guessed", "first_ts", "last_ts", "segments",
+                 "syn_time", "first_rtt", "ip_version", "closed", "handshake_acked")
+_flow_scalars = attrgetter(*_FLOW_SCALARS)
+_zend_scalars = attrgetter(*_ZEND_SCALARS)
+_conn_scalars = attrgetter(*_CONN_SCALARS)
+
+
+def pack(conn: TrackedConn) -> bytes:
+    """Everything the tracker knows of ``conn``, and its summary, as marshal bytes (about
+    500 bytes, against about 2 KB as objects); :func:`unpack` gives it back exactly."""
+    z = conn.zeek
+    flows = tuple((f.state.value, *_flow_scalars(f)) for f in (conn.c2s, conn.s2c))
+    ends = tuple((int(e.state), int(e.prev_state), *_zend_scalars(e)) for e in z.ends)
+    state = (*_conn_scalars(conn), flows, z.orig_is_client, z.history, ends)
+    return marshal.dumps((state, conn.summary_fields()))
+
+
+def unpack(blob: bytes) -> TrackedConn:
+    """The connection :func:`pack` packed, not yet in the tracker's queues."""
+    state, _ = marshal.loads(blob)
+    conn = TrackedConn.__new__(TrackedConn)
+    n = len(_CONN_SCALARS)
+    for name, value in zip(_CONN_SCALARS, state[:n]):
+        setattr(conn, name, value)
+    flows, orig_is_client, history, ends = state[n:]
+    z = ZeekView.__new__(ZeekView)
+    z.orig_is_client, z.history = orig_is_client, history
+    z.ends = tuple(  # type: ignore[assignment]
+        ZeekEndpoint(EndpointState(e[0]), EndpointState(e[1]), *e[2:]) for e in ends)
+    conn.zeek = z
+    conn.c2s, conn.s2c = (
+        TrackedFlow(dir=d, state=TcpState(f[0]), conn=conn, zeek=z.ends[d is Direction.C2S],
+                    **dict(zip(_FLOW_SCALARS, f[1:])))
+        for d, f in zip((Direction.C2S, Direction.S2C), flows)
+    )
+    conn.c2s.peer, conn.s2c.peer = conn.s2c, conn.c2s
+    conn.queued = False
+    return conn
+
+
+def unpack_summary(blob: bytes) -> ConnectionSummary:
+    """The summary of the connection :func:`pack` packed (without unpacking the rest)."""
+    return summary_of(marshal.loads(blob)[1])
 
 
 class MemoryStore:

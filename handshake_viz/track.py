@@ -1,4 +1,4 @@
-"""The TCP state machine: Packet records in, labelled Segment records out.
+"""The tracker: Packet records in, labelled Segment records out.
 
 Theory of operation
 ===================
@@ -9,7 +9,8 @@ segment the RFC would drop is still labelled, and the states only move when the
 capture shows evidence for the move.  No files, sockets or clocks are touched
 here (sans-IO): ``Tracker.feed(packet)`` returns a ``Segment`` and that is all.
 
-Per segment it decides five things, each in its own section below:
+Per segment it decides five things.  Three are this module's, two it asks of the
+modules beside it:
 
 1. **Which connection.**  Segments are grouped by their 4-tuple.  As in
    Wireshark's ``tcp.stream``, a SYN (without ACK) whose sequence number differs
@@ -27,20 +28,19 @@ Per segment it decides five things, each in its own section below:
    reverse direction's base is taken from the first ACK (``ack - 1``).  All
    arithmetic is modulo 2**32 (RFC 9293 §3.4), so wraparound is harmless.
 
-4. **Label, phase and RFC 9293 states.**  See ``_SEND`` and ``_RECV``: two
-   transition tables, h11-style, indexed by the current state and an event that
-   the segment represents for its sender and for its receiver.  The capture point
-   is treated as both the send and the arrival instant (true on loopback).  Each
-   segment is processed as its sender's events first, then its receiver's, and
-   within a side ACK before FIN before RST (RFC 9293 §3.10.7.4 processes the ACK
-   field before the FIN bit).
+4. **Label and phase** (``Tracker._label``): what the segment is in the
+   conversation (SYN, data, piggybacked ACK, FIN, …).  Working them out also tells
+   what the segment acknowledges and whether its receiver can accept it, which is
+   all ``tcpstate`` needs to move both endpoints' **RFC 9293 states**: its tables
+   hold every rule that moves a state, and the tracker only stores what it returns.
 
-5. **Analysis flags**, following Wireshark's TCP sequence analysis so that
-   ``hsviz`` and ``tshark`` agree on the same capture (see ``_analyze``).
+5. **Analysis flags**, Wireshark's TCP sequence analysis (``seqanalysis``), so
+   that ``hsviz`` and ``tshark`` agree on the same capture.
 
 Zeek's view (conn_state and history, with its own originator/responder roles
 that it may flip, marked ``^``) is kept alongside by ``zeek.ZeekView`` so the summary
-can be compared with Zeek's conn.log letter for letter.
+can be compared with Zeek's conn.log letter for letter.  What the tracker keeps of a
+connection is in ``tracked``; a finished one can go to a store (``spill``).
 
 Speed: most segments of a capture are in-order data or ACKs of a connection in
 full swing, for which all of the above flags nothing and moves no state.
@@ -51,19 +51,14 @@ reference (tests/test_track_fastpath.py runs both ways and compares).
 
 from __future__ import annotations
 
-import enum
-import marshal
 from collections import deque
-from dataclasses import dataclass, field, fields
-from operator import attrgetter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, Protocol, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from handshake_viz.model import (
     Analysis,
     ConnectionSummary,
     Direction,
-    Endpoint,
     Label,
     Packet,
     Phase,
@@ -71,21 +66,20 @@ from handshake_viz.model import (
     TcpState,
     fast_constructor,
     make_packet as _make_packet,
-    parse_options,
 )
+from handshake_viz.seqanalysis import analysis_names, analyze, scaled_window
 from handshake_viz.seqnum import ACK, FIN, HALF, MASK, RST, SYN
 from handshake_viz.seqnum import members as _members
 from handshake_viz.seqnum import seq_ge as _seq_ge
 from handshake_viz.seqnum import seq_gt as _seq_gt
-from handshake_viz.seqnum import seq_lt as _seq_lt
-from handshake_viz.zeek import EndpointState as _Z
-from handshake_viz.zeek import Z
-from handshake_viz.zeek import ZeekEndpoint as _ZEnd
-from handshake_viz.zeek import ZeekView as _ZeekView
+from handshake_viz.spill import ConnectionStore, pack, store_key, unpack, unpack_summary
+from handshake_viz.tcpstate import after_segment, initial_states, is_acceptable
+from handshake_viz.tracked import TrackedConn, TrackedFlow
+from handshake_viz.zeek import Z, ZeekView
 
-__all__ = ["LIKELY_SERVER_PORTS", "ConnectionStore", "Tracker", "discard", "track"]
+__all__ = ["LIKELY_SERVER_PORTS", "Tracker", "discard", "track"]
 
-C2S, S2C = Direction.C2S, Direction.S2C
+C2S = Direction.C2S
 
 # Ports that Zeek (with its default analyzers loaded) registers as a server's; used to
 # reproduce Zeek's role flips, and (with every port below 1024) to guess roles when no
@@ -102,114 +96,7 @@ L = _members(Label)
 P = _members(Phase)
 
 
-# --------------------------------------------------------------------------------------
-# RFC 9293 states: the transition tables
-# --------------------------------------------------------------------------------------
-
-
-class Event(str, enum.Enum):
-    """What a segment means to one side, as sender or receiver.
-
-    A ``str`` enum so that the transition tables hash it in C (a plain Enum's
-    ``__hash__`` is a Python function).
-    """
-
-    SYN = "SYN"  # a SYN without ACK
-    SYN_ACK = "SYN-ACK"
-    ACK_OF_SYN = "ACK of SYN"  # acknowledges this side's SYN
-    ACK_OF_FIN = "ACK of FIN"  # acknowledges this side's FIN
-    ACKS_PEER_SYN = "acks the peer's SYN"  # as sender: proof it got the SYN-ACK
-    FIN = "FIN"
-    RST = "RST"
-
-
-S = _members(TcpState)
-E = _members(Event)
-# _SEND[state][event]: the sender's new state when it sends the event (RFC 9293 §3.3.2
-# figure 5: the "snd" arcs; and §3.10.4 CLOSE in each state).
-_SEND: dict[TcpState, dict[Event, TcpState]] = {
-    S.CLOSED: {Event.SYN: S.SYN_SENT, Event.SYN_ACK: S.SYN_RECEIVED, Event.RST: S.CLOSED},
-    S.LISTEN: {Event.SYN: S.SYN_SENT, Event.SYN_ACK: S.SYN_RECEIVED, Event.RST: S.CLOSED},
-    # Sending an ACK of the peer's SYN from SYN-SENT shows the SYN-ACK arrived, even when
-    # the capture saw the SYN-ACK first (a reordered handshake).
-    S.SYN_SENT: {Event.SYN_ACK: S.SYN_RECEIVED, Event.ACKS_PEER_SYN: S.ESTABLISHED,
-                 Event.FIN: S.FIN_WAIT_1, Event.RST: S.CLOSED},
-    S.SYN_RECEIVED: {Event.FIN: S.FIN_WAIT_1, Event.RST: S.CLOSED},
-    S.ESTABLISHED: {Event.FIN: S.FIN_WAIT_1, Event.RST: S.CLOSED},
-    S.CLOSE_WAIT: {Event.FIN: S.LAST_ACK, Event.RST: S.CLOSED},
-    S.FIN_WAIT_1: {Event.RST: S.CLOSED},
-    S.FIN_WAIT_2: {Event.RST: S.CLOSED},
-    S.CLOSING: {Event.RST: S.CLOSED},
-    S.LAST_ACK: {Event.RST: S.CLOSED},
-    S.TIME_WAIT: {Event.RST: S.CLOSED},
-}
-# _RECV[state][event]: the receiver's new state when the event arrives (RFC 9293 §3.10.7).
-_RECV: dict[TcpState, dict[Event, TcpState]] = {
-    S.LISTEN: {},  # §3.10.7.2: a SYN is answered (SYN-ACK) before the state shows it
-    S.CLOSED: {},
-    # §3.10.7.3: SYN-SENT + SYN,ACK acking our SYN -> ESTABLISHED; + SYN -> SYN-RECEIVED
-    S.SYN_SENT: {Event.SYN: S.SYN_RECEIVED, Event.ACK_OF_SYN: S.ESTABLISHED, Event.RST: S.CLOSED},
-    # §3.10.7.4 fifth check: an acceptable ACK in SYN-RECEIVED -> ESTABLISHED
-    S.SYN_RECEIVED: {Event.ACK_OF_SYN: S.ESTABLISHED, Event.FIN: S.CLOSE_WAIT, Event.RST: S.CLOSED},
-    S.ESTABLISHED: {Event.FIN: S.CLOSE_WAIT, Event.RST: S.CLOSED},
-    S.FIN_WAIT_1: {Event.ACK_OF_FIN: S.FIN_WAIT_2, Event.FIN: S.CLOSING, Event.RST: S.CLOSED},
-    S.FIN_WAIT_2: {Event.FIN: S.TIME_WAIT, Event.RST: S.CLOSED},
-    S.CLOSE_WAIT: {Event.RST: S.CLOSED},
-    S.CLOSING: {Event.ACK_OF_FIN: S.TIME_WAIT, Event.RST: S.CLOSED},
-    S.LAST_ACK: {Event.ACK_OF_FIN: S.CLOSED, Event.RST: S.CLOSED},
-    S.TIME_WAIT: {Event.RST: S.CLOSED},
-}
-
-
-def _next(table: dict[TcpState, dict[Event, TcpState]], state: TcpState, event: Event) -> TcpState:
-    """A move the table does not list leaves the state alone: a passive observer sees
-    retransmissions and stray segments that change nothing."""
-    return table[state].get(event, state)
-
-
-# --------------------------------------------------------------------------------------
-# Per-direction bookkeeping (Wireshark's tcp_flow_t, pared down to what is used)
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True, eq=False)
-class _Flow:
-    """What one direction of one connection has shown so far.
-
-    A flow belongs to the endpoint that sends in its direction: ``state`` is that
-    endpoint's RFC 9293 state and ``zeek`` its Zeek endpoint record.  ``peer`` is the
-    other direction of the same connection, so the hot path reaches everything it
-    needs from the flow it looked up, without enum-keyed dictionaries.
-    """
-
-    dir: Direction = Direction.C2S
-    state: TcpState = TcpState.CLOSED
-    conn: _Conn = field(default=None, repr=False)  # type: ignore[assignment]
-    peer: _Flow = field(default=None, repr=False)  # type: ignore[assignment]
-    zeek: _ZEnd = field(default=None, repr=False)  # type: ignore[assignment]
-    base: int | None = None  # ISN (seq of SYN) or first seq - 1
-    syn_seq: int | None = None  # raw seq of the SYN sent this way
-    fin_end: int | None = None  # raw seq just past the FIN sent this way
-    fin_acked: bool = False
-    syn_acked: bool = False
-    highest_ack: int | None = None  # highest ack number sent this way
-    data_end: int = 0  # highest relative end of payload (sequence space, excl. SYN/FIN)
-    # Wireshark sequence analysis (tcp_analyze_seq_info + flow fields)
-    nextseq: int = 0
-    nextseq_time: float = 0.0
-    maxseqtobeacked: int = 0
-    lastack: int = 0
-    lastack_time: float = 0.0
-    dupacks: int = 0
-    window: int | None = None
-    win_scale: int = -1  # -1 unknown, else the shift to apply
-    last_flags: int = 0  # analysis bits of the last segment this way
-    # The conditions of Tracker._steady that only the general path can change, as of
-    # the last segment it took either way (see _ready).
-    ready: bool = False
-
-
-def _ready(fwd: _Flow, rev: _Flow) -> bool:
+def _ready(fwd: TrackedFlow, rev: TrackedFlow) -> bool:
     """Whether ``fwd`` may take the fast path as far as the general path decides it:
     this side has acked before (so "acks new bytes" compares with its own last ACK),
     no FIN either way yet (no ACK of a FIN, phase stays "data"), the peer's SYN, if
@@ -230,134 +117,6 @@ def _ready(fwd: _Flow, rev: _Flow) -> bool:
     )
 
 
-# Analysis bits, internal (order of the output list follows Wireshark's expert info).
-_A_RETRANS = 1 << 0
-_A_FAST = 1 << 1
-_A_SPURIOUS = 1 << 2
-_A_OOO = 1 << 3
-_A_DUPACK = 1 << 4
-_A_LOST = 1 << 5
-_A_ACK_LOST = 1 << 6
-_A_ZWIN = 1 << 7
-_A_ZWP = 1 << 8
-_A_WUPD = 1 << 9
-_A_WFULL = 1 << 10
-_A_KA = 1 << 11
-_A_KA_ACK = 1 << 12
-_A_ZWP_ACK = 1 << 13
-
-_BIT_NAMES: tuple[tuple[int, tuple[Analysis, ...]], ...] = (
-    (_A_RETRANS, (Analysis.RETRANSMISSION,)),
-    # Wireshark reports a fast or spurious retransmission as a retransmission too.
-    (_A_FAST, (Analysis.RETRANSMISSION, Analysis.FAST_RETRANSMISSION)),
-    (_A_SPURIOUS, (Analysis.RETRANSMISSION, Analysis.SPURIOUS_RETRANSMISSION)),
-    (_A_OOO, (Analysis.OUT_OF_ORDER,)),
-    (_A_DUPACK, (Analysis.DUP_ACK,)),
-    (_A_LOST, (Analysis.LOST_SEGMENT,)),
-    (_A_ACK_LOST, (Analysis.ACK_UNSEEN,)),
-    (_A_ZWIN, (Analysis.ZERO_WINDOW,)),
-    (_A_ZWP, (Analysis.ZERO_WINDOW_PROBE,)),
-    (_A_WUPD, (Analysis.WINDOW_UPDATE,)),
-    (_A_WFULL, (Analysis.WINDOW_FULL,)),
-    (_A_KA, (Analysis.KEEP_ALIVE,)),
-    (_A_KA_ACK, (Analysis.KEEP_ALIVE_ACK,)),
-)
-_ANALYSIS_CACHE: dict[int, tuple[Analysis, ...]] = {0: ()}
-
-
-def _analysis_tuple(bits: int) -> tuple[Analysis, ...]:
-    try:
-        return _ANALYSIS_CACHE[bits]
-    except KeyError:
-        out: list[Analysis] = []
-        for bit, names in _BIT_NAMES:
-            if bits & bit:
-                out.extend(n for n in names if n not in out)
-        result = tuple(out)
-        _ANALYSIS_CACHE[bits] = result
-        return result
-
-
-# --------------------------------------------------------------------------------------
-# One connection
-# --------------------------------------------------------------------------------------
-
-
-class _Conn:
-    __slots__ = (
-        "index", "client", "server", "roles_guessed", "c2s", "s2c", "first_ts", "last_ts",
-        "segments", "zeek", "syn_time", "first_rtt", "ip_version", "closed", "handshake_acked",
-        "queued",
-    )
-
-    def __init__(self, index: int, p: Packet, likely: frozenset[int]) -> None:
-        self.index = index
-        flags = p.flags
-        a, b = (p.src, p.sport), (p.dst, p.dport)
-        guessed = False
-        if flags & SYN and not flags & ACK:
-            client_is_src = True
-        elif flags & SYN:
-            client_is_src = False
-        else:
-            guessed = True
-            client_is_src = not _looks_like_server(p.sport, p.dport, likely)
-        self.client, self.server = (a, b) if client_is_src else (b, a)
-        self.roles_guessed = guessed
-        if guessed:
-            # Mid-stream: both sides were already talking (RFC 9293 states unknown before).
-            client_state, server_state = S.ESTABLISHED, S.ESTABLISHED
-        elif not client_is_src:
-            # The capture starts at the SYN-ACK: the client's SYN went out uncaptured.
-            client_state, server_state = S.SYN_SENT, S.LISTEN
-        else:
-            client_state, server_state = S.CLOSED, S.LISTEN
-        self.first_ts = p.ts
-        self.last_ts = p.ts
-        self.segments = 0
-        self.zeek = zeek = _ZeekView(p, client_is_src, likely)
-        self.c2s = c2s = _Flow(C2S, client_state, self, zeek=zeek.ends[True])
-        self.s2c = s2c = _Flow(S2C, server_state, self, c2s, zeek.ends[False])
-        c2s.peer = s2c
-        self.syn_time: float | None = None
-        self.first_rtt: float | None = None
-        self.ip_version = p.ip_version
-        self.closed = False  # a FIN was acked both ways, or a RST was seen
-        self.handshake_acked = False
-        self.queued = False  # in the tracker's queue of finished connections
-
-    def summary(self) -> ConnectionSummary:
-        return _summary(self.summary_fields())
-
-    def summary_fields(self) -> _SummaryFields:
-        """The summary as plain values (what ``_pack`` stores, and ``_summary`` makes
-        a ConnectionSummary of)."""
-        c2s, s2c = self.c2s, self.s2c
-        zeek = self.zeek
-        b_c2s, b_s2c = c2s.data_end, s2c.data_end
-        if zeek.orig_is_client:
-            conn_state = zeek.conn_state(b_c2s, b_s2c)
-        else:
-            conn_state = zeek.conn_state(b_s2c, b_c2s)
-        (cip, cport), (sip, sport) = self.client, self.server
-        return (self.index, cip, cport, sip, sport, self.first_ts, self.last_ts, self.segments,
-                b_c2s, b_s2c, conn_state, zeek.history, c2s.state.value, s2c.state.value,
-                self.roles_guessed, self.ip_version)
-
-
-# conn, client ip, port, server ip, port, first_ts, last_ts, segments, bytes_c2s,
-# bytes_s2c, conn_state, history, client_state, server_state, roles_guessed, ip_version
-_SummaryFields = tuple[int, str, int, str, int, float, float, int, int, int, str, str, str, str,
-                       bool, int]
-
-
-def _summary(f: _SummaryFields) -> ConnectionSummary:
-    return ConnectionSummary(
-        f[0], Endpoint(f[1], f[2]), Endpoint(f[3], f[4]), f[5], f[6], f[7], f[8], f[9], f[10],
-        f[11], TcpState(f[12]), TcpState(f[13]), f[14], f[15],
-    )
-
-
 def _looks_like_server(sport: int, dport: int, likely: frozenset[int]) -> bool:
     """True if ``sport`` looks like the server's port (mid-stream role guess)."""
     s_known = sport < 1024 or sport in likely
@@ -367,86 +126,11 @@ def _looks_like_server(sport: int, dport: int, likely: frozenset[int]) -> bool:
     return sport < dport
 
 
-# --------------------------------------------------------------------------------------
-# Finished connections, packed (Tracker(store=...))
-# --------------------------------------------------------------------------------------
-
-
-class ConnectionStore(Protocol):
-    """Where a Tracker puts finished connections it no longer keeps in memory.
-
-    ``key`` names the connection's 4-tuple in either direction (both directions give
-    the same key); ``state`` is opaque bytes.  ``find`` returns the newest connection
-    stored under ``key``: with port reuse, several are.  ``put`` for a connection
-    already stored replaces it.  ``spill.SqliteStore`` keeps them in a temporary file;
-    ``spill.MemoryStore`` in a dict.
-    """
-
-    def put(self, conn: int, key: str, state: bytes) -> None: ...
-
-    def get(self, conn: int) -> bytes | None: ...
-
-    def find(self, key: str) -> tuple[int, bytes] | None: ...
-
-
-def _store_key(a: tuple[str, int], b: tuple[str, int]) -> str:
-    """The same text for a 4-tuple in both directions."""
-    if b < a:
-        a, b = b, a
-    return f"{a[0]} {a[1]} {b[0]} {b[1]}"
-
-
-_FLOW_SCALARS = tuple(f.name for f in fields(_Flow))[5:]  # after dir, state, conn, peer, zeek
-_ZEND_SCALARS = tuple(f.name for f in fields(_ZEnd))[2:]  # after state, prev_state
-_CONN_SCALARS = ("index", "client", "server", "roles_guessed", "first_ts", "last_ts", "segments",
-                 "syn_time", "first_rtt", "ip_version", "closed", "handshake_acked")
-_flow_scalars = attrgetter(*_FLOW_SCALARS)
-_zend_scalars = attrgetter(*_ZEND_SCALARS)
-_conn_scalars = attrgetter(*_CONN_SCALARS)
-
-
-def _pack(conn: _Conn) -> bytes:
-    """Everything the tracker knows of ``conn``, and its summary, as marshal bytes (about
-    500 bytes, against about 2 KB as objects); ``_unpack`` gives it back exactly."""
-    z = conn.zeek
-    flows = tuple((f.state.value, *_flow_scalars(f)) for f in (conn.c2s, conn.s2c))
-    ends = tuple((int(e.state), int(e.prev_state), *_zend_scalars(e)) for e in z.ends)
-    state = (*_conn_scalars(conn), flows, z.orig_is_client, z.history, ends)
-    return marshal.dumps((state, conn.summary_fields()))
-
-
-def _unpack(blob: bytes) -> _Conn:
-    state, _ = marshal.loads(blob)
-    conn = _Conn.__new__(_Conn)
-    n = len(_CONN_SCALARS)
-    for name, value in zip(_CONN_SCALARS, state[:n]):
-        setattr(conn, name, value)
-    flows, orig_is_client, history, ends = state[n:]
-    z = _ZeekView.__new__(_ZeekView)
-    z.orig_is_client, z.history = orig_is_client, history
-    z.ends = tuple(_ZEnd(_Z(e[0]), _Z(e[1]), *e[2:]) for e in ends)  # type: ignore[assignment]
-    conn.zeek = z
-    conn.c2s, conn.s2c = (
-        _Flow(d, TcpState(f[0]), conn, None, z.ends[d is C2S], *f[1:])  # type: ignore[arg-type]
-        for d, f in zip((C2S, S2C), flows)
-    )
-    conn.c2s.peer, conn.s2c.peer = conn.s2c, conn.c2s
-    conn.queued = False
-    return conn
-
-
-def _unpack_summary(blob: bytes) -> ConnectionSummary:
-    return _summary(marshal.loads(blob)[1])
-
-
 # Every Segment is built through model.fast_constructor (a frozen dataclass's own
 # __init__ costs more than tracking a typical segment).
 _make_segment = fast_constructor(Segment, (
     7, 1.5, 2, Direction.S2C, "10.0.0.1", 1, "::1", 2, 3, 4, 5, None, 6, 0x12, 8, L.SYN_ACK,
-    P.HANDSHAKE, (Analysis.DUP_ACK,), S.SYN_SENT, S.LISTEN, b"x", b"\x01", 6))
-
-
-
+    P.HANDSHAKE, (Analysis.DUP_ACK,), TcpState.SYN_SENT, TcpState.LISTEN, b"x", b"\x01", 6))
 
 def discard(*fields: object) -> bool:
     """A ``record`` that keeps nothing, for a tracker fed only for its summaries
@@ -474,15 +158,17 @@ class Tracker(Generic[R]):
     Memory grows with the number of connections, never with the number of segments.
     With a ``store``, only with the open ones: once more than ``keep_finished``
     connections have finished (both FINs acknowledged, or reset), the oldest go to the
-    store, packed, and come back whole if a late segment of theirs turns up, so the
-    labels and numbers stay those of a tracker that kept everything.
+    store, packed (``spill.pack``), and come back whole if a late segment of theirs
+    turns up, so the labels and numbers stay those of a tracker that kept everything.
     ``likely_server_ports`` are the ports Zeek's role guess treats as a server's
     (besides every port below 1024); pass an empty set to mimic ``zeek -b``.
 
-    ``record`` is what ``feed`` builds from a segment's fields, called with
-    Segment's fields in order (default: Segment itself).  ``hsviz analyze --jsonl``
-    passes ``report.segment_row``, a plain tuple: cheaper to build and to pickle
-    than a record it would only take apart again.
+    ``record`` is the record type ``feed`` returns, constructed positionally with
+    Segment's fields in Segment's order (default: Segment itself).  Any callable of
+    that shape will do: ``hsviz analyze --jsonl`` passes ``report.both_fields`` or
+    ``report.track_fields``, plain tuples of the fields it writes, picked from
+    Segment's by name (cheaper to build and to pickle than a record it would only
+    take apart again), and ``--summary`` passes :func:`discard`.
     """
 
     @overload
@@ -509,12 +195,12 @@ class Tracker(Generic[R]):
         self._make: Callable[..., Any] = _make_segment if record is None else record
         # (src, sport, dst, dport) as the packet has them -> the flow in that direction;
         # both directions of a connection are entered.
-        self._flows: dict[tuple[str, int, str, int], _Flow] = {}
-        self._conns: dict[int, _Conn] = {}  # by number: all of them, or (with a store) those in memory
+        self._flows: dict[tuple[str, int, str, int], TrackedFlow] = {}
+        self._conns: dict[int, TrackedConn] = {}  # by number: all, or (with a store) those in memory
         self._count = 0
         self._store = store
         self._keep = max(1, keep_finished)
-        self._finished: deque[_Conn] = deque()  # finished connections in memory, oldest first
+        self._finished: deque[TrackedConn] = deque()  # finished connections in memory, oldest first
         self._stored = False  # anything put in the store yet
 
     # -- public ---------------------------------------------------------------------
@@ -531,7 +217,8 @@ class Tracker(Generic[R]):
         ack: int, flags: int, win: int, length: int, payload: bytes = b"",
         raw_options: bytes = b"", ip_version: int = 4,
     ) -> R:
-        """``feed`` for a packet given as Packet's fields, in order.
+        """``feed`` for a packet given as Packet's fields, in order (the parameters are
+        Packet's, name for name: tests/test_track.py holds them to it).
 
         ``reader.records(tracker.feed_fields)`` decodes and tracks with no Packet
         built for the segments the fast path takes (most of them): a Packet's
@@ -562,10 +249,9 @@ class Tracker(Generic[R]):
         make, self._make = self._make, discard
         n = 0
         try:
-            feed = self.feed_fields
+            feed = self.feed
             for p in packets:
-                feed(p.frame, p.ts, p.src, p.sport, p.dst, p.dport, p.seq, p.ack, p.flags, p.win,
-                     p.length, p.payload, p.raw_options, p.ip_version)
+                feed(p)
                 n += 1
         finally:
             self._make = make
@@ -582,7 +268,7 @@ class Tracker(Generic[R]):
         blob = self._store.get(conn) if self._store is not None and 0 <= conn < self._count else None
         if blob is None:
             raise IndexError(f"no connection {conn} (of {self._count})")
-        return _unpack_summary(blob)
+        return unpack_summary(blob)
 
     @property
     def connection_count(self) -> int:
@@ -603,21 +289,31 @@ class Tracker(Generic[R]):
 
     # -- internals -------------------------------------------------------------------
 
-    def _open(self, p: Packet) -> _Flow:
+    def _open(self, p: Packet) -> TrackedFlow:
         """Start the next connection number; return the packet's flow."""
-        conn = _Conn(self._count, p, self._likely)
+        flags = p.flags
+        # Who is the client: the SYN's sender, the SYN-ACK's receiver, else a guess.
+        guessed = not flags & SYN
+        if guessed:
+            client_is_src = not _looks_like_server(p.sport, p.dport, self._likely)
+        else:
+            client_is_src = not flags & ACK
+        a, b = (p.src, p.sport), (p.dst, p.dport)
+        client, server = (a, b) if client_is_src else (b, a)
+        conn = TrackedConn(self._count, client, server, guessed, initial_states(flags),
+                           ZeekView(p, client_is_src, self._likely), p.ts, p.ip_version)
         self._count += 1
         self._conns[conn.index] = conn
         self._enter(conn)
-        return conn.c2s if (p.src, p.sport) == conn.client else conn.s2c
+        return conn.c2s if a == client else conn.s2c
 
-    def _enter(self, conn: _Conn) -> None:
+    def _enter(self, conn: TrackedConn) -> None:
         (cip, cport), (sip, sport) = conn.client, conn.server
         # s2c first: when both ends are the same address and port, the one key is c2s's.
         self._flows[(sip, sport, cip, cport)] = conn.s2c
         self._flows[(cip, cport, sip, sport)] = conn.c2s
 
-    def _finished_now(self, conn: _Conn) -> None:
+    def _finished_now(self, conn: TrackedConn) -> None:
         """Queue a connection that just finished; store the oldest beyond ``keep_finished``."""
         conn.queued = True
         queue = self._finished
@@ -632,29 +328,29 @@ class Tracker(Generic[R]):
             for key, flow in (((cip, cport, sip, sport), old.c2s), ((sip, sport, cip, cport), old.s2c)):
                 if flows.get(key) is flow:  # not if a newer connection took the 4-tuple over
                     del flows[key]
-            store.put(old.index, _store_key(old.client, old.server), _pack(old))
+            store.put(old.index, store_key(old.client, old.server), pack(old))
             del self._conns[old.index]
             self._stored = True
             # A connection and its flows refer to each other: break the cycle, so that
             # they are freed now even with the cyclic collector off (as analyze runs).
             old.c2s.conn = old.s2c.conn = old.c2s.peer = old.s2c.peer = None  # type: ignore[assignment]
 
-    def _restore(self, src: str, sport: int, dst: str, dport: int) -> _Flow | None:
+    def _restore(self, src: str, sport: int, dst: str, dport: int) -> TrackedFlow | None:
         """The packet's flow from the store (a late segment of a finished connection, or
         a SYN reusing its ports), or None for a 4-tuple never seen."""
-        found = self._store.find(_store_key((src, sport), (dst, dport)))  # type: ignore[union-attr]
+        found = self._store.find(store_key((src, sport), (dst, dport)))  # type: ignore[union-attr]
         if found is None:
             return None
         index, blob = found
         conn = self._conns.get(index)
         if conn is None:
-            conn = _unpack(blob)
+            conn = unpack(blob)
             self._conns[index] = conn
             self._finished_now(conn)  # it is finished: queued again, as the newest
         self._enter(conn)
         return self._flows.get((src, sport, dst, dport))
 
-    def _feed(self, fwd: _Flow, p: Packet) -> R:
+    def _feed(self, fwd: TrackedFlow, p: Packet) -> R:
         """The general path: every rule, for any segment."""
         flags, seq, ack, length, ts = p.flags, p.seq, p.ack, p.length, p.ts
         conn, rev = fwd.conn, fwd.peer
@@ -669,28 +365,18 @@ class Tracker(Generic[R]):
         rel_seq = (seq - fwd.base) & MASK
         rel_ack = (ack - rev.base) & MASK if flags & ACK and rev.base is not None else None
 
-        # ---- first RTT (SYN to the handshake's ACK), used for out-of-order ----------
+        # ---- first RTT (SYN to the handshake's ACK): seqanalysis's out-of-order bound
         if flags & SYN and not flags & ACK:
             conn.syn_time = ts
         elif flags & (SYN | ACK) == ACK and conn.first_rtt is None and conn.syn_time is not None:
             conn.first_rtt = ts - conn.syn_time
 
-        # ---- window scaling (RFC 7323 §2.2: only if both SYNs carry the option) -----
-        if flags & SYN:
-            ws = parse_options(p.raw_options).wscale_effective if p.raw_options else None
-            if flags & ACK:
-                if ws is None or rev.win_scale < 0:
-                    fwd.win_scale = rev.win_scale = 0 if ws is None or rev.win_scale == -2 else fwd.win_scale
-                else:
-                    fwd.win_scale = ws
-            else:
-                fwd.win_scale = ws if ws is not None else -2  # -2: offered no scaling
-        window = p.win if flags & SYN else p.win << max(fwd.win_scale, 0)
-
-        bits = self._analyze(conn, fwd, rev, p, window)
+        # ---- Wireshark's sequence analysis ------------------------------------------
+        window = scaled_window(fwd, rev, flags, p.win, p.raw_options)
+        bits = analyze(fwd, rev, flags, seq, ack, length, ts, window, conn.first_rtt)
 
         # ---- label, phase and RFC 9293 states ---------------------------------------
-        label, phase = self._label_and_states(conn, fwd, rev, p)
+        label, phase = self._label(conn, fwd, rev, p)
 
         # ---- byte counts in sequence space (Zeek's orig_bytes) ----------------------
         if length:
@@ -706,12 +392,12 @@ class Tracker(Generic[R]):
 
         return self._make(  # type: ignore[no-any-return]
             p.frame, ts, conn.index, fwd.dir, p.src, p.sport, p.dst, p.dport, seq, ack, rel_seq,
-            rel_ack, length, flags, p.win, label, phase, _analysis_tuple(bits),
+            rel_ack, length, flags, p.win, label, phase, analysis_names(bits),
             conn.c2s.state, conn.s2c.state, p.payload, p.raw_options, p.ip_version,
         )
 
     def _steady(
-        self, fwd: _Flow, frame: int, ts: float, src: str, sport: int, dst: str, dport: int,
+        self, fwd: TrackedFlow, frame: int, ts: float, src: str, sport: int, dst: str, dport: int,
         seq: int, ack: int, flags: int, win: int, length: int, payload: bytes,
         raw_options: bytes, ip_version: int,
     ) -> R | None:
@@ -721,8 +407,8 @@ class Tracker(Generic[R]):
         change no RFC 9293 state, write no Zeek history letter and only move a few
         counters.  This method tests exactly the conditions under which that is so
         (the caller has checked: ACK set; SYN, FIN and RST clear) and, if they hold,
-        makes the same updates ``_feed`` would and returns the Segment.  Otherwise it returns None having changed nothing, and ``_feed``
-        takes the segment.
+        makes the same updates ``_feed`` would and returns the Segment.  Otherwise it
+        returns None having changed nothing, and ``_feed`` takes the segment.
 
         Invariants it relies on: ``fwd.nextseq`` is non-zero only after ``_feed`` saw a
         segment this way (which set ``fwd.base``); ``fwd.highest_ack`` is set only by an
@@ -815,7 +501,9 @@ class Tracker(Generic[R]):
         )
 
     @staticmethod
-    def _label_and_states(conn: _Conn, fwd: _Flow, rev: _Flow, p: Packet) -> tuple[Label, Phase]:
+    def _label(conn: TrackedConn, fwd: TrackedFlow, rev: TrackedFlow, p: Packet) -> tuple[Label, Phase]:
+        """The segment's label and phase; on the way, both endpoints' RFC 9293 states
+        (from ``tcpstate``) and whether the connection is over."""
         flags, seq, ack, length = p.flags, p.seq, p.ack, p.length
         # What the ACK field newly acknowledges (RFC 9293 §3.10.7.4, fifth check).
         acks_new = False
@@ -835,59 +523,32 @@ class Tracker(Generic[R]):
             if rev.fin_end is not None and not rev.fin_acked and _seq_ge(ack, rev.fin_end):
                 rev.fin_acked = acks_fin = True
 
+        # Both endpoints' RFC 9293 states, from what the segment acknowledges and whether
+        # its receiver can accept it: as far as the observer knows, the receiver's RCV.NXT
+        # is the highest ACK it sent (fin_retransmission.pcap: a FIN+ACK reusing the SYN's
+        # sequence number is wholly before it, and leaves the server in SYN-RECEIVED).
+        fwd.state, rev.state = after_segment(
+            fwd.state, rev.state, flags, acks_syn=acks_syn, syn_acked=rev.syn_acked,
+            acks_fin=acks_fin, peer_fin_unacked=rev.fin_end is not None and not rev.fin_acked,
+            acceptable=is_acceptable(seq, length + (flags & FIN), rev.highest_ack),
+        )
+
         if flags & RST:
-            label, phase = L.RST, P.RESET
-            # RFC 9293 §3.10.7: a RST in any synchronised state (or answering a SYN) closes both.
-            fwd.state = _next(_SEND, fwd.state, E.RST)
-            rev.state = _next(_RECV, rev.state, E.RST)
             conn.closed = True
-            return label, phase
+            return L.RST, P.RESET
 
         if flags & SYN:
-            if fwd.syn_seq is None or fwd.syn_seq != seq:
-                fwd.syn_seq = seq
-            if flags & ACK:
-                label = L.SYN_ACK
-                fwd.state = _next(_SEND, fwd.state, E.SYN_ACK)
-                if acks_syn or (rev.syn_seq is not None and rev.syn_acked):
-                    rev.state = _next(_RECV, rev.state, E.ACK_OF_SYN)
-            else:
-                label = L.SYN
-                fwd.state = _next(_SEND, fwd.state, E.SYN)
-                rev.state = _next(_RECV, rev.state, E.SYN)
-            return label, P.HANDSHAKE
+            fwd.syn_seq = seq  # a retransmission's is the same; port reuse brings a new one
+            return (L.SYN_ACK if flags & ACK else L.SYN), P.HANDSHAKE
 
         phase = P.DATA
-        if acks_syn:
-            fwd.state = _next(_SEND, fwd.state, E.ACKS_PEER_SYN)
-        # RFC 9293 §3.10.7.4, first check: a segment wholly before what the receiver has
-        # already acknowledged (its RCV.NXT) is not acceptable: the receiver only answers
-        # with an ACK and none of its states move (fin_retransmission.pcap: a FIN+ACK
-        # reusing the SYN's sequence number leaves the server in SYN-RECEIVED).
-        rcv_nxt = rev.highest_ack
-        seg_len = length + (flags & FIN)
-        acceptable = rcv_nxt is None or _seq_ge(
-            seq if seg_len == 0 else (seq + seg_len - 1) & MASK, rcv_nxt)
-        # The receiver processes the ACK field first …
-        if acks_syn and acceptable:
-            rev.state = _next(_RECV, rev.state, E.ACK_OF_SYN)
-        if acks_fin and acceptable:
-            rev.state = _next(_RECV, rev.state, E.ACK_OF_FIN)
         if flags & FIN:
             end = (seq + length + 1) & MASK
             if fwd.fin_end is None or _seq_gt(end, fwd.fin_end):
                 fwd.fin_end = end
             # A FIN that newly acknowledges the peer's FIN merges the middle two
-            # segments of the four-way close (RFC 9293 §3.6, figure 13's "FIN,ACK").
+            # segments of the four-way close (RFC 9293 §3.6, figure 12's "FIN,ACK").
             label = L.FIN_ACK if acks_fin else L.FIN
-            fwd.state = _next(_SEND, fwd.state, E.FIN)
-            if rev.fin_end is not None and not rev.fin_acked and fwd.state is S.LAST_ACK:
-                # Simultaneous close: this FIN does not acknowledge the peer's FIN, so it
-                # left before that FIN arrived; the sender was in FIN-WAIT-1 and the
-                # peer's FIN then takes it to CLOSING (RFC 9293 §3.6, figure 14).
-                fwd.state = S.CLOSING
-            if acceptable:
-                rev.state = _next(_RECV, rev.state, E.FIN)
             phase = P.CLOSE
         elif length:
             label = L.PIGGYBACK if acks_new else L.DATA
@@ -902,85 +563,6 @@ class Tracker(Generic[R]):
         if fwd.fin_acked and rev.fin_acked:
             conn.closed = True
         return label, phase
-
-    @staticmethod
-    def _analyze(conn: _Conn, fwd: _Flow, rev: _Flow, p: Packet, window: int) -> int:
-        """Wireshark's TCP sequence analysis (tcp_analyze_sequence_number), one segment.
-
-        Returns analysis bits.  The checks run in Wireshark's order, since some of them
-        end the checking early; each comment names the condition it tests.
-        """
-        flags, seq, ack, seglen, ts = p.flags, p.seq, p.ack, p.length, p.ts
-        bits = 0
-        nextseq = fwd.nextseq
-        ctl = flags & (SYN | FIN | RST)
-        skip_to_fwd_done = False
-        # ZERO WINDOW PROBE: 1 byte at the next expected seq while the peer's window is 0.
-        if seglen == 1 and seq == nextseq and rev.window == 0:
-            bits |= _A_ZWP
-            skip_to_fwd_done = True
-        if not skip_to_fwd_done:
-            # ZERO WINDOW: window 0 on a segment without SYN/FIN/RST.
-            if window == 0 and not ctl:
-                bits |= _A_ZWIN
-            # LOST SEGMENT: starts beyond what we expected next (a gap in the capture).
-            if nextseq and _seq_gt(seq, nextseq) and not flags & RST:
-                bits |= _A_LOST
-            # KEEP-ALIVE: 0 or 1 byte starting one before the next expected seq.
-            if seglen <= 1 and seq == ((nextseq - 1) & MASK) and not ctl:
-                bits |= _A_KA
-            # WINDOW UPDATE: nothing new but the window changed.
-            if (seglen == 0 and window and window != fwd.window and seq == nextseq
-                    and ack == fwd.lastack and not ctl):
-                bits |= _A_WUPD
-            # WINDOW FULL: data fills the peer's advertised window exactly.
-            if (seglen > 0 and rev.win_scale != -1 and rev.window is not None and not ctl
-                    and (seq + seglen) & MASK == (rev.lastack + (rev.window)) & MASK):
-                bits |= _A_WFULL
-            same = (seglen == 0 and seq == nextseq and ack == fwd.lastack and not ctl)
-            if same and window and window == fwd.window and rev.last_flags & _A_KA:
-                bits |= _A_KA_ACK  # KEEP-ALIVE ACK
-            elif same and window == 0 and window == fwd.window and rev.last_flags & _A_ZWP:
-                bits |= _A_ZWP_ACK  # ZERO WINDOW PROBE ACK
-            elif same and window and window == fwd.window:
-                fwd.dupacks += 1  # DUPLICATE ACK: same seq, ack and window, no payload
-                bits |= _A_DUPACK
-        # (finished_fwd) a new ack value resets the duplicate count
-        if ack != fwd.lastack:
-            fwd.dupacks = 0
-        # ACKED UNSEEN: acknowledges beyond anything the other side was seen to send.
-        if rev.maxseqtobeacked and _seq_gt(ack, rev.maxseqtobeacked) and flags & ACK:
-            bits |= _A_ACK_LOST
-            rev.maxseqtobeacked = rev.nextseq
-        # RETRANSMISSION / FAST RETRANSMISSION / OUT-OF-ORDER / SPURIOUS
-        if (seglen > 0 or flags & (SYN | FIN)) and not bits & _A_KA:
-            not_advanced = bool(nextseq) and _seq_lt(seq, nextseq)
-            if seglen > 1 and ((nextseq - 1) & MASK) == seq:
-                not_advanced = False  # new data after a zero-window probe
-            if (not_advanced and rev.dupacks >= 2 and rev.lastack == seq
-                    and ts - rev.lastack_time < 0.020):
-                bits |= _A_FAST
-            else:
-                ooo_threshold = conn.first_rtt if conn.first_rtt else 0.003
-                if (not_advanced and ts - fwd.nextseq_time < ooo_threshold
-                        and nextseq != (seq + seglen) & MASK):
-                    bits |= _A_OOO
-                elif seglen > 0 and rev.lastack and _seq_ge(rev.lastack, (seq + seglen) & MASK):
-                    bits |= _A_SPURIOUS  # already acknowledged: the data was not lost
-                elif not_advanced:
-                    bits |= _A_RETRANS
-        # remember the highest sequence number and what this side acked
-        end = (seq + seglen + (1 if flags & (SYN | FIN) else 0)) & MASK
-        if (not nextseq or _seq_gt(end, nextseq)) and not bits & _A_ZWP:
-            fwd.nextseq = end
-            fwd.nextseq_time = ts
-        if (not fwd.maxseqtobeacked or seq == fwd.maxseqtobeacked) and not bits & _A_ZWP:
-            fwd.maxseqtobeacked = fwd.nextseq
-        fwd.window = window
-        fwd.lastack = ack
-        fwd.lastack_time = ts
-        fwd.last_flags = bits
-        return bits
 
 
 def track(packets: Iterable[Packet], tracker: Tracker[Segment] | None = None) -> Iterator[Segment]:

@@ -100,6 +100,38 @@ def test_corpus_lines_equal_json_dumps(trace):
         assert report.connection_jsonl(summary) == json.dumps(summary.to_json())
 
 
+@pytest.mark.skipif(not TRACES, reason=f"third-party corpus not found at {CORPUS}")
+def test_tracker_rows_picked_by_name_make_the_same_lines():
+    """``hsviz analyze --jsonl``'s records: the halves picked from Segment's fields by
+    name, one process (both_fields) or two (track_fields + packet_fields)."""
+    for trace in TRACES:
+        with open_capture(trace) as reader:
+            packets = list(reader)
+        segments = list(map(Tracker().feed, packets))
+        pairs = list(map(Tracker(record=report.both_fields).feed, packets))
+        assert [t for _, t in pairs] == list(map(Tracker(record=report.track_fields).feed, packets))
+        assert [p for p, _ in pairs] == [
+            report.packet_fields(*dataclasses.astuple(p)) for p in packets]
+        assert report.segment_lines(pairs) == [json.dumps(s.to_json()) for s in segments]
+        for (p, t), seg in zip(pairs, segments):
+            assert p == tuple(getattr(seg, name) for name in report.PACKET_FIELDS)
+            assert t == tuple(getattr(seg, name) for name in report.TRACK_FIELDS)
+
+
+def test_field_picker_names_fields_and_keeps_the_constructors_shape():
+    import inspect
+
+    from handshake_viz.model import Packet, field_picker
+
+    pick = field_picker(Packet, ("win",))
+    assert pick(1, 2.0, "a", 3, "b", 4, 5, 6, 0x10, 512, 0) == (512,)
+    assert list(inspect.signature(pick).parameters) == [f.name for f in dataclasses.fields(Packet)]
+    assert field_picker(Packet, ("src", "dst"), ("ts",))(
+        *dataclasses.astuple(Packet(1, 2.0, "a", 3, "b", 4, 5, 6, 0x10, 512, 0))) == (("a", "b"), (2.0,))
+    with pytest.raises(ValueError, match="no field rel_seq"):
+        field_picker(Packet, ("seq", "rel_seq"))
+
+
 def test_format_call_never_prints_none():
     from handshake_viz.model import Call
     from handshake_viz.report import format_call

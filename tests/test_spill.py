@@ -113,9 +113,9 @@ def test_memory_holds_open_connections_only(tmp_path):
                     open_now.add(seg.conn)
                 most = max(most, tracker.connections_in_memory)
                 assert tracker.connections_in_memory <= len(open_now) + keep
-        from handshake_viz.track import _Conn
+        from handshake_viz.tracked import TrackedConn
 
-        alive = sum(isinstance(o, _Conn) for o in gc.get_objects())
+        alive = sum(isinstance(o, TrackedConn) for o in gc.get_objects())
         assert alive <= keep + len(open_now)
     finally:
         gc.enable()

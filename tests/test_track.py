@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from handshake_viz.model import Analysis, Direction, Label, Packet, Phase, TcpState
+from handshake_viz.model import Analysis, Direction, Label, Packet, Phase, Segment, TcpState
 from handshake_viz.track import Tracker, track
 
 S = TcpState
@@ -249,6 +249,25 @@ def test_track_generator_and_states_are_frozen_records():
     assert [s.label for s in segs] == [L.SYN, L.SYN_ACK]
     with pytest.raises(AttributeError):
         segs[0].label = L.RST  # type: ignore[misc]
+
+
+def test_feed_fields_is_shaped_like_packet_and_record_gets_segments_fields():
+    """The two positional interfaces are Packet's and Segment's field lists, name for
+    name: ``reader.records(tracker.feed_fields)`` and ``Tracker(record=SomeRecord)``."""
+    import dataclasses
+    import inspect
+
+    params = list(inspect.signature(Tracker.feed_fields).parameters.values())[1:]
+    empty = inspect.Parameter.empty
+    assert [(p.name, p.default) for p in params] == [
+        (f.name, empty if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(Packet)]
+    sc = Script()
+    packets = [sc.pkt("c", "S", 0), sc.pkt("s", "SA", 0, 1), sc.pkt("c", "A", 1, 1),
+               sc.pkt("c", "PA", 1, 1, 5), sc.pkt("s", "A", 1, 6)]
+    plain, raw = Tracker(), Tracker(record=lambda *fields: fields)
+    for p in packets:
+        assert Segment(*raw.feed(p)) == plain.feed(p)
 
 
 def test_unacceptable_segment_moves_no_receiver_state():

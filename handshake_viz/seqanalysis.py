@@ -1,0 +1,220 @@
+"""Wireshark's TCP sequence analysis, so that ``hsviz`` and ``tshark`` flag the same
+segments of the same capture.
+
+This follows ``tcp_analyze_sequence_number`` in Wireshark's ``epan/dissectors/
+packet-tcp.c``: per direction it remembers the next expected sequence number, the
+highest one to be acknowledged, the last ACK and window and the duplicate ACK count
+(:class:`SeqFlow`, a pared-down ``tcp_flow_t``), and per segment it runs the same
+checks in the same order (:func:`analyze`), since some of them end the checking
+early.  The result is a set of bits; :func:`analysis_names` turns it into the
+``Analysis`` members a Segment carries, in the order of Wireshark's expert info.
+
+Sans-IO like the tracker that calls it: numbers in, bits out.  The tracker's fast
+path (``track.Tracker._steady``) repeats the updates for the segments that flag
+nothing; tests/test_track_fastpath.py holds the two to the same results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from handshake_viz.model import Analysis, parse_options
+from handshake_viz.seqnum import ACK, FIN, MASK, RST, SYN
+from handshake_viz.seqnum import seq_ge as _seq_ge
+from handshake_viz.seqnum import seq_gt as _seq_gt
+from handshake_viz.seqnum import seq_lt as _seq_lt
+
+__all__ = [
+    "A_ACK_LOST",
+    "A_DUPACK",
+    "A_FAST",
+    "A_KA",
+    "A_KA_ACK",
+    "A_LOST",
+    "A_OOO",
+    "A_RETRANS",
+    "A_SPURIOUS",
+    "A_WFULL",
+    "A_WUPD",
+    "A_ZWIN",
+    "A_ZWP",
+    "A_ZWP_ACK",
+    "SeqFlow",
+    "analysis_names",
+    "analyze",
+    "scaled_window",
+]
+
+
+@dataclass(slots=True, eq=False)
+class SeqFlow:
+    """What the analysis remembers of one direction (Wireshark's ``tcp_flow_t`` and
+    ``tcp_analyze_seq_info``, pared down to what is used).  Sequence numbers are raw
+    (absolute); 0 in ``nextseq``, ``maxseqtobeacked`` and ``lastack`` means "none yet",
+    as in Wireshark."""
+
+    nextseq: int = 0  # one past the highest sequence number sent this way
+    nextseq_time: float = 0.0  # when nextseq last moved
+    maxseqtobeacked: int = 0  # the highest sequence number the other way may acknowledge
+    lastack: int = 0  # the last ACK number sent this way
+    lastack_time: float = 0.0
+    dupacks: int = 0  # duplicate ACKs of lastack so far
+    window: int | None = None  # the last window advertised this way, scaled
+    win_scale: int = -1  # the shift to apply; -1 not known yet, -2 the SYN offered none
+    last_flags: int = 0  # analysis bits of the last segment this way
+
+
+# Analysis bits (the order of the names follows Wireshark's expert info).
+A_RETRANS = 1 << 0
+A_FAST = 1 << 1
+A_SPURIOUS = 1 << 2
+A_OOO = 1 << 3
+A_DUPACK = 1 << 4
+A_LOST = 1 << 5
+A_ACK_LOST = 1 << 6
+A_ZWIN = 1 << 7
+A_ZWP = 1 << 8
+A_WUPD = 1 << 9
+A_WFULL = 1 << 10
+A_KA = 1 << 11
+A_KA_ACK = 1 << 12
+A_ZWP_ACK = 1 << 13
+
+_BIT_NAMES: tuple[tuple[int, tuple[Analysis, ...]], ...] = (
+    (A_RETRANS, (Analysis.RETRANSMISSION,)),
+    # Wireshark reports a fast or spurious retransmission as a retransmission too.
+    (A_FAST, (Analysis.RETRANSMISSION, Analysis.FAST_RETRANSMISSION)),
+    (A_SPURIOUS, (Analysis.RETRANSMISSION, Analysis.SPURIOUS_RETRANSMISSION)),
+    (A_OOO, (Analysis.OUT_OF_ORDER,)),
+    (A_DUPACK, (Analysis.DUP_ACK,)),
+    (A_LOST, (Analysis.LOST_SEGMENT,)),
+    (A_ACK_LOST, (Analysis.ACK_UNSEEN,)),
+    (A_ZWIN, (Analysis.ZERO_WINDOW,)),
+    (A_ZWP, (Analysis.ZERO_WINDOW_PROBE,)),
+    (A_WUPD, (Analysis.WINDOW_UPDATE,)),
+    (A_WFULL, (Analysis.WINDOW_FULL,)),
+    (A_KA, (Analysis.KEEP_ALIVE,)),
+    (A_KA_ACK, (Analysis.KEEP_ALIVE_ACK,)),
+    # A_ZWP_ACK only keeps a probe's ACK from counting as a duplicate ACK: no name.
+)
+_NAMES_CACHE: dict[int, tuple[Analysis, ...]] = {0: ()}
+
+
+def analysis_names(bits: int) -> tuple[Analysis, ...]:
+    """The Analysis members of ``bits``, each once, in Wireshark's order (one tuple
+    per combination, shared by every Segment that has it)."""
+    try:
+        return _NAMES_CACHE[bits]
+    except KeyError:
+        out: list[Analysis] = []
+        for bit, names in _BIT_NAMES:
+            if bits & bit:
+                out.extend(n for n in names if n not in out)
+        result = tuple(out)
+        _NAMES_CACHE[bits] = result
+        return result
+
+
+def scaled_window(fwd: SeqFlow, rev: SeqFlow, flags: int, win: int, raw_options: bytes) -> int:
+    """The window a segment advertises, in bytes; a SYN's window scale option is noted.
+
+    RFC 7323 §2.2: the scale applies only if both SYNs carry the option, and never to
+    the window of a SYN itself.  ``fwd`` is the segment's direction, ``rev`` the other.
+    """
+    if not flags & SYN:
+        scale = fwd.win_scale
+        return win << scale if scale > 0 else win
+    ws = parse_options(raw_options).wscale_effective if raw_options else None
+    if flags & ACK:
+        if ws is None or rev.win_scale < 0:
+            fwd.win_scale = rev.win_scale = 0 if ws is None or rev.win_scale == -2 else fwd.win_scale
+        else:
+            fwd.win_scale = ws
+    else:
+        fwd.win_scale = ws if ws is not None else -2
+    return win
+
+
+def analyze(
+    fwd: SeqFlow, rev: SeqFlow, flags: int, seq: int, ack: int, seglen: int, ts: float,
+    window: int, first_rtt: float | None,
+) -> int:
+    """Wireshark's TCP sequence analysis (``tcp_analyze_sequence_number``), one segment.
+
+    ``fwd`` is the segment's direction, ``rev`` the other; ``window`` is the scaled
+    window (:func:`scaled_window`) and ``first_rtt`` the connection's first round
+    trip (SYN to the handshake's ACK), if known.  Updates ``fwd`` (and, for an ACK of
+    unseen data, ``rev``) and returns the analysis bits.  The checks run in
+    Wireshark's order, since some of them end the checking early; each comment names
+    the condition it tests.
+    """
+    bits = 0
+    nextseq = fwd.nextseq
+    ctl = flags & (SYN | FIN | RST)
+    skip_to_fwd_done = False
+    # ZERO WINDOW PROBE: 1 byte at the next expected seq while the peer's window is 0.
+    if seglen == 1 and seq == nextseq and rev.window == 0:
+        bits |= A_ZWP
+        skip_to_fwd_done = True
+    if not skip_to_fwd_done:
+        # ZERO WINDOW: window 0 on a segment without SYN/FIN/RST.
+        if window == 0 and not ctl:
+            bits |= A_ZWIN
+        # LOST SEGMENT: starts beyond what we expected next (a gap in the capture).
+        if nextseq and _seq_gt(seq, nextseq) and not flags & RST:
+            bits |= A_LOST
+        # KEEP-ALIVE: 0 or 1 byte starting one before the next expected seq.
+        if seglen <= 1 and seq == ((nextseq - 1) & MASK) and not ctl:
+            bits |= A_KA
+        # WINDOW UPDATE: nothing new but the window changed.
+        if (seglen == 0 and window and window != fwd.window and seq == nextseq
+                and ack == fwd.lastack and not ctl):
+            bits |= A_WUPD
+        # WINDOW FULL: data fills the peer's advertised window exactly.
+        if (seglen > 0 and rev.win_scale != -1 and rev.window is not None and not ctl
+                and (seq + seglen) & MASK == (rev.lastack + (rev.window)) & MASK):
+            bits |= A_WFULL
+        same = (seglen == 0 and seq == nextseq and ack == fwd.lastack and not ctl)
+        if same and window and window == fwd.window and rev.last_flags & A_KA:
+            bits |= A_KA_ACK  # KEEP-ALIVE ACK
+        elif same and window == 0 and window == fwd.window and rev.last_flags & A_ZWP:
+            bits |= A_ZWP_ACK  # ZERO WINDOW PROBE ACK
+        elif same and window and window == fwd.window:
+            fwd.dupacks += 1  # DUPLICATE ACK: same seq, ack and window, no payload
+            bits |= A_DUPACK
+    # (finished_fwd) a new ack value resets the duplicate count
+    if ack != fwd.lastack:
+        fwd.dupacks = 0
+    # ACKED UNSEEN: acknowledges beyond anything the other side was seen to send.
+    if rev.maxseqtobeacked and _seq_gt(ack, rev.maxseqtobeacked) and flags & ACK:
+        bits |= A_ACK_LOST
+        rev.maxseqtobeacked = rev.nextseq
+    # RETRANSMISSION / FAST RETRANSMISSION / OUT-OF-ORDER / SPURIOUS
+    if (seglen > 0 or flags & (SYN | FIN)) and not bits & A_KA:
+        not_advanced = bool(nextseq) and _seq_lt(seq, nextseq)
+        if seglen > 1 and ((nextseq - 1) & MASK) == seq:
+            not_advanced = False  # new data after a zero-window probe
+        if (not_advanced and rev.dupacks >= 2 and rev.lastack == seq
+                and ts - rev.lastack_time < 0.020):
+            bits |= A_FAST
+        else:
+            ooo_threshold = first_rtt if first_rtt else 0.003
+            if (not_advanced and ts - fwd.nextseq_time < ooo_threshold
+                    and nextseq != (seq + seglen) & MASK):
+                bits |= A_OOO
+            elif seglen > 0 and rev.lastack and _seq_ge(rev.lastack, (seq + seglen) & MASK):
+                bits |= A_SPURIOUS  # already acknowledged: the data was not lost
+            elif not_advanced:
+                bits |= A_RETRANS
+    # remember the highest sequence number and what this side acked
+    end = (seq + seglen + (1 if flags & (SYN | FIN) else 0)) & MASK
+    if (not nextseq or _seq_gt(end, nextseq)) and not bits & A_ZWP:
+        fwd.nextseq = end
+        fwd.nextseq_time = ts
+    if (not fwd.maxseqtobeacked or seq == fwd.maxseqtobeacked) and not bits & A_ZWP:
+        fwd.maxseqtobeacked = fwd.nextseq
+    fwd.window = window
+    fwd.lastack = ack
+    fwd.lastack_time = ts
+    fwd.last_flags = bits
+    return bits
