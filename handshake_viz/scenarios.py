@@ -7,13 +7,16 @@ record, so the demo needs no strace.  A scenario binds its port first (bind and
 listen send nothing), then calls ``start_capture(port)`` before anything is
 sent; capturing, saving and drawing are :mod:`handshake_viz.demo`'s job.
 
-Ports are never fixed: servers bind port 0; ``refused`` binds a socket to port 0
-and closes it without listening, so nobody listens there.
+Ports are never fixed: each lesson takes a port free at that moment, below the
+kernel's ephemeral range (so no client connection elsewhere on the machine can be
+given it while a lesson closes and binds it again); ``refused`` uses such a port
+without listening on it.
 """
 
 from __future__ import annotations
 
 import errno as errno_mod
+import random
 import socket
 import threading
 import time
@@ -85,9 +88,30 @@ class Scenario:
     time: str = "ordered"
 
 
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free right now below the kernel's ephemeral range, so that no client
+    connection anywhere on the machine is given it as its source port while a lesson
+    closes and binds it again (the time-wait restart); never a fixed number."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            low = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low // 2), low)
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                continue
+        return port
+    return 0  # every try taken: let the kernel choose
+
+
 def _listener(rec: Recorder, backlog: int = 8) -> tuple[socket.socket, int]:
     srv = rec.socket()
-    port = rec.bind(srv, 0)
+    port = rec.bind(srv, _free_port())
     rec.listen(srv, backlog)
     return srv, port
 
@@ -171,13 +195,8 @@ def _scenario_half_close(rec: Recorder, start_capture: StartCapture) -> list[str
 
 
 def _unused_port() -> int:
-    """A port nobody listens on: bound to a socket that is closed without listen()."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-    finally:
-        probe.close()
+    """A port nobody listens on (free when probed; below the ephemeral range)."""
+    return _free_port()
 
 
 def _scenario_refused(rec: Recorder, start_capture: StartCapture) -> list[str]:
@@ -221,7 +240,7 @@ def _scenario_time_wait(rec: Recorder, start_capture: StartCapture) -> list[str]
     # socket inherits the listener's), so without it even the third bind would fail.
     srv = rec.socket()
     rec.setsockopt(srv, "SO_REUSEADDR", 1)
-    port = rec.bind(srv, 0)
+    port = rec.bind(srv, _free_port())
     rec.listen(srv, 8)
     start_capture(port)
     threads = _Threads()
@@ -343,7 +362,7 @@ def _scenario_multi_client(rec: Recorder, start_capture: StartCapture) -> list[s
 
 def _scenario_udp(rec: Recorder, start_capture: StartCapture) -> list[str]:
     srv = rec.socket(socket.SOCK_DGRAM)
-    port = rec.bind(srv, 0)
+    port = rec.bind(srv, _free_port(socket.SOCK_DGRAM))
     start_capture(port)
     threads = _Threads()
 
