@@ -45,6 +45,7 @@ __all__ = [
     "TcpState",
     "UdpPacket",
     "Word",
+    "ZeekConnection",
     "call_kind",
     "fast_constructor",
     "field_picker",
@@ -417,6 +418,27 @@ class ConnectionSummary:
         from handshake_viz.report import connection_jsonl
 
         return json.loads(connection_jsonl(self))  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class ZeekConnection:
+    """One connection as Zeek's conn.log would log it.  Zeek's connections are not
+    always Wireshark's streams (``conn``, the stream it belongs to): Zeek starts a new
+    one on the same ports after a RST or a close, or when it dropped an unanswered
+    SYN's connection (see ``handshake_viz.zeek``).  ``orig``/``resp`` are Zeek's
+    roles; the byte counts are sequence space (64 bits: they do not wrap)."""
+
+    conn: int
+    ts: float
+    orig: Endpoint
+    resp: Endpoint
+    conn_state: str
+    history: str
+    orig_bytes: int
+    resp_bytes: int
+    orig_pkts: int
+    resp_pkts: int
+    missed_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ from handshake_viz.model import (
     Phase,
     Segment,
     TcpState,
+    ZeekConnection,
     fast_constructor,
     make_packet as _make_packet,
 )
@@ -75,6 +76,7 @@ from handshake_viz.seqnum import seq_gt as _seq_gt
 from handshake_viz.spill import ConnectionStore, pack, store_key, unpack, unpack_summary
 from handshake_viz.tcpstate import after_segment, initial_states, is_acceptable
 from handshake_viz.tracked import TrackedConn, TrackedFlow
+from handshake_viz.zeek import INACTIVITY_TIMEOUT as ZEEK_INACTIVITY
 from handshake_viz.zeek import Z, ZeekView
 
 __all__ = ["LIKELY_SERVER_PORTS", "Tracker", "discard", "track"]
@@ -96,13 +98,19 @@ L = _members(Label)
 P = _members(Phase)
 
 
+# Zeek endpoint states in which a segment may end Zeek's connection (its attempt and
+# close timers run, or a SYN would start the next one): the general path's.
+_ZEEK_NOT_STEADY = frozenset({Z.INACTIVE, Z.CLOSED, Z.RESET})
+
+
 def _ready(fwd: TrackedFlow, rev: TrackedFlow) -> bool:
     """Whether ``fwd`` may take the fast path as far as the general path decides it:
     this side has acked before (so "acks new bytes" compares with its own last ACK),
     no FIN either way yet (no ACK of a FIN, phase stays "data"), the peer's SYN, if
     seen, is acknowledged (no handshake step), the first RTT is known (else this could
     be the handshake's ACK, which sets it), and both Zeek endpoints are initialised and
-    this one is active.  Only ``Tracker._feed`` changes any of these (``_steady``
+    neither is inactive, closed or reset (no Zeek timer but inactivity can end its
+    connection).  Only ``Tracker._feed`` changes any of these (``_steady``
     moves ``highest_ack``, but never back to None)."""
     conn = fwd.conn
     return (
@@ -111,7 +119,8 @@ def _ready(fwd: TrackedFlow, rev: TrackedFlow) -> bool:
         and rev.fin_end is None
         and (rev.syn_seq is None or rev.syn_acked)
         and not (conn.first_rtt is None and conn.syn_time is not None)
-        and fwd.zeek.state is not Z.INACTIVE
+        and fwd.zeek.state not in _ZEEK_NOT_STEADY
+        and rev.zeek.state not in _ZEEK_NOT_STEADY
         and fwd.zeek.start_seq is not None
         and rev.zeek.start_seq is not None
     )
@@ -270,6 +279,17 @@ class Tracker(Generic[R]):
             raise IndexError(f"no connection {conn} (of {self._count})")
         return unpack_summary(blob)
 
+    def zeek_connections(self) -> list[ZeekConnection]:
+        """Every connection as Zeek would log it, stream by stream (a stream may hold
+        several, or one Zeek connection span no more than part of one)."""
+        out: list[ZeekConnection] = []
+        for i in range(self._count):
+            c = self._conns.get(i)
+            if c is None:
+                c = unpack(self._store.get(i), self._likely)  # type: ignore[union-attr,arg-type]
+            out.extend(c.zeek_connections())
+        return out
+
     @property
     def connection_count(self) -> int:
         return self._count
@@ -344,7 +364,7 @@ class Tracker(Generic[R]):
         index, blob = found
         conn = self._conns.get(index)
         if conn is None:
-            conn = unpack(blob)
+            conn = unpack(blob, self._likely)
             self._conns[index] = conn
             self._finished_now(conn)  # it is finished: queued again, as the newest
         self._enter(conn)
@@ -424,6 +444,9 @@ class Tracker(Generic[R]):
             return None
         highest_ack: int = fwd.highest_ack  # type: ignore[assignment]
         conn = fwd.conn
+        zeek = conn.zeek
+        if ts - zeek.last_ts > ZEEK_INACTIVITY:
+            return None  # Zeek would have dropped the connection by now
         lastack = fwd.lastack
         if length:
             end = (seq + length) & MASK
@@ -447,8 +470,12 @@ class Tracker(Generic[R]):
         zstate = zend.state
         last_seq: int = zend.last_seq  # type: ignore[assignment]
         zadvance = zstate is not Z.RESET and 0 < ((end - last_seq) & MASK) < HALF
-        if length and not zadvance and zstate is not Z.RESET:
-            return None
+        if length and ((not zadvance and zstate is not Z.RESET) or zend.blocks):
+            return None  # a retransmission ('T'), or payload that may fill a hole
+        zcontig = zend.contig
+        if (length and zcontig is not None and 0 < ((seq - zcontig) & MASK) < HALF
+                and len(payload) >= length):
+            return None  # payload beyond a hole in what was captured: a block to keep
         peer_contig = zpeer.contig
         if peer_contig is not None and 0 < ((ack - peer_contig) & MASK) < HALF:
             return None
@@ -482,18 +509,22 @@ class Tracker(Generic[R]):
             data_rel_end = (rel_seq + length - 1) & MASK
             if data_rel_end < HALF and data_rel_end > fwd.data_end:
                 fwd.data_end = data_rel_end
-        # Zeek: the history letter of the first data ('D') or ACK ('A') this way, the
-        # highest sequence sent, contiguous captured payload
+        # Zeek: a packet counted, the history letter of the first data ('D') or ACK ('A')
+        # this way, the highest sequence sent (and its wraps), contiguous captured payload
+        zend.pkts += 1
+        zeek.last_ts = ts  # (neither endpoint has closed: _ready)
         code = "D" if length else "A"
         if code not in zend.seen:
-            conn.zeek._check(fwd.dir is C2S, code)
+            zeek._check(fwd.dir is C2S, code)
         if zadvance:
+            if end < last_seq:
+                zend.wraps += 1
+            if zend.ack_beyond:
+                zend.ack_beyond = max(0, zend.ack_beyond - ((end - last_seq) & MASK))
             zend.last_seq = end
-        if length and zend.contig is not None:
-            contig = zend.contig
-            if (not 0 < ((seq - contig) & MASK) < HALF and len(payload) >= length
-                    and 0 < ((end - contig) & MASK) < HALF):
-                zend.contig = end
+        if (length and zcontig is not None and len(payload) >= length
+                and 0 < ((end - zcontig) & MASK) < HALF):
+            zend.contig = end
         return self._make(  # type: ignore[no-any-return]
             frame, ts, conn.index, fwd.dir, src, sport, dst, dport, seq, ack, rel_seq,
             rel_ack, length, flags, win, label, P.DATA, (),
