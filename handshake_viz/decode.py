@@ -142,11 +142,11 @@ _make_packet = make_packet
 # ---------------------------------------------------------------------------
 
 # Ethernet type + IPv4 (IHL 5) + TCP fixed header in one unpack, from byte 12 of
-# an Ethernet frame: ethertype, ver/IHL, total length, flags/fragment offset,
+# an Ethernet frame: ethertype, ver/IHL, total length, identification, flags/fragment offset,
 # protocol, src+dst (8 bytes, one cache key), sport, dport, seq, ack, data offset,
 # flags, window.
-_ETH_IP4_TCP_PAIR = struct.Struct("!HBxHxxHxB2x8sHHIIBBH")
-_IP4 = struct.Struct("!BxHxxHxB2x4s4s")  # ver/IHL, total length, frag, proto, src, dst
+_ETH_IP4_TCP_PAIR = struct.Struct("!HBxHHHxB2x8sHHIIBBH")
+_IP4 = struct.Struct("!BxHHHxB2x4s4s")  # ver/IHL, total length, id, frag, proto, src, dst
 _IP6 = struct.Struct("!4xHB x16s16s")  # payload length, next header, src, dst
 _TCP = struct.Struct("!HHIIBBH")  # sport, dport, seq, ack, data offset, flags, window
 _U16 = struct.Struct("!H")
@@ -325,7 +325,7 @@ def _decode(
     """
     # Fast path: Ethernet, IPv4 without options, unfragmented TCP, nothing odd.
     if lt == 1 and end - start >= 54:
-        et, vihl, tot, frag, proto, sd, sp, dp, seq, ack, offb, fl, win = (
+        et, vihl, tot, ipid, frag, proto, sd, sp, dp, seq, ack, offb, fl, win = (
             _ETH_IP4_TCP_PAIR.unpack_from(buf, start + 12)
         )
         if (
@@ -349,7 +349,7 @@ def _decode(
                     src, dst = _pair4(sd)
                 return make(
                     frame, ts, src, sp, dst, dp, seq, ack, fl, win, length,
-                    buf[p:q], buf[t : (p if p < end else end)] if doff > 20 else b"", 4,
+                    buf[p:q], buf[t : (p if p < end else end)] if doff > 20 else b"", 4, ipid,
                 )  # fmt: skip
 
     # General path: find the network layer.
@@ -374,7 +374,7 @@ def _decode(
     if ver == 4:
         if avail < 20:
             return False
-        vihl, tot, frag, proto, s, d = _IP4.unpack_from(buf, p)
+        vihl, tot, ipid, frag, proto, s, d = _IP4.unpack_from(buf, p)
         if frag & 0x1FFF or (proto != 6 and (proto != 17 or make_udp is None)):
             return None  # a fragment past the first, or neither TCP nor (wanted) UDP
         ihl = (vihl & 15) << 2
@@ -394,6 +394,7 @@ def _decode(
         if avail < 40:
             return False
         plen, nh, s, d = _IP6.unpack_from(buf, p)
+        ipid = 0
         t = p + 40
         if plen == 0:  # jumbogram or offload: take what was on the wire
             plen = wire - 40
@@ -452,7 +453,7 @@ def _decode(
         q = end
     return make(
         frame, ts, src, sp, dst, dp, seq, ack, fl, win, length,
-        buf[pl:q], buf[o : (pl if pl < end else end)] if doff > 20 else b"", ver,
+        buf[pl:q], buf[o : (pl if pl < end else end)] if doff > 20 else b"", ver, ipid,
     )  # fmt: skip
 
 

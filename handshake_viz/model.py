@@ -168,6 +168,9 @@ class Analysis(Word):
     WINDOW_FULL = "window-full"
     KEEP_ALIVE = "keep-alive"
     KEEP_ALIVE_ACK = "keep-alive-ack"
+    # hsviz's own, not Wireshark's: the capture holds this segment twice (see
+    # seqanalysis.DUPLICATE_WINDOW); the flags above are what tshark says of the copy.
+    DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +302,7 @@ class Packet(_TcpHeaderView):
     payload: bytes = b""
     raw_options: bytes = b""
     ip_version: int = 4
+    ip_id: int = 0  # IPv4's identification field (0 for IPv6): a copy has its original's
 
     @property
     def flag_set(self) -> Flag:
@@ -747,5 +751,5 @@ def field_picker(cls: type, *groups: tuple[str, ...]) -> Callable[..., tuple[Any
 # Packet's constructor, five times cheaper (decode builds every Packet through it; the
 # tracker, those its fast path needs after all).
 make_packet: Callable[..., Packet] = fast_constructor(
-    Packet, (7, 1.5, "10.0.0.1", 1, "::1", 2, 3, 4, 0x12, 5, 6, b"x", b"\x01", 6)
+    Packet, (7, 1.5, "10.0.0.1", 1, "::1", 2, 3, 4, 0x12, 5, 6, b"x", b"\x01", 6, 9)
 )

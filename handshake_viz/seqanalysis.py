@@ -27,6 +27,7 @@ from handshake_viz.seqnum import seq_lt as _seq_lt
 __all__ = [
     "A_ACK_LOST",
     "A_DUPACK",
+    "A_DUPLICATE",
     "A_FAST",
     "A_KA",
     "A_KA_ACK",
@@ -39,6 +40,7 @@ __all__ = [
     "A_ZWIN",
     "A_ZWP",
     "A_ZWP_ACK",
+    "DUPLICATE_WINDOW",
     "SeqFlow",
     "analysis_names",
     "analyze",
@@ -79,6 +81,19 @@ A_WFULL = 1 << 10
 A_KA = 1 << 11
 A_KA_ACK = 1 << 12
 A_ZWP_ACK = 1 << 13
+A_DUPLICATE = 1 << 14
+
+#: How close behind an identical segment a copy must come to be called a duplicate
+#: (``Analysis.DUPLICATE``): the same TCP header, options, captured payload and IPv4
+#: identification as the connection's previous segment, in the same direction,
+#: nothing in between, at most this many seconds later.  A capture sees a packet twice on two interfaces, on a
+#: mirror port or in a VLAN trunk within microseconds; a sender retransmits only after
+#: a timer (RFC 6298 §2.4: an RTO of at least 1 s; Linux: 200 ms; a tail-loss probe,
+#: RFC 8985 §7.2: two smoothed RTTs, 10 ms at least on Linux) or after duplicate ACKs,
+#: which would lie in between.  Wireshark has no such notion: it calls the copy a
+#: retransmission, a duplicate ACK, a keep-alive or a spurious retransmission, and
+#: hsviz still reports those flags too.
+DUPLICATE_WINDOW = 0.001
 
 _BIT_NAMES: tuple[tuple[int, tuple[Analysis, ...]], ...] = (
     (A_RETRANS, (Analysis.RETRANSMISSION,)),
@@ -95,6 +110,7 @@ _BIT_NAMES: tuple[tuple[int, tuple[Analysis, ...]], ...] = (
     (A_WFULL, (Analysis.WINDOW_FULL,)),
     (A_KA, (Analysis.KEEP_ALIVE,)),
     (A_KA_ACK, (Analysis.KEEP_ALIVE_ACK,)),
+    (A_DUPLICATE, (Analysis.DUPLICATE,)),
     # A_ZWP_ACK only keeps a probe's ACK from counting as a duplicate ACK: no name.
 )
 _NAMES_CACHE: dict[int, tuple[Analysis, ...]] = {0: ()}

@@ -87,7 +87,10 @@ def pack(conn: TrackedConn) -> bytes:
     z = conn.zeek
     flows = tuple((f.state.value, *_flow_scalars(f)) for f in (conn.c2s, conn.s2c))
     ends = tuple((int(e.state), int(e.prev_state), *_zend_scalars(e)) for e in z.ends)
-    state = (*_conn_scalars(conn), flows, _view_scalars(z), ends)
+    last = conn.last
+    if last is not None:  # the flow it names, as "is c2s"
+        last = (last[0] is conn.c2s, *last[1:])
+    state = (*_conn_scalars(conn), flows, _view_scalars(z), ends, last)
     return marshal.dumps((state, conn.summary_fields()))
 
 
@@ -99,7 +102,7 @@ def unpack(blob: bytes, likely: frozenset[int] = frozenset()) -> TrackedConn:
     n = len(_CONN_SCALARS)
     for name, value in zip(_CONN_SCALARS, state[:n]):
         setattr(conn, name, value)
-    flows, view, ends = state[n:]
+    flows, view, ends, last = state[n:]
     z = ZeekView.__new__(ZeekView)
     z.likely = likely
     for name, value in zip(_VIEW_SCALARS, view):
@@ -114,6 +117,7 @@ def unpack(blob: bytes, likely: frozenset[int] = frozenset()) -> TrackedConn:
     )
     conn.c2s.peer, conn.s2c.peer = conn.s2c, conn.c2s
     conn.queued = False
+    conn.last = None if last is None else ((conn.c2s if last[0] else conn.s2c), *last[1:])
     return conn
 
 

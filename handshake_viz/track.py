@@ -24,7 +24,8 @@ modules beside it:
    lower port; ``ConnectionSummary.roles_guessed`` says so.
 
 3. **Relative numbers**, exactly as Wireshark: the SYN is 0 and the first data
-   byte 1; with no SYN seen the first segment's sequence number counts as 1; the
+   byte 1 (even when a RST came before the SYN-ACK); with no SYN seen the first
+   segment's sequence number counts as 1; the
    reverse direction's base is taken from the first ACK (``ack - 1``).  All
    arithmetic is modulo 2**32 (RFC 9293 §3.4), so wraparound is harmless.
 
@@ -35,7 +36,8 @@ modules beside it:
    hold every rule that moves a state, and the tracker only stores what it returns.
 
 5. **Analysis flags**, Wireshark's TCP sequence analysis (``seqanalysis``), so
-   that ``hsviz`` and ``tshark`` agree on the same capture.
+   that ``hsviz`` and ``tshark`` agree on the same capture, and hsviz's own
+   ``duplicate`` for a segment the capture holds twice (``seqanalysis.DUPLICATE_WINDOW``).
 
 Zeek's view (conn_state and history, with its own originator/responder roles
 that it may flip, marked ``^``) is kept alongside by ``zeek.ZeekView`` so the summary
@@ -68,7 +70,13 @@ from handshake_viz.model import (
     fast_constructor,
     make_packet as _make_packet,
 )
-from handshake_viz.seqanalysis import analysis_names, analyze, scaled_window
+from handshake_viz.seqanalysis import (
+    A_DUPLICATE,
+    DUPLICATE_WINDOW,
+    analysis_names,
+    analyze,
+    scaled_window,
+)
 from handshake_viz.seqnum import ACK, FIN, HALF, MASK, RST, SYN
 from handshake_viz.seqnum import members as _members
 from handshake_viz.seqnum import seq_ge as _seq_ge
@@ -218,13 +226,13 @@ class Tracker(Generic[R]):
         """Label one packet; the returned Segment's states are those *after* it."""
         return self.feed_fields(
             p.frame, p.ts, p.src, p.sport, p.dst, p.dport, p.seq, p.ack, p.flags, p.win,
-            p.length, p.payload, p.raw_options, p.ip_version,
+            p.length, p.payload, p.raw_options, p.ip_version, p.ip_id,
         )  # fmt: skip
 
     def feed_fields(
         self, frame: int, ts: float, src: str, sport: int, dst: str, dport: int, seq: int,
         ack: int, flags: int, win: int, length: int, payload: bytes = b"",
-        raw_options: bytes = b"", ip_version: int = 4,
+        raw_options: bytes = b"", ip_version: int = 4, ip_id: int = 0,
     ) -> R:
         """``feed`` for a packet given as Packet's fields, in order (the parameters are
         Packet's, name for name: tests/test_track.py holds them to it).
@@ -238,11 +246,11 @@ class Tracker(Generic[R]):
             fwd = self._restore(src, sport, dst, dport)
         if fwd is not None and flags & (SYN | FIN | RST | ACK) == ACK:
             seg = self._steady(fwd, frame, ts, src, sport, dst, dport, seq, ack, flags, win,
-                               length, payload, raw_options, ip_version)
+                               length, payload, raw_options, ip_version, ip_id)
             if seg is not None:
                 return seg
         p = _make_packet(frame, ts, src, sport, dst, dport, seq, ack, flags, win, length,
-                         payload, raw_options, ip_version)
+                         payload, raw_options, ip_version, ip_id)
         if fwd is None or (flags & (SYN | ACK) == SYN and fwd.base is not None and seq != fwd.base):
             # a new 4-tuple, or port reuse: a SYN with a new ISN starts a new connection
             # (tcp.stream)
@@ -380,6 +388,10 @@ class Tracker(Generic[R]):
         # ---- relative numbers (Wireshark's base_seq rules) --------------------------
         if fwd.base is None:
             fwd.base = seq if flags & SYN else (seq - 1) & MASK
+        elif flags & SYN and fwd.syn_seq is None:
+            # The first SYN this way sets the base even when a RST (or anything) came
+            # first: tshark counts the responder's numbers from its SYN-ACK.
+            fwd.base = seq
         if rev.base is None and flags & ACK:
             rev.base = (ack - 1) & MASK
         rel_seq = (seq - fwd.base) & MASK
@@ -394,6 +406,14 @@ class Tracker(Generic[R]):
         # ---- Wireshark's sequence analysis ------------------------------------------
         window = scaled_window(fwd, rev, flags, p.win, p.raw_options)
         bits = analyze(fwd, rev, flags, seq, ack, length, ts, window, conn.first_rtt)
+        last = conn.last
+        if (last is not None and last[0] is fwd and ts - last[9] <= DUPLICATE_WINDOW
+                and flags & (RST | ACK) != RST
+                and last[1:9] == (seq, ack, flags, p.win, length, p.payload, p.raw_options, p.ip_id)):
+            # The capture saw this segment twice.  Not said of a bare RST: a stack sends
+            # one per segment it refuses, each the same (RFC 9293 §3.10.7.1).
+            bits |= A_DUPLICATE
+        conn.last = (fwd, seq, ack, flags, p.win, length, p.payload, p.raw_options, p.ip_id, ts)
 
         # ---- label, phase and RFC 9293 states ---------------------------------------
         label, phase = self._label(conn, fwd, rev, p)
@@ -419,7 +439,7 @@ class Tracker(Generic[R]):
     def _steady(
         self, fwd: TrackedFlow, frame: int, ts: float, src: str, sport: int, dst: str, dport: int,
         seq: int, ack: int, flags: int, win: int, length: int, payload: bytes,
-        raw_options: bytes, ip_version: int,
+        raw_options: bytes, ip_version: int, ip_id: int = 0,
     ) -> R | None:
         """The fast path: an in-order ACK or data segment of a connection in full swing.
 
@@ -481,6 +501,7 @@ class Tracker(Generic[R]):
             return None
 
         # ---- all clear: the updates _feed would make ----------------------------------
+        conn.last = (fwd, seq, ack, flags, win, length, payload, raw_options, ip_id, ts)
         conn.segments += 1
         conn.last_ts = ts
         base = fwd.base

@@ -53,7 +53,7 @@ class TrackedConn:
     __slots__ = (
         "index", "client", "server", "roles_guessed", "c2s", "s2c", "first_ts", "last_ts",
         "segments", "zeek", "syn_time", "first_rtt", "ip_version", "closed", "handshake_acked",
-        "queued",
+        "queued", "last",
     )
 
     def __init__(
@@ -78,6 +78,9 @@ class TrackedConn:
         self.closed = False  # a FIN was acked both ways, or a RST was seen
         self.handshake_acked = False
         self.queued = False  # in the tracker's queue of finished connections
+        # The previous segment either way, as (flow, seq, ack, flags, win, length,
+        # payload, raw_options, ip_id, ts): what a duplicate copy repeats.
+        self.last: LastSegment | None = None
 
     def summary(self) -> ConnectionSummary:
         return summary_of(self.summary_fields())
@@ -103,6 +106,8 @@ class TrackedConn:
             out.append(ZeekConnection(self.index, ts, orig, resp, state, history, ob, rb, op, rp, missed))
         return out
 
+
+LastSegment = tuple["TrackedFlow", int, int, int, int, int, bytes, bytes, int, float]
 
 SummaryFields = tuple[int, str, int, str, int, float, float, int, int, int, str, str, str, str,
                       bool, int]
