@@ -74,6 +74,7 @@ def _hsviz(*extra: str) -> list[str]:
 TOOLS: dict[str, tuple[list[str], str]] = {
     "hsviz analyze --jsonl": (_hsviz("--jsonl"), sys.executable),
     "hsviz analyze --summary": (_hsviz("--summary"), sys.executable),
+    "hsviz analyze": (_hsviz(), sys.executable),  # the text ladder
     "tshark -T fields": (
         ["tshark", "-r", "{capture}", "-n", "-o", "tcp.relative_sequence_numbers:TRUE",
          "-T", "fields", *(a for f in TSHARK_FIELDS for a in ("-e", f))],
@@ -268,7 +269,7 @@ def sizes(tmp: Path, runs: int, tools: list[str]) -> list[dict[str, object]]:
     per_conn = 3 + 3 * 15 + 4  # make_capture.packets_per_connection(15)
     series = [
         ("more connections (15 exchanges each)",
-         [(max(1, n // per_conn), 15) for n in (104_000, 312_000, 1_040_000)]),
+         [(max(1, n // per_conn), 15) for n in (104_000, 312_000, 1_040_000, 3_120_000)]),
         ("2,000 connections, longer conversations",
          [(2000, e) for e in (15, 50, 165)]),
     ]  # fmt: skip
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hsviz-bench-") as tmpdir:
         tmp = Path(tmpdir)
         if args.sizes:
-            tools = args.only or ["hsviz analyze --jsonl", "hsviz analyze --summary"]
+            tools = args.only or ["hsviz analyze --jsonl", "hsviz analyze --summary", "hsviz analyze"]
             result = sizes(tmp, args.runs, available(tools))
             if args.json:
                 print(json.dumps(result))

@@ -21,7 +21,8 @@ either way (``tests/test_analyze.py``), and so are the errors: a decode error in
 the child reaches the parent after the rows before it, and is raised there.
 
 Only the JSON Lines output is worth a second process: ``--summary`` builds no
-rows, and the ladder keeps every line until the end.  Both processes read the
+rows, and the ladder keeps every line until the end (in a temporary database past a
+few megabytes: ``LadderSpill``).  Both processes read the
 file, so standard input and pipes always take one.
 
 Finished connections are kept in a temporary SQLite database
@@ -33,9 +34,9 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import sqlite3
 import sys
 from collections import deque
-from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -90,18 +91,75 @@ def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = Fal
     gc.disable()
     try:
         # Finished connections go to a temporary database, so that memory grows with
-        # the open connections only (the ladder keeps every line anyway).
-        with SqliteStore() if mode != "ladder" else nullcontext() as store:
+        # the open connections only; so do the ladder's lines (LadderSpill).
+        with SqliteStore() as store:
             yield from _items(path, mode, want, split, store)
     finally:
         if collecting:
             gc.enable()
 
 
+class LadderSpill:
+    """The ladder's lines, connection by connection, kept in a private temporary SQLite
+    database once they pass ``budget`` characters in memory: the ladder prints each
+    connection's lines together, in connection order, after the last packet, and a
+    capture of a million packets has hundreds of megabytes of them.  Lines are written
+    in chunks (one row per connection per flush), read back in the order they came."""
+
+    def __init__(self, budget: int = 8 << 20) -> None:
+        self._mem: dict[int, list[str]] = {}
+        self._size = 0
+        self._budget = budget
+        self._db: sqlite3.Connection | None = None
+
+    def add(self, key: int, line: str) -> None:
+        self._mem.setdefault(key, []).append(line)
+        self._size += len(line)
+        if self._size > self._budget:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._db is None:
+            self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
+            self._db.executescript("PRAGMA cache_size = -2048; PRAGMA journal_mode = OFF; "
+                                   "PRAGMA synchronous = OFF; "
+                                   "CREATE TABLE lines (key INTEGER NOT NULL, chunk TEXT NOT NULL); "
+                                   "CREATE INDEX by_key ON lines (key);")
+        db = self._db
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO lines VALUES (?, ?)",
+                       [(k, "\n".join(v)) for k, v in self._mem.items()])
+        db.execute("COMMIT")
+        self._mem.clear()
+        self._size = 0
+
+    def pop(self, key: int) -> list[str]:
+        """Every line of ``key``, in order (and forgets them)."""
+        out: list[str] = []
+        if self._db is not None:
+            for (chunk,) in self._db.execute("SELECT chunk FROM lines WHERE key = ? ORDER BY rowid", (key,)):
+                out.extend(chunk.split("\n"))
+        out += self._mem.pop(key, [])
+        return out
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+
 def _items(path: str, mode: Mode, want: int | None, split: bool,
            store: SqliteStore | None) -> Iterator[Item]:
-    ladders: dict[int, list[str]] = {}
-    flow_ladders: dict[int, list[str]] = {}
+    ladders = LadderSpill()
+    flow_ladders = LadderSpill()
+    try:
+        yield from _ladder_items(path, mode, want, split, store, ladders, flow_ladders)
+    finally:
+        ladders.close()
+        flow_ladders.close()
+
+
+def _ladder_items(path: str, mode: Mode, want: int | None, split: bool, store: SqliteStore | None,
+                  ladders: LadderSpill, flow_ladders: LadderSpill) -> Iterator[Item]:
     flows = FlowTracker()
     with open_capture(path) as reader:
         if mode == "jsonl":
@@ -115,7 +173,7 @@ def _items(path: str, mode: Mode, want: int | None, split: bool,
             tracker = Tracker(record=discard, store=store)
             deque(pipeline.stream(reader, tracker, flows, _discard_datagram), maxlen=0)
         else:
-            tracker = Tracker()
+            tracker = Tracker(store=store)
             starts: dict[int, float] = {}
             flow_starts: dict[int, float] = {}
             settler = Settler()  # the ladder is per connection: hindsight applies
@@ -123,13 +181,13 @@ def _items(path: str, mode: Mode, want: int | None, split: bool,
             def add(segs: Iterable[Segment]) -> None:
                 for seg in segs:
                     t0 = starts.setdefault(seg.conn, seg.ts)
-                    ladders.setdefault(seg.conn, []).append(report.format_segment(seg, t0))
+                    ladders.add(seg.conn, report.format_segment(seg, t0))
 
             for rec in pipeline.stream(reader, tracker, flows):
                 if type(rec) is Datagram:
                     if want is None:
                         t0 = flow_starts.setdefault(rec.flow, rec.ts)
-                        flow_ladders.setdefault(rec.flow, []).append(report.format_datagram(rec, t0))
+                        flow_ladders.add(rec.flow, report.format_datagram(rec, t0))
                     continue
                 if want is not None and rec.conn != want:
                     continue
@@ -152,12 +210,12 @@ def _items(path: str, mode: Mode, want: int | None, split: bool,
     else:
         for s in selected:
             lines = [report.connection_header(s), report.ladder_columns()]
-            lines += ladders.pop(s.conn, [])
+            lines += ladders.pop(s.conn)
             lines += [report.format_summary(s), ""]
             yield "text", lines
         for f in flow_summaries:
             lines = [report.flow_header(f), report.ladder_columns()]
-            lines += flow_ladders.pop(f.flow, [])
+            lines += flow_ladders.pop(f.flow)
             lines += [report.format_flow_summary(f), ""]
             yield "text", lines
 

@@ -12,7 +12,8 @@ unfragmented TCP); everything else takes the general path, which finds the netwo
 layer once (:func:`_network`: one dispatch on the link type, one loop over VLAN
 tags) and then reads IPv4 (with options) or IPv6 (with extension headers).
 
-Link types: Ethernet (1, with stacked 802.1Q/802.1ad tags), BSD NULL (0),
+Link types: Ethernet (1, with stacked 802.1Q/802.1ad tags, MPLS labels and PPPoE
+sessions), BSD NULL (0),
 OpenBSD loop (108), raw IP (101, 12, 14), raw IPv4 (228), raw IPv6 (229), Linux
 cooked SLL (113) and SLL2 (276).  IPv6 extension headers: hop-by-hop, routing,
 fragment, destination options, AH.
@@ -91,6 +92,7 @@ def _unsupported(linktype: int) -> str:
 
 _ETH_VLAN = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad, old QinQ
 _AF_INET6 = (10, 24, 28, 30)  # Linux, NetBSD/OpenBSD, FreeBSD, Darwin
+_NO_CAP = 1 << 30  # no enclosing header limits the IP packet's length
 
 # ---------------------------------------------------------------------------
 # Address formatting: few distinct addresses, millions of packets -> cache.
@@ -140,11 +142,11 @@ _make_packet = make_packet
 # ---------------------------------------------------------------------------
 
 # Ethernet type + IPv4 (IHL 5) + TCP fixed header in one unpack, from byte 12 of
-# an Ethernet frame: ethertype, ver/IHL, total length, flags/fragment offset,
+# an Ethernet frame: ethertype, ver/IHL, total length, identification, flags/fragment offset,
 # protocol, src+dst (8 bytes, one cache key), sport, dport, seq, ack, data offset,
 # flags, window.
-_ETH_IP4_TCP_PAIR = struct.Struct("!HBxHxxHxB2x8sHHIIBBH")
-_IP4 = struct.Struct("!BxHxxHxB2x4s4s")  # ver/IHL, total length, frag, proto, src, dst
+_ETH_IP4_TCP_PAIR = struct.Struct("!HBxHHHxB2x8sHHIIBBH")
+_IP4 = struct.Struct("!BxHHHxB2x4s4s")  # ver/IHL, total length, id, frag, proto, src, dst
 _IP6 = struct.Struct("!4xHB x16s16s")  # payload length, next header, src, dst
 _TCP = struct.Struct("!HHIIBBH")  # sport, dport, seq, ack, data offset, flags, window
 _U16 = struct.Struct("!H")
@@ -182,11 +184,22 @@ _Result = Packet | None | bool
 _T = TypeVar("_T")
 
 
-def _network(lt: int, buf: bytes, start: int, end: int) -> tuple[int, int] | None | bool:
-    """Where the IP header of a frame of link type ``lt`` starts: ``(offset, version)``
-    (version 0: read it from the first nibble), None when the frame carries no IP
-    (ARP, LLDP, …), False when the link header itself was cut."""
+def _network(lt: int, buf: bytes, start: int, end: int) -> tuple[int, int, int] | None | bool:
+    """Where the IP header of a frame of link type ``lt`` starts: ``(offset, version,
+    cap)`` (version 0: read it from the first nibble; ``cap``: how many bytes from the
+    offset on an enclosing header says the IP packet has, ``_NO_CAP`` if none does),
+    None when the frame carries no IP (ARP, LLDP, an MPLS pseudowire, PPPoE discovery,
+    PPP control, …), False when a link header itself was cut.
+
+    Between the Ethernet (or SLL) header and IP, any stack of 802.1Q/802.1ad tags,
+    MPLS labels (RFC 3032: four bytes each, the last with the bottom-of-stack bit; IP
+    is told from the first nibble after it, as Wireshark's heuristic does) and one
+    PPPoE session header (RFC 2516: its length field covers the 2-byte PPP protocol
+    and the IP packet, and caps it: Wireshark gives a TCP segment no more payload
+    than the PPPoE length leaves, and so does this).
+    """
     ver = 0
+    cap = _NO_CAP
     if lt == 1 or lt == LT_SLL or lt == LT_SLL2:
         if lt == 1:
             hl, po = 14, 12
@@ -196,17 +209,38 @@ def _network(lt: int, buf: bytes, start: int, end: int) -> tuple[int, int] | Non
             return False
         et = buf[start + po] << 8 | buf[start + po + 1]
         p = start + hl
-        while et in _ETH_VLAN:  # stacked 802.1Q / 802.1ad tags
-            if end - p < 4:
-                return False
-            et = buf[p + 2] << 8 | buf[p + 3]
-            p += 4
-        if et == 0x0800:
-            ver = 4
-        elif et == 0x86DD:
-            ver = 6
-        else:
-            return None
+        while et != 0x0800 and et != 0x86DD:
+            if et in _ETH_VLAN:  # stacked 802.1Q / 802.1ad tags
+                if end - p < 4:
+                    return False
+                et = buf[p + 2] << 8 | buf[p + 3]
+                p += 4
+            elif et == 0x8847 or et == 0x8848:  # MPLS unicast / multicast label stack
+                while True:
+                    if end - p < 4:
+                        return False
+                    bottom = buf[p + 2] & 1
+                    p += 4
+                    if bottom:
+                        break
+                if p >= end:
+                    return False
+                ver = buf[p] >> 4
+                return (p, ver, cap) if ver == 4 or ver == 6 else None
+            elif et == 0x8864:  # PPPoE session stage
+                if end - p < 8:
+                    return False
+                proto = buf[p + 6] << 8 | buf[p + 7]
+                cap = (buf[p + 4] << 8 | buf[p + 5]) - 2
+                p += 8
+                if proto == 0x0021:
+                    return p, 4, cap
+                if proto == 0x0057:
+                    return p, 6, cap
+                return None
+            else:
+                return None
+        ver = 4 if et == 0x0800 else 6
     elif lt == LT_RAW or lt == LT_RAW_12 or lt == LT_RAW_14:
         p = start
     elif lt == LT_NULL or lt == LT_LOOP:
@@ -228,13 +262,13 @@ def _network(lt: int, buf: bytes, start: int, end: int) -> tuple[int, int] | Non
         p, ver = start, 6
     else:
         return None
-    return p, ver
+    return p, ver, cap
 
 
 def ip_packet(linktype: int, data: bytes) -> bytes | None:
     """The IP packet inside a frame (``replay --inject`` re-sends it), or None."""
     found = _network(linktype, data, 0, len(data))
-    return data[found[0]:] if found else None
+    return data[found[0]:found[0] + found[2]] if found else None
 
 
 _LINK_HEADER = {LT_ETHERNET: 14, LT_SLL: 16, LT_SLL2: 20, LT_NULL: 4, LT_LOOP: 4}
@@ -252,7 +286,7 @@ def header_length(linktype: int, data: bytes) -> int:
     found = _network(linktype, data, 0, n)
     if not found:
         return min(n, _LINK_HEADER.get(linktype, 0)) if found is None else n
-    p, ver = found
+    p, ver, _ = found
     if p >= n:
         return n
     if ver == 0:
@@ -291,7 +325,7 @@ def _decode(
     """
     # Fast path: Ethernet, IPv4 without options, unfragmented TCP, nothing odd.
     if lt == 1 and end - start >= 54:
-        et, vihl, tot, frag, proto, sd, sp, dp, seq, ack, offb, fl, win = (
+        et, vihl, tot, ipid, frag, proto, sd, sp, dp, seq, ack, offb, fl, win = (
             _ETH_IP4_TCP_PAIR.unpack_from(buf, start + 12)
         )
         if (
@@ -315,14 +349,14 @@ def _decode(
                     src, dst = _pair4(sd)
                 return make(
                     frame, ts, src, sp, dst, dp, seq, ack, fl, win, length,
-                    buf[p:q], buf[t : (p if p < end else end)] if doff > 20 else b"", 4,
+                    buf[p:q], buf[t : (p if p < end else end)] if doff > 20 else b"", 4, ipid,
                 )  # fmt: skip
 
     # General path: find the network layer.
     found = _network(lt, buf, start, end)
     if not found:
         return found  # type: ignore[return-value]
-    p, ver = found
+    p, ver, cap = found
     avail = end - p  # captured bytes from the IP header on
     if avail < 1:
         return False
@@ -334,11 +368,13 @@ def _decode(
     elif nibble != ver:
         return False
     wire = avail + extra  # bytes from the IP header on, as on the wire
+    if cap < wire:  # PPPoE's length says the packet ends sooner
+        wire = cap
 
     if ver == 4:
         if avail < 20:
             return False
-        vihl, tot, frag, proto, s, d = _IP4.unpack_from(buf, p)
+        vihl, tot, ipid, frag, proto, s, d = _IP4.unpack_from(buf, p)
         if frag & 0x1FFF or (proto != 6 and (proto != 17 or make_udp is None)):
             return None  # a fragment past the first, or neither TCP nor (wanted) UDP
         ihl = (vihl & 15) << 2
@@ -358,6 +394,7 @@ def _decode(
         if avail < 40:
             return False
         plen, nh, s, d = _IP6.unpack_from(buf, p)
+        ipid = 0
         t = p + 40
         if plen == 0:  # jumbogram or offload: take what was on the wire
             plen = wire - 40
@@ -416,7 +453,7 @@ def _decode(
         q = end
     return make(
         frame, ts, src, sp, dst, dp, seq, ack, fl, win, length,
-        buf[pl:q], buf[o : (pl if pl < end else end)] if doff > 20 else b"", ver,
+        buf[pl:q], buf[o : (pl if pl < end else end)] if doff > 20 else b"", ver, ipid,
     )  # fmt: skip
 
 

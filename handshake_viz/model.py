@@ -45,6 +45,7 @@ __all__ = [
     "TcpState",
     "UdpPacket",
     "Word",
+    "ZeekConnection",
     "call_kind",
     "fast_constructor",
     "field_picker",
@@ -167,6 +168,9 @@ class Analysis(Word):
     WINDOW_FULL = "window-full"
     KEEP_ALIVE = "keep-alive"
     KEEP_ALIVE_ACK = "keep-alive-ack"
+    # hsviz's own, not Wireshark's: the capture holds this segment twice (see
+    # seqanalysis.DUPLICATE_WINDOW); the flags above are what tshark says of the copy.
+    DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +302,7 @@ class Packet(_TcpHeaderView):
     payload: bytes = b""
     raw_options: bytes = b""
     ip_version: int = 4
+    ip_id: int = 0  # IPv4's identification field (0 for IPv6): a copy has its original's
 
     @property
     def flag_set(self) -> Flag:
@@ -417,6 +422,27 @@ class ConnectionSummary:
         from handshake_viz.report import connection_jsonl
 
         return json.loads(connection_jsonl(self))  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class ZeekConnection:
+    """One connection as Zeek's conn.log would log it.  Zeek's connections are not
+    always Wireshark's streams (``conn``, the stream it belongs to): Zeek starts a new
+    one on the same ports after a RST or a close, or when it dropped an unanswered
+    SYN's connection (see ``handshake_viz.zeek``).  ``orig``/``resp`` are Zeek's
+    roles; the byte counts are sequence space (64 bits: they do not wrap)."""
+
+    conn: int
+    ts: float
+    orig: Endpoint
+    resp: Endpoint
+    conn_state: str
+    history: str
+    orig_bytes: int
+    resp_bytes: int
+    orig_pkts: int
+    resp_pkts: int
+    missed_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -725,5 +751,5 @@ def field_picker(cls: type, *groups: tuple[str, ...]) -> Callable[..., tuple[Any
 # Packet's constructor, five times cheaper (decode builds every Packet through it; the
 # tracker, those its fast path needs after all).
 make_packet: Callable[..., Packet] = fast_constructor(
-    Packet, (7, 1.5, "10.0.0.1", 1, "::1", 2, 3, 4, 0x12, 5, 6, b"x", b"\x01", 6)
+    Packet, (7, 1.5, "10.0.0.1", 1, "::1", 2, 3, 4, 0x12, 5, 6, b"x", b"\x01", 6, 9)
 )

@@ -27,6 +27,7 @@ from handshake_viz.seqnum import seq_lt as _seq_lt
 __all__ = [
     "A_ACK_LOST",
     "A_DUPACK",
+    "A_DUPLICATE",
     "A_FAST",
     "A_KA",
     "A_KA_ACK",
@@ -39,6 +40,7 @@ __all__ = [
     "A_ZWIN",
     "A_ZWP",
     "A_ZWP_ACK",
+    "DUPLICATE_WINDOW",
     "SeqFlow",
     "analysis_names",
     "analyze",
@@ -58,7 +60,7 @@ class SeqFlow:
     maxseqtobeacked: int = 0  # the highest sequence number the other way may acknowledge
     lastack: int = 0  # the last ACK number sent this way
     lastack_time: float = 0.0
-    dupacks: int = 0  # duplicate ACKs of lastack so far
+    dupacks: int = 0  # duplicate ACKs of lastack so far; -1 after the peer acked unseen data
     window: int | None = None  # the last window advertised this way, scaled
     win_scale: int = -1  # the shift to apply; -1 not known yet, -2 the SYN offered none
     last_flags: int = 0  # analysis bits of the last segment this way
@@ -79,6 +81,19 @@ A_WFULL = 1 << 10
 A_KA = 1 << 11
 A_KA_ACK = 1 << 12
 A_ZWP_ACK = 1 << 13
+A_DUPLICATE = 1 << 14
+
+#: How close behind an identical segment a copy must come to be called a duplicate
+#: (``Analysis.DUPLICATE``): the same TCP header, options, captured payload and IPv4
+#: identification as the connection's previous segment, in the same direction,
+#: nothing in between, at most this many seconds later.  A capture sees a packet twice on two interfaces, on a
+#: mirror port or in a VLAN trunk within microseconds; a sender retransmits only after
+#: a timer (RFC 6298 §2.4: an RTO of at least 1 s; Linux: 200 ms; a tail-loss probe,
+#: RFC 8985 §7.2: two smoothed RTTs, 10 ms at least on Linux) or after duplicate ACKs,
+#: which would lie in between.  Wireshark has no such notion: it calls the copy a
+#: retransmission, a duplicate ACK, a keep-alive or a spurious retransmission, and
+#: hsviz still reports those flags too.
+DUPLICATE_WINDOW = 0.001
 
 _BIT_NAMES: tuple[tuple[int, tuple[Analysis, ...]], ...] = (
     (A_RETRANS, (Analysis.RETRANSMISSION,)),
@@ -95,6 +110,7 @@ _BIT_NAMES: tuple[tuple[int, tuple[Analysis, ...]], ...] = (
     (A_WFULL, (Analysis.WINDOW_FULL,)),
     (A_KA, (Analysis.KEEP_ALIVE,)),
     (A_KA_ACK, (Analysis.KEEP_ALIVE_ACK,)),
+    (A_DUPLICATE, (Analysis.DUPLICATE,)),
     # A_ZWP_ACK only keeps a probe's ACK from counting as a duplicate ACK: no name.
 )
 _NAMES_CACHE: dict[int, tuple[Analysis, ...]] = {0: ()}
@@ -180,32 +196,37 @@ def analyze(
         elif same and window == 0 and window == fwd.window and rev.last_flags & A_ZWP:
             bits |= A_ZWP_ACK  # ZERO WINDOW PROBE ACK
         elif same and window and window == fwd.window:
-            fwd.dupacks += 1  # DUPLICATE ACK: same seq, ack and window, no payload
+            # DUPLICATE ACK: same seq, ack and window, no payload (-1: see ACKED UNSEEN)
+            fwd.dupacks = 1 if fwd.dupacks == -1 else fwd.dupacks + 1
             bits |= A_DUPACK
     # (finished_fwd) a new ack value resets the duplicate count
     if ack != fwd.lastack:
         fwd.dupacks = 0
-    # ACKED UNSEEN: acknowledges beyond anything the other side was seen to send.
+    # ACKED UNSEEN: acknowledges beyond anything the other side was seen to send.  The
+    # other side's duplicate ACK count becomes -1 ("neutralised"), which Wireshark keeps
+    # in an unsigned counter: until that side's ACK number moves, the fast
+    # retransmission test below reads it as at least 2 (reassembly.pcap f8, f10, f12).
     if rev.maxseqtobeacked and _seq_gt(ack, rev.maxseqtobeacked) and flags & ACK:
         bits |= A_ACK_LOST
         rev.maxseqtobeacked = rev.nextseq
+        rev.dupacks = -1
     # RETRANSMISSION / FAST RETRANSMISSION / OUT-OF-ORDER / SPURIOUS
     if (seglen > 0 or flags & (SYN | FIN)) and not bits & A_KA:
         not_advanced = bool(nextseq) and _seq_lt(seq, nextseq)
         if seglen > 1 and ((nextseq - 1) & MASK) == seq:
             not_advanced = False  # new data after a zero-window probe
-        if (not_advanced and rev.dupacks >= 2 and rev.lastack == seq
+        if seglen > 0 and rev.lastack and _seq_ge(rev.lastack, (seq + seglen) & MASK):
+            bits |= A_SPURIOUS  # already acknowledged: the data was not lost
+        elif (not_advanced and (rev.dupacks >= 2 or rev.dupacks == -1) and rev.lastack == seq
                 and ts - rev.lastack_time < 0.020):
             bits |= A_FAST
-        else:
-            ooo_threshold = first_rtt if first_rtt else 0.003
-            if (not_advanced and ts - fwd.nextseq_time < ooo_threshold
-                    and nextseq != (seq + seglen) & MASK):
-                bits |= A_OOO
-            elif seglen > 0 and rev.lastack and _seq_ge(rev.lastack, (seq + seglen) & MASK):
-                bits |= A_SPURIOUS  # already acknowledged: the data was not lost
-            elif not_advanced:
-                bits |= A_RETRANS
+        elif (not_advanced and ts - fwd.nextseq_time < (first_rtt or 0.003)
+                and nextseq != (seq + seglen + (1 if flags & (SYN | FIN) else 0)) & MASK):
+            # out of order: close behind the newest segment, and not a copy of it (a
+            # copy ends where the newest ended: a retransmission, or a duplicate)
+            bits |= A_OOO
+        elif not_advanced:
+            bits |= A_RETRANS
     # remember the highest sequence number and what this side acked
     end = (seq + seglen + (1 if flags & (SYN | FIN) else 0)) & MASK
     if (not nextseq or _seq_gt(end, nextseq)) and not bits & A_ZWP:

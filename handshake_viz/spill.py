@@ -75,6 +75,10 @@ _CONN_SCALARS = ("index", "client", "server", "roles_guessed", "first_ts", "last
 _flow_scalars = attrgetter(*_FLOW_SCALARS)
 _zend_scalars = attrgetter(*_ZEND_SCALARS)
 _conn_scalars = attrgetter(*_CONN_SCALARS)
+# The Zeek view's own fields (its two endpoints apart).
+# ``likely`` is the tracker's (shared by every view): unpack's caller sets it again.
+_VIEW_SCALARS = tuple(n for n in ZeekView.__slots__ if n not in ("ends", "likely"))
+_view_scalars = attrgetter(*_VIEW_SCALARS)
 
 
 def pack(conn: TrackedConn) -> bytes:
@@ -83,20 +87,26 @@ def pack(conn: TrackedConn) -> bytes:
     z = conn.zeek
     flows = tuple((f.state.value, *_flow_scalars(f)) for f in (conn.c2s, conn.s2c))
     ends = tuple((int(e.state), int(e.prev_state), *_zend_scalars(e)) for e in z.ends)
-    state = (*_conn_scalars(conn), flows, z.orig_is_client, z.history, ends)
+    last = conn.last
+    if last is not None:  # the flow it names, as "is c2s"
+        last = (last[0] is conn.c2s, *last[1:])
+    state = (*_conn_scalars(conn), flows, _view_scalars(z), ends, last)
     return marshal.dumps((state, conn.summary_fields()))
 
 
-def unpack(blob: bytes) -> TrackedConn:
-    """The connection :func:`pack` packed, not yet in the tracker's queues."""
+def unpack(blob: bytes, likely: frozenset[int] = frozenset()) -> TrackedConn:
+    """The connection :func:`pack` packed, not yet in the tracker's queues; ``likely``:
+    the tracker's likely server ports, which its Zeek view needs again."""
     state, _ = marshal.loads(blob)
     conn = TrackedConn.__new__(TrackedConn)
     n = len(_CONN_SCALARS)
     for name, value in zip(_CONN_SCALARS, state[:n]):
         setattr(conn, name, value)
-    flows, orig_is_client, history, ends = state[n:]
+    flows, view, ends, last = state[n:]
     z = ZeekView.__new__(ZeekView)
-    z.orig_is_client, z.history = orig_is_client, history
+    z.likely = likely
+    for name, value in zip(_VIEW_SCALARS, view):
+        setattr(z, name, value)
     z.ends = tuple(  # type: ignore[assignment]
         ZeekEndpoint(EndpointState(e[0]), EndpointState(e[1]), *e[2:]) for e in ends)
     conn.zeek = z
@@ -107,6 +117,7 @@ def unpack(blob: bytes) -> TrackedConn:
     )
     conn.c2s.peer, conn.s2c.peer = conn.s2c, conn.c2s
     conn.queued = False
+    conn.last = None if last is None else ((conn.c2s if last[0] else conn.s2c), *last[1:])
     return conn
 
 

@@ -24,7 +24,8 @@ modules beside it:
    lower port; ``ConnectionSummary.roles_guessed`` says so.
 
 3. **Relative numbers**, exactly as Wireshark: the SYN is 0 and the first data
-   byte 1; with no SYN seen the first segment's sequence number counts as 1; the
+   byte 1 (even when a RST came before the SYN-ACK); with no SYN seen the first
+   segment's sequence number counts as 1; the
    reverse direction's base is taken from the first ACK (``ack - 1``).  All
    arithmetic is modulo 2**32 (RFC 9293 §3.4), so wraparound is harmless.
 
@@ -35,7 +36,8 @@ modules beside it:
    hold every rule that moves a state, and the tracker only stores what it returns.
 
 5. **Analysis flags**, Wireshark's TCP sequence analysis (``seqanalysis``), so
-   that ``hsviz`` and ``tshark`` agree on the same capture.
+   that ``hsviz`` and ``tshark`` agree on the same capture, and hsviz's own
+   ``duplicate`` for a segment the capture holds twice (``seqanalysis.DUPLICATE_WINDOW``).
 
 Zeek's view (conn_state and history, with its own originator/responder roles
 that it may flip, marked ``^``) is kept alongside by ``zeek.ZeekView`` so the summary
@@ -64,10 +66,17 @@ from handshake_viz.model import (
     Phase,
     Segment,
     TcpState,
+    ZeekConnection,
     fast_constructor,
     make_packet as _make_packet,
 )
-from handshake_viz.seqanalysis import analysis_names, analyze, scaled_window
+from handshake_viz.seqanalysis import (
+    A_DUPLICATE,
+    DUPLICATE_WINDOW,
+    analysis_names,
+    analyze,
+    scaled_window,
+)
 from handshake_viz.seqnum import ACK, FIN, HALF, MASK, RST, SYN
 from handshake_viz.seqnum import members as _members
 from handshake_viz.seqnum import seq_ge as _seq_ge
@@ -75,6 +84,7 @@ from handshake_viz.seqnum import seq_gt as _seq_gt
 from handshake_viz.spill import ConnectionStore, pack, store_key, unpack, unpack_summary
 from handshake_viz.tcpstate import after_segment, initial_states, is_acceptable
 from handshake_viz.tracked import TrackedConn, TrackedFlow
+from handshake_viz.zeek import INACTIVITY_TIMEOUT as ZEEK_INACTIVITY
 from handshake_viz.zeek import Z, ZeekView
 
 __all__ = ["LIKELY_SERVER_PORTS", "Tracker", "discard", "track"]
@@ -96,13 +106,19 @@ L = _members(Label)
 P = _members(Phase)
 
 
+# Zeek endpoint states in which a segment may end Zeek's connection (its attempt and
+# close timers run, or a SYN would start the next one): the general path's.
+_ZEEK_NOT_STEADY = frozenset({Z.INACTIVE, Z.CLOSED, Z.RESET})
+
+
 def _ready(fwd: TrackedFlow, rev: TrackedFlow) -> bool:
     """Whether ``fwd`` may take the fast path as far as the general path decides it:
     this side has acked before (so "acks new bytes" compares with its own last ACK),
     no FIN either way yet (no ACK of a FIN, phase stays "data"), the peer's SYN, if
     seen, is acknowledged (no handshake step), the first RTT is known (else this could
     be the handshake's ACK, which sets it), and both Zeek endpoints are initialised and
-    this one is active.  Only ``Tracker._feed`` changes any of these (``_steady``
+    neither is inactive, closed or reset (no Zeek timer but inactivity can end its
+    connection).  Only ``Tracker._feed`` changes any of these (``_steady``
     moves ``highest_ack``, but never back to None)."""
     conn = fwd.conn
     return (
@@ -111,7 +127,8 @@ def _ready(fwd: TrackedFlow, rev: TrackedFlow) -> bool:
         and rev.fin_end is None
         and (rev.syn_seq is None or rev.syn_acked)
         and not (conn.first_rtt is None and conn.syn_time is not None)
-        and fwd.zeek.state is not Z.INACTIVE
+        and fwd.zeek.state not in _ZEEK_NOT_STEADY
+        and rev.zeek.state not in _ZEEK_NOT_STEADY
         and fwd.zeek.start_seq is not None
         and rev.zeek.start_seq is not None
     )
@@ -209,13 +226,13 @@ class Tracker(Generic[R]):
         """Label one packet; the returned Segment's states are those *after* it."""
         return self.feed_fields(
             p.frame, p.ts, p.src, p.sport, p.dst, p.dport, p.seq, p.ack, p.flags, p.win,
-            p.length, p.payload, p.raw_options, p.ip_version,
+            p.length, p.payload, p.raw_options, p.ip_version, p.ip_id,
         )  # fmt: skip
 
     def feed_fields(
         self, frame: int, ts: float, src: str, sport: int, dst: str, dport: int, seq: int,
         ack: int, flags: int, win: int, length: int, payload: bytes = b"",
-        raw_options: bytes = b"", ip_version: int = 4,
+        raw_options: bytes = b"", ip_version: int = 4, ip_id: int = 0,
     ) -> R:
         """``feed`` for a packet given as Packet's fields, in order (the parameters are
         Packet's, name for name: tests/test_track.py holds them to it).
@@ -229,11 +246,11 @@ class Tracker(Generic[R]):
             fwd = self._restore(src, sport, dst, dport)
         if fwd is not None and flags & (SYN | FIN | RST | ACK) == ACK:
             seg = self._steady(fwd, frame, ts, src, sport, dst, dport, seq, ack, flags, win,
-                               length, payload, raw_options, ip_version)
+                               length, payload, raw_options, ip_version, ip_id)
             if seg is not None:
                 return seg
         p = _make_packet(frame, ts, src, sport, dst, dport, seq, ack, flags, win, length,
-                         payload, raw_options, ip_version)
+                         payload, raw_options, ip_version, ip_id)
         if fwd is None or (flags & (SYN | ACK) == SYN and fwd.base is not None and seq != fwd.base):
             # a new 4-tuple, or port reuse: a SYN with a new ISN starts a new connection
             # (tcp.stream)
@@ -269,6 +286,17 @@ class Tracker(Generic[R]):
         if blob is None:
             raise IndexError(f"no connection {conn} (of {self._count})")
         return unpack_summary(blob)
+
+    def zeek_connections(self) -> list[ZeekConnection]:
+        """Every connection as Zeek would log it, stream by stream (a stream may hold
+        several, or one Zeek connection span no more than part of one)."""
+        out: list[ZeekConnection] = []
+        for i in range(self._count):
+            c = self._conns.get(i)
+            if c is None:
+                c = unpack(self._store.get(i), self._likely)  # type: ignore[union-attr,arg-type]
+            out.extend(c.zeek_connections())
+        return out
 
     @property
     def connection_count(self) -> int:
@@ -344,7 +372,7 @@ class Tracker(Generic[R]):
         index, blob = found
         conn = self._conns.get(index)
         if conn is None:
-            conn = unpack(blob)
+            conn = unpack(blob, self._likely)
             self._conns[index] = conn
             self._finished_now(conn)  # it is finished: queued again, as the newest
         self._enter(conn)
@@ -360,6 +388,10 @@ class Tracker(Generic[R]):
         # ---- relative numbers (Wireshark's base_seq rules) --------------------------
         if fwd.base is None:
             fwd.base = seq if flags & SYN else (seq - 1) & MASK
+        elif flags & SYN and fwd.syn_seq is None:
+            # The first SYN this way sets the base even when a RST (or anything) came
+            # first: tshark counts the responder's numbers from its SYN-ACK.
+            fwd.base = seq
         if rev.base is None and flags & ACK:
             rev.base = (ack - 1) & MASK
         rel_seq = (seq - fwd.base) & MASK
@@ -374,6 +406,14 @@ class Tracker(Generic[R]):
         # ---- Wireshark's sequence analysis ------------------------------------------
         window = scaled_window(fwd, rev, flags, p.win, p.raw_options)
         bits = analyze(fwd, rev, flags, seq, ack, length, ts, window, conn.first_rtt)
+        last = conn.last
+        if (last is not None and last[0] is fwd and ts - last[9] <= DUPLICATE_WINDOW
+                and flags & (RST | ACK) != RST
+                and last[1:9] == (seq, ack, flags, p.win, length, p.payload, p.raw_options, p.ip_id)):
+            # The capture saw this segment twice.  Not said of a bare RST: a stack sends
+            # one per segment it refuses, each the same (RFC 9293 §3.10.7.1).
+            bits |= A_DUPLICATE
+        conn.last = (fwd, seq, ack, flags, p.win, length, p.payload, p.raw_options, p.ip_id, ts)
 
         # ---- label, phase and RFC 9293 states ---------------------------------------
         label, phase = self._label(conn, fwd, rev, p)
@@ -399,7 +439,7 @@ class Tracker(Generic[R]):
     def _steady(
         self, fwd: TrackedFlow, frame: int, ts: float, src: str, sport: int, dst: str, dport: int,
         seq: int, ack: int, flags: int, win: int, length: int, payload: bytes,
-        raw_options: bytes, ip_version: int,
+        raw_options: bytes, ip_version: int, ip_id: int = 0,
     ) -> R | None:
         """The fast path: an in-order ACK or data segment of a connection in full swing.
 
@@ -424,6 +464,9 @@ class Tracker(Generic[R]):
             return None
         highest_ack: int = fwd.highest_ack  # type: ignore[assignment]
         conn = fwd.conn
+        zeek = conn.zeek
+        if ts - zeek.last_ts > ZEEK_INACTIVITY:
+            return None  # Zeek would have dropped the connection by now
         lastack = fwd.lastack
         if length:
             end = (seq + length) & MASK
@@ -447,13 +490,18 @@ class Tracker(Generic[R]):
         zstate = zend.state
         last_seq: int = zend.last_seq  # type: ignore[assignment]
         zadvance = zstate is not Z.RESET and 0 < ((end - last_seq) & MASK) < HALF
-        if length and not zadvance and zstate is not Z.RESET:
-            return None
+        if length and ((not zadvance and zstate is not Z.RESET) or zend.blocks):
+            return None  # a retransmission ('T'), or payload that may fill a hole
+        zcontig = zend.contig
+        if (length and zcontig is not None and 0 < ((seq - zcontig) & MASK) < HALF
+                and len(payload) >= length):
+            return None  # payload beyond a hole in what was captured: a block to keep
         peer_contig = zpeer.contig
         if peer_contig is not None and 0 < ((ack - peer_contig) & MASK) < HALF:
             return None
 
         # ---- all clear: the updates _feed would make ----------------------------------
+        conn.last = (fwd, seq, ack, flags, win, length, payload, raw_options, ip_id, ts)
         conn.segments += 1
         conn.last_ts = ts
         base = fwd.base
@@ -482,18 +530,22 @@ class Tracker(Generic[R]):
             data_rel_end = (rel_seq + length - 1) & MASK
             if data_rel_end < HALF and data_rel_end > fwd.data_end:
                 fwd.data_end = data_rel_end
-        # Zeek: the history letter of the first data ('D') or ACK ('A') this way, the
-        # highest sequence sent, contiguous captured payload
+        # Zeek: a packet counted, the history letter of the first data ('D') or ACK ('A')
+        # this way, the highest sequence sent (and its wraps), contiguous captured payload
+        zend.pkts += 1
+        zeek.last_ts = ts  # (neither endpoint has closed: _ready)
         code = "D" if length else "A"
         if code not in zend.seen:
-            conn.zeek._check(fwd.dir is C2S, code)
+            zeek._check(fwd.dir is C2S, code)
         if zadvance:
+            if end < last_seq:
+                zend.wraps += 1
+            if zend.ack_beyond:
+                zend.ack_beyond = max(0, zend.ack_beyond - ((end - last_seq) & MASK))
             zend.last_seq = end
-        if length and zend.contig is not None:
-            contig = zend.contig
-            if (not 0 < ((seq - contig) & MASK) < HALF and len(payload) >= length
-                    and 0 < ((end - contig) & MASK) < HALF):
-                zend.contig = end
+        if (length and zcontig is not None and len(payload) >= length
+                and 0 < ((end - zcontig) & MASK) < HALF):
+            zend.contig = end
         return self._make(  # type: ignore[no-any-return]
             frame, ts, conn.index, fwd.dir, src, sport, dst, dport, seq, ack, rel_seq,
             rel_ack, length, flags, win, label, P.DATA, (),

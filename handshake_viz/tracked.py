@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from handshake_viz.model import ConnectionSummary, Direction, Endpoint, TcpState
+from handshake_viz.model import ConnectionSummary, Direction, Endpoint, TcpState, ZeekConnection
 from handshake_viz.seqanalysis import SeqFlow
 from handshake_viz.zeek import ZeekEndpoint, ZeekView
 
@@ -53,7 +53,7 @@ class TrackedConn:
     __slots__ = (
         "index", "client", "server", "roles_guessed", "c2s", "s2c", "first_ts", "last_ts",
         "segments", "zeek", "syn_time", "first_rtt", "ip_version", "closed", "handshake_acked",
-        "queued",
+        "queued", "last",
     )
 
     def __init__(
@@ -78,6 +78,9 @@ class TrackedConn:
         self.closed = False  # a FIN was acked both ways, or a RST was seen
         self.handshake_acked = False
         self.queued = False  # in the tracker's queue of finished connections
+        # The previous segment either way, as (flow, seq, ack, flags, win, length,
+        # payload, raw_options, ip_id, ts): what a duplicate copy repeats.
+        self.last: LastSegment | None = None
 
     def summary(self) -> ConnectionSummary:
         return summary_of(self.summary_fields())
@@ -87,16 +90,24 @@ class TrackedConn:
         makes a ConnectionSummary of)."""
         c2s, s2c = self.c2s, self.s2c
         zeek = self.zeek
-        b_c2s, b_s2c = c2s.data_end, s2c.data_end
-        if zeek.orig_is_client:
-            conn_state = zeek.conn_state(b_c2s, b_s2c)
-        else:
-            conn_state = zeek.conn_state(b_s2c, b_c2s)
+        # Zeek's first connection of the stream (usually its only one)
+        first = zeek.rows[0] if zeek.rows else zeek.row()
         (cip, cport), (sip, sport) = self.client, self.server
         return (self.index, cip, cport, sip, sport, self.first_ts, self.last_ts, self.segments,
-                b_c2s, b_s2c, conn_state, zeek.history, c2s.state.value, s2c.state.value,
+                c2s.data_end, s2c.data_end, first[2], first[3], c2s.state.value, s2c.state.value,
                 self.roles_guessed, self.ip_version)
 
+    def zeek_connections(self) -> list[ZeekConnection]:
+        """The Zeek connections of this stream, in the order they started."""
+        out = []
+        client, server = Endpoint(*self.client), Endpoint(*self.server)
+        for ts, orig_is_client, state, history, ob, rb, op, rp, missed in self.zeek.all_rows():
+            orig, resp = (client, server) if orig_is_client else (server, client)
+            out.append(ZeekConnection(self.index, ts, orig, resp, state, history, ob, rb, op, rp, missed))
+        return out
+
+
+LastSegment = tuple["TrackedFlow", int, int, int, int, int, bytes, bytes, int, float]
 
 SummaryFields = tuple[int, str, int, str, int, float, float, int, int, int, str, str, str, str,
                       bool, int]

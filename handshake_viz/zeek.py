@@ -2,6 +2,20 @@
 checked against Zeek's conn.log letter for letter: its endpoint states, its
 ``history`` letters (with its own originator/responder roles, which it may flip:
 ``^``) and its ``conn_state()``.  Sans-IO, like the tracker that feeds it.
+
+Zeek's connections are not Wireshark's streams (what a ``Tracker`` numbers).  On one
+4-tuple Zeek ends a connection and starts the next one on its own terms
+(zeek/zeek ``src/packet_analysis/protocol/tcp/TCPSessionAdapter.cc``): a SYN after
+either side closed or reset (``IsReuse``), a SYN-ACK whose sequence number is not the
+responder's while the originator is silent, and three timers measured on packet time
+-- ``tcp_attempt_delay`` (5 s: an originator whose SYN got no answer is dropped),
+``tcp_close_delay`` (5 s after the last packet of a closed or reset connection) and
+``tcp_inactivity_timeout`` (5 min without a packet).  A :class:`ZeekView` follows one
+stream and keeps each Zeek connection that ended inside it as a :data:`ZeekRow`.
+
+A segment whose TCP checksum is known to be bad (``feed(..., bad_checksum=True)``)
+is what Zeek without ``-C`` sees and drops: a ``C`` in the history (scaled like
+``T``), no packet counted, no state moved.
 """
 
 from __future__ import annotations
@@ -15,7 +29,35 @@ from handshake_viz.seqnum import ACK, FIN, HALF, MASK, RST, SYN
 from handshake_viz.seqnum import members as _members
 from handshake_viz.seqnum import seq_gt as _seq_gt
 
-__all__ = ["EndpointState", "ZeekEndpoint", "ZeekView"]
+__all__ = [
+    "ATTEMPT_DELAY", "CLOSE_DELAY", "EndpointState", "INACTIVITY_TIMEOUT", "ZEEK_PORTS",
+    "ZeekEndpoint", "ZeekRow", "ZeekView",
+]
+
+#: Zeek's timers (base/init-bare.zeek defaults), in seconds of packet time.
+ATTEMPT_DELAY = 5.0  # tcp_attempt_delay
+CLOSE_DELAY = 5.0  # tcp_close_delay
+INACTIVITY_TIMEOUT = 300.0  # tcp_inactivity_timeout
+
+#: The ports Zeek's analyzer scripts register (``Analyzer::register_for_ports``), by
+#: the script's protocol name: with ``zeek -b`` only the loaded scripts' ports count
+#: as "likely server ports" in Zeek's role guess (``TCPAnalyzer::WantConnection``).
+ZEEK_PORTS: dict[str, frozenset[int]] = {
+    "conn": frozenset(),
+    "ftp": frozenset({21, 2811}),
+    "http": frozenset({80, 81, 631, 1080, 3128, 8000, 8080, 8888}),
+    "irc": frozenset({6666, 6667, 6668, 6669}),
+    "modbus": frozenset({502}),
+    "pop3": frozenset({110}),
+    "redis": frozenset({6379}),
+    "ssh": frozenset({22}),
+    "ssl": frozenset({443, 563, 585, 614, 636, 989, 990, 992, 993, 995, 5223}),
+}
+
+ZeekRow = tuple[float, bool, str, str, int, int, int, int, int]
+"""One Zeek connection as its conn.log row: ts (its first packet), whether the
+stream's client is Zeek's originator, conn_state, history, orig_bytes, resp_bytes,
+orig_pkts, resp_pkts, missed_bytes (the responder's and originator's added)."""
 
 
 class _Z(enum.IntEnum):
@@ -31,6 +73,8 @@ class _Z(enum.IntEnum):
 
 
 Z = _members(_Z)
+_TOO_LARGE = 1048576  # Zeek's TOO_LARGE_SEQ_DELTA
+_CLOSING = (_Z.CLOSED, _Z.RESET)
 
 _RSTOS0 = re.compile(r"\^?S[^HAFGIQ]*R.*")
 
@@ -49,11 +93,71 @@ class _ZEnd:
     gaps: int = 0
     zero_windows: int = 0
     contig: int | None = None  # captured payload is contiguous up to here (raw seq)
+    blocks: tuple[tuple[int, int], ...] = ()  # captured payload beyond a hole: (seq, end)
     missed: int = 0
+    wraps: int = 0  # times last_seq wrapped past 2**32 (Zeek's seq_wraps)
+    ack_beyond: int = 0  # the peer's highest ACK beyond last_seq, as last_seq's offset
+    fins: int = 0  # FINs sent (Zeek's FIN_cnt)
+    pkts: int = 0  # packets counted (conn.log's orig_pkts / resp_pkts)
+    bad_checksums: int = 0
+    did_close: bool = False
 
     def set_state(self, state: _Z) -> None:
         self.prev_state = self.state
         self.state = state
+
+    def reset(self) -> None:
+        """Forget everything: the endpoint of a new Zeek connection."""
+        for name, value in _FRESH.items():
+            setattr(self, name, value)
+
+    def size(self) -> int:
+        """Zeek's ``TCP_Endpoint::Size()``: the sequence space sent (or acknowledged by
+        the peer, if further), in 64 bits, less the SYN and any FIN."""
+        if self.start_seq is None or self.last_seq is None:
+            return 0
+        size = self.last_seq + (self.wraps << 32) + self.ack_beyond - self.start_seq
+        if size:
+            size -= 1
+        if self.fins and size:
+            size -= 1
+        return size
+
+
+_MAX_BLOCKS = 64  # out-of-order blocks kept per endpoint (more: treated as never captured)
+
+
+def _merge(contig: int, blocks: tuple[tuple[int, int], ...]) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """``contig`` advanced over every block that now touches it; the blocks left."""
+    moved = True
+    while moved:
+        moved = False
+        rest = []
+        for start, stop in blocks:
+            if not _seq_gt(start, contig):
+                if _seq_gt(stop, contig):
+                    contig = stop
+                moved = True
+            else:
+                rest.append((start, stop))
+        blocks = tuple(rest)
+    return contig, blocks
+
+
+_FRESH = {f: getattr(_ZEnd(), f) for f in _ZEnd.__dataclass_fields__}
+
+
+def _flip_by_ports(flags: int, sport: int, dport: int, likely: frozenset[int]) -> bool:
+    """Zeek's role guess for a connection whose first packet is not a plain SYN
+    (``TCPAnalyzer::WantConnection``): flip when only the source port is a likely
+    server's, or both are and this is not a SYN-ACK and the source port is lower."""
+    if flags & SYN and not flags & ACK:
+        return False
+    if sport not in likely:
+        return False
+    if dport in likely:
+        return not flags & SYN and sport < dport
+    return True
 
 
 class _ZeekView:
@@ -64,22 +168,67 @@ class _ZeekView:
     on an exponential scale (1, 10, 100, …), and '^' whenever the roles flip.
     """
 
-    __slots__ = ("orig_is_client", "history", "ends")
+    __slots__ = ("orig_is_client", "history", "ends", "likely", "first_ts", "last_ts",
+                 "syn_ts", "closed", "h_first", "rows")
 
     def __init__(self, first: Packet, first_is_client: bool, likely: frozenset[int]) -> None:
-        # Zeek makes the sender of the first packet the originator, unless that packet is
-        # not a plain SYN and the ports suggest the roles are the other way round
-        # (TCPAnalyzer::WantConnection).
-        flip = False
-        if not (first.flags & SYN) or (first.flags & ACK):
-            src_likely = first.sport in likely
-            dst_likely = first.dport in likely
-            if src_likely:
-                flip = (first.sport < first.dport) if dst_likely else True
-        self.orig_is_client = first_is_client != flip
-        self.history = "^" if flip else ""
+        self.likely = likely
         # indexed by "is client": ends[False] is the server's, ends[True] the client's
         self.ends = (_ZEnd(), _ZEnd())
+        self.rows: list[ZeekRow] = []  # the Zeek connections of this stream that ended
+        self._start(first, first_is_client)
+
+    def _start(self, first: Packet, first_is_client: bool) -> None:
+        """A new Zeek connection, with ``first`` its first packet.  Zeek makes the sender
+        of the first packet the originator, unless the ports say otherwise."""
+        flip = _flip_by_ports(first.flags, first.sport, first.dport, self.likely)
+        self.orig_is_client = first_is_client != flip
+        self.history = "^" if flip else ""
+        self.first_ts = self.last_ts = first.ts
+        self.syn_ts: float | None = None  # an originator's SYN or SYN-ACK: the attempt timer
+        self.closed = False  # a close Zeek reports as complete: the close timer runs
+        # The originator's first packet was a SYN-ACK (a stealth scan looks like that,
+        # or a capture that missed the SYN): see _feed's flip.
+        self.h_first = bool(first.flags & SYN and first.flags & ACK) and not flip
+
+    def _end(self) -> None:
+        """The current Zeek connection is over: keep its row, start afresh."""
+        self.rows.append(self.row())
+        for end in self.ends:
+            end.reset()
+
+    def row(self) -> ZeekRow:
+        """The current Zeek connection's conn.log row."""
+        o, r = self.ends[self.orig_is_client], self.ends[not self.orig_is_client]
+        ob, rb = o.size(), r.size()
+        return (self.first_ts, self.orig_is_client, self.conn_state(ob, rb), self.history, ob, rb,
+                o.pkts, r.pkts, o.missed + r.missed)
+
+    def all_rows(self) -> list[ZeekRow]:
+        """Every Zeek connection of the stream so far, the current one last."""
+        return [*self.rows, self.row()]
+
+    def _gone(self, p: Packet, from_client: bool) -> bool:
+        """Whether Zeek would have removed the current connection before ``p``, or takes
+        ``p`` as the start of a new one on the same 4-tuple."""
+        ts = p.ts
+        o, r = self.ends[self.orig_is_client], self.ends[not self.orig_is_client]
+        if o.state is Z.INACTIVE and r.state is Z.INACTIVE and not (o.bad_checksums or r.bad_checksums):
+            return False  # nothing yet
+        if ts - self.last_ts > INACTIVITY_TIMEOUT:
+            return True
+        if self.closed and ts - self.last_ts > CLOSE_DELAY:
+            return True
+        if (self.syn_ts is not None and ts - self.syn_ts > ATTEMPT_DELAY
+                and o.state in (Z.SYN_SENT, Z.SYN_ACK_SENT) and r.state is Z.INACTIVE):
+            return True
+        flags = p.flags
+        if flags & SYN:  # IsReuse
+            if not flags & ACK:
+                return o.did_close or r.did_close
+            if o.state is Z.INACTIVE:  # a SYN-ACK on a half connection
+                return o.did_close or r.did_close or p.seq != r.start_seq
+        return False
 
     def _letter(self, is_client: bool, code: str) -> None:
         self.history += code if is_client == self.orig_is_client else code.lower()
@@ -101,14 +250,42 @@ class _ZeekView:
         self.orig_is_client = not self.orig_is_client
         self.history += "^"
 
-    def feed(self, p: Packet, from_client: bool) -> None:
+    def feed(self, p: Packet, from_client: bool, bad_checksum: bool = False) -> None:
+        if self._gone(p, from_client):
+            self._end()
+            self._start(p, from_client)
         end, peer = self.ends[from_client], self.ends[not from_client]
+        if bad_checksum:  # dropped before TCP sees it (TCPAnalyzer: "bad checksum")
+            end.bad_checksums += 1
+            self._scaled(from_client, "C", end.bad_checksums)
+            return
         flags, length, seq = p.flags, p.length, p.seq
+        end.pkts += 1
+        o, r = self.ends[self.orig_is_client], self.ends[not self.orig_is_client]
+        if not (o.did_close and r.did_close):
+            self.last_ts = p.ts
+        if self.h_first and (from_client != self.orig_is_client or flags & (SYN | ACK) != SYN | ACK):
+            self.h_first = False  # the SYN-ACK (and its copies) had the connection to itself
+            if (from_client != self.orig_is_client and not flags & (SYN | RST)
+                    and o.state is Z.SYN_ACK_SENT and r.state is Z.INACTIVE):
+                # The responder answers the SYN-ACK with an ACK or data: its sender was
+                # the server after all.  Zeek flips, and its history reads as if it had
+                # from the start ("^h", not "H^").
+                self.orig_is_client = not self.orig_is_client
+                self.history = "^" + self.history.swapcase()
         seg_len = length + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
-        # init_endpoint: the first segment of an endpoint fixes its sequence start.
+        if flags & RST:
+            seg_len -= length  # an RST's payload is no part of the stream
+        # init_endpoint: the first segment of an endpoint fixes its sequence start; with
+        # no SYN, as though one had come just before (and the segment is no retransmission).
         if end.start_seq is None or (end.state is Z.RESET and flags & SYN and end.prev_state is Z.INACTIVE):
-            end.start_seq = seq
-            end.last_seq = (seq + seg_len) & MASK
+            if flags & SYN:
+                end.start_seq = seq
+                end.last_seq = (seq + seg_len) & MASK
+            else:  # (Zeek's start is 64 bits: one before a seq of 0 is -1, not 2**32 - 1)
+                end.start_seq = seq - 1
+                end.last_seq = seq
+            end.wraps = end.ack_beyond = 0
             if end.contig is None:
                 end.contig = (seq + (1 if flags & SYN else 0)) & MASK
         rel = (seq - end.start_seq) & MASK
@@ -123,6 +300,7 @@ class _ZeekView:
                     self._letter(from_client, code)
                 end.last_syn = rel
             if flags & FIN:
+                end.fins += 1
                 if self._check(from_client, "F") and (rel + length) & MASK != end.last_fin:
                     self._letter(from_client, "F")
                 end.last_fin = (rel + length) & MASK
@@ -138,32 +316,47 @@ class _ZeekView:
         if p.win == 0 and not flags & RST and peer.state is not Z.CLOSED and end.state is not Z.RESET:
             end.zero_windows += 1
             self._scaled(from_client, "W", end.zero_windows)
-        # ACK handling: initialise a silent peer's sequence space from our ACK.
+        # ACK handling: initialise a silent peer's sequence space from our ACK; an ACK
+        # beyond what the peer was seen to send counts in its size (update_ack_seq).
         if flags & ACK and peer.state is Z.INACTIVE and peer.start_seq is None:
-            peer.start_seq = (p.ack - 1) & MASK
-            peer.last_seq = peer.start_seq
+            peer.start_seq = p.ack - 1
+            peer.last_seq = (p.ack - 1) & MASK
             peer.contig = p.ack
+        elif flags & ACK and not flags & RST and peer.state is not Z.INACTIVE and peer.last_seq is not None:
+            beyond = (p.ack - peer.last_seq) & MASK
+            if beyond < HALF and beyond > peer.ack_beyond and not (p.ack == 0 and beyond > _TOO_LARGE):
+                peer.ack_beyond = beyond
         # update_last_seq: retransmissions
         end_seq = (seq + seg_len) & MASK
         assert end.last_seq is not None
         delta = (end_seq - end.last_seq) & MASK
         delta_signed = delta - (1 << 32) if delta >= HALF else delta
-        if flags & (SYN | RST) and abs(delta_signed) > 0x7FFFFFFF // 2:
+        if flags & (SYN | RST) and abs(delta_signed) > _TOO_LARGE:
             pass
+        elif flags & FIN and end.last_seq == (end.start_seq + 1) & MASK:
+            end.last_seq = end_seq  # a FIN after only the SYN: trusted even if behind
         elif end.state is Z.RESET:
             pass
         elif delta_signed > 0:
+            if end_seq < end.last_seq:
+                end.wraps += 1
+            end.ack_beyond = max(0, end.ack_beyond - delta)
             end.last_seq = end_seq
         elif length > 0:
             end.rxmits += 1
             self._scaled(from_client, "T", end.rxmits)
-        # captured payload: contiguous data advances, uncaptured bytes leave a hole
-        if length and not flags & RST and end.contig is not None:
+        # captured payload: contiguous data advances (and takes in the blocks that came
+        # ahead of it, as Zeek's reassembler does); data beyond a hole waits in ``blocks``
+        if length and not flags & RST and end.contig is not None and len(p.payload) >= length:
             data_seq = (seq + (1 if flags & SYN else 0)) & MASK
-            if not _seq_gt(data_seq, end.contig) and len(p.payload) >= length:
-                stop = (data_seq + length) & MASK
+            stop = (data_seq + length) & MASK
+            if not _seq_gt(data_seq, end.contig):
                 if _seq_gt(stop, end.contig):
                     end.contig = stop
+                if end.blocks:
+                    end.contig, end.blocks = _merge(end.contig, end.blocks)
+            elif len(end.blocks) < _MAX_BLOCKS:
+                end.blocks += ((data_seq, stop),)
         self._state_machine(p, from_client, end, peer)
         # AckReceived: the peer acknowledges bytes we never saw delivered -> content gap
         if flags & ACK and peer.contig is not None and _seq_gt(p.ack, peer.contig):
@@ -177,15 +370,23 @@ class _ZeekView:
             elif hole > 0:
                 peer.missed += hole
             peer.contig = p.ack
+            if peer.blocks:
+                peer.contig, peer.blocks = _merge(peer.contig, peer.blocks)
 
     def _state_machine(self, p: Packet, from_client: bool, end: _ZEnd, peer: _ZEnd) -> None:
         flags = p.flags
         is_orig = from_client == self.orig_is_client
         st = end.state
+        # do_close: the segment closes this endpoint (ConnectionClosed)
+        if st is Z.CLOSED:
+            do_close = bool(flags & RST) and peer.state is not Z.CLOSED and not end.did_close
+        else:
+            do_close = st is not Z.RESET and bool(flags & (FIN | RST))
         if st is Z.INACTIVE:
             if flags & SYN:
                 if is_orig:
                     end.set_state(Z.SYN_ACK_SENT if flags & ACK else Z.SYN_SENT)
+                    self.syn_ts = p.ts  # the attempt timer starts
                 else:
                     if not flags & ACK and peer.state is Z.SYN_ACK_SENT and p.seq == end.start_seq:
                         # SYN/SYN-ACK reversal: Zeek flips the roles and establishes.
@@ -223,6 +424,10 @@ class _ZeekView:
         elif st is Z.CLOSED:
             if flags & RST and peer.state is not Z.CLOSED:
                 end.set_state(Z.RESET)
+        if do_close and not end.did_close:
+            end.did_close = True
+            if end.state is Z.RESET or peer.did_close or peer.state is Z.INACTIVE:
+                self.closed = True  # the close is complete: removed tcp_close_delay later
 
     def conn_state(self, orig_bytes: int, resp_bytes: int) -> str:
         """Zeek's ``conn_state()`` (base/protocols/conn/main.zeek), on the final states."""

@@ -70,8 +70,24 @@ def test_shipped_captures_both_ways(name):
 
 @pytest.mark.skipif(not CORPUS.is_dir(), reason=f"third-party corpus not found at {CORPUS}")
 def test_corpus_both_ways():
-    for trace in sorted(CORPUS.iterdir()):
+    for trace in [*sorted(CORPUS.iterdir()), *sorted((CORPUS.parent / "batch2" / "traces").iterdir())]:
         same_both_ways(trace)
+
+
+def test_ladder_lines_spill_and_come_back_in_order():
+    """The text ladder's lines past the memory budget go to a temporary database and
+    come back per connection in the order they were added, whatever was flushed when."""
+    from handshake_viz.analyze import LadderSpill
+
+    spill = LadderSpill(budget=50)
+    want: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    for i in range(200):
+        key, line = i % 3 if i % 7 else 1, f"line {i} " + "x" * (i % 13)
+        spill.add(key, line)
+        want[key].append(line)
+    assert [spill.pop(k) for k in (2, 0, 1)] == [want[2], want[0], want[1]]
+    assert spill.pop(5) == []
+    spill.close()
 
 
 def test_one_connection_both_ways(many):

@@ -22,7 +22,7 @@ from handshake_viz.model import Packet
 from handshake_viz.track import Tracker
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-TRACES = sorted((CORPUS / "traces").glob("*")) if CORPUS.is_dir() else []
+TRACES = sorted([*(CORPUS / "traces").glob("*"), *(CORPUS / "batch2" / "traces").glob("*")]) if CORPUS.is_dir() else []
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 MASK = 0xFFFFFFFF
