@@ -114,8 +114,11 @@ LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
 DEFAULT_RCVBUF = 64 * 1024 * 1024
 #: Longest time, in seconds, :func:`open_packet_socket` waits for the kernel to
-#: stamp packets on arrival (the switch takes 0.2-5 ms to flip on this machine).
-STAMP_WAIT = 0.05
+#: stamp packets on arrival.  The switch takes 0.2-5 ms to flip on this machine when
+#: it is idle; with both cores kept busy the kernel's work item that flips it was
+#: seen to wait over 50 ms, and packets read before then carried the time they were
+#: *read*, late by the scheduling delay (12 ms seen).  Ready means stamped on arrival.
+STAMP_WAIT = 2.0
 
 _TIMESPEC = struct.Struct("@qq")
 _TPACKET_STATS = struct.Struct("@II")
@@ -541,6 +544,12 @@ class LiveCapture:
     @property
     def linktype(self) -> int | None:
         return self._psock.linktype if self._psock else None
+
+    @property
+    def arrival_stamps(self) -> bool:
+        """Whether packets are stamped when they arrive (False: when they are read,
+        late by however long the reader waited; see ``STAMP_WAIT``)."""
+        return self._psock.arrival_stamps if self._psock else True
 
     # -- the loop -----------------------------------------------------------
 

@@ -367,7 +367,7 @@ def _plot_capture(pcap: Any) -> Any:
 
 
 def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from handshake_viz.capture import LiveCapture, default_output_name
+    from handshake_viz.capture import STAMP_WAIT, LiveCapture, default_output_name
     from handshake_viz.pipeline import LiveTracking
 
     command = list(args.command)
@@ -398,6 +398,9 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     def ready() -> None:
         err.write(f"listening on {args.iface} port {args.port}\n")
+        if not live.arrival_stamps:
+            err.write(f"{PROG}: warning: the kernel did not stamp packets on arrival within "
+                      f"{STAMP_WAIT:g} s: their times are when they were read, and may be late\n")
         err.flush()
 
     output = args.output or default_output_name()
