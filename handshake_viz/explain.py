@@ -29,7 +29,6 @@ rules say that they inferred what they say from the segments (``Basis.SEGMENTS``
 
 from __future__ import annotations
 
-import enum
 import html
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from handshake_viz.model import (
     Label,
     Segment,
     TcpState,
+    Word,
     normalize_ip,
 )
 from handshake_viz.seqnum import ACK, FIN, MASK, PSH, RST, SYN, seq_ge
@@ -214,7 +214,7 @@ def _call_json(call: Call, t0: float) -> dict[str, Any]:
             "ref": _call_label(call, t0), "inferred": call.inferred}
 
 
-class FindingKind(str, enum.Enum):
+class FindingKind(Word):
     """What a finding is about (the ``"kind"`` of ``hsviz explain --json``)."""
 
     REFUSED = "refused"
@@ -236,20 +236,14 @@ class FindingKind(str, enum.Enum):
     KEEP_ALIVE = "keep-alive"
     IDLE = "idle"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Basis(str, enum.Enum):
+class Basis(Word):
     """What a finding rests on: the segments alone (its cause inferred), the traced
     calls too, or the kernel's own events (drop reasons, socket states)."""
 
     SEGMENTS = "segments"
     TRACE = "trace"
     KERNEL = "kernel"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
