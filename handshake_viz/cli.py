@@ -245,7 +245,7 @@ class _LiveView:
     def status(self, stats: Any) -> None:
         if not self.status_enabled:
             return
-        n = self.tracking.seen
+        n = self.tracking.tracker.connection_count
         text = (f"{stats.packets} packet{'s' if stats.packets != 1 else ''}, {n} connection"
                 f"{'s' if n != 1 else ''} ({self.tracking.completed} closed)")
         if stats.dropped:
@@ -643,7 +643,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         stats = packets.stats
         warnings = list(stats.warnings)
     _warn(warnings, err)
-    if not tracking.seen and not tracking.flows.flow_count:
+    if not tracking.tracker.connection_count and not tracking.flows.flow_count:
         raise UsageError(f"{args.file}: no TCP segments or UDP datagrams in {stats.records} records")
     view.summaries()
     calls_file = _calls_file(args)
