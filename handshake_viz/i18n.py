@@ -78,11 +78,8 @@ class PoEntry:
 
 def english_messages() -> dict[str, str]:
     """Every message's English text by its key (msgctxt), in the template's order."""
-    return {e.msgctxt: e.msgid for e in _template() if e.msgctxt is not None}
-
-
-def _template() -> list[PoEntry]:
-    return parse_po(TEMPLATE.read_text(encoding="utf-8"))
+    entries = parse_po(TEMPLATE.read_text(encoding="utf-8"))
+    return {e.msgctxt: e.msgid for e in entries if e.msgctxt is not None}
 
 
 def _unquote(line: str) -> str:
