@@ -4,41 +4,18 @@ The stages, each a module; ``pipeline`` runs them, every view reads its Trace::
 
     pcapio -> decode -> track / flows -> align -> Trace -> report | layout -> draw
     (records) (Packet)  (Segment, Datagram) (Call)
+
+The public names: every exception (:mod:`handshake_viz.errors`) and every record and
+enum (:mod:`handshake_viz.model`), each module's ``__all__`` whole, then the tracker and
+the notebook API.
 """
 
 
 __version__ = "0.1.0"
 
-from handshake_viz.errors import (
-    CaptureError,
-    CaptureFileError,
-    HsvizError,
-    InputError,
-    NoSuchConnection,
-    OutputError,
-    PermissionDeniedError,
-    TraceError,
-    TraceFileError,
-    UsageError,
-)
-from handshake_viz.model import (
-    Analysis,
-    Call,
-    CallKind,
-    ConnectionSummary,
-    Datagram,
-    Direction,
-    Endpoint,
-    Flag,
-    FlowSummary,
-    Label,
-    Packet,
-    Phase,
-    Segment,
-    TcpOptions,
-    TcpState,
-    UdpPacket,
-)
+from handshake_viz import errors, model
+from handshake_viz.errors import *  # noqa: F403  (errors.__all__)
+from handshake_viz.model import *  # noqa: F403  (model.__all__)
 from handshake_viz.track import Tracker
 # The submodule handshake_viz.capture is imported before the function of the same name
 # is bound: importing a submodule sets it as a package attribute, and doing it first
@@ -49,36 +26,10 @@ _importlib.import_module("handshake_viz.capture")
 from handshake_viz.api import Connection, Flow, Trace, capture, load  # noqa: E402
 
 __all__ = [
-    "Analysis",
-    "Call",
-    "CallKind",
-    "CaptureError",
-    "CaptureFileError",
     "Connection",
-    "ConnectionSummary",
-    "Datagram",
-    "Direction",
-    "Endpoint",
-    "Flag",
     "Flow",
-    "FlowSummary",
-    "HsvizError",
-    "InputError",
-    "Label",
-    "NoSuchConnection",
-    "OutputError",
-    "Packet",
-    "PermissionDeniedError",
-    "Phase",
-    "Segment",
-    "TcpOptions",
-    "TcpState",
     "Trace",
-    "TraceError",
-    "TraceFileError",
     "Tracker",
-    "UdpPacket",
-    "UsageError",
     "__version__",
     "capture",
     "load",
@@ -86,6 +37,9 @@ __all__ = [
     "plot_trace",
     "render_trace",
 ]
+__all__ += errors.__all__
+__all__ += model.__all__
+__all__.sort()
 
 
 def __getattr__(name: str) -> object:

@@ -190,11 +190,11 @@ from handshake_viz.model import (
     Datagram,
     Direction,
     Endpoint,
-    Flag,
     FlowSummary,
     Segment,
     normalize_ip,
 )
+from handshake_viz.seqnum import ACK, FIN, HALF, MASK, PSH, RST, SYN
 
 __all__ = [
     "SLACK",
@@ -213,10 +213,7 @@ __all__ = [
 #: capture timestamp (they share the wall clock but strace's wobble by ~1-2 ms).
 SLACK = 0.010
 
-FIN, SYN, RST, PSH, ACK = int(Flag.FIN), int(Flag.SYN), int(Flag.RST), int(Flag.PSH), int(Flag.ACK)
 C2S, S2C = Direction.C2S, Direction.S2C
-_MOD = 1 << 32
-_HALF = 1 << 31
 
 _SEND, _RECV, _WAIT, _ACCEPT = CallKind.SEND, CallKind.RECV, CallKind.WAIT, CallKind.ACCEPT
 _CREATORS = frozenset({CallKind.SOCKET, CallKind.ACCEPT})  # calls that return a new socket fd
@@ -253,7 +250,7 @@ def _nbytes(call: Call) -> int:
 
 def _unwrap(value: int, near: int) -> int:
     """The integer congruent to ``value`` mod 2**32 nearest to ``near``."""
-    return near + ((value - near + _HALF) % _MOD) - _HALF
+    return near + ((value - near + HALF) & MASK) - HALF
 
 
 def _peer(d: Direction) -> Direction:
@@ -384,7 +381,7 @@ def _view(summary: ConnectionSummary, segments: Iterable[Segment]) -> _ConnView:
                     and syn_ack[S2C] is None):
                 refusing = s
         if (hs_ack is None and not flags & (SYN | RST) and flags & ACK and syn_ack[_peer(d)] is not None
-                and s.rel_ack is not None and s.rel_ack >= 1 and 1 <= s.rel_seq % _MOD < _HALF):
+                and s.rel_ack is not None and s.rel_ack >= 1 and 1 <= (s.rel_seq & MASK) < HALF):
             hs_ack = s
         if s.length > 0:
             start = _unwrap(s.rel_seq + (1 if flags & SYN else 0), high[d])
@@ -582,23 +579,13 @@ def align(segments: Sequence[Segment], summaries: Sequence[ConnectionSummary],
     for i, c in enumerate(calls):
         if c.inferred:
             continue
-        if c.kind is _ACCEPT:
-            own = _full_tuple(c)
-            got = matcher.by_4tuple(own[0], own[1], c.start, c.end) if own else None
-            if got is not None:
-                place[i] = (got[0].summary.conn, got[1])
-                continue
-            li = created_by.get(i)
-            if li is not None and lives[li].conn is not None:
-                place[i] = (lives[li].conn, lives[li].side)  # type: ignore[assignment]
-            continue
         own = _full_tuple(c)
-        if own is not None:
-            got = matcher.by_4tuple(own[0], own[1], c.start, c.end)
-            if got is not None:
-                place[i] = (got[0].summary.conn, got[1])
-                continue
-        li = of_call.get(i)
+        got = matcher.by_4tuple(own[0], own[1], c.start, c.end) if own is not None else None
+        if got is not None:
+            place[i] = (got[0].summary.conn, got[1])
+            continue
+        # else by its socket's lifetime: the one an accept() created, the one any other call ran on
+        li = (created_by if c.kind is _ACCEPT else of_call).get(i)
         if li is not None and lives[li].conn is not None:
             place[i] = (lives[li].conn, lives[li].side)  # type: ignore[assignment]
 

@@ -22,20 +22,39 @@ __all__ = ["main", "build_parser"]
 
 PROG = "hsviz"
 
+_Registrar = Callable[[argparse._SubParsersAction], None]
+
+
+def _subcommand(name: str, *, help: str, description: str, usage: str | None = None, file: bool = True
+                ) -> Callable[[Callable[[argparse.ArgumentParser], None]], _Registrar]:
+    """Declares ``hsviz NAME``: the decorated function adds the subcommand's own options
+    (and its ``func``) to the parser made here, and becomes the registrar that
+    ``build_parser`` calls.  ``help`` is its line in ``hsviz --help``, ``description``
+    what ``hsviz NAME --help`` says first.  With ``file`` the capture file is the first
+    argument, as in every command that reads one."""
+
+    def declare(options: Callable[[argparse.ArgumentParser], None]) -> _Registrar:
+        def register(sub: argparse._SubParsersAction) -> None:
+            p = sub.add_parser(name, help=help, description=description, usage=usage)
+            if file:
+                p.add_argument("file", help="capture file (pcap or pcapng)")
+            options(p)
+
+        return register
+
+    return declare
+
 
 # ----------------------------------------------------------------------------------------
 # analyze
 # ----------------------------------------------------------------------------------------
 
 
-def _add_analyze(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "analyze",
-        help="label every TCP segment of a capture and summarise each connection",
-        description="Decode a pcap/pcapng file, run the TCP state machine and print a text "
-        "ladder per connection (or JSON Lines with --jsonl).",
-    )
-    p.add_argument("file", help="capture file (pcap or pcapng)")
+@_subcommand("analyze",
+             help="label every TCP segment of a capture and summarise each connection",
+             description="Decode a pcap/pcapng file, run the TCP state machine and print a text "
+             "ladder per connection (or JSON Lines with --jsonl).")
+def _add_analyze(p: argparse.ArgumentParser) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--jsonl", action="store_true", help="print JSON Lines (schema in README)")
     fmt.add_argument("--summary", action="store_true", help="print only one line per connection")
@@ -133,20 +152,17 @@ def _analyze_explained(args: argparse.Namespace, calls_file: Path | None, out: T
 # ----------------------------------------------------------------------------------------
 
 
-def _add_explain(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "explain",
-        help="what happened on each connection, in words: a numbered story and findings",
-        description="Tell each connection's story in plain words, every sentence citing its frames "
-        "(#3) and socket calls (connect() @0.000 ms): who opened, the ISNs and acknowledgements, "
-        "which call waited for what and how long, who closed first and why that side is in "
-        "TIME_WAIT; then how long each call took and what it waited for; then findings (refused, "
-        "reset, address in use, half-close, late accept(), Nagle and delayed ACK, zero window, "
-        "retransmissions, missed segments, Fast Open, keep-alives, idle...), each with its evidence "
-        "and usual cause. Calls come from FILE.calls.jsonl beside the capture (or --calls); without "
-        "them they are inferred from the segments, and the story says so.",
-    )
-    p.add_argument("file", help="capture file (pcap or pcapng)")
+@_subcommand("explain",
+             help="what happened on each connection, in words: a numbered story and findings",
+             description="Tell each connection's story in plain words, every sentence citing its frames "
+             "(#3) and socket calls (connect() @0.000 ms): who opened, the ISNs and acknowledgements, "
+             "which call waited for what and how long, who closed first and why that side is in "
+             "TIME_WAIT; then how long each call took and what it waited for; then findings (refused, "
+             "reset, address in use, half-close, late accept(), Nagle and delayed ACK, zero window, "
+             "retransmissions, missed segments, Fast Open, keep-alives, idle...), each with its evidence "
+             "and usual cause. Calls come from FILE.calls.jsonl beside the capture (or --calls); without "
+             "them they are inferred from the segments, and the story says so.")
+def _add_explain(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--conn", type=int, metavar="N", help="only connection N (default: all)")
     which.add_argument("--all", action="store_true", help="every connection (the default)")
@@ -206,31 +222,30 @@ class _LiveView:
         self._starts: dict[tuple[str, int], float] = {}
 
     def segment(self, seg: Any) -> None:
-        if self._status_shown:
-            self.clear_status()
-        write = self.out.write
-        key = ("conn", seg.conn)
-        if key != self._last:
-            self._last = key
-            write(report.connection_header(self.tracking.tracker.summary(seg.conn)) + "\n")
-        write(report.format_segment(seg, self._starts.setdefault(key, seg.ts)) + "\n")
-        self.out.flush()
+        summary = self.tracking.tracker.summary
+        self._line(("conn", seg.conn), seg.ts, lambda: report.connection_header(summary(seg.conn)),
+                   lambda t0: report.format_segment(seg, t0))
 
     def datagram(self, d: Any) -> None:
-        if self._status_shown:
-            self.clear_status()
-        write = self.out.write
-        key = ("flow", d.flow)
+        summary = self.tracking.flows.summary
+        self._line(("flow", d.flow), d.ts, lambda: report.flow_header(summary(d.flow)),
+                   lambda t0: report.format_datagram(d, t0))
+
+    def _line(self, key: tuple[str, int], ts: float, header: Callable[[], str],
+              line: Callable[[float], str]) -> None:
+        """One ladder line of connection or flow ``key``, timed from that key's first
+        line; its header first when the previous line was another's."""
+        self.clear_status()
         if key != self._last:
             self._last = key
-            write(report.flow_header(self.tracking.flows.summary(d.flow)) + "\n")
-        write(report.format_datagram(d, self._starts.setdefault(key, d.ts)) + "\n")
+            self.out.write(header() + "\n")
+        self.out.write(line(self._starts.setdefault(key, ts)) + "\n")
         self.out.flush()
 
     def status(self, stats: Any) -> None:
         if not self.status_enabled:
             return
-        n = self.tracking.seen
+        n = self.tracking.tracker.connection_count
         text = (f"{stats.packets} packet{'s' if stats.packets != 1 else ''}, {n} connection"
                 f"{'s' if n != 1 else ''} ({self.tracking.completed} closed)")
         if stats.dropped:
@@ -258,30 +273,29 @@ class _LiveView:
         self.out.flush()
 
 
-def _add_capture(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "capture",
-        help="capture TCP on a port live, print each segment as it arrives, write a pcap; "
-        "optionally trace a command's socket calls (-- CMD) or running processes (--trace-pid)",
-        usage="%(prog)s --port PORT [options] [-- CMD [ARGS ...] | --trace-pid PID ...]",
-        description="Capture TCP to or from PORT (needs root or CAP_NET_RAW), print one ladder "
-        "line per segment as it arrives, write every frame to a pcap, and on exit print each "
-        "connection's summary and the pcap's path. Stops on Ctrl-C (twice: at once), SIGTERM, "
-        "--count, --timeout or --connections. "
-        "Run as root (sudo), hsviz opens the packet socket (and attaches strace for "
-        "--trace-pid), then drops to the user who ran sudo (or --user) with no capability "
-        "left, before it reads a packet or writes a file; files are made new, never through "
-        "a link, mode 0600 (--mode). "
-        "With -- CMD, the command runs under strace once the capture is ready (as that "
-        "user; --as-root only for a real root login); the capture stops --grace seconds after it exits, "
-        "or, stopping first, ends it. With --trace-pid, strace attaches to running processes "
-        "and detaches when the capture stops; they keep running. Either way the socket calls "
-        "are printed after the summaries and written beside the pcap: FILE.calls.jsonl "
-        "(aligned with the segments) and FILE.strace (strace's own log). "
-        "Exit status: 0 when the capture worked, whatever the traced command's own status "
-        "(reported as 'hsviz: command exited with status N'); 2 when capturing or tracing "
-        "cannot start (no strace: 'tracing needs strace'); 130 after a second Ctrl-C.",
-    )
+@_subcommand("capture",
+             help="capture TCP on a port live, print each segment as it arrives, write a pcap; "
+             "optionally trace a command's socket calls (-- CMD) or running processes (--trace-pid)",
+             usage="%(prog)s --port PORT [options] [-- CMD [ARGS ...] | --trace-pid PID ...]",
+             description="Capture TCP to or from PORT (needs root or CAP_NET_RAW), print one ladder "
+             "line per segment as it arrives, write every frame to a pcap, and on exit print each "
+             "connection's summary and the pcap's path. Stops on Ctrl-C (twice: at once), SIGTERM, "
+             "--count, --timeout or --connections. "
+             "Run as root (sudo), hsviz opens the packet socket (and attaches strace for "
+             "--trace-pid), then drops to the user who ran sudo (or --user) with no capability "
+             "left, before it reads a packet or writes a file; files are made new, never through "
+             "a link, mode 0600 (--mode). "
+             "With -- CMD, the command runs under strace once the capture is ready (as that "
+             "user; --as-root only for a real root login); the capture stops --grace seconds after it exits, "
+             "or, stopping first, ends it. With --trace-pid, strace attaches to running processes "
+             "and detaches when the capture stops; they keep running. Either way the socket calls "
+             "are printed after the summaries and written beside the pcap: FILE.calls.jsonl "
+             "(aligned with the segments) and FILE.strace (strace's own log). "
+             "Exit status: 0 when the capture worked, whatever the traced command's own status "
+             "(reported as 'hsviz: command exited with status N'); 2 when capturing or tracing "
+             "cannot start (no strace: 'tracing needs strace'); 130 after a second Ctrl-C.",
+             file=False)
+def _add_capture(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, required=True, help="TCP port, either side (1-65535)")
     p.add_argument("--iface", default="lo", help="interface to capture on (default: lo)")
     p.add_argument("-o", "--output", metavar="FILE",
@@ -603,14 +617,11 @@ def _report_traced(outcome: Any, reason: str, err: TextIO) -> None:
                   f"{'s' if outcome.unparsed != 1 else ''} not understood{sample}\n")
 
 
-def _add_replay(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "replay",
-        help="feed a saved capture through the live view with its original timing",
-        description="Print a saved capture's segments one by one as `hsviz capture` would, "
-        "waiting between them as long as the capture did (scaled by --speed), then the summaries.",
-    )
-    p.add_argument("file", help="capture file (pcap or pcapng)")
+@_subcommand("replay",
+             help="feed a saved capture through the live view with its original timing",
+             description="Print a saved capture's segments one by one as `hsviz capture` would, "
+             "waiting between them as long as the capture did (scaled by --speed), then the summaries.")
+def _add_replay(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=float, default=1.0,
                    help="time scale: 2 plays twice as fast, 0 does not wait (default: 1)")
     p.add_argument("--inject", action="store_true",
@@ -635,7 +646,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         stats = packets.stats
         warnings = list(stats.warnings)
     _warn(warnings, err)
-    if not tracking.seen and not tracking.flows.flow_count:
+    if not tracking.tracker.connection_count and not tracking.flows.flow_count:
         raise UsageError(f"{args.file}: no TCP segments or UDP datagrams in {stats.records} records")
     view.summaries()
     calls_file = _calls_file(args)
@@ -663,19 +674,16 @@ def _conn_list(text: str) -> list[int]:
     return conns
 
 
-def _add_plot(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "plot",
-        help="draw the sequence diagram of connections and UDP flows (png, svg, pdf, or an "
-        "interactive html page)",
-        description="Draw a capture as a sequence diagram: a lifeline per socket address (a "
-        "server's listening port is one lifeline however many clients it has), one arrow per "
-        "segment or UDP datagram with its label and seq/ack, the TCP states where they change, "
-        "and the socket calls in the lanes beside the lifelines (traced when FILE.calls.jsonl or "
-        "--calls exists, otherwise inferred from the segments and drawn hollow). Several "
-        "connections share one figure and one time axis.",
-    )
-    p.add_argument("file", help="capture file (pcap or pcapng)")
+@_subcommand("plot",
+             help="draw the sequence diagram of connections and UDP flows (png, svg, pdf, or an "
+             "interactive html page)",
+             description="Draw a capture as a sequence diagram: a lifeline per socket address (a "
+             "server's listening port is one lifeline however many clients it has), one arrow per "
+             "segment or UDP datagram with its label and seq/ack, the TCP states where they change, "
+             "and the socket calls in the lanes beside the lifelines (traced when FILE.calls.jsonl or "
+             "--calls exists, otherwise inferred from the segments and drawn hollow). Several "
+             "connections share one figure and one time axis.")
+def _add_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output file; the format comes from the extension: .png, .svg, .pdf, or "
                    ".html for an interactive page (one self-contained file: hover a segment for "
@@ -748,17 +756,16 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # ----------------------------------------------------------------------------------------
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
+@_subcommand("demo",
+             help="run a TCP lesson on loopback (server + client), capture it and draw it",
+             description="Run a small real server and client on 127.0.0.1 that show one TCP lesson, "
+             "capture their segments live (root or CAP_NET_RAW), record their socket calls, and write "
+             "NAME.pcap, NAME.calls.jsonl and NAME.png. Without the privilege, open the shipped "
+             "captures/NAME.pcap instead.",
+             file=False)
+def _add_demo(p: argparse.ArgumentParser) -> None:
     from handshake_viz.demo import DEFAULT_SCENARIO, EXPECTED_LABELS_FILE
 
-    p = sub.add_parser(
-        "demo",
-        help="run a TCP lesson on loopback (server + client), capture it and draw it",
-        description="Run a small real server and client on 127.0.0.1 that show one TCP lesson, "
-        "capture their segments live (root or CAP_NET_RAW), record their socket calls, and write "
-        "NAME.pcap, NAME.calls.jsonl and NAME.png. Without the privilege, open the shipped "
-        "captures/NAME.pcap instead.",
-    )
     p.add_argument("name", nargs="?", default=DEFAULT_SCENARIO, metavar="NAME",
                    help=f"scenario (default: {DEFAULT_SCENARIO}; see --list)")
     p.add_argument("--list", action="store_true", help="list the scenarios and their lessons")
@@ -838,17 +845,14 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="write a pcapng copy of a capture whose packets name the socket calls",
-        description="Copy a pcap/pcapng capture to pcapng, every frame unchanged, adding a packet "
-        "comment to each segment a socket call caused ('connect() pid 1234 fd 3') or that "
-        "released one ('recvfrom() pid 1240 fd 4 returns 6'), so Wireshark shows the calls too. "
-        "Calls come from FILE's .calls.jsonl beside it (or --calls); a connection without "
-        "traced calls gets calls inferred from its segments, marked '(inferred)'.",
-    )
-    p.add_argument("file", help="capture file (pcap or pcapng)")
+@_subcommand("export",
+             help="write a pcapng copy of a capture whose packets name the socket calls",
+             description="Copy a pcap/pcapng capture to pcapng, every frame unchanged, adding a packet "
+             "comment to each segment a socket call caused ('connect() pid 1234 fd 3') or that "
+             "released one ('recvfrom() pid 1240 fd 4 returns 6'), so Wireshark shows the calls too. "
+             "Calls come from FILE's .calls.jsonl beside it (or --calls); a connection without "
+             "traced calls gets calls inferred from its segments, marked '(inferred)'.")
+def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", metavar="OUT", help="pcapng to write (default: "
                    "FILE.annotated.pcapng beside the input)")
     p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl")
@@ -884,17 +888,14 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # ----------------------------------------------------------------------------------------
 
 
-def _add_show(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "show",
-        help="one TCP frame's header bytes field by field, as they are on the wire",
-        description="Take one frame apart: Ethernet (or the capture's link layer), IP and TCP, "
-        "each field's offset, its bytes as sent (network byte order, big-endian) and its value; "
-        "for ports, addresses, seq and ack the host-order value and the call that puts it in "
-        "network order (htons(8080) -> 1f 90), and what a little-endian machine would have "
-        "sent had the program forgotten htons().",
-    )
-    p.add_argument("file", help="capture file (pcap or pcapng)")
+@_subcommand("show",
+             help="one TCP frame's header bytes field by field, as they are on the wire",
+             description="Take one frame apart: Ethernet (or the capture's link layer), IP and TCP, "
+             "each field's offset, its bytes as sent (network byte order, big-endian) and its value; "
+             "for ports, addresses, seq and ack the host-order value and the call that puts it in "
+             "network order (htons(8080) -> 1f 90), and what a little-endian machine would have "
+             "sent had the program forgotten htons().")
+def _add_show(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frame", type=int, required=True, metavar="N",
                    help="frame number, from 1 (as Wireshark's frame.number and the JSONL 'frame')")
     p.set_defaults(func=_cmd_show)

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import os as _os
 
+# The exception tree, which handshake_viz re-exports whole; ``os_error`` is the package's
+# own helper, imported by name.
 __all__ = [
     "CaptureError",
     "NoSuchConnection",
@@ -45,7 +47,6 @@ __all__ = [
     "TraceFileError",
     "UsageError",
     "WorkerError",
-    "os_error",
 ]
 
 

@@ -29,14 +29,13 @@ rules say that they inferred what they say from the segments (``Basis.SEGMENTS``
 
 from __future__ import annotations
 
-import enum
 import html
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
 from handshake_viz.align import ConnectionView, accept_queue_delay, connection_view
-from handshake_viz.i18n import translate
+from handshake_viz.i18n import english_messages, translate
 from handshake_viz.model import (
     Analysis,
     Call,
@@ -47,6 +46,7 @@ from handshake_viz.model import (
     Label,
     Segment,
     TcpState,
+    Word,
     normalize_ip,
 )
 from handshake_viz.seqnum import ACK, FIN, MASK, PSH, RST, SYN, seq_ge
@@ -88,269 +88,13 @@ CALLS_SHOWN = 20
 DETAILED_BURSTS = 3
 
 # ======================================================================================
-# Messages: every sentence's English text, keyed; the .po catalogs translate these
+# Messages: every sentence's English text is in locale/hsviz.pot, keyed by its msgctxt
 # ======================================================================================
 
 #: key -> English message with ``{name}`` placeholders (the gettext msgid; the key is
-#: its msgctxt).  Placeholders holding frames or calls must appear in every translation.
-MESSAGES: dict[str, str] = {}
-
-
-def _m(key: str, text: str) -> str:
-    MESSAGES[key] = text
-    return key
-
-
-# terms (arguments that are words)
-_m("term.client", "the client")
-_m("term.server", "the server")
-_m("term.Client", "The client")
-_m("term.Server", "The server")
-
-# story: the opening
-OPEN = _m("open", "{Side} ({addr}) opened the connection: SYN {syn} with initial sequence number (ISN) {isn}.")
-OPEN_CALL = _m("open.call", "{Side} ({addr}) opened the connection: {call} sent SYN {syn} with initial "
-               "sequence number (ISN) {isn}.")
-OPEN_TFO = _m("open.fastopen", "{Side} ({addr}) opened the connection with {call}: its SYN {syn} (ISN {isn}) "
-              "already carries {n} bytes of data (TCP Fast Open).")
-SYN_AGAIN = _m("syn.again", "The SYN went unanswered and was sent again: {again}.")
-REFUSED = _m("refused", "Nothing listened on port {port}: the server's kernel answered the SYN with RST {rst} "
-             "(ack {ack} = ISN + 1).")
-REFUSED_CALL = _m("refused.call", "{call} failed with ECONNREFUSED when that RST arrived, {ms} after the SYN.")
-NO_ANSWER = _m("no-answer", "No answer to the SYN was captured: no SYN-ACK and no RST.")
-SYN_ACK = _m("syn-ack", "The server's kernel answered with SYN-ACK {synack}: its own ISN {isn}, and ack {ack} "
-             "= {peer_isn} + 1, the client's ISN plus one (a SYN takes one sequence number).")
-SYN_ACK_TFO = _m("syn-ack.fastopen", "The server's kernel answered with SYN-ACK {synack}: its own ISN {isn}, "
-                 "and ack {ack} = {peer_isn} + 1 + {n}: it acknowledges the SYN and the {n} bytes it carried.")
-MISSING_SYN = _m("missing-syn", "The capture starts after the client's SYN: the first segment is the server's "
-                 "SYN-ACK {synack}, ISN {isn}, ack {ack} (so the client's ISN was {peer_isn}).")
-REORDERED = _m("syn-ack.reordered", "The capture recorded SYN-ACK {synack} before the SYN {syn} it answers: "
-               "the capture point saw them out of order, not the hosts.")
-CONNECT_RTT = _m("connect.rtt", "{call} was blocked until the SYN-ACK arrived: {ms}, one round trip.")
-HANDSHAKE_ACK = _m("handshake-ack", "The client's ACK {ack} (ack {ackno} = {peer_isn} + 1, the server's ISN "
-                   "plus one) completed the three-way handshake: both sides are ESTABLISHED.")
-HANDSHAKE_ACK_DATA = _m("handshake-ack.data", "The client's segment {ack} (ack {ackno} = {peer_isn} + 1, the "
-                        "server's ISN plus one) completed the three-way handshake, carrying data already.")
-ACCEPT_WAITED = _m("accept.waited", "The server's {call} had been blocked for {ms}: it returned the new "
-                   "connection when the handshake ACK {ack} arrived.")
-ACCEPT_LATE = _m("accept.late", "The server's kernel completed the handshake on its own and queued the "
-                 "connection: {call} was called {ms} after the handshake ACK {ack} and returned at once.")
-ACCEPT_READY = _m("accept.ready", "From the handshake ACK {ack} on, the server's accept() could return the "
-                  "connection ({call}).")
-ACCEPT_TFO = _m("accept.fastopen", "Because the server took the data with the SYN, {call} could return the "
-                "connection at the SYN {syn} itself, before the handshake completed.")
-MID_STREAM = _m("mid-stream", "The capture starts mid-stream at {first}: no handshake was captured.")
-MID_STREAM_GUESS = _m("mid-stream.guess", "The capture starts mid-stream at {first}: no handshake was "
-                      "captured, so which side is the client is a guess from the ports ({client} → {server}).")
-
-# story: data
-DATA = _m("data", "{Side} sent {n} bytes in {segs} (relative seq {lo} to {hi}).")
-DATA_CALL = _m("data.call", "{Side}'s {call} wrote {n} bytes: {segs} (relative seq {lo} to {hi}).")
-ACK_PURE = _m("ack.pure", "{Peer}'s kernel acknowledged them with ACK {ack} (ack {ackno}: the next byte it "
-              "expects).")
-ACK_PIGGY = _m("ack.piggyback", "{Peer}'s reply {ack} carried the acknowledgement (ack {ackno}): a piggybacked "
-               "ACK (捎带应答), no separate ACK segment.")
-ACK_FIN = _m("ack.fin", "{Peer}'s FIN {ack} acknowledged them (ack {ackno}).")
-READ_WAITED = _m("read.waited", "{call} on {peer} was blocked {ms} waiting for these bytes.")
-READ_QUEUED = _m("read.queued", "{call} on {peer} returned them at once: they had waited {ms} in its receive "
-                 "buffer.")
-MORE_DATA = _m("data.more", "More data followed ({segs}); in all the client sent {c2s} bytes and the "
-               "server {s2c}.")
-PIGGY_LATER = _m("piggyback.later", "Of these, {segs} also carried the acknowledgement of the peer's earlier "
-                 "data: piggybacked ACKs (捎带应答).")
-
-# story: the end
-CLOSE_FIRST = _m("close.first", "{Side} closed first (the active close): FIN {fin}.")
-CLOSE_FIRST_CALL = _m("close.first.call", "{Side} closed first (the active close): {call} returned at once and "
-                      "the kernel sent FIN {fin}.")
-SHUTDOWN_FIRST = _m("shutdown.first", "{Side} called {call}: FIN {fin} says it will send no more, while it can "
-                    "still receive.")
-READ_ZERO = _m("read.zero", "{call} on {peer} returned 0 at FIN {fin}: the end of the stream, {side} will send "
-               "nothing more. {Peer} is in CLOSE_WAIT until it closes too.")
-HALF_CLOSE = _m("half-close", "{Peer} still sent {n} bytes after that FIN ({segs}) and {side} received them: a "
-                "FIN closes one direction only (half-close, 半关闭).")
-FIN_ACK = _m("fin-ack", "{Peer}'s FIN {fin} also acknowledged {side}'s FIN (ack {ackno}): the second and third "
-             "segments of the four-way close (四次挥手) in one.")
-FIN_ACK_CALL = _m("fin-ack.call", "{Peer}'s {call} sent FIN {fin}, which also acknowledged {side}'s FIN (ack "
-                  "{ackno}): the second and third segments of the four-way close (四次挥手) in one.")
-FIN_ACKED = _m("fin.acked", "{Peer}'s kernel acknowledged that FIN with ACK {ack} (ack {ackno}).")
-FIN_ACKED_DATA = _m("fin.acked.data", "{Peer}'s data segment {ack} acknowledged that FIN (ack {ackno}: the FIN "
-                    "takes one sequence number).")
-FIN_SECOND = _m("fin.second", "{Peer} sent its own FIN {fin} {ms} later: the four-way close (四次挥手) FIN, "
-                "ACK, FIN, ACK.")
-FIN_SECOND_CALL = _m("fin.second.call", "{Peer}'s {call} sent its own FIN {fin} {ms} later: the four-way close "
-                     "(四次挥手) FIN, ACK, FIN, ACK.")
-FIN_SECOND_PLAIN = _m("fin.second.plain", "{Peer} sent its own FIN {fin} {ms} later.")
-FIN_AFTER_RST = _m("fin.after-rst", "{Peer} still sent FIN {fin} after that RST: on {side}'s end the connection "
-                   "no longer existed, so there is no orderly close.")
-LAST_ACK = _m("last-ack", "{Side}'s ACK {ack} acknowledged it (ack {ackno}).")
-TIME_WAIT = _m("time-wait", "{Side}, which closed first, is now in TIME_WAIT: it stays there for 2MSL (60 s on "
-               "Linux) to resend that last ACK if the FIN comes again and to let old segments die out; "
-               "{peer} is CLOSED.")
-SIMULTANEOUS = _m("close.simultaneous", "Both sides sent a FIN before receiving the other's ({fins}): a "
-                  "simultaneous close, after which both are in TIME_WAIT.")
-STILL_OPEN = _m("still-open", "The capture ends with the connection still open after {last} (client {cstate}, "
-                "server {sstate}).")
-RST_END = _m("rst.end", "{Side} ended the connection with RST {rst} instead of a FIN: no four-way close, and no "
-             "TIME_WAIT on either side.")
-RST_AFTER_FIN = _m("rst.after-fin", "{Side}, which had already sent its FIN, then sent RST {rst}: the connection "
-                   "ends there, with no TIME_WAIT on either side.")
-RST_ERROR = _m("rst.error", "{call} on {peer} failed with {errno} because of that RST.")
-INFERRED_CALLS = _m("calls.inferred", "No socket calls were traced for this connection: the calls named here "
-                    "are inferred from the segments.")
-
-# per-call timing (the "calls" section)
-_m("wait.syn-ack", "{call}: {ms}, waiting for the SYN-ACK {frame} (one round trip).")
-_m("wait.rst", "{call}: {ms}, until the RST {frame} ({errno}).")
-_m("wait.connection", "{call}: {ms}, waiting for a connection whose handshake completed ({frame}).")
-_m("wait.connection.queued", "{call}: returned at once; the connection ({frame}) had waited {queued} in the "
-   "accept queue.")
-_m("wait.data", "{call}: {ms}, waiting for the peer's data ({frame}).")
-_m("wait.data.queued", "{call}: returned at once; the data ({frame}) had waited {queued} in the receive buffer.")
-_m("wait.fin", "{call}: {ms}, until the peer's FIN {frame}: returns 0, end of stream.")
-_m("wait.buffer-space", "{call}: {ms}, copying its bytes into the send buffer; returning says nothing about "
-   "the peer having received them.")
-_m("wait.ready", "{call}: {ms}, until {frame} made the socket ready.")
-_m("wait.nothing", "{call}: {ms}, waiting for nothing.")
-_m("wait.close", "{call}: {ms}; it does not wait: the kernel sends the FIN afterwards.")
-_m("wait.unfinished", "{call}: still blocked when tracing stopped.")
-
-# findings: what, then why
-_m("f.refused", "Connection refused: SYN {syn} was answered by RST {rst}.")
-_m("f.refused.call", "Connection refused: SYN {syn} was answered by RST {rst}, and {call} failed with "
-   "ECONNREFUSED.")
-_m("f.refused.why", "No socket listened on {server}: the server was not running, listened on another port or "
-   "address, or its listen() had not run yet. A kernel answers a SYN for a port nobody listens on with a RST.")
-_m("f.reset.unread", "{Side} closed with {n} received bytes it never read ({unread}), so its kernel sent RST "
-   "{rst} instead of a FIN.")
-_m("f.reset.unread.guess", "{Side} reset the connection with RST {rst} while it still held data it had "
-   "acknowledged ({unread}) and had not closed with a FIN.")
-_m("f.reset.unread.why", "Closing a socket whose receive buffer still holds unread data makes Linux send a RST "
-   "(RFC 2525 §2.17): the peer's next read() fails with ECONNRESET, its next write() with EPIPE. Read until "
-   "read() returns 0 (or shut down with SHUT_WR and drain) before close(); SO_LINGER with a zero timeout does the "
-   "same on purpose.")
-_m("f.reset.after-close", "{Side} had already closed (FIN {fin}) when {peer}'s data {late} arrived: its kernel "
-   "answered with RST {rst}.")
-_m("f.reset.after-close.why", "Data sent to a socket that was closed has nobody to read it, so the kernel "
-   "refuses it with a RST; the sender's next read() or write() gets ECONNRESET or EPIPE. Usually one side closed "
-   "while the other still had something to say: the application protocol did not agree on who ends.")
-_m("f.reset.abort", "{Side} aborted the connection with RST {rst}.")
-_m("f.reset.abort.why", "A RST ends a connection at once, discarding whatever is queued: an application "
-   "close() with unread data, SO_LINGER with a zero timeout, a process that died, or a middlebox.")
-_m("f.reset.peer-error", "{Peer} then got {errors}.")
-_m("f.address-in-use", "{call} failed with EADDRINUSE: port {port} was still held by this connection, whose "
-   "{side} end has been in TIME_WAIT since {since} ({ago} before the bind; about {left} of its 60 s left).")
-_m("f.address-in-use.retry", "{retry} on the same port with SO_REUSEADDR ({option}) then succeeded.")
-_m("f.address-in-use.why", "The side that closes first keeps the port pair in TIME_WAIT for 2MSL (60 s on "
-   "Linux). A new listener on that port fails with 'Address already in use' unless it sets SO_REUSEADDR before "
-   "bind() (on Linux the socket in TIME_WAIT must have had it too).")
-_m("f.address-in-use.loose", "{call} failed with EADDRINUSE on port {port}; no connection in this capture "
-   "holds that port.")
-_m("f.address-in-use.loose.why", "Another socket is bound to that port: a running server, or a connection in "
-   "TIME_WAIT from before the capture (60 s on Linux). SO_REUSEADDR lets a new listener bind past TIME_WAIT.")
-_m("f.half-close", "Half-close: {side}'s FIN {fin} ended only its own direction; {peer} still sent {n} bytes "
-   "({segs}).")
-_m("f.half-close.why", "shutdown(SHUT_WR) sends a FIN and keeps the socket open for reading: the peer's read() "
-   "returns 0, it can still answer, and the connection ends when it closes too. Normal for request-and-close "
-   "protocols; a bug only when one side expected the other to stop.")
-_m("f.accept-late", "accept() came late: the handshake completed at {ack} but {call} took the connection {ms} "
-   "later; meanwhile the kernel acknowledged {n} bytes of the client's data ({acked}).")
-_m("f.accept-late.noack", "accept() came late: the handshake completed at {ack} but {call} took the connection "
-   "{ms} later.")
-_m("f.accept-late.why", "The kernel completes handshakes by itself and queues the connections (up to listen()'s "
-   "backlog); accept() only takes one from the queue. A client sees a connected socket, and even acknowledged "
-   "data, while the server process is busy elsewhere.")
-_m("f.syn-retransmitted", "The client's SYN was sent {count} times ({syns}) before SYN-ACK {synack} answered, "
-   "{ms} after the first.")
-_m("f.syn-retransmitted.why", "A SYN is sent again when no answer comes within the initial retransmission "
-   "timeout (1 s on Linux, then doubling). On one host this usually means the listener's accept queue was full "
-   "and the SYN was dropped (the backlog of listen()); elsewhere, loss on the way.")
-_m("f.no-answer", "The SYN was never answered in this capture ({syns}).")
-_m("f.no-answer.why", "Nothing answered at that address: a firewall dropping the SYN, a host that is down, a "
-   "full accept queue dropping it, or a capture that sees only one direction.")
-_m("f.nagle", "A Nagle stall: {side}'s segment {held} left only when {peer}'s delayed ACK {ack} acknowledged the "
-   "previous small segment {prev}, {ms} after it. Stalls in all: {count} ({held_all}).")
-_m("f.nagle.call", "A Nagle stall: {call} had returned at once, but its bytes {held} waited in the send buffer "
-   "until {peer}'s delayed ACK {ack} acknowledged the previous small segment {prev}, {ms} after it. Stalls in "
-   "all: {count} ({held_all}).")
-_m("f.nagle.why", "Nagle's algorithm holds a small segment while earlier data is unacknowledged, and the "
-   "receiver delays its ACK (about 40 ms on Linux) hoping to send it with a reply: write, write, read meets "
-   "both. Write the request in one call (or writev), or set TCP_NODELAY on the sender.")
-_m("f.zero-window", "Zero window: {side} advertised a window of 0 at {zero} for {ms}; window "
-   "probes from {peer}: {probes} ({probe_frames}); window update {update} reopened it.")
-_m("f.zero-window.open", "Zero window: {side} advertised a window of 0 at {zero}; window probes "
-   "from {peer}: {probes} ({probe_frames}); the capture ends before the window reopened.")
-_m("f.zero-window.reader", "{call} on {side} was the read that made room.")
-_m("f.zero-window.why", "The receiver's buffer was full because its application did not read fast enough "
-   "(or at all): the sender must stop and only probes until a window update says there is room again. "
-   "Look at the receiving program, not the network.")
-_m("f.window-full", "{Side}'s data filled {peer}'s advertised window at {full}.")
-_m("f.window-full.why", "The sender may not have more unacknowledged bytes in flight than the receiver's "
-   "window: it waits for ACKs that open the window. A slow reader or a small receive buffer.")
-_m("f.retransmission", "Retransmissions: {count} ({segs}); the first, {first}, sent {orig} again {ms} later.")
-_m("f.retransmission.unmatched", "Retransmissions: {count} ({segs}); the first transmission of {first} was not "
-   "captured.")
-_m("f.retransmission.copies-only", "Copies, not retransmissions: {count} ({segs}), each captured within 1 ms of "
-   "the same segment: other tools call them retransmissions, but TCP resent nothing.")
-_m("f.retransmission.copies.why", "The capture recorded the same packets more than once: a mirror port or "
-   "capture on several interfaces or VLANs at once. Drop the copies before judging the connection.")
-_m("f.retransmission.rto", "No ACK came for {orig} within the retransmission timeout ({ms}), so it was resent "
-   "as {first}.")
-_m("f.retransmission.fast", "Fast retransmit: {dups} duplicate ACKs ({dup_frames}) reported a hole, and "
-   "{first} resent the missing bytes without waiting for the timeout.")
-_m("f.retransmission.copies", "{copies} of them came within 1 ms of the original: the capture recorded those "
-   "packets twice rather than TCP sending them again.")
-_m("f.retransmission.why", "TCP resends what was not acknowledged: after the retransmission timeout (RTO, "
-   "at least 200 ms on Linux) or after three duplicate ACKs (fast retransmit). Loss or reordering on the path, "
-   "or a receiver that dropped the segment.")
-_m("f.dup-ack", "Duplicate ACKs: {count} ({segs}).")
-_m("f.dup-ack.why", "A receiver repeats its last ACK for each segment that arrives out of order, reporting a "
-   "hole; three of them make the sender retransmit at once.")
-_m("f.missed", "The capture misses segments: {lost} follow a gap in the sequence numbers (previous segment "
-   "not captured), {unseen} acknowledge data never captured.")
-_m("f.one-way", "Only {side}'s segments were captured ({count}), yet they acknowledge data from {peer}: the "
-   "capture saw one direction of the connection.")
-_m("f.one-way.why", "The capture point saw one direction only (asymmetric routing, a filter, a mirror of one "
-   "direction). Nothing need be wrong with the connection; what {peer} sent cannot be told from this capture.")
-_m("f.missed.why", "The capturing host dropped packets, the capture started late or was filtered, or only one "
-   "direction passed the capture point. TCP itself may have received them: look for retransmissions before "
-   "blaming the network.")
-_m("f.mid-stream", "No SYN was captured: the capture started after the connection was opened{guess}.")
-_m("f.mid-stream.guess", ", so the client was guessed from the ports")
-_m("f.mid-stream.why", "Sequence numbers are counted from the first captured segment (relative seq 1), and "
-   "which side opened the connection can only be guessed (the lower, well-known port is taken for the server).")
-_m("f.checksum", "Segments whose TCP checksum does not verify: {count} ({segs}).")
-_m("f.checksum.why", "Captured on the sending host (and always on loopback) the checksum is left for the network "
-   "card to fill in (checksum offload) or skipped entirely: other tools' 'incorrect checksum' here is not "
-   "corruption. The receiver accepted them, or you would see retransmissions.")
-_m("f.fast-open", "TCP Fast Open: SYN {syn} carried {n} bytes and SYN-ACK {synack} acknowledged them (ack "
-   "{ack}), so the server could read them at once: {call} returned at the SYN.")
-_m("f.fast-open.rejected", "TCP Fast Open: SYN {syn} carried {n} bytes but SYN-ACK {synack} acknowledged only "
-   "the SYN: the server did not take them, and the client sent them again after the handshake.")
-_m("f.fast-open.request", "TCP Fast Open: SYN {syn} asked for a Fast Open cookie, to put data in the SYN of "
-   "later connections.")
-_m("f.fast-open.why", "With a cookie from an earlier connection a client may send data in its SYN (RFC 7413); "
-   "the server delivers it to accept()/read() one round trip earlier. Needs TCP_FASTOPEN on the listener and "
-   "MSG_FASTOPEN (or TCP_FASTOPEN_CONNECT) on the client.")
-_m("f.keep-alive", "Keep-alive probes: {count} ({segs}), every {interval} or so.")
-_m("f.keep-alive.why", "A keep-alive is an empty segment one byte behind what was sent, asking the peer to "
-   "answer with an ACK: SO_KEEPALIVE (Linux: after 2 hours idle, then every 75 s) or the application's own "
-   "setting, used to notice a peer that went away and to keep NAT entries alive.")
-_m("f.idle", "The connection was idle for {ms}, between {before} and {after}{more}.")
-_m("f.idle.more", " ({count} idle stretches of over 1 s in all)")
-_m("f.idle.why", "No segment either way: neither application sent anything (an interactive session, a "
-   "pooled connection, a server waiting for a request). TCP sends nothing on an idle connection unless "
-   "keep-alives are on.")
-
-_m("basis.segments", "(inferred from the segments; no kernel events were recorded)")
-_m("basis.trace", "(from the segments and the traced calls)")
-_m("basis.kernel", "(confirmed by the kernel's events)")
-_m("head.findings", "Findings:")
-_m("head.calls", "How long each call took, and what it waited for:")
-_m("head.calls.more", "… {n} more (every call is in --json).")
-_m("head.none", "Nothing unusual found.")
-_m("head.conn", "conn {conn}: client {client} → server {server}")
-_m("head.trace-findings", "On no connection of this capture:")
+#: its msgctxt), read from ``locale/hsviz.pot``, the template the .po catalogs translate.
+#: Placeholders holding frames or calls must appear in every translation.
+MESSAGES: dict[str, str] = english_messages()
 
 
 # ======================================================================================
@@ -470,7 +214,7 @@ def _call_json(call: Call, t0: float) -> dict[str, Any]:
             "ref": _call_label(call, t0), "inferred": call.inferred}
 
 
-class FindingKind(str, enum.Enum):
+class FindingKind(Word):
     """What a finding is about (the ``"kind"`` of ``hsviz explain --json``)."""
 
     REFUSED = "refused"
@@ -492,20 +236,14 @@ class FindingKind(str, enum.Enum):
     KEEP_ALIVE = "keep-alive"
     IDLE = "idle"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Basis(str, enum.Enum):
+class Basis(Word):
     """What a finding rests on: the segments alone (its cause inferred), the traced
     calls too, or the kernel's own events (drop reasons, socket states)."""
 
     SEGMENTS = "segments"
     TRACE = "trace"
     KERNEL = "kernel"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -777,7 +515,7 @@ class _Story:
 def _story(ctx: Context) -> tuple[Sentence, ...]:
     story = _Story()
     if ctx.calls and not ctx.traced:
-        story.add(0, _say(INFERRED_CALLS))
+        story.add(0, _say("calls.inferred"))
     _story_open(ctx, story)
     if ctx.view.refusing_rst is None:
         _story_data(ctx, story)
@@ -791,63 +529,63 @@ def _story_open(ctx: Context, story: _Story) -> None:
     if syn is None and sa is None:
         if ctx.segments:
             first = ctx.segments[0].frame
-            story.add(first, _say(MID_STREAM_GUESS, first=Frames((first,)), client=str(s.client),
-                                  server=str(s.server)) if s.roles_guessed else _say(MID_STREAM, first=Frames((first,))))
+            story.add(first, _say("mid-stream.guess", first=Frames((first,)), client=str(s.client),
+                                  server=str(s.server)) if s.roles_guessed else _say("mid-stream", first=Frames((first,))))
         return
     if syn is not None:
         opener = ctx.call_with(syn.frame, side="client", pred=lambda c: c.kind is CallKind.CONNECT or c.fast_open)
         base: dict[str, Arg] = {"Side": _side_term("client", True), "addr": str(s.client),
                                 "syn": Frames((syn.frame,)), "isn": syn.seq}
         if syn.length > 0 and opener is not None:
-            story.add(syn.frame, _say(OPEN_TFO, call=CallRef(opener, ctx.t0), n=syn.length, **base))
+            story.add(syn.frame, _say("open.fastopen", call=CallRef(opener, ctx.t0), n=syn.length, **base))
         elif opener is not None:
-            story.add(syn.frame, _say(OPEN_CALL, call=CallRef(opener, ctx.t0), **base))
+            story.add(syn.frame, _say("open.call", call=CallRef(opener, ctx.t0), **base))
         else:
-            story.add(syn.frame, _say(OPEN, **base))
+            story.add(syn.frame, _say("open", **base))
         again = [x for x in _syns(ctx) if x.frame != syn.frame and (sa is None or x.frame < sa.frame)]
         if again:
-            story.add(again[0].frame, _say(SYN_AGAIN, again=Frames(tuple(x.frame for x in again))))
+            story.add(again[0].frame, _say("syn.again", again=Frames(tuple(x.frame for x in again))))
         rst = v.refusing_rst
         if rst is not None:
-            story.add(rst.frame, _say(REFUSED, port=s.server.port, rst=Frames((rst.frame,)), ack=rst.ack))
+            story.add(rst.frame, _say("refused", port=s.server.port, rst=Frames((rst.frame,)), ack=rst.ack))
             failed = ctx.call_with(rst.frame, side="client", pred=lambda c: c.errno == "ECONNREFUSED")
             if failed is not None:
-                story.add(rst.frame, _say(REFUSED_CALL, call=CallRef(failed, ctx.t0), ms=Ms((rst.ts - syn.ts) * 1000)))
+                story.add(rst.frame, _say("refused.call", call=CallRef(failed, ctx.t0), ms=Ms((rst.ts - syn.ts) * 1000)))
             return
         if sa is None:
-            story.add(syn.frame, _say(NO_ANSWER))
+            story.add(syn.frame, _say("no-answer"))
             return
         isn_args: dict[str, Arg] = {"synack": Frames((sa.frame,)), "isn": sa.seq, "ack": sa.ack, "peer_isn": syn.seq}
         if sa.frame < syn.frame:  # recorded out of order: tell the answer after the question
-            story.add(syn.frame, _say(REORDERED, synack=Frames((sa.frame,)), syn=Frames((syn.frame,))))
-        story.add(max(sa.frame, syn.frame), _say(SYN_ACK_TFO, n=syn.length, **isn_args) if v.fast_open else _say(SYN_ACK, **isn_args))
+            story.add(syn.frame, _say("syn-ack.reordered", synack=Frames((sa.frame,)), syn=Frames((syn.frame,))))
+        story.add(max(sa.frame, syn.frame), _say("syn-ack.fastopen", n=syn.length, **isn_args) if v.fast_open else _say("syn-ack", **isn_args))
         if opener is not None:
             t = ctx.timing(opener)
             if t is not None and t.released_by == sa.frame and t.blocked_ms is not None:
-                story.add(max(sa.frame, syn.frame), _say(CONNECT_RTT, call=CallRef(opener, ctx.t0), ms=Ms(t.blocked_ms)))
+                story.add(max(sa.frame, syn.frame), _say("connect.rtt", call=CallRef(opener, ctx.t0), ms=Ms(t.blocked_ms)))
     else:
         assert sa is not None
-        story.add(sa.frame, _say(MISSING_SYN, synack=Frames((sa.frame,)), isn=sa.seq, ack=sa.ack,
+        story.add(sa.frame, _say("missing-syn", synack=Frames((sa.frame,)), isn=sa.seq, ack=sa.ack,
                                  peer_isn=(sa.ack - 1) & MASK))
     hs = v.handshake_ack
     if hs is not None and hs.dir is C2S:
-        story.add(hs.frame, _say(HANDSHAKE_ACK_DATA if hs.length else HANDSHAKE_ACK, ack=Frames((hs.frame,)),
+        story.add(hs.frame, _say("handshake-ack.data" if hs.length else "handshake-ack", ack=Frames((hs.frame,)),
                                  ackno=hs.ack, peer_isn=sa.seq))
     accept = next((c for c in ctx.side_calls("server", CallKind.ACCEPT) if c.frames), None)
     if accept is None:
         return
     ref = CallRef(accept, ctx.t0)
     if v.fast_open and syn is not None and accept.frames[0] == syn.frame:
-        story.add(syn.frame, _say(ACCEPT_TFO, call=ref, syn=Frames((syn.frame,))))
+        story.add(syn.frame, _say("accept.fastopen", call=ref, syn=Frames((syn.frame,))))
     elif hs is not None and accept.frames[0] == hs.frame:
         late = accept_queue_delay(accept, ctx.segments)
         ack = Frames((hs.frame,))
         if accept.inferred:
-            story.add(hs.frame, _say(ACCEPT_READY, call=ref, ack=ack))
+            story.add(hs.frame, _say("accept.ready", call=ref, ack=ack))
         elif late is not None and late * 1000 > 1.0:
-            story.add(hs.frame, _say(ACCEPT_LATE, call=ref, ms=Ms(late * 1000), ack=ack))
+            story.add(hs.frame, _say("accept.late", call=ref, ms=Ms(late * 1000), ack=ack))
         else:
-            story.add(hs.frame, _say(ACCEPT_WAITED, call=ref, ms=Ms((accept.end - accept.start) * 1000), ack=ack))
+            story.add(hs.frame, _say("accept.waited", call=ref, ms=Ms((accept.end - accept.start) * 1000), ack=ack))
 
 
 def _bursts(ctx: Context, data: Sequence[Segment]) -> list[list[Segment]]:
@@ -881,36 +619,36 @@ def _story_data(ctx: Context, story: _Story) -> None:
         write = next((c for c in ctx.side_calls(side, CallKind.SEND) if set(c.frames) & set(frames)), None)
         base: dict[str, Arg] = {**_sides_args(side), "n": n, "segs": Frames(frames), "lo": lo, "hi": hi}
         if write is not None and not write.inferred:
-            story.add(anchor, _say(DATA_CALL, call=CallRef(write, ctx.t0), **base))
+            story.add(anchor, _say("data.call", call=CallRef(write, ctx.t0), **base))
         else:
-            story.add(anchor, _say(DATA, **base))
+            story.add(anchor, _say("data", **base))
         acker = _acker(v, burst[-1], burst[-1].rel_end)
         if acker is not None:
             a_args: dict[str, Arg] = {**_sides_args(side), "ack": Frames((acker.frame,)), "ackno": acker.rel_ack or 0}
             if acker.flags & FIN and not acker.length:
-                story.add(anchor, _say(ACK_FIN, **a_args))
+                story.add(anchor, _say("ack.fin", **a_args))
             elif acker.length > 0:
-                story.add(anchor, _say(ACK_PIGGY, **a_args))
+                story.add(anchor, _say("ack.piggyback", **a_args))
                 told.add(acker.frame)
             else:
-                story.add(anchor, _say(ACK_PURE, **a_args))
+                story.add(anchor, _say("ack.pure", **a_args))
         read = next((c for c in ctx.side_calls(peer, CallKind.RECV)
                      if c.frames and c.frames[-1] == burst[-1].frame and not c.inferred and (c.ret or 0) > 0), None)
         t = ctx.timing(read) if read is not None else None
         if read is not None and t is not None and t.blocked_ms is not None:
             if t.queued_ms is not None and t.queued_ms > 1.0:
-                story.add(anchor, _say(READ_QUEUED, call=CallRef(read, ctx.t0), ms=Ms(t.queued_ms), **_sides_args(side)))
+                story.add(anchor, _say("read.queued", call=CallRef(read, ctx.t0), ms=Ms(t.queued_ms), **_sides_args(side)))
             elif t.blocked_ms > 1.0:
-                story.add(anchor, _say(READ_WAITED, call=CallRef(read, ctx.t0), ms=Ms(t.blocked_ms), **_sides_args(side)))
+                story.add(anchor, _say("read.waited", call=CallRef(read, ctx.t0), ms=Ms(t.blocked_ms), **_sides_args(side)))
     rest = [s for b in bursts[DETAILED_BURSTS:] for s in b]
     if rest:
         c2s = sum(v.new_bytes.get(s.frame, 0) for s in data if s.dir is C2S)
         s2c = sum(v.new_bytes.get(s.frame, 0) for s in data if s.dir is S2C)
-        story.add(rest[0].frame, _say(MORE_DATA, n=len(rest), segs=Frames(tuple(s.frame for s in rest)), c2s=c2s,
+        story.add(rest[0].frame, _say("data.more", n=len(rest), segs=Frames(tuple(s.frame for s in rest)), c2s=c2s,
                                       s2c=s2c))
         piggy = [s for s in rest if s.label is Label.PIGGYBACK and s.frame not in told]
         if piggy:
-            story.add(rest[0].frame, _say(PIGGY_LATER, segs=Frames(tuple(s.frame for s in piggy))))
+            story.add(rest[0].frame, _say("piggyback.later", segs=Frames(tuple(s.frame for s in piggy))))
 
 
 def _closer(ctx: Context, fin: Segment, side: str) -> Call | None:
@@ -928,16 +666,16 @@ def _story_end(ctx: Context, story: _Story) -> None:
         rst = rsts[0]
         side = _dir_side(rst.dir)
         own_fin = v.fin[rst.dir]
-        key = RST_AFTER_FIN if own_fin is not None and own_fin.frame < rst.frame else RST_END
+        key = "rst.after-fin" if own_fin is not None and own_fin.frame < rst.frame else "rst.end"
         story.add(rst.frame, _say(key, rst=Frames((rst.frame,)), **_sides_args(side)))
         err = ctx.call_with(rst.frame, side=_other(side), pred=lambda c: c.errno in ("ECONNRESET", "EPIPE"))
         if err is not None:
-            story.add(rst.frame, _say(RST_ERROR, call=CallRef(err, ctx.t0), errno=err.errno or "", **_sides_args(side)))
+            story.add(rst.frame, _say("rst.error", call=CallRef(err, ctx.t0), errno=err.errno or "", **_sides_args(side)))
     elif ctx.segments and len(fins) < 2 and TcpState.TIME_WAIT not in (s.client_state, s.server_state) \
             and (s.client_state, s.server_state) != (TcpState.CLOSED, TcpState.CLOSED) \
             and s.client_state is not TcpState.SYN_SENT and s.server_state is not TcpState.SYN_RECEIVED:
         last = ctx.segments[-1].frame
-        story.add(last, _say(STILL_OPEN, last=Frames((last,)), cstate=s.client_state.value, sstate=s.server_state.value))
+        story.add(last, _say("still-open", last=Frames((last,)), cstate=s.client_state.value, sstate=s.server_state.value))
 
 
 def _story_fins(ctx: Context, story: _Story, fins: list[Segment]) -> None:
@@ -949,51 +687,51 @@ def _story_fins(ctx: Context, story: _Story, fins: list[Segment]) -> None:
     closer = _closer(ctx, first, side)
     args: dict[str, Arg] = {**sides, "fin": Frames((first.frame,))}
     if closer is not None and closer.kind is CallKind.SHUTDOWN:
-        story.add(first.frame, _say(SHUTDOWN_FIRST, call=CallRef(closer, ctx.t0), **args))
+        story.add(first.frame, _say("shutdown.first", call=CallRef(closer, ctx.t0), **args))
     elif closer is not None and not closer.inferred:
-        story.add(first.frame, _say(CLOSE_FIRST_CALL, call=CallRef(closer, ctx.t0), **args))
+        story.add(first.frame, _say("close.first.call", call=CallRef(closer, ctx.t0), **args))
     else:
-        story.add(first.frame, _say(CLOSE_FIRST, **args))
+        story.add(first.frame, _say("close.first", **args))
     zero = ctx.call_with(first.frame, CallKind.RECV, side=peer, pred=lambda c: c.ret == 0 and c.errno is None)
     if zero is not None:
-        story.add(first.frame, _say(READ_ZERO, call=CallRef(zero, ctx.t0), **args))
+        story.add(first.frame, _say("read.zero", call=CallRef(zero, ctx.t0), **args))
     later = [x for x in _first_sent(v) if x.dir is not first.dir and x.length > 0 and x.frame > first.frame]
     if later:
-        story.add(later[-1].frame, _say(HALF_CLOSE, n=sum(v.new_bytes.get(x.frame, 0) for x in later),
+        story.add(later[-1].frame, _say("half-close", n=sum(v.new_bytes.get(x.frame, 0) for x in later),
                                         segs=Frames(tuple(x.frame for x in later)), **sides))
     second = fins[1] if len(fins) > 1 else None
     if second is not None and (second.rel_ack is None or not seq_ge(second.rel_ack, fin_end & MASK)) \
             and s.client_state is TcpState.TIME_WAIT and s.server_state is TcpState.TIME_WAIT:
-        story.add(second.frame, _say(SIMULTANEOUS, fins=Frames((first.frame, second.frame))))
+        story.add(second.frame, _say("close.simultaneous", fins=Frames((first.frame, second.frame))))
         return
     acker = _acker(v, first, fin_end)
     if acker is not None and acker is second:
         closer2 = _closer(ctx, second, peer)
         a2: dict[str, Arg] = {**sides, "fin": Frames((second.frame,)), "ackno": second.rel_ack or 0}
-        story.add(second.frame, _say(FIN_ACK_CALL, call=CallRef(closer2, ctx.t0), **a2)
-                  if closer2 is not None and not closer2.inferred else _say(FIN_ACK, **a2))
+        story.add(second.frame, _say("fin-ack.call", call=CallRef(closer2, ctx.t0), **a2)
+                  if closer2 is not None and not closer2.inferred else _say("fin-ack", **a2))
     else:
         if acker is not None and not acker.flags & RST:
-            key = FIN_ACKED_DATA if acker.length else FIN_ACKED
+            key = "fin.acked.data" if acker.length else "fin.acked"
             story.add(acker.frame, _say(key, ack=Frames((acker.frame,)), ackno=acker.rel_ack or 0, **sides))
         rst = min((r for r in (v.rst[C2S], v.rst[S2C]) if r is not None), key=lambda r: r.frame, default=None)
         if second is not None and rst is not None and rst.frame < second.frame:
-            story.add(second.frame, _say(FIN_AFTER_RST, fin=Frames((second.frame,)), **sides))
+            story.add(second.frame, _say("fin.after-rst", fin=Frames((second.frame,)), **sides))
             return
         if second is not None:
             closer2 = _closer(ctx, second, peer)
             a3: dict[str, Arg] = {**sides, "fin": Frames((second.frame,)), "ms": Ms((second.ts - first.ts) * 1000)}
             if rst is not None:  # a RST follows: this is no orderly four-way close
-                story.add(second.frame, _say(FIN_SECOND_PLAIN, **a3))
+                story.add(second.frame, _say("fin.second.plain", **a3))
             else:
-                story.add(second.frame, _say(FIN_SECOND_CALL, call=CallRef(closer2, ctx.t0), **a3)
-                          if closer2 is not None and not closer2.inferred else _say(FIN_SECOND, **a3))
+                story.add(second.frame, _say("fin.second.call", call=CallRef(closer2, ctx.t0), **a3)
+                          if closer2 is not None and not closer2.inferred else _say("fin.second", **a3))
     if second is not None:
         last = _acker(v, second, second.rel_end + 1)
         if last is not None and not last.flags & RST:
-            story.add(last.frame, _say(LAST_ACK, ack=Frames((last.frame,)), ackno=last.rel_ack or 0, **sides))
+            story.add(last.frame, _say("last-ack", ack=Frames((last.frame,)), ackno=last.rel_ack or 0, **sides))
     if (s.client_state if side == "client" else s.server_state) is TcpState.TIME_WAIT:
-        story.add(ctx.segments[-1].frame, _say(TIME_WAIT, **sides))
+        story.add(ctx.segments[-1].frame, _say("time-wait", **sides))
 
 
 # ======================================================================================

@@ -1,15 +1,18 @@
 """Translations: standard gettext catalogs kept in the package.
 
+``handshake_viz/locale/hsviz.pot`` holds the English messages, the text every
+translation starts from: each message's msgctxt is its key (what the code names it
+by, :data:`handshake_viz.explain.MESSAGES`) and its msgid the English text.
 ``handshake_viz/locale/LANG/LC_MESSAGES/hsviz.po`` is the source a translator edits;
-``hsviz.mo`` beside it is what :mod:`gettext` loads.  Each message's msgctxt is its
-key in :data:`handshake_viz.explain.MESSAGES` and its msgid the English text, so a
-changed English sentence shows up as a missing translation.
+``hsviz.mo`` beside it is what :mod:`gettext` loads.  A translation is keyed by
+msgctxt and msgid both, so a changed English sentence shows up as a missing
+translation.
 
 The ``.mo`` files are committed, compiled by this module (no GNU gettext tools
 needed, nothing compiled at install time, no new dependency)::
 
     python -m handshake_viz.i18n            # remake every .mo from its .po
-    python -m handshake_viz.i18n --update   # add new messages to every .po (empty msgstr), drop gone ones
+    python -m handshake_viz.i18n --update   # bring every .po to hsviz.pot (new messages with an empty msgstr, gone ones dropped)
     python -m handshake_viz.i18n --check    # exit 1 if a .mo is not what its .po compiles to
 
 ``tests/test_explain.py`` checks that the committed ``.mo`` files are exactly what the
@@ -29,11 +32,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DOMAIN", "LANGUAGES", "LOCALE_DIR", "PoEntry", "default_lang", "make_mo", "parse_po",
-           "translate"]
+__all__ = ["DOMAIN", "LANGUAGES", "LOCALE_DIR", "TEMPLATE", "PoEntry", "default_lang", "english_messages",
+           "make_mo", "parse_po", "translate"]
 
 DOMAIN = "hsviz"
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+#: The English messages: the gettext template every LANG's .po translates.
+TEMPLATE = LOCALE_DIR / f"{DOMAIN}.pot"
 #: Languages with a catalog, besides English (the messages themselves).
 LANGUAGES = ("en", "zh")
 
@@ -69,6 +74,12 @@ class PoEntry:
     msgctxt: str | None
     msgid: str
     msgstr: str
+
+
+def english_messages() -> dict[str, str]:
+    """Every message's English text by its key (msgctxt), in the template's order."""
+    entries = parse_po(TEMPLATE.read_text(encoding="utf-8"))
+    return {e.msgctxt: e.msgid for e in entries if e.msgctxt is not None}
 
 
 def _unquote(line: str) -> str:
@@ -167,11 +178,10 @@ def _po_paths() -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["--update"]:
-        from handshake_viz.explain import MESSAGES
-
+        messages = english_messages()
         for po in _po_paths():
             old = {(e.msgctxt, e.msgid): e.msgstr for e in parse_po(po.read_text(encoding="utf-8"))}
-            entries = [PoEntry(k, v, old.get((k, v), "")) for k, v in MESSAGES.items()]
+            entries = [PoEntry(k, v, old.get((k, v), "")) for k, v in messages.items()]
             po.write_text(write_po(entries, po.parents[1].name), encoding="utf-8")
             missing = sum(not e.msgstr for e in entries)
             print(f"{po}: {len(entries)} messages, {missing} to translate")

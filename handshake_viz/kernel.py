@@ -590,10 +590,9 @@ class ClockSync:
 
     @property
     def stepped(self) -> bool:
-        """The wall clock moved against the trace clock during the capture."""
-        if self.drift is None:
-            return False
-        return abs(self.drift) > self.uncertainty + (self.end_uncertainty or 0.0) + 1e-5
+        """The wall clock moved against the trace clock during the capture: the drift is
+        more than both measurements' uncertainty (none with one calibration)."""
+        return self.drift is not None and abs(self.drift) > self.uncertainty + (self.end_uncertainty or 0.0) + 1e-5
 
     def to_json(self) -> dict[str, Any]:
         return {"clock": self.clock, "offset": self.offset, "uncertainty": self.uncertainty,

@@ -312,11 +312,8 @@ class KernelRecorder:
     def start(self) -> KernelRecorder:
         """:meth:`open` and :meth:`start_reading` at once (a process that keeps root)."""
         self.open()
-        try:
+        with self._closed_on_failure():
             self.start_reading()
-        except BaseException:
-            self.close()
-            raise
         return self
 
     def open(self) -> KernelRecorder:
@@ -326,12 +323,19 @@ class KernelRecorder:
         to remove the instance (and undo the mount) once this process closes the
         recorder or dies, even by ``kill -9``.  KernelEventsUnavailable (one line that
         says which and why) when it cannot; nothing is left behind then."""
-        try:
+        with self._closed_on_failure():
             self._open()
+        return self
+
+    @contextlib.contextmanager
+    def _closed_on_failure(self) -> Iterator[None]:
+        """A step that fails, Ctrl-C included, closes the recorder before the error goes
+        on: no trace instance is left behind by a half-made start."""
+        try:
+            yield
         except BaseException:
             self.close()
             raise
-        return self
 
     def start_reading(self) -> None:
         """Clock markers and the reader thread: no privilege needed (the files are

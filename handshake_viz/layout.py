@@ -524,21 +524,22 @@ _SUBSUMES = {
     Analysis.FAST_RETRANSMISSION: Analysis.RETRANSMISSION,
     Analysis.SPURIOUS_RETRANSMISSION: Analysis.RETRANSMISSION,
 }
-_PLURALS: dict[Analysis, tuple[str, str]] = {
-    Analysis.RETRANSMISSION: ("retransmission", "retransmissions"),
-    Analysis.FAST_RETRANSMISSION: ("fast retransmission", "fast retransmissions"),
-    Analysis.SPURIOUS_RETRANSMISSION: ("spurious retransmission", "spurious retransmissions"),
+# A count of a flag in a fold's summary is its marker plus "s" ("3 dup ACKs"), save
+# where English wants other words.
+_COUNTED: dict[Analysis, tuple[str, str]] = {
     Analysis.OUT_OF_ORDER: ("out-of-order segment", "out-of-order segments"),
-    Analysis.DUP_ACK: ("dup ACK", "dup ACKs"),
     Analysis.LOST_SEGMENT: ("capture gap", "capture gaps"),
     Analysis.ACK_UNSEEN: ("ACK of an unseen segment", "ACKs of unseen segments"),
-    Analysis.ZERO_WINDOW: ("zero window", "zero windows"),
-    Analysis.ZERO_WINDOW_PROBE: ("zero-window probe", "zero-window probes"),
-    Analysis.WINDOW_UPDATE: ("window update", "window updates"),
     Analysis.WINDOW_FULL: ("window full", "window-full segments"),
-    Analysis.KEEP_ALIVE: ("keep-alive", "keep-alives"),
-    Analysis.KEEP_ALIVE_ACK: ("keep-alive ACK", "keep-alive ACKs"),
 }
+
+
+def _counted(flag: Analysis) -> tuple[str, str]:
+    """How one and several segments with ``flag`` are named in a fold's summary."""
+    if flag in _COUNTED:
+        return _COUNTED[flag]
+    marker = _MARKERS.get(flag)
+    return (marker, marker + "s") if marker is not None else (flag.value, flag.value)
 
 
 def _markers(analysis: tuple[Analysis, ...]) -> tuple[str, ...]:
@@ -823,7 +824,7 @@ def _fold_text(segments: int, datagrams: int, b_c2s: int, b_s2c: int, duration: 
             parts.append(f"{humanize_bytes(b_s2c)} server→client")
     parts.append(human_duration(duration))
     for flag, count in analysis.most_common():
-        one, many = _PLURALS.get(flag, (flag.value, flag.value))
+        one, many = _counted(flag)
         parts.append(plural(count, one, many))
     if calls:
         parts.append(plural(calls, "socket call", "socket calls"))

@@ -25,15 +25,17 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
+# What a user of the package meets: the records and their enums (handshake_viz
+# re-exports exactly these).  The helpers the stages share (normalize_ip, call_kind,
+# SYSCALLS, COUNTS_MESSAGES, flag_letters, parse_options, Word, and the constructors
+# fast_constructor, field_picker and make_packet) are imported by name.
 __all__ = [
-    "COUNTS_MESSAGES",
-    "SYSCALLS",
     "Analysis",
     "Call",
     "CallKind",
     "ConnectionSummary",
-    "Direction",
     "Datagram",
+    "Direction",
     "Endpoint",
     "Flag",
     "FlowSummary",
@@ -44,15 +46,7 @@ __all__ = [
     "TcpOptions",
     "TcpState",
     "UdpPacket",
-    "Word",
     "ZeekConnection",
-    "call_kind",
-    "fast_constructor",
-    "field_picker",
-    "flag_letters",
-    "make_packet",
-    "normalize_ip",
-    "parse_options",
 ]
 
 
@@ -279,6 +273,29 @@ class _TcpHeaderView:
         return flag_letters(self.flags)
 
 
+class _TrackedView:
+    """What a Segment and a Datagram both tell once tracking placed them in their
+    connection or flow: which way they went, and their frame as scapy sees it."""
+
+    __slots__ = ()
+    dir: Direction
+
+    @property
+    def is_c2s(self) -> bool:
+        return self.dir is Direction.C2S
+
+    def packet(self, capture: str | os.PathLike[str] | None = None) -> Any:
+        """This segment's or datagram's frame as a scapy packet (``Ether/IP/TCP/Raw`` or
+        ``Ether/IP/UDP/Raw`` on Ethernet), so ``.show()``, ``hexdump()`` and the rest of
+        scapy work on it.  ``capture``: the file it came from (default: that of the
+        loaded Trace that holds this record).
+
+        >>> seg.packet().show()                                   # doctest: +SKIP
+        """
+        from handshake_viz.frames import packet_of
+
+        return packet_of(self, capture)  # type: ignore[arg-type]  # only Segment and Datagram mix this in
+
 @dataclass(frozen=True, slots=True)
 class Packet(_TcpHeaderView):
     """One TCP segment as decoded from a capture, before any tracking.
@@ -310,7 +327,7 @@ class Packet(_TcpHeaderView):
 
 
 @dataclass(frozen=True, slots=True)
-class Segment(_TcpHeaderView):
+class Segment(_TcpHeaderView, _TrackedView):
     """A Packet after tracking: which connection, which way, what it means.
 
     ``rel_seq``/``rel_ack`` are Wireshark's relative numbers: 0 for the SYN, 1 for
@@ -346,21 +363,6 @@ class Segment(_TcpHeaderView):
     def rel_end(self) -> int:
         """Relative sequence number just past this segment's payload."""
         return self.rel_seq + self.length
-
-    @property
-    def is_c2s(self) -> bool:
-        return self.dir is Direction.C2S
-
-    def packet(self, capture: str | os.PathLike[str] | None = None) -> Any:
-        """This segment's frame as a scapy packet (``Ether/IP/TCP/Raw`` on Ethernet), so
-        ``.show()``, ``hexdump()`` and the rest of scapy work on it.  ``capture``: the
-        file it came from (default: that of the loaded Trace that holds this segment).
-
-        >>> seg.packet().show()                                   # doctest: +SKIP
-        """
-        from handshake_viz.frames import packet_of
-
-        return packet_of(self, capture)
 
     def to_json(self) -> dict[str, Any]:
         """The ``"type": "segment"`` record of the JSONL schema (parsed from the one
@@ -465,7 +467,7 @@ class UdpPacket:
 
 
 @dataclass(frozen=True, slots=True)
-class Datagram:
+class Datagram(_TrackedView):
     """A UDP datagram in its flow: no handshake, no acknowledgement, no close.
 
     ``flow`` numbers the address pairs in order of first appearance (both directions
@@ -483,17 +485,6 @@ class Datagram:
     length: int
     payload: bytes = b""
     ip_version: int = 4
-
-    @property
-    def is_c2s(self) -> bool:
-        return self.dir is Direction.C2S
-
-    def packet(self, capture: str | os.PathLike[str] | None = None) -> Any:
-        """This datagram's frame as a scapy packet (``Ether/IP/UDP/Raw``): see
-        :meth:`Segment.packet`."""
-        from handshake_viz.frames import packet_of
-
-        return packet_of(self, capture)
 
     def to_json(self) -> dict[str, Any]:
         """The ``"type": "datagram"`` record of the JSONL schema (from

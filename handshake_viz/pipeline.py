@@ -543,7 +543,8 @@ class LiveTracking:
     ``packet(p)`` takes a Packet or UdpPacket (``LiveCapture(on_packet=...)``) and
     calls ``on_segment(seg)`` / ``on_datagram(d)``; with ``connections=N`` it calls
     ``stop("connections")`` once N connections have finished (both FINs acknowledged,
-    or a RST).  :meth:`trace` gives the Trace of what was seen (the calls of a traced
+    or a RST); ``completed`` counts those, ``tracker.connection_count`` every connection
+    seen.  :meth:`trace` gives the Trace of what was seen (the calls of a traced
     session are aligned by :func:`load` on the written file instead, so that times
     are exactly those of the file).
     """
@@ -570,7 +571,6 @@ class LiveTracking:
         self._keep = keep
         self._segments: list[Segment] = []
         self._datagrams: list[Datagram] = []
-        self._seen: set[int] = set()
         self._completed: set[int] = set()
 
     def packet(self, p: Packet | UdpPacket) -> None:
@@ -584,7 +584,6 @@ class LiveTracking:
         seg = self.tracker.feed(p)  # type: ignore[arg-type]
         if self._keep:
             self._segments.append(seg)
-        self._seen.add(seg.conn)
         if self.tracker.is_finished(seg.conn):
             self._completed.add(seg.conn)
         if self.on_segment is not None:
@@ -592,11 +591,6 @@ class LiveTracking:
         if (self.connections is not None and len(self._completed) >= self.connections
                 and self.stop is not None):
             self.stop("connections")
-
-    @property
-    def seen(self) -> int:
-        """Connections seen so far."""
-        return len(self._seen)
 
     @property
     def completed(self) -> int:

@@ -28,16 +28,15 @@ close() etc.    ``nothing``: close() returns at once, the FIN goes later
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from handshake_viz.model import Call, CallKind, Segment
+from handshake_viz.model import Call, CallKind, Segment, Word
 
 __all__ = ["CallTiming", "Wait", "call_timing", "call_timings"]
 
 
-class Wait(str, enum.Enum):
+class Wait(Word):
     """What a call was blocked on (the JSONL ``"waited_for"`` values)."""
 
     SYN_ACK = "syn-ack"
@@ -48,9 +47,6 @@ class Wait(str, enum.Enum):
     BUFFER_SPACE = "buffer-space"
     READY = "ready"
     NOTHING = "nothing"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -292,6 +292,28 @@ def test_every_message_has_a_chinese_translation_naming_the_same_things() -> Non
         assert sorted(re.findall(r"\{(\w+)\}", chinese)) == sorted(re.findall(r"\{(\w+)\}", english)), key
 
 
+def test_every_key_the_code_names_is_in_the_template() -> None:
+    # The English text lives in locale/hsviz.pot; a key the code spells wrong would only
+    # fail when that sentence is said, so every literal key in explain.py is checked here.
+    import ast
+
+    tree = ast.parse((REPO / "handshake_viz" / "explain.py").read_text(encoding="utf-8"))
+
+    def literals(node: ast.expr) -> list[str]:
+        if isinstance(node, ast.IfExp):
+            return literals(node.body) + literals(node.orelse)
+        return [node.value] if isinstance(node, ast.Constant) and isinstance(node.value, str) else []
+
+    keys: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("_say", "Sentence", "Term") and node.args:
+            keys += literals(node.args[0])
+        elif isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["key"]:
+            keys += literals(node.value)
+    assert len(set(keys)) > 100
+    assert set(keys) - set(MESSAGES) == set()
+
+
 def test_committed_mo_is_what_the_po_compiles_to() -> None:
     for po in LOCALE_DIR.glob("*/LC_MESSAGES/hsviz.po"):
         want = make_mo(parse_po(po.read_text(encoding="utf-8")))
