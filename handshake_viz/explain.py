@@ -320,9 +320,17 @@ _m("f.mid-stream.guess", ", so the client was guessed from the ports")
 _m("f.mid-stream.why", "Sequence numbers are counted from the first captured segment (relative seq 1), and "
    "which side opened the connection can only be guessed (the lower, well-known port is taken for the server).")
 _m("f.checksum", "Segments whose TCP checksum does not verify: {count} ({segs}).")
-_m("f.checksum.why", "Captured on the sending host (and always on loopback) the checksum is left for the network "
-   "card to fill in (checksum offload) or skipped entirely: other tools' 'incorrect checksum' here is not "
-   "corruption. The receiver accepted them, or you would see retransmissions.")
+_m("f.checksum.why", "A receiver drops a segment whose checksum fails, so one damaged on the way is sent again: "
+   "look for a retransmission of the same bytes. If none follows, the segment was not damaged: it was captured "
+   "on the sending host before its network card filled the checksum in (checksum offload), or the capture was "
+   "edited afterwards (addresses anonymised without fixing the checksums). Zeek ignores such segments "
+   "(history C) unless run with -C.")
+_m("f.checksum.offloaded", "Segments whose TCP checksum field holds only the pseudo-header's sum: {count} "
+   "({segs}): the checksum was offloaded.")
+_m("f.checksum.offloaded.why", "The sending host's TCP left the checksum for its network card to finish "
+   "(checksum offload) and the capture saw the segments before the card did; on loopback no card ever finishes "
+   "it, and none needs to. This is not corruption: Wireshark's 'incorrect checksum' is expected here. Zeek "
+   "ignores such segments (history C) unless run with -C.")
 _m("f.fast-open", "TCP Fast Open: SYN {syn} carried {n} bytes and SYN-ACK {synack} acknowledged them (ack "
    "{ack}), so the server could read them at once: {call} returned at the SYN.")
 _m("f.fast-open.rejected", "TCP Fast Open: SYN {syn} carried {n} bytes but SYN-ACK {synack} acknowledged only "
@@ -1259,8 +1267,8 @@ def _mss(syn: Segment | None) -> int:
 
 
 def _flagged(ctx: Context, *names: str) -> list[Segment]:
-    """Segments carrying any of these analysis flags (by value, so that flags other
-    stages add later -- ``bad-checksum`` -- are read the day they exist)."""
+    """Segments carrying any of these analysis flags (by value: a Segment made by hand
+    may carry the plain string)."""
     return [s for s in ctx.segments if any(getattr(a, "value", a) in names for a in s.analysis)]
 
 
@@ -1423,16 +1431,20 @@ def _mid_stream(ctx: Context) -> Iterator[Finding]:
                   Basis.SEGMENTS, numbers={"roles_guessed": ctx.summary.roles_guessed})
 
 
-#: Analysis flags another stage adds for checksums that do not verify.
-CHECKSUM_FLAGS = ("bad-checksum", "checksum-offloaded")
+#: The analysis flags checksum verification adds (``--verify-checksums``), and the
+#: message of each: a checksum that fails, and one the sending host offloaded.
+CHECKSUM_FLAGS = {Analysis.BAD_CHECKSUM.value: "f.checksum",
+                  Analysis.CHECKSUM_OFFLOADED.value: "f.checksum.offloaded"}
 
 
 @_rule
 def _checksum(ctx: Context) -> Iterator[Finding]:
-    bad = _flagged(ctx, *CHECKSUM_FLAGS)
-    if bad:
-        yield Finding(FindingKind.CHECKSUM, _say("f.checksum", count=len(bad), segs=Frames(tuple(s.frame for s in bad))),
-                      _say("f.checksum.why"), Basis.SEGMENTS, numbers={"segments": len(bad)})
+    for flag, key in CHECKSUM_FLAGS.items():
+        segs = _flagged(ctx, flag)
+        if segs:
+            yield Finding(FindingKind.CHECKSUM,
+                          _say(key, count=len(segs), segs=Frames(tuple(s.frame for s in segs))),
+                          _say(key + ".why"), Basis.SEGMENTS, numbers={"segments": len(segs), "flag": flag})
 
 
 @_rule
