@@ -7,9 +7,10 @@ sum of a pseudo-header (IPv4: source, destination, zero, protocol 6, TCP length;
 IPv6, RFC 8200 §8.1: source, final destination, 32-bit TCP length, three zero bytes,
 next header 6) and the whole segment, header and payload, padded with a zero byte
 to an even length.  A segment verifies when that sum, its own checksum field
-included, is all ones.  The sum of 16-bit words modulo 0xFFFF is the segment read as
-one big-endian integer modulo 0xFFFF (2**16 is 1 modulo 0xFFFF), which is what
-:func:`tcp_checksum` computes: Python does it in C, the compiled path in a loop.
+included, is all ones (0 modulo 0xFFFF: 0x0000 and 0xFFFF are the same number in one's
+complement, RFC 1624 §3).  The sum of 16-bit words modulo 0xFFFF is the segment read
+as one big-endian integer modulo 0xFFFF (2**16 is 1 modulo 0xFFFF), which is what
+``_verify`` computes: Python does it in C; a compiled path sums words in a loop.
 
 :func:`tcp_checksum` says one of:
 
@@ -87,32 +88,28 @@ ANALYSIS_BITS = (0, A_BAD_CHECKSUM, A_OFFLOADED, 0, A_BAD_CHECKSUM)
 ZEEK_IGNORES = (False, True, True, False, False)
 
 _U16 = struct.Struct("!H")
-_IP4_LEN = struct.Struct("!BBH")  # zero, protocol, TCP length
-_IP6_LEN = struct.Struct("!I3xB")  # TCP length, zeros, next header
 
 
-def _fold(data: bytes) -> int:
-    """The one's complement sum of ``data``'s 16-bit words (even length), modulo 0xFFFF."""
-    return int.from_bytes(data, "big") % 0xFFFF
-
-
-def _verify(buf: bytes, t: int, seglen: int, end: int, src: bytes, dst: bytes, v6: bool) -> int:
+def _verify(buf: bytes, t: int, seglen: int, end: int, addresses: int) -> int:
     """The status of the ``seglen`` bytes of TCP segment at ``buf[t:]`` (captured up to
-    ``end``) between addresses ``src`` and ``dst``."""
-    if t + seglen > end:
+    ``end``); ``addresses``: the pseudo-header's source and destination addresses read
+    as one number.
+
+    Sums modulo 0xFFFF: a run of an even number of bytes read as one big-endian
+    number is the sum of its 16-bit words (2**16 is 1 modulo 0xFFFF), so the
+    pseudo-header is the addresses, the protocol (6) and the length (IPv6's 32-bit
+    length is its two 16-bit words), and the segment is padded by shifting.
+    """
+    stop = t + seglen
+    if stop > end:
         return UNVERIFIABLE
-    if v6:  # RFC 8200 §8.1
-        pseudo, nolen = src + dst + _IP6_LEN.pack(seglen, 6), src + dst + _IP6_LEN.pack(0, 6)
-    else:  # RFC 9293 §3.1
-        pseudo, nolen = src + dst + _IP4_LEN.pack(0, 6, seglen), src + dst + _IP4_LEN.pack(0, 6, 0)
-    segment = buf[t : t + seglen]
-    if seglen & 1:
-        segment += b"\0"
-    if _fold(pseudo + segment) == 0:
+    segment = int.from_bytes(buf[t:stop], "big")
+    pseudo = addresses + 6  # (the protocol; the length below)
+    if (pseudo + seglen + (segment << 8 if seglen & 1 else segment)) % 0xFFFF == 0:
         return GOOD
-    field = _U16.unpack_from(buf, t + 16)[0] % 0xFFFF
-    if field and (field == _fold(pseudo) or field == _fold(nolen)):
-        return OFFLOADED
+    field = (buf[t + 16] << 8 | buf[t + 17]) % 0xFFFF
+    if field and (field == (pseudo + seglen) % 0xFFFF or field == pseudo % 0xFFFF):
+        return OFFLOADED  # the pseudo-header's sum: with the length, or TSO's without
     return BAD
 
 
@@ -120,6 +117,14 @@ def tcp_checksum(lt: int, buf: bytes, start: int, end: int, extra: int) -> int:
     """The checksum status of the TCP segment in frame ``buf[start:end]`` of link type
     ``lt`` (``extra``: bytes on the wire not captured), a frame the decoder made a TCP
     packet of: ``GOOD``, ``BAD``, ``OFFLOADED``, ``UNVERIFIABLE`` or ``LINK_SHORT``."""
+    if lt == 1 and buf[start + 12] == 8 and buf[start + 13] == 0 and buf[start + 14] == 0x45:
+        # decode's fast path: Ethernet, IPv4 without options
+        p = start + 14
+        claimed = buf[p + 2] << 8 | buf[p + 3]
+        wire = end - p + extra
+        if claimed == 0 or claimed > wire:
+            claimed = wire
+        return _verify(buf, p + 20, claimed - 20, end, int.from_bytes(buf[p + 12 : p + 20], "big"))
     found = _network(lt, buf, start, end)
     if not found:
         return UNVERIFIABLE
@@ -131,12 +136,12 @@ def tcp_checksum(lt: int, buf: bytes, start: int, end: int, extra: int) -> int:
             claimed = wire
         t = p + ((buf[p] & 15) << 2)
         size = claimed - (t - p)
-        src, dst, v6 = buf[p + 12 : p + 16], buf[p + 16 : p + 20], False
+        src, dst = buf[p + 12 : p + 16], buf[p + 16 : p + 20]
     else:
         claimed = _U16.unpack_from(buf, p + 4)[0]
         if claimed == 0 or claimed > wire - 40:
             claimed = wire - 40
-        src, dst, v6 = buf[p + 8 : p + 24], buf[p + 24 : p + 40], True
+        src, dst = buf[p + 8 : p + 24], buf[p + 24 : p + 40]
         nh, t, routed = buf[p + 6], p + 40, False
         while nh != 6:  # what decode walked: hop-by-hop, routing, fragment, options, AH
             if nh == 44:
@@ -157,11 +162,12 @@ def tcp_checksum(lt: int, buf: bytes, start: int, end: int, extra: int) -> int:
             nh = buf[t]
             t += hl
         size = claimed + 40 - (t - p)
+    addresses = int.from_bytes(src + dst, "big")
     # tshark's segment (and decode's): an enclosing length (PPPoE) may end it sooner
     short = (t - p) + size - cap
-    status = _verify(buf, t, size - short if short > 0 else size, end, src, dst, v6)
+    status = _verify(buf, t, size - short if short > 0 else size, end, addresses)
     if (short > 0 and (status == BAD or status == OFFLOADED)
-            and _verify(buf, t, size, end, src, dst, v6) == GOOD):
+            and _verify(buf, t, size, end, addresses) == GOOD):
         return LINK_SHORT
     return status
 
