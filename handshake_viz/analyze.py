@@ -73,7 +73,8 @@ class End:
 Item = tuple[str, Any]
 
 
-def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = False) -> Iterator[Item]:
+def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = False,
+            verify_checksums: bool = False) -> Iterator[Item]:
     """Decode and track ``path``; yield the items of ``mode`` (see the module docstring).
 
     ``want`` keeps only that connection (the ``--jsonl`` rows are filtered by the
@@ -81,6 +82,8 @@ def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = Fal
     (:data:`~handshake_viz.report.TrackFields`), for a parent that decodes the file
     for the other half; else pairs of both halves.  A decode error is raised after
     the rows before it were yielded, as ``hsviz analyze`` has always printed them.
+    ``verify_checksums``: verify every TCP checksum as the tracker is fed
+    (``pipeline.stream``); only the tracker's half of a row says what it found.
     """
     import gc
 
@@ -93,7 +96,7 @@ def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = Fal
         # Finished connections go to a temporary database, so that memory grows with
         # the open connections only; so do the ladder's lines (LadderSpill).
         with SqliteStore() as store:
-            yield from _items(path, mode, want, split, store)
+            yield from _items(path, mode, want, split, store, verify_checksums)
     finally:
         if collecting:
             gc.enable()
@@ -148,18 +151,18 @@ class LadderSpill:
 
 
 def _items(path: str, mode: Mode, want: int | None, split: bool,
-           store: SqliteStore | None) -> Iterator[Item]:
+           store: SqliteStore | None, verify: bool) -> Iterator[Item]:
     ladders = LadderSpill()
     flow_ladders = LadderSpill()
     try:
-        yield from _ladder_items(path, mode, want, split, store, ladders, flow_ladders)
+        yield from _ladder_items(path, mode, want, split, store, ladders, flow_ladders, verify)
     finally:
         ladders.close()
         flow_ladders.close()
 
 
 def _ladder_items(path: str, mode: Mode, want: int | None, split: bool, store: SqliteStore | None,
-                  ladders: LadderSpill, flow_ladders: LadderSpill) -> Iterator[Item]:
+                  ladders: LadderSpill, flow_ladders: LadderSpill, verify: bool) -> Iterator[Item]:
     flows = FlowTracker()
     with open_capture(path) as reader:
         if mode == "jsonl":
@@ -167,11 +170,12 @@ def _ladder_items(path: str, mode: Mode, want: int | None, split: bool, store: S
             tracker: Tracker[Any] = Tracker(record=record, store=store)
             udp_row = report.flow_fields if split else report.datagram_pair
             # the decoder hands each packet's fields to the tracker: no Packet records
-            rows = pipeline.stream(reader, tracker, flows, udp_row)
+            rows = pipeline.stream(reader, tracker, flows, udp_row, verify_checksums=verify)
             yield from _batches("rows", rows, BATCH)
         elif mode == "summary":
             tracker = Tracker(record=discard, store=store)
-            deque(pipeline.stream(reader, tracker, flows, _discard_datagram), maxlen=0)
+            deque(pipeline.stream(reader, tracker, flows, _discard_datagram, verify_checksums=verify),
+                  maxlen=0)
         else:
             tracker = Tracker(store=store)
             starts: dict[int, float] = {}
@@ -183,7 +187,7 @@ def _ladder_items(path: str, mode: Mode, want: int | None, split: bool, store: S
                     t0 = starts.setdefault(seg.conn, seg.ts)
                     ladders.add(seg.conn, report.format_segment(seg, t0))
 
-            for rec in pipeline.stream(reader, tracker, flows):
+            for rec in pipeline.stream(reader, tracker, flows, verify_checksums=verify):
                 if type(rec) is Datagram:
                     if want is None:
                         t0 = flow_starts.setdefault(rec.flow, rec.ts)
@@ -274,9 +278,10 @@ def analyze_file(
     jobs: int | None = None,
     write: Callable[[str], Any],
     warn: Callable[[str], Any],
+    verify_checksums: bool = False,
 ) -> int:
     """Analyse ``path`` and ``write`` the output of ``mode`` as it is made; returns the
-    number of connections.
+    number of connections.  ``verify_checksums``: see :func:`produce`.
 
     ``warn`` gets each decode warning (after the output).  Raises UsageError when
     ``want`` is out of range or the file has no TCP segment, and whatever
@@ -285,8 +290,10 @@ def analyze_file(
     """
     jobs = choose_jobs(path, mode, jobs)
     if jobs == 1:
-        return _consume(produce(path, mode, want), None, path, want, write, warn)
-    with _Child(path, mode, want) as items, open_capture(path) as reader:
+        return _consume(produce(path, mode, want, verify_checksums=verify_checksums), None, path, want,
+                        write, warn)
+    # (the parent's half of each row is the decoder's alone: no checksum in it)
+    with _Child(path, mode, want, verify_checksums) as items, open_capture(path) as reader:
         return _consume(items, reader.records(report.packet_fields, report.udp_fields), path, want,
                         write, warn)
 
@@ -347,8 +354,8 @@ class _Child:
     a bug, and its traceback is printed by the child.
     """
 
-    def __init__(self, path: str, mode: Mode, want: int | None) -> None:
-        self._args = (path, mode, want)
+    def __init__(self, path: str, mode: Mode, want: int | None, verify: bool = False) -> None:
+        self._args = (path, mode, want, verify)
         self._pid = 0
         self._rfd = -1
 
@@ -417,7 +424,7 @@ class _Child:
             self._pid = 0
 
 
-def _child_main(wfd: int, path: str, mode: Mode, want: int | None) -> None:
+def _child_main(wfd: int, path: str, mode: Mode, want: int | None, verify: bool) -> None:
     """Run :func:`produce` and send its items; exit without returning to the caller."""
     status = 0
     try:
@@ -426,7 +433,7 @@ def _child_main(wfd: int, path: str, mode: Mode, want: int | None) -> None:
             write, flush = pipe.write, pipe.flush
             dumps = pickle.dumps
             try:
-                for item in produce(path, mode, want, split=True):
+                for item in produce(path, mode, want, split=True, verify_checksums=verify):
                     blob = dumps(item, 5)
                     write(len(blob).to_bytes(4, "little"))
                     write(blob)

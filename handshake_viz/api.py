@@ -23,7 +23,7 @@ __all__ = ["Connection", "Flow", "Trace", "capture", "load"]
 
 def load(path: str | Path, *, calls: str | Path | None = None,
          conn: int | Iterable[int] | None = None, infer: bool = True,
-         kernel: str | Path | bool | None = None) -> Trace:
+         kernel: str | Path | bool | None = None, verify_checksums: bool = False) -> Trace:
     """Decode, track and align a capture file.
 
     ``calls``: an strace log or a ``.calls.jsonl``; by default ``FILE.calls.jsonl`` beside
@@ -32,13 +32,18 @@ def load(path: str | Path, *, calls: str | Path | None = None,
     are inferred from the segments (``infer=False`` leaves them out).  UDP datagrams
     are kept as ``trace.flows``.  ``kernel``: the kernel's events (``hsviz capture
     --kernel``); by default ``FILE.kernel.jsonl`` beside the capture when it exists
-    (``trace.kernel``, ``conn.kernel``); False ignores it.
+    (``trace.kernel``, ``conn.kernel``); False ignores it.  ``verify_checksums``
+    verifies every TCP checksum: a segment that fails gets ``bad-checksum`` in its
+    ``analysis`` (``checksum-offloaded`` when the sending host left the sum to its
+    network card, as on every loopback capture), and the Zeek view ignores it as Zeek
+    does.  Off by default: it costs time, and on loopback every segment is offloaded.
 
     >>> trace = load("captures/echo.pcap")                  # doctest: +SKIP
     >>> trace.connections[0].summary.conn_state              # doctest: +SKIP
     'SF'
     """
-    return _load(path, calls=calls, conn=conn, infer=infer, kernel=kernel)
+    return _load(path, calls=calls, conn=conn, infer=infer, kernel=kernel,
+                 verify_checksums=verify_checksums)
 
 
 def capture(port: int, *, count: int | None = None, timeout: float | None = None,

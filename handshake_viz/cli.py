@@ -66,7 +66,16 @@ def _add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl "
                    "(default: FILE's .calls.jsonl beside it, when present)")
     _add_explain_options(p, explain_flag=True)
+    _add_verify_option(p)
     p.set_defaults(func=_cmd_analyze)
+
+
+def _add_verify_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verify-checksums", action="store_true",
+                   help="verify every TCP checksum: a segment that fails is flagged bad-checksum, "
+                   "or checksum-offloaded when the sending host left the sum to its network card "
+                   "(every loopback capture), and the Zeek-style summary ignores it as Zeek does "
+                   "(off by default: it takes time, and loopback captures would all fail)")
 
 
 def _add_explain_options(p: argparse.ArgumentParser, *, explain_flag: bool) -> None:
@@ -93,7 +102,7 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return _analyze_with_calls(args, calls_file, out, err)
     mode: Mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
     analyze_file(args.file, mode, want=args.conn, jobs=args.jobs, write=out.write,
-                 warn=lambda w: _warn([w], err))
+                 warn=lambda w: _warn([w], err), verify_checksums=args.verify_checksums)
     return 0
 
 
@@ -125,7 +134,8 @@ def _analyze_with_calls(args: argparse.Namespace, calls_file: Path | None, out: 
     and kernel events analyze streams."""
     from handshake_viz.pipeline import load
 
-    trace = load(args.file, calls=calls_file, conn=args.conn, infer=False)
+    trace = load(args.file, calls=calls_file, conn=args.conn, infer=False,
+                 verify_checksums=args.verify_checksums)
     mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
     out.writelines(line + "\n" for line in report.trace_lines(trace, mode, conn=args.conn))
     _warn(trace.warnings, err)
@@ -139,7 +149,7 @@ def _analyze_explained(args: argparse.Namespace, calls_file: Path | None, out: T
     from handshake_viz.pipeline import load
 
     lang = args.lang or default_lang()
-    trace = load(args.file, calls=calls_file, conn=args.conn)
+    trace = load(args.file, calls=calls_file, conn=args.conn, verify_checksums=args.verify_checksums)
     out.writelines(line + "\n" for line in report.trace_lines(
         trace, "ladder", conn=args.conn,
         explain=lambda c: explain_connection(c, others=trace.loose_calls).lines(lang)))
@@ -169,6 +179,7 @@ def _add_explain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the explanation as JSON (schema in README)")
     p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl")
     _add_explain_options(p, explain_flag=False)
+    _add_verify_option(p)
     p.set_defaults(func=_cmd_explain)
 
 
@@ -182,7 +193,7 @@ def _cmd_explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.conn is not None and args.conn < 0:
         raise UsageError(f"--conn {args.conn}: connection numbers start at 0")
     lang = args.lang or default_lang()
-    trace = load(args.file, calls=args.calls, conn=args.conn)
+    trace = load(args.file, calls=args.calls, conn=args.conn, verify_checksums=args.verify_checksums)
     explained = explain_trace(trace, conn=args.conn)
     if args.json:
         doc = {"type": "explain", "file": str(args.file), "lang": lang,
@@ -702,6 +713,7 @@ def _add_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-rows", type=int, default=60, metavar="N",
                    help="fold the middle of longer exchanges into one marked row (0: draw all)")
     p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl")
+    _add_verify_option(p)
     p.set_defaults(func=_cmd_plot)
 
 
@@ -726,7 +738,8 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from handshake_viz.pipeline import load
 
     everything = args.all or args.pages
-    trace = load(src, calls=args.calls, conn=None if everything or conns is None else conns)
+    trace = load(src, calls=args.calls, conn=None if everything or conns is None else conns,
+                 verify_checksums=args.verify_checksums)
     if args.pages:
         draw.plot_all(trace, dest, time=args.time, max_rows=args.max_rows)
     else:
@@ -859,6 +872,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--traced-only", action="store_true",
                    help="comment only traced calls, never calls inferred from the segments")
     _add_file_options(p, what="the pcapng")
+    _add_verify_option(p)
     p.set_defaults(func=_cmd_export)
 
 
@@ -873,7 +887,8 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise UsageError(f"--snaplen {args.snaplen}: must be at least 1")
     result, traced = export_capture(args.file, args.output, calls=args.calls,
                                     traced_only=args.traced_only, mode=parse_mode(args.mode),
-                                    snaplen=args.snaplen, headers_only=args.no_payload)
+                                    snaplen=args.snaplen, headers_only=args.no_payload,
+                                    verify_checksums=args.verify_checksums)
     _warn(result.warnings, err)
     kind = "traced" if traced else "inferred"
     if not result.comments:

@@ -38,6 +38,10 @@ unsupported pcapng interfaces ...) and ``malformed`` (headers cut or
 inconsistent so that no 20-byte TCP header, or 8-byte UDP header, can be
 decoded).  ``records == tcp + udp + skipped + malformed`` always holds.
 File errors are :mod:`~handshake_viz.pcapio`'s (one line, the file name first).
+
+TCP checksums are not looked at here: :mod:`~handshake_viz.checksum` verifies them
+when asked (``records(..., verify_checksums=True)``), wrapping this module's decoder,
+so the default path costs nothing for them.
 """
 
 from __future__ import annotations
@@ -46,12 +50,15 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from handshake_viz import pcapio
 from handshake_viz.errors import CaptureError
 from handshake_viz.model import Packet, UdpPacket, make_packet
 from handshake_viz.pcapio import Source
+
+if TYPE_CHECKING:  # pragma: no cover
+    from handshake_viz.checksum import ChecksumCounts
 
 __all__ = [
     "LINKTYPES",
@@ -163,6 +170,8 @@ class DecodeStats(pcapio.ReadStats):
     ``records == tcp + udp + skipped + malformed``."""
 
     udp: int = 0  # UDP datagrams decoded (only when asked for)
+    # TCP segments by checksum status, when verified (records(..., verify_checksums=True))
+    checksums: ChecksumCounts | None = None
 
     @property
     def tcp(self) -> int:
@@ -172,6 +181,7 @@ class DecodeStats(pcapio.ReadStats):
     def _reset(self) -> None:
         super()._reset()
         self.udp = 0
+        self.checksums = None
 
 
 # ---------------------------------------------------------------------------
@@ -488,6 +498,16 @@ def decode_frame(
 # ---------------------------------------------------------------------------
 
 
+def _counting(stats: DecodeStats, make_udp: Callable[..., Any]) -> Callable[..., Any]:
+    """``make_udp``, counting the datagrams in ``stats.udp``."""
+
+    def udp(*fields: Any) -> Any:
+        stats.udp += 1
+        return make_udp(*fields)
+
+    return udp
+
+
 class CaptureReader(pcapio.CaptureFile):
     """An open capture (see :class:`~handshake_viz.pcapio.CaptureFile`, which reads the
     records): iterate it for its TCP packets; :meth:`records` builds them with another
@@ -500,20 +520,21 @@ class CaptureReader(pcapio.CaptureFile):
     def __iter__(self) -> Iterator[Packet]:
         return self.walk(_decode, _make_packet)
 
-    def records(self, make: Callable[..., _T], make_udp: Callable[..., Any] | None = None
-                ) -> Iterator[_T]:
+    def records(self, make: Callable[..., _T], make_udp: Callable[..., Any] | None = None,
+                *, verify_checksums: bool = False) -> Iterator[_T]:
         """Iterate as ``iter(reader)`` does, but build each TCP packet with ``make``
         (called with Packet's fields, in order) instead of as a Packet -- the JSON Lines
         writer takes only the fields it prints, in a tuple -- and, with ``make_udp``,
-        each UDP datagram with it (UdpPacket's fields), in the same stream."""
-        if make_udp is None:
-            return self.walk(_decode, make)
-        stats = self.stats
+        each UDP datagram with it (UdpPacket's fields), in the same stream.
 
-        def udp(*fields: Any) -> Any:
-            stats.udp += 1
-            return make_udp(*fields)
+        With ``verify_checksums`` every TCP segment's checksum is verified too
+        (:mod:`~handshake_viz.checksum`): ``make`` gets its status after Packet's
+        fields (``Tracker.feed_checked``), and ``stats.checksums`` counts them."""
+        udp = None if make_udp is None else _counting(self.stats, make_udp)
+        if verify_checksums:
+            from handshake_viz.checksum import verified_records
 
+            return verified_records(self, make, udp)
         return self.walk(_decode, make, udp)
 
 

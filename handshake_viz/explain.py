@@ -997,8 +997,8 @@ def _mss(syn: Segment | None) -> int:
 
 
 def _flagged(ctx: Context, *names: str) -> list[Segment]:
-    """Segments carrying any of these analysis flags (by value, so that flags other
-    stages add later -- ``bad-checksum`` -- are read the day they exist)."""
+    """Segments carrying any of these analysis flags (by value: a Segment made by hand
+    may carry the plain string)."""
     return [s for s in ctx.segments if any(getattr(a, "value", a) in names for a in s.analysis)]
 
 
@@ -1161,16 +1161,20 @@ def _mid_stream(ctx: Context) -> Iterator[Finding]:
                   Basis.SEGMENTS, numbers={"roles_guessed": ctx.summary.roles_guessed})
 
 
-#: Analysis flags another stage adds for checksums that do not verify.
-CHECKSUM_FLAGS = ("bad-checksum", "checksum-offloaded")
+#: The analysis flags checksum verification adds (``--verify-checksums``), and the
+#: message of each: a checksum that fails, and one the sending host offloaded.
+CHECKSUM_FLAGS = {Analysis.BAD_CHECKSUM.value: "f.checksum",
+                  Analysis.CHECKSUM_OFFLOADED.value: "f.checksum.offloaded"}
 
 
 @_rule
 def _checksum(ctx: Context) -> Iterator[Finding]:
-    bad = _flagged(ctx, *CHECKSUM_FLAGS)
-    if bad:
-        yield Finding(FindingKind.CHECKSUM, _say("f.checksum", count=len(bad), segs=Frames(tuple(s.frame for s in bad))),
-                      _say("f.checksum.why"), Basis.SEGMENTS, numbers={"segments": len(bad)})
+    for flag, key in CHECKSUM_FLAGS.items():
+        segs = _flagged(ctx, flag)
+        if segs:
+            yield Finding(FindingKind.CHECKSUM,
+                          _say(key, count=len(segs), segs=Frames(tuple(s.frame for s in segs))),
+                          _say(key + ".why"), Basis.SEGMENTS, numbers={"segments": len(segs), "flag": flag})
 
 
 @_rule

@@ -10,6 +10,8 @@ exactly as the diagram shows them (``--traced-only`` leaves inferred calls out).
 
 With kernel events beside the capture (``X.kernel.jsonl``) a frame the kernel dropped,
 a RST it sent, or a retransmission also says so (``kernel dropped it: NO_SOCKET``).
+With ``--verify-checksums`` a segment whose TCP checksum fails says that too
+(``bad TCP checksum``, or ``TCP checksum offloaded ...``).
 
 The copy is lossless: every record of the input is written, in order, with its
 original bytes -- link layer, non-TCP frames, cut frames and all -- so frame
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handshake_viz.errors import CaptureFileError, OutputError
-from handshake_viz.model import Call, CallKind, ConnectionSummary, Direction, Segment
+from handshake_viz.model import Analysis, Call, CallKind, ConnectionSummary, Direction, Segment
 from handshake_viz.outfile import DEFAULT_MODE
 from handshake_viz.pcapio import CopyResult, Cut, copy_to_pcapng
 from handshake_viz.text import safe_text
@@ -48,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "call_comments",
+    "checksum_comments",
     "default_output",
     "export_capture",
     "kernel_comments",
@@ -155,6 +158,20 @@ def kernel_comments(trace: pipeline.Trace) -> dict[int, list[str]]:
     return out
 
 
+#: What a frame's comment says of a checksum that does not verify.
+CHECKSUM_NOTES = {
+    Analysis.BAD_CHECKSUM: "bad TCP checksum",
+    Analysis.CHECKSUM_OFFLOADED: "TCP checksum offloaded: the field holds only the pseudo-header sum "
+                                 "(the sending host left the rest to its network card)",
+}
+
+
+def checksum_comments(segments: Iterable[Segment]) -> dict[int, list[str]]:
+    """Frame number -> what checksum verification found, for the segments it flagged."""
+    return {s.frame: [CHECKSUM_NOTES[a] for a in s.analysis if a in CHECKSUM_NOTES]
+            for s in segments if any(a in CHECKSUM_NOTES for a in s.analysis)}
+
+
 # ======================================================================================
 # The whole export, and the CLI subcommand
 # ======================================================================================
@@ -187,7 +204,7 @@ def default_output(src: str | os.PathLike[str]) -> Path:
 def export_capture(src: str | os.PathLike[str], dest: str | os.PathLike[str] | None = None, *,
                    calls: str | os.PathLike[str] | None = None,
                    traced_only: bool = False, mode: int = DEFAULT_MODE, snaplen: int | None = None,
-                   headers_only: bool = False) -> tuple[CopyResult, bool]:
+                   headers_only: bool = False, verify_checksums: bool = False) -> tuple[CopyResult, bool]:
     """Write the annotated pcapng of ``src`` to ``dest`` (default: :func:`default_output`):
     the calls of its Trace (``calls``, else the ``.calls.jsonl`` beside it; connections
     without traced calls get inferred ones unless ``traced_only``) as packet comments.
@@ -196,7 +213,8 @@ def export_capture(src: str | os.PathLike[str], dest: str | os.PathLike[str] | N
     For a copy to share, ``snaplen`` keeps at most that many bytes of each frame and
     ``headers_only`` its headers only (:func:`~handshake_viz.decode.header_length`);
     every record keeps its length on the wire, so the analysis is the same.
-    ``mode`` is the file's mode (0600).
+    ``mode`` is the file's mode (0600).  ``verify_checksums`` verifies every TCP
+    checksum and comments the segments that fail (:func:`checksum_comments`).
 
     A capture with neither TCP nor UDP is still copied (with no comments).
     """
@@ -206,7 +224,7 @@ def export_capture(src: str | os.PathLike[str], dest: str | os.PathLike[str] | N
     if dest_path.suffix.lower() != ".pcapng":
         raise OutputError(f"{dest_path}: the export is a pcapng file: name it *.pcapng")
     try:
-        trace = pipeline.load(src, calls=calls, infer=not traced_only)
+        trace = pipeline.load(src, calls=calls, infer=not traced_only, verify_checksums=verify_checksums)
     except CaptureFileError as exc:
         if "no TCP segments or UDP datagrams" not in str(exc):
             raise
@@ -214,7 +232,7 @@ def export_capture(src: str | os.PathLike[str], dest: str | os.PathLike[str] | N
     segments = [s for c in trace.connections for s in c.segments]
     shown = [c for conn in trace.connections for c in conn.calls]
     comments = call_comments(segments, [c.summary for c in trace.connections], shown, datagrams=trace.flows)
-    for frame, notes in kernel_comments(trace).items():
+    for frame, notes in (*kernel_comments(trace).items(), *checksum_comments(segments).items()):
         comments.setdefault(frame, []).extend(notes)
     result = copy_to_pcapng(src, dest_path, comments, mode=mode, cut=_cutter(snaplen, headers_only))
     result.warnings[:0] = [w for w in trace.warnings if w not in result.warnings]

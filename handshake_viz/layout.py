@@ -500,6 +500,8 @@ _MARKERS: dict[Analysis, str] = {
     Analysis.WINDOW_FULL: "window full",
     Analysis.KEEP_ALIVE: "keep-alive",
     Analysis.KEEP_ALIVE_ACK: "keep-alive ACK",
+    Analysis.BAD_CHECKSUM: "bad checksum",
+    Analysis.CHECKSUM_OFFLOADED: "checksum offloaded",
 }
 # Flags that mean something went wrong: the painter dashes these arrows.
 _PROBLEMS = frozenset(
@@ -514,6 +516,7 @@ _PROBLEMS = frozenset(
         Analysis.ZERO_WINDOW,
         Analysis.ZERO_WINDOW_PROBE,
         Analysis.WINDOW_FULL,
+        Analysis.BAD_CHECKSUM,  # (not an offloaded one: the card filled that in)
     }
 )
 _WINDOW_FLAGS = frozenset(

@@ -165,6 +165,13 @@ class Analysis(Word):
     # hsviz's own, not Wireshark's: the capture holds this segment twice (see
     # seqanalysis.DUPLICATE_WINDOW); the flags above are what tshark says of the copy.
     DUPLICATE = "duplicate"
+    # Only with checksum verification on (``--verify-checksums``, see checksum.py):
+    # the TCP checksum does not verify (tshark's "incorrect checksum"; Zeek ignores the
+    # segment) ...
+    BAD_CHECKSUM = "bad-checksum"
+    # ... or the field holds only the pseudo-header's sum: the sending host left the
+    # rest to its network card (checksum offload; every loopback capture).
+    CHECKSUM_OFFLOADED = "checksum-offloaded"
 
 
 @dataclass(frozen=True, slots=True)

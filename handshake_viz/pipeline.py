@@ -443,6 +443,7 @@ def load(
     infer: bool = True,
     udp: bool = True,
     kernel: str | Path | KernelLog | bool | None = None,
+    verify_checksums: bool = False,
 ) -> Trace:
     """Decode, track and align a capture file into a :class:`Trace`.
 
@@ -452,8 +453,11 @@ def load(
     when it exists; False: none.  ``conn`` keeps only those connections'
     segments in memory (the rest are still tracked, for numbering).  Connections
     without traced calls get calls inferred from their segments (``infer=False``
-    leaves them without).  ``udp`` keeps UDP datagrams as flows.  A capture with
-    neither TCP nor UDP is a CaptureFileError.
+    leaves them without).  ``udp`` keeps UDP datagrams as flows.
+    ``verify_checksums`` verifies every TCP checksum (:mod:`~handshake_viz.checksum`):
+    ``bad-checksum`` and ``checksum-offloaded`` in the segments' analysis, Zeek's view
+    ignoring them as Zeek does.  A capture with neither TCP nor UDP is a
+    CaptureFileError.
     """
     from handshake_viz.decode import open_capture
     from handshake_viz.flows import FlowTracker
@@ -469,7 +473,8 @@ def load(
     datagrams: list[Datagram] = []
     keep_seg, keep_dgram = segments.append, datagrams.append
     with open_capture(path) as reader:
-        for rec in reader.records(tracker.feed_fields, flow_tracker.feed_fields if udp else None):
+        for rec in stream(reader, tracker, flow_tracker if udp else None,
+                          verify_checksums=verify_checksums):
             if type(rec) is Datagram:
                 keep_dgram(rec)
             elif wanted is None or rec.conn in wanted:
@@ -518,18 +523,28 @@ def _wanted(conn: int | Iterable[int] | None) -> set[int] | None:
 
 
 def stream(reader: CaptureReader, tracker: Tracker[Any], flows: FlowTracker | None = None,
-           make_udp: Callable[..., Any] | None = None) -> Iterator[Any]:
+           make_udp: Callable[..., Any] | None = None, *, verify_checksums: bool = False
+           ) -> Iterator[Any]:
     """Each record of an open capture, tracked: what ``tracker``'s ``record`` makes of a
     TCP segment, and (with ``flows``) of a UDP datagram what ``make_udp`` makes of the
     Datagram ``flows`` returns (default: the Datagram).  Nothing is kept: memory stays
-    that of the tracker (``hsviz analyze`` on any size of file)."""
+    that of the tracker (``hsviz analyze`` on any size of file).  With
+    ``verify_checksums`` each TCP segment's checksum is verified on the way
+    (``Tracker.feed_checked``)."""
+    if verify_checksums:
+        return reader.records(tracker.feed_checked, _udp(flows, make_udp), verify_checksums=True)
+    return reader.records(tracker.feed_fields, _udp(flows, make_udp))
+
+
+def _udp(flows: FlowTracker | None, make_udp: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """What ``stream`` hands a UDP datagram's fields to: none without ``flows``."""
     if flows is None:
-        return reader.records(tracker.feed_fields)
+        return None
     feed = flows.feed_fields
     if make_udp is None:
-        return reader.records(tracker.feed_fields, feed)
+        return feed
     wrap = make_udp
-    return reader.records(tracker.feed_fields, lambda *f: wrap(feed(*f)))
+    return lambda *f: wrap(feed(*f))
 
 
 # ======================================================================================

@@ -27,11 +27,13 @@ from handshake_viz.seqnum import seq_lt as _seq_lt
 __all__ = [
     "A_ACK_LOST",
     "A_DUPACK",
+    "A_BAD_CHECKSUM",
     "A_DUPLICATE",
     "A_FAST",
     "A_KA",
     "A_KA_ACK",
     "A_LOST",
+    "A_OFFLOADED",
     "A_OOO",
     "A_RETRANS",
     "A_SPURIOUS",
@@ -82,6 +84,9 @@ A_KA = 1 << 11
 A_KA_ACK = 1 << 12
 A_ZWP_ACK = 1 << 13
 A_DUPLICATE = 1 << 14
+# Not sequence analysis: what checksum verification found (``checksum``), kept beside.
+A_BAD_CHECKSUM = 1 << 15
+A_OFFLOADED = 1 << 16
 
 #: How close behind an identical segment a copy must come to be called a duplicate
 #: (``Analysis.DUPLICATE``): the same TCP header, options, captured payload and IPv4
@@ -111,6 +116,8 @@ _BIT_NAMES: tuple[tuple[int, tuple[Analysis, ...]], ...] = (
     (A_KA, (Analysis.KEEP_ALIVE,)),
     (A_KA_ACK, (Analysis.KEEP_ALIVE_ACK,)),
     (A_DUPLICATE, (Analysis.DUPLICATE,)),
+    (A_BAD_CHECKSUM, (Analysis.BAD_CHECKSUM,)),
+    (A_OFFLOADED, (Analysis.CHECKSUM_OFFLOADED,)),
     # A_ZWP_ACK only keeps a probe's ACK from counting as a duplicate ACK: no name.
 )
 _NAMES_CACHE: dict[int, tuple[Analysis, ...]] = {0: ()}

@@ -38,6 +38,9 @@ modules beside it:
 5. **Analysis flags**, Wireshark's TCP sequence analysis (``seqanalysis``), so
    that ``hsviz`` and ``tshark`` agree on the same capture, and hsviz's own
    ``duplicate`` for a segment the capture holds twice (``seqanalysis.DUPLICATE_WINDOW``).
+   When the decoder verified checksums (``feed_checked``; ``checksum``), also
+   ``bad-checksum`` or ``checksum-offloaded``, on the general path only: a segment
+   that fails never takes the fast path, and Zeek's view ignores it.
 
 Zeek's view (conn_state and history, with its own originator/responder roles
 that it may flip, marked ``^``) is kept alongside by ``zeek.ZeekView`` so the summary
@@ -57,6 +60,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
+from handshake_viz.checksum import ANALYSIS_BITS, GOOD, ZEEK_IGNORES
 from handshake_viz.model import (
     Analysis,
     ConnectionSummary,
@@ -252,10 +256,34 @@ class Tracker(Generic[R]):
         p = _make_packet(frame, ts, src, sport, dst, dport, seq, ack, flags, win, length,
                          payload, raw_options, ip_version, ip_id)
         if fwd is None or (flags & (SYN | ACK) == SYN and fwd.base is not None and seq != fwd.base):
-            # a new 4-tuple, or port reuse: a SYN with a new ISN starts a new connection
-            # (tcp.stream)
+            # a new 4-tuple, or port reuse (_reused, written out here on the hot path)
             fwd = self._open(p)
         return self._feed(fwd, p)
+
+    def feed_checked(
+        self, frame: int, ts: float, src: str, sport: int, dst: str, dport: int, seq: int,
+        ack: int, flags: int, win: int, length: int, payload: bytes, raw_options: bytes,
+        ip_version: int, ip_id: int, checksum: int,
+    ) -> R:
+        """``feed_fields`` for a packet whose TCP checksum was verified: Packet's fields,
+        then its status (``checksum``'s ``GOOD``, ``BAD``, ...), as
+        ``reader.records(tracker.feed_checked, verify_checksums=True)`` hands them over.
+
+        A segment that verifies, or could not be verified, is fed as ``feed_fields``
+        would.  Any other takes the general path, which adds ``bad-checksum`` or
+        ``checksum-offloaded`` to its analysis and lets the Zeek view ignore it as Zeek
+        does; everything else (labels, states, tshark's flags) is as if it verified:
+        tshark's sequence analysis does not look at checksums either.
+        """
+        if not ANALYSIS_BITS[checksum]:
+            return self.feed_fields(frame, ts, src, sport, dst, dport, seq, ack, flags, win,
+                                    length, payload, raw_options, ip_version, ip_id)
+        fwd = self._flows.get((src, sport, dst, dport))
+        if fwd is None and self._stored:
+            fwd = self._restore(src, sport, dst, dport)
+        p = _make_packet(frame, ts, src, sport, dst, dport, seq, ack, flags, win, length,
+                         payload, raw_options, ip_version, ip_id)
+        return self._feed(self._reused(fwd, p), p, checksum)
 
     def feed_all(self, packets: Iterable[Packet]) -> int:
         """Feed every packet for the summaries' sake only; returns how many were fed.
@@ -316,6 +344,13 @@ class Tracker(Generic[R]):
         raise IndexError(f"no connection {conn} (of {self._count})")
 
     # -- internals -------------------------------------------------------------------
+
+    def _reused(self, fwd: TrackedFlow | None, p: Packet) -> TrackedFlow:
+        """The packet's flow: ``fwd``, unless this is a new 4-tuple (``fwd`` None) or port
+        reuse -- a SYN with a new ISN starts a new connection (tcp.stream)."""
+        if fwd is None or (p.flags & (SYN | ACK) == SYN and fwd.base is not None and p.seq != fwd.base):
+            return self._open(p)
+        return fwd
 
     def _open(self, p: Packet) -> TrackedFlow:
         """Start the next connection number; return the packet's flow."""
@@ -378,8 +413,9 @@ class Tracker(Generic[R]):
         self._enter(conn)
         return self._flows.get((src, sport, dst, dport))
 
-    def _feed(self, fwd: TrackedFlow, p: Packet) -> R:
-        """The general path: every rule, for any segment."""
+    def _feed(self, fwd: TrackedFlow, p: Packet, checksum: int = GOOD) -> R:
+        """The general path: every rule, for any segment (``checksum``: its status, when
+        verified: see ``feed_checked``)."""
         flags, seq, ack, length, ts = p.flags, p.seq, p.ack, p.length, p.ts
         conn, rev = fwd.conn, fwd.peer
         conn.segments += 1
@@ -414,6 +450,8 @@ class Tracker(Generic[R]):
             # one per segment it refuses, each the same (RFC 9293 §3.10.7.1).
             bits |= A_DUPLICATE
         conn.last = (fwd, seq, ack, flags, p.win, length, p.payload, p.raw_options, p.ip_id, ts)
+        if checksum:
+            bits |= ANALYSIS_BITS[checksum]
 
         # ---- label, phase and RFC 9293 states ---------------------------------------
         label, phase = self._label(conn, fwd, rev, p)
@@ -424,7 +462,7 @@ class Tracker(Generic[R]):
             if data_rel_end < HALF and data_rel_end > fwd.data_end:
                 fwd.data_end = data_rel_end
 
-        conn.zeek.feed(p, fwd.dir is C2S)
+        conn.zeek.feed(p, fwd.dir is C2S, ZEEK_IGNORES[checksum])
         fwd.ready = _ready(fwd, rev)
         rev.ready = _ready(rev, fwd)
         if conn.closed and not conn.queued:

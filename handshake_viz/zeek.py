@@ -334,7 +334,12 @@ class _ZeekView:
         if flags & (SYN | RST) and abs(delta_signed) > _TOO_LARGE:
             pass
         elif flags & FIN and end.last_seq == (end.start_seq + 1) & MASK:
-            end.last_seq = end_seq  # a FIN after only the SYN: trusted even if behind
+            # a FIN after only the SYN: trusted even if behind.  Size() is the larger of
+            # last_seq and the peer's ACK: an ACK of data Zeek never saw (ignored for its
+            # checksum, or not captured) counts once, not on top of the FIN's advance.
+            if delta_signed > 0:
+                end.ack_beyond = max(0, end.ack_beyond - delta)
+            end.last_seq = end_seq
         elif end.state is Z.RESET:
             pass
         elif delta_signed > 0:

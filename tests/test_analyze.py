@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import sys
@@ -28,19 +29,20 @@ def many(tmp_path_factory) -> Path:
     return path
 
 
-def run(path: Path | str, mode: str = "jsonl", *, jobs: int, want: int | None = None):
+def run(path: Path | str, mode: str = "jsonl", *, jobs: int, want: int | None = None, verify: bool = False):
     out, warnings = io.StringIO(), []
     try:
-        analyze_file(str(path), mode, want=want, jobs=jobs, write=out.write, warn=warnings.append)
+        analyze_file(str(path), mode, want=want, jobs=jobs, write=out.write, warn=warnings.append,
+                     verify_checksums=verify)
         error = None
     except (CaptureFileError, UsageError, WorkerError) as exc:
         error = exc
     return out.getvalue(), warnings, error
 
 
-def same_both_ways(path: Path | str, mode: str = "jsonl", want: int | None = None):
-    one = run(path, mode, jobs=1, want=want)
-    two = run(path, mode, jobs=2, want=want)
+def same_both_ways(path: Path | str, mode: str = "jsonl", want: int | None = None, verify: bool = False):
+    one = run(path, mode, jobs=1, want=want, verify=verify)
+    two = run(path, mode, jobs=2, want=want, verify=verify)
     assert one[0] == two[0], f"{path}: output differs between 1 and 2 processes"
     assert one[1] == two[1]
     assert type(one[2]) is type(two[2]) and str(one[2]) == str(two[2])
@@ -69,9 +71,27 @@ def test_shipped_captures_both_ways(name):
 
 
 @pytest.mark.skipif(not CORPUS.is_dir(), reason=f"third-party corpus not found at {CORPUS}")
-def test_corpus_both_ways():
+@pytest.mark.parametrize("verify", [False, True], ids=["", "verifying-checksums"])
+def test_corpus_both_ways(verify):
     for trace in [*sorted(CORPUS.iterdir()), *sorted((CORPUS.parent / "batch2" / "traces").iterdir())]:
-        same_both_ways(trace)
+        same_both_ways(trace, verify=verify)
+
+
+def test_verifying_checksums_both_ways(many):
+    """make_capture leaves every TCP checksum 0: with verification each segment is
+    flagged and takes the tracker's general path; one process or two, the same bytes,
+    and in every mode the same as the single process's."""
+    for mode in ("jsonl", "summary", "ladder"):
+        out, warnings, error = same_both_ways(many, mode, verify=True)
+        assert error is None and not warnings
+        plain = run(many, mode, jobs=1)[0]
+        assert out != plain
+        if mode == "jsonl":
+            assert out.count('"bad-checksum"') == 300 * 52
+            segments = [json.loads(line) for line in out.splitlines() if '"segment"' in line]
+            for seg in segments:
+                seg["analysis"].remove("bad-checksum")
+            assert segments == [json.loads(line) for line in plain.splitlines() if '"segment"' in line]
 
 
 def test_ladder_lines_spill_and_come_back_in_order():

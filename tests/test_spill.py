@@ -69,6 +69,26 @@ def test_late_segments_and_port_reuse_do_come_back():
     assert restored > 50
 
 
+def test_checksum_state_is_packed_and_comes_back():
+    """With checksums verified, what the Zeek view counted of the segments it ignored
+    (the 'C' letters' scale, ZeekEndpoint.bad_checksums) goes to the store and back."""
+    restored = 0
+    for seed in range(12):
+        rng = random.Random(300 + seed)
+        packets = _random_stream(rng, n_conns=8, n_packets=600)
+        statuses = [rng.choice([0, 0, 0, 1, 2, 3, 4]) for _ in packets]
+        plain, stored = Tracker(), _Counting(store=MemoryStore(), keep_finished=1)
+        for p, status in zip(packets, statuses):
+            fields = (p.frame, p.ts, p.src, p.sport, p.dst, p.dport, p.seq, p.ack, p.flags, p.win,
+                      p.length, p.payload, p.raw_options, p.ip_version, p.ip_id, status)
+            assert plain.feed_checked(*fields) == stored.feed_checked(*fields), f"frame {p.frame}"
+        assert stored.summaries() == plain.summaries()
+        assert stored.zeek_connections() == plain.zeek_connections()
+        assert any("C" in z.history.upper() for z in plain.zeek_connections())
+        restored += stored.restored
+    assert restored > 20
+
+
 @pytest.mark.skipif(not CORPUS.is_dir(), reason=f"third-party corpus not found at {CORPUS}")
 def test_corpus_is_unchanged_by_storing():
     for trace in sorted(CORPUS.iterdir()):

@@ -25,8 +25,15 @@ Deliberate differences, each with its reason:
   connections (``Tracker.zeek_connections``).  A baseline run with ``zeek -b`` loads
   only the scripts it names, so only their ports are "likely server ports" in
   Zeek's role guess (``zeek.ZEEK_PORTS``); the test reads them from the command.
-- localhost-bad-chksum's default run verifies checksums, which hsviz does not do:
-  only its ``ignore_checksums_nets`` variant is compared.
+- Checksums: Zeek verifies them unless run with ``-C``; hsviz only when asked
+  (``verify_checksums``).  So every Zeek row is compared with hsviz not verifying
+  (the runs with ``-C``, and those where nothing fails or Zeek's verdict changes no
+  row), and every row of a verifying run once more with hsviz verifying:
+  localhost-bad-chksum's two variants, ``ignore_checksums_nets`` (one ``SF``
+  connection) and the default (the SYN alone, ``C``; then the server's ``HcADF``),
+  are both matched.  Verification flags a segment where tshark's validated status
+  (``tcp.checksum.status``, extra file) says bad, and nowhere else; it changes no
+  other field of any packet.
 """
 
 from __future__ import annotations
@@ -98,10 +105,14 @@ def _tsv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 
-def _track(trace: str, likely: frozenset[int] = LIKELY_SERVER_PORTS) -> tuple[list, Tracker]:
+def _track(trace: str, likely: frozenset[int] = LIKELY_SERVER_PORTS, *, verify: bool = False
+           ) -> tuple[list, Tracker]:
     tracker = Tracker(likely_server_ports=likely)
     with open_capture(CORPUS / trace) as reader:
-        segments = [tracker.feed(p) for p in reader]
+        if verify:
+            segments = list(reader.records(tracker.feed_checked, verify_checksums=True))
+        else:
+            segments = [tracker.feed(p) for p in reader]
     return segments, tracker
 
 
@@ -133,13 +144,26 @@ def test_every_packet_agrees_with_tshark(trace):
 ZEEK_FILES = [t for t in TRACES if _expected(t, "zeek-conn").exists()]
 
 
-@pytest.mark.parametrize("trace", ZEEK_FILES)
-def test_connections_agree_with_zeek(trace):
+def _zeek_rows(trace: str, verifying: bool) -> list[dict[str, str]]:
+    """The Zeek rows of ``trace`` to compare with hsviz not verifying checksums (every
+    run's but the default variant of a file that has one), or (``verifying``) only
+    those of a run that verified them (no ``-C``, no checksum variant)."""
+    rows = _tsv(_expected(trace, "zeek-conn"))
+    if verifying:
+        return [r for r in rows if r["variant"] in ("", "default-checksum-validation")
+                and "-C" not in r["zeek_cmd"].split("(")[0].split()]  # (not in its comment)
+    return [r for r in rows if not r["variant"] or r["variant"].startswith("ignore_checksums")]
+
+
+@pytest.mark.parametrize(("trace", "verify"), [
+    *((t, False) for t in ZEEK_FILES),
+    *((t, True) for t in ZEEK_FILES if _zeek_rows(t, True)),  # (not the runs with -C)
+], ids=lambda x: "verifying" if x is True else "not-verifying" if x is False else x)
+def test_connections_agree_with_zeek(trace, verify):
     name = trace.rsplit("/", 1)[1]
-    rows = [r for r in _tsv(_expected(trace, "zeek-conn"))
-            if not r["variant"] or r["variant"].startswith("ignore_checksums")]
+    rows = _zeek_rows(trace, verify)
     assert rows
-    _, tracker = _track(trace, _likely_ports(rows[0]["zeek_cmd"]))
+    _, tracker = _track(trace, _likely_ports(rows[0]["zeek_cmd"]), verify=verify)
     found = tracker.zeek_connections()
     problems = []
     for row in rows:
@@ -169,7 +193,70 @@ def test_connections_agree_with_zeek(trace):
 
 def test_every_zeek_row_is_compared():
     """Every Zeek row of both batches was found above (the count of the comparisons, so
-    that a file dropping out of the corpus cannot pass silently)."""
-    rows = sum(len([r for r in _tsv(_expected(t, "zeek-conn"))
-                    if not r["variant"] or r["variant"].startswith("ignore_checksums")]) for t in ZEEK_FILES)
+    that a file dropping out of the corpus cannot pass silently): 84 rows without
+    verifying, and the 70 of the 16 runs that verified checksums once more with it."""
+    rows = sum(len(_zeek_rows(t, False)) for t in ZEEK_FILES)
+    verifying = [t for t in ZEEK_FILES if _zeek_rows(t, True)]
     assert len(ZEEK_FILES) == 27 and rows == 84
+    assert len(verifying) == 16 and sum(len(_zeek_rows(t, True)) for t in verifying) == 70
+    assert [r["history"] for r in _zeek_rows("batch2/traces/localhost-bad-chksum.pcap", True)] == ["C", "HcADF"]
+
+
+# tshark's validated checksum status: 0 bad, 1 good, 2 unverified (the segment was
+# not captured whole)
+_CHECKSUM_FLAGS = {"bad-checksum", "checksum-offloaded"}
+
+
+@pytest.mark.parametrize("trace", TRACES)
+def test_checksums_agree_with_tshark(trace):
+    """With verification on, a segment is flagged (``bad-checksum``, or
+    ``checksum-offloaded`` when the field holds the pseudo-header's sum) exactly where
+    tshark's validated status is bad; and nothing else of any packet changes."""
+    extra = {int(r["frame.number"]): r["tcp.checksum.status(validated)"]
+             for r in _tsv(_expected(trace, "tshark-extra"))}
+    plain, _ = _track(trace)
+    checked, _ = _track(trace, verify=True)
+    problems = []
+    for a, b in zip(plain, checked, strict=True):
+        flags = {x.value for x in b.analysis} & _CHECKSUM_FLAGS
+        if bool(flags) != (extra[b.frame] == "0") or len(flags) > 1:
+            problems.append(f"frame {b.frame}: {sorted(flags)}, tshark status {extra[b.frame]}")
+        if tuple(x for x in b.analysis if x.value not in _CHECKSUM_FLAGS) != a.analysis:
+            problems.append(f"frame {b.frame}: analysis {b.analysis} verifying, {a.analysis} not")
+        if b.label != a.label or b.rel_seq != a.rel_seq or b.rel_ack != a.rel_ack or b.conn != a.conn or (
+                b.client_state, b.server_state) != (a.client_state, a.server_state):
+            problems.append(f"frame {b.frame}: verifying changed {a} into {b}")
+    assert not problems, "\n".join(problems)
+
+
+def test_checksum_statuses_in_the_corpus():
+    """What the corpus holds, by kind (tshark says bad of both the bad and the
+    offloaded ones): offload on the capturing host in five files (as their README says:
+    captured on the client, on loopback ...), sums that verify nowhere in four, and
+    PPPoE's six frames, which verify over the IP header's length (Zeek's) but not over
+    the PPPoE length's (tshark's)."""
+    from handshake_viz.checksum import STATUS_NAMES
+
+    found = {}
+    for trace in TRACES:
+        with open_capture(CORPUS / trace) as reader:
+            for _ in reader.records(lambda *f: None, verify_checksums=True):
+                pass
+            counts = {n: c for n, c in zip(STATUS_NAMES, reader.stats.checksums.counts) if c and n != "good"}
+        if counts:
+            found[trace.rsplit("/", 1)[1]] = counts
+    assert found == {
+        "retransmit-fast009.pcap": {"bad": 18, "unverifiable": 21},
+        "truncated-header.pcap": {"unverifiable": 12},
+        "connect-with-header.pcap": {"offloaded": 58},
+        "ipv6-http-atomic-frag.pcap": {"offloaded": 4},
+        "irc-starttls.pcap": {"offloaded": 10},
+        "localhost-bad-chksum.pcap": {"offloaded": 6},
+        "mixed-vlan-mpls.pcap": {"bad": 22},
+        "mpls-in-vlan.pcap": {"bad": 3},
+        "pop3-starttls.pcap": {"offloaded": 33},
+        "pppoe-over-qinq.pcap": {"link-short": 6},
+        "reassembly.pcap": {"bad": 15},
+        "ssh-dups.pcap": {"offloaded": 152},
+        "timestamp.pcap": {"unverifiable": 691},
+    }

@@ -157,6 +157,32 @@ def _same_either_way(packets: list[Packet]) -> int:
     return fast.fast
 
 
+def _same_either_way_checked(packets: list[Packet], statuses: list[int]) -> int:
+    """``_same_either_way`` with every packet's checksum status given
+    (``Tracker.feed_checked``): flagged segments and Zeek's ignoring them must not
+    change what the fast path decides for the rest."""
+    fast, slow = _CountingTracker(), _NoFastPath()
+    for p, status in zip(packets, statuses, strict=True):
+        fields = (p.frame, p.ts, p.src, p.sport, p.dst, p.dport, p.seq, p.ack, p.flags, p.win,
+                  p.length, p.payload, p.raw_options, p.ip_version, p.ip_id, status)
+        a, b = fast.feed_checked(*fields), slow.feed_checked(*fields)
+        assert a == b, f"frame {p.frame} ({status}): fast path {a}\n general path {b}"
+    assert fast.summaries() == slow.summaries()
+    assert fast.zeek_connections() == slow.zeek_connections()
+    return fast.fast
+
+
+@pytest.mark.parametrize("calm", [1.0, 20.0])
+@pytest.mark.parametrize("seed", range(20))
+def test_random_streams_with_checksums_same_either_way(seed, calm):
+    from handshake_viz.checksum import STATUS_NAMES
+
+    rng = random.Random(5000 + seed)
+    packets = _random_stream(rng, rng.randint(1, 6), rng.randint(50, 400), calm)
+    statuses = [0 if rng.random() < 0.8 else rng.randrange(len(STATUS_NAMES)) for _ in packets]
+    _same_either_way_checked(packets, statuses)
+
+
 @pytest.mark.parametrize("calm", [1.0, 4.0, 20.0])
 @pytest.mark.parametrize("seed", range(40))
 def test_random_streams_same_with_and_without_the_fast_path(seed, calm):
@@ -203,6 +229,9 @@ def test_corpus_same_with_and_without_the_fast_path(trace):
     with open_capture(trace) as reader:
         packets = list(reader)
     _same_either_way(packets)
+    with open_capture(trace) as reader:
+        statuses = [f[-1] for f in reader.records(lambda *f: f, verify_checksums=True)]
+    _same_either_way_checked(packets, statuses)
 
 
 class _Conversation:
