@@ -25,8 +25,8 @@ rows, and the ladder keeps every line until the end (in a temporary database pas
 few megabytes: ``LadderSpill``).  Both processes read the
 file, so standard input and pipes always take one.
 
-Finished connections are kept in a temporary SQLite database
-(:class:`~handshake_viz.spill.SqliteStore`), so memory holds only the open ones.
+Finished connections are kept in a temporary file
+(:class:`~handshake_viz.spill.FileStore`), so memory holds only the open ones.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from handshake_viz.errors import CaptureFileError, HsvizError, NoSuchConnection,
 from handshake_viz.flows import FlowTracker
 from handshake_viz.hindsight import Settler
 from handshake_viz.model import Datagram, Segment
-from handshake_viz.spill import SqliteStore
+from handshake_viz.spill import FileStore
 from handshake_viz.track import Tracker, discard
 
 __all__ = ["BATCH", "PARALLEL_MIN_BYTES", "End", "Mode", "analyze_file", "choose_jobs", "produce"]
@@ -95,7 +95,7 @@ def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = Fal
     try:
         # Finished connections go to a temporary database, so that memory grows with
         # the open connections only; so do the ladder's lines (LadderSpill).
-        with SqliteStore() as store:
+        with FileStore() as store:
             yield from _items(path, mode, want, split, store, verify_checksums)
     finally:
         if collecting:
@@ -151,7 +151,7 @@ class LadderSpill:
 
 
 def _items(path: str, mode: Mode, want: int | None, split: bool,
-           store: SqliteStore | None, verify: bool) -> Iterator[Item]:
+           store: FileStore | None, verify: bool) -> Iterator[Item]:
     ladders = LadderSpill()
     flow_ladders = LadderSpill()
     try:
@@ -161,7 +161,7 @@ def _items(path: str, mode: Mode, want: int | None, split: bool,
         flow_ladders.close()
 
 
-def _ladder_items(path: str, mode: Mode, want: int | None, split: bool, store: SqliteStore | None,
+def _ladder_items(path: str, mode: Mode, want: int | None, split: bool, store: FileStore | None,
                   ladders: LadderSpill, flow_ladders: LadderSpill, verify: bool) -> Iterator[Item]:
     flows = FlowTracker()
     with open_capture(path) as reader:

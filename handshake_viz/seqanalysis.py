@@ -16,13 +16,15 @@ nothing; tests/test_track_fastpath.py holds the two to the same results.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from handshake_viz.model import Analysis, parse_options
-from handshake_viz.seqnum import ACK, FIN, MASK, RST, SYN
-from handshake_viz.seqnum import seq_ge as _seq_ge
-from handshake_viz.seqnum import seq_gt as _seq_gt
-from handshake_viz.seqnum import seq_lt as _seq_lt
+from handshake_viz.model import Analysis
+from .seqnum import (
+    A_ACK_LOST, A_BAD_CHECKSUM, A_DUPACK, A_DUPLICATE, A_FAST, A_KA, A_KA_ACK, A_LOST,
+    A_OFFLOADED, A_OOO, A_RETRANS, A_SPURIOUS, A_WFULL, A_WUPD, A_ZWIN, A_ZWP, A_ZWP_ACK,
+    ACK, FIN, MASK, RST, SYN, UNSET,
+)
+from .seqnum import seq_ge as _seq_ge
+from .seqnum import seq_gt as _seq_gt
+from .seqnum import seq_lt as _seq_lt
 
 __all__ = [
     "A_ACK_LOST",
@@ -47,46 +49,30 @@ __all__ = [
     "analysis_names",
     "analyze",
     "scaled_window",
+    "window_scale",
 ]
 
 
-@dataclass(slots=True, eq=False)
 class SeqFlow:
     """What the analysis remembers of one direction (Wireshark's ``tcp_flow_t`` and
     ``tcp_analyze_seq_info``, pared down to what is used).  Sequence numbers are raw
     (absolute); 0 in ``nextseq``, ``maxseqtobeacked`` and ``lastack`` means "none yet",
     as in Wireshark."""
 
-    nextseq: int = 0  # one past the highest sequence number sent this way
-    nextseq_time: float = 0.0  # when nextseq last moved
-    maxseqtobeacked: int = 0  # the highest sequence number the other way may acknowledge
-    lastack: int = 0  # the last ACK number sent this way
-    lastack_time: float = 0.0
-    dupacks: int = 0  # duplicate ACKs of lastack so far; -1 after the peer acked unseen data
-    window: int | None = None  # the last window advertised this way, scaled
-    win_scale: int = -1  # the shift to apply; -1 not known yet, -2 the SYN offered none
-    last_flags: int = 0  # analysis bits of the last segment this way
+    __slots__ = ("nextseq", "nextseq_time", "maxseqtobeacked", "lastack", "lastack_time",
+                 "dupacks", "window", "win_scale", "last_flags")
 
+    def __init__(self) -> None:
+        self.nextseq = 0  # one past the highest sequence number sent this way
+        self.nextseq_time = 0.0  # when nextseq last moved
+        self.maxseqtobeacked = 0  # the highest sequence number the other way may acknowledge
+        self.lastack = 0  # the last ACK number sent this way
+        self.lastack_time = 0.0
+        self.dupacks = 0  # duplicate ACKs of lastack so far; -1 after the peer acked unseen data
+        self.window = UNSET  # the last window advertised this way, scaled
+        self.win_scale = -1  # the shift to apply; -1 not known yet, -2 the SYN offered none
+        self.last_flags = 0  # analysis bits of the last segment this way
 
-# Analysis bits (the order of the names follows Wireshark's expert info).
-A_RETRANS = 1 << 0
-A_FAST = 1 << 1
-A_SPURIOUS = 1 << 2
-A_OOO = 1 << 3
-A_DUPACK = 1 << 4
-A_LOST = 1 << 5
-A_ACK_LOST = 1 << 6
-A_ZWIN = 1 << 7
-A_ZWP = 1 << 8
-A_WUPD = 1 << 9
-A_WFULL = 1 << 10
-A_KA = 1 << 11
-A_KA_ACK = 1 << 12
-A_ZWP_ACK = 1 << 13
-A_DUPLICATE = 1 << 14
-# Not sequence analysis: what checksum verification found (``checksum``), kept beside.
-A_BAD_CHECKSUM = 1 << 15
-A_OFFLOADED = 1 << 16
 
 #: How close behind an identical segment a copy must come to be called a duplicate
 #: (``Analysis.DUPLICATE``): the same TCP header, options, captured payload and IPv4
@@ -100,25 +86,21 @@ A_OFFLOADED = 1 << 16
 #: hsviz still reports those flags too.
 DUPLICATE_WINDOW = 0.001
 
+A = Analysis
+# Each bit's names (the bits are seqnum's; A_ZWP_ACK, which only keeps a probe's ACK
+# from counting as a duplicate ACK, has none).
 _BIT_NAMES: tuple[tuple[int, tuple[Analysis, ...]], ...] = (
-    (A_RETRANS, (Analysis.RETRANSMISSION,)),
+    (A_RETRANS, (A.RETRANSMISSION,)),
     # Wireshark reports a fast or spurious retransmission as a retransmission too.
-    (A_FAST, (Analysis.RETRANSMISSION, Analysis.FAST_RETRANSMISSION)),
-    (A_SPURIOUS, (Analysis.RETRANSMISSION, Analysis.SPURIOUS_RETRANSMISSION)),
-    (A_OOO, (Analysis.OUT_OF_ORDER,)),
-    (A_DUPACK, (Analysis.DUP_ACK,)),
-    (A_LOST, (Analysis.LOST_SEGMENT,)),
-    (A_ACK_LOST, (Analysis.ACK_UNSEEN,)),
-    (A_ZWIN, (Analysis.ZERO_WINDOW,)),
-    (A_ZWP, (Analysis.ZERO_WINDOW_PROBE,)),
-    (A_WUPD, (Analysis.WINDOW_UPDATE,)),
-    (A_WFULL, (Analysis.WINDOW_FULL,)),
-    (A_KA, (Analysis.KEEP_ALIVE,)),
-    (A_KA_ACK, (Analysis.KEEP_ALIVE_ACK,)),
-    (A_DUPLICATE, (Analysis.DUPLICATE,)),
-    (A_BAD_CHECKSUM, (Analysis.BAD_CHECKSUM,)),
-    (A_OFFLOADED, (Analysis.CHECKSUM_OFFLOADED,)),
-    # A_ZWP_ACK only keeps a probe's ACK from counting as a duplicate ACK: no name.
+    (A_FAST, (A.RETRANSMISSION, A.FAST_RETRANSMISSION)),
+    (A_SPURIOUS, (A.RETRANSMISSION, A.SPURIOUS_RETRANSMISSION)),
+    (A_OOO, (A.OUT_OF_ORDER,)), (A_DUPACK, (A.DUP_ACK,)), (A_LOST, (A.LOST_SEGMENT,)),
+    (A_ACK_LOST, (A.ACK_UNSEEN,)), (A_ZWIN, (A.ZERO_WINDOW,)),
+    (A_ZWP, (A.ZERO_WINDOW_PROBE,)), (A_WUPD, (A.WINDOW_UPDATE,)), (A_WFULL, (A.WINDOW_FULL,)),
+    (A_KA, (A.KEEP_ALIVE,)), (A_KA_ACK, (A.KEEP_ALIVE_ACK,)),
+    # not sequence analysis: hsviz's own, and what checksum verification found
+    (A_DUPLICATE, (A.DUPLICATE,)),
+    (A_BAD_CHECKSUM, (A.BAD_CHECKSUM,)), (A_OFFLOADED, (A.CHECKSUM_OFFLOADED,)),
 )
 _NAMES_CACHE: dict[int, tuple[Analysis, ...]] = {0: ()}
 
@@ -132,7 +114,7 @@ def analysis_names(bits: int) -> tuple[Analysis, ...]:
         out: list[Analysis] = []
         for bit, names in _BIT_NAMES:
             if bits & bit:
-                out.extend(n for n in names if n not in out)
+                out += [n for n in names if n not in out]
         result = tuple(out)
         _NAMES_CACHE[bits] = result
         return result
@@ -147,7 +129,7 @@ def scaled_window(fwd: SeqFlow, rev: SeqFlow, flags: int, win: int, raw_options:
     if not flags & SYN:
         scale = fwd.win_scale
         return win << scale if scale > 0 else win
-    ws = parse_options(raw_options).wscale_effective if raw_options else None
+    ws = window_scale(raw_options)
     if flags & ACK:
         if ws is None or rev.win_scale < 0:
             fwd.win_scale = rev.win_scale = 0 if ws is None or rev.win_scale == -2 else fwd.win_scale
@@ -156,6 +138,24 @@ def scaled_window(fwd: SeqFlow, rev: SeqFlow, flags: int, win: int, raw_options:
     else:
         fwd.win_scale = ws if ws is not None else -2
     return win
+
+
+def window_scale(raw: bytes) -> int | None:
+    """``parse_options(raw).wscale_effective`` without the rest (a SYN's options are
+    read on every connection): the shift of the last window scale option before the
+    list ends (kind 0) or breaks (cut short, or a length below 2), above 14 taken as 14
+    (RFC 7323 §2.3); None without one."""
+    shift = -1
+    i, n = 0, len(raw)
+    while i < n and raw[i]:
+        kind = raw[i]
+        size = 1 if kind == 1 else raw[i + 1] if i + 1 < n else 0
+        if size < 1 or (size == 1 and kind != 1) or i + size > n:
+            break
+        if kind == 3 and size == 3:
+            shift = raw[i + 2]
+        i += size
+    return None if shift < 0 else min(shift, 14)
 
 
 def analyze(
@@ -194,7 +194,7 @@ def analyze(
                 and ack == fwd.lastack and not ctl):
             bits |= A_WUPD
         # WINDOW FULL: data fills the peer's advertised window exactly.
-        if (seglen > 0 and rev.win_scale != -1 and rev.window is not None and not ctl
+        if (seglen > 0 and rev.win_scale != -1 and rev.window != UNSET and not ctl
                 and (seq + seglen) & MASK == (rev.lastack + (rev.window)) & MASK):
             bits |= A_WFULL
         same = (seglen == 0 and seq == nextseq and ack == fwd.lastack and not ctl)

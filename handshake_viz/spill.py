@@ -5,36 +5,39 @@ may turn up (Wireshark's ``tcp.stream`` and analysis flags are decided by all th
 came before), yet keeping every connection of a long capture in memory makes the
 memory grow with the capture.  With a store, the tracker keeps only the open
 connections and the few thousand most recently finished; older ones are packed
-(about 500 bytes) and handed here, and fetched back on a late segment.
+(about 700 bytes) and handed here, and fetched back on a late segment.
 
-* :class:`SqliteStore` keeps them in a private temporary SQLite database, which
-  SQLite keeps in a small page cache and spills to a file deleted on close:
-  memory stays flat however many connections the capture has.
+* :class:`FileStore` appends them to a private temporary file (deleted on close)
+  and keeps 24 bytes of index per connection in memory: memory stays flat (4.8 MB
+  of index for 200,000 stored connections) however long the capture.
 * :class:`MemoryStore` keeps them in a dict (for tests, and small captures).
 
 Packing is this module's too: :func:`pack` makes the bytes a store keeps of a
-finished connection (everything the tracker knows of it, and its summary),
+finished connection (its summary first, then everything the tracker knows of it),
 :func:`unpack` gives the connection back exactly as it was, and
-:func:`unpack_summary` only its summary.  A store sees opaque bytes under a
-connection number and a :func:`store_key` (:class:`ConnectionStore`).
+:func:`unpack_summary` only its summary (which reads only the summary's bytes).  A
+store sees opaque bytes under a connection number and a :func:`store_key`
+(:class:`ConnectionStore`).
 """
 
 from __future__ import annotations
 
 import marshal
-import sqlite3
-from dataclasses import fields
-from operator import attrgetter
+import os
+import tempfile
+from array import array
 from typing import Protocol
 
+from handshake_viz.errors import OutputError
 from handshake_viz.model import ConnectionSummary, Direction, TcpState
-from handshake_viz.tracked import TrackedConn, TrackedFlow, summary_of
-from handshake_viz.zeek import EndpointState, ZeekEndpoint, ZeekView
+
+from .tracked import TrackedConn, TrackedFlow, summary_of
+from .zeek import EndpointState, ZeekEndpoint, ZeekView
 
 __all__ = [
     "ConnectionStore",
+    "FileStore",
     "MemoryStore",
-    "SqliteStore",
     "pack",
     "store_key",
     "unpack",
@@ -66,64 +69,115 @@ def store_key(a: tuple[str, int], b: tuple[str, int]) -> str:
 
 
 # What is packed of each record: everything but the references between them, which
-# unpack makes again, and the enums, stored by value.
-_FLOW_LINKS = ("dir", "state", "conn", "peer", "zeek")
-_FLOW_SCALARS = tuple(f.name for f in fields(TrackedFlow) if f.name not in _FLOW_LINKS)
-_ZEND_SCALARS = tuple(f.name for f in fields(ZeekEndpoint) if f.name not in ("state", "prev_state"))
+# unpack makes again, and the enums, stored by value.  Named here one by one (the
+# records' own __slots__ say the same; tests/test_spill.py holds them to it).
+_FLOW_SCALARS = (
+    "nextseq", "nextseq_time", "maxseqtobeacked", "lastack", "lastack_time", "dupacks", "window",
+    "win_scale", "last_flags", "base", "syn_seq", "fin_end", "fin_acked", "syn_acked",
+    "highest_ack", "data_end", "ready",
+)
+_ZEND_SCALARS = (
+    "start_seq", "seen", "last_syn", "last_fin", "last_rst", "last_seq", "rxmits", "gaps",
+    "zero_windows", "contig", "blocks", "missed", "wraps", "ack_beyond", "fins", "pkts",
+    "bad_checksums", "did_close",
+)
 _CONN_SCALARS = ("index", "client", "server", "roles_guessed", "first_ts", "last_ts", "segments",
                  "syn_time", "first_rtt", "ip_version", "closed", "handshake_acked")
-_flow_scalars = attrgetter(*_FLOW_SCALARS)
-_zend_scalars = attrgetter(*_ZEND_SCALARS)
-_conn_scalars = attrgetter(*_CONN_SCALARS)
-# The Zeek view's own fields (its two endpoints apart).
-# ``likely`` is the tracker's (shared by every view): unpack's caller sets it again.
-_VIEW_SCALARS = tuple(n for n in ZeekView.__slots__ if n not in ("ends", "likely"))
-_view_scalars = attrgetter(*_VIEW_SCALARS)
+_LAST = ("last_seq", "last_ack", "last_flags", "last_win", "last_length", "last_payload",
+         "last_options", "last_ip_id")
+# The Zeek view's own fields (its two endpoints apart; ``likely`` is the tracker's,
+# shared by every view: unpack's caller gives it again).
+_VIEW_SCALARS = ("orig_is_client", "history", "first_ts", "last_ts", "syn_ts", "closed",
+                 "h_first", "rows")
+
+
+def _set(obj: object, names: tuple[str, ...], values: tuple[object, ...]) -> None:
+    for name, value in zip(names, values):
+        setattr(obj, name, value)
+
+
+# The values of those names, spelled out: read as fields (C fields, compiled), not looked
+# up by name, since a capture stores most of its connections.  tests/test_spill.py holds
+# each to its names.
+def _flow_values(f: TrackedFlow) -> tuple[object, ...]:
+    return (f.nextseq, f.nextseq_time, f.maxseqtobeacked, f.lastack, f.lastack_time, f.dupacks,
+            f.window, f.win_scale, f.last_flags, f.base, f.syn_seq, f.fin_end, f.fin_acked,
+            f.syn_acked, f.highest_ack, f.data_end, f.ready)
+
+
+def _end_values(e: ZeekEndpoint) -> tuple[object, ...]:
+    return (e.start_seq, e.seen, e.last_syn, e.last_fin, e.last_rst, e.last_seq, e.rxmits, e.gaps,
+            e.zero_windows, e.contig, e.blocks, e.missed, e.wraps, e.ack_beyond, e.fins, e.pkts,
+            e.bad_checksums, e.did_close)
+
+
+def _conn_values(c: TrackedConn) -> tuple[object, ...]:
+    return (c.index, c.client, c.server, c.roles_guessed, c.first_ts, c.last_ts, c.segments,
+            c.syn_time, c.first_rtt, c.ip_version, c.closed, c.handshake_acked)
+
+
+def _last_values(c: TrackedConn) -> tuple[object, ...]:
+    return (c.last_seq, c.last_ack, c.last_flags, c.last_win, c.last_length, c.last_payload,
+            c.last_options, c.last_ip_id)
+
+
+def _view_values(z: ZeekView) -> tuple[object, ...]:
+    return (z.orig_is_client, z.history, z.first_ts, z.last_ts, z.syn_ts, z.closed, z.h_first,
+            z.rows)
 
 
 def pack(conn: TrackedConn) -> bytes:
-    """Everything the tracker knows of ``conn``, and its summary, as marshal bytes (about
-    500 bytes, against about 2 KB as objects); :func:`unpack` gives it back exactly."""
+    """Everything the tracker knows of ``conn`` as marshal bytes (about 700 bytes,
+    against about 2 KB as objects), its summary first: the summary's length (two
+    bytes), the summary's marshal bytes, then the state's.  :func:`unpack` gives the
+    connection back exactly, :func:`unpack_summary` reads only the summary."""
     z = conn.zeek
-    flows = tuple((f.state.value, *_flow_scalars(f)) for f in (conn.c2s, conn.s2c))
-    ends = tuple((int(e.state), int(e.prev_state), *_zend_scalars(e)) for e in z.ends)
-    last = conn.last
-    if last is not None:  # the flow it names, as "is c2s"
-        last = (last[0] is conn.c2s, *last[1:])
-    state = (*_conn_scalars(conn), flows, _view_scalars(z), ends, last)
-    return marshal.dumps((state, conn.summary_fields()))
+    c2s, s2c = conn.c2s, conn.s2c
+    o, r = z.ends
+    # (enum members by value: ``_value_``, what ``.value`` reads, without its property)
+    flows = ((c2s.state._value_, _flow_values(c2s)), (s2c.state._value_, _flow_values(s2c)))
+    ends = ((o.state._value_, o.prev_state._value_, _end_values(o)),
+            (r.state._value_, r.prev_state._value_, _end_values(r)))
+    # the previous segment's flow, as "is c2s" (None before the first)
+    last_flow = conn.last_flow
+    last = (None if last_flow is None else last_flow is c2s, _last_values(conn))
+    state = (_conn_values(conn), flows, _view_values(z), ends, last)
+    summary = marshal.dumps(conn.summary_fields())
+    return len(summary).to_bytes(2, "little") + summary + marshal.dumps(state)
 
 
 def unpack(blob: bytes, likely: frozenset[int] = frozenset()) -> TrackedConn:
     """The connection :func:`pack` packed, not yet in the tracker's queues; ``likely``:
     the tracker's likely server ports, which its Zeek view needs again."""
-    state, _ = marshal.loads(blob)
-    conn = TrackedConn.__new__(TrackedConn)
-    n = len(_CONN_SCALARS)
-    for name, value in zip(_CONN_SCALARS, state[:n]):
-        setattr(conn, name, value)
-    flows, view, ends, last = state[n:]
+    scalars, flows, view, ends, last = marshal.loads(blob[2 + int.from_bytes(blob[:2], "little"):])
     z = ZeekView.__new__(ZeekView)
     z.likely = likely
-    for name, value in zip(_VIEW_SCALARS, view):
-        setattr(z, name, value)
-    z.ends = tuple(  # type: ignore[assignment]
-        ZeekEndpoint(EndpointState(e[0]), EndpointState(e[1]), *e[2:]) for e in ends)
+    _set(z, _VIEW_SCALARS, view)
+    z.ends = (ZeekEndpoint(), ZeekEndpoint())
+    for e, (state, prev_state, values) in zip(z.ends, ends):
+        e.state, e.prev_state = EndpointState(state), EndpointState(prev_state)
+        _set(e, _ZEND_SCALARS, values)
+    conn = TrackedConn.__new__(TrackedConn)
+    _set(conn, _CONN_SCALARS, scalars)
     conn.zeek = z
-    conn.c2s, conn.s2c = (
-        TrackedFlow(dir=d, state=TcpState(f[0]), conn=conn, zeek=z.ends[d is Direction.C2S],
-                    **dict(zip(_FLOW_SCALARS, f[1:])))
-        for d, f in zip((Direction.C2S, Direction.S2C), flows)
-    )
-    conn.c2s.peer, conn.s2c.peer = conn.s2c, conn.c2s
     conn.queued = False
-    conn.last = None if last is None else ((conn.c2s if last[0] else conn.s2c), *last[1:])
+    conn.c2s, conn.s2c = (
+        TrackedFlow(d, TcpState(state), conn, z.ends[d is Direction.C2S])
+        for d, (state, _) in zip((Direction.C2S, Direction.S2C), flows)
+    )
+    for flow, (_, values) in zip((conn.c2s, conn.s2c), flows):
+        _set(flow, _FLOW_SCALARS, values)
+    conn.c2s.peer, conn.s2c.peer = conn.s2c, conn.c2s
+    is_c2s, values = last
+    conn.last_flow = None if is_c2s is None else conn.c2s if is_c2s else conn.s2c
+    _set(conn, _LAST, values)
     return conn
 
 
 def unpack_summary(blob: bytes) -> ConnectionSummary:
-    """The summary of the connection :func:`pack` packed (without unpacking the rest)."""
-    return summary_of(marshal.loads(blob)[1])
+    """The summary of the connection :func:`pack` packed (without unpacking the rest:
+    marshal reads the first object and ignores what follows)."""
+    return summary_of(marshal.loads(memoryview(blob)[2:]))
 
 
 class MemoryStore:
@@ -150,71 +204,123 @@ class MemoryStore:
         return len(self._by_conn)
 
 
-class SqliteStore:
-    """A ConnectionStore in a private temporary SQLite database (deleted on close).
+class FileStore:
+    """A ConnectionStore in a private temporary file (removed when closed, or when the
+    process ends however it ends: it is unlinked from the start).
 
-    SQLite's page cache is set to ``cache_kib`` (default 4 MiB); beyond that the
-    database lives in a temporary file.  Puts are written 512 at a time (reads look
-    at the unwritten ones first), so a put costs a few microseconds.
+    Each put appends a record (the key's length and bytes, then the state) to a
+    buffer written to the file a megabyte at a time; memory keeps, per connection
+    number, where its newest record is and how long (12 bytes), and per put the
+    key's hash and the connection (12 bytes).  The tracker asks for every 4-tuple it
+    has not seen yet, which is nearly always one never stored: a Bloom filter of the
+    stored keys (1 MiB, two bits a key: at 200,000 keys one answer in 400 is a false
+    "maybe") answers most of those at once; the others look through the hashes.
+    ``directory``: where the file goes (default: the system's temporary directory).
     """
 
-    def __init__(self, cache_kib: int = 4096) -> None:
-        # "" is SQLite's private temporary database: on disk once it outgrows the cache.
-        self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
-        self._db.executescript(f"""
-            PRAGMA cache_size = -{int(cache_kib)};
-            PRAGMA journal_mode = OFF;
-            PRAGMA synchronous = OFF;
-            CREATE TABLE conns (conn INTEGER PRIMARY KEY, key TEXT NOT NULL, state BLOB NOT NULL);
-            CREATE INDEX by_key ON conns (key, conn);
-        """)
-        # puts not yet written, by connection number; written 512 at a time
-        self._pending: dict[int, tuple[str, bytes]] = {}
-        self._pending_keys: dict[str, int] = {}  # newest pending connection per key
+    _BLOOM_BITS = 1 << 23
+    _WRITE = 1 << 20
 
-    def _flush(self) -> None:
-        if self._pending:
-            db = self._db
-            db.execute("BEGIN")  # one transaction for the batch, not one per row
-            db.executemany(
-                "INSERT OR REPLACE INTO conns VALUES (?, ?, ?)",
-                [(conn, key, state) for conn, (key, state) in self._pending.items()],
-            )
-            db.execute("COMMIT")
-            self._pending.clear()
-            self._pending_keys.clear()
+    def __init__(self, directory: str | None = None) -> None:
+        try:
+            self._file = tempfile.TemporaryFile(dir=directory)
+        except OSError as exc:
+            raise OutputError(f"cannot make the temporary store of finished connections: {exc}") from None
+        self._fd = self._file.fileno()
+        self._written = 0  # bytes in the file
+        self._buffer = bytearray()  # records not written yet (they follow the file's bytes)
+        self._where = array("q")  # by connection: its newest record's offset, -1 if none
+        self._length = array("I")  # by connection: that record's length
+        self._hashes = array("q")  # per put: hash(key)
+        self._owners = array("q")  # per put: the connection
+        self._bloom = bytearray(self._BLOOM_BITS >> 3)
+
+    def _bits(self, key: str) -> tuple[int, int, int]:
+        h = hash(key)
+        mask = self._BLOOM_BITS - 1
+        return h, h & mask, (h >> 23) & mask
 
     def put(self, conn: int, key: str, state: bytes) -> None:
-        self._pending[conn] = (key, state)
-        if self._pending_keys.get(key, -1) < conn:
-            self._pending_keys[key] = conn
-        if len(self._pending) >= 512:
+        h, one, two = self._bits(key)
+        bloom = self._bloom
+        bloom[one >> 3] |= 1 << (one & 7)
+        bloom[two >> 3] |= 1 << (two & 7)
+        encoded = key.encode()
+        record = len(encoded).to_bytes(2, "little") + encoded + state
+        where, length = self._where, self._length
+        while len(where) <= conn:
+            where.append(-1)
+            length.append(0)
+        where[conn] = self._written + len(self._buffer)
+        length[conn] = len(record)
+        self._hashes.append(h)
+        self._owners.append(conn)
+        self._buffer += record
+        if len(self._buffer) >= self._WRITE:
             self._flush()
 
+    def _flush(self) -> None:
+        view = memoryview(self._buffer)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+                self._written += n
+        except OSError as exc:
+            raise OutputError(f"cannot write the temporary store of finished connections: "
+                              f"{exc.strerror or exc}") from None
+        finally:
+            view.release()
+        self._buffer.clear()
+
+    def _record(self, conn: int) -> bytes | None:
+        if conn < 0 or conn >= len(self._where) or self._where[conn] < 0:
+            return None
+        offset, length = self._where[conn], self._length[conn]
+        if offset >= self._written:
+            start = offset - self._written
+            return bytes(self._buffer[start : start + length])
+        try:
+            return os.pread(self._fd, length, offset)
+        except OSError as exc:
+            raise OutputError(f"cannot read the temporary store of finished connections: "
+                              f"{exc.strerror or exc}") from None
+
+    @staticmethod
+    def _split(record: bytes) -> tuple[str, bytes]:
+        n = int.from_bytes(record[:2], "little")
+        return record[2 : 2 + n].decode(), record[2 + n :]
+
     def get(self, conn: int) -> bytes | None:
-        entry = self._pending.get(conn)
-        if entry is not None:
-            return entry[1]
-        row = self._db.execute("SELECT state FROM conns WHERE conn = ?", (conn,)).fetchone()
-        return None if row is None else bytes(row[0])
+        record = self._record(conn)
+        return None if record is None else self._split(record)[1]
 
     def find(self, key: str) -> tuple[int, bytes] | None:
-        row = self._db.execute(
-            "SELECT conn, state FROM conns WHERE key = ? ORDER BY conn DESC LIMIT 1", (key,)
-        ).fetchone()
-        pending = self._pending_keys.get(key)
-        if pending is not None and (row is None or pending > row[0]):
-            return pending, self._pending[pending][1]
-        return None if row is None else (int(row[0]), bytes(row[1]))
+        h, one, two = self._bits(key)
+        bloom = self._bloom
+        if not (bloom[one >> 3] & 1 << (one & 7) and bloom[two >> 3] & 1 << (two & 7)):
+            return None  # never stored
+        best: tuple[int, bytes] | None = None
+        hashes, owners = self._hashes, self._owners
+        i = -1
+        while True:
+            try:
+                i = hashes.index(h, i + 1)
+            except ValueError:
+                return best
+            conn = owners[i]
+            if best is None or conn > best[0]:
+                stored, state = self._split(self._record(conn))  # type: ignore[arg-type]
+                if stored == key:
+                    best = conn, state
 
     def __len__(self) -> int:
-        self._flush()
-        return int(self._db.execute("SELECT count(*) FROM conns").fetchone()[0])
+        return sum(1 for offset in self._where if offset >= 0)
 
     def close(self) -> None:
-        self._db.close()
+        self._file.close()
 
-    def __enter__(self) -> SqliteStore:
+    def __enter__(self) -> FileStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -63,8 +63,8 @@ from __future__ import annotations
 import enum
 
 from handshake_viz.model import TcpState
-from handshake_viz.seqnum import ACK, FIN, HALF, MASK, RST, SYN
-from handshake_viz.seqnum import members as _members
+from .seqnum import ACK, FIN, HALF, MASK, RST, SYN, UNSET
+from .seqnum import members as _members
 
 __all__ = [
     "TRANSITIONS",
@@ -216,14 +216,14 @@ def initial_states(flags: int) -> tuple[TcpState, TcpState]:
 
 def is_acceptable(seq: int, seg_len: int, rcv_nxt: int | None) -> bool:
     """§3.10.7.4 first check, as far as an observer can make it: False for a segment
-    wholly before the receiver's RCV.NXT (``rcv_nxt``, the highest ACK it sent; None
-    if it sent none), which the receiver only answers with an ACK.
+    wholly before the receiver's RCV.NXT (``rcv_nxt``, the highest ACK it sent; None,
+    or seqnum.UNSET, if it sent none), which the receiver only answers with an ACK.
 
     ``seg_len`` counts the payload and the FIN (SEG.LEN without the SYN: segments
     with SYN or RST never reach this check).  The receiver's window is not known to
     the observer, so only the left edge is checked.
     """
-    if rcv_nxt is None:
+    if rcv_nxt is None or rcv_nxt == UNSET:
         return True
     last = seq if seg_len == 0 else (seq + seg_len - 1) & MASK
     return ((last - rcv_nxt) & MASK) < HALF  # last >= rcv_nxt (seqnum.seq_ge, inlined)
@@ -282,21 +282,23 @@ def after_segment(
     :func:`segment_events`)."""
     if not (flags & (SYN | FIN | RST) or acks_syn or acks_fin):
         return sender, receiver  # no event either side: most segments the tracker asks about
-    key = (flags & (SYN | ACK | FIN | RST), acks_syn, syn_acked, acks_fin, peer_fin_unacked,
-           acceptable)
-    try:
-        sent, received = _EVENTS[key]
-    except KeyError:
-        sent, received = _EVENTS[key] = segment_events(
+    key = (flags & (SYN | ACK | FIN | RST) | acks_syn << 5 | syn_acked << 6 | acks_fin << 7
+           | peer_fin_unacked << 8 | acceptable << 9)
+    found = _EVENTS.get(key)
+    if found is None:
+        found = _EVENTS[key] = segment_events(
             flags, acks_syn=acks_syn, syn_acked=syn_acked, acks_fin=acks_fin,
             peer_fin_unacked=peer_fin_unacked, acceptable=acceptable)
+    sent, received = found
     for event in sent:
-        sender = _SEND[sender].get(event, sender)
+        table = _SEND[sender]
+        sender = table.get(event, sender)
     for event in received:
-        receiver = _RECV[receiver].get(event, receiver)
+        table = _RECV[receiver]
+        receiver = table.get(event, receiver)
     return sender, receiver
 
 
-# segment_events by its arguments: a few dozen combinations occur, and the tracker asks
-# for one on every segment its fast path does not take.
-_EVENTS: dict[tuple[int, bool, bool, bool, bool, bool], tuple[Events, Events]] = {}
+# segment_events by its arguments (as the bits of one number): a few dozen combinations
+# occur, and the tracker asks for one on every segment its fast path does not take.
+_EVENTS: dict[int, tuple[Events, Events]] = {}

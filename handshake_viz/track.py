@@ -58,40 +58,24 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar, overload
+from typing import Any
 
 from handshake_viz.checksum import ANALYSIS_BITS, GOOD, ZEEK_IGNORES
-from handshake_viz.model import (
-    Analysis,
-    ConnectionSummary,
-    Direction,
-    Label,
-    Packet,
-    Phase,
-    Segment,
-    TcpState,
-    ZeekConnection,
-    fast_constructor,
-    make_packet as _make_packet,
-)
-from handshake_viz.seqanalysis import (
-    A_DUPLICATE,
-    DUPLICATE_WINDOW,
-    analysis_names,
-    analyze,
-    scaled_window,
-)
-from handshake_viz.seqnum import ACK, FIN, HALF, MASK, RST, SYN
-from handshake_viz.seqnum import members as _members
-from handshake_viz.seqnum import seq_ge as _seq_ge
-from handshake_viz.seqnum import seq_gt as _seq_gt
-from handshake_viz.spill import ConnectionStore, pack, store_key, unpack, unpack_summary
-from handshake_viz.tcpstate import after_segment, initial_states, is_acceptable
-from handshake_viz.tracked import TrackedConn, TrackedFlow
-from handshake_viz.zeek import INACTIVITY_TIMEOUT as ZEEK_INACTIVITY
-from handshake_viz.zeek import Z, ZeekView
+from handshake_viz.model import Direction, Label, Phase, Segment, TcpState, fast_constructor
+from handshake_viz.model import Analysis, ConnectionSummary, Packet, ZeekConnection
 
-__all__ = ["LIKELY_SERVER_PORTS", "Tracker", "discard", "track"]
+from .seqanalysis import DUPLICATE_WINDOW, analysis_names, analyze, scaled_window
+from .seqnum import A_DUPLICATE, ACK, FIN, HALF, MASK, RST, SYN, UNSET
+from .seqnum import members as _members
+from .seqnum import seq_ge as _seq_ge
+from .seqnum import seq_gt as _seq_gt
+from .spill import ConnectionStore, pack, store_key, unpack, unpack_summary
+from .tcpstate import after_segment, initial_states, is_acceptable
+from .tracked import TrackedConn, TrackedFlow
+from .zeek import INACTIVITY_TIMEOUT as ZEEK_INACTIVITY
+from .zeek import Z, ZeekEndpoint, ZeekView
+
+__all__ = ["LIKELY_SERVER_PORTS", "Sink", "Tracker", "discard", "track"]
 
 C2S = Direction.C2S
 
@@ -108,11 +92,10 @@ LIKELY_SERVER_PORTS: frozenset[int] = frozenset(
 
 L = _members(Label)
 P = _members(Phase)
-
-
-# Zeek endpoint states in which a segment may end Zeek's connection (its attempt and
-# close timers run, or a SYN would start the next one): the general path's.
-_ZEEK_NOT_STEADY = frozenset({Z.INACTIVE, Z.CLOSED, Z.RESET})
+# The members the fast path names on every segment, as plain globals (cheaper still).
+_ACK, _DATA, _PIGGYBACK, _IN_DATA = Label.ACK, Label.DATA, Label.PIGGYBACK, Phase.DATA
+_Z_INACTIVE, _Z_CLOSED, _Z_RESET = Z.INACTIVE, Z.CLOSED, Z.RESET
+_NO_ANALYSIS: tuple[Analysis, ...] = ()
 
 
 def _ready(fwd: TrackedFlow, rev: TrackedFlow) -> bool:
@@ -123,19 +106,27 @@ def _ready(fwd: TrackedFlow, rev: TrackedFlow) -> bool:
     be the handshake's ACK, which sets it), and both Zeek endpoints are initialised and
     neither is inactive, closed or reset (no Zeek timer but inactivity can end its
     connection).  Only ``Tracker._feed`` changes any of these (``_steady``
-    moves ``highest_ack``, but never back to None)."""
+    moves ``highest_ack``, but never back to UNSET)."""
     conn = fwd.conn
+    zfwd, zrev = fwd.zeek, rev.zeek
     return (
-        fwd.highest_ack is not None
-        and fwd.fin_end is None
-        and rev.fin_end is None
-        and (rev.syn_seq is None or rev.syn_acked)
+        fwd.highest_ack != UNSET
+        and fwd.fin_end == UNSET
+        and rev.fin_end == UNSET
+        and (rev.syn_seq == UNSET or rev.syn_acked)
         and not (conn.first_rtt is None and conn.syn_time is not None)
-        and fwd.zeek.state not in _ZEEK_NOT_STEADY
-        and rev.zeek.state not in _ZEEK_NOT_STEADY
-        and fwd.zeek.start_seq is not None
-        and rev.zeek.start_seq is not None
+        and _zeek_steady(zfwd)
+        and _zeek_steady(zrev)
     )
+
+
+def _zeek_steady(end: ZeekEndpoint) -> bool:
+    """A Zeek endpoint that is initialised and neither inactive, closed nor reset: one
+    on which a segment may end Zeek's connection (its attempt and close timers run, or
+    a SYN would start the next one) only by inactivity."""
+    state = end.state
+    return (end.start_seq is not None and state is not _Z_INACTIVE and state is not _Z_CLOSED
+            and state is not _Z_RESET)
 
 
 def _looks_like_server(sport: int, dport: int, likely: frozenset[int]) -> bool:
@@ -160,15 +151,28 @@ def discard(*fields: object) -> bool:
     return True
 
 
+class Sink:
+    """What a compiled front end (``handshake_viz._compiled``) gives a Tracker instead of
+    a ``record``: :meth:`segment` gets what ``record`` would (the connection and the
+    flow themselves instead of their number and direction, the analysis as bits), as
+    C values, so that nothing is built for a segment the front end only counts, prints
+    or skips.  A Tracker with a sink returns what ``segment`` returns.  The Python
+    path never sets one."""
+
+    def segment(self, conn: TrackedConn, fwd: TrackedFlow, frame: int, ts: float, src: str,
+                sport: int, dst: str, dport: int, seq: int, ack: int, rel_seq: int,
+                rel_ack: int | None, length: int, flags: int, win: int, label: Label,
+                phase: Phase, bits: int, payload: bytes, raw_options: bytes,
+                ip_version: int) -> Any:
+        raise NotImplementedError
+
+
 # --------------------------------------------------------------------------------------
 # The tracker
 # --------------------------------------------------------------------------------------
 
 
-R = TypeVar("R")
-
-
-class Tracker(Generic[R]):
+class Tracker:
     """Feed it Packets in capture order; it returns one Segment per Packet.
 
     >>> tracker = Tracker()
@@ -192,18 +196,6 @@ class Tracker(Generic[R]):
     take apart again), and ``--summary`` passes :func:`discard`.
     """
 
-    @overload
-    def __init__(
-        self: Tracker[Segment], *, likely_server_ports: Iterable[int] = ...,
-        store: ConnectionStore | None = ..., keep_finished: int = ...,
-    ) -> None: ...
-
-    @overload
-    def __init__(
-        self: Tracker[R], *, likely_server_ports: Iterable[int] = ..., record: Callable[..., R],
-        store: ConnectionStore | None = ..., keep_finished: int = ...,
-    ) -> None: ...
-
     def __init__(
         self,
         *,
@@ -214,6 +206,7 @@ class Tracker(Generic[R]):
     ) -> None:
         self._likely = frozenset(likely_server_ports)
         self._make: Callable[..., Any] = _make_segment if record is None else record
+        self._sink: Sink | None = None  # (compiled front ends only: see Sink)
         # (src, sport, dst, dport) as the packet has them -> the flow in that direction;
         # both directions of a connection are entered.
         self._flows: dict[tuple[str, int, str, int], TrackedFlow] = {}
@@ -226,9 +219,9 @@ class Tracker(Generic[R]):
 
     # -- public ---------------------------------------------------------------------
 
-    def feed(self, p: Packet) -> R:
+    def feed(self, p: Packet) -> Any:
         """Label one packet; the returned Segment's states are those *after* it."""
-        return self.feed_fields(
+        return self.feed_fields(  # type: ignore[no-any-return]
             p.frame, p.ts, p.src, p.sport, p.dst, p.dport, p.seq, p.ack, p.flags, p.win,
             p.length, p.payload, p.raw_options, p.ip_version, p.ip_id,
         )  # fmt: skip
@@ -237,13 +230,13 @@ class Tracker(Generic[R]):
         self, frame: int, ts: float, src: str, sport: int, dst: str, dport: int, seq: int,
         ack: int, flags: int, win: int, length: int, payload: bytes = b"",
         raw_options: bytes = b"", ip_version: int = 4, ip_id: int = 0,
-    ) -> R:
+    ) -> Any:
         """``feed`` for a packet given as Packet's fields, in order (the parameters are
         Packet's, name for name: tests/test_track.py holds them to it).
 
         ``reader.records(tracker.feed_fields)`` decodes and tracks with no Packet
-        built for the segments the fast path takes (most of them): a Packet's
-        construction and the reads of its fields cost a sixth of tracking.
+        built: a Packet's construction and the reads of its fields would cost a sixth
+        of tracking.
         """
         fwd = self._flows.get((src, sport, dst, dport))
         if fwd is None and self._stored:
@@ -252,19 +245,18 @@ class Tracker(Generic[R]):
             seg = self._steady(fwd, frame, ts, src, sport, dst, dport, seq, ack, flags, win,
                                length, payload, raw_options, ip_version, ip_id)
             if seg is not None:
-                return seg
-        p = _make_packet(frame, ts, src, sport, dst, dport, seq, ack, flags, win, length,
-                         payload, raw_options, ip_version, ip_id)
-        if fwd is None or (flags & (SYN | ACK) == SYN and fwd.base is not None and seq != fwd.base):
+                return seg  # type: ignore[no-any-return]
+        if fwd is None or (flags & (SYN | ACK) == SYN and fwd.base != UNSET and seq != fwd.base):
             # a new 4-tuple, or port reuse (_reused, written out here on the hot path)
-            fwd = self._open(p)
-        return self._feed(fwd, p)
+            fwd = self._open(frame, ts, src, sport, dst, dport, flags, ip_version)
+        return self._feed(fwd, frame, ts, src, sport, dst, dport, seq, ack, flags, win,  # type: ignore[no-any-return]
+                          length, payload, raw_options, ip_version, ip_id, GOOD)
 
     def feed_checked(
         self, frame: int, ts: float, src: str, sport: int, dst: str, dport: int, seq: int,
         ack: int, flags: int, win: int, length: int, payload: bytes, raw_options: bytes,
         ip_version: int, ip_id: int, checksum: int,
-    ) -> R:
+    ) -> Any:
         """``feed_fields`` for a packet whose TCP checksum was verified: Packet's fields,
         then its status (``checksum``'s ``GOOD``, ``BAD``, ...), as
         ``reader.records(tracker.feed_checked, verify_checksums=True)`` hands them over.
@@ -281,9 +273,9 @@ class Tracker(Generic[R]):
         fwd = self._flows.get((src, sport, dst, dport))
         if fwd is None and self._stored:
             fwd = self._restore(src, sport, dst, dport)
-        p = _make_packet(frame, ts, src, sport, dst, dport, seq, ack, flags, win, length,
-                         payload, raw_options, ip_version, ip_id)
-        return self._feed(self._reused(fwd, p), p, checksum)
+        fwd = self._reused(fwd, frame, ts, src, sport, dst, dport, seq, flags, ip_version)
+        return self._feed(fwd, frame, ts, src, sport, dst, dport, seq, ack, flags, win,  # type: ignore[no-any-return]
+                          length, payload, raw_options, ip_version, ip_id, checksum)
 
     def feed_all(self, packets: Iterable[Packet]) -> int:
         """Feed every packet for the summaries' sake only; returns how many were fed.
@@ -345,26 +337,28 @@ class Tracker(Generic[R]):
 
     # -- internals -------------------------------------------------------------------
 
-    def _reused(self, fwd: TrackedFlow | None, p: Packet) -> TrackedFlow:
+    def _reused(self, fwd: TrackedFlow | None, frame: int, ts: float, src: str, sport: int,
+                dst: str, dport: int, seq: int, flags: int, ip_version: int) -> TrackedFlow:
         """The packet's flow: ``fwd``, unless this is a new 4-tuple (``fwd`` None) or port
         reuse -- a SYN with a new ISN starts a new connection (tcp.stream)."""
-        if fwd is None or (p.flags & (SYN | ACK) == SYN and fwd.base is not None and p.seq != fwd.base):
-            return self._open(p)
+        if fwd is None or (flags & (SYN | ACK) == SYN and fwd.base != UNSET and seq != fwd.base):
+            return self._open(frame, ts, src, sport, dst, dport, flags, ip_version)
         return fwd
 
-    def _open(self, p: Packet) -> TrackedFlow:
-        """Start the next connection number; return the packet's flow."""
-        flags = p.flags
+    def _open(self, frame: int, ts: float, src: str, sport: int, dst: str, dport: int,
+              flags: int, ip_version: int) -> TrackedFlow:
+        """Start the next connection number with the packet of these fields; return its flow."""
         # Who is the client: the SYN's sender, the SYN-ACK's receiver, else a guess.
         guessed = not flags & SYN
         if guessed:
-            client_is_src = not _looks_like_server(p.sport, p.dport, self._likely)
+            client_is_src = not _looks_like_server(sport, dport, self._likely)
         else:
             client_is_src = not flags & ACK
-        a, b = (p.src, p.sport), (p.dst, p.dport)
+        a, b = (src, sport), (dst, dport)
         client, server = (a, b) if client_is_src else (b, a)
         conn = TrackedConn(self._count, client, server, guessed, initial_states(flags),
-                           ZeekView(p, client_is_src, self._likely), p.ts, p.ip_version)
+                           ZeekView(client_is_src, flags, sport, dport, ts, self._likely),
+                           ts, ip_version)
         self._count += 1
         self._conns[conn.index] = conn
         self._enter(conn)
@@ -386,7 +380,7 @@ class Tracker(Generic[R]):
             return
         flows = self._flows
         while len(queue) > self._keep:
-            old = queue.popleft()
+            old: TrackedConn = queue.popleft()
             (cip, cport), (sip, sport) = old.client, old.server
             for key, flow in (((cip, cport, sip, sport), old.c2s), ((sip, sport, cip, cport), old.s2c)):
                 if flows.get(key) is flow:  # not if a newer connection took the 4-tuple over
@@ -396,7 +390,8 @@ class Tracker(Generic[R]):
             self._stored = True
             # A connection and its flows refer to each other: break the cycle, so that
             # they are freed now even with the cyclic collector off (as analyze runs).
-            old.c2s.conn = old.s2c.conn = old.c2s.peer = old.s2c.peer = None  # type: ignore[assignment]
+            old.c2s.conn = old.s2c.conn = None  # type: ignore[assignment]
+            old.c2s.peer = old.s2c.peer = old.last_flow = None  # type: ignore[assignment]
 
     def _restore(self, src: str, sport: int, dst: str, dport: int) -> TrackedFlow | None:
         """The packet's flow from the store (a late segment of a finished connection, or
@@ -413,25 +408,29 @@ class Tracker(Generic[R]):
         self._enter(conn)
         return self._flows.get((src, sport, dst, dport))
 
-    def _feed(self, fwd: TrackedFlow, p: Packet, checksum: int = GOOD) -> R:
+    def _feed(
+        self, fwd: TrackedFlow, frame: int, ts: float, src: str, sport: int, dst: str, dport: int,
+        seq: int, ack: int, flags: int, win: int, length: int, payload: bytes,
+        raw_options: bytes, ip_version: int, ip_id: int, checksum: int,
+    ) -> Any:
         """The general path: every rule, for any segment (``checksum``: its status, when
         verified: see ``feed_checked``)."""
-        flags, seq, ack, length, ts = p.flags, p.seq, p.ack, p.length, p.ts
         conn, rev = fwd.conn, fwd.peer
         conn.segments += 1
+        last_ts = conn.last_ts
         conn.last_ts = ts
 
         # ---- relative numbers (Wireshark's base_seq rules) --------------------------
-        if fwd.base is None:
+        if fwd.base == UNSET:
             fwd.base = seq if flags & SYN else (seq - 1) & MASK
-        elif flags & SYN and fwd.syn_seq is None:
+        elif flags & SYN and fwd.syn_seq == UNSET:
             # The first SYN this way sets the base even when a RST (or anything) came
             # first: tshark counts the responder's numbers from its SYN-ACK.
             fwd.base = seq
-        if rev.base is None and flags & ACK:
+        if rev.base == UNSET and flags & ACK:
             rev.base = (ack - 1) & MASK
         rel_seq = (seq - fwd.base) & MASK
-        rel_ack = (ack - rev.base) & MASK if flags & ACK and rev.base is not None else None
+        rel_ack = (ack - rev.base) & MASK if flags & ACK and rev.base != UNSET else None
 
         # ---- first RTT (SYN to the handshake's ACK): seqanalysis's out-of-order bound
         if flags & SYN and not flags & ACK:
@@ -440,21 +439,25 @@ class Tracker(Generic[R]):
             conn.first_rtt = ts - conn.syn_time
 
         # ---- Wireshark's sequence analysis ------------------------------------------
-        window = scaled_window(fwd, rev, flags, p.win, p.raw_options)
+        window = scaled_window(fwd, rev, flags, win, raw_options)
         bits = analyze(fwd, rev, flags, seq, ack, length, ts, window, conn.first_rtt)
-        last = conn.last
-        if (last is not None and last[0] is fwd and ts - last[9] <= DUPLICATE_WINDOW
-                and flags & (RST | ACK) != RST
-                and last[1:9] == (seq, ack, flags, p.win, length, p.payload, p.raw_options, p.ip_id)):
+        if (conn.last_flow is fwd and ts - last_ts <= DUPLICATE_WINDOW
+                and flags & (RST | ACK) != RST and conn.last_seq == seq and conn.last_ack == ack
+                and conn.last_flags == flags and conn.last_win == win
+                and conn.last_length == length and conn.last_ip_id == ip_id
+                and conn.last_payload == payload and conn.last_options == raw_options):
             # The capture saw this segment twice.  Not said of a bare RST: a stack sends
             # one per segment it refuses, each the same (RFC 9293 §3.10.7.1).
             bits |= A_DUPLICATE
-        conn.last = (fwd, seq, ack, flags, p.win, length, p.payload, p.raw_options, p.ip_id, ts)
+        conn.last_flow = fwd
+        conn.last_seq, conn.last_ack, conn.last_flags, conn.last_win = seq, ack, flags, win
+        conn.last_length, conn.last_payload, conn.last_options = length, payload, raw_options
+        conn.last_ip_id = ip_id
         if checksum:
             bits |= ANALYSIS_BITS[checksum]
 
         # ---- label, phase and RFC 9293 states ---------------------------------------
-        label, phase = self._label(conn, fwd, rev, p)
+        label, phase = self._label(conn, fwd, rev, flags, seq, ack, length)
 
         # ---- byte counts in sequence space (Zeek's orig_bytes) ----------------------
         if length:
@@ -462,23 +465,29 @@ class Tracker(Generic[R]):
             if data_rel_end < HALF and data_rel_end > fwd.data_end:
                 fwd.data_end = data_rel_end
 
-        conn.zeek.feed(p, fwd.dir is C2S, ZEEK_IGNORES[checksum])
+        conn.zeek.feed(fwd.dir is C2S, flags, seq, ack, length, len(payload), win, ts, sport, dport,
+                       ZEEK_IGNORES[checksum])
         fwd.ready = _ready(fwd, rev)
         rev.ready = _ready(rev, fwd)
         if conn.closed and not conn.queued:
             self._finished_now(conn)
 
+        sink = self._sink
+        if sink is not None:
+            return sink.segment(conn, fwd, frame, ts, src, sport, dst, dport, seq, ack, rel_seq,  # type: ignore[no-any-return]
+                                rel_ack, length, flags, win, label, phase, bits, payload,
+                                raw_options, ip_version)
         return self._make(  # type: ignore[no-any-return]
-            p.frame, ts, conn.index, fwd.dir, p.src, p.sport, p.dst, p.dport, seq, ack, rel_seq,
-            rel_ack, length, flags, p.win, label, phase, analysis_names(bits),
-            conn.c2s.state, conn.s2c.state, p.payload, p.raw_options, p.ip_version,
+            frame, ts, conn.index, fwd.dir, src, sport, dst, dport, seq, ack, rel_seq,
+            rel_ack, length, flags, win, label, phase, analysis_names(bits),
+            conn.c2s.state, conn.s2c.state, payload, raw_options, ip_version,
         )
 
     def _steady(
         self, fwd: TrackedFlow, frame: int, ts: float, src: str, sport: int, dst: str, dport: int,
         seq: int, ack: int, flags: int, win: int, length: int, payload: bytes,
         raw_options: bytes, ip_version: int, ip_id: int = 0,
-    ) -> R | None:
+    ) -> Any:
         """The fast path: an in-order ACK or data segment of a connection in full swing.
 
         Most of a capture is such segments, and for them ``_feed`` would flag nothing,
@@ -491,16 +500,16 @@ class Tracker(Generic[R]):
         Invariants it relies on: ``fwd.nextseq`` is non-zero only after ``_feed`` saw a
         segment this way (which set ``fwd.base``); ``fwd.highest_ack`` is set only by an
         ACK sent this way (which set ``rev.base``); a Zeek endpoint past INACTIVE has its
-        ``start_seq``, ``last_seq`` and ``contig``.
+        ``start_seq``, ``last_seq`` and ``contig``.  So none of those is UNSET here (nor
+        is the peer's window, once it is above 0).
         """
         nextseq = fwd.nextseq
         rev = fwd.peer
         # In order (not LOST, not a retransmission, out-of-order or keep-alive); neither
         # window zero (not ZERO WINDOW, not a ZERO WINDOW PROBE, no Zeek 'W'); and what
         # only the general path decides (_ready).
-        if seq != nextseq or not nextseq or not win or not rev.window or not fwd.ready:
+        if seq != nextseq or not nextseq or not win or rev.window <= 0 or not fwd.ready:
             return None
-        highest_ack: int = fwd.highest_ack  # type: ignore[assignment]
         conn = fwd.conn
         zeek = conn.zeek
         if ts - zeek.last_ts > ZEEK_INACTIVITY:
@@ -523,28 +532,32 @@ class Tracker(Generic[R]):
         if rev_max and 0 < ((ack - rev_max) & MASK) < HALF:
             return None
         # Zeek: both endpoints initialised, this one active, no retransmission ('T'), no
-        # content gap ('G').
+        # content gap ('G').  (_ready: neither endpoint is reset, so this one's last_seq
+        # moves with the data.)
         zend, zpeer = fwd.zeek, rev.zeek
-        zstate = zend.state
         last_seq: int = zend.last_seq  # type: ignore[assignment]
-        zadvance = zstate is not Z.RESET and 0 < ((end - last_seq) & MASK) < HALF
-        if length and ((not zadvance and zstate is not Z.RESET) or zend.blocks):
+        zadvance = 0 < ((end - last_seq) & MASK) < HALF
+        if length and (not zadvance or zend.blocks):
             return None  # a retransmission ('T'), or payload that may fill a hole
-        zcontig = zend.contig
-        if (length and zcontig is not None and 0 < ((seq - zcontig) & MASK) < HALF
-                and len(payload) >= length):
+        captured = len(payload)
+        zcontig: int = zend.contig  # type: ignore[assignment]
+        if length and 0 < ((seq - zcontig) & MASK) < HALF and captured >= length:
             return None  # payload beyond a hole in what was captured: a block to keep
-        peer_contig = zpeer.contig
-        if peer_contig is not None and 0 < ((ack - peer_contig) & MASK) < HALF:
+        peer_contig: int = zpeer.contig  # type: ignore[assignment]
+        if 0 < ((ack - peer_contig) & MASK) < HALF:
             return None
 
         # ---- all clear: the updates _feed would make ----------------------------------
-        conn.last = (fwd, seq, ack, flags, win, length, payload, raw_options, ip_id, ts)
+        conn.last_flow = fwd
+        conn.last_seq, conn.last_ack, conn.last_flags, conn.last_win = seq, ack, flags, win
+        conn.last_length, conn.last_payload, conn.last_options = length, payload, raw_options
+        conn.last_ip_id = ip_id
         conn.segments += 1
         conn.last_ts = ts
-        base = fwd.base
-        rel_seq = (seq - base) & MASK  # type: ignore[operator]
-        rel_ack = (ack - rev.base) & MASK  # type: ignore[operator]
+        base: int = fwd.base  # type: ignore[assignment]
+        rev_base: int = rev.base  # type: ignore[assignment]
+        rel_seq = (seq - base) & MASK
+        rel_ack = (ack - rev_base) & MASK
         # sequence analysis: nothing flagged
         if ack != lastack:
             fwd.dupacks = 0
@@ -559,11 +572,12 @@ class Tracker(Generic[R]):
         fwd.lastack_time = ts
         fwd.last_flags = 0
         # label: does the ACK field acknowledge new bytes?
+        highest_ack: int = fwd.highest_ack  # type: ignore[assignment]
         if 0 < ((ack - highest_ack) & MASK) < HALF:
             fwd.highest_ack = ack
-            label = L.PIGGYBACK if length else L.ACK
+            label = _PIGGYBACK if length else _ACK
         else:
-            label = L.DATA if length else L.ACK
+            label = _DATA if length else _ACK
         if length:
             data_rel_end = (rel_seq + length - 1) & MASK
             if data_rel_end < HALF and data_rel_end > fwd.data_end:
@@ -581,20 +595,23 @@ class Tracker(Generic[R]):
             if zend.ack_beyond:
                 zend.ack_beyond = max(0, zend.ack_beyond - ((end - last_seq) & MASK))
             zend.last_seq = end
-        if (length and zcontig is not None and len(payload) >= length
-                and 0 < ((end - zcontig) & MASK) < HALF):
+        if length and captured >= length and 0 < ((end - zcontig) & MASK) < HALF:
             zend.contig = end
+        sink = self._sink
+        if sink is not None:
+            return sink.segment(conn, fwd, frame, ts, src, sport, dst, dport, seq, ack, rel_seq,
+                                rel_ack, length, flags, win, label, _IN_DATA, 0, payload,
+                                raw_options, ip_version)
         return self._make(  # type: ignore[no-any-return]
             frame, ts, conn.index, fwd.dir, src, sport, dst, dport, seq, ack, rel_seq,
-            rel_ack, length, flags, win, label, P.DATA, (),
+            rel_ack, length, flags, win, label, _IN_DATA, _NO_ANALYSIS,
             conn.c2s.state, conn.s2c.state, payload, raw_options, ip_version,
         )
 
-    @staticmethod
-    def _label(conn: TrackedConn, fwd: TrackedFlow, rev: TrackedFlow, p: Packet) -> tuple[Label, Phase]:
+    def _label(self, conn: TrackedConn, fwd: TrackedFlow, rev: TrackedFlow, flags: int,
+               seq: int, ack: int, length: int) -> tuple[Label, Phase]:
         """The segment's label and phase; on the way, both endpoints' RFC 9293 states
         (from ``tcpstate``) and whether the connection is over."""
-        flags, seq, ack, length = p.flags, p.seq, p.ack, p.length
         # What the ACK field newly acknowledges (RFC 9293 §3.10.7.4, fifth check).
         acks_new = False
         acks_syn = acks_fin = False
@@ -602,15 +619,15 @@ class Tracker(Generic[R]):
             # "New bytes": beyond what this side acknowledged before and beyond the
             # peer's SYN (acknowledging only a SYN acknowledges no data).
             before = fwd.highest_ack
-            if before is None and rev.syn_seq is not None:
+            if before == UNSET and rev.syn_seq != UNSET:
                 before = (rev.syn_seq + 1) & MASK
-            if before is None or _seq_gt(ack, before):
-                acks_new = before is not None
-            if fwd.highest_ack is None or _seq_gt(ack, fwd.highest_ack):
+            if before == UNSET or _seq_gt(ack, before):
+                acks_new = before != UNSET
+            if fwd.highest_ack == UNSET or _seq_gt(ack, fwd.highest_ack):
                 fwd.highest_ack = ack
-            if rev.syn_seq is not None and not rev.syn_acked and _seq_gt(ack, rev.syn_seq):
+            if rev.syn_seq != UNSET and not rev.syn_acked and _seq_gt(ack, rev.syn_seq):
                 rev.syn_acked = acks_syn = True
-            if rev.fin_end is not None and not rev.fin_acked and _seq_ge(ack, rev.fin_end):
+            if rev.fin_end != UNSET and not rev.fin_acked and _seq_ge(ack, rev.fin_end):
                 rev.fin_acked = acks_fin = True
 
         # Both endpoints' RFC 9293 states, from what the segment acknowledges and whether
@@ -619,7 +636,7 @@ class Tracker(Generic[R]):
         # sequence number is wholly before it, and leaves the server in SYN-RECEIVED).
         fwd.state, rev.state = after_segment(
             fwd.state, rev.state, flags, acks_syn=acks_syn, syn_acked=rev.syn_acked,
-            acks_fin=acks_fin, peer_fin_unacked=rev.fin_end is not None and not rev.fin_acked,
+            acks_fin=acks_fin, peer_fin_unacked=rev.fin_end != UNSET and not rev.fin_acked,
             acceptable=is_acceptable(seq, length + (flags & FIN), rev.highest_ack),
         )
 
@@ -634,7 +651,7 @@ class Tracker(Generic[R]):
         phase = P.DATA
         if flags & FIN:
             end = (seq + length + 1) & MASK
-            if fwd.fin_end is None or _seq_gt(end, fwd.fin_end):
+            if fwd.fin_end == UNSET or _seq_gt(end, fwd.fin_end):
                 fwd.fin_end = end
             # A FIN that newly acknowledges the peer's FIN merges the middle two
             # segments of the four-way close (RFC 9293 §3.6, figure 12's "FIN,ACK").
@@ -646,7 +663,7 @@ class Tracker(Generic[R]):
             label = L.ACK
             if acks_syn and not conn.handshake_acked:
                 phase = P.HANDSHAKE
-            elif acks_fin or (rev.fin_end is not None and fwd.fin_end is not None):
+            elif acks_fin or (rev.fin_end != UNSET and fwd.fin_end != UNSET):
                 phase = P.CLOSE
         if acks_syn:
             conn.handshake_acked = True
@@ -655,7 +672,7 @@ class Tracker(Generic[R]):
         return label, phase
 
 
-def track(packets: Iterable[Packet], tracker: Tracker[Segment] | None = None) -> Iterator[Segment]:
+def track(packets: Iterable[Packet], tracker: Tracker | None = None) -> Iterator[Segment]:
     """Label a stream of packets lazily: ``for seg in track(open_capture(path)): …``."""
     t = tracker if tracker is not None else Tracker()
     feed = t.feed

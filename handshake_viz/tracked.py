@@ -10,16 +10,14 @@ sequence analysis fields are ``seqanalysis.SeqFlow``'s, the Zeek records
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from handshake_viz.model import ConnectionSummary, Direction, Endpoint, TcpState, ZeekConnection
-from handshake_viz.seqanalysis import SeqFlow
-from handshake_viz.zeek import ZeekEndpoint, ZeekView
+from .seqanalysis import SeqFlow
+from .seqnum import UNSET
+from .zeek import ZeekEndpoint, ZeekView
 
 __all__ = ["SummaryFields", "TrackedConn", "TrackedFlow", "summary_of"]
 
 
-@dataclass(slots=True, eq=False)
 class TrackedFlow(SeqFlow):
     """What one direction of one connection has shown so far (besides the sequence
     analysis fields it inherits).
@@ -30,30 +28,41 @@ class TrackedFlow(SeqFlow):
     needs from the flow it looked up, without enum-keyed dictionaries.
     """
 
-    dir: Direction = Direction.C2S
-    state: TcpState = TcpState.CLOSED
-    conn: TrackedConn = field(default=None, repr=False)  # type: ignore[assignment]
-    peer: TrackedFlow = field(default=None, repr=False)  # type: ignore[assignment]
-    zeek: ZeekEndpoint = field(default=None, repr=False)  # type: ignore[assignment]
-    base: int | None = None  # ISN (seq of SYN) or first seq - 1
-    syn_seq: int | None = None  # raw seq of the SYN sent this way
-    fin_end: int | None = None  # raw seq just past the FIN sent this way
-    fin_acked: bool = False
-    syn_acked: bool = False
-    highest_ack: int | None = None  # highest ack number sent this way
-    data_end: int = 0  # highest relative end of payload (sequence space, excl. SYN/FIN)
-    # The conditions of Tracker._steady that only the general path can change, as of
-    # the last segment it took either way (see track._ready).
-    ready: bool = False
+    __slots__ = ("dir", "state", "conn", "peer", "zeek", "base", "syn_seq", "fin_end",
+                 "fin_acked", "syn_acked", "highest_ack", "data_end", "ready")
+
+    def __init__(self, dir: Direction, state: TcpState, conn: TrackedConn, zeek: ZeekEndpoint) -> None:
+        SeqFlow.__init__(self)
+        self.dir = dir
+        self.state = state
+        self.conn = conn
+        self.peer: TrackedFlow = None  # type: ignore[assignment]  # (set by TrackedConn)
+        self.zeek = zeek
+        # (UNSET: none yet)
+        self.base = UNSET  # ISN (seq of SYN) or first seq - 1
+        self.syn_seq = UNSET  # raw seq of the SYN sent this way
+        self.fin_end = UNSET  # raw seq just past the FIN sent this way
+        self.fin_acked = False
+        self.syn_acked = False
+        self.highest_ack = UNSET  # highest ack number sent this way
+        self.data_end = 0  # highest relative end of payload (sequence space, excl. SYN/FIN)
+        # The conditions of Tracker._steady that only the general path can change, as of
+        # the last segment it took either way (see track._ready).
+        self.ready = False
 
 
 class TrackedConn:
-    """One connection: its number, its endpoints, its two flows and its Zeek view."""
+    """One connection: its number, its endpoints, its two flows and its Zeek view.
+
+    ``last_*`` is the previous segment either way (``last_flow`` its direction, None
+    before the first; its time is ``last_ts``): what a duplicate copy repeats (``track``).
+    """
 
     __slots__ = (
         "index", "client", "server", "roles_guessed", "c2s", "s2c", "first_ts", "last_ts",
         "segments", "zeek", "syn_time", "first_rtt", "ip_version", "closed", "handshake_acked",
-        "queued", "last",
+        "queued", "last_flow", "last_seq", "last_ack", "last_flags", "last_win", "last_length",
+        "last_payload", "last_options", "last_ip_id",
     )
 
     def __init__(
@@ -67,20 +76,19 @@ class TrackedConn:
         self.segments = 0
         self.zeek = zeek
         client_state, server_state = states
-        self.c2s = c2s = TrackedFlow(dir=Direction.C2S, state=client_state, conn=self,
-                                     zeek=zeek.ends[True])
-        self.s2c = TrackedFlow(dir=Direction.S2C, state=server_state, conn=self, peer=c2s,
-                               zeek=zeek.ends[False])
-        c2s.peer = self.s2c
+        self.c2s = c2s = TrackedFlow(Direction.C2S, client_state, self, zeek.ends[True])
+        self.s2c = s2c = TrackedFlow(Direction.S2C, server_state, self, zeek.ends[False])
+        c2s.peer, s2c.peer = s2c, c2s
         self.syn_time: float | None = None
         self.first_rtt: float | None = None
         self.ip_version = ip_version
         self.closed = False  # a FIN was acked both ways, or a RST was seen
         self.handshake_acked = False
         self.queued = False  # in the tracker's queue of finished connections
-        # The previous segment either way, as (flow, seq, ack, flags, win, length,
-        # payload, raw_options, ip_id, ts): what a duplicate copy repeats.
-        self.last: LastSegment | None = None
+        self.last_flow: TrackedFlow | None = None
+        self.last_seq = self.last_ack = self.last_flags = self.last_win = self.last_length = 0
+        self.last_payload = self.last_options = b""
+        self.last_ip_id = 0
 
     def summary(self) -> ConnectionSummary:
         return summary_of(self.summary_fields())
@@ -106,8 +114,6 @@ class TrackedConn:
             out.append(ZeekConnection(self.index, ts, orig, resp, state, history, ob, rb, op, rp, missed))
         return out
 
-
-LastSegment = tuple["TrackedFlow", int, int, int, int, int, bytes, bytes, int, float]
 
 SummaryFields = tuple[int, str, int, str, int, float, float, int, int, int, str, str, str, str,
                       bool, int]

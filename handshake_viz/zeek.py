@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
-
-from handshake_viz.model import Packet
-from handshake_viz.seqnum import ACK, FIN, HALF, MASK, RST, SYN
-from handshake_viz.seqnum import members as _members
-from handshake_viz.seqnum import seq_gt as _seq_gt
+from .seqnum import ACK, FIN, HALF, MASK, RST, SYN, UNSET
+from .seqnum import members as _members
+from .seqnum import seq_gt as _seq_gt
 
 __all__ = [
     "ATTEMPT_DELAY", "CLOSE_DELAY", "EndpointState", "INACTIVITY_TIMEOUT", "ZEEK_PORTS",
@@ -73,34 +70,42 @@ class _Z(enum.IntEnum):
 
 
 Z = _members(_Z)
+# Each by itself too (the per-segment code below compares states a dozen times a segment;
+# a plain global is cheaper than a class attribute, and a C pointer compiled).
+Z_INACTIVE, Z_SYN_SENT, Z_SYN_ACK_SENT, Z_PARTIAL, Z_ESTABLISHED, Z_CLOSED, Z_RESET = _Z
 _TOO_LARGE = 1048576  # Zeek's TOO_LARGE_SEQ_DELTA
-_CLOSING = (_Z.CLOSED, _Z.RESET)
 
 _RSTOS0 = re.compile(r"\^?S[^HAFGIQ]*R.*")
 
 
-@dataclass(slots=True)
-class _ZEnd:
-    state: _Z = Z.INACTIVE
-    prev_state: _Z = Z.INACTIVE
-    start_seq: int | None = None
-    seen: str = ""  # the history letters recorded for this endpoint (a str: smaller than a set)
-    last_syn: int | None = None
-    last_fin: int | None = None
-    last_rst: int | None = None
-    last_seq: int | None = None  # one past the highest sequence sent
-    rxmits: int = 0
-    gaps: int = 0
-    zero_windows: int = 0
-    contig: int | None = None  # captured payload is contiguous up to here (raw seq)
-    blocks: tuple[tuple[int, int], ...] = ()  # captured payload beyond a hole: (seq, end)
-    missed: int = 0
-    wraps: int = 0  # times last_seq wrapped past 2**32 (Zeek's seq_wraps)
-    ack_beyond: int = 0  # the peer's highest ACK beyond last_seq, as last_seq's offset
-    fins: int = 0  # FINs sent (Zeek's FIN_cnt)
-    pkts: int = 0  # packets counted (conn.log's orig_pkts / resp_pkts)
-    bad_checksums: int = 0
-    did_close: bool = False
+class ZeekEndpoint:
+    """One endpoint of Zeek's view (analyzer::tcp::TCP_Endpoint, what of it is used)."""
+
+    __slots__ = ("state", "prev_state", "start_seq", "seen", "last_syn", "last_fin", "last_rst",
+                 "last_seq", "rxmits", "gaps", "zero_windows", "contig", "blocks", "missed",
+                 "wraps", "ack_beyond", "fins", "pkts", "bad_checksums", "did_close")
+
+    def __init__(self) -> None:
+        self.state = Z_INACTIVE
+        self.prev_state = Z_INACTIVE
+        self.start_seq: int | None = None
+        self.seen = ""  # the history letters recorded for this endpoint (a str: smaller than a set)
+        self.last_syn: int | None = None
+        self.last_fin: int | None = None
+        self.last_rst: int | None = None
+        self.last_seq = UNSET  # one past the highest sequence sent
+        self.rxmits = 0
+        self.gaps = 0
+        self.zero_windows = 0
+        self.contig = UNSET  # captured payload is contiguous up to here (raw seq)
+        self.blocks: tuple[tuple[int, int], ...] = ()  # captured payload beyond a hole: (seq, end)
+        self.missed = 0
+        self.wraps = 0  # times last_seq wrapped past 2**32 (Zeek's seq_wraps)
+        self.ack_beyond = 0  # the peer's highest ACK beyond last_seq, as last_seq's offset
+        self.fins = 0  # FINs sent (Zeek's FIN_cnt)
+        self.pkts = 0  # packets counted (conn.log's orig_pkts / resp_pkts)
+        self.bad_checksums = 0
+        self.did_close = False
 
     def set_state(self, state: _Z) -> None:
         self.prev_state = self.state
@@ -108,13 +113,12 @@ class _ZEnd:
 
     def reset(self) -> None:
         """Forget everything: the endpoint of a new Zeek connection."""
-        for name, value in _FRESH.items():
-            setattr(self, name, value)
+        ZeekEndpoint.__init__(self)
 
     def size(self) -> int:
         """Zeek's ``TCP_Endpoint::Size()``: the sequence space sent (or acknowledged by
         the peer, if further), in 64 bits, less the SYN and any FIN."""
-        if self.start_seq is None or self.last_seq is None:
+        if self.start_seq is None or self.last_seq == UNSET:
             return 0
         size = self.last_seq + (self.wraps << 32) + self.ack_beyond - self.start_seq
         if size:
@@ -144,9 +148,6 @@ def _merge(contig: int, blocks: tuple[tuple[int, int], ...]) -> tuple[int, tuple
     return contig, blocks
 
 
-_FRESH = {f: getattr(_ZEnd(), f) for f in _ZEnd.__dataclass_fields__}
-
-
 def _flip_by_ports(flags: int, sport: int, dport: int, likely: frozenset[int]) -> bool:
     """Zeek's role guess for a connection whose first packet is not a plain SYN
     (``TCPAnalyzer::WantConnection``): flip when only the source port is a likely
@@ -160,7 +161,7 @@ def _flip_by_ports(flags: int, sport: int, dport: int, likely: frozenset[int]) -
     return True
 
 
-class _ZeekView:
+class ZeekView:
     """Zeek's conn.log view of one connection (its orig/resp may be flipped vs ours).
 
     Follows Zeek's TCPSessionAdapter: history letters are recorded once per kind and
@@ -171,25 +172,28 @@ class _ZeekView:
     __slots__ = ("orig_is_client", "history", "ends", "likely", "first_ts", "last_ts",
                  "syn_ts", "closed", "h_first", "rows")
 
-    def __init__(self, first: Packet, first_is_client: bool, likely: frozenset[int]) -> None:
+    def __init__(self, first_is_client: bool, flags: int, sport: int, dport: int, ts: float,
+                 likely: frozenset[int]) -> None:
+        """Zeek's view of a stream whose first packet (header ``flags``, ports, time) was
+        sent by the client or not."""
         self.likely = likely
         # indexed by "is client": ends[False] is the server's, ends[True] the client's
-        self.ends = (_ZEnd(), _ZEnd())
+        self.ends = (ZeekEndpoint(), ZeekEndpoint())
         self.rows: list[ZeekRow] = []  # the Zeek connections of this stream that ended
-        self._start(first, first_is_client)
+        self._start(first_is_client, flags, sport, dport, ts)
 
-    def _start(self, first: Packet, first_is_client: bool) -> None:
-        """A new Zeek connection, with ``first`` its first packet.  Zeek makes the sender
-        of the first packet the originator, unless the ports say otherwise."""
-        flip = _flip_by_ports(first.flags, first.sport, first.dport, self.likely)
+    def _start(self, first_is_client: bool, flags: int, sport: int, dport: int, ts: float) -> None:
+        """A new Zeek connection, with the packet of these fields its first.  Zeek makes
+        the sender of the first packet the originator, unless the ports say otherwise."""
+        flip = _flip_by_ports(flags, sport, dport, self.likely)
         self.orig_is_client = first_is_client != flip
         self.history = "^" if flip else ""
-        self.first_ts = self.last_ts = first.ts
+        self.first_ts = self.last_ts = ts
         self.syn_ts: float | None = None  # an originator's SYN or SYN-ACK: the attempt timer
         self.closed = False  # a close Zeek reports as complete: the close timer runs
         # The originator's first packet was a SYN-ACK (a stealth scan looks like that,
         # or a capture that missed the SYN): see _feed's flip.
-        self.h_first = bool(first.flags & SYN and first.flags & ACK) and not flip
+        self.h_first = bool(flags & SYN and flags & ACK) and not flip
 
     def _end(self) -> None:
         """The current Zeek connection is over: keep its row, start afresh."""
@@ -208,26 +212,24 @@ class _ZeekView:
         """Every Zeek connection of the stream so far, the current one last."""
         return [*self.rows, self.row()]
 
-    def _gone(self, p: Packet, from_client: bool) -> bool:
-        """Whether Zeek would have removed the current connection before ``p``, or takes
-        ``p`` as the start of a new one on the same 4-tuple."""
-        ts = p.ts
+    def _gone(self, flags: int, seq: int, ts: float) -> bool:
+        """Whether Zeek would have removed the current connection before the packet of
+        these fields, or takes it as the start of a new one on the same 4-tuple."""
         o, r = self.ends[self.orig_is_client], self.ends[not self.orig_is_client]
-        if o.state is Z.INACTIVE and r.state is Z.INACTIVE and not (o.bad_checksums or r.bad_checksums):
+        if o.state is Z_INACTIVE and r.state is Z_INACTIVE and not (o.bad_checksums or r.bad_checksums):
             return False  # nothing yet
         if ts - self.last_ts > INACTIVITY_TIMEOUT:
             return True
         if self.closed and ts - self.last_ts > CLOSE_DELAY:
             return True
         if (self.syn_ts is not None and ts - self.syn_ts > ATTEMPT_DELAY
-                and o.state in (Z.SYN_SENT, Z.SYN_ACK_SENT) and r.state is Z.INACTIVE):
+                and (o.state is Z_SYN_SENT or o.state is Z_SYN_ACK_SENT) and r.state is Z_INACTIVE):
             return True
-        flags = p.flags
         if flags & SYN:  # IsReuse
             if not flags & ACK:
                 return o.did_close or r.did_close
-            if o.state is Z.INACTIVE:  # a SYN-ACK on a half connection
-                return o.did_close or r.did_close or p.seq != r.start_seq
+            if o.state is Z_INACTIVE:  # a SYN-ACK on a half connection
+                return o.did_close or r.did_close or seq != r.start_seq
         return False
 
     def _letter(self, is_client: bool, code: str) -> None:
@@ -250,24 +252,26 @@ class _ZeekView:
         self.orig_is_client = not self.orig_is_client
         self.history += "^"
 
-    def feed(self, p: Packet, from_client: bool, bad_checksum: bool = False) -> None:
-        if self._gone(p, from_client):
+    def feed(self, from_client: bool, flags: int, seq: int, ack: int, length: int, captured: int,
+             win: int, ts: float, sport: int, dport: int, bad_checksum: bool = False) -> None:
+        """One packet, by its fields (``captured``: how many payload bytes the capture
+        holds of ``length``); ``bad_checksum``: one Zeek without -C drops."""
+        if self._gone(flags, seq, ts):
             self._end()
-            self._start(p, from_client)
+            self._start(from_client, flags, sport, dport, ts)
         end, peer = self.ends[from_client], self.ends[not from_client]
         if bad_checksum:  # dropped before TCP sees it (TCPAnalyzer: "bad checksum")
             end.bad_checksums += 1
             self._scaled(from_client, "C", end.bad_checksums)
             return
-        flags, length, seq = p.flags, p.length, p.seq
         end.pkts += 1
         o, r = self.ends[self.orig_is_client], self.ends[not self.orig_is_client]
         if not (o.did_close and r.did_close):
-            self.last_ts = p.ts
+            self.last_ts = ts
         if self.h_first and (from_client != self.orig_is_client or flags & (SYN | ACK) != SYN | ACK):
             self.h_first = False  # the SYN-ACK (and its copies) had the connection to itself
             if (from_client != self.orig_is_client and not flags & (SYN | RST)
-                    and o.state is Z.SYN_ACK_SENT and r.state is Z.INACTIVE):
+                    and o.state is Z_SYN_ACK_SENT and r.state is Z_INACTIVE):
                 # The responder answers the SYN-ACK with an ACK or data: its sender was
                 # the server after all.  Zeek flips, and its history reads as if it had
                 # from the start ("^h", not "H^").
@@ -278,7 +282,7 @@ class _ZeekView:
             seg_len -= length  # an RST's payload is no part of the stream
         # init_endpoint: the first segment of an endpoint fixes its sequence start; with
         # no SYN, as though one had come just before (and the segment is no retransmission).
-        if end.start_seq is None or (end.state is Z.RESET and flags & SYN and end.prev_state is Z.INACTIVE):
+        if end.start_seq is None or (end.state is Z_RESET and flags & SYN and end.prev_state is Z_INACTIVE):
             if flags & SYN:
                 end.start_seq = seq
                 end.last_seq = (seq + seg_len) & MASK
@@ -286,9 +290,10 @@ class _ZeekView:
                 end.start_seq = seq - 1
                 end.last_seq = seq
             end.wraps = end.ack_beyond = 0
-            if end.contig is None:
+            if end.contig == UNSET:
                 end.contig = (seq + (1 if flags & SYN else 0)) & MASK
-        rel = (seq - end.start_seq) & MASK
+        start: int = end.start_seq
+        rel = (seq - start) & MASK
         # update_history
         bits = (flags & SYN and 1) + (flags & FIN and 1) + (flags & RST and 1)
         if bits > 1:
@@ -313,34 +318,33 @@ class _ZeekView:
         elif flags & ACK:
             self._check(from_client, "A")
         # update_window: zero windows (not with/after RST, not after the peer's FIN)
-        if p.win == 0 and not flags & RST and peer.state is not Z.CLOSED and end.state is not Z.RESET:
+        if win == 0 and not flags & RST and peer.state is not Z_CLOSED and end.state is not Z_RESET:
             end.zero_windows += 1
             self._scaled(from_client, "W", end.zero_windows)
         # ACK handling: initialise a silent peer's sequence space from our ACK; an ACK
         # beyond what the peer was seen to send counts in its size (update_ack_seq).
-        if flags & ACK and peer.state is Z.INACTIVE and peer.start_seq is None:
-            peer.start_seq = p.ack - 1
-            peer.last_seq = (p.ack - 1) & MASK
-            peer.contig = p.ack
-        elif flags & ACK and not flags & RST and peer.state is not Z.INACTIVE and peer.last_seq is not None:
-            beyond = (p.ack - peer.last_seq) & MASK
-            if beyond < HALF and beyond > peer.ack_beyond and not (p.ack == 0 and beyond > _TOO_LARGE):
+        if flags & ACK and peer.state is Z_INACTIVE and peer.start_seq is None:
+            peer.start_seq = ack - 1
+            peer.last_seq = (ack - 1) & MASK
+            peer.contig = ack
+        elif flags & ACK and not flags & RST and peer.state is not Z_INACTIVE and peer.last_seq != UNSET:
+            beyond = (ack - peer.last_seq) & MASK
+            if beyond < HALF and beyond > peer.ack_beyond and not (ack == 0 and beyond > _TOO_LARGE):
                 peer.ack_beyond = beyond
         # update_last_seq: retransmissions
         end_seq = (seq + seg_len) & MASK
-        assert end.last_seq is not None
         delta = (end_seq - end.last_seq) & MASK
         delta_signed = delta - (1 << 32) if delta >= HALF else delta
         if flags & (SYN | RST) and abs(delta_signed) > _TOO_LARGE:
             pass
-        elif flags & FIN and end.last_seq == (end.start_seq + 1) & MASK:
+        elif flags & FIN and end.last_seq == (start + 1) & MASK:
             # a FIN after only the SYN: trusted even if behind.  Size() is the larger of
             # last_seq and the peer's ACK: an ACK of data Zeek never saw (ignored for its
             # checksum, or not captured) counts once, not on top of the FIN's advance.
             if delta_signed > 0:
                 end.ack_beyond = max(0, end.ack_beyond - delta)
             end.last_seq = end_seq
-        elif end.state is Z.RESET:
+        elif end.state is Z_RESET:
             pass
         elif delta_signed > 0:
             if end_seq < end.last_seq:
@@ -352,7 +356,7 @@ class _ZeekView:
             self._scaled(from_client, "T", end.rxmits)
         # captured payload: contiguous data advances (and takes in the blocks that came
         # ahead of it, as Zeek's reassembler does); data beyond a hole waits in ``blocks``
-        if length and not flags & RST and end.contig is not None and len(p.payload) >= length:
+        if length and not flags & RST and end.contig != UNSET and captured >= length:
             data_seq = (seq + (1 if flags & SYN else 0)) & MASK
             stop = (data_seq + length) & MASK
             if not _seq_gt(data_seq, end.contig):
@@ -362,105 +366,102 @@ class _ZeekView:
                     end.contig, end.blocks = _merge(end.contig, end.blocks)
             elif len(end.blocks) < _MAX_BLOCKS:
                 end.blocks += ((data_seq, stop),)
-        self._state_machine(p, from_client, end, peer)
+        self._state_machine(from_client, flags, seq, length, ts, end, peer)
         # AckReceived: the peer acknowledges bytes we never saw delivered -> content gap
-        if flags & ACK and peer.contig is not None and _seq_gt(p.ack, peer.contig):
-            hole = (p.ack - peer.contig) & MASK
-            peer_fin = 1 if (peer.last_fin is not None and p.ack == ((peer.start_seq or 0) + peer.last_fin + 1) & MASK) else 0
+        if flags & ACK and peer.contig != UNSET and _seq_gt(ack, peer.contig):
+            hole = (ack - peer.contig) & MASK
+            peer_fin = 1 if (peer.last_fin is not None and ack == ((peer.start_seq or 0) + peer.last_fin + 1) & MASK) else 0
             hole -= peer_fin
-            if hole > 0 and not flags & (FIN | RST) and peer.state not in (Z.INACTIVE,):
+            if hole > 0 and not flags & (FIN | RST) and peer.state is not Z_INACTIVE:
                 peer.gaps += 1
                 peer.missed += hole
                 self._scaled(not from_client, "G", peer.gaps)
             elif hole > 0:
                 peer.missed += hole
-            peer.contig = p.ack
+            peer.contig = ack
             if peer.blocks:
                 peer.contig, peer.blocks = _merge(peer.contig, peer.blocks)
 
-    def _state_machine(self, p: Packet, from_client: bool, end: _ZEnd, peer: _ZEnd) -> None:
-        flags = p.flags
+    def _state_machine(self, from_client: bool, flags: int, seq: int, length: int, ts: float,
+                       end: ZeekEndpoint, peer: ZeekEndpoint) -> None:
         is_orig = from_client == self.orig_is_client
         st = end.state
         # do_close: the segment closes this endpoint (ConnectionClosed)
-        if st is Z.CLOSED:
-            do_close = bool(flags & RST) and peer.state is not Z.CLOSED and not end.did_close
+        if st is Z_CLOSED:
+            do_close = bool(flags & RST) and peer.state is not Z_CLOSED and not end.did_close
         else:
-            do_close = st is not Z.RESET and bool(flags & (FIN | RST))
-        if st is Z.INACTIVE:
+            do_close = st is not Z_RESET and bool(flags & (FIN | RST))
+        if st is Z_INACTIVE:
             if flags & SYN:
                 if is_orig:
-                    end.set_state(Z.SYN_ACK_SENT if flags & ACK else Z.SYN_SENT)
-                    self.syn_ts = p.ts  # the attempt timer starts
+                    end.set_state(Z_SYN_ACK_SENT if flags & ACK else Z_SYN_SENT)
+                    self.syn_ts = ts  # the attempt timer starts
                 else:
-                    if not flags & ACK and peer.state is Z.SYN_ACK_SENT and p.seq == end.start_seq:
+                    if not flags & ACK and peer.state is Z_SYN_ACK_SENT and seq == end.start_seq:
                         # SYN/SYN-ACK reversal: Zeek flips the roles and establishes.
                         self._flip()
-                        peer.set_state(Z.ESTABLISHED)
-                    if peer.state is Z.SYN_SENT:
-                        peer.set_state(Z.ESTABLISHED)
-                    end.set_state(Z.ESTABLISHED)
+                        peer.set_state(Z_ESTABLISHED)
+                    if peer.state is Z_SYN_SENT:
+                        peer.set_state(Z_ESTABLISHED)
+                    end.set_state(Z_ESTABLISHED)
             if flags & FIN:
-                end.set_state(Z.CLOSED)
+                end.set_state(Z_CLOSED)
             if flags & RST:
-                end.set_state(Z.RESET)
-            if end.state is Z.INACTIVE:
+                end.set_state(Z_RESET)
+            if end.state is Z_INACTIVE:
                 orig_end = self.ends[self.orig_is_client]
-                if not is_orig and p.length == 0 and orig_end.state is Z.SYN_SENT:
+                if not is_orig and length == 0 and orig_end.state is Z_SYN_SENT:
                     pass
-                elif flags & ACK and peer.state is Z.ESTABLISHED:
-                    end.set_state(Z.ESTABLISHED)
+                elif flags & ACK and peer.state is Z_ESTABLISHED:
+                    end.set_state(Z_ESTABLISHED)
                 else:
-                    end.set_state(Z.PARTIAL)
-        elif st in (Z.SYN_SENT, Z.SYN_ACK_SENT):
+                    end.set_state(Z_PARTIAL)
+        elif st is Z_SYN_SENT or st is Z_SYN_ACK_SENT:
             if flags & FIN:
-                end.set_state(Z.CLOSED)
+                end.set_state(Z_CLOSED)
             if flags & RST:
-                end.set_state(Z.RESET)
-        elif st in (Z.ESTABLISHED, Z.PARTIAL):
-            if flags & SYN and st is Z.PARTIAL and peer.state is Z.INACTIVE and not flags & ACK:
-                end.set_state(Z.SYN_SENT)
+                end.set_state(Z_RESET)
+        elif st is Z_ESTABLISHED or st is Z_PARTIAL:
+            if flags & SYN and st is Z_PARTIAL and peer.state is Z_INACTIVE and not flags & ACK:
+                end.set_state(Z_SYN_SENT)
             if flags & FIN and not flags & RST:
-                end.set_state(Z.CLOSED)
-                if peer.state is Z.RESET and peer.prev_state is Z.CLOSED:
-                    peer.set_state(Z.CLOSED)
+                end.set_state(Z_CLOSED)
+                if peer.state is Z_RESET and peer.prev_state is Z_CLOSED:
+                    peer.set_state(Z_CLOSED)
             if flags & RST:
-                end.set_state(Z.RESET)
-        elif st is Z.CLOSED:
-            if flags & RST and peer.state is not Z.CLOSED:
-                end.set_state(Z.RESET)
+                end.set_state(Z_RESET)
+        elif st is Z_CLOSED:
+            if flags & RST and peer.state is not Z_CLOSED:
+                end.set_state(Z_RESET)
         if do_close and not end.did_close:
             end.did_close = True
-            if end.state is Z.RESET or peer.did_close or peer.state is Z.INACTIVE:
+            if end.state is Z_RESET or peer.did_close or peer.state is Z_INACTIVE:
                 self.closed = True  # the close is complete: removed tcp_close_delay later
 
     def conn_state(self, orig_bytes: int, resp_bytes: int) -> str:
         """Zeek's ``conn_state()`` (base/protocols/conn/main.zeek), on the final states."""
         os_, rs = self.ends[self.orig_is_client].state, self.ends[not self.orig_is_client].state
-        o_inactive = os_ in (Z.INACTIVE, Z.PARTIAL)
-        r_inactive = rs in (Z.INACTIVE, Z.PARTIAL)
-        if rs is Z.RESET:
-            if os_ in (Z.SYN_SENT, Z.SYN_ACK_SENT) or (os_ is Z.RESET and orig_bytes == 0 and resp_bytes == 0):
+        o_inactive = os_ is Z_INACTIVE or os_ is Z_PARTIAL
+        r_inactive = rs is Z_INACTIVE or rs is Z_PARTIAL
+        if rs is Z_RESET:
+            if os_ is Z_SYN_SENT or os_ is Z_SYN_ACK_SENT or (os_ is Z_RESET and orig_bytes == 0 and resp_bytes == 0):
                 return "REJ"
             return "RSTRH" if o_inactive else "RSTR"
-        if os_ is Z.RESET:
+        if os_ is Z_RESET:
             if r_inactive:
                 return "RSTOS0" if _RSTOS0.fullmatch(self.history) else "OTH"
             return "RSTO"
-        if rs is Z.CLOSED and os_ is Z.CLOSED:
+        if rs is Z_CLOSED and os_ is Z_CLOSED:
             return "SF"
-        if os_ is Z.CLOSED:
+        if os_ is Z_CLOSED:
             return "SH" if r_inactive else "S2"
-        if rs is Z.CLOSED:
+        if rs is Z_CLOSED:
             return "SHR" if o_inactive else "S3"
-        if os_ is Z.SYN_SENT and rs is Z.INACTIVE:
+        if os_ is Z_SYN_SENT and rs is Z_INACTIVE:
             return "S0"
-        if os_ is Z.ESTABLISHED and rs is Z.ESTABLISHED:
+        if os_ is Z_ESTABLISHED and rs is Z_ESTABLISHED:
             return "S1"
         return "OTH"
 
 
-# Public names for the tracker (the underscored ones are this module's own spelling).
 EndpointState = _Z
-ZeekEndpoint = _ZEnd
-ZeekView = _ZeekView
