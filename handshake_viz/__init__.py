@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 from handshake_viz import errors, model
 from handshake_viz.errors import *  # noqa: F403  (errors.__all__)
 from handshake_viz.model import *  # noqa: F403  (model.__all__)
-from handshake_viz.track import Tracker
+from handshake_viz.engine import Tracker
 # The submodule handshake_viz.capture is imported before the function of the same name
 # is bound: importing a submodule sets it as a package attribute, and doing it first
 # means the public ``hv.capture(...)`` function is the attribute that stays.

@@ -37,19 +37,20 @@ import signal
 import sqlite3
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
 
-from handshake_viz import pipeline, report
-from handshake_viz.decode import open_capture
+from handshake_viz import engine, pipeline, report
+from handshake_viz.decode import CaptureReader, open_capture
 from handshake_viz.errors import CaptureFileError, HsvizError, NoSuchConnection, UsageError, WorkerError
 from handshake_viz.flows import FlowTracker
 from handshake_viz.hindsight import Settler
 from handshake_viz.model import Datagram, Segment
 from handshake_viz.spill import FileStore
-from handshake_viz.track import Tracker, discard
+from handshake_viz.track import discard
+from handshake_viz.engine import Tracker
 
 __all__ = ["BATCH", "PARALLEL_MIN_BYTES", "End", "Mode", "analyze_file", "choose_jobs", "produce"]
 
@@ -161,13 +162,33 @@ def _items(path: str, mode: Mode, want: int | None, split: bool,
         flow_ladders.close()
 
 
+def _compiled_items(reader: CaptureReader, mode: Mode, want: int | None, store: FileStore | None,
+                    ladders: LadderSpill, flow_ladders: LadderSpill, flows: FlowTracker,
+                    verify: bool) -> Generator[Item, None, Any]:
+    """The three modes on the compiled front end (``engine.frontend``): the same output
+    as the Python path's below, each line made in C (``"raw"`` items: finished text);
+    returns the tracker."""
+    front = engine.frontend
+    tracker = engine.Tracker(record=discard, store=store)
+    sink = (front.JsonLines(want) if mode == "jsonl" else front.Count() if mode == "summary"
+            else front.Ladder(ladders, flow_ladders, want))
+    for text in pipeline.walk_compiled(reader, tracker, sink, flows, verify_checksums=verify):
+        yield "raw", text
+    if mode == "ladder":
+        sink.release()  # the connections whose SYNs were never answered
+    return tracker
+
+
 def _ladder_items(path: str, mode: Mode, want: int | None, split: bool, store: FileStore | None,
                   ladders: LadderSpill, flow_ladders: LadderSpill, verify: bool) -> Iterator[Item]:
     flows = FlowTracker()
     with open_capture(path) as reader:
-        if mode == "jsonl":
+        if engine.compiled and not split:  # (the child of two processes sends Python rows)
+            tracker = yield from _compiled_items(reader, mode, want, store, ladders, flow_ladders,
+                                                 flows, verify)
+        elif mode == "jsonl":
             record = report.track_fields if split else report.both_fields
-            tracker: Tracker[Any] = Tracker(record=record, store=store)
+            tracker: Tracker = Tracker(record=record, store=store)
             udp_row = report.flow_fields if split else report.datagram_pair
             # the decoder hands each packet's fields to the tracker: no Packet records
             rows = pipeline.stream(reader, tracker, flows, udp_row, verify_checksums=verify)
@@ -323,6 +344,8 @@ def _consume(
                 write("\n".join(text) + "\n")
         elif kind == "text":
             write("\n".join(value) + "\n")
+        elif kind == "raw":
+            write(value)
         else:
             end = value
             count = end.connections

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from handshake_viz.decode import _decode, _network
@@ -62,6 +63,7 @@ __all__ = [
     "ZEEK_IGNORES",
     "ChecksumCounts",
     "checked_decoder",
+    "counting",
     "tcp_checksum",
     "verified_records",
 ]
@@ -224,9 +226,18 @@ def verified_records(reader: CaptureReader, make: Callable[..., Any],
     segment's checksum status after Packet's fields.  The counts are
     ``reader.stats.checksums``; segments the capture does not hold whole are named
     in a warning once the walk is over (they are never flagged)."""
+    with counting(reader) as counts:
+        yield from reader.walk(checked_decoder(counts), make, make_udp)
+
+
+@contextmanager
+def counting(reader: CaptureReader) -> Iterator[ChecksumCounts]:
+    """The counts of a verifying walk over ``reader`` (``reader.stats.checksums``), and
+    the warning that names the segments it could not verify, once the walk is over
+    (the compiled front end verifies through this too)."""
     counts = reader.stats.checksums = ChecksumCounts()
     try:
-        yield from reader.walk(checked_decoder(counts), make, make_udp)
+        yield counts
     finally:
         reader.stats.checksums = counts  # (a second pass over the file reset the stats)
         cut = counts[UNVERIFIABLE]

@@ -939,15 +939,26 @@ _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _Version(argparse.Action):
+    """``--version``: hsviz's version and the tracker that runs (looked up only when asked)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from handshake_viz import __version__
+        from handshake_viz.engine import IMPLEMENTATION
+
+        sys.stdout.write(f"{PROG} {__version__}, {IMPLEMENTATION}\n")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="TCP handshake visualizer: label every segment of a capture, draw "
         "sequence diagrams, and line segments up with the socket calls that caused them.",
     )
-    from handshake_viz import __version__
-
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show the version and whether the tracker runs compiled or on "
+                        "pure Python (HSVIZ_PURE_PYTHON=1 forces pure Python), and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for register in _REGISTRARS:

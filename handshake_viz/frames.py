@@ -65,9 +65,9 @@ def segment_at(path: PathLike, frame: int) -> Segment | None:
     """Frame ``frame`` of the capture as tracked (label, relative numbers, states): the
     file is tracked up to that frame only.  None when that frame is no TCP segment."""
     from handshake_viz.decode import open_capture
-    from handshake_viz.track import Tracker
+    from handshake_viz.engine import Tracker
 
-    tracker: Tracker[Segment] = Tracker()
+    tracker: Tracker = Tracker()
     reader = open_capture(path)
     with reader:
         for seg in reader.records(tracker.feed_fields):

@@ -64,6 +64,7 @@ __all__ = [
     "load",
     "stream",
     "trace_of_segments",
+    "walk_compiled",
 ]
 
 
@@ -459,26 +460,33 @@ def load(
     ignoring them as Zeek does.  A capture with neither TCP nor UDP is a
     CaptureFileError.
     """
+    from handshake_viz import engine
     from handshake_viz.decode import open_capture
     from handshake_viz.flows import FlowTracker
-    from handshake_viz.track import Tracker
 
     path = Path(path)
     wanted = _wanted(conn)
     given = calls is not None and not isinstance(calls, (str, Path))
     calls_path = None if given else calls_file_for(path, calls)  # type: ignore[arg-type]
-    tracker: Tracker[Segment] = Tracker()
+    tracker: Tracker = engine.Tracker()
     flow_tracker = FlowTracker()
     segments: list[Segment] = []
     datagrams: list[Datagram] = []
-    keep_seg, keep_dgram = segments.append, datagrams.append
     with open_capture(path) as reader:
-        for rec in stream(reader, tracker, flow_tracker if udp else None,
-                          verify_checksums=verify_checksums):
-            if type(rec) is Datagram:
-                keep_dgram(rec)
-            elif wanted is None or rec.conn in wanted:
-                keep_seg(rec)
+        if engine.compiled:  # only the wanted connections' Segments are built
+            keep = engine.frontend.Keep(wanted)
+            for _ in walk_compiled(reader, tracker, keep, flow_tracker if udp else None,
+                                   verify_checksums=verify_checksums):
+                pass
+            segments, datagrams = keep.segments, keep.datagrams
+        else:
+            keep_seg, keep_dgram = segments.append, datagrams.append
+            for rec in stream(reader, tracker, flow_tracker if udp else None,
+                              verify_checksums=verify_checksums):
+                if type(rec) is Datagram:
+                    keep_dgram(rec)
+                elif wanted is None or rec.conn in wanted:
+                    keep_seg(rec)
         warnings = tuple(reader.stats.warnings)
         records = reader.stats.records
     summaries = tracker.summaries()
@@ -522,7 +530,7 @@ def _wanted(conn: int | Iterable[int] | None) -> set[int] | None:
     return wanted
 
 
-def stream(reader: CaptureReader, tracker: Tracker[Any], flows: FlowTracker | None = None,
+def stream(reader: CaptureReader, tracker: Tracker, flows: FlowTracker | None = None,
            make_udp: Callable[..., Any] | None = None, *, verify_checksums: bool = False
            ) -> Iterator[Any]:
     """Each record of an open capture, tracked: what ``tracker``'s ``record`` makes of a
@@ -534,6 +542,30 @@ def stream(reader: CaptureReader, tracker: Tracker[Any], flows: FlowTracker | No
     if verify_checksums:
         return reader.records(tracker.feed_checked, _udp(flows, make_udp), verify_checksums=True)
     return reader.records(tracker.feed_fields, _udp(flows, make_udp))
+
+
+def walk_compiled(reader: CaptureReader, tracker: Any, sink: Any, flows: FlowTracker | None = None,
+                  *, verify_checksums: bool = False) -> Iterator[str]:
+    """:func:`stream` on the compiled front end (``engine.frontend``): each record of an
+    open capture decoded and tracked in C, what the compiled ``tracker`` made of each
+    TCP segment handed to ``sink`` (a ``frontend`` sink), each UDP datagram fed to
+    ``flows`` and the Datagram to ``sink.datagram``.  Yields the text ``sink`` made
+    (JSON Lines), now and then; the tracker keeps no sink after the walk."""
+    from handshake_viz.engine import frontend
+
+    walk = frontend.Walk(tracker, sink, None if flows is None else flows.feed_fields,  # type: ignore[union-attr]
+                         verify_checksums)
+    try:
+        if verify_checksums:
+            from handshake_viz.checksum import counting
+
+            with counting(reader) as counts:
+                walk.tally = counts.counts
+                yield from walk.run(reader)
+        else:
+            yield from walk.run(reader)
+    finally:
+        walk.close()
 
 
 def _udp(flows: FlowTracker | None, make_udp: Callable[..., Any] | None) -> Callable[..., Any] | None:
@@ -572,12 +604,12 @@ class LiveTracking:
         on_datagram: Callable[[Datagram], None] | None = None,
         keep: bool = False,
     ) -> None:
+        from handshake_viz import engine
         from handshake_viz.flows import FlowTracker
-        from handshake_viz.track import Tracker
 
         if connections is not None and connections < 1:
             raise UsageError(f"--connections {connections}: must be at least 1")
-        self.tracker: Tracker[Segment] = Tracker()
+        self.tracker: Tracker = engine.Tracker()
         self.flows = FlowTracker()
         self.connections = connections
         self.on_segment = on_segment

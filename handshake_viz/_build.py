@@ -1,0 +1,39 @@
+"""Which of hsviz's modules are compiled, and the digest that ties a build to them.
+
+Read by ``setup.py`` (before the package can be imported: this module imports
+nothing of hsviz) and by :mod:`handshake_viz.engine`, which runs the compiled
+modules only when they were built from the sources beside them: a compiled copy
+older than an edited ``track.py`` would follow old rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+#: The tracker's modules compiled as they are (Cython reads the ``.py`` with the typed
+#: declarations of ``_compiled/<name>.pxd``), in import order.
+COMPILED = ("seqnum", "seqanalysis", "tcpstate", "zeek", "tracked", "spill", "track")
+#: The compiled front end: ``_compiled/frontend.pyx``, written for Cython alone.
+FRONT_END = "frontend"
+
+
+def source_files(package_dir: str) -> list[str]:
+    """Every file a build is made from."""
+    compiled = os.path.join(package_dir, "_compiled")
+    return ([os.path.join(package_dir, f"{m}.py") for m in COMPILED]
+            + [os.path.join(compiled, f"{m}.pxd") for m in COMPILED]
+            + [os.path.join(compiled, f"{FRONT_END}.pyx")])
+
+
+def sources_digest(package_dir: str) -> str:
+    """A digest of :func:`source_files` (names and bytes), or "" if one is missing."""
+    h = hashlib.sha256()
+    for path in source_files(package_dir):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return ""
+        h.update(os.path.basename(path).encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()[:20]
