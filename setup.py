@@ -55,6 +55,7 @@ def extensions() -> list:  # type: ignore[type-arg]
         _warn("HSVIZ_PURE_PYTHON is set")
         return []
     try:
+        from Cython import __version__ as cython_version
         from Cython.Build import cythonize
         from setuptools import Extension
     except ImportError as exc:
@@ -65,13 +66,14 @@ def extensions() -> list:  # type: ignore[type-arg]
     exts = [Extension(f"handshake_viz._compiled.{m}", [f"handshake_viz/{m}.py"]) for m in COMPILED]
     exts.append(Extension(f"handshake_viz._compiled.{FRONT_END}",
                           [f"handshake_viz/_compiled/{FRONT_END}.pyx"],
-                          define_macros=[("HSVIZ_SOURCES_DIGEST", f'"{digest}"')]))
+                          define_macros=[("HSVIZ_SOURCES_DIGEST", f'"{digest}"'),
+                                         ("HSVIZ_CYTHON_VERSION", f'"{cython_version}"')]))
     # Cython does not see that a module depends on its .pxd here (the .pxd is not beside
     # the .py): any change to the sources rebuilds all of them.
     stamp = os.path.join(here, "build", "cython", "sources.digest")
     try:
         with open(stamp) as f:
-            force = f.read() != digest
+            force = f.read() != f"{digest} {cython_version}"
     except OSError:
         force = True
     try:
@@ -81,7 +83,7 @@ def extensions() -> list:  # type: ignore[type-arg]
         _warn(f"Cython failed: {exc}")
         return []
     with open(stamp, "w") as f:
-        f.write(digest)
+        f.write(f"{digest} {cython_version}")
     return built  # type: ignore[no-any-return]
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import sqlite3
 import sys
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -96,7 +95,7 @@ def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = Fal
     try:
         # Finished connections go to a temporary database, so that memory grows with
         # the open connections only; so do the ladder's lines (LadderSpill).
-        with FileStore() as store:
+        with engine.FileStore() as store:
             yield from _items(path, mode, want, split, store, verify_checksums)
     finally:
         if collecting:
@@ -114,7 +113,7 @@ class LadderSpill:
         self._mem: dict[int, list[str]] = {}
         self._size = 0
         self._budget = budget
-        self._db: sqlite3.Connection | None = None
+        self._db: Any = None  # a sqlite3.Connection once lines went to disk
 
     def add(self, key: int, line: str) -> None:
         self._mem.setdefault(key, []).append(line)
@@ -124,6 +123,8 @@ class LadderSpill:
 
     def _flush(self) -> None:
         if self._db is None:
+            import sqlite3  # (only for a large ladder: a few ms at every start otherwise)
+
             self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
             self._db.executescript("PRAGMA cache_size = -2048; PRAGMA journal_mode = OFF; "
                                    "PRAGMA synchronous = OFF; "

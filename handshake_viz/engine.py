@@ -16,8 +16,8 @@ output lines).  This module picks one:
 ``HSVIZ_PURE_PYTHON=1`` in the environment forces the Python modules.
 :data:`IMPLEMENTATION` says which runs and why (``hsviz --version`` prints it).
 
-Everything that tracks a whole file asks here for its :data:`Tracker` and, compiled,
-for :data:`frontend`; the modules that use the Python tracker itself (the tests of the
+Everything that tracks a whole file asks here for its :data:`Tracker` (and the
+:data:`FileStore` it puts finished connections in) and, compiled, for :data:`frontend`; the modules that use the Python tracker itself (the tests of the
 rules, the live capture) import ``handshake_viz.track``.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 
 from handshake_viz import _build
 
-__all__ = ["ENV", "IMPLEMENTATION", "Tracker", "compiled", "frontend"]
+__all__ = ["ENV", "IMPLEMENTATION", "FileStore", "Tracker", "compiled", "frontend"]
 
 #: The environment variable that forces the pure-Python modules.
 ENV = "HSVIZ_PURE_PYTHON"
@@ -59,6 +59,9 @@ _track, frontend, IMPLEMENTATION = _load()
 compiled = _track is not None
 
 if _track is not None:
+    from handshake_viz._compiled.spill import FileStore
+
     Tracker: Any = _track.Tracker
 else:
+    from handshake_viz.spill import FileStore  # noqa: F401
     from handshake_viz.track import Tracker  # noqa: F401  (the reference)

@@ -62,6 +62,7 @@ from typing import Any, ClassVar, Union
 
 from handshake_viz.errors import KernelFileError, os_error
 from handshake_viz.model import Endpoint, TcpState, Word, normalize_ip
+from handshake_viz.pcapio import KERNEL_SUFFIX, beside
 
 __all__ = [
     "EVENTS",
@@ -651,9 +652,7 @@ class KernelLog:
 
 def kernel_path_for(pcap_path: str | os.PathLike[str]) -> Path:
     """``trace.pcap`` -> ``trace.kernel.jsonl`` (same stem rules as the calls file)."""
-    p = Path(pcap_path)
-    stem = p.stem if p.suffix.lower() in (".pcap", ".pcapng", ".cap") else p.name
-    return p.with_name(stem + ".kernel.jsonl")
+    return beside(pcap_path, KERNEL_SUFFIX)
 
 
 def _ep(e: Endpoint | None) -> dict[str, Any] | None:

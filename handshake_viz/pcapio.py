@@ -52,7 +52,9 @@ from handshake_viz.errors import CaptureFileError, OutputError, os_error
 from handshake_viz.outfile import DEFAULT_MODE, AtomicFile, create_live, unlinked
 
 __all__ = [
+    "CALLS_SUFFIX",
     "CHUNK",
+    "KERNEL_SUFFIX",
     "LINKTYPE_ETHERNET",
     "LINKTYPE_NAMES",
     "MAX_CAPLEN",
@@ -61,6 +63,7 @@ __all__ = [
     "Frame",
     "PcapWriter",
     "ReadStats",
+    "beside",
     "copy_to_pcapng",
     "open_file",
     "unsupported",
@@ -109,6 +112,19 @@ LINKTYPE_NAMES: dict[int, str] = {
     249: "Netlink",
     276: "Linux cooked v2 (SLL2)",
 }
+
+
+#: What hsviz writes beside a capture ``X.pcap``: its socket calls and its kernel events.
+CALLS_SUFFIX, KERNEL_SUFFIX = "calls.jsonl", "kernel.jsonl"
+
+
+def beside(capture: str | os.PathLike[str], suffix: str) -> Path:
+    """The file of a capture's ``suffix`` beside it: ``beside("trace.pcap", "calls.jsonl")``
+    is ``trace.calls.jsonl`` (the same for .pcapng and .cap; other names keep theirs:
+    ``trace.dump.calls.jsonl``)."""
+    p = Path(capture)
+    stem = p.stem if p.suffix.lower() in (".pcap", ".pcapng", ".cap") else p.name
+    return p.with_name(f"{stem}.{suffix}")
 
 
 def unsupported(linktype: int) -> str:

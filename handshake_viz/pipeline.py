@@ -315,23 +315,24 @@ class Trace:
 def calls_file_for(capture: str | Path, calls: str | Path | None = None) -> Path | None:
     """The call log to use: ``calls`` when given (it must exist), else
     ``X.calls.jsonl`` beside capture ``X.pcap`` when it exists, else None."""
-    from handshake_viz.trace import calls_path_for
+    from handshake_viz.pcapio import CALLS_SUFFIX
 
-    return _file_for(capture, calls, calls_path_for, TraceFileError)
+    return _file_for(capture, calls, CALLS_SUFFIX, TraceFileError)
 
 
 def kernel_file_for(capture: str | Path, kernel: str | Path | None = None) -> Path | None:
     """The kernel events to use: ``kernel`` when given (it must exist), else
     ``X.kernel.jsonl`` beside capture ``X.pcap`` when it exists, else None."""
     from handshake_viz.errors import KernelFileError
-    from handshake_viz.kernel import kernel_path_for
+    from handshake_viz.pcapio import KERNEL_SUFFIX
 
-    return _file_for(capture, kernel, kernel_path_for, KernelFileError)
+    return _file_for(capture, kernel, KERNEL_SUFFIX, KernelFileError)
 
 
-def _file_for(capture: str | Path, given: str | Path | None, beside: Callable[[str | Path], Path],
+def _file_for(capture: str | Path, given: str | Path | None, suffix: str,
               missing: type[InputError]) -> Path | None:
-    """``given`` (which must exist), else the file ``beside(capture)`` when it exists."""
+    """``given`` (which must exist), else the capture's ``suffix`` file beside it
+    (``pcapio.beside``) when it exists."""
     if given is not None:
         path = Path(given)
         if not path.is_file():
@@ -339,7 +340,9 @@ def _file_for(capture: str | Path, given: str | Path | None, beside: Callable[[s
         return path
     if str(capture) == "-":
         return None
-    found = beside(capture)
+    from handshake_viz.pcapio import beside
+
+    found = beside(capture, suffix)
     return found if found.is_file() else None
 
 

@@ -204,6 +204,11 @@ class MemoryStore:
         return len(self._by_conn)
 
 
+_BLOOM_BITS = 1 << 23  # FileStore's Bloom filter: 1 MiB
+_BLOOM_MASK = _BLOOM_BITS - 1
+_WRITE = 1 << 20  # FileStore writes its records a megabyte at a time
+
+
 class FileStore:
     """A ConnectionStore in a private temporary file (removed when closed, or when the
     process ends however it ends: it is unlinked from the start).
@@ -218,9 +223,6 @@ class FileStore:
     ``directory``: where the file goes (default: the system's temporary directory).
     """
 
-    _BLOOM_BITS = 1 << 23
-    _WRITE = 1 << 20
-
     def __init__(self, directory: str | None = None) -> None:
         try:
             self._file = tempfile.TemporaryFile(dir=directory)
@@ -233,15 +235,11 @@ class FileStore:
         self._length = array("I")  # by connection: that record's length
         self._hashes = array("q")  # per put: hash(key)
         self._owners = array("q")  # per put: the connection
-        self._bloom = bytearray(self._BLOOM_BITS >> 3)
-
-    def _bits(self, key: str) -> tuple[int, int, int]:
-        h = hash(key)
-        mask = self._BLOOM_BITS - 1
-        return h, h & mask, (h >> 23) & mask
+        self._bloom = bytearray(_BLOOM_BITS >> 3)
 
     def put(self, conn: int, key: str, state: bytes) -> None:
-        h, one, two = self._bits(key)
+        h = hash(key)
+        one, two = h & _BLOOM_MASK, (h >> 23) & _BLOOM_MASK  # the key's two bits
         bloom = self._bloom
         bloom[one >> 3] |= 1 << (one & 7)
         bloom[two >> 3] |= 1 << (two & 7)
@@ -256,7 +254,7 @@ class FileStore:
         self._hashes.append(h)
         self._owners.append(conn)
         self._buffer += record
-        if len(self._buffer) >= self._WRITE:
+        if len(self._buffer) >= _WRITE:
             self._flush()
 
     def _flush(self) -> None:
@@ -296,7 +294,8 @@ class FileStore:
         return None if record is None else self._split(record)[1]
 
     def find(self, key: str) -> tuple[int, bytes] | None:
-        h, one, two = self._bits(key)
+        h = hash(key)
+        one, two = h & _BLOOM_MASK, (h >> 23) & _BLOOM_MASK
         bloom = self._bloom
         if not (bloom[one >> 3] & 1 << (one & 7) and bloom[two >> 3] & 1 << (two & 7)):
             return None  # never stored

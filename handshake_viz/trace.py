@@ -57,6 +57,7 @@ from typing import IO, Any
 from .errors import TraceFileError, os_error
 from .model import COUNTS_MESSAGES, SYSCALLS, Call, CallKind, Endpoint, call_kind, normalize_ip
 from .outfile import DEFAULT_MODE, AtomicFile
+from .pcapio import CALLS_SUFFIX, beside
 from .text import safe_text
 
 __all__ = [
@@ -1185,9 +1186,7 @@ def call_from_json(d: Mapping[str, Any]) -> Call:
 
 def calls_path_for(pcap_path: str | os.PathLike[str]) -> Path:
     """``trace.pcap`` -> ``trace.calls.jsonl`` (same for .pcapng and .cap)."""
-    p = Path(pcap_path)
-    stem = p.stem if p.suffix.lower() in (".pcap", ".pcapng", ".cap") else p.name
-    return p.with_name(stem + ".calls.jsonl")
+    return beside(pcap_path, CALLS_SUFFIX)
 
 
 def write_calls_jsonl(calls: Iterable[Call], path: str | os.PathLike[str], *, mode: int = DEFAULT_MODE) -> int:

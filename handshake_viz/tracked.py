@@ -10,7 +10,9 @@ sequence analysis fields are ``seqanalysis.SeqFlow``'s, the Zeek records
 
 from __future__ import annotations
 
-from handshake_viz.model import ConnectionSummary, Direction, Endpoint, TcpState, ZeekConnection
+from handshake_viz.model import (
+    ConnectionSummary, Direction, Endpoint, TcpState, ZeekConnection, fast_constructor,
+)
 from .seqanalysis import SeqFlow
 from .seqnum import UNSET
 from .zeek import ZeekEndpoint, ZeekView
@@ -102,8 +104,8 @@ class TrackedConn:
         first = zeek.rows[0] if zeek.rows else zeek.row()
         (cip, cport), (sip, sport) = self.client, self.server
         return (self.index, cip, cport, sip, sport, self.first_ts, self.last_ts, self.segments,
-                c2s.data_end, s2c.data_end, first[2], first[3], c2s.state.value, s2c.state.value,
-                self.roles_guessed, self.ip_version)
+                c2s.data_end, s2c.data_end, first[2], first[3], c2s.state._value_,
+                s2c.state._value_, self.roles_guessed, self.ip_version)
 
     def zeek_connections(self) -> list[ZeekConnection]:
         """The Zeek connections of this stream, in the order they started."""
@@ -121,9 +123,18 @@ SummaryFields = tuple[int, str, int, str, int, float, float, int, int, int, str,
 bytes_s2c, conn_state, history, client_state, server_state, roles_guessed, ip_version"""
 
 
+# (model.fast_constructor: a frozen dataclass's own __init__ would cost more than the rest
+# of a summary; hsviz analyze makes one per connection)
+_summary = fast_constructor(ConnectionSummary, (
+    1, Endpoint("10.0.0.1", 2), Endpoint("::1", 3), 4.5, 5.5, 6, 7, 8, "SF", "ShADadFf",
+    TcpState.TIME_WAIT, TcpState.CLOSED, False, 4))
+_endpoint = fast_constructor(Endpoint, ("10.0.0.1", 2))
+_STATES = {s.value: s for s in TcpState}
+
+
 def summary_of(f: SummaryFields) -> ConnectionSummary:
     """The ConnectionSummary of ``TrackedConn.summary_fields()``'s values."""
-    return ConnectionSummary(
-        f[0], Endpoint(f[1], f[2]), Endpoint(f[3], f[4]), f[5], f[6], f[7], f[8], f[9], f[10],
-        f[11], TcpState(f[12]), TcpState(f[13]), f[14], f[15],
+    return _summary(  # type: ignore[no-any-return]
+        f[0], _endpoint(f[1], f[2]), _endpoint(f[3], f[4]), f[5], f[6], f[7], f[8], f[9], f[10],
+        f[11], _STATES[f[12]], _STATES[f[13]], f[14], f[15],
     )

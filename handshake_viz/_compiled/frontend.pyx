@@ -21,11 +21,12 @@ and ``%``-formatting, which compiled code cannot make fast:
 tests/test_compiled.py holds every piece to the Python one it stands for.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.string cimport memcpy, strlen
+from libc.string cimport memcpy, memmove, strlen
 
 from .seqanalysis cimport analysis_names
 from .track cimport Sink, Tracker
@@ -37,11 +38,11 @@ from handshake_viz import report as _report
 from handshake_viz.checksum import tcp_checksum as _tcp_checksum
 from handshake_viz.errors import CaptureFileError, HsvizError
 from handshake_viz.model import Direction
-from handshake_viz.pcapio import CHUNK, MAX_CAPLEN
+from handshake_viz.pcapio import CHUNK, MAX_CAPLEN, _why
 
 from handshake_viz._compiled.track import _make_segment
 
-import Cython
+import zlib
 
 cdef extern from "Python.h":
     char *PyOS_double_to_string(double val, char format_code, int precision, int flags,
@@ -51,11 +52,12 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     const char *HSVIZ_SOURCES_DIGEST
+    const char *HSVIZ_CYTHON_VERSION
 
 #: The digest of the sources this was built from (``_build.sources_digest``).
 SOURCES_DIGEST = HSVIZ_SOURCES_DIGEST.decode()
 #: The Cython that built it.
-CYTHON_VERSION = Cython.__version__
+CYTHON_VERSION = HSVIZ_CYTHON_VERSION.decode()
 
 cdef object C2S = Direction.C2S
 cdef int FIN = 0x01, SYN = 0x02, ACK = 0x10
@@ -504,16 +506,16 @@ cdef class Walk:
         self._pair_key[slot] = key
         return <tuple>pair
 
-    cdef int _frame(self, int lt, bytes buf, Py_ssize_t start, Py_ssize_t end, long long frame,
-                    double ts, long long extra) except -2:
-        """One frame: 1 decoded (and fed), 0 skipped, -1 malformed (``walk``'s counts)."""
-        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(buf) + start
-        cdef const unsigned char *base = <const unsigned char *>PyBytes_AS_STRING(buf)
+    cdef int _frame(self, int lt, object buf, const unsigned char *base, Py_ssize_t start,
+                    Py_ssize_t end, long long frame, double ts, long long extra) except -2:
+        """One frame, ``base[start:end]`` of ``buf`` (bytes, or the walk's bytearray): 1
+        decoded (and fed), 0 skipped, -1 malformed (``pcapio.CaptureFile.walk``'s counts)."""
+        cdef const unsigned char *p = base + start
         cdef long long tot, doff, length, seq, ack
         cdef Py_ssize_t t, pl, q
         cdef int ipid, sport, dport, flags, win
         cdef tuple pair
-        cdef bytes options
+        cdef bytes options, payload
         if lt == 1 and end - start >= 54:
             # decode's fast path: Ethernet, IPv4 without options, unfragmented TCP
             tot = p[16] << 8 | p[17]
@@ -541,8 +543,7 @@ cdef class Walk:
                     win = p[48] << 8 | p[49]
                     payload = PyBytes_FromStringAndSize(<const char *>base + pl, q - pl) if q > pl else b""
                     if self.verify:
-                        status = _tcp_checksum(lt, buf, start, end, extra)
-                        self.tally[status] += 1
+                        status = self._checksum(lt, buf, start, end, extra)
                         self.tracker.feed_checked(frame, ts, <str>pair[0], sport, <str>pair[1], dport,
                                                   seq, ack, flags, win, length, payload, options, 4,
                                                   ipid, status)
@@ -550,6 +551,9 @@ cdef class Walk:
                         self.tracker.feed_fields(frame, ts, <str>pair[0], sport, <str>pair[1], dport,
                                                  seq, ack, flags, win, length, payload, options, 4, ipid)
                     return 1
+        if type(buf) is not bytes:  # the Python decoder's slices must be bytes
+            buf = PyBytes_FromStringAndSize(<const char *>base + start, end - start)
+            start, end = 0, end - start
         r = _py_decode(lt, buf, start, end, frame, ts, extra, _collect, self.make_udp)
         if r is None:
             return 0
@@ -557,9 +561,7 @@ cdef class Walk:
             return -1
         if type(r) is _Fields:
             if self.verify:
-                status = _tcp_checksum(lt, buf, start, end, extra)
-                self.tally[status] += 1
-                (<object>self.tracker).feed_checked(*r, status)
+                (<object>self.tracker).feed_checked(*r, self._checksum(lt, buf, start, end, extra))
             else:
                 (<object>self.tracker).feed_fields(*r)
             return 1
@@ -567,9 +569,20 @@ cdef class Walk:
         self.sink.datagram(r)
         return 1
 
-    def decoder(self, lt, buf, start, end, frame, ts, extra, make, make_udp):
+    cdef int _checksum(self, int lt, object buf, Py_ssize_t start, Py_ssize_t end,
+                       long long extra) except -1:
+        """The segment's checksum status (``checksum.tcp_checksum``), counted."""
+        if type(buf) is not bytes:
+            buf = bytes(buf[start:end])
+            start, end = 0, end - start
+        status = _tcp_checksum(lt, buf, start, end, extra)
+        self.tally[status] += 1
+        return status
+
+    def decoder(self, lt, bytes buf, start, end, frame, ts, extra, make, make_udp):
         """``_frame`` as ``pcapio.CaptureFile.walk`` calls a decoder (pcapng files)."""
-        cdef int r = self._frame(lt, buf, start, end, frame, ts, extra)
+        cdef int r = self._frame(lt, buf, <const unsigned char *>PyBytes_AS_STRING(buf), start, end,
+                                 frame, ts, extra)
         return True if r > 0 else None if r == 0 else False
 
     def run(self, reader):
@@ -599,27 +612,35 @@ cdef class Walk:
                 yield self.sink.take()
 
     def _pcap(self, reader):
-        """``pcapio.CaptureFile._walk_pcap``, compiled."""
+        """``pcapio.CaptureFile._walk_pcap``, compiled: the same records, counts, warnings
+        and errors, read into one buffer (``readinto``) instead of a new bytes object
+        a chunk."""
         name = reader.name
         stats = reader.stats
-        cdef bytes buf = reader._start()
+        head = reader._start()
+        cdef bytearray buf = bytearray(max(2 * CHUNK, len(head)))
+        buf[:len(head)] = head
         cdef int lt = reader.linktypes[0]
         cdef bint big = reader._order == ">"
         cdef double units = reader._units
         cdef long long maxcap = max(MAX_CAPLEN, reader.snaplen)
-        cdef Py_ssize_t pos = 24, blen = len(buf), start, end
+        cdef Py_ssize_t pos = 24, blen = len(head), start, end
         cdef long long frame = 0, nok = 0, nskip = 0, nbad = 0, ncut = 0, extra
         cdef unsigned long long sec, frac, caplen, wirelen
         cdef const unsigned char *h
+        cdef const unsigned char *base = <const unsigned char *>PyByteArray_AS_STRING(buf)
         cdef int r
+        del head
+        stream = reader._stream
         progress = getattr(reader, "progress", None)
         try:
             while True:
                 if blen - pos < 16:
                     if self.sink.pending():
                         yield self.sink.take()
-                    buf = reader._refill(buf, pos, CHUNK)
-                    pos, blen = 0, len(buf)
+                    blen = self._fill(reader, stream, buf, pos, blen, CHUNK)
+                    pos = 0
+                    base = <const unsigned char *>PyByteArray_AS_STRING(buf)
                     stats.set(frame, nok, nskip, nbad, ncut)
                     if progress is not None:
                         progress(frame)
@@ -628,7 +649,7 @@ cdef class Walk:
                             stats.warnings.append(
                                 f"{name}: record {frame + 1} header truncated: {blen} of 16 bytes")
                         return
-                h = <const unsigned char *>PyBytes_AS_STRING(buf) + pos
+                h = base + pos
                 if big:
                     sec = (<unsigned long long>h[0] << 24) | (h[1] << 16) | (h[2] << 8) | h[3]
                     frac = (<unsigned long long>h[4] << 24) | (h[5] << 16) | (h[6] << 8) | h[7]
@@ -648,8 +669,9 @@ cdef class Walk:
                 if end > blen:
                     if self.sink.pending():
                         yield self.sink.take()
-                    buf = reader._refill(buf, pos, max(CHUNK, end - blen))
-                    pos, blen = 0, len(buf)
+                    blen = self._fill(reader, stream, buf, pos, blen, max(CHUNK, end - blen))
+                    pos = 0
+                    base = <const unsigned char *>PyByteArray_AS_STRING(buf)
                     start, end = 16, 16 + <Py_ssize_t>caplen
                     stats.set(frame, nok, nskip, nbad, ncut)
                     if progress is not None:
@@ -665,7 +687,7 @@ cdef class Walk:
                     extra = <long long>(wirelen - caplen)
                 else:
                     extra = 0
-                r = self._frame(lt, buf, start, end, frame, <double>sec + <double>frac / units, extra)
+                r = self._frame(lt, buf, base, start, end, frame, <double>sec + <double>frac / units, extra)
                 if r > 0:
                     nok += 1
                 elif r == 0:
@@ -674,3 +696,27 @@ cdef class Walk:
                     nbad += 1
         finally:
             stats.set(frame, nok, nskip, nbad, ncut)
+
+    cdef Py_ssize_t _fill(self, reader, stream, bytearray buf, Py_ssize_t pos, Py_ssize_t blen,
+                          Py_ssize_t size) except -1:
+        """``CaptureFile._refill`` into ``buf``: the unread rest moved to the front, then up
+        to ``size`` more bytes of the file (fewer only at its end), read at most ``CHUNK``
+        at a time so that memory follows what the file holds; returns the bytes in
+        ``buf``.  The same errors as ``CaptureFile._read_at_least``."""
+        cdef Py_ssize_t keep = blen - pos, got = 0, n
+        cdef char *data = PyByteArray_AS_STRING(buf)
+        if keep:
+            memmove(data, data + pos, keep)
+        while got < size:
+            want = min(size - got, CHUNK)
+            if keep + got + want > len(buf):
+                buf.extend(bytes(keep + got + want - len(buf)))
+            with memoryview(buf) as view:
+                try:
+                    n = stream.readinto(view[keep + got : keep + got + want])
+                except (OSError, EOFError, ValueError, zlib.error) as exc:  # ValueError: closed
+                    raise CaptureFileError(f"{reader.name}: read error: {_why(exc)}") from None
+            if not n:
+                break
+            got += n
+        return keep + got
