@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
@@ -750,22 +751,26 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     trace = load(src, calls=args.calls, conn=None if everything or conns is None else conns,
                  verify_checksums=args.verify_checksums)
     layers = _plot_layers(args, trace, err)
-    if args.pages:
-        draw.plot_all(trace, dest, time=args.time, max_rows=args.max_rows, **layers)
-    else:
-        if not everything and conns is None:
-            conns = [0] if trace.connections else []  # a capture with only UDP: its flows
-        chosen = None if everything else conns
-        flows = None if everything or trace.connections else [f.flow for f in trace.flows]
-        if dest.suffix.lower() == ".html":
-            from handshake_viz.html import write_page
-
-            write_page(trace, dest, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows,
-                       **layers)
+    with warnings.catch_warnings():
+        # said once above (_plot_layers), not once per glyph
+        warnings.filterwarnings("ignore", message="no font with Chinese glyphs")
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        if args.pages:
+            draw.plot_all(trace, dest, time=args.time, max_rows=args.max_rows, **layers)
         else:
-            fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time,
-                                    max_rows=args.max_rows, **layers)
-            draw.save_figure(fig, dest)
+            if not everything and conns is None:
+                conns = [0] if trace.connections else []  # a capture with only UDP: its flows
+            chosen = None if everything else conns
+            flows = None if everything or trace.connections else [f.flow for f in trace.flows]
+            if dest.suffix.lower() == ".html":
+                from handshake_viz.html import write_page
+
+                write_page(trace, dest, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows,
+                           **layers)
+            else:
+                fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time,
+                                        max_rows=args.max_rows, **layers)
+                draw.save_figure(fig, dest)
     _warn(trace.warnings, err)
     out.write(f"{safe_text(dest)}\n")
     return 0

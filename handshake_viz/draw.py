@@ -824,7 +824,7 @@ def cjk_font() -> str | None:
     names = {f.name for f in font_manager.fontManager.ttflist}
     for name in _CJK_NAMES:
         if name in names:
-            return name
+            return _with_weights(name)
     for path in _CJK_FILES:
         if os.path.isfile(path):
             before = len(font_manager.fontManager.ttflist)
@@ -834,8 +834,23 @@ def cjk_font() -> str | None:
                 continue
             added = font_manager.fontManager.ttflist[before:]
             if added:
-                return added[0].name
+                return _with_weights(added[0].name)
     return None
+
+
+def _with_weights(name: str) -> str:
+    """``name``, listed for the regular and bold weights the story asks for: a CJK font
+    with one face (WenQuanYi Zen Hei says it is medium, 500) would otherwise make
+    matplotlib log "Failed to find font weight normal" for every text."""
+    from dataclasses import replace as copy
+
+    from matplotlib import font_manager
+
+    faces = [f for f in font_manager.fontManager.ttflist if f.name == name]
+    for weight in (400, 700):
+        if faces and not any(f.weight == weight for f in faces):
+            font_manager.fontManager.ttflist.append(copy(faces[0], weight=weight))
+    return name
 
 
 def _family(lang: str) -> Family:
@@ -857,10 +872,14 @@ _TOKEN = re.compile(r"[\u2e80-\u9fff\u3000-\u303f\uff00-\uffef]|[^\s\u2e80-\u9ff
 def _wrap_words(text: str, size: float, room_pt: float, family: Family, style: str = "normal",
                 weight: str = "normal") -> list[str]:
     """Greedy line breaks at spaces, and between any two Chinese characters."""
+    import warnings
+
     lines: list[str] = []
     line, width = "", 0.0
     for token in _TOKEN.findall(text):
-        w = _text_width_pt(token, size, family, weight, style)
+        with warnings.catch_warnings():  # no CJK font: said once by _family, not per glyph
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+            w = _text_width_pt(token, size, family, weight, style)
         if token.isspace():
             if line:
                 line, width = line + " ", width + w

@@ -55,7 +55,6 @@ if TYPE_CHECKING:  # the records read, by attribute only
 __all__ = [
     "BADGES",
     "Footnote",
-    "KERNEL_KEY",
     "QueueGauge",
     "QueueStep",
     "StoryLine",
@@ -66,6 +65,7 @@ __all__ = [
     "check_of",
     "drop_words",
     "duration_text",
+    "kernel_key",
     "queue_text",
     "story_lines",
     "wait_text",
@@ -76,10 +76,19 @@ Verdict = Literal["agree", "linux", "disagree"]
 
 #: The glyph a state mark carries for each verdict (a footnote number follows ≈ and ✗).
 BADGES: dict[str, str] = {"agree": "✓", "linux": "≈", "disagree": "✗"}
-#: What the glyphs mean: one line under a diagram that has the kernel layer.
-KERNEL_KEY = ("The kernel's own account (tracepoints): ✓ it entered the same state · "
-              "≈ Linux reports this step differently (see the note) · ✗ it disagrees (see the note) · "
-              "✗ on an arrow: the kernel dropped that segment")
+
+
+def kernel_key(*, states: bool, drops: bool, queues: bool) -> str:
+    """What the kernel layer's marks mean, one line under the diagram (only the marks it has)."""
+    parts = []
+    if states:
+        parts.append("on each state, ✓ the kernel entered the same state, ≈N Linux reports this step "
+                     "differently, ✗N the kernel disagrees (note N)")
+    if drops:
+        parts.append("✗ on an arrow: the kernel dropped that segment")
+    if queues:
+        parts.append("blue slots: connections waiting in the accept queue (red: the queue was full)")
+    return "The kernel's own account (tracepoints): " + "; ".join(parts) if parts else ""
 
 # Passing states whose length is worth a look when it is long (CLOSE-WAIT and FIN-WAIT-2
 # are shown always: how long they last is the application's doing; TIME-WAIT is fixed).
@@ -371,9 +380,10 @@ _WAIT_WORDS = {
 
 
 def wait_text(t: CallTiming | None) -> str:
-    """``"[blocked 43 ms: data]"`` for a call that waited long enough to matter (see
-    :data:`WAIT_SHOWN_MS`), else ``""``."""
-    if t is None or t.blocked_ms is None or t.blocked_ms < WAIT_SHOWN_MS:
+    """``"[blocked 43 ms: data]"`` for a traced call that waited long enough to matter
+    (see :data:`WAIT_SHOWN_MS`), else ``""`` (an inferred call's extent is the segments',
+    not a measured wait)."""
+    if t is None or t.call.inferred or t.blocked_ms is None or t.blocked_ms < WAIT_SHOWN_MS:
         return ""
     words = _WAIT_WORDS.get(t.waited_for.value)
     if words is None:

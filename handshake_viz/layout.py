@@ -132,7 +132,6 @@ from handshake_viz.hindsight import refusing_rst, settle
 from handshake_viz.layers import (
     BADGES,
     INFINITE_SSTHRESH,
-    KERNEL_KEY,
     WINDOW_COLUMNS,
     WINDOW_TITLE,
     Footnote,
@@ -146,6 +145,7 @@ from handshake_viz.layers import (
     drop_note,
     drop_words,
     duration_text,
+    kernel_key,
     queue_text,
     resent_as,
     story_lines,
@@ -1967,8 +1967,8 @@ class _Planner:
             idle=tuple(self._idle(main[0])), legend=tuple(legend),
             xlim=(left_edge, right_edge), ylim=(top, bottom), lifeline_top=lifeline_top,
             lifeline_bottom=lifeline_bottom, time_x=time_x,
-            kernel_key=KERNEL_KEY if self.layers.kernel is not None and (
-                any(m.verdict for m in marks) or queues or self.drops) else "",
+            kernel_key=kernel_key(states=any(m.verdict for m in marks), drops=bool(self.drops),
+                                  queues=bool(queues)),
             footnotes=tuple(self.footnotes), queues=queues, windows=strip, markers=markers,
             story=self.story, lang=self.layers.lang,
         )
