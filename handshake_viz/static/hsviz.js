@@ -376,9 +376,10 @@
         el("line", { x1: X(b.leader[0]), y1: Y(b.leader[1]), x2: X(b.leader[2]), y2: Y(b.leader[3]), "class": "leader", "data-call": b.id }, under);
       }
     });
+    var opened = [];
     L.calls.forEach(function (b) {
       var left = b.side === "client";
-      if (b.count > 1 && S.unfolded[b.id]) { drawMembers(b, g); return; }
+      if (b.count > 1 && S.unfolded[b.id]) { opened.push(b); return; }
       var grp = el("g", { "class": "call" + (b.count > 1 ? " group" : ""), "data-call": b.id, role: "button",
         "aria-label": "call " + b.label + (b.count > 1 ? " (click to show each call)" : "") }, g);
       el("rect", { x: X(b.x - BAR_HALF), y: Y(b.y0), width: 2 * BAR_HALF * UX, height: Math.max(1, (b.y1 - b.y0) * UY),
@@ -396,6 +397,7 @@
         select({ kind: "call", id: b.id });
       });
     });
+    opened.forEach(function (b) { drawMembers(b, g); });  // last: on top of the lane's other texts
   }
 
   function drawMembers(b, g) {  // a grouped bar opened in place: each call, its own bar and label
