@@ -211,7 +211,7 @@ def test_hostile_capture_shows_its_text_and_runs_none_of_it(browser: Any, tmp_pa
 def test_1000_segments_open_in_under_two_seconds(browser: Any, tmp_path: Path) -> None:
     pcap = tmp_path / "big.pcap"
     assert make_capture(pcap, 1, 331) == 1000
-    for options, drawn in (((), 59), (("--max-rows", "0"), 1000)):
+    for options, drawn in (((), 59), (("--max-rows", "0"), 1000), (("--max-rows", "0", "--explain"), 1000)):
         page = plot_html(pcap, tmp_path / "big.html", *options)
         assert page.stat().st_size < 2_000_000
         assert open_page(browser, page) < OPEN_LIMIT_S
