@@ -590,12 +590,8 @@ def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
         # the label line: role (bold, phase colour) + analysis tag (red box), centred together
         lw = _text_width_pt(r.label, label_size, "DejaVu Sans", "bold", "normal") / pt_per_x
         tag = ", ".join(r.markers)
-        tw = (_text_width_pt(tag, marker_size, "DejaVu Sans", "bold", "normal") + 8) / pt_per_x \
-            if tag else 0.0
-        sep = 10 / pt_per_x if tag else 0.0
-        kw = (_text_width_pt(r.kernel_tag, marker_size, "DejaVu Sans", "bold", "normal") + 8) / pt_per_x \
-            if r.kernel_tag else 0.0
-        ksep = 10 / pt_per_x if r.kernel_tag else 0.0
+        tw, sep = _tag_width(tag, marker_size, pt_per_x)
+        kw, ksep = _tag_width(r.kernel_tag, marker_size, pt_per_x)
         total = lw + sep + tw + ksep + kw
         left = r.text_x - total / 2
         # baseline: above the arrow wherever the line spans it (the arrow is highest
@@ -605,14 +601,12 @@ def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
         base = min(mid_y - 0.10, y_arrow - 0.05)
         out.text(left + lw / 2, base, r.label, ha="center", va="baseline", size=label_size,
                  weight="bold", color=color)
-        if tag:
-            ax.text(left + lw + sep + 4 / pt_per_x, base, tag, ha="left", va="baseline",
-                    fontsize=marker_size, fontweight="bold", color="white", zorder=4,
-                    bbox=dict(boxstyle="round,pad=0.25", fc=_FLAG, ec="none"), **_PLAIN)
-        if r.kernel_tag:  # the kernel layer: what the kernel did with it (dropped, and why)
-            ax.text(left + lw + sep + tw + ksep + 4 / pt_per_x, base, r.kernel_tag, ha="left",
-                    va="baseline", fontsize=marker_size, fontweight="bold", color="white", zorder=4,
-                    bbox=dict(boxstyle="round,pad=0.25", fc=_DROP, ec="none"), **_PLAIN)
+        # the analysis tags (red), and what the kernel did with it (the kernel layer: dropped, why)
+        for text, at, face in ((tag, left + lw + sep, _FLAG), (r.kernel_tag, left + lw + sep + tw + ksep, _DROP)):
+            if text:
+                ax.text(at + 4 / pt_per_x, base, text, ha="left", va="baseline", fontsize=marker_size,
+                        fontweight="bold", color="white", zorder=4,
+                        bbox=dict(boxstyle="round,pad=0.25", fc=face, ec="none"), **_PLAIN)
         if st.show_details:
             if r.lines == 2:
                 lines = [r.detail, r.extra]
@@ -635,6 +629,13 @@ def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
                              size=size, mono=True, color="#333333")
         if st.show_times:
             _paint_time(layout, r, fs, out)
+
+
+def _tag_width(tag: str, size: float, pt_per_x: float) -> tuple[float, float]:
+    """(width, space before it) of a tag box on a row's label line, in lifeline units."""
+    if not tag:
+        return 0.0, 0.0
+    return (_text_width_pt(tag, size, "DejaVu Sans", "bold", "normal") + 8) / pt_per_x, 10 / pt_per_x
 
 
 def _paint_time(layout: Layout, r: Row, fs: dict[str, float], out: _Writer) -> None:
@@ -948,7 +949,7 @@ def _panel(layout: Layout, st: Style, fig_w: float) -> tuple[list[_Para], float,
 def _paint_panel(layout: Layout, ax: Axes, st: Style) -> None:
     """The panel, a column centred under the axes, below the legend."""
     fig = ax.figure
-    paras, col, _h = _panel(layout, st, float(fig.get_size_inches()[0]))
+    paras, col, _h = _panel(layout, st, fig.bbox.width / fig.dpi)
     if not paras:
         return
     family = _family(layout.lang)

@@ -1774,7 +1774,9 @@ class _Planner:
         dropped: dict[int, tuple[KernelDrop, str]] = {}
         for k, it in enumerate(self.items):
             p = self.packets[it.a]
-            facts = None if it.fold or not isinstance(p, Segment) else self.kseg.get(p.frame)
+            if it.fold or not isinstance(p, Segment):
+                continue
+            facts = self.kseg.get(p.frame)
             if facts is None or facts.drop is None:
                 continue
             conv = self.convs[self.conv_of[it.a]]
@@ -1804,8 +1806,8 @@ class _Planner:
         if verdict == "linux" and worst.difference is not None:
             cite = ("linux", worst.difference.value, worst.difference.explanation)
         elif verdict == "linux" or verdict == "disagree":
-            frame = f" after #{worst.frame}" if worst.frame is not None else ""
-            text = f"{worst.side.value} {m.state.value}{frame}: {worst.note or 'the kernel reported no such change'}"
+            after = f" after #{worst.frame}" if worst.frame is not None else ""
+            text = f"{worst.side.value} {m.state.value}{after}: {worst.note or 'the kernel reported no such change'}"
             cite = (verdict, text, text)
         duration = ""
         if len(m.who) == 1:
@@ -1994,8 +1996,10 @@ class _Planner:
         segment that one was matched to."""
         lines = []
         for r in rows:
-            facts = self.kseg.get(r.frame) if r.kind == "segment" and r.frame is not None else None
-            if facts is None or facts.probe is None or r.lifeline_to is None:
+            if r.kind != "segment" or r.frame is None or r.lifeline_to is None:
+                continue
+            facts = self.kseg.get(r.frame)
+            if facts is None or facts.probe is None:
                 continue
             p = facts.probe
             who = self.names[r.lifeline_to]

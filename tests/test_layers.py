@@ -22,6 +22,7 @@ from handshake_viz.layout import Layout, plan_trace  # noqa: E402
 from handshake_viz.model import Analysis, TcpState  # noqa: E402
 
 from test_draw import _boxes, assert_legible  # noqa: E402
+from test_layout import CORPUS, needs_corpus  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "kernel"
 LESSONS = ("echo", "backlog", "time-wait", "half-close", "refused", "reset")
@@ -347,3 +348,13 @@ def test_cli_without_a_cjk_font_says_so_in_one_line(monkeypatch: pytest.MonkeyPa
                     out=io.StringIO(), err=err) == 0
     assert err.getvalue() == f"hsviz: warning: {draw.NO_CJK_FONT}\n"
     assert (tmp_path / "zh.png").stat().st_size > 50_000
+
+
+@needs_corpus
+@pytest.mark.parametrize("name", ["get.pcap", "retransmit-fast009.pcap", "tcp-fast-open.pcap", "missing-syn.pcap"])
+def test_corpus_diagrams_with_the_story_are_legible(name: str) -> None:
+    t = pipeline.load(CORPUS / "traces" / name)
+    layout = plan_trace(t.connections[:1], calls=t.calls, explain=True)
+    assert layout.story and layout.markers
+    fig = draw.render_trace(t, conns=[t.connections[0].conn], explain=True)
+    assert_legible(fig, fig.axes[0], layout)
