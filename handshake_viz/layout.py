@@ -115,6 +115,21 @@ found in LISTEN is marked above its first row.  On a lifeline shared by several
 connections (a server's listening port) each state names the connection's peer,
 ``ESTABLISHED (client 2)``: the kernel keeps one socket per connection, and the
 listening socket stays in LISTEN all along.
+
+Layers
+======
+Given the kernel's account (``kernel=``, ``Trace.kernel``) each state mark carries the
+kernel's verdict, its name for the state and, where it matters, how long the side
+stayed in it (:class:`StateMark` ``verdict``/``kernel``/``footnote``/``duration``); a
+listener's accept queue becomes a :class:`QueueGauge` between its lifeline and its
+lane (the lane moves out to make room, and past the longer state texts); a dropped
+segment's row gets a ``kernel_tag``; differences, disagreements and drops are
+explained in numbered :class:`Footnote` records; ``windows=True`` adds a
+:class:`WindowStrip` right of everything.  Given explanations (``explain=``) the
+story's :class:`StoryMarker` records go in the margin left of the times and its
+:class:`StoryLine` records under the diagram.  What they say is decided in
+:mod:`handshake_viz.layers`; where they go, here.  Without them the layout is the same
+as before they existed.
 """
 
 from __future__ import annotations
