@@ -1064,28 +1064,22 @@ def plot_trace(
     ``lang``, "en" or "zh") under the diagram.
     """
     _style(style)
-    return _plot(_plan_trace(trace, conns, flows, time, max_rows, title,
-                             _Layers(kernel, windows, explain, lang)), ax, style)
+    layout = _plan_trace(trace, conns, flows, time, max_rows, title, _Layers(kernel, windows, explain, lang))
+    if ax is _NEW_FIGURE:
+        return _render(layout, style)  # type: ignore[return-value]
+    return _plot(layout, ax, style)
 
 
-def render_trace(
-    trace: Any,
-    *,
-    conns: Iterable[int] | None = None,
-    flows: Iterable[int] | None = None,
-    time: TimeMode = "ordered",
-    max_rows: int = 60,
-    title: str | None = None,
-    kernel: bool = True,
-    windows: bool = False,
-    explain: bool = False,
-    lang: str = "en",
-    **style: Any,
-) -> Figure:
-    """Like :func:`plot_trace`, on a new Figure that pyplot does not know about."""
-    _style(style)
-    return _render(_plan_trace(trace, conns, flows, time, max_rows, title,
-                               _Layers(kernel, windows, explain, lang)), style)
+#: ``plot_trace(ax=_NEW_FIGURE)``: :func:`render_trace`'s way in (a pyplot-free Figure).
+_NEW_FIGURE: Any = object()
+
+
+def render_trace(trace: Any, **options: Any) -> Figure:
+    """Like :func:`plot_trace` (the same keywords but ``ax``), on a new Figure that
+    pyplot does not know about (the CLI, the demo, batch jobs: nothing leaks)."""
+    if "ax" in options:
+        raise TypeError("render_trace() draws on a new figure: it takes no ax (use plot_trace)")
+    return plot_trace(trace, ax=_NEW_FIGURE, **options)  # type: ignore[arg-type, no-any-return]
 
 
 def _plot(layout: Layout, ax: Axes | None, style: dict[str, Any]) -> Axes:
