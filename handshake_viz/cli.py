@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
@@ -713,6 +714,15 @@ def _add_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-rows", type=int, default=60, metavar="N",
                    help="fold the middle of longer exchanges into one marked row (0: draw all)")
     p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl")
+    p.add_argument("--windows", action="store_true",
+                   help="beside the ladder, the kernel's window variables at each segment a tcp_probe "
+                   "matched: cwnd, ssthresh, srtt, snd_wnd, the usable window and rcv_wnd (needs "
+                   "FILE.kernel.jsonl, written by capture/demo --kernel)")
+    p.add_argument("--explain", action="store_true",
+                   help="number the rows each sentence of the story cites (findings lettered) and write "
+                   "the story and the findings under the diagram (as hsviz explain); call labels say "
+                   "what a call waited for when that took a millisecond or more")
+    _add_explain_options(p, explain_flag=False)
     _add_verify_option(p)
     p.set_defaults(func=_cmd_plot)
 
@@ -740,24 +750,47 @@ def _cmd_plot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     everything = args.all or args.pages
     trace = load(src, calls=args.calls, conn=None if everything or conns is None else conns,
                  verify_checksums=args.verify_checksums)
-    if args.pages:
-        draw.plot_all(trace, dest, time=args.time, max_rows=args.max_rows)
-    else:
-        if not everything and conns is None:
-            conns = [0] if trace.connections else []  # a capture with only UDP: its flows
-        chosen = None if everything else conns
-        flows = None if everything or trace.connections else [f.flow for f in trace.flows]
-        if dest.suffix.lower() == ".html":
-            from handshake_viz.html import write_page
-
-            write_page(trace, dest, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows)
+    layers = _plot_layers(args, trace, err)
+    with warnings.catch_warnings():
+        # said once above (_plot_layers), not once per glyph
+        warnings.filterwarnings("ignore", message="no font with Chinese glyphs")
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        if args.pages:
+            draw.plot_all(trace, dest, time=args.time, max_rows=args.max_rows, **layers)
         else:
-            fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time,
-                                    max_rows=args.max_rows)
-            draw.save_figure(fig, dest)
+            if not everything and conns is None:
+                conns = [0] if trace.connections else []  # a capture with only UDP: its flows
+            chosen = None if everything else conns
+            flows = None if everything or trace.connections else [f.flow for f in trace.flows]
+            if dest.suffix.lower() == ".html":
+                from handshake_viz.html import write_page
+
+                write_page(trace, dest, conns=chosen, flows=flows, time=args.time, max_rows=args.max_rows,
+                           **layers)
+            else:
+                fig = draw.render_trace(trace, conns=chosen, flows=flows, time=args.time,
+                                        max_rows=args.max_rows, **layers)
+                draw.save_figure(fig, dest)
     _warn(trace.warnings, err)
     out.write(f"{safe_text(dest)}\n")
     return 0
+
+
+def _plot_layers(args: argparse.Namespace, trace: Any, err: TextIO) -> dict[str, Any]:
+    """--windows, --explain and --lang as the plotting functions' keywords; a line on
+    stderr for a layer that cannot be drawn as asked."""
+    from handshake_viz.i18n import default_lang
+
+    lang = args.lang or default_lang()
+    if args.windows and trace.kernel is None:
+        _warn([f"--windows: {args.file} has no kernel events beside it (FILE.kernel.jsonl, written by "
+               "hsviz capture --kernel): no window strip"], err)
+    if args.explain and lang == "zh":
+        from handshake_viz.draw import NO_CJK_FONT, cjk_font
+
+        if cjk_font() is None:
+            _warn([NO_CJK_FONT], err)
+    return {"windows": args.windows, "explain": args.explain, "lang": lang}
 
 
 # ----------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ a GUI backend at all.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
@@ -42,7 +43,7 @@ from matplotlib.textpath import TextToPath
 from matplotlib.transforms import Affine2D
 
 from handshake_viz.errors import OutputError, UsageError
-from handshake_viz.layout import Layout, Row, TimeMode, plan, plan_trace
+from handshake_viz.layout import Layout, QueueGauge, Row, TimeMode, plan, plan_trace
 from handshake_viz.model import Call, ConnectionSummary, Segment
 
 if TYPE_CHECKING:
@@ -69,6 +70,12 @@ PHASE_COLORS: dict[str, str] = {
     "udp": "#d9730d",  # datagrams: no phase, one colour
 }
 _INK = "#222222"
+_KERNEL = "#2f5597"  # the kernel layer's own words (queue notes, the window strip's title)
+_VERDICT = {"agree": "#2e7d32", "linux": "#b26a00", "disagree": "#b00020"}
+_QUEUE_FACE = "#8fb0de"
+_QUEUE_FULL = "#e57373"
+_DROP = "#37474f"
+_STORY = "#1f4f9f"
 _GREY = "#666666"
 _LIFELINE = "#333333"
 _CALL_FACE = "#fde9b4"
@@ -144,6 +151,8 @@ _LEGEND_TEXT = {
     "fold": "folded run",
     "call-traced": "socket call (traced)",
     "call-inferred": "socket call (inferred)",
+    "queue": "accept queue (connections waiting for accept())",
+    "dropped": "dropped by the kernel",
 }
 _TOP_IN = 1.25  # title + headers above the axes (inches)
 _LINE_IN = 0.2  # one more header line
@@ -159,9 +168,13 @@ _LANES_ABOVE_PT = 20.0  # the row of lane titles above the headers, when they ha
 _TTP = TextToPath()
 
 
+Family = str | tuple[str, ...]  # a font family, or a list of them (the first with the glyph draws it)
+
+
 @lru_cache(maxsize=8192)
-def _text_width_pt(text: str, size: float, family: str, weight: str, style: str) -> float:
-    prop = FontProperties(family=family, weight=weight, style=style, size=size)
+def _text_width_pt(text: str, size: float, family: Family, weight: str, style: str) -> float:
+    prop = FontProperties(family=list(family) if isinstance(family, tuple) else family, weight=weight,
+                          style=style, size=size)
     width, _h, _d = _TTP.get_text_width_height_descent(text, prop, ismath=False)
     return float(width)
 
@@ -394,8 +407,14 @@ def _sizes(layout: Layout, st: Style) -> tuple[float, float, float]:
     legend_pt = sum(_text_width_pt(_LEGEND_TEXT.get(key, key), _SIZES["legend"] * k, "DejaVu Sans",
                                    "normal", "normal") + 60 for key in layout.legend)
     widths.append(legend_pt / 72 + 0.4)
-    height = (layout.ylim[1] - layout.ylim[0]) * st.row_height + _top_in(heads, k) + _BOTTOM_IN * k
-    return max(widths), height, axes_w
+    width = max(widths)
+    height = (layout.ylim[1] - layout.ylim[0]) * st.row_height + _top_in(heads, k) + _bottom_in(layout, st, width)
+    return width, height, axes_w
+
+
+def _bottom_in(layout: Layout, st: Style, fig_w: float) -> float:
+    """Inches under the axes: the legend, and the panel of notes and story when there is one."""
+    return _BOTTOM_IN * st.font_scale + _panel(layout, st, fig_w)[2]
 
 
 def _top_in(heads: _Heads, k: float) -> float:
@@ -413,7 +432,7 @@ def _new_figure(layout: Layout, st: Style, *, pyplot: bool) -> tuple[Figure, Axe
         fig = Figure(figsize=(w, h), dpi=st.dpi)
     fig.patch.set_facecolor("white")
     heads = _heads(layout, st.font_scale, axes_w * 72 / (layout.xlim[1] - layout.xlim[0]))
-    top, bottom = _top_in(heads, st.font_scale), _BOTTOM_IN * st.font_scale
+    top, bottom = _top_in(heads, st.font_scale), _bottom_in(layout, st, w)
     ax = fig.add_axes(((w - axes_w) / 2 / w, bottom / h, axes_w / w, 1.0 - (top + bottom) / h))
     return fig, ax
 
@@ -443,9 +462,13 @@ def paint(layout: Layout, ax: Axes, **style: Any) -> Axes:
     _paint_frame(layout, ax, fs, pt_per_x)
     _paint_folds(layout, ax, fs, pt_per_x, out)
     _paint_arrows(layout, ax, st, fs, pt_per_x, pt_per_y, out)
-    _paint_states(layout, ax, fs)
+    _paint_states(layout, ax, fs, pt_per_x)
+    _paint_queues(layout, ax, fs)
     _paint_calls(layout, ax, fs, out)
+    _paint_windows(layout, ax, fs, out)
+    _paint_markers(layout, ax, fs)
     _paint_footer(layout, ax, st, fs)
+    _paint_panel(layout, ax, st)
     out.flush()
     return ax
 
@@ -555,6 +578,10 @@ def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
     if starts:
         ax.scatter([s[0] for s in starts], [s[1] for s in starts], s=16,
                    c=[s[2] for s in starts], linewidths=0, zorder=2.2)
+    dropped = [(tip[0], tip[1]) for r, tip in zip(rows, tips) if r.dropped]
+    if dropped:  # the kernel dropped it on arrival: a cross where it arrived
+        ax.scatter([d[0] for d in dropped], [d[1] for d in dropped], s=70, marker="x", c=_FLAG,
+                   linewidths=2.2, zorder=2.3)
 
     label_size, detail_size, marker_size = fs["label"], fs["detail"], fs["marker"]
     for r, color in zip(rows, colors):
@@ -563,10 +590,9 @@ def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
         # the label line: role (bold, phase colour) + analysis tag (red box), centred together
         lw = _text_width_pt(r.label, label_size, "DejaVu Sans", "bold", "normal") / pt_per_x
         tag = ", ".join(r.markers)
-        tw = (_text_width_pt(tag, marker_size, "DejaVu Sans", "bold", "normal") + 8) / pt_per_x \
-            if tag else 0.0
-        sep = 10 / pt_per_x if tag else 0.0
-        total = lw + sep + tw
+        tw, sep = _tag_width(tag, marker_size, pt_per_x)
+        kw, ksep = _tag_width(r.kernel_tag, marker_size, pt_per_x)
+        total = lw + sep + tw + ksep + kw
         left = r.text_x - total / 2
         # baseline: above the arrow wherever the line spans it (the arrow is highest
         # next to its sender)
@@ -575,10 +601,12 @@ def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
         base = min(mid_y - 0.10, y_arrow - 0.05)
         out.text(left + lw / 2, base, r.label, ha="center", va="baseline", size=label_size,
                  weight="bold", color=color)
-        if tag:
-            ax.text(left + lw + sep + 4 / pt_per_x, base, tag, ha="left", va="baseline",
-                    fontsize=marker_size, fontweight="bold", color="white", zorder=4,
-                    bbox=dict(boxstyle="round,pad=0.25", fc=_FLAG, ec="none"), **_PLAIN)
+        # the analysis tags (red), and what the kernel did with it (the kernel layer: dropped, why)
+        for text, at, face in ((tag, left + lw + sep, _FLAG), (r.kernel_tag, left + lw + sep + tw + ksep, _DROP)):
+            if text:
+                ax.text(at + 4 / pt_per_x, base, text, ha="left", va="baseline", fontsize=marker_size,
+                        fontweight="bold", color="white", zorder=4,
+                        bbox=dict(boxstyle="round,pad=0.25", fc=face, ec="none"), **_PLAIN)
         if st.show_details:
             if r.lines == 2:
                 lines = [r.detail, r.extra]
@@ -603,6 +631,13 @@ def _paint_arrows(layout: Layout, ax: Axes, st: Style, fs: dict[str, float],
             _paint_time(layout, r, fs, out)
 
 
+def _tag_width(tag: str, size: float, pt_per_x: float) -> tuple[float, float]:
+    """(width, space before it) of a tag box on a row's label line, in lifeline units."""
+    if not tag:
+        return 0.0, 0.0
+    return (_text_width_pt(tag, size, "DejaVu Sans", "bold", "normal") + 8) / pt_per_x, 10 / pt_per_x
+
+
 def _paint_time(layout: Layout, r: Row, fs: dict[str, float], out: _Writer) -> None:
     """A row's time in the margin (once: empty when the row above said the same) and the
     wait before it when that stands out (``+43 ms``, between the two rows)."""
@@ -614,13 +649,79 @@ def _paint_time(layout: Layout, r: Row, fs: dict[str, float], out: _Writer) -> N
                  mono=True, color=_NOTE, weight="bold")
 
 
-def _paint_states(layout: Layout, ax: Axes, fs: dict[str, float]) -> None:
-    box = dict(boxstyle="round,pad=0.22", fc="white", ec="#b5b5b5", lw=0.7)
+def _paint_states(layout: Layout, ax: Axes, fs: dict[str, float], pt_per_x: float) -> None:
+    """State marks in their boxes; with the kernel's account the box's edge takes the
+    verdict's colour and the verdict's glyph (``✓``, ``≈1``, ``✗2``) stands beside it."""
+    size = fs["state"]
     for m in layout.states:
         left = m.side == "client"
-        ax.text(m.x - 0.03 if left else m.x + 0.03, m.y, m.text, ha="right" if left else "left",
-                va="center", fontsize=fs["state"], fontstyle="italic", color="#555555",
-                bbox=box, zorder=5, **_PLAIN)
+        edge = _VERDICT.get(m.verdict or "", "#b5b5b5")
+        box = dict(boxstyle="round,pad=0.22", fc="white", ec=edge, lw=0.7 if m.verdict is None else 0.9)
+        x = m.x - 0.03 if left else m.x + 0.03
+        ax.text(x, m.y, m.shown, ha="right" if left else "left", va="center", fontsize=size,
+                fontstyle="italic", color="#555555", bbox=box, zorder=5, **_PLAIN)
+        if m.badge:
+            # past the box's outer end (its padding is 0.22 em), on white: connectors run there
+            width = _text_width_pt(m.shown, size, "DejaVu Sans", "normal", "italic") + 0.22 * size + 4
+            bx = x - width / pt_per_x if left else x + width / pt_per_x
+            ax.text(bx, m.y, m.badge, ha="right" if left else "left", va="center", fontsize=size * 1.1,
+                    fontweight="bold", color=_VERDICT[m.verdict or "agree"], zorder=5,
+                    bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none"), **_PLAIN)
+
+
+def _paint_queues(layout: Layout, ax: Axes, fs: dict[str, float]) -> None:
+    """Accept queues: a gauge of slots between a listener's lifeline and its lane, filled
+    while connections wait for accept(), red where the queue was full; and its note."""
+    if not layout.queues:
+        return
+    empty, filled, faces = [], [], []
+    for q in layout.queues:
+        def cell(slot: int, y0: float, y1: float, q: QueueGauge = q) -> list[tuple[float, float]]:
+            a = q.x_inner + q.direction * slot * q.cell
+            b = a + q.direction * q.cell
+            return [(a, y0), (b, y0), (b, y1), (a, y1)]
+
+        empty += [cell(i, q.y0, q.y1) for i in range(q.slots)]
+        for st in q.steps:
+            for i in range(min(st.depth, q.slots)):
+                filled.append(cell(i, st.y0, st.y1))
+                faces.append(_QUEUE_FULL if st.full else _QUEUE_FACE)
+        if q.text:
+            ax.text(q.text_x, q.text_y, q.text, ha="right" if q.direction < 0 else "left", va="center",
+                    fontsize=fs["note"], fontstyle="italic", color=_KERNEL, zorder=4, **_PLAIN)
+    ax.add_collection(PolyCollection(empty, facecolors="white", edgecolors="#9aa9bf", linewidths=0.6,
+                                     zorder=1.2))
+    ax.add_collection(PolyCollection(filled, facecolors=faces, edgecolors="#5a78a8", linewidths=0.6,
+                                     zorder=1.3))
+
+
+def _paint_windows(layout: Layout, ax: Axes, fs: dict[str, float], out: _Writer) -> None:
+    """--windows: the receiving socket's variables, one line per probed segment."""
+    w = layout.windows
+    if w is None:
+        return
+    size = fs["detail"]
+    ax.text(w.x0, w.title_y, w.title, ha="left", va="center", fontsize=size, fontstyle="italic",
+            color=_KERNEL, zorder=4, **_PLAIN)
+    edges = (w.x0,) + w.col_right
+    for i, head in enumerate(w.columns):
+        x, ha = (w.x0, "left") if i == 0 else (w.col_right[i], "right")
+        out.text(x, w.header_y, head, ha=ha, size=size, mono=True, weight="bold", color=_INK)
+    rule_y = w.header_y + 0.22
+    ax.add_collection(LineCollection([[(edges[0], rule_y), (edges[-1], rule_y)]], colors="#cccccc",
+                                     linewidths=0.6, zorder=1))
+    for row in w.rows:
+        for i, cell in enumerate(row.cells):
+            x, ha = (w.x0, "left") if i == 0 else (w.col_right[i], "right")
+            out.text(x, row.y, cell, ha=ha, size=size, mono=True, color="#333333" if i else _GREY)
+
+
+def _paint_markers(layout: Layout, ax: Axes, fs: dict[str, float]) -> None:
+    """The explanation layer's numbered markers (a finding's letter in red) in the margin."""
+    for m in layout.markers:
+        face = _FLAG if m.kind == "finding" else _STORY
+        ax.text(m.x, m.y, m.number, ha="center", va="center", fontsize=fs["marker"], fontweight="bold",
+                color="white", zorder=5, bbox=dict(boxstyle="round,pad=0.25", fc=face, ec="none"), **_PLAIN)
 
 
 def _paint_calls(layout: Layout, ax: Axes, fs: dict[str, float], out: _Writer) -> None:
@@ -679,6 +780,10 @@ def _paint_footer(layout: Layout, ax: Axes, st: Style, fs: dict[str, float]) -> 
             handles.append(Patch(fc=_CALL_FACE, ec=_CALL_EDGE, label=text))
         elif key == "call-inferred":
             handles.append(Patch(fc="none", ec=_CALL_EDGE, ls="--", label=text))
+        elif key == "queue":
+            handles.append(Patch(fc=_QUEUE_FACE, ec="#5a78a8", label=text))
+        elif key == "dropped":
+            handles.append(Line2D([], [], color=_FLAG, marker="x", ls="none", mew=2.2, ms=8, label=text))
         else:
             handles.append(Line2D([], [], color=st.color(key), lw=2, label=text))
     legend = ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
@@ -687,6 +792,179 @@ def _paint_footer(layout: Layout, ax: Axes, st: Style, fs: dict[str, float]) -> 
                        borderaxespad=0.2)
     for t in legend.get_texts():
         t.update(_PLAIN)
+
+
+# ==========================================================================================
+# The panel under the diagram: the kernel layer's key and notes, the story (explain)
+# ==========================================================================================
+
+_PANEL_MAX_IN = 11.0  # the text column is never wider than this: lines stay readable
+_PANEL_SIZE = 8.5  # points
+_PANEL_LEADING = 1.32  # line height, in font sizes
+_PANEL_GAP_PT = 3.5  # between two paragraphs (twice that between two sections)
+_PANEL_INDENT_PT = 24.0  # a numbered paragraph's text starts here
+#: Fonts with Chinese glyphs, by name (any one installed will do) and by Debian's paths
+#: (fonts-noto-cjk, fonts-wqy-zenhei, fonts-wqy-microhei, fonts-droid-fallback), for a
+#: font installed after matplotlib's font list was made.
+_CJK_NAMES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Source Han Sans SC",
+              "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback")
+_CJK_FILES = ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+              "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+              "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+              "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf")
+NO_CJK_FONT = ("no font with Chinese glyphs found (apt-get install fonts-noto-cjk or fonts-wqy-zenhei): "
+               "the Chinese text is drawn with missing glyphs")
+
+
+@lru_cache(maxsize=1)
+def cjk_font() -> str | None:
+    """The name of an installed font with Chinese glyphs (registering it with matplotlib
+    when it was installed after matplotlib listed the fonts), or None."""
+    from matplotlib import font_manager
+
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    for name in _CJK_NAMES:
+        if name in names:
+            return _with_weights(name)
+    for path in _CJK_FILES:
+        if os.path.isfile(path):
+            before = len(font_manager.fontManager.ttflist)
+            try:
+                font_manager.fontManager.addfont(path)
+            except (OSError, RuntimeError, ValueError):
+                continue
+            added = font_manager.fontManager.ttflist[before:]
+            if added:
+                return _with_weights(added[0].name)
+    return None
+
+
+def _with_weights(name: str) -> str:
+    """``name``, listed for the regular and bold weights the story asks for: a CJK font
+    with one face (WenQuanYi Zen Hei says it is medium, 500) would otherwise make
+    matplotlib log "Failed to find font weight normal" for every text."""
+    from dataclasses import replace as copy
+
+    from matplotlib import font_manager
+
+    faces = [f for f in font_manager.fontManager.ttflist if f.name == name]
+    for weight in (400, 700):
+        if faces and not any(f.weight == weight for f in faces):
+            font_manager.fontManager.ttflist.append(copy(faces[0], weight=weight))
+    return name
+
+
+def _family(lang: str) -> Family:
+    """The story's font: DejaVu Sans, falling back to a CJK font for Chinese characters
+    (the English story names some terms in Chinese too: 四次挥手)."""
+    cjk = cjk_font()
+    if cjk is None:
+        if lang == "zh":
+            import warnings
+
+            warnings.warn(NO_CJK_FONT, stacklevel=3)
+        return "DejaVu Sans"
+    return ("DejaVu Sans", cjk)
+
+
+_TOKEN = re.compile(r"[\u2e80-\u9fff\u3000-\u303f\uff00-\uffef]|[^\s\u2e80-\u9fff\u3000-\u303f\uff00-\uffef]+|\s+")
+
+
+def _wrap_words(text: str, size: float, room_pt: float, family: Family, style: str = "normal",
+                weight: str = "normal") -> list[str]:
+    """Greedy line breaks at spaces, and between any two Chinese characters."""
+    import warnings
+
+    lines: list[str] = []
+    line, width = "", 0.0
+    for token in _TOKEN.findall(text):
+        with warnings.catch_warnings():  # no CJK font: said once by _family, not per glyph
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+            w = _text_width_pt(token, size, family, weight, style)
+        if token.isspace():
+            if line:
+                line, width = line + " ", width + w
+            continue
+        if line.strip() and width + w > room_pt:
+            lines.append(line.rstrip())
+            line, width = "", 0.0
+        line, width = line + token, width + w
+    if line.strip():
+        lines.append(line.rstrip())
+    return lines or [""]
+
+
+@dataclass(frozen=True)
+class _Para:
+    """One paragraph of the panel: a head in the number column ("≈1", "3.", "A") and its
+    wrapped text."""
+
+    head: str
+    head_color: str
+    text: str  # lines joined by newlines
+    lines: int
+    size: float
+    color: str
+    style: str
+    weight: str
+    indent: float  # points from the column's left edge
+    gap_before: float  # points
+
+
+def _panel(layout: Layout, st: Style, fig_w: float) -> tuple[list[_Para], float, float]:
+    """The paragraphs under the diagram, the column's width (points) and the panel's
+    height (inches): the kernel layer's key and footnotes, then the story."""
+    k = st.font_scale
+    if not (layout.kernel_key or layout.footnotes or layout.story):
+        return [], 0.0, 0.0
+    col = min(fig_w - 0.8, _PANEL_MAX_IN) * 72
+    family = _family(layout.lang)
+    size = _PANEL_SIZE * k
+    paras: list[_Para] = []
+
+    def add(head: str, text: str, *, color: str = "#333333", style: str = "normal", weight: str = "normal",
+            head_color: str = _INK, indent: float | None = None, gap: float = _PANEL_GAP_PT * k,
+            big: float = 1.0) -> None:
+        at = (_PANEL_INDENT_PT * k if head else 0.0) if indent is None else indent
+        lines = _wrap_words(text, size * big, col - at, family, style, weight)
+        paras.append(_Para(head, head_color, "\n".join(lines), len(lines), size * big, color, style, weight,
+                           at, gap))
+
+    if layout.kernel_key:
+        add("", layout.kernel_key, color=_KERNEL, style="italic")
+    for f in layout.footnotes:
+        add(f.ref, f.text, head_color=_VERDICT["linux" if f.kind == "linux" else "disagree"])
+    for line in layout.story:
+        if line.kind == "heading":
+            add("", line.text, weight="bold", gap=3 * _PANEL_GAP_PT * k, big=1.08)
+        elif line.kind == "story":
+            add(f"{line.number}.", line.text, head_color=_STORY)
+        else:
+            add(line.number, line.text, head_color=_FLAG)
+            add("", line.why, color=_GREY, style="italic", indent=_PANEL_INDENT_PT * k, gap=0.0)
+    height = sum(p.gap_before + p.lines * p.size * _PANEL_LEADING for p in paras)
+    return paras, col, height / 72 + 0.15 * k
+
+
+def _paint_panel(layout: Layout, ax: Axes, st: Style) -> None:
+    """The panel, a column centred under the axes, below the legend."""
+    fig = ax.figure
+    paras, col, _h = _panel(layout, st, fig.bbox.width / fig.dpi)
+    if not paras:
+        return
+    family = _family(layout.lang)
+    fam = list(family) if isinstance(family, tuple) else family
+    y = -_BOTTOM_IN * st.font_scale * 72  # points below the axes: the legend's room first
+    for p in paras:
+        y -= p.gap_before
+        common: dict[str, Any] = dict(xy=(0.5, 0.0), xycoords="axes fraction", textcoords="offset points",
+                                      va="top", ha="left", annotation_clip=False, fontsize=p.size, **_PLAIN)
+        if p.head:
+            ax.annotate(p.head, xytext=(-col / 2, y), color=p.head_color, fontweight="bold",
+                        family=fam, linespacing=_PANEL_LEADING, **common)
+        ax.annotate(p.text, xytext=(-col / 2 + p.indent, y), color=p.color, fontstyle=p.style,
+                    fontweight=p.weight, family=fam, linespacing=_PANEL_LEADING, **common)
+        y -= p.lines * p.size * _PANEL_LEADING
 
 
 # ==========================================================================================
@@ -761,6 +1039,10 @@ def plot_trace(
     time: TimeMode = "ordered",
     max_rows: int = 60,
     title: str | None = None,
+    kernel: bool = True,
+    windows: bool = False,
+    explain: bool = False,
+    lang: str = "en",
     **style: Any,
 ) -> Axes:
     """Draw several conversations of a trace on one time axis and return the Axes.
@@ -774,24 +1056,30 @@ def plot_trace(
     else on a new pyplot figure sized to the diagram; never calls ``plt.show()``.
     ``time``/``max_rows`` as in :func:`handshake_viz.layout.plan_trace`; ``style``
     keywords are the fields of :class:`Style`.
+
+    The layers (:mod:`handshake_viz.layers`): ``kernel`` draws the kernel's account
+    when the trace has one (``X.kernel.jsonl``: verdicts on the states, durations, the
+    accept queue, drops), ``windows`` adds its window variables beside the ladder,
+    ``explain`` numbers the rows each story sentence cites and writes the story (in
+    ``lang``, "en" or "zh") under the diagram.
     """
     _style(style)
-    return _plot(_plan_trace(trace, conns, flows, time, max_rows, title), ax, style)
+    layout = _plan_trace(trace, conns, flows, time, max_rows, title, _Layers(kernel, windows, explain, lang))
+    if ax is _NEW_FIGURE:
+        return _render(layout, style)  # type: ignore[return-value]
+    return _plot(layout, ax, style)
 
 
-def render_trace(
-    trace: Any,
-    *,
-    conns: Iterable[int] | None = None,
-    flows: Iterable[int] | None = None,
-    time: TimeMode = "ordered",
-    max_rows: int = 60,
-    title: str | None = None,
-    **style: Any,
-) -> Figure:
-    """Like :func:`plot_trace`, on a new Figure that pyplot does not know about."""
-    _style(style)
-    return _render(_plan_trace(trace, conns, flows, time, max_rows, title), style)
+#: ``plot_trace(ax=_NEW_FIGURE)``: :func:`render_trace`'s way in (a pyplot-free Figure).
+_NEW_FIGURE: Any = object()
+
+
+def render_trace(trace: Any, **options: Any) -> Figure:
+    """Like :func:`plot_trace` (the same keywords but ``ax``), on a new Figure that
+    pyplot does not know about (the CLI, the demo, batch jobs: nothing leaks)."""
+    if "ax" in options:
+        raise TypeError("render_trace() draws on a new figure: it takes no ax (use plot_trace)")
+    return plot_trace(trace, ax=_NEW_FIGURE, **options)  # type: ignore[arg-type, no-any-return]
 
 
 def _plot(layout: Layout, ax: Axes | None, style: dict[str, Any]) -> Axes:
@@ -833,11 +1121,26 @@ def _select(trace: Any, conns: Iterable[int] | None, flows: Iterable[int] | None
     return picked[0], picked[1], calls
 
 
+@dataclass(frozen=True)
+class _Layers:
+    """Which layers to draw (see :func:`plot_trace`)."""
+
+    kernel: bool = True
+    windows: bool = False
+    explain: bool = False
+    lang: str = "en"
+
+    def options(self, trace: Any) -> dict[str, Any]:
+        """plan_trace's keywords for ``trace``: its kernel account only when it has one."""
+        view = getattr(trace, "kernel", None) if self.kernel else None
+        return dict(kernel=view, windows=self.windows, explain=self.explain, lang=self.lang)
+
+
 def _plan_trace(trace: Any, conns: Iterable[int] | None, flows: Iterable[int] | None,
-                time: TimeMode, max_rows: int, title: str | None) -> Layout:
+                time: TimeMode, max_rows: int, title: str | None, layers: _Layers = _Layers()) -> Layout:
     connections, chosen_flows, calls = _select(trace, conns, flows)
     return plan_trace(connections, chosen_flows, calls=calls, time=time, max_rows=max_rows,
-                      title=title)
+                      title=title, **layers.options(trace))
 
 
 def _check_output(path: str | os.PathLike[str], allowed: dict[str, str]) -> tuple[Path, str]:
@@ -938,13 +1241,18 @@ def plot_all(
     *,
     time: TimeMode = "ordered",
     max_rows: int = 60,
+    kernel: bool = True,
+    windows: bool = False,
+    explain: bool = False,
+    lang: str = "en",
     **style: Any,
 ) -> Path:
     """One PDF page per connection (``--pages``).  ``conns`` is a trace (then every
     connection and every UDP flow gets a page, with the trace's calls that belong
     to it, e.g. the server's ``listen()``), or items that :func:`plot_connection`
     accepts (a Segment list, a ``(segments, summary[, calls])`` tuple, or an
-    object with ``segments``/``summary``/``calls``).  Written atomically."""
+    object with ``segments``/``summary``/``calls``).  Written atomically.  The layers
+    as in :func:`plot_trace` (a trace's pages only)."""
     from matplotlib.backends.backend_pdf import PdfPages
 
     _style(style)
@@ -952,7 +1260,8 @@ def plot_all(
     layouts = []
     if hasattr(conns, "connections"):
         connections, flows, calls = _select(conns, None, None)
-        layouts += [plan_trace([c], calls=calls, time=time, max_rows=max_rows) for c in connections]
+        layers = _Layers(kernel, windows, explain, lang).options(conns)
+        layouts += [plan_trace([c], calls=calls, time=time, max_rows=max_rows, **layers) for c in connections]
         layouts += [plan_trace((), [f], calls=calls, time=time, max_rows=max_rows) for f in flows]
     else:
         for item in conns:

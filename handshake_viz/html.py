@@ -52,6 +52,8 @@ from handshake_viz.timing import CallTiming, call_timing, call_timings
 from handshake_viz.trace import strace_line
 
 if TYPE_CHECKING:  # pragma: no cover
+    from handshake_viz.explain import Explanation
+    from handshake_viz.kerneljoin import KernelView, SegmentKernel
     from handshake_viz.pipeline import Connection, Flow, Trace
 
 __all__ = ["MAX_OPEN_ROWS", "PAYLOAD_BYTES", "Page", "build_page", "page_data", "render_page",
@@ -66,18 +68,30 @@ MAX_SINGLE_VIEWS = 64
 
 # --- what the page reads of each layout record ----------------------------------------------
 _LAYOUT_FIELDS = ("title", "time_mode", "t0", "segments", "datagrams", "conns", "flows", "legend",
-                  "xlim", "ylim", "lifeline_top", "lifeline_bottom", "time_x")
+                  "xlim", "ylim", "lifeline_top", "lifeline_bottom", "time_x", "kernel_key", "lang")
 _LIFELINE_FIELDS = ("side", "x", "endpoint", "header", "subtitle", "name", "transport")
 _LANE_FIELDS = ("side", "x", "title", "columns", "direction", "lifeline")
-_ROW_FIELDS = ("kind", "y", "y_end", "time_text", "x_from", "x_to", "dir", "frame", "label",
-               "detail", "extra", "text", "phase", "markers", "flagged", "conn", "flow",
-               "lifeline_from", "lifeline_to", "text_x", "text_room", "lines")
+_ROW_FIELDS = ("kind", "y", "y_end", "time_text", "time_y", "margin_text", "gap_text", "gap_y", "x_from",
+               "x_to", "dir", "frame", "label", "detail", "extra", "text", "phase", "markers", "flagged",
+               "conn", "flow", "lifeline_from", "lifeline_to", "text_x", "text_room", "lines",
+               "kernel_tag", "dropped")
 _FOLD_FIELDS = ("first_frame", "last_frame", "segments", "datagrams", "calls", "text")
-_STATE_FIELDS = ("side", "state", "x", "y", "frame", "text", "lifeline", "conn")
+_STATE_FIELDS = ("side", "state", "x", "y", "frame", "text", "shown", "lifeline", "conn", "verdict",
+                 "kernel", "footnote", "badge", "duration")
 _BAR_FIELDS = ("side", "x", "y0", "y1", "label", "label_x", "label_y", "note", "note_y",
-               "inferred", "failed", "lifeline")
+               "inferred", "failed", "lifeline", "column", "count", "leader")
+_MEMBER_FIELDS = ("label", "y0", "y1")  # a group's calls (plus each one's call id)
 _CONNECTOR_FIELDS = ("x0", "y0", "x1", "y1", "frame", "call_index", "inferred", "kind")
 _NOTE_FIELDS = ("text", "x", "y")
+# the layers (handshake_viz.layers)
+_FOOTNOTE_FIELDS = ("number", "kind", "text", "ref")
+_QUEUE_FIELDS = ("lifeline", "listener", "backlog", "limit", "max_depth", "x_inner", "direction", "cell",
+                 "slots", "y0", "y1", "text", "text_x", "text_y")
+_STEP_FIELDS = ("y0", "y1", "depth", "full")
+_STRIP_FIELDS = ("title", "columns", "col_right", "x0", "title_y", "header_y")
+_WINDOW_FIELDS = ("frame", "y", "cells")
+_MARKER_FIELDS = ("number", "kind", "x", "y", "frame", "conn")
+_STORY_FIELDS = ("kind", "number", "text", "conn", "frames", "why")
 
 
 def _plain(value: Any) -> Any:
@@ -103,15 +117,27 @@ def _layout_json(layout: Layout, call_ids: dict[Call, int]) -> dict[str, Any]:
     out = {name: _plain(getattr(layout, name)) for name in _LAYOUT_FIELDS}
     folds = [None if r.fold is None else {n: _plain(getattr(r.fold, n)) for n in _FOLD_FIELDS}
              for r in layout.rows]
+    members = [[[call_ids[m.call]] + [_plain(getattr(m, n)) for n in _MEMBER_FIELDS] for m in b.members]
+               if b.count > 1 else [] for b in layout.calls]
+    w = layout.windows
     out.update(
         lifelines=_table(layout.lifelines, _LIFELINE_FIELDS),
         lanes=_table(layout.lanes, _LANE_FIELDS),
         rows=_table(layout.rows, _ROW_FIELDS, fold=folds),
         states=_table(layout.states, _STATE_FIELDS),
-        calls=_table(layout.calls, _BAR_FIELDS, id=[call_ids[b.call] for b in layout.calls]),
+        calls=_table(layout.calls, _BAR_FIELDS, id=[call_ids[b.call] for b in layout.calls], members=members),
         connectors=_table(layout.connectors, _CONNECTOR_FIELDS),
         notes=_table(layout.notes, _NOTE_FIELDS),
         idle=_table(layout.idle, _NOTE_FIELDS),
+        footnotes=_table(layout.footnotes, _FOOTNOTE_FIELDS),
+        queues=_table(layout.queues, _QUEUE_FIELDS,
+                      steps=[[[_plain(getattr(st, n)) for n in _STEP_FIELDS] for st in q.steps]
+                             for q in layout.queues]),
+        windows=None if w is None else dict({n: _plain(getattr(w, n)) for n in _STRIP_FIELDS},
+                                            rows=_table(w.rows, _WINDOW_FIELDS)),
+        markers=_table(layout.markers, _MARKER_FIELDS),
+        story=_table(layout.story, _STORY_FIELDS,
+                     calls=[[call_ids[c] for c in line.calls if c in call_ids] for line in layout.story]),
     )
     return out
 
@@ -174,14 +200,13 @@ def _wire_json(frames: dict[int, Any], seg: Segment) -> dict[str, Any] | None:
             "lesson": byte_order_lesson(view)}
 
 
-def _story_json(conn: Connection, call_ids: dict[Call, int], lang: str) -> dict[str, Any]:
-    e = conn.explain()
+def _story_json(e: Explanation, call_ids: dict[Call, int], lang: str) -> dict[str, Any]:
     story = [{"n": n, "text": s.text(lang), "frames": list(s.frames),
               "calls": [call_ids[c] for c in s.calls if c in call_ids]}
              for n, s in enumerate(e.story, 1)]
     findings = [{"kind": f.kind.value, "text": " ".join(x.text(lang) for x in f.sentences[:-1]),
                  "why": f.why.text(lang), "frames": list(f.frames)} for f in e.findings]
-    return {"conn": conn.conn, "story": story, "findings": findings}
+    return {"conn": e.conn, "story": story, "findings": findings}
 
 
 def page_data(
@@ -194,18 +219,25 @@ def page_data(
     max_rows: int = 60,
     title: str | None = None,
     lang: str = "en",
+    kernel: KernelView | None = None,
+    windows: bool = False,
+    explain: bool = False,
 ) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready data (see the module docstring).
 
     ``connections``/``flows`` are what to draw (pipeline records), ``calls`` the
     trace's calls on none of them (a listener's bind, listen and close),
     ``capture`` the file they came from (for the header bytes; without it the
-    page shows payloads but no wire fields).
+    page shows payloads but no wire fields).  The layers as in
+    :func:`handshake_viz.layout.plan_trace`: ``kernel`` (the trace's kernel account)
+    marks states, queues and drops, ``windows`` adds the window strip, ``explain`` the
+    story's numbered markers (the story tab is there either way).
     """
     connections, flows = tuple(connections), tuple(flows)
     if not connections and not flows:
         raise UsageError("nothing to draw: no connections or UDP flows given")
     loose = tuple(calls)
+    explained = {c.conn: c.explain() for c in connections}
     whole = _Conversation("", connections, flows)
     convs = [whole]
     if 1 < len(connections) + len(flows) <= MAX_SINGLE_VIEWS:
@@ -216,14 +248,16 @@ def page_data(
 
     layouts: list[list[Layout]] = []
     for cv in convs:
+        layers: dict[str, Any] = dict(kernel=kernel, windows=windows, lang=lang,
+                                      explain=[explained[c.conn] for c in cv.connections] if explain else ())
         folded = plan_trace(cv.connections, cv.flows, calls=loose, time=time, max_rows=max_rows,
-                            title=title if cv is whole else None)
+                            title=title if cv is whole else None, **layers)
         pair = [folded]
         if folded.fold_rows:
             total = folded.segments + folded.datagrams
             pair.append(plan_trace(cv.connections, cv.flows, calls=loose, time=time,
                                    max_rows=0 if total <= MAX_OPEN_ROWS else MAX_OPEN_ROWS,
-                                   title=folded.title))
+                                   title=folded.title, **layers))
         layouts.append(pair)
 
     # every call once: those drawn, those of the conversations, the loose ones
@@ -249,9 +283,17 @@ def page_data(
         for f in c.frames:
             joined.setdefault(f, []).append(i)
 
+    facts: dict[int, SegmentKernel] = {}
+    if kernel is not None:  # what the kernel said about each segment, as the JSONL's "kernel" object
+        facts = {g.frame: g for conn in connections if conn.kernel is not None for g in conn.kernel.segments}
     frames_json: dict[str, Any] = {}
     for n, rec in sorted(records.items()):
-        item: dict[str, Any] = {"rec": rec.to_json(), "payload": _payload_json(rec.payload, rec.length),
+        record = rec.to_json()
+        if n in facts:
+            from handshake_viz.report import segment_kernel_json
+
+            record["kernel"] = segment_kernel_json(facts[n])
+        item: dict[str, Any] = {"rec": record, "payload": _payload_json(rec.payload, rec.length),
                                 "calls": joined.get(n, [])}
         if isinstance(rec, Segment):
             item["wire"] = _wire_json(raw, rec)
@@ -273,7 +315,7 @@ def page_data(
                   for cv, pair in zip(convs, layouts)],
         "frames": frames_json,
         "calls": calls_json,
-        "stories": [_story_json(c, call_ids, lang) for c in connections],
+        "stories": [_story_json(explained[c.conn], call_ids, lang) for c in connections],
     }
 
 
@@ -390,9 +432,12 @@ def build_page(connections: Sequence[Connection], flows: Sequence[Flow] = (), *,
 
         from handshake_viz.draw import render_trace
 
-        chosen = SimpleNamespace(connections=list(connections), flows=list(flows), calls=options["calls"])
+        chosen = SimpleNamespace(connections=list(connections), flows=list(flows), calls=options["calls"],
+                                 kernel=options.get("kernel"))
         fig = render_trace(chosen, time=options.get("time", "ordered"),
-                           max_rows=options.get("max_rows", 60), title=options.get("title"))
+                           max_rows=options.get("max_rows", 60), title=options.get("title"),
+                           windows=options.get("windows", False), explain=options.get("explain", False),
+                           lang=options.get("lang", "en"))
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=72, facecolor="white")
         picture = buf.getvalue()
@@ -409,11 +454,15 @@ def _chosen(trace: Trace, conns: Iterable[int] | None, flows: Iterable[int] | No
 
 def trace_page(trace: Trace, *, conns: Iterable[int] | None = None, flows: Iterable[int] | None = None,
                time: TimeMode = "ordered", max_rows: int = 60, title: str | None = None,
-               png: bool = False) -> Page:
-    """The page of a trace's connections and flows (all, or those numbered)."""
+               png: bool = False, kernel: bool = True, windows: bool = False, explain: bool = False,
+               lang: str = "en") -> Page:
+    """The page of a trace's connections and flows (all, or those numbered), with the
+    layers as :func:`handshake_viz.draw.plot_trace` draws them (``kernel``: the trace's
+    kernel account, when it has one)."""
     connections, chosen_flows = _chosen(trace, conns, flows)
     return build_page(connections, chosen_flows, calls=trace.calls, capture=trace.path, time=time,
-                      max_rows=max_rows, title=title, png=png)
+                      max_rows=max_rows, title=title, png=png, kernel=trace.kernel if kernel else None,
+                      windows=windows, explain=explain, lang=lang)
 
 
 def write_page(trace: Trace, path: str | os.PathLike[str], **options: Any) -> Path:

@@ -115,6 +115,21 @@ found in LISTEN is marked above its first row.  On a lifeline shared by several
 connections (a server's listening port) each state names the connection's peer,
 ``ESTABLISHED (client 2)``: the kernel keeps one socket per connection, and the
 listening socket stays in LISTEN all along.
+
+Layers
+======
+Given the kernel's account (``kernel=``, ``Trace.kernel``) each state mark carries the
+kernel's verdict, its name for the state and, where it matters, how long the side
+stayed in it (:class:`StateMark` ``verdict``/``kernel``/``footnote``/``duration``); a
+listener's accept queue becomes a :class:`QueueGauge` between its lifeline and its
+lane (the lane moves out to make room, and past the longer state texts); a dropped
+segment's row gets a ``kernel_tag``; differences, disagreements and drops are
+explained in numbered :class:`Footnote` records; ``windows=True`` adds a
+:class:`WindowStrip` right of everything.  Given explanations (``explain=``) the
+story's :class:`StoryMarker` records go in the margin left of the times and its
+:class:`StoryLine` records under the diagram.  What they say is decided in
+:mod:`handshake_viz.layers`; where they go, here.  Without them the layout is the same
+as before they existed.
 """
 
 from __future__ import annotations
@@ -123,12 +138,37 @@ import bisect
 import heapq
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Union
 
 from handshake_viz.errors import UsageError
 from handshake_viz.hindsight import refusing_rst, settle
+from handshake_viz.layers import (
+    BADGES,
+    INFINITE_SSTHRESH,
+    WINDOW_COLUMNS,
+    WINDOW_TITLE,
+    Footnote,
+    QueueGauge,
+    QueueStep,
+    StoryLine,
+    StoryMarker,
+    WindowRow,
+    WindowStrip,
+    check_of,
+    drop_note,
+    drop_words,
+    duration_text,
+    kernel_key,
+    queue_text,
+    resent_as,
+    story_lines,
+    timings_by_call,
+    usable_window,
+    wait_text,
+    window_cells,
+)
 from handshake_viz.model import (
     Analysis,
     Call,
@@ -156,23 +196,33 @@ from handshake_viz.text import (
 )
 
 if TYPE_CHECKING:  # the pipeline's records, read by attribute only
+    from handshake_viz.explain import Explanation
+    from handshake_viz.kerneljoin import AcceptQueue, KernelConnection, KernelDrop, KernelView, SegmentKernel
     from handshake_viz.pipeline import Connection, Flow
+    from handshake_viz.timing import CallTiming
 
 __all__ = [
     "CallBar",
     "CallMember",
     "Connector",
     "Fold",
+    "Footnote",
     "LANE_OFFSET",
     "Lane",
     "Layout",
     "Lifeline",
     "Note",
+    "QueueGauge",
+    "QueueStep",
     "Row",
     "SLANT",
     "StateMark",
+    "StoryLine",
+    "StoryMarker",
     "TimeMode",
     "UDP_NOTE",
+    "WindowRow",
+    "WindowStrip",
     "datagram_text",
     "plain",
     "plan",
@@ -211,6 +261,14 @@ GAP_FACTOR = 10.0  # … and this many times the median wait between rows
 DETAIL_CHARS = 49  # detail + extra longer than this: extra gets a line of its own …
 SECOND_LINE = 0.3  # … and the next row moves down this much
 LISTEN_ABOVE = 0.55  # a server found listening: its LISTEN mark this far above its first row
+# The kernel and explanation layers (handshake_viz.layers)
+QUEUE_CELL = 0.032  # one slot of an accept-queue gauge
+QUEUE_SLOTS = 8  # a queue that holds more is drawn with as many slots as were ever filled
+QUEUE_GAP = 0.035  # between a gauge and its lane's bars, and between the states and a gauge
+BADGE_GAP = 0.02  # between a state's box and its verdict
+MARKER_CHAR = 0.019  # one character of a story marker (7.5 pt bold)
+MARKER_PAD = 0.025  # a marker's box around its text
+STRIP_GAP = 0.25  # between the diagram's right edge and the window strip
 # Room between two neighbouring lifelines on the same side (lifeline units).  Widths of
 # texts are estimated from their length at the painter's default style (3.6 in per
 # lifeline unit; call labels 8.5 pt monospace, notes and states 7.5 pt italic); the
@@ -309,6 +367,8 @@ class Row:
     margin_text: str = ""  # what the time margin shows (at time_y): "" when the row above showed the same
     gap_text: str = ""  # "+43 ms": a wait before this row that stands out (see "Time margin")
     gap_y: float | None = None  # where gap_text goes: between the row above's time and this one's
+    kernel_tag: str = ""  # the kernel layer: "✗3 dropped: accept queue full" (see Layout.footnotes)
+    dropped: bool = False  # the kernel dropped this segment on arrival
 
     @property
     def time_y(self) -> float:
@@ -333,6 +393,23 @@ class StateMark:
     text: str  # "ESTABLISHED", on a shared lifeline "ESTABLISHED (client 2)"
     lifeline: int  # index into Layout.lifelines
     conn: int | None  # None: the listening socket's LISTEN (a fold's mark naming several: the first)
+    # the kernel layer (all empty without the kernel's account):
+    verdict: str | None = None  # "agree", "linux" (Linux reports it differently), "disagree"
+    kernel: str = ""  # the kernel's name for the step: "SYN_RECV", "CLOSE+tw"
+    footnote: int | None = None  # the Footnote explaining a difference or a disagreement
+    duration: str = ""  # how long the side stayed in the state, where that matters: "16 ms"
+
+    @property
+    def shown(self) -> str:
+        """The box's text: the state, and its duration when there is one."""
+        return f"{self.text} · {self.duration}" if self.duration else self.text
+
+    @property
+    def badge(self) -> str:
+        """The verdict's glyph beside the box: ``✓``, ``≈1``, ``✗2`` (``""``: none)."""
+        if self.verdict is None:
+            return ""
+        return BADGES[self.verdict] + (str(self.footnote) if self.footnote is not None else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +509,15 @@ class Layout:
     lifeline_top: float
     lifeline_bottom: float
     time_x: float  # right edge of the time margin texts
+    # the kernel layer (see handshake_viz.layers; empty without the kernel's account)
+    kernel_key: str = ""  # what the marks mean, one line under the diagram
+    footnotes: tuple[Footnote, ...] = ()
+    queues: tuple[QueueGauge, ...] = ()
+    windows: WindowStrip | None = None  # --windows
+    # the explanation layer (explain=…)
+    markers: tuple[StoryMarker, ...] = ()
+    story: tuple[StoryLine, ...] = ()
+    lang: str = "en"  # the language of the story
 
     @property
     def segment_rows(self) -> tuple[Row, ...]:
@@ -958,7 +1044,7 @@ def plan(
         summary = _fallback_summary(segments)
     conv = _Conv("tcp", summary.conn, summary.client, summary.server, tuple(settle(segments)), (),
                  tuple(calls), summary)
-    return _Planner([conv], (), time, max_rows, None).layout()
+    return _Planner([conv], (), time, max_rows, None, _Layers()).layout()
 
 
 def plan_trace(
@@ -969,6 +1055,10 @@ def plan_trace(
     time: TimeMode = "ordered",
     max_rows: int = 60,
     title: str | None = None,
+    kernel: KernelView | None = None,
+    windows: bool = False,
+    explain: bool | Sequence[Explanation] = False,
+    lang: str = "en",
 ) -> Layout:
     """Lay out several conversations of one capture on one time axis.
 
@@ -983,8 +1073,18 @@ def plan_trace(
     Rows interleave in capture order; ``time``, ``max_rows`` as in :func:`plan`
     (``max_rows`` counts the rows of all conversations together).  ``title``
     replaces the generated one.
+
+    The layers (:mod:`handshake_viz.layers`): ``kernel``, the kernel's account of the
+    trace (``Trace.kernel``), adds the verdicts on the states, their durations, the
+    accept queues and the drops; with ``windows`` also the strip of window variables.
+    ``explain`` (True: each connection's ``explain()``; or the explanations themselves)
+    adds the numbered markers and the story, in ``lang``.  Without them the diagram is
+    the same as before they existed.
     """
     _check_options(time, max_rows)
+    if lang not in ("en", "zh"):
+        raise UsageError(f"--lang {lang}: use 'en' or 'zh'")
+    connections = list(connections)
     convs: list[_Conv] = []
     for c in connections:
         segs = tuple(settle(tuple(c.segments)))  # a Trace's are settled already: a no-op
@@ -1000,7 +1100,22 @@ def plan_trace(
                                tuple(getattr(f, "calls", ()) or ()), fs))
     if not convs:
         raise UsageError("nothing to draw: no segments or datagrams given")
-    return _Planner(convs, tuple(calls), time, max_rows, title).layout()
+    if explain is True:  # each drawn connection's own explanation
+        drawn = {cv.number for cv in convs if cv.transport == "tcp"}
+        explain = [c.explain() for c in connections
+                   if hasattr(c, "explain") and c.summary is not None and c.summary.conn in drawn]
+    layers = _Layers(kernel, windows and kernel is not None, tuple(explain or ()), lang)
+    return _Planner(convs, tuple(calls), time, max_rows, title, layers).layout()
+
+
+@dataclass(frozen=True, slots=True)
+class _Layers:
+    """What the planner adds beside the ladder (see handshake_viz.layers)."""
+
+    kernel: KernelView | None = None
+    windows: bool = False
+    explain: tuple[Explanation, ...] = ()
+    lang: str = "en"
 
 
 # ==========================================================================================
@@ -1043,6 +1158,34 @@ class _Mark:
     frame: int | None
     text: str
     conn: int | None
+    who: tuple[tuple[int, Side, int], ...] = ()  # (conversation, side, frame) it stands for
+    # the kernel layer
+    verdict: str | None = None
+    kernel: str = ""
+    cite: tuple[str, str, str] | None = None  # (kind, key, text) of its footnote
+    footnote: int | None = None
+    duration: str = ""
+
+    @property
+    def chars(self) -> int:
+        """Characters written beside the lifeline: the box's text and the badge."""
+        shown = len(self.text) + (3 + len(self.duration) if self.duration else 0)
+        badge = 0 if self.verdict is None else 2 + (len(str(self.footnote)) if self.footnote else 0)
+        return shown + badge
+
+
+@dataclass(frozen=True, slots=True)
+class _QueuePlan:
+    """A listener's accept queue before x is known."""
+
+    lifeline: int
+    queue: AcceptQueue
+    steps: tuple[QueueStep, ...]
+    y0: float
+    y1: float
+    slots: int
+    text: str
+    want_y: float  # where its note would sit (the lane's texts are moved apart)
 
 
 class _Planner:
@@ -1052,8 +1195,20 @@ class _Planner:
     what turned out to be written beside them."""
 
     def __init__(self, convs: list[_Conv], extra_calls: tuple[Call, ...], time: TimeMode,
-                 max_rows: int, title: str | None) -> None:
+                 max_rows: int, title: str | None, layers: _Layers) -> None:
         self.convs = convs
+        self.layers = layers
+        # the kernel's account of each drawn connection (by conversation), of each frame
+        self.kconn: dict[int, KernelConnection] = {}
+        self.kseg: dict[int, SegmentKernel] = {}
+        if layers.kernel is not None:
+            for ci, cv in enumerate(convs):
+                k = layers.kernel.connection(cv.number) if cv.transport == "tcp" else None
+                if k is not None:
+                    self.kconn[ci] = k
+                    self.kseg.update((g.frame, g) for g in k.segments)
+        self.timings: Mapping[Call, CallTiming] = timings_by_call(layers.explain)
+        self.story = story_lines(layers.explain, layers.lang)
         self.time = time
         self.max_rows = max_rows
         self.title = title
@@ -1089,8 +1244,9 @@ class _Planner:
         self._group_calls()
         self._rows_y(self._crowded_gaps())
         self._time_map()
+        self._queue_plans()
         drafts = self._drafts()
-        marks = self._states()
+        marks = self._judge(self._states())
         xs = self._positions(drafts, marks)
         return self._records(drafts, marks, xs)
 
@@ -1443,7 +1599,7 @@ class _Planner:
             if d.parts:
                 d.label = _group_label(d.calls, transport)
                 continue  # a group's calls need no note (or they would not be grouped)
-            d.label = _call_label(d.call, transport)
+            d.label = self._label(d.call, transport)
             d.note = self._call_note(d)
             if d.note:
                 # at the return of a long call; right under the label of a short one, so that
@@ -1451,6 +1607,9 @@ class _Planner:
                 tall = d.y1 - d.y0 >= 2 * CALL_TEXT_PITCH + 0.1
                 anchor = d.y1 - 0.05 if tall else d.y0 + 0.1 + 1e-6
                 lane.append((anchor, idx, "note"))
+        for qi, qp in enumerate(self.queues):  # a queue's note is one of its lane's texts
+            if qp.text:
+                texts.setdefault(qp.lifeline, []).append((qp.want_y, -1 - qi, "queue"))
         self.text_y: dict[tuple[int, str], float] = {}
         for lst in texts.values():
             lst.sort()
@@ -1470,6 +1629,13 @@ class _Planner:
             d.outer = any(o.lifeline == d.lifeline and o.col > d.col and o.y0 < hi and lo < o.y1
                           for o in outer_bars for lo, hi in bands)
         return drafts
+
+    def _label(self, c: Call, transport: Transport) -> str:
+        """A call's label, with what it waited for when the explanation layer is on and
+        the wait was long enough to matter: ``recvfrom(12) → 6  [blocked 5.4 ms: data]``."""
+        label = _call_label(c, transport)
+        wait = wait_text(self.timings.get(c)) if self.timings else ""
+        return f"{label}  {wait}" if wait else label
 
     def _call_note(self, d: _Draft) -> str:
         """A short why-note for the calls whose meaning is not obvious from the label."""
@@ -1568,8 +1734,9 @@ class _Planner:
                     y0 = yb if n == 1 else (ya + yb) / 2 - (n - 1) / 2 * CALL_TEXT_PITCH
                     for j, (st, runs) in enumerate(by_state.items()):
                         cis = [ci for _f, ci in runs]
+                        who = tuple((ci, self._side_at(ci, ll), f) for f, ci in runs)
                         marks.append(_Mark(ll, st, y0 + j * CALL_TEXT_PITCH, runs[-1][0],
-                                           self._state_text(ll, st, cis), self.convs[cis[0]].number))
+                                           self._state_text(ll, st, cis), self.convs[cis[0]].number, who))
                 continue
             p = self.packets[it.a]
             if not isinstance(p, Segment):
@@ -1594,8 +1761,105 @@ class _Planner:
                 if st is TcpState.LISTEN:
                     listening.add(ll)
                 conn = None if st is TcpState.LISTEN else self.convs[ci].number
-                marks.append(_Mark(ll, st, y, p.frame, self._state_text(ll, st, [ci]), conn))
+                marks.append(_Mark(ll, st, y, p.frame, self._state_text(ll, st, [ci]), conn,
+                                   ((ci, side, p.frame),)))
         return marks
+
+    def _side_at(self, ci: int, ll: int) -> Side:
+        """Which end of conversation ``ci`` lifeline ``ll`` is."""
+        return "client" if self.ends[ci][0] == ll else "server"
+
+    # --- the kernel layer: verdicts, durations, drops, footnotes --------------------------------
+
+    def _judge(self, marks: list[_Mark]) -> list[_Mark]:
+        """The kernel's word on every state mark (verdict, its own name for the state, how
+        long the side stayed in it) and the segments it dropped; the footnotes they cite,
+        numbered in the order they appear down the page (see handshake_viz.layers)."""
+        self.footnotes: list[Footnote] = []
+        self.drops: dict[int, tuple[int, str]] = {}  # item -> (footnote, reason in words)
+        if self.layers.kernel is None:
+            return marks
+        cites: list[tuple[float, tuple[str, str, str]]] = []
+        judged: list[_Mark] = []
+        for m in marks:
+            m = self._judge_mark(m)
+            if m.cite is not None:
+                cites.append((m.y, m.cite))
+            judged.append(m)
+        dropped: dict[int, tuple[KernelDrop, str]] = {}
+        for k, it in enumerate(self.items):
+            p = self.packets[it.a]
+            if it.fold or not isinstance(p, Segment):
+                continue
+            facts = self.kseg.get(p.frame)
+            if facts is None or facts.drop is None:
+                continue
+            conv = self.convs[self.conv_of[it.a]]
+            text = drop_note(facts.drop, p, resent_as(p, conv.segments))
+            dropped[k] = (facts.drop, text)
+            cites.append((self.ys[k][0], ("drop", text, text)))
+        number: dict[tuple[str, str], int] = {}
+        for _y, (kind, key, text) in sorted(cites, key=lambda c: c[0]):
+            if (kind, key) not in number:
+                number[(kind, key)] = len(number) + 1
+                self.footnotes.append(Footnote(number[(kind, key)], kind, text))  # type: ignore[arg-type]
+        self.drops = {k: (number[("drop", text)], drop_words(d.reason)) for k, (d, text) in dropped.items()}
+        return [replace(m, footnote=number[m.cite[:2]]) if m.cite is not None else m for m in judged]
+
+    def _judge_mark(self, m: _Mark) -> _Mark:
+        found = []
+        for ci, side, frame in m.who:
+            k = self.kconn.get(ci)
+            check = None if k is None else check_of(k, side, frame, m.state)
+            if check is not None:
+                found.append(check)
+        if not found:
+            return m
+        worst = next((c for v in ("disagree", "linux", "agree") for c in found if c.verdict.value == v), found[0])
+        verdict = worst.verdict.value
+        cite = None
+        if verdict == "linux" and worst.difference is not None:
+            cite = ("linux", worst.difference.value, worst.difference.explanation)
+        elif verdict == "linux" or verdict == "disagree":
+            after = f" after #{worst.frame}" if worst.frame is not None else ""
+            text = f"{worst.side.value} {m.state.value}{after}: {worst.note or 'the kernel reported no such change'}"
+            cite = (verdict, text, text)
+        duration = ""
+        if len(m.who) == 1:
+            ci, side, _frame = m.who[0]
+            k = self.kconn[ci]
+            duration = duration_text(next((p for p in k.periods if p.side.value == side and p.state is m.state),
+                                          None), m.state)
+        kernel = worst.kernel.shown if worst.kernel is not None else ""
+        return replace(m, verdict=verdict if verdict != "kernel-only" else None, kernel=kernel, cite=cite,
+                       duration=duration)
+
+    # --- the kernel layer: accept queues --------------------------------------------------------
+
+    def _queue_plans(self) -> None:
+        """Each drawn listener's accept queue as steps of constant depth (y from the time map)."""
+        self.queues: list[_QueuePlan] = []
+        kernel = self.layers.kernel
+        if kernel is None:
+            return
+        for q in kernel.listeners:
+            hits = self._find(q.listener, "tcp")
+            if len(hits) != 1 or not q.changes:
+                continue
+            changes = sorted(q.changes, key=lambda c: c.ts)
+            ys = [self.tmap(c.ts, end=True) for c in changes]
+            last_y = self.ys[-1][1] + POST_STEP
+            steps = []
+            for i, c in enumerate(changes):
+                y1 = ys[i + 1] if i + 1 < len(changes) else last_y
+                if c.depth > 0 and y1 > ys[i]:
+                    steps.append(QueueStep(ys[i], y1, c.depth, q.limit is not None and c.depth >= q.limit))
+            if not steps or not queue_text(q):  # a queue where nothing stood out is not drawn
+                continue
+            slots = q.limit if q.limit is not None and q.limit <= QUEUE_SLOTS else max(q.max_depth, 1)
+            top = max(steps, key=lambda st: st.depth)
+            self.queues.append(_QueuePlan(hits[0], q, tuple(steps), steps[0].y0, steps[-1].y1, slots,
+                                          queue_text(q), top.y0))
 
     # --- x: lifelines spaced by what is written beside them ------------------------------------
 
@@ -1606,13 +1870,20 @@ class _Planner:
         a further server right of its neighbour by what that one writes on its right."""
         n = len(self.keys)
         reach = [0.0] * n  # how far a lifeline's own texts reach from it, outwards
+        for m in marks:
+            reach[m.lifeline] = max(reach[m.lifeline], 0.03 + STATE_PAD + m.chars * STATE_CHAR)
+        # the kernel layer moves a lane out past its lifeline's states and accept queue
+        self.lane_offset = [LANE_OFFSET] * n
+        if self.layers.kernel is not None:
+            gauges = {qp.lifeline: qp.slots * QUEUE_CELL + QUEUE_GAP for qp in self.queues}
+            for ll in range(n):
+                need = reach[ll] + gauges.get(ll, 0.0) + QUEUE_GAP + BAR_HALF_WIDTH
+                self.lane_offset[ll] = max(LANE_OFFSET, need)
         for d in drafts:
             text = max(len(d.label) * CALL_CHAR, len(d.note) * NOTE_CHAR)
-            lane = (LANE_OFFSET + LANE_COLUMN_STEP * (self.columns[d.lifeline] - 1) + BAR_HALF_WIDTH
-                    + CALL_LABEL_GAP + text)
-            reach[d.lifeline] = max(reach[d.lifeline], lane)
-        for m in marks:
-            reach[m.lifeline] = max(reach[m.lifeline], 0.03 + STATE_PAD + len(m.text) * STATE_CHAR)
+            reach[d.lifeline] = max(reach[d.lifeline], self._label_x(d.lifeline) + text)
+        for qp in self.queues:
+            reach[qp.lifeline] = max(reach[qp.lifeline], self._label_x(qp.lifeline) + len(qp.text) * NOTE_CHAR)
         self.reach = reach
         nc = self.n_clients
         xs = [0.0] * n
@@ -1621,6 +1892,11 @@ class _Planner:
         for j in range(nc, n):
             xs[j] = X_SERVER if j == nc else xs[j - 1] + max(MIN_PITCH, reach[j - 1] + NEIGHBOUR_GAP)
         return xs
+
+    def _label_x(self, ll: int) -> float:
+        """How far from lifeline ``ll`` its lane's outermost labels start."""
+        columns = self.columns.get(ll, 1)
+        return self.lane_offset[ll] + LANE_COLUMN_STEP * (columns - 1) + BAR_HALF_WIDTH + CALL_LABEL_GAP
 
     def _text_gap(self, a: int, b: int, xs: list[float]) -> tuple[float, float]:
         """(centre, width) of the room for the texts of an arrow between lifelines a and
@@ -1640,14 +1916,18 @@ class _Planner:
         lifelines = self._lifeline_records(xs)
         main = self._text_gap(max(self.n_clients - 1, 0), min(self.n_clients, len(xs) - 1), xs)
         rows = self._margin(self._row_records(xs, main))
+        for k, (number, words) in self.drops.items():
+            rows[k] = replace(rows[k], kernel_tag=f"✗{number} dropped: {words}", dropped=True)
         states = [StateMark(self.side_of(m.lifeline), m.state, xs[m.lifeline], m.y, m.frame, m.text,
-                            m.lifeline, m.conn) for m in marks]
+                            m.lifeline, m.conn, m.verdict, m.kernel, m.footnote, m.duration) for m in marks]
         bars, connectors, lanes = self._call_records(drafts, xs)
+        queues = self._queue_records(xs)
 
         note_texts = self._notes()
         ys = self.ys
         ymax = max([ys[-1][1]] + [b.y1 for b in bars] + [b.note_y for b in bars if b.note]
-                   + [b.label_y for b in bars] + [m.y for m in states])
+                   + [b.label_y for b in bars] + [m.y for m in states] + [q.y1 for q in queues]
+                   + [q.text_y for q in queues if q.text])
         ymin = min([ys[0][0] - LISTEN_ABOVE] + [b.y0 for b in bars] + [b.label_y for b in bars]
                    + [m.y for m in states])
         lifeline_top = ymin - 0.35
@@ -1667,6 +1947,10 @@ class _Planner:
             legend.append("call-traced")
         if any(b.inferred for b in bars):
             legend.append("call-inferred")
+        if queues:
+            legend.append("queue")
+        if self.drops:
+            legend.append("dropped")
 
         # margins: the time column left of everything, room for the outermost texts
         step = LANE_COLUMN_STEP
@@ -1680,6 +1964,16 @@ class _Planner:
             time_x, right_edge = xs[0] - 0.4, xs[-1] + 0.45
         time_x = min(time_x, xs[0] - self.reach[0] - 0.06)
         right_edge = max(right_edge, xs[-1] + self.reach[-1] + 0.1)
+        times = max([0] + [len(t) for r in rows for t in (r.margin_text, r.gap_text)]) * TIME_CHAR
+        left_edge = time_x - max(0.3, times + TIME_CHAR)
+        markers = self._markers(rows, time_x - times - 0.06)
+        if markers:
+            left_edge = min(m.x - (len(m.number) * MARKER_CHAR + MARKER_PAD) / 2 for m in markers) - 0.04
+        top = lifeline_top - 0.25
+        strip = self._window_strip(rows, right_edge + STRIP_GAP, lifeline_top) if self.layers.windows else None
+        if strip is not None:
+            right_edge = strip.col_right[-1] + 0.1
+            top = min(top, strip.title_y - 0.3)
         return Layout(
             title=self._title(), time_mode=self.time, t0=self.t0, segments=self.n_segments,
             datagrams=self.n_datagrams,
@@ -1688,11 +1982,86 @@ class _Planner:
             lifelines=lifelines, lanes=tuple(lanes), rows=tuple(rows), states=tuple(states),
             calls=tuple(bars), connectors=tuple(connectors), notes=notes,
             idle=tuple(self._idle(main[0])), legend=tuple(legend),
-            xlim=(time_x - max([0.3] + [(len(t) + 1) * TIME_CHAR for r in rows
-                                        for t in (r.margin_text, r.gap_text)]), right_edge),
-            ylim=(lifeline_top - 0.25, bottom), lifeline_top=lifeline_top,
+            xlim=(left_edge, right_edge), ylim=(top, bottom), lifeline_top=lifeline_top,
             lifeline_bottom=lifeline_bottom, time_x=time_x,
+            kernel_key=kernel_key(states=any(m.verdict for m in marks), drops=bool(self.drops),
+                                  queues=bool(queues)),
+            footnotes=tuple(self.footnotes), queues=queues, windows=strip, markers=markers,
+            story=self.story, lang=self.layers.lang,
         )
+
+    def _queue_records(self, xs: list[float]) -> tuple[QueueGauge, ...]:
+        out = []
+        for qi, qp in enumerate(self.queues):
+            ll = qp.lifeline
+            direction = -1 if self.side_of(ll) == "client" else 1
+            outer = xs[ll] + direction * (self.lane_offset[ll] - BAR_HALF_WIDTH - QUEUE_GAP)
+            q = qp.queue
+            out.append(QueueGauge(
+                lifeline=ll, listener=plain(q.listener, TITLE_CHARS), backlog=q.backlog, limit=q.limit,
+                max_depth=q.max_depth, x_inner=outer - direction * qp.slots * QUEUE_CELL,
+                direction=direction, cell=QUEUE_CELL, slots=qp.slots, y0=qp.y0, y1=qp.y1, steps=qp.steps,
+                text=qp.text, text_x=xs[ll] + direction * self._label_x(ll),
+                text_y=self.text_y.get((-1 - qi, "queue"), qp.want_y),
+            ))
+        return tuple(out)
+
+    def _window_strip(self, rows: list[Row], x0: float, top: float) -> WindowStrip | None:
+        """--windows: the receiving socket's tcp_probe variables beside each drawn
+        segment that one was matched to."""
+        lines = []
+        for r in rows:
+            if r.kind != "segment" or r.frame is None or r.lifeline_to is None:
+                continue
+            facts = self.kseg.get(r.frame)
+            if facts is None or facts.probe is None:
+                continue
+            p = facts.probe
+            who = self.names[r.lifeline_to]
+            ssthresh = None if p.ssthresh >= INFINITE_SSTHRESH else p.ssthresh
+            lines.append(WindowRow(r.frame, r.y_end, who, p.cwnd, ssthresh, p.srtt_us, p.snd_wnd,
+                                   usable_window(p), p.rcv_wnd, window_cells(r.frame, who, p)))
+        if not lines:
+            return None
+        widths = [max([len(h)] + [len(ln.cells[i]) for ln in lines]) for i, h in enumerate(WINDOW_COLUMNS)]
+        right, edges = x0, []
+        for w in widths:
+            right += (w + 2) * TIME_CHAR
+            edges.append(right)
+        header_y = min(top + 0.1, lines[0].y - 0.7)
+        right = max(right, x0 + len(WINDOW_TITLE) * TIME_CHAR * 0.85)  # (the title is smaller)
+        edges[-1] = max(edges[-1], right)
+        return WindowStrip(WINDOW_TITLE, WINDOW_COLUMNS, tuple(edges), x0, header_y - 0.4, header_y,
+                           tuple(lines))
+
+    def _markers(self, rows: list[Row], right: float) -> tuple[StoryMarker, ...]:
+        """The explanation layer: each story sentence's number (each finding's letter) on
+        the row of the first frame it cites, in the margin left of the times."""
+        row_of = {r.frame: r for r in rows if r.frame is not None}
+        fold_of = {}
+        for k, it in enumerate(self.items):
+            if it.fold:
+                for i in range(it.a, it.b):
+                    fold_of[self.packets[i].frame] = rows[k]
+        at: dict[int, list[tuple[str, str, int, int]]] = {}  # row index -> markers
+        for line in self.story:
+            # a sentence citing only calls is marked on the first frame those calls sent or waited for
+            frames = line.frames or tuple(f for c in line.calls for f in c.frames)
+            if line.kind == "heading" or not frames:
+                continue
+            first = min(frames)
+            r = row_of.get(first) or fold_of.get(first)
+            if r is not None:
+                at.setdefault(r.index, []).append((line.number, line.kind, first, line.conn))
+        out = []
+        for index, items in sorted(at.items()):
+            r = rows[index]
+            x = right
+            for number, kind, frame, conn in reversed(items):  # placed right to left: read left to right
+                width = len(number) * MARKER_CHAR + MARKER_PAD
+                out.append(StoryMarker(number, kind, x - width / 2, r.time_y, frame, conn))  # type: ignore[arg-type]
+                x -= width + 0.012
+        return tuple(sorted(out, key=lambda m: (m.y, -m.x)))
 
     def _lifeline_records(self, xs: list[float]) -> tuple[Lifeline, ...]:
         out = []
@@ -1787,7 +2156,7 @@ class _Planner:
             mine = [d for d in drafts if d.lifeline == ll]
             side = self.side_of(ll)
             direction = -1 if side == "client" else 1
-            lane_x[ll] = xs[ll] + direction * LANE_OFFSET
+            lane_x[ll] = xs[ll] + direction * self.lane_offset[ll]
             pids: list[int] = []
             for d in mine:
                 if not d.call.inferred and d.call.pid not in pids:

@@ -59,6 +59,7 @@ def browser() -> Iterator[Any]:
 
 def open_page(driver: Any, path: Path) -> float:
     """Load the page and wait until it has drawn; returns the seconds that took."""
+    driver.get_log("browser")  # (what earlier pages logged is theirs)
     start = time.perf_counter()
     driver.get(path.resolve().as_uri())
     while not driver.execute_script("return document.body && document.body.getAttribute('data-ready')"):
@@ -210,7 +211,7 @@ def test_hostile_capture_shows_its_text_and_runs_none_of_it(browser: Any, tmp_pa
 def test_1000_segments_open_in_under_two_seconds(browser: Any, tmp_path: Path) -> None:
     pcap = tmp_path / "big.pcap"
     assert make_capture(pcap, 1, 331) == 1000
-    for options, drawn in (((), 59), (("--max-rows", "0"), 1000)):
+    for options, drawn in (((), 59), (("--max-rows", "0"), 1000), (("--max-rows", "0", "--explain"), 1000)):
         page = plot_html(pcap, tmp_path / "big.html", *options)
         assert page.stat().st_size < 2_000_000
         assert open_page(browser, page) < OPEN_LIMIT_S
@@ -243,3 +244,95 @@ def test_notebook_cell_shows_the_page_or_the_picture(browser: Any, tmp_path: Pat
     (tmp_path / "static.html").write_text(blocked.format(cell), encoding="utf-8")
     browser.get((tmp_path / "static.html").as_uri())
     assert css(browser, "img")[0].is_displayed() and not css(browser, "iframe")[0].is_displayed()
+
+
+# ---------------------------------------------------------------------------------------
+# what the PNG draws, on the page too: time margin, leader lines, grouped calls, layers
+# ---------------------------------------------------------------------------------------
+
+KERNEL = REPO / "tests" / "data" / "kernel"
+
+
+def grouped_echo(directory: Path) -> Path:
+    """captures/echo with five quick setsockopt() on the client's socket before its
+    connect(): drawn as one bar, ``5 × setsockopt(18)``."""
+    import json
+
+    pcap = directory / "grouped.pcap"
+    shutil.copy(CAPTURES / "echo.pcap", pcap)
+    lines = [json.loads(line) for line in (CAPTURES / "echo.calls.jsonl").read_text().splitlines()]
+    connect = next(c for c in lines if c["call"] == "connect")
+    sock = [c for c in lines if c["call"] == "socket" and c["start"] < connect["start"]][-1]
+    opts = [dict(connect, call="setsockopt", start=sock["end"] + 5e-6 + 15e-6 * i,
+                 end=sock["end"] + 10e-6 + 15e-6 * i, ret=0, args="SOL_SOCKET, SO_REUSEADDR, [1], 4",
+                 frames=[], conn=None, local=None, remote=None) for i in range(5)]
+    at = lines.index(connect)
+    lines[at:at] = opts
+    (directory / "grouped.calls.jsonl").write_text("".join(json.dumps(c) + "\n" for c in lines))
+    return pcap
+
+
+def test_time_margin_and_leader_lines_as_the_png_draws_them(browser: Any, tmp_path: Path) -> None:
+    import handshake_viz as hv
+    from handshake_viz.layout import plan_trace
+
+    pcap = CAPTURES / "backlog.pcap"
+    open_page(browser, plot_html(pcap, tmp_path / "backlog.html", "--all"))
+    trace = hv.load(pcap)
+    layout = plan_trace(trace.connections, calls=trace.calls)
+    segments(browser)
+    times = [t.get_attribute("textContent") for t in css(browser, "g.seg text.time")]
+    assert times == [r.margin_text for r in layout.arrow_rows if r.margin_text]  # each time once
+    gaps = [t.get_attribute("textContent") for t in css(browser, "text.gap")]
+    assert gaps == [r.gap_text for r in layout.rows if r.gap_text] and "+0.3 s" in gaps
+    assert len(css(browser, "line.leader")) == sum(b.leader is not None for b in layout.calls) > 0
+    assert errors(browser) == []
+
+
+def test_a_grouped_bar_unfolds_into_its_calls_on_click(browser: Any, tmp_path: Path) -> None:
+    open_page(browser, plot_html(grouped_echo(tmp_path), tmp_path / "grouped.html"))
+    (group,) = css(browser, "g.call.group")
+    assert group.find_element("css selector", ".call-label").text == "5 × setsockopt(18)"
+    click(browser, "g.call.group rect.bar")
+    assert not css(browser, "g.call.group")
+    members = css(browser, "g.members g.call.member")
+    assert [m.find_element("css selector", ".call-label").text for m in members] == ["setsockopt(18)"] * 5
+    ids = {m.get_attribute("data-call") for m in members}
+    assert len(ids) == 5  # each call its own, with its own details
+    click(browser, f'g.member[data-call="{members[2].get_attribute("data-call")}"] text')
+    assert details(browser).startswith("setsockopt(18)") and "SO_REUSEADDR" in details(browser)
+    click(browser, "g.refold-group text")
+    assert len(css(browser, "g.call.group")) == 1 and not css(browser, "g.members")
+    assert errors(browser) == []
+
+
+def test_kernel_layer_state_verdict_on_hover_queue_and_drop(browser: Any, tmp_path: Path) -> None:
+    open_page(browser, plot_html(KERNEL / "backlog.pcap", tmp_path / "kb.html", "--all", "--windows"))
+    segments(browser)
+    assert len(css(browser, "g.state.agree")) > 10
+    hover(browser, "g.state.linux rect")
+    shown = details(browser)
+    assert shown.startswith("SYN-RECEIVED") and "Linux reports this step differently" in shown
+    assert "SYN_RECV" in shown and "request mini-socket" in shown  # the note, reachable
+    assert css(browser, "g.queue rect.slot.full")
+    assert "accept queue: 2 queued, backlog 1 (full)" in [t.get_attribute("textContent") for t in css(browser, "text.queue-text")]
+    (drop,) = css(browser, "g.seg path.drop-cross")
+    row = drop.find_element("xpath", "..")
+    assert row.get_attribute("data-frame") == "11"
+    click(browser, 'g.seg[data-frame="11"] line.arrow')
+    assert "TCP_LISTEN_OVERFLOW" in details(browser)  # the JSONL's "kernel" object
+    assert len(css(browser, "g.strip-row")) > 10
+    browser.find_element("css selector", '#tabs button[data-tab="story"]').click()
+    assert "Linux frees a SYN that finds the accept queue full" in browser.find_element("id", "story").text
+    assert errors(browser) == []
+
+
+def test_explain_markers_lead_to_their_sentence(browser: Any, tmp_path: Path) -> None:
+    open_page(browser, plot_html(CAPTURES / "echo.pcap", tmp_path / "ex.html", "--explain", "--lang", "en"))
+    segments(browser)
+    markers = css(browser, "g.marker.story")
+    assert len(markers) >= 10
+    click(browser, 'g.marker[data-number="2"] rect')
+    current = browser.find_element("css selector", "#story li.current")
+    assert current.get_attribute("data-number") == "2" and "SYN-ACK #2" in current.text
+    assert errors(browser) == []

@@ -323,13 +323,14 @@ def assert_legible(fig: Figure, ax, layout) -> None:  # type: ignore[no-untyped-
     row_room: dict[str, tuple[float, float]] = {}
     for r in layout.arrow_rows:
         room = (to_px((r.text_x - r.text_room / 2, 0.0))[0], to_px((r.text_x + r.text_room / 2, 0.0))[0])
-        for t in (r.label, r.detail, f"{r.detail}  {r.extra}", r.extra, ", ".join(r.markers)):
+        for t in (r.label, r.detail, f"{r.detail}  {r.extra}", r.extra, ", ".join(r.markers), r.kernel_tag):
             if t:
                 row_room[t] = room
     main = layout.arrow_rows[0]  # every arrow's texts share this gap
     gap = row_room[main.label]
-    states = {m.text for m in layout.states}
-    lane_texts = {b.label for b in layout.calls} | {b.note for b in layout.calls if b.note}
+    states = {m.shown for m in layout.states} | {m.badge for m in layout.states if m.badge}
+    lane_texts = ({b.label for b in layout.calls} | {b.note for b in layout.calls if b.note}
+                  | {q.text for q in layout.queues if q.text})
     lines_px = [to_px((ln.x, 0.0))[0] for ln in layout.lifelines]
     for text, bb, _ in boxes:
         if text in row_room:

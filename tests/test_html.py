@@ -315,3 +315,29 @@ def test_a_segment_hands_over_its_frame_to_scapy(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="which capture it came from is not known"):
         stranger.packet()
     assert bytes(stranger.packet(CAPTURES / "echo.pcap")) == bytes(pkt)
+
+
+def test_the_page_carries_the_layers_the_png_draws(tmp_path: Path) -> None:
+    kernel = Path(__file__).resolve().parent / "data" / "kernel"
+    page = plot_html(kernel / "backlog.pcap", tmp_path / "k.html", "--all", "--windows", "--explain", "--lang", "en")
+    data = data_of(page.read_text(encoding="utf-8"))
+    trace = hv.load(kernel / "backlog.pcap")
+    layout = plan_trace(trace.connections, calls=trace.calls, kernel=trace.kernel, windows=True, explain=True)
+    drawn = data["views"][0]["layouts"][0]
+
+    def rows(name: str) -> list[dict[str, Any]]:
+        return [dict(zip(drawn[name]["keys"], r)) for r in drawn[name]["rows"]]
+
+    assert [(s["shown"], s["verdict"], s["badge"]) for s in rows("states")] == [
+        (m.shown, m.verdict, m.badge) for m in layout.states]
+    assert [f["ref"] for f in rows("footnotes")] == [f.ref for f in layout.footnotes]
+    (queue,) = rows("queues")
+    assert queue["text"] == "accept queue: 2 queued, backlog 1 (full)" and len(queue["steps"]) == len(layout.queues[0].steps)
+    assert [r["kernel_tag"] for r in rows("rows") if r["dropped"]] == [r.kernel_tag for r in layout.rows if r.dropped]
+    assert [r["margin_text"] for r in rows("rows")] == [r.margin_text for r in layout.rows]
+    assert [(m["number"], m["frame"]) for m in rows("markers")] == [(m.number, m.frame) for m in layout.markers]
+    assert [s["text"] for s in rows("story")] == [s.text for s in layout.story]
+    assert layout.windows is not None and len(drawn["windows"]["rows"]["rows"]) == len(layout.windows.rows)
+    assert [c["leader"] is not None for c in rows("calls")] == [b.leader is not None for b in layout.calls]
+    assert data["frames"]["11"]["rec"]["kernel"]["drop"]["reason"] == "TCP_LISTEN_OVERFLOW"
+    assert_only_our_scripts(page.read_text(encoding="utf-8"))

@@ -23,6 +23,12 @@
   var MONO = '"DejaVu Sans Mono", Menlo, Consolas, "Liberation Mono", monospace';
   var BAR_HALF = 0.045;   // layout.BAR_HALF_WIDTH
   var FIT = 0.9;          // draw._FIT
+  var PITCH = 0.30;       // layout.CALL_TEXT_PITCH: the lines of an unfolded group
+  var VERDICTS = {        // the kernel layer (handshake_viz.layers)
+    agree: "the kernel entered the same state (its own state log, sock:inet_sock_set_state)",
+    linux: "Linux reports this step differently, always (a known difference from RFC 9293)",
+    disagree: "the kernel was elsewhere: the inference and the kernel disagree"
+  };
   var WAITS = {
     "syn-ack": "the SYN-ACK: one round trip",
     "rst": "the peer's RST",
@@ -38,7 +44,8 @@
   var D = null;          // the page's data
   var S = {              // what is shown
     view: 0, open: false, sel: null, hover: null, k: 1, tx: 0, ty: 0,
-    W: 0, H: 0, HB: 0, L: null, rows: null, byFrame: null, barsById: null
+    W: 0, H: 0, HB: 0, L: null, rows: null, byFrame: null, barsById: null,
+    unfolded: {}         // call ids of the grouped bars shown as their calls
   };
   var svg, world, heads, stage, details, story;
 
@@ -112,9 +119,11 @@
   function prepare(data) {
     data.views.forEach(function (v) {
       v.layouts = v.layouts.map(function (L) {
-        ["lifelines", "lanes", "rows", "states", "calls", "connectors", "notes", "idle"].forEach(function (k) {
-          L[k] = table(L[k]);
+        ["lifelines", "lanes", "rows", "states", "calls", "connectors", "notes", "idle", "footnotes",
+          "queues", "markers", "story"].forEach(function (k) {
+          L[k] = L[k] ? table(L[k]) : [];
         });
+        if (L.windows) L.windows.rows = table(L.windows.rows);
         return L;
       });
     });
@@ -218,8 +227,15 @@
     });
     text(f, X(r.text_x), top + (lines.length - 0.5) * lh + hpx * 0.7, "▸ click to open these rows here", "fold-hint",
       { "text-anchor": "middle", "font-size": hpx, "dominant-baseline": "middle" });
-    text(f, X(L.time_x), mid, r.time_text, "time mono", { "text-anchor": "end", "font-size": SIZE.time * PT, "dominant-baseline": "middle" });
+    drawTime(L, r, f);
     f.addEventListener("click", function (ev) { ev.stopPropagation(); openFold(r); });
+  }
+
+  function drawTime(L, r, g) {  // draw._paint_time: the time once, and a wait that stands out
+    if (r.margin_text) text(g, X(L.time_x), Y(r.time_y), r.margin_text, "time mono",
+      { "text-anchor": "end", "font-size": SIZE.time * PT, "dominant-baseline": "middle" });
+    if (r.gap_text && r.gap_y !== null) text(g, X(L.time_x), Y(r.gap_y), r.gap_text, "gap mono",
+      { "text-anchor": "end", "font-size": SIZE.time * PT, "dominant-baseline": "middle" });
   }
 
   function drawRow(L, r, g) {
@@ -235,6 +251,11 @@
       stroke: c, "marker-end": "url(#head-" + (r.kind === "datagram" ? "udp" : r.phase) + ")" }, grp);
     var crossing = L.lifelines.some(function (l) { return Math.min(r.x_from, r.x_to) < l.x && l.x < Math.max(r.x_from, r.x_to); });
     if (crossing) el("circle", { cx: X(r.x_from), cy: Y(r.y), r: 2.6, fill: c }, grp);
+    if (r.dropped) {  // the kernel dropped it on arrival: a cross where it arrived
+      var cx = X(tipX), cy = Y(r.y_end), d = 4.5;
+      el("path", { d: "M" + (cx - d) + "," + (cy - d) + " L" + (cx + d) + "," + (cy + d) + " M" + (cx - d) + "," + (cy + d) +
+        " L" + (cx + d) + "," + (cy - d), "class": "drop-cross" }, grp);
+    }
 
     // the label line: role (bold, phase colour) and analysis tags, centred together above the arrow
     var midY = (r.y + r.y_end) / 2, slope = Math.abs((r.y_end - r.y) / (r.x_to - r.x_from));
@@ -242,14 +263,21 @@
     var lw = width(r.label, lpx, { bold: true }) / UX;
     var tag = (r.markers || []).join(", ");
     var tw = tag ? (width(tag, mpx, { bold: true }) + 8 * PT) / UX : 0, sep = tag ? 10 * PT / UX : 0;
-    var total = lw + sep + tw, left = r.text_x - total / 2;
+    var kw = r.kernel_tag ? (width(r.kernel_tag, mpx, { bold: true }) + 8 * PT) / UX : 0, ksep = r.kernel_tag ? 10 * PT / UX : 0;
+    var total = lw + sep + tw + ksep + kw, left = r.text_x - total / 2;
     var xNear = r.x_to > r.x_from ? left : left + total;
     var base = Math.min(midY - 0.10, r.y + Math.abs(xNear - r.x_from) * slope - 0.05);
-    text(grp, X(left + lw / 2), Y(base), r.label, "label", { "text-anchor": "middle", "font-size": lpx, fill: c });
+    // (the phase colour through the CSSOM: the stylesheet's "svg text" fill outranks an attribute)
+    text(grp, X(left + lw / 2), Y(base), r.label, "label", { "text-anchor": "middle", "font-size": lpx }).style.fill = c;
     if (tag) {
       var tx = X(left + lw + sep);
       el("rect", { x: tx, y: Y(base) - mpx * 1.05, width: tw * UX, height: mpx * 1.45, rx: 3, "class": "tag-box" }, grp);
       text(grp, tx + 4 * PT, Y(base) - mpx * 0.05, tag, "tag-text", { "font-size": mpx });
+    }
+    if (r.kernel_tag) {  // what the kernel did with it: dropped, and why
+      var kx = X(left + lw + sep + tw + ksep);
+      el("rect", { x: kx, y: Y(base) - mpx * 1.05, width: kw * UX, height: mpx * 1.45, rx: 3, "class": "kernel-box" }, grp);
+      text(grp, kx + 4 * PT, Y(base) - mpx * 0.05, r.kernel_tag, "tag-text", { "font-size": mpx });
     }
     // seq/ack (and window, options) below the arrow, shrunk to fit between the lifelines
     var lines = r.lines === 2 ? [r.detail, r.extra] : [r.detail + (r.extra ? "  " + r.extra : "")];
@@ -263,19 +291,76 @@
     lines.forEach(function (s, i) {
       if (s) text(grp, X(r.text_x), Y(top) + i * dpx * 1.3 + dpx * 0.8, s, "detail mono", { "text-anchor": "middle", "font-size": dpx });
     });
-    text(grp, X(L.time_x), Y(r.y), r.time_text, "time mono", { "text-anchor": "end", "font-size": SIZE.time * PT, "dominant-baseline": "middle" });
+    drawTime(L, r, grp);
     grp.addEventListener("pointerenter", function () { hover({ kind: "frame", id: r.frame }); });
     grp.addEventListener("pointerleave", function () { hover(null); });
     grp.addEventListener("click", function (ev) { ev.stopPropagation(); select({ kind: "frame", id: r.frame }); });
   }
 
-  function drawStates(L, g) {
+  function drawStates(L, g) {  // with the kernel's account: the verdict's colour and glyph
     var px = SIZE.state * PT;
-    L.states.forEach(function (m) {
-      var left = m.side === "client", w = width(m.text, px, { italic: true });
+    L.states.forEach(function (m, i) {
+      var left = m.side === "client", w = width(m.shown, px, { italic: true });
       var x = X(m.x) + (left ? -0.03 * UX : 0.03 * UX), pad = px * 0.3;
-      el("rect", { x: left ? x - w - pad : x - pad, y: Y(m.y) - px * 0.75, width: w + 2 * pad, height: px * 1.5, rx: 3, "class": "state-box" }, g);
-      text(g, x, Y(m.y), m.text, "state-text", { "text-anchor": left ? "end" : "start", "font-size": px, "dominant-baseline": "middle" });
+      var grp = el("g", { "class": "state" + (m.verdict ? " " + m.verdict : ""), "data-state": i,
+        role: m.verdict ? "button" : null, "aria-label": m.shown + (m.verdict ? ": kernel " + m.verdict : "") }, g);
+      el("rect", { x: left ? x - w - pad : x - pad, y: Y(m.y) - px * 0.75, width: w + 2 * pad, height: px * 1.5, rx: 3, "class": "state-box" }, grp);
+      text(grp, x, Y(m.y), m.shown, "state-text", { "text-anchor": left ? "end" : "start", "font-size": px, "dominant-baseline": "middle" });
+      if (m.badge) {
+        var bx = left ? x - w - pad - 4 : x + w + pad + 4;
+        text(grp, bx, Y(m.y), m.badge, "badge", { "text-anchor": left ? "end" : "start", "font-size": px * 1.1, "dominant-baseline": "middle" });
+      }
+      if (!m.verdict) return;
+      grp.addEventListener("pointerenter", function () { hover({ kind: "state", id: i }); });
+      grp.addEventListener("pointerleave", function () { hover(null); });
+      grp.addEventListener("click", function (ev) { ev.stopPropagation(); select({ kind: "state", id: i }); });
+    });
+  }
+
+  function drawQueues(L, g) {  // accept queues: slots between a listener's lifeline and its lane
+    L.queues.forEach(function (q) {
+      var grp = el("g", { "class": "queue" }, g);
+      var cell = function (slot, y0, y1, cls) {
+        var a = q.x_inner + q.direction * slot * q.cell, b = a + q.direction * q.cell;
+        el("rect", { x: X(Math.min(a, b)), y: Y(y0), width: q.cell * UX, height: Math.max(1, (y1 - y0) * UY), "class": cls }, grp);
+      };
+      for (var i = 0; i < q.slots; i++) cell(i, q.y0, q.y1, "slot");
+      q.steps.forEach(function (st) {  // [y0, y1, depth, full]
+        for (var j = 0; j < Math.min(st[2], q.slots); j++) cell(j, st[0], st[1], "slot filled" + (st[3] ? " full" : ""));
+      });
+      if (q.text) text(grp, X(q.text_x), Y(q.text_y), q.text, "queue-text",
+        { "text-anchor": q.direction < 0 ? "end" : "start", "font-size": SIZE.note * PT, "dominant-baseline": "middle" });
+    });
+  }
+
+  function drawWindows(L, g) {  // --windows: the receiving socket's tcp_probe variables
+    var w = L.windows;
+    if (!w) return;
+    var px = SIZE.detail * PT;
+    text(g, X(w.x0), Y(w.title_y), w.title, "strip-title", { "font-size": px, "dominant-baseline": "middle" });
+    var at = function (i) { return i ? { x: X(w.col_right[i]), a: "end" } : { x: X(w.x0), a: "start" }; };
+    w.columns.forEach(function (c, i) {
+      text(g, at(i).x, Y(w.header_y), c, "strip-head mono", { "text-anchor": at(i).a, "font-size": px, "dominant-baseline": "middle" });
+    });
+    el("line", { x1: X(w.x0), x2: X(w.col_right[w.col_right.length - 1]), y1: Y(w.header_y + 0.22), y2: Y(w.header_y + 0.22), "class": "strip-rule" }, g);
+    w.rows.forEach(function (r) {
+      var grp = el("g", { "class": "strip-row", "data-frame": r.frame }, g);
+      r.cells.forEach(function (c, i) {
+        text(grp, at(i).x, Y(r.y), c, "strip-cell mono", { "text-anchor": at(i).a, "font-size": px, "dominant-baseline": "middle" });
+      });
+      grp.addEventListener("click", function (ev) { ev.stopPropagation(); jump(r.frame); });
+    });
+  }
+
+  function drawMarkers(L, g) {  // the story's numbers (findings' letters) on the rows they cite
+    var px = SIZE.marker * PT;
+    L.markers.forEach(function (m) {
+      var grp = el("g", { "class": "marker " + m.kind, "data-number": m.number, role: "button",
+        "aria-label": (m.kind === "finding" ? "finding " : "story sentence ") + m.number }, g);
+      var w = width(m.number, px, { bold: true }) + 7;
+      el("rect", { x: X(m.x) - w / 2, y: Y(m.y) - px * 0.8, width: w, height: px * 1.6, rx: 3, "class": "marker-box" }, grp);
+      text(grp, X(m.x), Y(m.y), m.number, "marker-text", { "text-anchor": "middle", "font-size": px, "dominant-baseline": "central" });
+      grp.addEventListener("click", function (ev) { ev.stopPropagation(); showSentence(m.number); });
     });
   }
 
@@ -287,8 +372,16 @@
     });
     var px = SIZE.call * PT, npx = SIZE.note * PT;
     L.calls.forEach(function (b) {
+      if (b.leader) {  // a label moved away from its bar points at it
+        el("line", { x1: X(b.leader[0]), y1: Y(b.leader[1]), x2: X(b.leader[2]), y2: Y(b.leader[3]), "class": "leader", "data-call": b.id }, under);
+      }
+    });
+    var opened = [];
+    L.calls.forEach(function (b) {
       var left = b.side === "client";
-      var grp = el("g", { "class": "call", "data-call": b.id, role: "button", "aria-label": "call " + b.label }, g);
+      if (b.count > 1 && S.unfolded[b.id]) { opened.push(b); return; }
+      var grp = el("g", { "class": "call" + (b.count > 1 ? " group" : ""), "data-call": b.id, role: "button",
+        "aria-label": "call " + b.label + (b.count > 1 ? " (click to show each call)" : "") }, g);
       el("rect", { x: X(b.x - BAR_HALF), y: Y(b.y0), width: 2 * BAR_HALF * UX, height: Math.max(1, (b.y1 - b.y0) * UY),
         "class": "bar" + (b.inferred ? " inferred" : "") }, grp);
       var t = text(grp, X(b.label_x), Y(b.label_y), b.label, "call-label mono" + (b.failed ? " failed" : ""),
@@ -298,11 +391,53 @@
         { "text-anchor": left ? "end" : "start", "font-size": npx, "dominant-baseline": "middle" });
       grp.addEventListener("pointerenter", function () { hover({ kind: "call", id: b.id }); });
       grp.addEventListener("pointerleave", function () { hover(null); });
-      grp.addEventListener("click", function (ev) { ev.stopPropagation(); select({ kind: "call", id: b.id }); });
+      grp.addEventListener("click", function (ev) {
+        ev.stopPropagation();
+        if (b.count > 1) { S.unfolded[b.id] = true; redrawCalls(); }
+        select({ kind: "call", id: b.id });
+      });
     });
+    opened.forEach(function (b) { drawMembers(b, g); });  // last: on top of the lane's other texts
+  }
+
+  function drawMembers(b, g) {  // a grouped bar opened in place: each call, its own bar and label
+    var left = b.side === "client", px = SIZE.call * PT, dir = left ? -1 : 1;
+    var grp = el("g", { "class": "members", "data-call": b.id }, g);
+    var lines = b.members.map(function (m, i) { return b.label_y + i * PITCH; });
+    var widest = Math.max.apply(null, b.members.map(function (m) { return width(m[1], px, { mono: true }); }));
+    var x0 = X(b.label_x), pad = 4;
+    // a white card under the labels: they unfold over whatever the lane writes below
+    el("rect", { x: left ? x0 - widest - pad : x0 - pad, y: Y(lines[0] - PITCH / 2), width: widest + 2 * pad,
+      height: (lines.length * PITCH) * UY, rx: 3, "class": "members-card" }, grp);
+    b.members.forEach(function (m, i) {  // [id, label, y0, y1]
+      var id = m[0], one = el("g", { "class": "call member", "data-call": id, role: "button", "aria-label": "call " + m[1] }, grp);
+      el("rect", { x: X(b.x - BAR_HALF), y: Y(m[2]), width: 2 * BAR_HALF * UX, height: Math.max(2, (m[3] - m[2]) * UY),
+        "class": "bar" + (b.inferred ? " inferred" : "") }, one);
+      var yb = (m[2] + m[3]) / 2;
+      el("line", { x1: X(b.x + dir * BAR_HALF), y1: Y(yb), x2: x0 - dir * 2, y2: Y(lines[i]), "class": "leader" }, one);
+      text(one, x0, Y(lines[i]), m[1], "call-label mono", { "text-anchor": left ? "end" : "start", "font-size": px, "dominant-baseline": "middle" });
+      one.addEventListener("pointerenter", function () { hover({ kind: "call", id: id }); });
+      one.addEventListener("pointerleave", function () { hover(null); });
+      one.addEventListener("click", function (ev) { ev.stopPropagation(); select({ kind: "call", id: id }); });
+    });
+    var fold = el("g", { "class": "refold-group", role: "button", "aria-label": "group these calls again" }, grp);
+    text(fold, x0, Y(lines[lines.length - 1] + PITCH), "▴ group these " + b.count + " calls again", "fold-hint",
+      { "text-anchor": left ? "end" : "start", "font-size": SIZE.note * PT, "dominant-baseline": "middle" });
+    fold.addEventListener("click", function (ev) { ev.stopPropagation(); delete S.unfolded[b.id]; redrawCalls(); });
+  }
+
+  function redrawCalls() {  // the calls alone: the rest of the picture stays as it is
+    var under = world.querySelector("g.under"), calls = world.querySelector("g.calls");
+    under.querySelectorAll(".connector, .leader").forEach(function (e) { e.remove(); });
+    calls.textContent = "";
+    drawCalls(S.L, under, calls);
+    mark();
   }
 
   function drawFooter(L, g) {
+    drawQueues(L, g);
+    drawWindows(L, g);
+    drawMarkers(L, g);
     var cx = (L.lifelines[0].x + L.lifelines[L.lifelines.length - 1].x) / 2;
     L.idle.forEach(function (n) {
       text(g, X(n.x), Y(n.y), n.text, "idle", { "text-anchor": "middle", "font-size": SIZE.fold * PT, "dominant-baseline": "middle" });
@@ -384,6 +519,7 @@
       ft.textContent = S.open ? "fold again" : "open the fold (" + hidden.toLocaleString("en-US") + " rows)";
     }
     legend(L);
+    if (story) showStory();
     mark();
     place();
     if (!pending) drawn();
@@ -393,7 +529,8 @@
     var box = $("legend");
     box.textContent = "";
     var names = { udp: "UDP datagram", flagged: "flagged segment (dashed)", fold: "folded run (click to open)",
-      "call-traced": "socket call (traced)", "call-inferred": "socket call (inferred)" };
+      "call-traced": "socket call (traced)", "call-inferred": "socket call (inferred)",
+      queue: "accept queue (connections waiting for accept())", dropped: "dropped by the kernel" };
     L.legend.forEach(function (key) {
       var item = h("span", null, null, box);
       var s = document.createElementNS(SVGNS, "svg");
@@ -402,6 +539,8 @@
       if (key === "fold") el("rect", { x: 1, y: 1, width: 26, height: 10, "class": "fold-box" }, s);
       else if (key === "call-traced") el("rect", { x: 9, y: 0.5, width: 10, height: 11, "class": "bar" }, s);
       else if (key === "call-inferred") el("rect", { x: 9, y: 0.5, width: 10, height: 11, "class": "bar inferred" }, s);
+      else if (key === "queue") el("rect", { x: 9, y: 0.5, width: 10, height: 11, "class": "slot filled" }, s);
+      else if (key === "dropped") el("path", { d: "M9,1 L19,11 M9,11 L19,1", "class": "drop-cross" }, s);
       else el("line", { x1: 1, y1: 6, x2: 27, y2: 6, stroke: key === "flagged" ? "#222" : D.colors[key] || "#222",
         "stroke-width": 2, "stroke-dasharray": key === "flagged" ? "5 3" : null }, s);
       h("span", null, names[key] || key, item);
@@ -500,6 +639,7 @@
   function setView(i) {
     S.view = i;
     S.open = false;
+    S.unfolded = {};
     $("view").value = String(i);
     render();
     fit();
@@ -591,6 +731,8 @@
       ((D.frames[sel.id] || {}).calls || []).forEach(function (c) {
         add('.call[data-call="' + c + '"], .connector[data-call="' + c + '"]', "linked");
       });
+    } else if (sel && sel.kind === "state") {
+      add('.state[data-state="' + sel.id + '"]', "selected");
     } else if (sel && sel.kind === "call") {
       add('.call[data-call="' + sel.id + '"], .connector[data-call="' + sel.id + '"]', "selected");
       D.calls[sel.id].rec.frames.forEach(function (f) { add('.row[data-frame="' + f + '"]', "linked"); });
@@ -636,7 +778,36 @@
       h("p", "empty", "Keys: ← → (or ↑ ↓) step from segment to segment; + − 0 zoom; Esc clears.", details);
       return;
     }
-    if (item.kind === "frame") frameDetails(item.id); else callDetails(item.id);
+    if (item.kind === "frame") frameDetails(item.id);
+    else if (item.kind === "state") stateDetails(item.id);
+    else callDetails(item.id);
+  }
+
+  function stateDetails(i) {  // a state mark and the kernel's word on it
+    var m = S.L.states[i];
+    if (!m) return;
+    var head = h("h2", null, m.text + " ", details);
+    if (m.badge) h("span", "badge " + m.verdict, m.badge, head);
+    h("p", "sub", m.side + " · after " + (m.frame === null ? "the start" : "#" + m.frame) +
+      (m.conn === null ? "" : " · conn " + m.conn), details);
+    var tbl = h("table", null, null, details);
+    kv(tbl, "inferred", m.state + " (from the segments, RFC 9293)");
+    kv(tbl, "kernel", m.kernel || "no such change reported");
+    kv(tbl, "verdict", VERDICTS[m.verdict] || m.verdict);
+    if (m.duration) kv(tbl, "in this state", m.duration);
+    if (m.frame !== null) kv(tbl, "segment", frameRefs([m.frame]));
+    var note = S.L.footnotes.filter(function (f) { return f.number === m.footnote; })[0];
+    if (note) {
+      h("h3", null, "why (note " + note.ref + ")", details);
+      h("p", "lesson", note.text, details);
+    }
+  }
+
+  function showSentence(number) {  // a marker's sentence, in the story tab
+    tab("story");
+    var li = story.querySelector('[data-number="' + number + '"]');
+    story.querySelectorAll(".current").forEach(function (e) { e.classList.remove("current"); });
+    if (li) { li.classList.add("current"); li.scrollIntoView({ block: "center" }); }
   }
 
   function frameDetails(n) {
@@ -740,6 +911,18 @@
 
   function showStory() {
     story.textContent = "";
+    var L = S.L;
+    if (L && (L.kernel_key || L.footnotes.length)) {  // the kernel layer's key and notes
+      h("h3", null, "the kernel's account", story);
+      if (L.kernel_key) h("p", "kernel-key", L.kernel_key, story);
+      var notes = h("ul", "footnotes", null, story);
+      L.footnotes.forEach(function (f) {
+        var li = h("li", null, null, notes);
+        h("b", "badge " + (f.kind === "linux" ? "linux" : "disagree"), f.ref + " ", li);
+        linked(li, f.text, []);
+      });
+    }
+    if (L && L.story.length) { layoutStory(L); return; }
     if (!D.stories.length) { h("p", "empty", "No TCP connection here to tell the story of.", story); return; }
     D.stories.forEach(function (s) {
       h("h3", null, "conn " + s.conn, story);
@@ -755,6 +938,18 @@
           h("div", "why", f.why, li);
         });
       } else h("p", "empty", "Nothing unusual found.", story);
+    });
+  }
+
+  function layoutStory(L) {  // --explain: numbered as the markers on the diagram are
+    var list = null;
+    L.story.forEach(function (x) {
+      if (x.kind === "heading") { h("h3", null, x.text, story); list = h("ol", "story numbered", null, story); return; }
+      var li = h("li", x.kind === "finding" ? "finding" : null, null, list);
+      li.setAttribute("data-number", x.number);
+      h("b", "num", x.number + (x.kind === "story" ? ". " : " "), li);
+      linked(li, x.text, x.calls || []);
+      if (x.why) h("div", "why", x.why, li);
     });
   }
 
