@@ -49,7 +49,6 @@ from handshake_viz.hindsight import Settler
 from handshake_viz.model import Datagram, Segment
 from handshake_viz.spill import FileStore
 from handshake_viz.track import discard
-from handshake_viz.engine import Tracker
 
 __all__ = ["BATCH", "PARALLEL_MIN_BYTES", "End", "Mode", "analyze_file", "choose_jobs", "produce"]
 
@@ -189,17 +188,17 @@ def _ladder_items(path: str, mode: Mode, want: int | None, split: bool, store: F
                                                  flows, verify)
         elif mode == "jsonl":
             record = report.track_fields if split else report.both_fields
-            tracker: Tracker = Tracker(record=record, store=store)
+            tracker: Any = engine.Tracker(record=record, store=store)
             udp_row = report.flow_fields if split else report.datagram_pair
             # the decoder hands each packet's fields to the tracker: no Packet records
             rows = pipeline.stream(reader, tracker, flows, udp_row, verify_checksums=verify)
             yield from _batches("rows", rows, BATCH)
         elif mode == "summary":
-            tracker = Tracker(record=discard, store=store)
+            tracker = engine.Tracker(record=discard, store=store)
             deque(pipeline.stream(reader, tracker, flows, _discard_datagram, verify_checksums=verify),
                   maxlen=0)
         else:
-            tracker = Tracker(store=store)
+            tracker = engine.Tracker(store=store)
             starts: dict[int, float] = {}
             flow_starts: dict[int, float] = {}
             settler = Settler()  # the ladder is per connection: hindsight applies

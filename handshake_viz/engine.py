@@ -24,21 +24,22 @@ rules, the live capture) import ``handshake_viz.track``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
 from handshake_viz import _build
 
-__all__ = ["ENV", "IMPLEMENTATION", "FileStore", "Tracker", "compiled", "frontend"]
+__all__ = ["ENV", "IMPLEMENTATION", "FileStore", "Tracker", "compiled", "frontend", "use"]
 
 #: The environment variable that forces the pure-Python modules.
 ENV = "HSVIZ_PURE_PYTHON"
 
 
-def _load() -> tuple[ModuleType | None, ModuleType | None, str]:
-    """(compiled track, compiled front end, description), or Nones and why not."""
-    if os.environ.get(ENV, "") not in ("", "0"):
-        return None, None, f"pure Python ({ENV} is set)"
+def _compiled_modules() -> tuple[ModuleType | None, ModuleType | None, str]:
+    """(compiled track, compiled front end, description), or Nones and why not
+    (whatever the environment says)."""
     try:
         from handshake_viz._compiled import frontend as front
         from handshake_viz._compiled import track as ctrack
@@ -54,14 +55,53 @@ def _load() -> tuple[ModuleType | None, ModuleType | None, str]:
     return ctrack, front, f"compiled (Cython {front.CYTHON_VERSION})"
 
 
-_track, frontend, IMPLEMENTATION = _load()
-#: True when the compiled tracker and front end run.
-compiled = _track is not None
+def _load() -> tuple[ModuleType | None, ModuleType | None, str]:
+    """:func:`_compiled_modules`, unless :data:`ENV` asks for pure Python."""
+    if os.environ.get(ENV, "") not in ("", "0"):
+        return None, None, f"pure Python ({ENV} is set)"
+    return _compiled_modules()
 
-if _track is not None:
-    from handshake_viz._compiled.spill import FileStore
 
-    Tracker: Any = _track.Tracker
-else:
-    from handshake_viz.spill import FileStore  # noqa: F401
-    from handshake_viz.track import Tracker  # noqa: F401  (the reference)
+def _select(track: ModuleType | None, front: ModuleType | None, description: str) -> None:
+    """Make this module's names those of one implementation."""
+    global Tracker, FileStore, frontend, compiled, IMPLEMENTATION
+    if track is not None:
+        from handshake_viz._compiled.spill import FileStore as store
+    else:
+        from handshake_viz.spill import FileStore as store
+        from handshake_viz.track import Tracker as python_tracker
+    Tracker = track.Tracker if track is not None else python_tracker
+    FileStore = store
+    frontend = front
+    compiled = track is not None
+    IMPLEMENTATION = description
+
+
+@contextmanager
+def use(compiled_path: bool) -> Iterator[bool]:
+    """Within the block, run the compiled modules (``True``, whatever :data:`ENV` says)
+    or the Python ones (``False``); yields whether the one asked for is there (the
+    compiled may not be built).  For the differential tests, which compare the two
+    in one process; everything that tracks a file looks its names up here at call time."""
+    before = (Tracker, FileStore, frontend, compiled, IMPLEMENTATION)
+    chosen = _compiled_modules() if compiled_path else (None, None, "pure Python")
+    try:
+        if compiled_path and chosen[0] is None:
+            yield False
+        else:
+            _select(*chosen)
+            yield True
+    finally:
+        global_names = ("Tracker", "FileStore", "frontend", "compiled", "IMPLEMENTATION")
+        globals().update(zip(global_names, before))
+
+
+#: The tracker class that runs (compiled or Python), its FileStore, and the compiled
+#: front end (None on pure Python); True when the compiled tracker and front end run;
+#: which runs and why (``hsviz --version``).
+Tracker: Any
+FileStore: Any
+frontend: ModuleType | None
+compiled: bool
+IMPLEMENTATION: str
+_select(*_load())
