@@ -268,8 +268,10 @@ def _batches(kind: str, items: Iterable[Any], size: int) -> Iterator[Item]:
 
 def choose_jobs(path: str, mode: Mode, jobs: int | None) -> int:
     """1 or 2 processes: ``jobs`` if given, else 2 for ``--jsonl`` on a file of at least
-    :data:`PARALLEL_MIN_BYTES` when two CPUs are ours.  Always 1 for standard input, a
-    pipe or a missing file (both processes read the file), or without ``fork``."""
+    :data:`PARALLEL_MIN_BYTES` when two CPUs are ours and the tracker runs on pure
+    Python (compiled, one process makes the lines faster than two pass Python rows
+    between them).  Always 1 for standard input, a pipe or a missing file (both
+    processes read the file), or without ``fork``."""
     import stat
 
     if jobs == 1 or path == "-" or not hasattr(os, "fork"):
@@ -286,7 +288,7 @@ def choose_jobs(path: str, mode: Mode, jobs: int | None) -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cpus = os.cpu_count() or 1
-    if mode != "jsonl" or cpus < 2 or st.st_size < PARALLEL_MIN_BYTES:
+    if mode != "jsonl" or cpus < 2 or st.st_size < PARALLEL_MIN_BYTES or engine.compiled:
         return 1
     return 2
 

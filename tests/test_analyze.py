@@ -196,8 +196,15 @@ def test_choose_jobs(many, tmp_path):
     big = tmp_path / "big.pcap"
     with open(big, "wb") as f:
         f.truncate(PARALLEL_MIN_BYTES)
+    from handshake_viz import engine
+
     two_cpus = len(os.sched_getaffinity(0)) >= 2
-    assert choose_jobs(str(big), "jsonl", None) == (2 if two_cpus else 1)
+    with engine.use(False):  # two processes only help the Python tracker
+        assert choose_jobs(str(big), "jsonl", None) == (2 if two_cpus else 1)
+    with engine.use(True) as compiled:
+        if compiled:
+            assert choose_jobs(str(big), "jsonl", None) == 1
+            assert choose_jobs(str(big), "jsonl", 2) == 2
     assert choose_jobs(str(big), "summary", None) == 1
     assert choose_jobs(str(big), "ladder", None) == 1
     assert choose_jobs(str(tmp_path / "missing.pcap"), "jsonl", None) == 1
