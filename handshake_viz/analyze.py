@@ -47,6 +47,7 @@ from handshake_viz.errors import CaptureFileError, HsvizError, NoSuchConnection,
 from handshake_viz.flows import FlowTracker
 from handshake_viz.hindsight import Settler
 from handshake_viz.model import Datagram, Segment
+from handshake_viz.progress import Progress
 from handshake_viz.spill import FileStore
 from handshake_viz.track import discard
 
@@ -73,7 +74,7 @@ Item = tuple[str, Any]
 
 
 def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = False,
-            verify_checksums: bool = False) -> Iterator[Item]:
+            verify_checksums: bool = False, progress: Progress | None = None) -> Iterator[Item]:
     """Decode and track ``path``; yield the items of ``mode`` (see the module docstring).
 
     ``want`` keeps only that connection (the ``--jsonl`` rows are filtered by the
@@ -83,6 +84,7 @@ def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = Fal
     the rows before it were yielded, as ``hsviz analyze`` has always printed them.
     ``verify_checksums``: verify every TCP checksum as the tracker is fed
     (``pipeline.stream``); only the tracker's half of a row says what it found.
+    ``progress`` watches the reader (the progress line).
     """
     import gc
 
@@ -95,7 +97,7 @@ def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = Fal
         # Finished connections go to a temporary database, so that memory grows with
         # the open connections only; so do the ladder's lines (LadderSpill).
         with engine.FileStore() as store:
-            yield from _items(path, mode, want, split, store, verify_checksums)
+            yield from _items(path, mode, want, split, store, verify_checksums, progress)
     finally:
         if collecting:
             gc.enable()
@@ -152,11 +154,12 @@ class LadderSpill:
 
 
 def _items(path: str, mode: Mode, want: int | None, split: bool,
-           store: FileStore | None, verify: bool) -> Iterator[Item]:
+           store: FileStore | None, verify: bool, progress: Progress | None) -> Iterator[Item]:
     ladders = LadderSpill()
     flow_ladders = LadderSpill()
     try:
-        yield from _ladder_items(path, mode, want, split, store, ladders, flow_ladders, verify)
+        yield from _ladder_items(path, mode, want, split, store, ladders, flow_ladders, verify,
+                                 progress)
     finally:
         ladders.close()
         flow_ladders.close()
@@ -180,9 +183,12 @@ def _compiled_items(reader: CaptureReader, mode: Mode, want: int | None, store: 
 
 
 def _ladder_items(path: str, mode: Mode, want: int | None, split: bool, store: FileStore | None,
-                  ladders: LadderSpill, flow_ladders: LadderSpill, verify: bool) -> Iterator[Item]:
+                  ladders: LadderSpill, flow_ladders: LadderSpill, verify: bool,
+                  progress: Progress | None) -> Iterator[Item]:
     flows = FlowTracker()
     with open_capture(path) as reader:
+        if progress is not None:
+            progress.watch(reader)
         if engine.compiled and not split:  # (the child of two processes sends Python rows)
             tracker = yield from _compiled_items(reader, mode, want, store, ladders, flow_ladders,
                                                  flows, verify)
@@ -220,6 +226,8 @@ def _ladder_items(path: str, mode: Mode, want: int | None, split: bool, store: F
             for conn in range(tracker.connection_count):
                 add(settler.release(conn))
         stats = reader.stats
+    if progress is not None:
+        progress.close()
     count = tracker.connection_count
     yield "end", End(count, stats.records, tuple(stats.warnings), flows.flow_count)
     if (not count and not flows.flow_count) or (want is not None and want >= count):
@@ -302,9 +310,12 @@ def analyze_file(
     write: Callable[[str], Any],
     warn: Callable[[str], Any],
     verify_checksums: bool = False,
+    progress: Progress | None = None,
 ) -> int:
     """Analyse ``path`` and ``write`` the output of ``mode`` as it is made; returns the
-    number of connections.  ``verify_checksums``: see :func:`produce`.
+    number of connections.  ``verify_checksums``: see :func:`produce`.  ``progress``
+    (:meth:`Progress.on`) draws the progress line while the file is read, and is
+    erased before anything is written to its stream.
 
     ``warn`` gets each decode warning (after the output).  Raises UsageError when
     ``want`` is out of range or the file has no TCP segment, and whatever
@@ -312,13 +323,29 @@ def analyze_file(
     is written first.
     """
     jobs = choose_jobs(path, mode, jobs)
-    if jobs == 1:
-        return _consume(produce(path, mode, want, verify_checksums=verify_checksums), None, path, want,
-                        write, warn)
-    # (the parent's half of each row is the decoder's alone: no checksum in it)
-    with _Child(path, mode, want, verify_checksums) as items, open_capture(path) as reader:
-        return _consume(items, reader.records(report.packet_fields, report.udp_fields), path, want,
-                        write, warn)
+    if progress is not None:
+        warn = _erasing_first(progress, warn)
+    try:
+        if jobs == 1:
+            return _consume(produce(path, mode, want, verify_checksums=verify_checksums,
+                                    progress=progress), None, path, want, write, warn)
+        # (the parent's half of each row is the decoder's alone: no checksum in it)
+        with _Child(path, mode, want, verify_checksums) as items, open_capture(path) as reader:
+            if progress is not None:
+                progress.watch(reader)
+            return _consume(items, reader.records(report.packet_fields, report.udp_fields), path,
+                            want, write, warn)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _erasing_first(progress: Progress, warn: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``warn``, after erasing the progress line."""
+    def erased(line: str) -> Any:
+        progress.close()
+        return warn(line)
+    return erased
 
 
 def _consume(

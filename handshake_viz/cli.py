@@ -102,8 +102,11 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if calls_file is not None or _kernel_file(args) is not None:
         return _analyze_with_calls(args, calls_file, out, err)
     mode: Mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
+    from handshake_viz.progress import Progress
+
     analyze_file(args.file, mode, want=args.conn, jobs=args.jobs, write=out.write,
-                 warn=lambda w: _warn([w], err), verify_checksums=args.verify_checksums)
+                 warn=lambda w: _warn([w], err), verify_checksums=args.verify_checksums,
+                 progress=Progress.on(err, out))
     return 0
 
 

@@ -245,6 +245,9 @@ class CaptureFile:
     snaplen: int  # pcap header snaplen; pcapng: that of the first interface (0 if unknown)
     ts_resolution: float  # pcap: 1e-6 or 1e-9; pcapng: that of the first interface
     stats: ReadStats
+    #: Called with the records read so far at every chunk read (``hsviz analyze``'s
+    #: progress line, :mod:`handshake_viz.progress`); None: nothing is called.
+    progress: Callable[[int], object] | None = None
 
     def __init__(self, stream: BinaryIO, name: str, *, owns: bool,
                  supported: Mapping[int, str], stats: ReadStats | None = None) -> None:
@@ -413,6 +416,7 @@ class CaptureFile:
                    make_udp: Callable[..., Any] | None) -> Iterator[Any]:
         name = self.name
         stats = self.stats
+        progress = self.progress
         buf = self._start()
         lt = self.linktypes[0]
         rec = struct.Struct(self._order + "IIII").unpack_from
@@ -427,6 +431,8 @@ class CaptureFile:
                     buf = self._refill(buf, pos, CHUNK)
                     pos, blen = 0, len(buf)
                     stats.set(frame, nok, nskip, nbad, ncut)
+                    if progress is not None:
+                        progress(frame)
                     if blen < 16:
                         if blen:
                             stats.warnings.append(
@@ -446,6 +452,8 @@ class CaptureFile:
                     pos, blen = 0, len(buf)
                     start, end = 16, 16 + caplen
                     stats.set(frame, nok, nskip, nbad, ncut)
+                    if progress is not None:
+                        progress(frame)
                     if end > blen:
                         stats.warnings.append(
                             f"{name}: record {frame + 1} truncated: {blen - 16} of {caplen} bytes"
@@ -473,6 +481,7 @@ class CaptureFile:
                      make_udp: Callable[..., Any] | None) -> Iterator[Any]:
         name = self.name
         stats = self.stats
+        progress = self.progress
         buf = self._start()
         pos = 0
         base = 0  # file offset of buf[0], for messages
@@ -492,6 +501,8 @@ class CaptureFile:
                     buf = self._refill(buf, pos, CHUNK)
                     pos, blen = 0, len(buf)
                     stats.set(frame, nok, nskip, nbad, ncut)
+                    if progress is not None:
+                        progress(frame)
                     if blen < 12:
                         if blen:
                             stats.warnings.append(
@@ -526,6 +537,8 @@ class CaptureFile:
                     buf = self._refill(buf, pos, max(CHUNK, pos + size - blen))
                     pos, blen = 0, len(buf)
                     stats.set(frame, nok, nskip, nbad, ncut)
+                    if progress is not None:
+                        progress(frame)
                     if blen >= 28:
                         btype, size, iid, hi, lo, caplen, wirelen = blk(buf, 0)
                     if size > blen:
