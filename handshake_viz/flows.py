@@ -81,8 +81,8 @@ class FlowTracker:
             flow.bytes_c2s += length
         else:
             flow.bytes_s2c += length
-        return Datagram(frame, ts, flow.index, C2S if c2s else S2C, src, sport, dst, dport, length,
-                        payload, ip_version)
+        return Datagram(frame, ts, src, sport, dst, dport, length, payload, ip_version,
+                        flow=flow.index, dir=C2S if c2s else S2C)
 
     @property
     def flow_count(self) -> int:

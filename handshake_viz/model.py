@@ -474,24 +474,17 @@ class UdpPacket:
 
 
 @dataclass(frozen=True, slots=True)
-class Datagram(_TrackedView):
+class Datagram(_TrackedView, UdpPacket):
     """A UDP datagram in its flow: no handshake, no acknowledgement, no close.
 
-    ``flow`` numbers the address pairs in order of first appearance (both directions
-    are one flow); ``dir`` is ``c2s`` when the flow's client sent it.
+    It is the UdpPacket it was decoded as, with two facts the flows add (keyword-only,
+    after the packet's own fields): ``flow`` numbers the address pairs in order of first
+    appearance (both directions are one flow); ``dir`` is ``c2s`` when the flow's client
+    sent it.
     """
 
-    frame: int
-    ts: float
-    flow: int
-    dir: Direction
-    src: str
-    sport: int
-    dst: str
-    dport: int
-    length: int
-    payload: bytes = b""
-    ip_version: int = 4
+    flow: int = field(kw_only=True)
+    dir: Direction = field(kw_only=True)
 
     def to_json(self) -> dict[str, Any]:
         """The ``"type": "datagram"`` record of the JSONL schema (from

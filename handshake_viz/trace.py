@@ -1346,38 +1346,41 @@ def _quoted(call: Call, data: bytes | None) -> str:
     return text
 
 
+# strace's argument lists of the calls that are a template of the same few facts
+_ARGUMENTS = {
+    CallKind.BIND: "{fd}, {addr}, {size}",
+    CallKind.CONNECT: "{fd}, {addr}, {size}",
+    CallKind.LISTEN: "{fd}, {backlog}",
+    CallKind.ACCEPT: "{fd}, {addr}, [{size}], SOCK_CLOEXEC",
+    CallKind.SEND: "{fd}, {data}, {nbytes}, 0, {dest}",
+    CallKind.RECV: "{fd}, {data}, {buffer}, 0, NULL, NULL",
+    CallKind.SHUTDOWN: "{fd}, {how}",
+    CallKind.WAIT: "[{{fd={fd}, events=POLLIN}}], 1, 5000",
+    CallKind.CLOSE: "{fd}",
+}
+
+
 def _spelled_out(call: Call, data: bytes | None) -> str:
     """Arguments of a recorded (or inferred) call, in strace's form."""
     fd = "?" if call.fd is None else str(call.fd)
     kind = call.kind
-    addr, size = _sockaddr_text(call.sockaddr or (call.remote if kind is CallKind.ACCEPT else None))
     if kind is CallKind.SOCKET:
         parts = call.args.split(", ") if call.args else ["AF_INET", "SOCK_STREAM"]
         return ", ".join(parts + ["IPPROTO_IP"] * (len(parts) < 3))
-    if kind in (CallKind.BIND, CallKind.CONNECT):
-        if call.sockaddr is None and call.remote is not None and kind is CallKind.CONNECT:
-            addr, size = _sockaddr_text(call.remote)
-        return f"{fd}, {addr}, {size}"
-    if kind is CallKind.LISTEN:
-        return f"{fd}, {call.args or '?'}"
-    if kind is CallKind.ACCEPT:
-        return f"{fd}, {addr}, [{size}], SOCK_CLOEXEC"
-    if kind is CallKind.SEND:
-        n = call.nbytes if call.nbytes is not None else "?"
-        dest = f"{addr}, {size}" if call.sockaddr is not None else "NULL, 0"
-        return f"{fd}, {_quoted(call, data)}, {n}, 0, {dest}"
-    if kind is CallKind.RECV:
-        size_arg = call.args if call.args.isdigit() else "?"
-        return f"{fd}, {_quoted(call, data)}, {size_arg}, 0, NULL, NULL"
-    if kind is CallKind.SHUTDOWN:
-        return f"{fd}, {call.how or call.args or '?'}"
-    if kind is CallKind.WAIT:
-        return f"[{{fd={fd}, events=POLLIN}}], 1, 5000"
-    if kind is CallKind.OPTION:
-        parts = call.args.split(", ")
-        if len(parts) == 3:  # SOL_SOCKET, SO_REUSEADDR, 1
-            return f"{fd}, {parts[0]}, {parts[1]}, [{parts[2]}], 4"
-        return f"{fd}, {call.args}" if call.args else fd
+    template = _ARGUMENTS.get(kind)
+    if template is not None:
+        known = call.sockaddr or (call.remote if kind in (CallKind.ACCEPT, CallKind.CONNECT) else None)
+        addr, size = _sockaddr_text(known)
+        return template.format(
+            fd=fd, addr=addr, size=size, backlog=call.args or "?", how=call.how or call.args or "?",
+            data=_quoted(call, data) if kind in (CallKind.SEND, CallKind.RECV) else "",
+            nbytes="?" if call.nbytes is None else call.nbytes,
+            dest=f"{addr}, {size}" if call.sockaddr is not None else "NULL, 0",
+            buffer=call.args if call.args.isdigit() else "?")
+    parts = call.args.split(", ")
+    if kind is CallKind.OPTION and len(parts) == 3:  # SOL_SOCKET, SO_REUSEADDR, 1
+        return f"{fd}, {parts[0]}, {parts[1]}, [{parts[2]}], 4"
+    return f"{fd}, {call.args}" if call.args else fd
     if kind is CallKind.CLOSE:
         return fd
     return f"{fd}, {call.args}" if call.args else fd

@@ -30,7 +30,9 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=1400,900")
-OPEN_LIMIT_S = 2.0
+#: A page not drawn by then is hung, not slow: how fast pages open is a benchmark
+#: (benchmarks/bench_html.py), not something a test judges on a machine that may be busy.
+HUNG_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +59,15 @@ def browser() -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def open_page(driver: Any, path: Path) -> float:
-    """Load the page and wait until it has drawn; returns the seconds that took."""
+def open_page(driver: Any, path: Path) -> None:
+    """Load the page and wait until it has drawn."""
     driver.get_log("browser")  # (what earlier pages logged is theirs)
     start = time.perf_counter()
     driver.get(path.resolve().as_uri())
     while not driver.execute_script("return document.body && document.body.getAttribute('data-ready')"):
-        if time.perf_counter() - start > 10:
-            pytest.fail(f"{path.name}: not drawn after 10 s: {driver.find_element('id', 'loading').text}")
+        if time.perf_counter() - start > HUNG_S:
+            pytest.fail(f"{path.name}: not drawn after {HUNG_S} s: {driver.find_element('id', 'loading').text}")
         time.sleep(0.02)
-    return time.perf_counter() - start
 
 
 def css(driver: Any, selector: str) -> list[Any]:
@@ -75,9 +76,9 @@ def css(driver: Any, selector: str) -> list[Any]:
 
 def segments(driver: Any) -> int:
     """Segment rows drawn, once all are (past the first screenfuls they come in batches)."""
-    deadline = time.perf_counter() + 10
+    deadline = time.perf_counter() + HUNG_S
     while not driver.execute_script("return document.body.getAttribute('data-drawn')"):
-        assert time.perf_counter() < deadline, "rows still being drawn after 10 s"
+        assert time.perf_counter() < deadline, f"rows still being drawn after {HUNG_S} s"
         time.sleep(0.02)
     return len(css(driver, "g.seg"))
 
@@ -111,7 +112,7 @@ def errors(driver: Any) -> list[str]:
 
 def test_echo_page_hover_click_jump_keys_screenshot(browser: Any, tmp_path: Path) -> None:
     page = plot_html(CAPTURES / "echo.pcap", tmp_path / "echo.html")
-    assert open_page(browser, page) < OPEN_LIMIT_S
+    open_page(browser, page)
     assert segments(browser) == 14
 
     hover(browser, 'g.seg[data-frame="2"]')  # the SYN-ACK
@@ -208,13 +209,14 @@ def test_hostile_capture_shows_its_text_and_runs_none_of_it(browser: Any, tmp_pa
     assert len(css(browser, "script")) == 2
 
 
-def test_1000_segments_open_in_under_two_seconds(browser: Any, tmp_path: Path) -> None:
+def test_1000_segments_fit_in_a_small_page_that_draws_them_all(browser: Any, tmp_path: Path) -> None:
+    """Folded and unfolded; how fast they open is benchmarks/bench_html.py's (under 2 s)."""
     pcap = tmp_path / "big.pcap"
     assert make_capture(pcap, 1, 331) == 1000
     for options, drawn in (((), 59), (("--max-rows", "0"), 1000), (("--max-rows", "0", "--explain"), 1000)):
         page = plot_html(pcap, tmp_path / "big.html", *options)
         assert page.stat().st_size < 2_000_000
-        assert open_page(browser, page) < OPEN_LIMIT_S
+        open_page(browser, page)
         assert segments(browser) == drawn
     click(browser, "g.seg")
     assert details(browser).startswith("#1 SYN")
@@ -231,7 +233,7 @@ def test_notebook_cell_shows_the_page_or_the_picture(browser: Any, tmp_path: Pat
     assert frame.is_displayed() and not css(browser, "img")[0].is_displayed()
     browser.switch_to.frame(frame)
     try:
-        deadline = time.perf_counter() + 10
+        deadline = time.perf_counter() + HUNG_S
         while not browser.execute_script("return document.body.getAttribute('data-ready')"):
             assert time.perf_counter() < deadline
             time.sleep(0.05)

@@ -618,7 +618,7 @@ def test_count_and_timeout_stop(live: None, tmp_path: Path) -> None:
     t0 = time.monotonic()
     result = _start(LiveCapture(port, output=tmp_path / "t.pcap", timeout=0.3)).finish()
     assert result.reason == "timeout"
-    assert 0.25 <= time.monotonic() - t0 < 5
+    assert 0.25 <= time.monotonic() - t0 < 15  # not the capture's 20 s
     srv.close()
 
 
@@ -696,12 +696,12 @@ def test_signals_in_the_main_thread(live: None, tmp_path: Path) -> None:
     def twice() -> None:
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(5)  # the second signal must not wait for this
+        time.sleep(30)  # the second signal must not wait for this
 
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         LiveCapture(port, output=tmp_path / "c.pcap", timeout=20, on_ready=twice).run()
-    assert time.monotonic() - t0 < 4
+    assert time.monotonic() - t0 < 20  # not twice()'s 30 s (a wide margin: the machine may be busy)
     assert _raw_records(tmp_path / "c.pcap") == []  # a valid, empty pcap
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
 
@@ -1051,7 +1051,7 @@ def test_replay_speed_0_yields_what_open_capture_reads(tmp_path: Path) -> None:
         got = list(packets)
         assert packets.stats.records == len(expected)
     assert got == expected
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 20  # not the capture's 35 s
 
 
 def test_replay_keeps_the_original_timing_scaled(tmp_path: Path) -> None:

@@ -239,8 +239,8 @@ def udp_trace(path: Path = UDP_PCAP) -> Trace:
     for frame, p in raw:
         payload = bytes(p[UDP].payload)
         c2s = (p[IP].src, p[UDP].sport) == (client.ip, client.port)
-        grams.append(Datagram(frame, float(p.time), 0, Direction.C2S if c2s else Direction.S2C,
-                              p[IP].src, p[UDP].sport, p[IP].dst, p[UDP].dport, len(payload), payload))
+        grams.append(Datagram(frame, float(p.time), p[IP].src, p[UDP].sport, p[IP].dst, p[UDP].dport,
+                              len(payload), payload, flow=0, dir=Direction.C2S if c2s else Direction.S2C))
     c2s = [d for d in grams if d.is_c2s]
     summary = FlowSummary(0, client, server, grams[0].ts, grams[-1].ts, len(grams), len(c2s),
                           sum(d.length for d in c2s), sum(d.length for d in grams if not d.is_c2s))
@@ -983,7 +983,7 @@ def test_datagrams_are_rows_with_their_calls_and_nothing_tcp() -> None:
 
 
 def test_an_empty_udp_recv_is_not_an_end_of_stream() -> None:
-    d = Datagram(1, T0, 0, Direction.C2S, *CLIENT, *SERVER, 0, b"")
+    d = Datagram(1, T0, *CLIENT, *SERVER, 0, b"", flow=0, dir=Direction.C2S)
     flow = Flow(FlowSummary(0, Endpoint(*CLIENT), Endpoint(*SERVER), T0, T0, 1, 1, 0, 0), (d,),
                 (Call(7, 7, 3, "recvfrom", T0 - 1e-4, T0 + 1e-4, 0, local=Endpoint(*SERVER), frames=(1,)),))
     layout = plan_trace(flows=[flow])
@@ -997,10 +997,10 @@ def test_a_dns_lookup_and_an_http_connection_in_one_figure() -> None:
     TCP rows with states and phases, UDP rows with neither."""
     segments, summary = echo()
     resolver, dns = Endpoint("127.0.0.1", 40000), Endpoint("127.0.0.53", 53)
-    query = Datagram(101, T0 - 2e-3, 0, Direction.C2S, resolver.ip, resolver.port, dns.ip, dns.port,
-                     30, b"\x12\x34\x01\x00")
-    answer = Datagram(102, T0 - 1e-3, 0, Direction.S2C, dns.ip, dns.port, resolver.ip, resolver.port,
-                      46, b"\x12\x34\x81\x80")
+    query = Datagram(101, T0 - 2e-3, resolver.ip, resolver.port, dns.ip, dns.port, 30,
+                     b"\x12\x34\x01\x00", flow=0, dir=Direction.C2S)
+    answer = Datagram(102, T0 - 1e-3, dns.ip, dns.port, resolver.ip, resolver.port, 46,
+                      b"\x12\x34\x81\x80", flow=0, dir=Direction.S2C)
     flow = Flow(FlowSummary(0, resolver, dns, query.ts, answer.ts, 2, 1, 30, 46), (query, answer))
     # frame numbers of one capture: the lookup comes first
     segs = [replace(s, frame=s.frame + 102) for s in segments]

@@ -232,7 +232,7 @@ def test_command_python_pair(traced: None, tmp_path: Path) -> None:
     assert "hsviz: command exited with status 0\n" in got.stderr
     assert f"packets to {pcap}\n" in got.stderr
     assert "conn 0: socket calls" in got.stdout and "connect(" in got.stdout and "frames " in got.stdout
-    assert took < 15
+    assert took < 60  # it ends when the command does (a wide margin: the machine may be busy)
     check_files(pcap)
     j = Joined(pcap)
     check_client_side(j, message, "sendto", "recvfrom", ("close",))
@@ -321,7 +321,7 @@ def test_attached_processes_that_exit_stop_the_capture(traced: None, tmp_path: P
         t0 = time.monotonic()
         assert _echo_client(port, b"one") == b"one"
         _out, err = hs.communicate(timeout=RUN_TIMEOUT)
-        assert time.monotonic() - t0 < 10  # not the 20 s timeout
+        assert time.monotonic() - t0 < 15  # not the 20 s timeout
     finally:
         server.kill()
         server.wait()
@@ -464,7 +464,7 @@ def test_capture_stopping_first_ends_the_command(traced: None, tmp_path: Path) -
     t0 = time.monotonic()
     got = _hsviz("capture", "--port", str(_free_port()), "-o", str(tmp_path / "k.pcap"), "--timeout", "0.3",
                  "--", "sleep", "30")
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 20  # not sleep's 30 s
     assert got.returncode == 0, got.stderr
     assert "hsviz: the capture stopped first (timeout): ended the command (killed by signal SIGTERM)\n" \
         in got.stderr

@@ -530,11 +530,11 @@ def test_exit_status_and_stop(tmp_path: Path) -> None:
     assert t.wait(10) == -signal.SIGTERM
     t = start_traced(["sleep", "30"], output=tmp_path / "c", as_user=None)
     began = time.monotonic()
-    deadline = began + 5
+    deadline = began + 20
     while not t.command_pids() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert t.stop() == -signal.SIGTERM
-    assert time.monotonic() - began < 5 and t.command_pids() == []
+    assert time.monotonic() - began < 20 and t.command_pids() == []  # not sleep's 30 s
     # Ctrl-C right after the start: strace's own start-up helpers must not be
     # mistaken for the command, nor the command signalled before it is traced.
     for i in range(5):
