@@ -122,6 +122,20 @@ class LadderSpill:
         if self._size > self._budget:
             self._flush()
 
+    def extend(self, lines: dict[int, list[str]], size: int) -> None:
+        """:meth:`add` for many lines at once (the compiled ladder's batches): each key's
+        lines in order, ``size`` characters in all; the lists become this spill's."""
+        mem = self._mem
+        for key, more in lines.items():
+            have = mem.get(key)
+            if have is None:
+                mem[key] = more
+            else:
+                have += more
+        self._size += size
+        if self._size > self._budget:
+            self._flush()
+
     def _flush(self) -> None:
         if self._db is None:
             import sqlite3  # (only for a large ladder: a few ms at every start otherwise)

@@ -404,8 +404,13 @@ class CaptureFile:
         """Each record as a :class:`Frame` (its bytes copied), in file order."""
         return self.walk(_as_frame, Frame)
 
-    def _refill(self, buf: bytes, pos: int, size: int) -> bytes:
-        """The unread rest of ``buf``, then (up to) ``size`` more bytes of the file."""
+    def _refill(self, buf: bytes, pos: int, size: int, *counts: int) -> bytes:
+        """The unread rest of ``buf``, then (up to) ``size`` more bytes of the file; the
+        walk's ``counts`` so far (:meth:`ReadStats.set`'s) go to :attr:`stats`, and the
+        records read to :attr:`progress`."""
+        self.stats.set(*counts)
+        if self.progress is not None:
+            self.progress(counts[0])
         return buf[pos:] + self._read(size)
 
     def _read(self, n: int) -> bytes:
@@ -416,7 +421,6 @@ class CaptureFile:
                    make_udp: Callable[..., Any] | None) -> Iterator[Any]:
         name = self.name
         stats = self.stats
-        progress = self.progress
         buf = self._start()
         lt = self.linktypes[0]
         rec = struct.Struct(self._order + "IIII").unpack_from
@@ -428,11 +432,8 @@ class CaptureFile:
         try:
             while True:
                 if blen - pos < 16:
-                    buf = self._refill(buf, pos, CHUNK)
+                    buf = self._refill(buf, pos, CHUNK, frame, nok, nskip, nbad, ncut)
                     pos, blen = 0, len(buf)
-                    stats.set(frame, nok, nskip, nbad, ncut)
-                    if progress is not None:
-                        progress(frame)
                     if blen < 16:
                         if blen:
                             stats.warnings.append(
@@ -448,12 +449,9 @@ class CaptureFile:
                 start = pos + 16
                 end = start + caplen
                 if end > blen:
-                    buf = self._refill(buf, pos, max(CHUNK, end - blen))
+                    buf = self._refill(buf, pos, max(CHUNK, end - blen), frame, nok, nskip, nbad, ncut)
                     pos, blen = 0, len(buf)
                     start, end = 16, 16 + caplen
-                    stats.set(frame, nok, nskip, nbad, ncut)
-                    if progress is not None:
-                        progress(frame)
                     if end > blen:
                         stats.warnings.append(
                             f"{name}: record {frame + 1} truncated: {blen - 16} of {caplen} bytes"
@@ -481,7 +479,6 @@ class CaptureFile:
                      make_udp: Callable[..., Any] | None) -> Iterator[Any]:
         name = self.name
         stats = self.stats
-        progress = self.progress
         buf = self._start()
         pos = 0
         base = 0  # file offset of buf[0], for messages
@@ -498,11 +495,8 @@ class CaptureFile:
             while True:
                 if blen - pos < 28:
                     base += pos
-                    buf = self._refill(buf, pos, CHUNK)
+                    buf = self._refill(buf, pos, CHUNK, frame, nok, nskip, nbad, ncut)
                     pos, blen = 0, len(buf)
-                    stats.set(frame, nok, nskip, nbad, ncut)
-                    if progress is not None:
-                        progress(frame)
                     if blen < 12:
                         if blen:
                             stats.warnings.append(
@@ -534,11 +528,8 @@ class CaptureFile:
                     )
                 if pos + size > blen:
                     base += pos
-                    buf = self._refill(buf, pos, max(CHUNK, pos + size - blen))
+                    buf = self._refill(buf, pos, max(CHUNK, pos + size - blen), frame, nok, nskip, nbad, ncut)
                     pos, blen = 0, len(buf)
-                    stats.set(frame, nok, nskip, nbad, ncut)
-                    if progress is not None:
-                        progress(frame)
                     if blen >= 28:
                         btype, size, iid, hi, lo, caplen, wirelen = blk(buf, 0)
                     if size > blen:

@@ -305,24 +305,50 @@ cdef class JsonLines(Output):
             _put(&self.out, "\n", 1)
 
 
+cdef enum:
+    LADDER_BATCH = 4096  # lines the sink gathers before it hands them to the LadderSpill
+
 cdef class Ladder(Output):
     """``report.format_segment``'s lines, added to ``ladders`` (``analyze.LadderSpill``) per
     connection as ``hsviz analyze`` adds them: a connection whose first segments are the
     client's SYNs is held back until its answer, as ``hindsight.Settler`` holds it, and
-    written through Python then (``hindsight.settle``, ``report.format_segment``)."""
+    written through Python then (``hindsight.settle``, ``report.format_segment``).  Lines
+    reach ``ladders`` in batches (``LadderSpill.extend``); :meth:`release` hands over the
+    last."""
 
-    cdef object _add, _flow_add
+    cdef object _ladders, _flow_add
     cdef dict held
     cdef dict _flow_starts
     cdef dict _analysis
+    cdef dict _batch  # connection -> its lines not yet handed over, in order
+    cdef Py_ssize_t _batch_lines, _batch_chars
 
     def __init__(self, ladders, flow_ladders, want=None):
         self._want(want)
-        self._add = ladders.add
+        self._ladders = ladders
         self._flow_add = flow_ladders.add
         self.held = {}
         self._flow_starts = {}
         self._analysis = {}
+        self._batch = {}
+
+    cdef int _add(self, long long index, str line) except -1:
+        lines = self._batch.get(index)
+        if lines is None:
+            self._batch[index] = [line]
+        else:
+            (<list>lines).append(line)
+        self._batch_chars += len(line)
+        self._batch_lines += 1
+        if self._batch_lines >= LADDER_BATCH:
+            self._hand_over()
+        return 0
+
+    cdef _hand_over(self):
+        if self._batch_lines:
+            self._ladders.extend(self._batch, self._batch_chars)
+            self._batch = {}
+            self._batch_lines = self._batch_chars = 0
 
     cpdef object segment(self, TrackedConn conn, TrackedFlow fwd, long long frame, double ts,
                          str src, int sport, str dst, int dport, long long seq, long long ack,
@@ -357,9 +383,11 @@ cdef class Ladder(Output):
             self._add(index, _report.format_segment(s, t0))
 
     def release(self):
-        """The connections still held (SYNs never answered), as they are, in order."""
+        """The connections still held (SYNs never answered), as they are, in order; then
+        every line not yet handed to ``ladders``."""
         for index in sorted(self.held):
             self._released(index, self.held.pop(index))
+        self._hand_over()
 
     cdef _line(self, TrackedConn conn, TrackedFlow fwd, long long frame, double ts,
                long long rel_seq, object rel_ack, long long length, int flags, object label,
@@ -373,7 +401,7 @@ cdef class Ladder(Output):
         _put_double(b, (ts - conn.first_ts) * 1000.0, b'f', 3, 10)
         _puts(b, " ms  \xe2\x86\x92 " if fwd.dir is C2S else " ms  \xe2\x86\x90 ")
         start = b.size
-        _put_text(b, label.value)
+        _put_text(b, <str>label)  # (a Word is a str: its text is its value)
         _pad(b, start, 9)
         _put(b, " ", 1)
         start = b.size
@@ -393,7 +421,7 @@ cdef class Ladder(Output):
         _put_int(b, length)
         _pad(b, start, 34)
         _put(b, " ", 1)
-        cdef str client = conn.c2s.state.value
+        cdef str client = <str>conn.c2s.state
         cdef Py_ssize_t n = len(client)
         while n < 12:
             _put(b, " ", 1)
@@ -401,7 +429,7 @@ cdef class Ladder(Output):
         _put_text(b, client)
         _puts(b, " | ")
         start = b.size
-        _put_text(b, conn.s2c.state.value)
+        _put_text(b, <str>conn.s2c.state)
         _pad(b, start, 12)
         if bits:
             text = self._analysis.get(bits)
