@@ -1,9 +1,10 @@
-"""Time ``hsviz analyze`` against tshark and tcptrace on one capture: wall time,
-packets/s, peak RSS, and the ratio to tshark.
+"""Time ``hsviz analyze`` against tshark and tcptrace on one capture, and print one
+table: tool, packets/s, wall time, peak RSS, and the ratios to tcptrace and to tshark.
 
 ::
 
-    python benchmarks/bench_analyze.py [CAPTURE] [--runs 3]
+    python benchmarks/bench_analyze.py [CAPTURE] [--runs 5]
+    python benchmarks/bench_analyze.py CAPTURE --scale LARGER_CAPTURE [--runs 3]
     python benchmarks/bench_analyze.py --sizes [--runs 1]
 
 Without CAPTURE, a 1,040,000-packet capture (20,000 connections, 15
@@ -20,8 +21,12 @@ sum of the RSS of all the tool's processes alive at once, sampled every 50 ms
 for both).  (Linux counts in a child's ``ru_maxrss`` the peak RSS of the process
 that forked it: GNU time is a small process, and without it this script, which
 generates and counts captures in child processes, stays at ~15 MB itself.)  The
-table shows the median time of the runs and the largest peak RSS.  Tools not
-installed are left out with a note.
+table shows the median time of the runs and the largest peak RSS.  The tools take
+turns run by run, and a ratio is the median of the ratios of the same round's runs
+(so that a busy moment of the machine, which slows every tool of its round, cancels
+out): ``x tcptrace`` is the tool's time over tcptrace's (at most 1.0: as fast as
+tcptrace or faster), ``tshark /`` is tshark's time over the tool's (how many times
+faster than tshark).  Tools not installed are left out with a note.
 
 Tools:
 
@@ -31,7 +36,14 @@ Tools:
   of per-packet fields (frame, time, stream, addresses, ports, raw and relative
   seq/ack, length, flags, window, analysis flags);
 * ``tcptrace -n -l``: per-connection long output (``-n``: without it tcptrace
-  spends seconds on reverse DNS lookups).
+  spends seconds on reverse DNS lookups);
+* ``hsviz plot --conn N``: one connection's diagram (PNG) out of the whole file
+  (``--plot-conn``; by default the last of the generated capture's 20,000).
+
+``--scale LARGER_CAPTURE`` times hsviz's modes on CAPTURE and on a larger capture
+of the same shape (``make_capture.py --connections 200000`` for ten times the
+default): the larger's time and peak RSS over the smaller's, which stay near its
+size ratio and near 1.0 when memory does not grow with the file.
 
 ``--sizes`` runs ``hsviz analyze`` on generated captures of growing size, in
 two series: more connections of the default shape (memory grows with the
@@ -66,8 +78,8 @@ TSHARK_FIELDS = (
 )  # fmt: skip
 
 
-def _hsviz(*extra: str) -> list[str]:
-    return [sys.executable, "-m", "handshake_viz", "analyze", "{capture}", *extra]
+def _hsviz(*extra: str, command: str = "analyze") -> list[str]:
+    return [sys.executable, "-m", "handshake_viz", command, "{capture}", *extra]
 
 
 # name -> (argv with {capture}, executable that must exist)
@@ -81,8 +93,12 @@ TOOLS: dict[str, tuple[list[str], str]] = {
         "tshark",
     ),
     "tcptrace -n -l": (["tcptrace", "-n", "-l", "{capture}"], "tcptrace"),
+    "hsviz plot --conn N": (_hsviz("--conn", "{conn}", "-o", "{tmp}/plot.png", command="plot"),
+                            sys.executable),
 }
 REFERENCE = "tshark -T fields"
+TCPTRACE = "tcptrace -n -l"
+HSVIZ = ("hsviz analyze --jsonl", "hsviz analyze --summary", "hsviz analyze")
 
 
 @dataclass
@@ -216,35 +232,76 @@ def available(tools: list[str]) -> list[str]:
     return out
 
 
-def bench(capture: Path, tools: list[str], runs: int, packets: int) -> list[Row]:
+def bench(capture: Path, tools: list[str], runs: int, packets: int, conn: int = 19999) -> list[Row]:
     rows = {name: Row(name, packets) for name in tools}
+    tmp = tempfile.mkdtemp(prefix="hsviz-bench-out-")
     # Interleave the tools run by run, so a busy moment on the machine hits all of them.
     for _ in range(runs):
         for name in tools:
-            argv = [a.replace("{capture}", str(capture)) for a in TOOLS[name][0]]
+            argv = [a.replace("{capture}", str(capture)).replace("{conn}", str(conn))
+                    .replace("{tmp}", tmp) for a in TOOLS[name][0]]
             wall, peak = run_child(argv)
             rows[name].seconds.append(wall)
             rows[name].peak_kib.append(peak)
+    shutil.rmtree(tmp, ignore_errors=True)
     return list(rows.values())
 
 
+def paired(a: Row, b: Row) -> float:
+    """Median over the rounds of a's time over b's in the same round."""
+    return statistics.median(x / y for x, y in zip(a.seconds, b.seconds, strict=True))
+
+
 def print_table(title: str, rows: list[Row]) -> None:
+    """The one table: tool, packets/s, wall s, peak MB, and the same-round ratios."""
     print(title)
-    head = (f"{'tool':<26} {'packets':>10} {'median s':>9} {'packets/s':>11} {'peak RSS':>9} "
-            f"{'vs tshark':>10}  runs (s)")
+    head = (f"{'tool':<26} {'packets/s':>11} {'wall s':>7} {'peak MB':>8} {'x tcptrace':>10} "
+            f"{'tshark /':>9}  runs (s)")
     print(head)
     print("-" * len(head))
-    ref = next((r for r in rows if r.tool == REFERENCE), None)
+    tcptrace = next((r for r in rows if r.tool == TCPTRACE), None)
+    tshark = next((r for r in rows if r.tool == REFERENCE), None)
     for r in rows:
-        ratio = f"{ref.median / r.median:>9.1f}x" if ref else f"{'-':>10}"
+        vs_tcptrace = f"{paired(r, tcptrace):>9.2f}x" if tcptrace else f"{'-':>10}"
+        vs_tshark = f"{paired(tshark, r):>8.1f}x" if tshark else f"{'-':>9}"
         runs = " ".join(f"{s:.2f}" for s in r.seconds)
-        print(f"{r.tool:<26} {r.packets:>10,} {r.median:>9.2f} {r.pps:>11,.0f} "
-              f"{r.peak_mb:>7.1f}MB {ratio}  {runs}")
-    if ref:
-        print("(vs tshark: tshark's median time / the tool's; above 1 is faster than tshark)")
+        print(f"{r.tool:<26} {r.pps:>11,.0f} {r.median:>7.2f} {r.peak_mb:>8.1f} {vs_tcptrace} "
+              f"{vs_tshark}  {runs}")
+    print("(wall s: the median; peak MB: the largest; x tcptrace: the tool's time over "
+          "tcptrace's, tshark /: tshark's time over the tool's, each the median of the "
+          "same round's ratios)")
     if not GNU_TIME:
         print(f"(a child's peak RSS reads at least this script's own, {own_peak_mb():.1f} MB: "
               "Linux counts the parent's peak in a child's ru_maxrss)")
+
+
+def scale(small: Path, large: Path, tools: list[str], runs: int) -> list[dict[str, object]]:
+    """hsviz's modes on ``small`` and ``large`` in turn: the larger's time and peak RSS
+    over the smaller's (the same round's runs paired)."""
+    n_small, n_large = count_packets(small), count_packets(large)
+    print(f"{small.name}: {n_small:,} packets; {large.name}: {n_large:,} packets "
+          f"({n_large / n_small:.1f}x), median of {runs} run(s), {os.cpu_count()} CPUs")
+    head = (f"{'tool':<26} {'small s':>8} {'large s':>8} {'time x':>7} {'small MB':>9} "
+            f"{'large MB':>9} {'memory x':>9}")
+    print(head)
+    print("-" * len(head))
+    out = []
+    for name in tools:
+        rows = [Row(name, n_small), Row(name, n_large)]
+        for _ in range(runs):
+            for row, cap in zip(rows, (small, large)):
+                argv = [a.replace("{capture}", str(cap)) for a in TOOLS[name][0]]
+                wall, peak = run_child(argv)
+                row.seconds.append(wall)
+                row.peak_kib.append(peak)
+        a, b = rows
+        t_ratio, m_ratio = paired(b, a), b.peak_mb / a.peak_mb
+        print(f"{name:<26} {a.median:>8.2f} {b.median:>8.2f} {t_ratio:>6.2f}x {a.peak_mb:>9.1f} "
+              f"{b.peak_mb:>9.1f} {m_ratio:>8.2f}x", flush=True)
+        out.append({"tool": name, "small_s": a.seconds, "large_s": b.seconds,
+                    "small_mb": a.peak_mb, "large_mb": b.peak_mb, "time_ratio": t_ratio,
+                    "memory_ratio": m_ratio})
+    return out
 
 
 def own_peak_mb() -> float:
@@ -296,10 +353,23 @@ def sizes(tmp: Path, runs: int, tools: list[str]) -> list[dict[str, object]]:
     return out
 
 
+def compile_sources() -> None:
+    """Write the package's bytecode (``__pycache__``), as an install does: under
+    PYTHONDONTWRITEBYTECODE an edited module would be compiled again in every run."""
+    import compileall
+
+    compileall.compile_dir(str(REPO / "handshake_viz"), quiet=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("capture", nargs="?", help="pcap/pcapng to analyze (default: generate one)")
-    ap.add_argument("--runs", type=int, default=3, help="runs per tool (median reported)")
+    ap.add_argument("--runs", type=int, default=5, help="runs per tool (median reported)")
+    ap.add_argument("--plot-conn", type=int, default=None,
+                    help="the connection hsviz plot draws (default: the last of a generated "
+                    "capture, 19999 for the default one; without it and with CAPTURE, no plot)")
+    ap.add_argument("--scale", metavar="LARGER_CAPTURE",
+                    help="time hsviz's modes on CAPTURE and on this larger capture instead")
     ap.add_argument("--connections", type=int, default=20000, help="when generating")
     ap.add_argument("--exchanges", type=int, default=15, help="when generating")
     ap.add_argument("--only", action="append", choices=sorted(TOOLS), metavar="TOOL",
@@ -308,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="peak RSS of hsviz on growing captures instead of the comparison")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = ap.parse_args(argv)
+    compile_sources()
 
     with tempfile.TemporaryDirectory(prefix="hsviz-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -317,20 +388,32 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(result))
             return 0
+        conn = args.plot_conn
         if args.capture:
             capture = Path(args.capture)
-            if not capture.is_file():
-                print(f"bench_analyze: {args.capture}: no such file", file=sys.stderr)
-                return 2
+            for name in (args.capture, args.scale):
+                if name and not Path(name).is_file():
+                    print(f"bench_analyze: {name}: no such file", file=sys.stderr)
+                    return 2
+            if args.scale:
+                result = scale(capture, Path(args.scale), available(args.only or list(HSVIZ)),
+                               args.runs)
+                if args.json:
+                    print(json.dumps(result))
+                return 0
             packets = count_packets(capture)
         else:
             capture = tmp / "bench.pcap"
             packets = generate(capture, args.connections, args.exchanges)
-        tools = available(args.only or list(TOOLS))
-        rows = bench(capture, tools, args.runs, packets)
+            conn = args.connections - 1 if conn is None else conn
+        default = [t for t in TOOLS if conn is not None or t != "hsviz plot --conn N"]
+        tools = available(args.only or default)
+        rows = bench(capture, tools, args.runs, packets, conn if conn is not None else 0)
         size = capture.stat().st_size
-        print_table(f"capture: {capture} ({packets:,} packets, {size / 1e6:.1f} MB), "
-                    f"median of {args.runs} run(s), {os.cpu_count()} CPUs", rows)
+        print_table(f"{time.strftime('%Y-%m-%d', time.gmtime())}, {os.cpu_count()} CPUs: "
+                    f"{capture.name} ({packets:,} packets, {size / 1e6:.1f} MB), "
+                    f"median of {args.runs} run(s)"
+                    + (f", plot --conn {conn}" if "hsviz plot --conn N" in tools else ""), rows)
         if args.json:
             print(json.dumps([{"tool": r.tool, "packets": r.packets, "seconds": r.seconds,
                                "median_s": r.median, "pps": r.pps, "peak_mb": r.peak_mb}
