@@ -7,7 +7,7 @@ loop, written for Cython alone because the Python versions are built on ``struct
 and ``%``-formatting, which compiled code cannot make fast:
 
 * :meth:`Walk.pcap`: the record walk over a pcap file (``pcapio.CaptureFile._walk_pcap``,
-  its messages and counts the same), and :meth:`Walk.records` for pcapng (the Python
+  its messages and counts the same; a plain file is mapped, not read), and :meth:`Walk.records` for pcapng (the Python
   walk, each frame handed to this decoder);
 * ``Walk._frame``: the decoder's fast path (Ethernet, IPv4 without options,
   unfragmented TCP: ``decode._decode``'s first test, the same fields); every other
@@ -18,7 +18,7 @@ and ``%``-formatting, which compiled code cannot make fast:
   ``hindsight.Settler`` holds them) and :class:`Keep` (Segment records, for
   ``pipeline.load``).
 
-tests/test_compiled.py holds every piece to the Python one it stands for.
+tests/test_differential.py holds the whole to the Python modules it stands for.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
@@ -26,6 +26,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.string cimport memcpy, memmove, strlen
 
 from .seqanalysis cimport analysis_names
@@ -42,6 +43,10 @@ from handshake_viz.pcapio import CHUNK, MAX_CAPLEN, _why
 
 from handshake_viz._compiled.track import _make_segment
 
+import io
+import mmap
+import os
+import stat
 import zlib
 
 cdef extern from "Python.h":
@@ -491,6 +496,39 @@ def _collect(*fields):
 cdef enum:
     PAIRS = 4096  # address pairs cached
 
+def _mapped(stream):
+    """A read-only map of the plain file under ``stream`` (an unbuffered ``FileIO``, as
+    ``pcapio.open_file`` opens a path), or None: a pipe, a gzip stream, an empty or
+    unmappable file are read instead."""
+    if type(stream) is not io.FileIO:
+        return None
+    try:
+        fd = stream.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size < 24:
+            return None
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+
+
+cdef Py_ssize_t _let_go(object mapped, object stream, Py_ssize_t pos, Py_ssize_t released) except -1:
+    """The mapped pages before ``pos`` are let go (they stay in the page cache, out of
+    the process's memory), and the file's offset is set to ``pos`` (the progress line
+    reads it); returns where the pages let go end."""
+    cdef Py_ssize_t upto = pos & ~(<Py_ssize_t>mmap.PAGESIZE - 1)
+    if mapped is not None and upto > released:
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED, released, upto - released)
+        except (OSError, ValueError, AttributeError):
+            pass
+        released = upto
+        try:
+            os.lseek(stream.fileno(), pos, os.SEEK_SET)
+        except (OSError, ValueError):
+            pass
+    return released
+
+
 cdef class Walk:
     """Decode a capture's frames and feed the TCP segments to ``tracker``, which hands
     them to ``sink``; UDP datagrams go to ``make_udp`` (``FlowTracker.feed_fields``),
@@ -571,7 +609,7 @@ cdef class Walk:
                     win = p[48] << 8 | p[49]
                     payload = PyBytes_FromStringAndSize(<const char *>base + pl, q - pl) if q > pl else b""
                     if self.verify:
-                        status = self._checksum(lt, buf, start, end, extra)
+                        status = self._checksum(lt, buf, base, start, end, extra)
                         self.tracker.feed_checked(frame, ts, <str>pair[0], sport, <str>pair[1], dport,
                                                   seq, ack, flags, win, length, payload, options, 4,
                                                   ipid, status)
@@ -589,7 +627,7 @@ cdef class Walk:
             return -1
         if type(r) is _Fields:
             if self.verify:
-                (<object>self.tracker).feed_checked(*r, self._checksum(lt, buf, start, end, extra))
+                (<object>self.tracker).feed_checked(*r, self._checksum(lt, buf, base, start, end, extra))
             else:
                 (<object>self.tracker).feed_fields(*r)
             return 1
@@ -597,11 +635,11 @@ cdef class Walk:
         self.sink.datagram(r)
         return 1
 
-    cdef int _checksum(self, int lt, object buf, Py_ssize_t start, Py_ssize_t end,
-                       long long extra) except -1:
+    cdef int _checksum(self, int lt, object buf, const unsigned char *base, Py_ssize_t start,
+                       Py_ssize_t end, long long extra) except -1:
         """The segment's checksum status (``checksum.tcp_checksum``), counted."""
         if type(buf) is not bytes:
-            buf = bytes(buf[start:end])
+            buf = PyBytes_FromStringAndSize(<const char *>base + start, end - start)
             start, end = 0, end - start
         status = _tcp_checksum(lt, buf, start, end, extra)
         self.tally[status] += 1
@@ -641,41 +679,64 @@ cdef class Walk:
 
     def _pcap(self, reader):
         """``pcapio.CaptureFile._walk_pcap``, compiled: the same records, counts, warnings
-        and errors, read into one buffer (``readinto``) instead of a new bytes object
-        a chunk."""
+        and errors.  A regular file is mapped (:func:`_mapped`: no copy of it is made,
+        and the pages behind the walk are let go every chunk, so that memory stays
+        flat); anything else is read into one buffer (``readinto``) instead of a new
+        bytes object a chunk."""
         name = reader.name
         stats = reader.stats
         head = reader._start()
-        cdef bytearray buf = bytearray(max(2 * CHUNK, len(head)))
-        buf[:len(head)] = head
+        stream = reader._stream
+        mapped = _mapped(stream)
+        cdef bytearray buf = None
+        cdef const unsigned char[::1] view
+        cdef const unsigned char *base
+        cdef Py_ssize_t pos = 24, blen, start, end, released = 0
+        # (mapped, the walk hands its text over, counts and lets pages go every chunk)
+        cdef Py_ssize_t mark = CHUNK if mapped is not None else PY_SSIZE_T_MAX
+        if mapped is not None:
+            view = mapped
+            base = &view[0]
+            blen = len(mapped)
+        else:
+            buf = bytearray(max(2 * CHUNK, len(head)))
+            buf[:len(head)] = head
+            base = <const unsigned char *>PyByteArray_AS_STRING(buf)
+            blen = len(head)
         cdef int lt = reader.linktypes[0]
         cdef bint big = reader._order == ">"
         cdef double units = reader._units
         cdef long long maxcap = max(MAX_CAPLEN, reader.snaplen)
-        cdef Py_ssize_t pos = 24, blen = len(head), start, end
         cdef long long frame = 0, nok = 0, nskip = 0, nbad = 0, ncut = 0, extra
         cdef unsigned long long sec, frac, caplen, wirelen
         cdef const unsigned char *h
-        cdef const unsigned char *base = <const unsigned char *>PyByteArray_AS_STRING(buf)
         cdef int r
         del head
-        stream = reader._stream
         progress = getattr(reader, "progress", None)
         try:
             while True:
+                if pos >= mark:
+                    mark = pos + CHUNK
+                    if self.sink.pending():
+                        yield self.sink.take()
+                    stats.set(frame, nok, nskip, nbad, ncut)
+                    released = _let_go(mapped, stream, pos, released)
+                    if progress is not None:
+                        progress(frame)
                 if blen - pos < 16:
                     if self.sink.pending():
                         yield self.sink.take()
-                    blen = self._fill(reader, stream, buf, pos, blen, CHUNK)
-                    pos = 0
-                    base = <const unsigned char *>PyByteArray_AS_STRING(buf)
+                    if mapped is None:
+                        blen = self._fill(reader, stream, buf, pos, blen, CHUNK)
+                        pos = 0
+                        base = <const unsigned char *>PyByteArray_AS_STRING(buf)
                     stats.set(frame, nok, nskip, nbad, ncut)
                     if progress is not None:
                         progress(frame)
-                    if blen < 16:
-                        if blen:
+                    if blen - pos < 16:
+                        if blen - pos:
                             stats.warnings.append(
-                                f"{name}: record {frame + 1} header truncated: {blen} of 16 bytes")
+                                f"{name}: record {frame + 1} header truncated: {blen - pos} of 16 bytes")
                         return
                 h = base + pos
                 if big:
@@ -697,16 +758,17 @@ cdef class Walk:
                 if end > blen:
                     if self.sink.pending():
                         yield self.sink.take()
-                    blen = self._fill(reader, stream, buf, pos, blen, max(CHUNK, end - blen))
-                    pos = 0
-                    base = <const unsigned char *>PyByteArray_AS_STRING(buf)
-                    start, end = 16, 16 + <Py_ssize_t>caplen
+                    if mapped is None:
+                        blen = self._fill(reader, stream, buf, pos, blen, max(CHUNK, end - blen))
+                        pos = 0
+                        base = <const unsigned char *>PyByteArray_AS_STRING(buf)
+                        start, end = 16, 16 + <Py_ssize_t>caplen
                     stats.set(frame, nok, nskip, nbad, ncut)
                     if progress is not None:
                         progress(frame)
                     if end > blen:
                         stats.warnings.append(
-                            f"{name}: record {frame + 1} truncated: {blen - 16} of {caplen} bytes")
+                            f"{name}: record {frame + 1} truncated: {blen - start} of {caplen} bytes")
                         return
                 frame += 1
                 pos = end
@@ -724,6 +786,9 @@ cdef class Walk:
                     nbad += 1
         finally:
             stats.set(frame, nok, nskip, nbad, ncut)
+            if mapped is not None:
+                view = None
+                mapped.close()
 
     cdef Py_ssize_t _fill(self, reader, stream, bytearray buf, Py_ssize_t pos, Py_ssize_t blen,
                           Py_ssize_t size) except -1:
