@@ -189,3 +189,38 @@ def test_random_streams_have_what_they_are_for(tmp_path):
     assert len({s["conn"] for s in segments}) > len(tuples)  # a 4-tuple used again
     times = [s["ts"] for s in segments]
     assert times != sorted(times)  # late segments
+
+
+# --------------------------------------------------------------------------------------
+# Which path runs, and saying so
+# --------------------------------------------------------------------------------------
+
+
+def _version(pure: bool) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HSVIZ_PURE_PYTHON"}
+    if pure:
+        env["HSVIZ_PURE_PYTHON"] = "1"
+    return subprocess.run([sys.executable, "-m", "handshake_viz", "--version"], env=env, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_version_says_which_path_runs():
+    assert _version(pure=True).endswith(", pure Python (HSVIZ_PURE_PYTHON is set)\n")
+    require(_compiled_built(), "the compiled tracker is not built (pip install -e . builds it)")
+    assert ", compiled (Cython " in _version(pure=False)
+
+
+def test_a_build_from_other_sources_is_not_run(monkeypatch):
+    require(_compiled_built(), "the compiled tracker is not built (pip install -e . builds it)")
+    from handshake_viz import _build
+
+    monkeypatch.setattr(_build, "sources_digest", lambda package_dir: "edited")
+    track, front, why = engine._compiled_modules()
+    assert track is None and front is None
+    assert why.startswith("pure Python (the compiled tracker was built from other sources")
+    with engine.use(True) as there:
+        assert not there  # (and nothing was switched)

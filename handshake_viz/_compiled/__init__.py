@@ -19,6 +19,6 @@ What is here
 
 Nothing outside imports this package but :mod:`handshake_viz.engine`, which uses it
 only when it was built from the sources beside it (``_build.sources_digest``) and
-``HSVIZ_PURE_PYTHON`` is not set.  ``tests/test_compiled.py`` holds the compiled
+``HSVIZ_PURE_PYTHON`` is not set.  ``tests/test_differential.py`` holds the compiled
 modules and the front end to the Python ones, output for output.
 """
