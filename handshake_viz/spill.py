@@ -215,8 +215,9 @@ class FileStore:
 
     Each put appends a record (the key's length and bytes, then the state) to a
     buffer written to the file a megabyte at a time; memory keeps, per connection
-    number, where its newest record is and how long (12 bytes), and per put the
-    key's hash and the connection (12 bytes).  The tracker asks for every 4-tuple it
+    number, where its newest record is and how long (12 bytes), and per put the low
+    32 bits of the key's hash and the connection (8 bytes: a hash that matches is
+    only a candidate, its record's key is compared).  The tracker asks for every 4-tuple it
     has not seen yet, which is nearly always one never stored: a Bloom filter of the
     stored keys (1 MiB, two bits a key: at 200,000 keys one answer in 400 is a false
     "maybe") answers most of those at once; the others look through the hashes.
@@ -233,8 +234,8 @@ class FileStore:
         self._buffer = bytearray()  # records not written yet (they follow the file's bytes)
         self._where = array("q")  # by connection: its newest record's offset, -1 if none
         self._length = array("I")  # by connection: that record's length
-        self._hashes = array("q")  # per put: hash(key)
-        self._owners = array("q")  # per put: the connection
+        self._hashes = array("I")  # per put: hash(key)'s low 32 bits
+        self._owners = array("i")  # per put: the connection
         self._bloom = bytearray(_BLOOM_BITS >> 3)
 
     def put(self, conn: int, key: str, state: bytes) -> None:
@@ -251,7 +252,7 @@ class FileStore:
             length.append(0)
         where[conn] = self._written + len(self._buffer)
         length[conn] = len(record)
-        self._hashes.append(h)
+        self._hashes.append(h & 0xFFFFFFFF)
         self._owners.append(conn)
         self._buffer += record
         if len(self._buffer) >= _WRITE:
@@ -301,10 +302,11 @@ class FileStore:
             return None  # never stored
         best: tuple[int, bytes] | None = None
         hashes, owners = self._hashes, self._owners
+        low = h & 0xFFFFFFFF
         i = -1
         while True:
             try:
-                i = hashes.index(h, i + 1)
+                i = hashes.index(low, i + 1)
             except ValueError:
                 return best
             conn = owners[i]
