@@ -1,5 +1,6 @@
 """Time ``hsviz analyze`` against tshark and tcptrace on one capture, and print one
-table: tool, packets/s, wall time, peak RSS, and the ratios to tcptrace and to tshark.
+table: tool, packets/s, wall time, peak RSS, and the ratios to tcptrace and to tshark
+(and to ``hsviz analyze --summary``, which the ladder's and plot's targets are set by).
 
 ::
 
@@ -256,20 +257,22 @@ def print_table(title: str, rows: list[Row]) -> None:
     """The one table: tool, packets/s, wall s, peak MB, and the same-round ratios."""
     print(title)
     head = (f"{'tool':<26} {'packets/s':>11} {'wall s':>7} {'peak MB':>8} {'x tcptrace':>10} "
-            f"{'tshark /':>9}  runs (s)")
+            f"{'tshark /':>9} {'x summary':>9}  runs (s)")
     print(head)
     print("-" * len(head))
     tcptrace = next((r for r in rows if r.tool == TCPTRACE), None)
     tshark = next((r for r in rows if r.tool == REFERENCE), None)
+    summary = next((r for r in rows if r.tool == "hsviz analyze --summary"), None)
     for r in rows:
         vs_tcptrace = f"{paired(r, tcptrace):>9.2f}x" if tcptrace else f"{'-':>10}"
         vs_tshark = f"{paired(tshark, r):>8.1f}x" if tshark else f"{'-':>9}"
+        vs_summary = f"{paired(r, summary):>8.2f}x" if summary else f"{'-':>9}"
         runs = " ".join(f"{s:.2f}" for s in r.seconds)
         print(f"{r.tool:<26} {r.pps:>11,.0f} {r.median:>7.2f} {r.peak_mb:>8.1f} {vs_tcptrace} "
-              f"{vs_tshark}  {runs}")
-    print("(wall s: the median; peak MB: the largest; x tcptrace: the tool's time over "
-          "tcptrace's, tshark /: tshark's time over the tool's, each the median of the "
-          "same round's ratios)")
+              f"{vs_tshark} {vs_summary}  {runs}")
+    print("(wall s: the median; peak MB: the largest; x tcptrace, x summary: the tool's time "
+          "over tcptrace's or hsviz analyze --summary's, tshark /: tshark's time over the "
+          "tool's, each the median of the same round's ratios)")
     if not GNU_TIME:
         print(f"(a child's peak RSS reads at least this script's own, {own_peak_mb():.1f} MB: "
               "Linux counts the parent's peak in a child's ru_maxrss)")

@@ -63,7 +63,8 @@ def _add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--jobs", type=int, choices=(1, 2), metavar="N",
                    help="processes: 1, or 2 to decode and track in one while the other "
                    "writes JSON (default: 2 for --jsonl on captures over 16 MB when 2 CPUs "
-                   "are free; the output is the same)")
+                   "are free and the tracker runs on pure Python, else 1; the output is "
+                   "the same)")
     p.add_argument("--calls", metavar="FILE", help="socket calls: an strace log or a .calls.jsonl "
                    "(default: FILE's .calls.jsonl beside it, when present)")
     _add_explain_options(p, explain_flag=True)
