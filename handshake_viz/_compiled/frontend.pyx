@@ -496,6 +496,10 @@ def _collect(*fields):
 cdef enum:
     PAIRS = 4096  # address pairs cached
 
+cdef enum:
+    STEP = 256 << 10  # bytes of a mapped file between two hand-overs of the walk's text
+
+
 def _mapped(stream):
     """A read-only map of the plain file under ``stream`` (an unbuffered ``FileIO``, as
     ``pcapio.open_file`` opens a path), or None: a pipe, a gzip stream, an empty or
@@ -692,8 +696,9 @@ cdef class Walk:
         cdef const unsigned char[::1] view
         cdef const unsigned char *base
         cdef Py_ssize_t pos = 24, blen, start, end, released = 0
-        # (mapped, the walk hands its text over, counts and lets pages go every chunk)
-        cdef Py_ssize_t mark = CHUNK if mapped is not None else PY_SSIZE_T_MAX
+        # (mapped, the walk hands its text over, counts and lets pages go every STEP
+        # bytes: a quarter of a chunk keeps the text's buffers small)
+        cdef Py_ssize_t mark = STEP if mapped is not None else PY_SSIZE_T_MAX
         if mapped is not None:
             view = mapped
             base = &view[0]
@@ -716,7 +721,7 @@ cdef class Walk:
         try:
             while True:
                 if pos >= mark:
-                    mark = pos + CHUNK
+                    mark = pos + STEP
                     if self.sink.pending():
                         yield self.sink.take()
                     stats.set(frame, nok, nskip, nbad, ncut)
