@@ -213,21 +213,36 @@ class _CleanupHelper:
 
     @classmethod
     def start(cls, instance: Path, mounted: Path | None) -> _CleanupHelper:
+        """Fork the helper, and return once it holds nothing of this process's but its
+        pipe.  Until it closes them, a forked child holds a copy of every descriptor:
+        a listening socket the caller then closes would stay open in the child, and a
+        new bind to its port fail with EADDRINUSE (the time-wait lesson did, one run in
+        a few on a busy machine, where the child may wait a while for a CPU)."""
         r, w = os.pipe()
+        ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the helper: root, no threads, nothing but the pipe
             status = 1
             try:
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_IGN)  # only the pipe ends it
-                os.closerange(0, r)
-                os.closerange(r + 1, os.sysconf("SC_OPEN_MAX"))
+                keep = sorted((r, ready_w))
+                os.closerange(0, keep[0])
+                os.closerange(keep[0] + 1, keep[1])
+                os.closerange(keep[1] + 1, os.sysconf("SC_OPEN_MAX"))
+                os.close(ready_w)  # the parent's read returns: everything else is closed
                 while os.read(r, 64):
                     pass
                 status = 0 if _remove_instance(instance, mounted) else 1
             finally:
                 os._exit(status)
         os.close(r)
+        os.close(ready_w)
+        try:
+            while os.read(ready_r, 64):  # EOF once the helper has closed all but its pipe
+                pass
+        finally:
+            os.close(ready_r)
         return cls(pid, w)
 
     def finish(self) -> bool:
