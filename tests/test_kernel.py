@@ -450,3 +450,28 @@ def test_without_root_one_line_says_why_and_nothing_is_left(monkeypatch: pytest.
         rec.start()
     assert str(exc.value) == "kernel events need root and tracefs: not running as root (try sudo)"
     assert rec.instance is None and rec.mounted is None
+
+
+def test_the_cleanup_helper_holds_nothing_of_ours_once_started(tmp_path: Path) -> None:
+    """The root helper is forked while the caller may hold a listening socket (the
+    time-wait lesson under --kernel): when start() returns, the child must already
+    have closed every inherited descriptor but its pipe, or the socket outlives the
+    caller's close() and a re-bind to its port fails with EADDRINUSE."""
+    import os
+    import socket
+
+    from handshake_viz.kernelio import _CleanupHelper
+
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        helper = _CleanupHelper.start(instance, None)
+        try:
+            held = os.listdir(f"/proc/{helper.pid}/fd")
+            targets = [os.readlink(f"/proc/{helper.pid}/fd/{fd}") for fd in held]
+        finally:
+            assert helper.finish()  # the helper removed the (empty) instance directory
+    assert len(held) == 1 and targets[0].startswith("pipe:"), targets
+    assert not instance.exists()
