@@ -358,13 +358,23 @@ def _add_file_options(p: argparse.ArgumentParser, *, what: str) -> None:
                    help="keep only each frame's headers (link, IP, TCP/UDP), for sharing")
 
 
-def _preload(*, plot: bool) -> None:
-    import importlib
+def _preload(*, plot: bool, draw: bool = True) -> None:
+    """Import, as root before the drop, every module the capture's end runs after it.
 
-    names = ["handshake_viz.pipeline", "handshake_viz.align", "handshake_viz.spill", "handshake_viz.trace",
-             "handshake_viz.session"]
-    if plot:
-        names += ["matplotlib", "matplotlib.pyplot", "handshake_viz.draw", "handshake_viz.api"]
+    The user dropped to may not be able to read this Python's files at all (a venv
+    under /root, or in a 0700 directory), so nothing may load lazily afterwards: every
+    module of the package, and with ``--plot`` (``draw``: when the drop changes users) a
+    whole drawing of a small handshake, which loads matplotlib's backends, Pillow's PNG
+    writer and the fonts (matplotlib keeps each font file open once it has used it)."""
+    import importlib
+    import pkgutil
+
+    import handshake_viz
+
+    names = [m.name for m in pkgutil.walk_packages(handshake_viz.__path__, "handshake_viz.")
+             if m.name.rsplit(".", 1)[-1] not in ("__main__", "_build")]
+    if not plot:  # these load matplotlib, which a capture without --plot never needs
+        names = [n for n in names if n not in ("handshake_viz.draw", "handshake_viz.api")]
     # numpy's BLAS starts a thread per CPU when it is loaded; a thread alive at the drop
     # would keep capabilities (they belong to a thread), so it loads single-threaded.
     saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
@@ -372,14 +382,37 @@ def _preload(*, plot: bool) -> None:
     try:
         for name in names:
             importlib.import_module(name)
-            if name == "matplotlib":
-                importlib.import_module(name).use("Agg")
+        if plot and draw:
+            _draw_once()
     finally:  # the traced command gets the environment it was given
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _draw_once() -> None:
+    """Draw a five-segment connection (handshake, data, reset) to a temporary PNG as ``--plot``
+    draws the capture, so that everything drawing needs is loaded now."""
+    import struct
+    import tempfile
+
+    def frame(sport: int, dport: int, seq: int, ack: int, flags: int, data: bytes = b"") -> bytes:
+        tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + data
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
+                         b"\x7f\0\0\1", b"\x7f\0\0\1")
+        return bytes(12) + b"\x08\x00" + ip + tcp
+
+    c, s = 40000, 8080
+    frames = [frame(c, s, 100, 0, 0x02), frame(s, c, 500, 101, 0x12), frame(c, s, 101, 501, 0x10),
+              frame(c, s, 101, 501, 0x18, b"hi"), frame(s, c, 501, 103, 0x14)]
+    data = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + b"".join(
+        struct.pack("<IIII", 1, 1000 * i, len(f), len(f)) + f for i, f in enumerate(frames))
+    with tempfile.TemporaryDirectory(prefix="hsviz-") as tmp:
+        pcap = Path(tmp, "warm.pcap")
+        pcap.write_bytes(data)
+        _plot_capture(pcap)
 
 
 _BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -419,7 +452,7 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     privileges = PrivilegedSetup(capture_identity(args.user, as_root=args.as_root))
     # Whatever runs after the drop is imported before it: the user may not be able to
     # read this Python's own files (a Python installed under /root).
-    privileges.add(lambda: _preload(plot=args.plot))
+    privileges.add(lambda: _preload(plot=args.plot, draw=privileges.target.uid != os.geteuid()))
 
     tracking = LiveTracking(connections=args.connections)
     view = _LiveView(tracking, out, err, status=err.isatty())
@@ -582,7 +615,14 @@ def _run_capture(args: argparse.Namespace, live: Any, session: Any, view: Any, e
         kernel.finish()
     if args.plot:
         if summaries or view.tracking.flows.flow_count:
-            drawn = _plot_capture(result.output)
+            try:
+                drawn = _plot_capture(result.output)
+            except (ImportError, OSError) as exc:  # after the drop, as a user who cannot read it
+                from handshake_viz.errors import OutputError
+
+                why = getattr(exc, "strerror", None) or exc
+                raise OutputError(f"{result.output.with_suffix('.png')}: not drawn: {why} "
+                                  f"(the capture is whole in {result.output})") from None
             err.write(f"{PROG}: drew {safe_text(drawn)}\n")
         else:
             err.write(f"{PROG}: no connection to draw\n")

@@ -20,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -743,8 +744,9 @@ class _Cli:
     """``python -m handshake_viz capture ...`` with its stdout/stderr collected line by line."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None,
-                 prefix: list[str] | None = None) -> None:
-        self.proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "handshake_viz", "capture", *args],
+                 prefix: list[str] | None = None, python: list[str] | None = None) -> None:
+        self.proc = subprocess.Popen([*(prefix or []), sys.executable, *(python or []), "-m", "handshake_viz",
+                                      "capture", *args],
                                      cwd=cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=None if env is None else {**os.environ, **env})
@@ -1142,3 +1144,33 @@ def test_cli_capture_under_sudo_leaves_files_the_user_owns(live: None, nobody_di
         st = (nobody_dir / name).stat()
         assert (st.st_uid, st.st_gid) == (NOBODY, 65533), name
     assert (nobody_dir / "f.pcap").stat().st_mode & 0o777 == 0o600
+
+
+def test_cli_capture_plot_as_a_user_who_cannot_read_hsviz_itself(live: None, nobody_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """hsviz installed where only root can read it (a venv under /root, a 0700 temp
+    directory): after the drop nothing may be imported lazily, so --plot still draws."""
+    import handshake_viz
+
+    hidden = tmp_path / "root-only"
+    hidden.mkdir(mode=0o700)
+    shutil.copytree(Path(handshake_viz.__file__).parent, hidden / "handshake_viz",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    srv = _listener()
+    port = srv.getsockname()[1]
+    # -S: no site, so no editable-install finder to fall back on; the libraries (readable)
+    # come after the hidden package on the path.
+    libraries = sysconfig.get_paths()["purelib"]
+    cli = _Cli(["--port", str(port), "-o", "f.pcap", "--plot"], nobody_dir, python=["-S"],
+               env={"SUDO_UID": str(NOBODY), "SUDO_GID": "65533",
+                    "PYTHONPATH": os.pathsep.join([str(hidden), libraries]), "PYTHONDONTWRITEBYTECODE": "1"})
+    cli.wait_ready()
+    _conversation(srv)
+    time.sleep(0.3)
+    cli.proc.send_signal(signal.SIGTERM)
+    rc = cli.finish()
+    srv.close()
+    assert rc == 0, "".join(cli.err)
+    assert sorted(p.name for p in nobody_dir.iterdir()) == ["f.pcap", "f.png"]
+    assert (nobody_dir / "f.png").read_bytes()[:4] == b"\x89PNG"
+    assert not any("Traceback" in line for line in cli.err), "".join(cli.err)
