@@ -23,9 +23,7 @@ Needs Debian's ``chromium`` and ``chromium-driver`` and selenium (``pip install 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
-import shutil
 import statistics
 import sys
 import tempfile
@@ -34,31 +32,20 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import chromium  # noqa: E402  (the browser tests/test_browser.py uses)
+import make_capture as generator  # noqa: E402
+
 TARGET_S = 2.0
 TARGET_BYTES = 2_000_000
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1400,900")
 
 
 def make_capture(path: Path) -> int:
-    spec = importlib.util.spec_from_file_location("make_capture", HERE / "make_capture.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return int(module.generate(path, 1, 331))
+    return int(generator.generate(path, 1, 331))
 
 
 def browser() -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='hsviz-bench-')}")
-    return webdriver.Chrome(options=options,
-                            service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"))
+    return chromium.start(Path(tempfile.mkdtemp(prefix="hsviz-bench-")))
 
 
 def open_seconds(driver: Any, page: Path) -> tuple[float, float]:

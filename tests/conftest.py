@@ -62,14 +62,20 @@ def nobody_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def make_capture(path, connections: int, exchanges: int, **kw) -> int:  # type: ignore[no-untyped-def]
-    """benchmarks/make_capture.py's ``generate``: a synthetic capture of many
-    interleaved connections, made by this project (the benchmarks' own generator)."""
+def benchmark_module(name: str):  # type: ignore[no-untyped-def]
+    """A module of benchmarks/ (not a package: its scripts run by path), for the
+    helpers the tests share with the benchmarks."""
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "make_capture.py"
-    spec = importlib.util.spec_from_file_location("make_capture", script)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return int(module.generate(path, connections, exchanges, **kw))
+    return module
+
+
+def make_capture(path, connections: int, exchanges: int, **kw) -> int:  # type: ignore[no-untyped-def]
+    """benchmarks/make_capture.py's ``generate``: a synthetic capture of many
+    interleaved connections, made by this project (the benchmarks' own generator)."""
+    return int(benchmark_module("make_capture").generate(path, connections, exchanges, **kw))

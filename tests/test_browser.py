@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_capture, require
+from conftest import benchmark_module, make_capture, require
 from test_html import HOSTILE, hostile_capture, plot_html
 
 from handshake_viz.frames import read_frames
@@ -23,13 +23,7 @@ from handshake_viz.wire import dissect
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURES = REPO / "captures"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-#: Without the background-networking flags Chromium tries to reach Google's services,
-#: which this machine's closed network refuses; a fresh profile for every run.
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1400,900")
+chromium = benchmark_module("chromium")
 #: A page not drawn by then is hung, not slow: how fast pages open is a benchmark
 #: (benchmarks/bench_html.py), not something a test judges on a machine that may be busy.
 HUNG_S = 60
@@ -38,20 +32,13 @@ HUNG_S = 60
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+        import selenium  # noqa: F401
     except ImportError:
         require(False, "needs selenium (pip install -e '.[test]')")
-    require(Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file(),
+    require(chromium.installed(),
             "needs a browser: apt-get install chromium chromium-driver (.ci/run installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
     profile = tempfile.mkdtemp(prefix="hsviz-chromium-")
-    options.add_argument(f"--user-data-dir={profile}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = chromium.start(Path(profile), console=True)
     try:
         yield driver
     finally:
