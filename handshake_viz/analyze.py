@@ -7,7 +7,9 @@ The work is a stream of *items*, made by :func:`produce` and written by
   pair of :data:`~handshake_viz.report.PacketFields` (what the decoder read) and
   :data:`~handshake_viz.report.TrackFields` (what the tracker made of it);
 * ``("end", End)``: the tracker's totals, once every packet was read;
-* ``("text", [line, …])``: finished output lines (connection lines, summaries, ladders).
+* ``("text", [line, …])``: finished output lines (connection lines, summaries);
+* ``("raw", text)``: finished output (the compiled front end's JSON Lines);
+* ``("bytes", data)``: finished UTF-8 output (a connection's whole ladder).
 
 With ``jobs=1`` the items go straight from :func:`produce` to the writer.  With
 ``jobs=2`` (the default for ``--jsonl`` on a large file when two CPUs are free)
@@ -21,7 +23,7 @@ either way (``tests/test_analyze.py``), and so are the errors: a decode error in
 the child reaches the parent after the rows before it, and is raised there.
 
 Only the JSON Lines output is worth a second process: ``--summary`` builds no
-rows, and the ladder keeps every line until the end (in a temporary database past a
+rows, and the ladder keeps every line until the end (in a temporary file past a
 few megabytes: ``LadderSpill``).  Both processes read the
 file, so standard input and pipes always take one.
 
@@ -35,6 +37,8 @@ import os
 import pickle
 import signal
 import sys
+from array import array
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -43,7 +47,8 @@ from typing import Any, Literal
 
 from handshake_viz import engine, pipeline, report
 from handshake_viz.decode import CaptureReader, open_capture
-from handshake_viz.errors import CaptureFileError, HsvizError, NoSuchConnection, UsageError, WorkerError
+from handshake_viz.errors import (CaptureFileError, HsvizError, NoSuchConnection, OutputError, UsageError,
+                                  WorkerError)
 from handshake_viz.flows import FlowTracker
 from handshake_viz.hindsight import Settler
 from handshake_viz.model import Datagram, Segment
@@ -94,7 +99,7 @@ def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = Fal
     collecting = gc.isenabled()
     gc.disable()
     try:
-        # Finished connections go to a temporary database, so that memory grows with
+        # Finished connections go to a temporary file, so that memory grows with
         # the open connections only; so do the ladder's lines (LadderSpill).
         with engine.FileStore() as store:
             yield from _items(path, mode, want, split, store, verify_checksums, progress)
@@ -104,27 +109,40 @@ def produce(path: str, mode: Mode, want: int | None = None, *, split: bool = Fal
 
 
 class LadderSpill:
-    """The ladder's lines, connection by connection, kept in a private temporary SQLite
-    database once they pass ``budget`` characters in memory: the ladder prints each
-    connection's lines together, in connection order, after the last packet, and a
-    capture of a million packets has hundreds of megabytes of them.  Lines are written
-    in chunks (one row per connection per flush), read back in the order they came."""
+    """The ladder's lines, connection by connection, as UTF-8 text (each line ends in a
+    newline), written to a private temporary file once they pass ``budget`` bytes in
+    memory: the ladder prints each connection's lines together, in connection order,
+    after the last packet, and a capture of a million packets has hundreds of megabytes
+    of them.  Bytes, not strings: the compiled ladder makes UTF-8 and the output is
+    UTF-8, so nothing is decoded or encoded in between.
 
-    def __init__(self, budget: int = 8 << 20) -> None:
-        self._mem: dict[int, list[str]] = {}
+    Each flush writes every connection's lines in memory, in connection order, and
+    keeps for that flush the connections and where their lines start (two arrays, 16
+    bytes a connection): :meth:`pop` finds a connection in each flush by bisection and
+    reads its chunks back in the order they were written."""
+
+    def __init__(self, budget: int = 16 << 20) -> None:
+        self._mem: dict[int, bytearray] = {}
         self._size = 0
         self._budget = budget
-        self._db: Any = None  # a sqlite3.Connection once lines went to disk
+        self._file: Any = None  # the temporary file, once lines went to it
+        self._written = 0  # bytes in it
+        self._flushes: list[tuple[array[int], array[int]]] = []  # (keys, their offsets + the end)
 
     def add(self, key: int, line: str) -> None:
-        self._mem.setdefault(key, []).append(line)
-        self._size += len(line)
+        data = (line + "\n").encode()
+        have = self._mem.get(key)
+        if have is None:
+            self._mem[key] = bytearray(data)
+        else:
+            have += data
+        self._size += len(data)
         if self._size > self._budget:
             self._flush()
 
-    def extend(self, lines: dict[int, list[str]], size: int) -> None:
+    def extend(self, lines: dict[int, bytearray], size: int) -> None:
         """:meth:`add` for many lines at once (the compiled ladder's batches): each key's
-        lines in order, ``size`` characters in all; the lists become this spill's."""
+        lines, newline-ended, ``size`` bytes in all; the bytearrays become this spill's."""
         mem = self._mem
         for key, more in lines.items():
             have = mem.get(key)
@@ -137,34 +155,44 @@ class LadderSpill:
             self._flush()
 
     def _flush(self) -> None:
-        if self._db is None:
-            import sqlite3  # (only for a large ladder: a few ms at every start otherwise)
+        import tempfile
 
-            self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
-            self._db.executescript("PRAGMA cache_size = -2048; PRAGMA journal_mode = OFF; "
-                                   "PRAGMA synchronous = OFF; "
-                                   "CREATE TABLE lines (key INTEGER NOT NULL, chunk TEXT NOT NULL); "
-                                   "CREATE INDEX by_key ON lines (key);")
-        db = self._db
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO lines VALUES (?, ?)",
-                       [(k, "\n".join(v)) for k, v in self._mem.items()])
-        db.execute("COMMIT")
+        keys = sorted(self._mem)
+        offsets = array("q", [self._written])
+        for key in keys:
+            offsets.append(offsets[-1] + len(self._mem[key]))
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile()
+            self._file.writelines([self._mem[key] for key in keys])
+        except OSError as exc:
+            raise OutputError(f"cannot write the ladder's temporary file: {exc.strerror or exc}") from None
+        self._flushes.append((array("q", keys), offsets))
+        self._written = offsets[-1]
         self._mem.clear()
         self._size = 0
 
-    def pop(self, key: int) -> list[str]:
-        """Every line of ``key``, in order (and forgets them)."""
-        out: list[str] = []
-        if self._db is not None:
-            for (chunk,) in self._db.execute("SELECT chunk FROM lines WHERE key = ? ORDER BY rowid", (key,)):
-                out.extend(chunk.split("\n"))
-        out += self._mem.pop(key, [])
-        return out
+    def pop(self, key: int) -> bytes:
+        """Every line of ``key``, in order, each ending in a newline; those in memory
+        are forgotten (pop each key once: the file keeps its part until :meth:`close`)."""
+        tail = self._mem.pop(key, b"")
+        if self._file is None:
+            return bytes(tail)
+        chunks: list[bytes] = []
+        try:
+            self._file.flush()
+            for keys, offsets in self._flushes:
+                i = bisect_left(keys, key)
+                if i < len(keys) and keys[i] == key:
+                    chunks.append(os.pread(self._file.fileno(), offsets[i + 1] - offsets[i], offsets[i]))
+        except OSError as exc:
+            raise OutputError(f"cannot read the ladder's temporary file: {exc.strerror or exc}") from None
+        chunks.append(tail)
+        return b"".join(chunks)
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def _items(path: str, mode: Mode, want: int | None, split: bool,
@@ -255,16 +283,14 @@ def _ladder_items(path: str, mode: Mode, want: int | None, split: bool, store: F
         yield from _batches("text", map(report.format_summary, selected), 1024)
         yield from _batches("text", map(report.format_flow_summary, flow_summaries), 1024)
     else:
+        columns = f"{report.ladder_columns()}\n"
         for s in selected:
-            lines = [report.connection_header(s), report.ladder_columns()]
-            lines += ladders.pop(s.conn)
-            lines += [report.format_summary(s), ""]
-            yield "text", lines
+            yield "bytes", b"".join((f"{report.connection_header(s)}\n{columns}".encode(),
+                                     ladders.pop(s.conn), f"{report.format_summary(s)}\n\n".encode()))
         for f in flow_summaries:
-            lines = [report.flow_header(f), report.ladder_columns()]
-            lines += flow_ladders.pop(f.flow)
-            lines += [report.format_flow_summary(f), ""]
-            yield "text", lines
+            yield "bytes", b"".join((f"{report.flow_header(f)}\n{columns}".encode(),
+                                     flow_ladders.pop(f.flow),
+                                     f"{report.format_flow_summary(f)}\n\n".encode()))
 
 
 def _discard_datagram(d: Datagram) -> bool:
@@ -325,11 +351,15 @@ def analyze_file(
     warn: Callable[[str], Any],
     verify_checksums: bool = False,
     progress: Progress | None = None,
+    write_bytes: Callable[[bytes], Any] | None = None,
 ) -> int:
     """Analyse ``path`` and ``write`` the output of ``mode`` as it is made; returns the
     number of connections.  ``verify_checksums``: see :func:`produce`.  ``progress``
     (:meth:`Progress.on`) draws the progress line while the file is read, and is
     erased before anything is written to its stream.
+
+    ``write_bytes`` takes UTF-8 output where there is some (the ladder), written in
+    order with ``write``'s; without it, such output is decoded for ``write``.
 
     ``warn`` gets each decode warning (after the output).  Raises UsageError when
     ``want`` is out of range or the file has no TCP segment, and whatever
@@ -342,13 +372,13 @@ def analyze_file(
     try:
         if jobs == 1:
             return _consume(produce(path, mode, want, verify_checksums=verify_checksums,
-                                    progress=progress), None, path, want, write, warn)
+                                    progress=progress), None, path, want, write, warn, write_bytes)
         # (the parent's half of each row is the decoder's alone: no checksum in it)
         with _Child(path, mode, want, verify_checksums) as items, open_capture(path) as reader:
             if progress is not None:
                 progress.watch(reader)
             return _consume(items, reader.records(report.packet_fields, report.udp_fields), path,
-                            want, write, warn)
+                            want, write, warn, write_bytes)
     finally:
         if progress is not None:
             progress.close()
@@ -369,6 +399,7 @@ def _consume(
     want: int | None,
     write: Callable[[str], Any],
     warn: Callable[[str], Any],
+    write_bytes: Callable[[bytes], Any] | None = None,
 ) -> int:
     """Write the items; ``decoded`` is the parent's own decoding of the file, to be
     paired with the child's rows (None: the rows are pairs already)."""
@@ -389,6 +420,11 @@ def _consume(
             write("\n".join(value) + "\n")
         elif kind == "raw":
             write(value)
+        elif kind == "bytes":
+            if write_bytes is None:
+                write(value.decode())
+            else:
+                write_bytes(value)
         else:
             end = value
             count = end.connections

@@ -105,10 +105,43 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     mode: Mode = "jsonl" if args.jsonl else "summary" if args.summary else "ladder"
     from handshake_viz.progress import Progress
 
-    analyze_file(args.file, mode, want=args.conn, jobs=args.jobs, write=out.write,
+    stdout = _TextAndBytes.of(out)
+    analyze_file(args.file, mode, want=args.conn, jobs=args.jobs,
+                 write=out.write if stdout is None else stdout.write,
+                 write_bytes=None if stdout is None else stdout.write_bytes,
                  warn=lambda w: _warn([w], err), verify_checksums=args.verify_checksums,
                  progress=Progress.on(err, out))
     return 0
+
+
+class _TextAndBytes:
+    """A text stream and its UTF-8 byte stream underneath, written in order: text
+    written before bytes is flushed first.  (The ladder is made as UTF-8; writing it
+    as bytes saves decoding and encoding every line.)"""
+
+    def __init__(self, out: TextIO, buffer: Any) -> None:
+        self.out, self.buffer, self.pending = out, buffer, False
+
+    @classmethod
+    def of(cls, out: TextIO) -> _TextAndBytes | None:
+        """For ``out`` when it is UTF-8 text over a byte buffer, else None."""
+        import codecs
+
+        buffer = getattr(out, "buffer", None)
+        encoding = getattr(out, "encoding", None)
+        if buffer is None or not encoding or codecs.lookup(encoding).name != "utf-8":
+            return None
+        return cls(out, buffer)
+
+    def write(self, text: str) -> None:
+        self.pending = True
+        self.out.write(text)
+
+    def write_bytes(self, data: bytes) -> None:
+        if self.pending:
+            self.out.flush()
+            self.pending = False
+        self.buffer.write(data)
 
 
 def _warn(warnings: Sequence[str], err: TextIO) -> None:

@@ -96,17 +96,24 @@ def test_verifying_checksums_both_ways(many):
 
 def test_ladder_lines_spill_and_come_back_in_order():
     """The text ladder's lines past the memory budget go to a temporary database and
-    come back per connection in the order they were added, whatever was flushed when."""
+    come back per connection, as UTF-8 with a newline after each, in the order they were
+    added (one by one or in the compiled ladder's batches), whatever was flushed when."""
     from handshake_viz.analyze import LadderSpill
 
     spill = LadderSpill(budget=50)
     want: dict[int, list[str]] = {0: [], 1: [], 2: []}
     for i in range(200):
-        key, line = i % 3 if i % 7 else 1, f"line {i} " + "x" * (i % 13)
-        spill.add(key, line)
+        key, line = i % 3 if i % 7 else 1, f"line {i} → " + "x" * (i % 13)
+        if i % 5:
+            spill.add(key, line)
+        else:
+            data = (line + "\n").encode()
+            spill.extend({key: bytearray(data)}, len(data))
         want[key].append(line)
-    assert [spill.pop(k) for k in (2, 0, 1)] == [want[2], want[0], want[1]]
-    assert spill.pop(5) == []
+    assert spill._file is not None, "the budget of 50 bytes was passed: some lines went to disk"
+    assert [spill.pop(k) for k in (2, 0, 1)] == ["".join(f"{x}\n" for x in want[k]).encode()
+                                                 for k in (2, 0, 1)]
+    assert spill.pop(5) == b""
     spill.close()
 
 

@@ -47,6 +47,39 @@ def test_analyze_text_ladder_of_the_echo_capture():
     assert "SF ShADadFf" in out
 
 
+def test_the_ladder_written_as_bytes_is_the_ladder_written_as_text(tmp_path):
+    """On a real stdout the ladder goes out as UTF-8 bytes (no decoding and encoding per
+    line); it must be what main() writes to a text stream, in the same order: a refused
+    connection's (its held SYN settled through Python), UDP flows' after connections'.
+    (Copies without their call logs: with one, analyze takes the pipeline's path.)"""
+    for name in ("echo.pcap", "refused.pcap", "udp.pcap", "multi-client.pcap"):
+        pcap = tmp_path / name
+        pcap.write_bytes((ROOT / "captures" / name).read_bytes())
+        code, text, err = run("analyze", str(pcap))
+        assert code == 0, err
+        assert " → " in text and ("conn 0:" in text or "flow 0 (UDP):" in text)
+        done = subprocess.run([sys.executable, "-m", "handshake_viz", "analyze", str(pcap)],
+                              capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == text.encode(), name
+
+
+def test_text_then_bytes_keep_their_order():
+    from handshake_viz.cli import _TextAndBytes
+
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8")
+    both = _TextAndBytes.of(stream)
+    assert both is not None
+    both.write("conn 0: → first\n")
+    both.write_bytes("  then ← bytes\n".encode())
+    both.write("text again\n")
+    stream.flush()
+    assert raw.getvalue().decode() == "conn 0: → first\n  then ← bytes\ntext again\n"
+    assert _TextAndBytes.of(io.StringIO()) is None  # no byte stream under it
+    assert _TextAndBytes.of(io.TextIOWrapper(io.BytesIO(), encoding="latin-1")) is None
+
+
 def test_analyze_jsonl_schema():
     code, out, _ = run("analyze", str(ECHO), "--jsonl")
     assert code == 0

@@ -21,7 +21,8 @@ and ``%``-formatting, which compiled code cannot make fast:
 tests/test_differential.py holds the whole to the Python modules it stands for.
 """
 
-from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytearray cimport (PyByteArray_AS_STRING, PyByteArray_FromStringAndSize,
+                                PyByteArray_GET_SIZE, PyByteArray_Resize)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
@@ -65,7 +66,7 @@ SOURCES_DIGEST = HSVIZ_SOURCES_DIGEST.decode()
 CYTHON_VERSION = HSVIZ_CYTHON_VERSION.decode()
 
 cdef object C2S = Direction.C2S
-cdef int FIN = 0x01, SYN = 0x02, ACK = 0x10
+cdef int FIN = 0x01, SYN = 0x02, RST = 0x04, ACK = 0x10
 cdef object _py_decode = _decode_module._decode
 cdef object _pair4 = _decode_module._pair4
 cdef tuple _FLAG_TEXT = tuple(_report._FLAG_TEXT)
@@ -313,37 +314,53 @@ cdef class JsonLines(Output):
 cdef enum:
     LADDER_BATCH = 4096  # lines the sink gathers before it hands them to the LadderSpill
 
+cdef int _append(bytearray into, const char *data, Py_ssize_t n) except -1:
+    """``into += data[:n]``, without a bytes object in between."""
+    cdef Py_ssize_t have = PyByteArray_GET_SIZE(into)
+    PyByteArray_Resize(into, have + n)  # (grows the allocation by an eighth or more)
+    memcpy(PyByteArray_AS_STRING(into) + have, data, n)
+    return 0
+
+
 cdef class Ladder(Output):
-    """``report.format_segment``'s lines, added to ``ladders`` (``analyze.LadderSpill``) per
-    connection as ``hsviz analyze`` adds them: a connection whose first segments are the
-    client's SYNs is held back until its answer, as ``hindsight.Settler`` holds it, and
-    written through Python then (``hindsight.settle``, ``report.format_segment``).  Lines
-    reach ``ladders`` in batches (``LadderSpill.extend``); :meth:`release` hands over the
-    last."""
+    """``report.format_segment``'s lines, UTF-8 and newline-ended, added to ``ladders``
+    (``analyze.LadderSpill``) per connection as ``hsviz analyze`` adds them, with no
+    Python object per line.  A connection whose first segments are the client's SYNs is
+    held back until its answer, as ``hindsight.Settler`` holds it: when the answer is a
+    refusing RST (the one case ``hindsight.settle`` changes) the held segments go through
+    Python (``hindsight.settle``, ``report.format_segment``); otherwise the lines made
+    when they arrived are let go as they were.  Lines reach ``ladders`` in batches
+    (``LadderSpill.extend``); :meth:`release` hands over the last."""
 
     cdef object _ladders, _flow_add
-    cdef dict held
+    cdef dict held  # connection -> its held SYNs (Segments, for a refusal)
+    cdef dict _held_lines  # connection -> the held SYNs' lines
     cdef dict _flow_starts
     cdef dict _analysis
-    cdef dict _batch  # connection -> its lines not yet handed over, in order
-    cdef Py_ssize_t _batch_lines, _batch_chars
+    cdef dict _batch  # connection -> its lines not yet handed over (a bytearray)
+    cdef Py_ssize_t _batch_lines, _batch_bytes
+    cdef Buf _text  # one line (not ``out``: that is text for the caller, and a ladder has none)
+
+    def __dealloc__(self):
+        PyMem_Free(self._text.data)
 
     def __init__(self, ladders, flow_ladders, want=None):
         self._want(want)
         self._ladders = ladders
         self._flow_add = flow_ladders.add
         self.held = {}
+        self._held_lines = {}
         self._flow_starts = {}
         self._analysis = {}
         self._batch = {}
 
-    cdef int _add(self, long long index, str line) except -1:
+    cdef int _add(self, long long index, const char *data, Py_ssize_t n) except -1:
         lines = self._batch.get(index)
         if lines is None:
-            self._batch[index] = [line]
+            self._batch[index] = PyByteArray_FromStringAndSize(data, n)
         else:
-            (<list>lines).append(line)
-        self._batch_chars += len(line)
+            _append(<bytearray>lines, data, n)
+        self._batch_bytes += n
         self._batch_lines += 1
         if self._batch_lines >= LADDER_BATCH:
             self._hand_over()
@@ -351,9 +368,9 @@ cdef class Ladder(Output):
 
     cdef _hand_over(self):
         if self._batch_lines:
-            self._ladders.extend(self._batch, self._batch_chars)
+            self._ladders.extend(self._batch, self._batch_bytes)
             self._batch = {}
-            self._batch_lines = self._batch_chars = 0
+            self._batch_lines = self._batch_bytes = 0
 
     cpdef object segment(self, TrackedConn conn, TrackedFlow fwd, long long frame, double ts,
                          str src, int sport, str dst, int dport, long long seq, long long ack,
@@ -369,35 +386,55 @@ cdef class Ladder(Output):
             held = self.held.get(index)
         if held is None and not (opening and conn.segments == 1):
             self._line(conn, fwd, frame, ts, rel_seq, rel_ack, length, flags, label, bits)
+            self._add(index, self._text.data, self._text.size)
             return True
-        seg = _make_segment(frame, ts, index, fwd.dir, src, sport, dst, dport, seq, ack, rel_seq,
-                            rel_ack, length, flags, win, label, phase, analysis_names(bits),
-                            conn.c2s.state, conn.s2c.state, payload, raw_options, ip_version)
-        if held is None:
-            self.held[index] = [seg]  # a connection's first segment, the client's SYN
+        cdef bint refusal = not opening and fwd.dir is not C2S and flags & RST and not flags & SYN
+        if opening or refusal:  # kept as a Segment: a refusal rewrites the held SYNs' states
+            seg = _make_segment(frame, ts, index, fwd.dir, src, sport, dst, dport, seq, ack,
+                                rel_seq, rel_ack, length, flags, win, label, phase,
+                                analysis_names(bits), conn.c2s.state, conn.s2c.state, payload,
+                                raw_options, ip_version)
+        if held is None:  # a connection's first segment, the client's SYN
+            self.held[index] = [seg]
+            self._line(conn, fwd, frame, ts, rel_seq, rel_ack, length, flags, label, bits)
+            self._held_lines[index] = PyByteArray_FromStringAndSize(self._text.data, self._text.size)
             return True
-        held.append(seg)
-        if not opening:
-            del self.held[index]
+        if opening:  # the SYN again, still unanswered
+            held.append(seg)
+            self._line(conn, fwd, frame, ts, rel_seq, rel_ack, length, flags, label, bits)
+            _append(<bytearray>self._held_lines[index], self._text.data, self._text.size)
+            return True
+        del self.held[index]
+        lines = self._held_lines.pop(index)
+        if refusal:
+            held.append(seg)
             self._released(index, _hindsight.settle(held))
+            return True
+        self._add(index, PyByteArray_AS_STRING(lines), PyByteArray_GET_SIZE(lines))
+        self._line(conn, fwd, frame, ts, rel_seq, rel_ack, length, flags, label, bits)
+        self._add(index, self._text.data, self._text.size)
         return True
 
     def _released(self, index, segments):
         t0 = segments[0].ts
         for s in segments:
-            self._add(index, _report.format_segment(s, t0))
+            line = (_report.format_segment(s, t0) + "\n").encode()
+            self._add(index, line, len(line))
 
     def release(self):
         """The connections still held (SYNs never answered), as they are, in order; then
         every line not yet handed to ``ladders``."""
         for index in sorted(self.held):
-            self._released(index, self.held.pop(index))
+            del self.held[index]
+            lines = self._held_lines.pop(index)
+            self._add(index, PyByteArray_AS_STRING(lines), PyByteArray_GET_SIZE(lines))
         self._hand_over()
 
     cdef _line(self, TrackedConn conn, TrackedFlow fwd, long long frame, double ts,
                long long rel_seq, object rel_ack, long long length, int flags, object label,
                int bits):
-        cdef Buf *b = &self.out
+        """The segment's line, UTF-8 with its newline, in ``self._text``."""
+        cdef Buf *b = &self._text
         cdef Py_ssize_t start
         b.size = 0
         # f"{frame:>7} {ms:>10.3f} ms  {arrow} {label:<9} {flags:<4} {detail:<34} {states}{analysis}"
@@ -441,7 +478,7 @@ cdef class Ladder(Output):
             if text is None:
                 text = self._analysis[bits] = "  [" + ", ".join([a.value for a in analysis_names(bits)]) + "]"
             _put_text(b, text)
-        self._add(conn.index, _take(b))
+        _put(b, "\n", 1)
 
     def datagram(self, d):
         if not self.filtered:
