@@ -38,7 +38,6 @@ import pickle
 import signal
 import sys
 from array import array
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -116,10 +115,11 @@ class LadderSpill:
     of them.  Bytes, not strings: the compiled ladder makes UTF-8 and the output is
     UTF-8, so nothing is decoded or encoded in between.
 
-    Each flush writes every connection's lines in memory, in connection order, and
-    keeps for that flush the connections and where their lines start (two arrays, 16
-    bytes a connection): :meth:`pop` finds a connection in each flush by bisection and
-    reads its chunks back in the order they were written."""
+    Each flush appends every connection's lines in memory to the file as one chunk,
+    and notes the chunk (where it starts, how long, the same connection's chunk before
+    it: 20 bytes) and each connection's last chunk (8 bytes): :meth:`pop` follows a
+    connection's chunks back and reads them in the order they were written, whatever
+    the number of flushes."""
 
     def __init__(self, budget: int = 16 << 20) -> None:
         self._mem: dict[int, bytearray] = {}
@@ -127,7 +127,10 @@ class LadderSpill:
         self._budget = budget
         self._file: Any = None  # the temporary file, once lines went to it
         self._written = 0  # bytes in it
-        self._flushes: list[tuple[array[int], array[int]]] = []  # (keys, their offsets + the end)
+        self._last = array("q")  # by key: its newest chunk, -1 if none
+        self._start = array("q")  # by chunk: where it starts in the file
+        self._length = array("I")  # by chunk: its length (a flush is at most a few budgets)
+        self._before = array("q")  # by chunk: the same key's chunk before it, -1 if none
 
     def add(self, key: int, line: str) -> None:
         data = (line + "\n").encode()
@@ -157,37 +160,44 @@ class LadderSpill:
     def _flush(self) -> None:
         import tempfile
 
-        keys = sorted(self._mem)
-        offsets = array("q", [self._written])
-        for key in keys:
-            offsets.append(offsets[-1] + len(self._mem[key]))
+        mem, last = self._mem, self._last
         try:
             if self._file is None:
                 self._file = tempfile.TemporaryFile()
-            self._file.writelines([self._mem[key] for key in keys])
+            self._file.writelines(mem.values())
         except OSError as exc:
             raise OutputError(f"cannot write the ladder's temporary file: {exc.strerror or exc}") from None
-        self._flushes.append((array("q", keys), offsets))
-        self._written = offsets[-1]
-        self._mem.clear()
+        at = self._written
+        for key, lines in mem.items():
+            if key >= len(last):
+                last.extend([-1] * (key + 1 - len(last)))
+            self._before.append(last[key])
+            last[key] = len(self._start)
+            self._start.append(at)
+            self._length.append(len(lines))
+            at += len(lines)
+        self._written = at
+        mem.clear()
         self._size = 0
 
     def pop(self, key: int) -> bytes:
-        """Every line of ``key``, in order, each ending in a newline; those in memory
-        are forgotten (pop each key once: the file keeps its part until :meth:`close`)."""
+        """Every line of ``key`` (a connection or flow number), in order, each ending in
+        a newline, and forgets them (the file keeps their bytes until :meth:`close`)."""
         tail = self._mem.pop(key, b"")
-        if self._file is None:
+        chunk = self._last[key] if 0 <= key < len(self._last) else -1
+        if chunk < 0:
             return bytes(tail)
-        chunks: list[bytes] = []
+        self._last[key] = -1
+        chunks = [tail]
         try:
             self._file.flush()
-            for keys, offsets in self._flushes:
-                i = bisect_left(keys, key)
-                if i < len(keys) and keys[i] == key:
-                    chunks.append(os.pread(self._file.fileno(), offsets[i + 1] - offsets[i], offsets[i]))
+            fd = self._file.fileno()
+            while chunk >= 0:
+                chunks.append(os.pread(fd, self._length[chunk], self._start[chunk]))
+                chunk = self._before[chunk]
         except OSError as exc:
             raise OutputError(f"cannot read the ladder's temporary file: {exc.strerror or exc}") from None
-        chunks.append(tail)
+        chunks.reverse()
         return b"".join(chunks)
 
     def close(self) -> None:

@@ -114,6 +114,7 @@ def test_ladder_lines_spill_and_come_back_in_order():
     assert [spill.pop(k) for k in (2, 0, 1)] == ["".join(f"{x}\n" for x in want[k]).encode()
                                                  for k in (2, 0, 1)]
     assert spill.pop(5) == b""
+    assert spill.pop(1) == b"", "popped once, forgotten"
     spill.close()
 
 
