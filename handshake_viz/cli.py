@@ -416,7 +416,10 @@ def _preload(*, plot: bool, draw: bool = True) -> None:
         for name in names:
             importlib.import_module(name)
         if plot and draw:
-            _draw_once()
+            try:
+                _draw_once()
+            except Exception:  # noqa: BLE001  (a warm-up must never cost the capture: the
+                pass  # real drawing, after it, says what is wrong in one line)
     finally:  # the traced command gets the environment it was given
         for key, value in saved.items():
             if value is None:
