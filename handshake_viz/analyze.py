@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import struct
 import sys
 from array import array
 from collections import deque
@@ -116,21 +117,21 @@ class LadderSpill:
     UTF-8, so nothing is decoded or encoded in between.
 
     Each flush appends every connection's lines in memory to the file as one chunk,
-    and notes the chunk (where it starts, how long, the same connection's chunk before
-    it: 20 bytes) and each connection's last chunk (8 bytes): :meth:`pop` follows a
-    connection's chunks back and reads them in the order they were written, whatever
-    the number of flushes."""
+    followed by where the same connection's chunk before it ends and this chunk's
+    length (12 bytes); memory keeps only where each connection's last chunk ends (8
+    bytes a connection), so that memory does not grow with the ladder.  :meth:`pop`
+    follows a connection's chunks back and returns them in the order they were
+    written, whatever the number of flushes."""
 
-    def __init__(self, budget: int = 16 << 20) -> None:
+    _LINK = struct.Struct("<qI")  # after a chunk: the previous chunk's link (-1: none), its length
+
+    def __init__(self, budget: int = 4 << 20) -> None:
         self._mem: dict[int, bytearray] = {}
         self._size = 0
         self._budget = budget
         self._file: Any = None  # the temporary file, once lines went to it
         self._written = 0  # bytes in it
-        self._last = array("q")  # by key: its newest chunk, -1 if none
-        self._start = array("q")  # by chunk: where it starts in the file
-        self._length = array("I")  # by chunk: its length (a flush is at most a few budgets)
-        self._before = array("q")  # by chunk: the same key's chunk before it, -1 if none
+        self._last = array("q")  # by key: where its last chunk's link is in the file, -1: none
 
     def add(self, key: int, line: str) -> None:
         data = (line + "\n").encode()
@@ -160,22 +161,22 @@ class LadderSpill:
     def _flush(self) -> None:
         import tempfile
 
-        mem, last = self._mem, self._last
-        try:
-            if self._file is None:
-                self._file = tempfile.TemporaryFile()
-            self._file.writelines(mem.values())
-        except OSError as exc:
-            raise OutputError(f"cannot write the ladder's temporary file: {exc.strerror or exc}") from None
+        mem, last, link = self._mem, self._last, self._LINK.pack
+        parts: list[bytes | bytearray] = []
         at = self._written
         for key, lines in mem.items():
             if key >= len(last):
                 last.extend([-1] * (key + 1 - len(last)))
-            self._before.append(last[key])
-            last[key] = len(self._start)
-            self._start.append(at)
-            self._length.append(len(lines))
+            parts += (lines, link(last[key], len(lines)))
             at += len(lines)
+            last[key] = at
+            at += self._LINK.size
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile()
+            self._file.writelines(parts)
+        except OSError as exc:
+            raise OutputError(f"cannot write the ladder's temporary file: {exc.strerror or exc}") from None
         self._written = at
         mem.clear()
         self._size = 0
@@ -184,17 +185,19 @@ class LadderSpill:
         """Every line of ``key`` (a connection or flow number), in order, each ending in
         a newline, and forgets them (the file keeps their bytes until :meth:`close`)."""
         tail = self._mem.pop(key, b"")
-        chunk = self._last[key] if 0 <= key < len(self._last) else -1
-        if chunk < 0:
+        where = self._last[key] if 0 <= key < len(self._last) else -1
+        if where < 0:
             return bytes(tail)
         self._last[key] = -1
         chunks = [tail]
+        unpack, size = self._LINK.unpack, self._LINK.size
         try:
             self._file.flush()
             fd = self._file.fileno()
-            while chunk >= 0:
-                chunks.append(os.pread(fd, self._length[chunk], self._start[chunk]))
-                chunk = self._before[chunk]
+            while where >= 0:
+                before, length = unpack(os.pread(fd, size, where))
+                chunks.append(os.pread(fd, length, where - length))
+                where = before
         except OSError as exc:
             raise OutputError(f"cannot read the ladder's temporary file: {exc.strerror or exc}") from None
         chunks.reverse()
