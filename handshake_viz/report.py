@@ -312,7 +312,7 @@ def format_summary(s: ConnectionSummary) -> str:
     """One line per connection: endpoints, duration, bytes each way, Zeek conn_state/history."""
     guess = " (roles guessed)" if s.roles_guessed else ""
     return (
-        f"conn {s.conn}: {s.client} → {s.server}{guess}  {s.segments} segments  "
+        f"conn {s.conn}: {s.client} → {s.server}{guess}  {s.segments} segment{'' if s.segments == 1 else 's'}  "
         f"{s.duration * 1000:.3f} ms  {s.bytes_c2s} B →  {s.bytes_s2c} B ←  "
         f"{s.conn_state} {s.history or '-'}  (client {s.client_state.value}, server {s.server_state.value})"
     )
@@ -337,7 +337,7 @@ def format_datagram(d: Datagram, t0: float | None = None) -> str:
 def format_flow_summary(s: FlowSummary) -> str:
     """One line per UDP flow: endpoints, duration, datagrams and bytes each way."""
     back = s.datagrams - s.datagrams_c2s
-    return (f"flow {s.flow} (UDP): {s.client} → {s.server}  {s.datagrams} datagrams "
+    return (f"flow {s.flow} (UDP): {s.client} → {s.server}  {s.datagrams} datagram{'' if s.datagrams == 1 else 's'} "
             f"({s.datagrams_c2s} →, {back} ←)  {s.duration * 1000:.3f} ms  {s.bytes_c2s} B →  "
             f"{s.bytes_s2c} B ←  (no handshake, no acknowledgements, no close)")
 

@@ -89,6 +89,22 @@ def test_connection_line_equals_json_dumps_for_unusual_values():
         assert report.connection_jsonl(s) == json.dumps(s.to_json())
 
 
+def test_summary_lines_count_in_the_singular_for_one():
+    from handshake_viz.model import FlowSummary
+
+    def conn(n: int) -> ConnectionSummary:
+        return ConnectionSummary(0, Endpoint("10.0.0.1", 40000), Endpoint("10.0.0.2", 80), 1.5, 1.5, n,
+                                 0, 0, "S0", "S", TcpState.SYN_SENT, TcpState.LISTEN)
+
+    def flow(n: int) -> FlowSummary:
+        return FlowSummary(0, Endpoint("10.0.0.1", 5000), Endpoint("10.0.0.2", 53), 1.0, 1.0, n, n, 36, 0)
+
+    assert "  1 segment  " in report.format_summary(conn(1))
+    assert "  2 segments  " in report.format_summary(conn(2))
+    assert "  1 datagram (1 →, 0 ←)" in report.format_flow_summary(flow(1))
+    assert "  3 datagrams (3 →, 0 ←)" in report.format_flow_summary(flow(3))
+
+
 @pytest.mark.skipif(not TRACES, reason=f"third-party corpus not found at {CORPUS}")
 @pytest.mark.parametrize("trace", TRACES, ids=lambda p: p.name)
 def test_corpus_lines_equal_json_dumps(trace):
