@@ -1124,19 +1124,26 @@ def test_replay_inject_without_privileges(tmp_path: Path) -> None:
     assert res.stdout == ""
 
 
-@pytest.mark.live
-def test_cli_capture_under_sudo_leaves_files_the_user_owns(live: None, nobody_dir: Path) -> None:
-    """`sudo hsviz capture … --plot`: the pcap and the drawing are made by who ran sudo."""
+def _capture_plot_as_nobody(cwd: Path, *, python: list[str] | None = None,
+                            env: dict[str, str] | None = None) -> tuple[int, _Cli]:
+    """`sudo hsviz capture --port P -o f.pcap --plot` as if NOBODY ran sudo, over one
+    conversation, ended by SIGTERM: the exit status and the command."""
     srv = _listener()
-    port = srv.getsockname()[1]
-    cli = _Cli(["--port", str(port), "-o", "f.pcap", "--plot"], nobody_dir,
-               env={"SUDO_UID": str(NOBODY), "SUDO_GID": "65533"})
+    cli = _Cli(["--port", str(srv.getsockname()[1]), "-o", "f.pcap", "--plot"], cwd, python=python,
+               env={"SUDO_UID": str(NOBODY), "SUDO_GID": "65533", **(env or {})})
     cli.wait_ready()
     _conversation(srv)
     time.sleep(0.3)
     cli.proc.send_signal(signal.SIGTERM)
     rc = cli.finish()
     srv.close()
+    return rc, cli
+
+
+@pytest.mark.live
+def test_cli_capture_under_sudo_leaves_files_the_user_owns(live: None, nobody_dir: Path) -> None:
+    """`sudo hsviz capture … --plot`: the pcap and the drawing are made by who ran sudo."""
+    rc, cli = _capture_plot_as_nobody(nobody_dir)
     assert rc == 0, "".join(cli.err)
     files = sorted(p.name for p in nobody_dir.iterdir())
     assert files == ["f.pcap", "f.png"], files
@@ -1146,6 +1153,7 @@ def test_cli_capture_under_sudo_leaves_files_the_user_owns(live: None, nobody_di
     assert (nobody_dir / "f.pcap").stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.live
 def test_cli_capture_plot_as_a_user_who_cannot_read_hsviz_itself(live: None, nobody_dir: Path,
                                                                  tmp_path: Path) -> None:
     """hsviz installed where only root can read it (a venv under /root, a 0700 temp
@@ -1156,20 +1164,12 @@ def test_cli_capture_plot_as_a_user_who_cannot_read_hsviz_itself(live: None, nob
     hidden.mkdir(mode=0o700)
     shutil.copytree(Path(handshake_viz.__file__).parent, hidden / "handshake_viz",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    srv = _listener()
-    port = srv.getsockname()[1]
     # -S: no site, so no editable-install finder to fall back on; the libraries (readable)
     # come after the hidden package on the path.
     libraries = sysconfig.get_paths()["purelib"]
-    cli = _Cli(["--port", str(port), "-o", "f.pcap", "--plot"], nobody_dir, python=["-S"],
-               env={"SUDO_UID": str(NOBODY), "SUDO_GID": "65533",
-                    "PYTHONPATH": os.pathsep.join([str(hidden), libraries]), "PYTHONDONTWRITEBYTECODE": "1"})
-    cli.wait_ready()
-    _conversation(srv)
-    time.sleep(0.3)
-    cli.proc.send_signal(signal.SIGTERM)
-    rc = cli.finish()
-    srv.close()
+    rc, cli = _capture_plot_as_nobody(nobody_dir, python=["-S"],
+                                      env={"PYTHONPATH": os.pathsep.join([str(hidden), libraries]),
+                                           "PYTHONDONTWRITEBYTECODE": "1"})
     assert rc == 0, "".join(cli.err)
     assert sorted(p.name for p in nobody_dir.iterdir()) == ["f.pcap", "f.png"]
     assert (nobody_dir / "f.png").read_bytes()[:4] == b"\x89PNG"
