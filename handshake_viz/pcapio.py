@@ -170,6 +170,11 @@ class ReadStats:
         self.records, self.decoded, self.skipped = records, decoded, skipped
         self.malformed, self.snaplen_cut = malformed, snaplen_cut
 
+    def count(self, decoded: int, malformed: int) -> None:
+        """What the decoder made of the :attr:`records` read: the rest were skipped."""
+        self.decoded, self.malformed = decoded, malformed
+        self.skipped = self.records - decoded - malformed
+
 
 class Decoder(Protocol):
     """What :meth:`CaptureFile.walk` calls for each frame (see there)."""
@@ -396,29 +401,62 @@ class CaptureFile:
         ``False`` (malformed).  This loop is the hot path of a whole-file analysis: it
         unpacks record headers in place in large chunks and never copies a frame.
         """
+        positions = self.positions()
+        nok = nbad = 0
+        try:
+            for lt, buf, start, end, frame, ts, extra in positions:
+                r = decode(lt, buf, start, end, frame, ts, extra, make, make_udp)
+                if r:
+                    nok += 1
+                    yield r
+                elif r is not None:
+                    nbad += 1
+        finally:
+            positions.close()  # its counts first (a reader that stops early)
+            self.stats.count(nok, nbad)
+
+    def positions(self) -> Iterator[tuple[int, bytes, int, int, int, float, int]]:
+        """Where each record's frame is, in file order: ``(linktype, buf, start, end,
+        frame, ts, extra)``, the frame being ``buf[start:end]`` (see :meth:`walk`).
+
+        Records of a link type this reader does not decode are counted and passed over.
+        :attr:`stats` gets the records read and those the snaplen cut; whoever decodes
+        the frames sets the rest (:meth:`ReadStats.count`).
+        """
         if self.format == "pcap":
-            return self._walk_pcap(decode, make, make_udp)
-        return self._walk_pcapng(decode, make, make_udp)
+            return self._pcap_positions()
+        return self._pcapng_positions()
 
     def frames(self) -> Iterator[Frame]:
         """Each record as a :class:`Frame` (its bytes copied), in file order."""
         return self.walk(_as_frame, Frame)
 
-    def _refill(self, buf: bytes, pos: int, size: int, *counts: int) -> bytes:
+    def _refill(self, buf: bytes, pos: int, size: int, records: int, ncut: int) -> bytes:
         """The unread rest of ``buf``, then (up to) ``size`` more bytes of the file; the
-        walk's ``counts`` so far (:meth:`ReadStats.set`'s) go to :attr:`stats`, and the
-        records read to :attr:`progress`."""
-        self.stats.set(*counts)
+        walk's counts so far go to :attr:`stats`, and the records read to
+        :attr:`progress`."""
+        self.stats.records, self.stats.snaplen_cut = records, ncut
         if self.progress is not None:
-            self.progress(counts[0])
+            self.progress(records)
         return buf[pos:] + self._read(size)
+
+    def _next_chunk(self, buf: bytes, pos: int, records: int, ncut: int, least: int,
+                    truncated: str) -> bytes:
+        """:meth:`_refill` by a chunk; empty at the end of the file, with the warning
+        ``truncated`` (``{}``: the bytes left) when fewer than the ``least`` bytes a
+        header needs are left."""
+        buf = self._refill(buf, pos, CHUNK, records, ncut)
+        if len(buf) >= least:
+            return buf
+        if buf:
+            self.stats.warnings.append(f"{self.name}: {truncated.format(len(buf))}")
+        return b""
 
     def _read(self, n: int) -> bytes:
         """Read ``n`` bytes (fewer only at end of file)."""
         return self._read_at_least(self._stream, n, n)
 
-    def _walk_pcap(self, decode: Decoder, make: Callable[..., Any],
-                   make_udp: Callable[..., Any] | None) -> Iterator[Any]:
+    def _pcap_positions(self) -> Iterator[tuple[int, bytes, int, int, int, float, int]]:
         name = self.name
         stats = self.stats
         buf = self._start()
@@ -428,18 +466,15 @@ class CaptureFile:
         maxcap = max(MAX_CAPLEN, self.snaplen)
         pos = _PCAP_HEADER_LEN
         blen = len(buf)
-        frame = nok = nskip = nbad = ncut = 0
+        frame = ncut = 0
         try:
             while True:
                 if blen - pos < 16:
-                    buf = self._refill(buf, pos, CHUNK, frame, nok, nskip, nbad, ncut)
-                    pos, blen = 0, len(buf)
-                    if blen < 16:
-                        if blen:
-                            stats.warnings.append(
-                                f"{name}: record {frame + 1} header truncated: {blen} of 16 bytes"
-                            )
+                    buf = self._next_chunk(buf, pos, frame, ncut, 16,
+                                           f"record {frame + 1} header truncated: {{}} of 16 bytes")
+                    if not buf:
                         return
+                    pos, blen = 0, len(buf)
                 sec, frac, caplen, wirelen = rec(buf, pos)
                 if caplen > maxcap:
                     raise CaptureFileError(
@@ -449,7 +484,7 @@ class CaptureFile:
                 start = pos + 16
                 end = start + caplen
                 if end > blen:
-                    buf = self._refill(buf, pos, max(CHUNK, end - blen), frame, nok, nskip, nbad, ncut)
+                    buf = self._refill(buf, pos, max(CHUNK, end - blen), frame, ncut)
                     pos, blen = 0, len(buf)
                     start, end = 16, 16 + caplen
                     if end > blen:
@@ -461,29 +496,20 @@ class CaptureFile:
                 pos = end
                 if wirelen > caplen:
                     ncut += 1
-                    extra = wirelen - caplen
+                    yield lt, buf, start, end, frame, sec + frac / units, wirelen - caplen
                 else:
-                    extra = 0
-                r = decode(lt, buf, start, end, frame, sec + frac / units, extra, make, make_udp)
-                if r:
-                    nok += 1
-                    yield r  # type: ignore[misc]
-                elif r is None:
-                    nskip += 1
-                else:
-                    nbad += 1
+                    yield lt, buf, start, end, frame, sec + frac / units, 0
         finally:
-            stats.set(frame, nok, nskip, nbad, ncut)
+            stats.records, stats.snaplen_cut = frame, ncut
 
-    def _walk_pcapng(self, decode: Decoder, make: Callable[..., Any],
-                     make_udp: Callable[..., Any] | None) -> Iterator[Any]:
+    def _pcapng_positions(self) -> Iterator[tuple[int, bytes, int, int, int, float, int]]:
         name = self.name
         stats = self.stats
         buf = self._start()
         pos = 0
         base = 0  # file offset of buf[0], for messages
         blen = len(buf)
-        frame = nok = nskip = nbad = ncut = 0
+        frame = ncut = 0
         order = "<"
         hdr = struct.Struct("<3I").unpack_from  # block type, block length, first field
         # block type, length, then (EPB) interface, ts high, ts low, caplen, wirelen
@@ -495,15 +521,11 @@ class CaptureFile:
             while True:
                 if blen - pos < 28:
                     base += pos
-                    buf = self._refill(buf, pos, CHUNK, frame, nok, nskip, nbad, ncut)
-                    pos, blen = 0, len(buf)
-                    if blen < 12:
-                        if blen:
-                            stats.warnings.append(
-                                f"{name}: pcapng block at byte {base} truncated: "
-                                f"{blen} of at least 12 bytes"
-                            )
+                    buf = self._next_chunk(buf, pos, frame, ncut, 12, f"pcapng block at byte {base} "
+                                           "truncated: {} of at least 12 bytes")
+                    if not buf:
                         return
+                    pos, blen = 0, len(buf)
                 if blen - pos >= 28:
                     btype, size, iid, hi, lo, caplen, wirelen = blk(buf, pos)
                 else:  # a small block at the very end of the file
@@ -528,7 +550,7 @@ class CaptureFile:
                     )
                 if pos + size > blen:
                     base += pos
-                    buf = self._refill(buf, pos, max(CHUNK, pos + size - blen), frame, nok, nskip, nbad, ncut)
+                    buf = self._refill(buf, pos, max(CHUNK, pos + size - blen), frame, ncut)
                     pos, blen = 0, len(buf)
                     if blen >= 28:
                         btype, size, iid, hi, lo, caplen, wirelen = blk(buf, 0)
@@ -584,24 +606,14 @@ class CaptureFile:
                 else:
                     start = -1  # not a packet
                 if start >= 0:  # a packet block, of either kind
-                    end = start + caplen
                     pos += size
-                    if wirelen > caplen:
+                    extra = wirelen - caplen
+                    if extra > 0:
                         ncut += 1
-                        extra = wirelen - caplen
                     else:
                         extra = 0
-                    if not ok:
-                        nskip += 1
-                        continue
-                    r = decode(lt, buf, start, end, frame, ts, extra, make, make_udp)
-                    if r:
-                        nok += 1
-                        yield r  # type: ignore[misc]
-                    elif r is None:
-                        nskip += 1
-                    else:
-                        nbad += 1
+                    if ok:
+                        yield lt, buf, start, start + caplen, frame, ts, extra
                     continue
                 if btype == 1:  # Interface Description Block
                     if size < 20:
@@ -622,7 +634,7 @@ class CaptureFile:
                     ifaces = []
                 pos += size
         finally:
-            stats.set(frame, nok, nskip, nbad, ncut)
+            stats.records, stats.snaplen_cut = frame, ncut
 
     # -- resources ----------------------------------------------------------
 
@@ -688,6 +700,21 @@ def _why(exc: BaseException) -> str:
 _F = TypeVar("_F", bound="CaptureFile")
 
 
+def _open_for_reading(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], shown: str,
+                      buffering: int = -1) -> BinaryIO:
+    """``path`` opened to read bytes, or a :class:`CaptureFileError` naming ``shown``."""
+    try:
+        return open(path, "rb", buffering=buffering)  # noqa: SIM115 - the caller closes it
+    except FileNotFoundError:
+        raise CaptureFileError(f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise CaptureFileError(f"{shown}: is a directory, not a capture file") from None
+    except PermissionError:
+        raise CaptureFileError(f"{shown}: permission denied") from None
+    except OSError as exc:
+        raise os_error(exc, shown, "open", CaptureFileError) from None
+
+
 def open_file(source: Source, *, supported: Mapping[int, str], name: str | None = None,
               stats: ReadStats | None = None, cls: type[_F] = CaptureFile) -> _F:  # type: ignore[assignment]
     """Open a pcap or pcapng capture (possibly gzip-compressed) for reading its records.
@@ -703,16 +730,7 @@ def open_file(source: Source, *, supported: Mapping[int, str], name: str | None 
         shown = name or (path if isinstance(path, str) else os.fsdecode(path))
         if path == "-":
             return cls(sys.stdin.buffer, name or "-", owns=False, supported=supported, stats=stats)
-        try:
-            stream = open(path, "rb", buffering=0)  # we do our own large reads
-        except FileNotFoundError:
-            raise CaptureFileError(f"{shown}: no such file") from None
-        except IsADirectoryError:
-            raise CaptureFileError(f"{shown}: is a directory, not a capture file") from None
-        except PermissionError:
-            raise CaptureFileError(f"{shown}: permission denied") from None
-        except OSError as exc:
-            raise os_error(exc, shown, "open", CaptureFileError) from None
+        stream = _open_for_reading(path, shown, buffering=0)  # we do our own large reads
         try:
             return cls(stream, shown, owns=True, supported=supported, stats=stats)  # type: ignore[arg-type]
         except BaseException:
@@ -1073,14 +1091,7 @@ class _Source:
 
     def __init__(self, path: Path, name: str) -> None:
         self.name = name
-        try:
-            raw: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in close()
-        except FileNotFoundError:
-            raise CaptureFileError(f"{name}: no such file") from None
-        except IsADirectoryError:
-            raise CaptureFileError(f"{name}: is a directory, not a capture file") from None
-        except OSError as exc:
-            raise os_error(exc, name, "open", CaptureFileError) from None
+        raw = _open_for_reading(path, name)  # closed in close()
         self._raw = raw
         head = raw.read(2)
         raw.seek(0)

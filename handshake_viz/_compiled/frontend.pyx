@@ -6,9 +6,9 @@ beside it, typed by the ``.pxd`` files here).  This file is the rest of the per-
 loop, written for Cython alone because the Python versions are built on ``struct``
 and ``%``-formatting, which compiled code cannot make fast:
 
-* :meth:`Walk.pcap`: the record walk over a pcap file (``pcapio.CaptureFile._walk_pcap``,
-  its messages and counts the same; a plain file is mapped, not read), and :meth:`Walk.records` for pcapng (the Python
-  walk, each frame handed to this decoder);
+* ``Walk._pcap``: the record walk over a pcap file (``pcapio.CaptureFile._pcap_positions``,
+  its messages and counts the same; a plain file is mapped, not read), and ``Walk._records``
+  for pcapng (the Python walk's ``positions``, each frame decoded here);
 * ``Walk._frame``: the decoder's fast path (Ethernet, IPv4 without options,
   unfragmented TCP: ``decode._decode``'s first test, the same fields); every other
   frame goes to ``decode._decode`` itself;
@@ -686,12 +686,6 @@ cdef class Walk:
         self.tally[status] += 1
         return status
 
-    def decoder(self, lt, bytes buf, start, end, frame, ts, extra, make, make_udp):
-        """``_frame`` as ``pcapio.CaptureFile.walk`` calls a decoder (pcapng files)."""
-        cdef int r = self._frame(lt, buf, <const unsigned char *>PyBytes_AS_STRING(buf), start, end,
-                                 frame, ts, extra)
-        return True if r > 0 else None if r == 0 else False
-
     def run(self, reader):
         """Walk ``reader`` (an open ``decode.CaptureReader``) to its end; yields the sink's
         text now and then (``""`` never).  A file error is raised after the text of the
@@ -712,14 +706,30 @@ cdef class Walk:
             yield self.sink.take()
 
     def _records(self, reader):
-        cdef long long n = 0
-        for _ in reader.walk(self.decoder, None, None):
-            n += 1
-            if n & 1023 == 0 and self.sink.pending():
-                yield self.sink.take()
+        """Any capture but a pcap file: ``pcapio.CaptureFile.positions``' records, each
+        frame decoded here (the counts as ``CaptureFile.walk`` keeps them)."""
+        cdef long long n = 0, nok = 0, nbad = 0
+        cdef int r
+        cdef bytes data
+        positions = reader.positions()
+        try:
+            for lt, buf, start, end, frame, ts, extra in positions:
+                data = buf
+                r = self._frame(lt, data, <const unsigned char *>PyBytes_AS_STRING(data), start, end,
+                                frame, ts, extra)
+                if r > 0:
+                    nok += 1
+                elif r < 0:
+                    nbad += 1
+                n += 1
+                if n & 1023 == 0 and self.sink.pending():
+                    yield self.sink.take()
+        finally:
+            positions.close()
+            reader.stats.count(nok, nbad)
 
     def _pcap(self, reader):
-        """``pcapio.CaptureFile._walk_pcap``, compiled: the same records, counts, warnings
+        """``pcapio.CaptureFile._pcap_positions``, compiled: the same records, counts, warnings
         and errors.  A regular file is mapped (:func:`_mapped`: no copy of it is made,
         and the pages behind the walk are let go every chunk, so that memory stays
         flat); anything else is read into one buffer (``readinto``) instead of a new
