@@ -1176,16 +1176,31 @@ class _Mark:
 
 @dataclass(frozen=True, slots=True)
 class _QueuePlan:
-    """A listener's accept queue before x is known."""
+    """A listener's accept queue before x is known: its steps of constant depth, and the
+    slots its gauge draws; the rest follows from them."""
 
     lifeline: int
     queue: AcceptQueue
     steps: tuple[QueueStep, ...]
-    y0: float
-    y1: float
     slots: int
-    text: str
-    want_y: float  # where its note would sit (the lane's texts are moved apart)
+
+    @property
+    def y0(self) -> float:
+        return self.steps[0].y0
+
+    @property
+    def y1(self) -> float:
+        return self.steps[-1].y1
+
+    @property
+    def text(self) -> str:
+        return queue_text(self.queue)
+
+    @property
+    def want_y(self) -> float:
+        """Where its note would sit, beside the deepest step (the lane's texts are then
+        moved apart)."""
+        return max(self.steps, key=lambda st: st.depth).y0
 
 
 class _Planner:
@@ -1857,9 +1872,7 @@ class _Planner:
             if not steps or not queue_text(q):  # a queue where nothing stood out is not drawn
                 continue
             slots = q.limit if q.limit is not None and q.limit <= QUEUE_SLOTS else max(q.max_depth, 1)
-            top = max(steps, key=lambda st: st.depth)
-            self.queues.append(_QueuePlan(hits[0], q, tuple(steps), steps[0].y0, steps[-1].y1, slots,
-                                          queue_text(q), top.y0))
+            self.queues.append(_QueuePlan(hits[0], q, tuple(steps), slots))
 
     # --- x: lifelines spaced by what is written beside them ------------------------------------
 
