@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
@@ -174,6 +174,11 @@ class ReadStats:
         """What the decoder made of the :attr:`records` read: the rest were skipped."""
         self.decoded, self.malformed = decoded, malformed
         self.skipped = self.records - decoded - malformed
+
+
+# Where a record's frame is: (linktype, buf, start, end, frame, ts, extra), the frame
+# being buf[start:end] (CaptureFile.positions).
+Position = tuple[int, bytes, int, int, int, float, int]
 
 
 class Decoder(Protocol):
@@ -415,7 +420,7 @@ class CaptureFile:
             positions.close()  # its counts first (a reader that stops early)
             self.stats.count(nok, nbad)
 
-    def positions(self) -> Iterator[tuple[int, bytes, int, int, int, float, int]]:
+    def positions(self) -> Generator[Position, None, None]:
         """Where each record's frame is, in file order: ``(linktype, buf, start, end,
         frame, ts, extra)``, the frame being ``buf[start:end]`` (see :meth:`walk`).
 
@@ -456,7 +461,7 @@ class CaptureFile:
         """Read ``n`` bytes (fewer only at end of file)."""
         return self._read_at_least(self._stream, n, n)
 
-    def _pcap_positions(self) -> Iterator[tuple[int, bytes, int, int, int, float, int]]:
+    def _pcap_positions(self) -> Generator[Position, None, None]:
         name = self.name
         stats = self.stats
         buf = self._start()
@@ -502,7 +507,7 @@ class CaptureFile:
         finally:
             stats.records, stats.snaplen_cut = frame, ncut
 
-    def _pcapng_positions(self) -> Iterator[tuple[int, bytes, int, int, int, float, int]]:
+    def _pcapng_positions(self) -> Generator[Position, None, None]:
         name = self.name
         stats = self.stats
         buf = self._start()
