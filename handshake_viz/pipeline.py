@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -412,8 +412,6 @@ def trace_of_segments(
         flow_records.append(Flow(f, dgrams, tuple(align.calls_for_flow(f, dgrams, aligned))))
     view = None
     if kernel is not None:
-        from dataclasses import replace
-
         from handshake_viz.kerneljoin import join
 
         view = join(kernel, [(c.summary, c.segments) for c in connections], aligned, path=kernel.path)
@@ -454,8 +452,9 @@ def load(
     ``calls``: an strace log or a ``.calls.jsonl`` (or the Call records themselves);
     by default ``FILE.calls.jsonl`` beside the capture when it exists.  ``kernel``:
     an ``X.kernel.jsonl`` (or its KernelLog); by default the one beside the capture
-    when it exists; False: none.  ``conn`` keeps only those connections'
-    segments in memory (the rest are still tracked, for numbering).  Connections
+    when it exists; False: none.  ``conn`` keeps only those connections (the
+    rest are still tracked, for numbering), and only their segments in memory unless
+    there are traced calls (those are joined with every connection in view).  Connections
     without traced calls get calls inferred from their segments (``infer=False``
     leaves them without).  ``udp`` keeps UDP datagrams as flows.
     ``verify_checksums`` verifies every TCP checksum (:mod:`~handshake_viz.checksum`):
@@ -471,13 +470,17 @@ def load(
     wanted = _wanted(conn)
     given = calls is not None and not isinstance(calls, (str, Path))
     calls_path = None if given else calls_file_for(path, calls)  # type: ignore[arg-type]
+    # Traced calls are joined to their connections with every connection in view: a call
+    # of another connection (an accept() on the same listener) must not look like one of
+    # no connection, nor be taken for one of the wanted ones.
+    keeping = None if (given and calls) or calls_path is not None else wanted
     tracker: Tracker = engine.Tracker()
     flow_tracker = FlowTracker()
     segments: list[Segment] = []
     datagrams: list[Datagram] = []
     with open_capture(path) as reader:
         if engine.compiled:  # only the wanted connections' Segments are built
-            keep = engine.frontend.Keep(wanted)
+            keep = engine.frontend.Keep(keeping)
             for _ in walk_compiled(reader, tracker, keep, flow_tracker if udp else None,
                                    verify_checksums=verify_checksums):
                 pass
@@ -488,7 +491,7 @@ def load(
                               verify_checksums=verify_checksums):
                 if type(rec) is Datagram:
                     keep_dgram(rec)
-                elif wanted is None or rec.conn in wanted:
+                elif keeping is None or rec.conn in keeping:
                     keep_seg(rec)
         warnings = tuple(reader.stats.warnings)
         records = reader.stats.records
@@ -500,11 +503,14 @@ def load(
         missing = sorted(c for c in wanted if c >= len(summaries))
         if missing:
             raise NoSuchConnection(path, missing[0], len(summaries))
-        summaries = [s for s in summaries if s.conn in wanted]
+    if keeping is not None:
+        summaries = [s for s in summaries if s.conn in keeping]
     traced = list(calls) if given else _read_calls(calls_path)  # type: ignore[arg-type]
     trace = trace_of_segments(path, summaries, segments, traced, flows=flows, datagrams=datagrams,
                               infer=infer, warnings=warnings, calls_path=calls_path, records=records,
                               kernel=_kernel_log(path, kernel))
+    if wanted is not None and keeping is None:
+        trace = replace(trace, connections=tuple(c for c in trace.connections if c.conn in wanted))
     from handshake_viz.frames import remember
 
     remember(trace)  # seg.packet() finds its file through it

@@ -87,6 +87,21 @@ def test_bad_input_raises_the_project_error_with_the_cli_message(tmp_path):
         hv.load(CAPTURES / "echo.pcap", conn=7)
 
 
+@pytest.mark.parametrize("name", ["multi-client", "backlog", "time-wait"])
+def test_one_connection_loaded_alone_is_the_same_as_in_the_whole_trace(name):
+    # Loading only some connections (plot --conn) must not change them: another
+    # connection's accept() or read() on the same server is that connection's, not a
+    # call of no connection drawn on this one's server lane.
+    whole = hv.load(CAPTURES / f"{name}.pcap")
+    assert len(whole.connections) > 1 and whole.calls_path is not None
+    for c in whole.connections:
+        alone = hv.load(CAPTURES / f"{name}.pcap", conn=[c.conn])
+        assert [a.conn for a in alone.connections] == [c.conn]
+        assert alone.connections[0].calls == c.calls
+        assert alone.connections[0].segments == c.segments
+        assert alone.calls == whole.calls
+
+
 def test_capture_from_the_api_returns_a_trace(tmp_path, live):
     import socket
     import threading
