@@ -13,7 +13,7 @@ The work is a stream of *items*, made by :func:`produce` and written by
 
 With ``jobs=1`` the items go straight from :func:`produce` to the writer.  With
 ``jobs=2`` (the default for ``--jsonl`` on a large file when two CPUs are free)
-:func:`produce` runs in a forked child that decodes and tracks, and sends only the
+:func:`produce` runs in a forked child (:class:`~handshake_viz.child.Child`) that decodes and tracks, and sends only the
 TrackFields half of each row over a pipe, pickled 128 rows at a time; the parent
 decodes the file a second time for the PacketFields half, pairs them up and
 writes the JSON.  Decoding and tracking take about 60 % of one process's time,
@@ -34,21 +34,19 @@ Finished connections are kept in a temporary file
 from __future__ import annotations
 
 import os
-import pickle
-import signal
 import struct
-import sys
 from array import array
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from typing import Any, Literal
 
 from handshake_viz import engine, pipeline, report
+from handshake_viz.child import Child
 from handshake_viz.decode import CaptureReader, open_capture
-from handshake_viz.errors import (CaptureFileError, HsvizError, NoSuchConnection, OutputError, UsageError,
-                                  WorkerError)
+from handshake_viz.errors import CaptureFileError, HsvizError, NoSuchConnection, OutputError, UsageError
 from handshake_viz.flows import FlowTracker
 from handshake_viz.hindsight import Settler
 from handshake_viz.model import Datagram, Segment
@@ -62,7 +60,6 @@ Mode = Literal["jsonl", "summary", "ladder"]
 
 BATCH = 128  # rows per item: small batches keep the child's freshly made rows in cache
 PARALLEL_MIN_BYTES = 16 << 20  # below ~100,000 packets a second process is not worth starting
-_PIPE_SIZE = 1 << 20  # room for a few hundred batches, so neither side waits on the other
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,7 +384,8 @@ def analyze_file(
             return _consume(produce(path, mode, want, verify_checksums=verify_checksums,
                                     progress=progress), None, path, want, write, warn, write_bytes)
         # (the parent's half of each row is the decoder's alone: no checksum in it)
-        with _Child(path, mode, want, verify_checksums) as items, open_capture(path) as reader:
+        child = Child(path, partial(produce, path, mode, want, split=True, verify_checksums=verify_checksums))
+        with child as items, open_capture(path) as reader:
             if progress is not None:
                 progress.watch(reader)
             return _consume(items, reader.records(report.packet_fields, report.udp_fields), path,
@@ -453,120 +451,3 @@ def _consume(
     return end.connections
 
 
-# ----------------------------------------------------------------------------------------
-# The child process
-# ----------------------------------------------------------------------------------------
-
-
-class _Child:
-    """``with _Child(path, mode, want) as items:`` runs :func:`produce` in a forked child
-    and iterates its items in the parent.
-
-    The child ignores SIGINT (Ctrl-C is the parent's to handle) and is killed when the
-    parent leaves the ``with`` block early, on any error or interrupt, or when the
-    reader of the output went away.  An error the child raises on purpose
-    (HsvizError) is sent over and raised again in the parent; any other exception is
-    a bug, and its traceback is printed by the child.
-    """
-
-    def __init__(self, path: str, mode: Mode, want: int | None, verify: bool = False) -> None:
-        self._args = (path, mode, want, verify)
-        self._pid = 0
-        self._rfd = -1
-
-    def __enter__(self) -> Iterator[Item]:
-        # Output still buffered in the parent would be written twice once the child
-        # flushes its copy of the buffers: flush before forking.
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        rfd, wfd = os.pipe()
-        try:
-            import fcntl
-
-            fcntl.fcntl(wfd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
-        except OSError:
-            pass  # a smaller pipe only makes the two sides wait more often
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            os.close(rfd)
-            _child_main(wfd, *self._args)
-        os.close(wfd)
-        self._pid, self._rfd = pid, rfd
-        return self._items()
-
-    def _items(self) -> Iterator[Item]:
-        with os.fdopen(self._rfd, "rb", buffering=1 << 16, closefd=True) as pipe:
-            self._rfd = -1
-            read = pipe.read
-            loads = pickle.loads
-            while True:
-                head = read(4)
-                if len(head) < 4:
-                    raise WorkerError(self._died())
-                size = int.from_bytes(head, "little")
-                blob = read(size)
-                if len(blob) < size:
-                    raise WorkerError(self._died())
-                kind, value = loads(blob)
-                if kind == "error":
-                    raise value
-                if kind == "done":
-                    return
-                yield kind, value
-
-    def _died(self) -> str:
-        path = self._args[0]
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = 0
-        if os.WIFSIGNALED(status):
-            how = f"killed by signal {os.WTERMSIG(status)}"
-        else:
-            how = f"exit status {os.waitstatus_to_exitcode(status)}"
-        return f"{path}: the analysing process stopped early ({how})"
-
-    def __exit__(self, *exc: object) -> None:
-        if self._rfd >= 0:
-            os.close(self._rfd)
-        if self._pid:
-            try:
-                os.kill(self._pid, signal.SIGKILL)
-            except ProcessLookupError:  # pragma: no cover - already gone
-                pass
-            os.waitpid(self._pid, 0)
-            self._pid = 0
-
-
-def _child_main(wfd: int, path: str, mode: Mode, want: int | None, verify: bool) -> None:
-    """Run :func:`produce` and send its items; exit without returning to the caller."""
-    status = 0
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        with os.fdopen(wfd, "wb", buffering=1 << 16) as pipe:
-            write, flush = pipe.write, pipe.flush
-            dumps = pickle.dumps
-            try:
-                for item in produce(path, mode, want, split=True, verify_checksums=verify):
-                    blob = dumps(item, 5)
-                    write(len(blob).to_bytes(4, "little"))
-                    write(blob)
-                    flush()  # each batch on its way at once: none is lost if we are killed
-                blob = dumps(("done", None), 5)
-            except HsvizError as exc:
-                blob = dumps(("error", exc), 5)
-            write(len(blob).to_bytes(4, "little"))
-            write(blob)
-    except BrokenPipeError:
-        status = 0  # the parent stopped reading: it has what it wants
-    except BaseException:  # a bug: show it, and let the parent report the exit
-        import traceback
-
-        traceback.print_exc()
-        status = 1
-    finally:
-        try:
-            sys.stderr.flush()
-        finally:
-            os._exit(status)
