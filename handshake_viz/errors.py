@@ -84,6 +84,10 @@ class NoSuchConnection(UsageError):
         super().__init__(f"{source}: no connection {conn}: the capture has {count} "
                          f"connection{'s' if count != 1 else ''}")
 
+    def __reduce__(self) -> tuple[type[NoSuchConnection], tuple[object, int, int]]:
+        # pickled whole: a child process that reads the capture raises it in the parent
+        return type(self), (self.source, self.conn, self.count)
+
 
 class CaptureError(HsvizError):
     """Live capture could not start or went wrong."""
