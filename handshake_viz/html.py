@@ -430,7 +430,7 @@ def build_page(connections: Sequence[Connection], flows: Sequence[Flow] = (), *,
     if png:
         import io
 
-        from handshake_viz.draw import render_trace
+        from handshake_viz.draw import render_trace, write_png
 
         chosen = SimpleNamespace(connections=list(connections), flows=list(flows), calls=options["calls"],
                                  kernel=options.get("kernel"))
@@ -439,7 +439,7 @@ def build_page(connections: Sequence[Connection], flows: Sequence[Flow] = (), *,
                            windows=options.get("windows", False), explain=options.get("explain", False),
                            lang=options.get("lang", "en"))
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=72, facecolor="white")
+        write_png(fig, buf, 72)
         picture = buf.getvalue()
     return Page(render_page(data), str(data["title"]), picture)
 

@@ -198,9 +198,11 @@ class Connection:
 
         import matplotlib.pyplot as plt
 
+        from handshake_viz.draw import write_png
+
         ax = self.plot()
         buf = io.BytesIO()
-        ax.figure.savefig(buf, format="png", dpi=80)
+        write_png(ax.figure, buf, 80, facecolor="auto")
         plt.close(ax.figure)
         return buf.getvalue()
 

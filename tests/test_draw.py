@@ -430,6 +430,28 @@ def test_save_figure_picks_the_format_from_the_extension(tmp_path: Path, ext: st
     assert [p.name for p in tmp_path.iterdir()] == [f"echo{ext}"]  # no temp file left
 
 
+def test_png_is_agg_s_picture_without_the_alpha_channel(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    segments, summary = echo()
+    fig = render(segments, summary)
+    ours = Image.open(save_figure(fig, tmp_path / "echo.png"))
+    buf = io.BytesIO()
+    with matplotlib.rc_context({"text.hinting": draw.PNG_HINTING}):
+        fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
+    agg = Image.open(io.BytesIO(buf.getvalue()))
+    assert ours.mode == "RGB" and agg.mode == "RGBA" and ours.size == agg.size
+    assert ours.info["Software"].startswith("hsviz (matplotlib ")
+    assert (np.asarray(ours) == np.asarray(agg)[..., :3]).all()  # the same pixels
+    assert len((tmp_path / "echo.png").read_bytes()) < len(buf.getvalue())
+    # a see-through background keeps its alpha channel
+    draw.write_png(fig, buf := io.BytesIO(), 50, facecolor="none")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == "RGBA"
+
+
 def test_unknown_extension_is_one_clear_line(tmp_path: Path) -> None:
     segments, summary = echo()
     fig = render(segments, summary)
