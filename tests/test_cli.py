@@ -176,3 +176,74 @@ def test_analyze_with_calls_interleaves_call_records():
 def test_analyze_calls_option_errors_are_one_line(tmp_path):
     code, _, err = run("analyze", str(ECHO), "--calls", str(tmp_path / "missing.strace"))
     assert code == 2 and err.count("\n") == 1 and "missing.strace" in err
+
+
+# --- plot: the capture read in a child while matplotlib loads ---------------------------
+
+
+def _plot_bytes(tmp_path: Path, name: str, *argv: str) -> tuple[int, str, bytes]:
+    out = tmp_path / name
+    code, _, err = run("plot", *argv, "-o", str(out))
+    return code, err, out.read_bytes() if out.exists() else b""
+
+
+def _read_in_a_child(monkeypatch) -> list[int]:
+    """From now on plot reads every capture in a child (however small); returns the
+    list of forks made."""
+    import os
+
+    from handshake_viz import child, cli
+
+    forks: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        forks.append(1)
+        return real_fork()
+
+    monkeypatch.setattr(cli, "_worth_a_child", lambda src: True)
+    monkeypatch.setattr(child.os, "fork", fork)
+    return forks
+
+
+@pytest.mark.parametrize("argv", [("--conn", "1"), ("--conn", "0,2"), ()])
+def test_plot_reads_in_a_child_and_draws_the_same(tmp_path, monkeypatch, argv):
+    from handshake_viz import cli
+
+    capture = ROOT / "captures" / "multi-client.pcap"
+    assert not cli._worth_a_child(capture)  # 9 kB: read in this process
+    alone = _plot_bytes(tmp_path, "alone.png", str(capture), *argv)
+    forks = _read_in_a_child(monkeypatch)
+    beside = _plot_bytes(tmp_path, "beside.png", str(capture), *argv)
+    assert forks == [1]
+    assert alone[:2] == beside[:2] == (0, "") and alone[2] == beside[2]
+
+
+def test_plot_child_errors_are_the_same_one_line(tmp_path, monkeypatch):
+    forks = _read_in_a_child(monkeypatch)
+    capture = ROOT / "captures" / "multi-client.pcap"
+    code, err, png = _plot_bytes(tmp_path, "x.png", str(capture), "--conn", "7")
+    assert (code, png) == (2, b"") and forks == [1]
+    assert err.startswith("hsviz: ") and "--conn 7" in err and err.count("\n") == 1
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(capture.read_bytes()[:100])
+    code, err, png = _plot_bytes(tmp_path, "y.png", str(cut), "--conn", "0")
+    assert (code, png) == (2, b"") and err.count("\n") == 1 and str(cut) in err and forks == [1, 1]
+
+
+def test_plot_without_conn_reads_only_the_first_connection(tmp_path, monkeypatch):
+    from handshake_viz import pipeline
+
+    wanted = []
+    real = pipeline.load
+
+    def load(*a, **kw):
+        wanted.append(kw.get("conn"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pipeline, "load", load)
+    code, _, png = _plot_bytes(tmp_path, "mc.png", str(ROOT / "captures" / "multi-client.pcap"))
+    assert code == 0 and png and wanted == [[0]]
+    wanted.clear()  # UDP alone: the first connection is none, so the flows
+    code, _, png = _plot_bytes(tmp_path, "udp.png", str(ROOT / "captures" / "udp.pcap"))
+    assert code == 0 and png and wanted == [[0], None]
