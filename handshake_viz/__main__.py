@@ -1,5 +1,5 @@
 """``python -m handshake_viz`` is the same as the ``hsviz`` command."""
 
-from handshake_viz.cli import main
+from handshake_viz.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -247,3 +247,40 @@ def test_plot_without_conn_reads_only_the_first_connection(tmp_path, monkeypatch
     wanted.clear()  # UDP alone: the first connection is none, so the flows
     code, _, png = _plot_bytes(tmp_path, "udp.png", str(ROOT / "captures" / "udp.pcap"))
     assert code == 0 and png and wanted == [[0], None]
+
+
+# --- the hsviz command exits at once after analyze and plot ---------------------------
+
+
+def _hsviz(*argv: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "handshake_viz", *argv], capture_output=True,
+                          timeout=120, cwd=ROOT, **kw)
+
+
+def test_the_command_writes_everything_before_its_quick_exit(tmp_path):
+    # analyze and plot end in os._exit: all their output must be out by then
+    whole = _hsviz("analyze", str(ECHO))
+    code, out, err = run("analyze", str(ECHO))
+    assert (whole.returncode, whole.stdout.decode(), whole.stderr.decode()) == (code, out, err)
+    big = _hsviz("analyze", str(ROOT / "captures" / "multi-client.pcap"), "--jsonl")
+    assert big.returncode == 0 and big.stdout.endswith(b"\n") and big.stdout.count(b"\n") > 40
+    png = tmp_path / "e.png"
+    done = _hsviz("plot", str(ECHO), "-o", str(png))
+    assert done.returncode == 0 and done.stdout.decode() == f"{png}\n"
+    assert png.read_bytes().endswith(b"IEND\xaeB`\x82") and not list(tmp_path.glob(".*"))
+    bad = _hsviz("analyze", str(tmp_path / "none.pcap"))
+    assert bad.returncode == 2 and bad.stderr.decode() == f"hsviz: {tmp_path / 'none.pcap'}: no such file\n"
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(tmp_path):
+    # `hsviz analyze big.pcap | head -1`, on a ladder ten times what a pipe holds
+    many = tmp_path / "many.pcap"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_capture.py"), str(many),
+                    "--connections", "300", "--exchanges", "5"], check=True, capture_output=True)
+    proc = subprocess.Popen([sys.executable, "-m", "handshake_viz", "analyze", str(many)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    assert first.startswith(b"conn 0: ")
+    assert proc.wait(timeout=120) == 0 and proc.stderr.read() == b""
+
