@@ -13,10 +13,10 @@ cpdef tuple _view_values(ZeekView z)
 cdef long long _BLOOM_BITS, _BLOOM_MASK, _WRITE
 
 cdef class FileStore:
-    cdef object _file, _where, _length, _hashes, _owners
+    cdef object _file, _where, _length, _owners
     cdef int _fd
     cdef long long _written
-    cdef bytearray _buffer, _bloom
+    cdef bytearray _buffer, _bloom, _hashes
 
     @cython.locals(h=Py_hash_t, one=cython.longlong, two=cython.longlong, bloom=bytearray,
                    encoded=bytes, record=bytes)
@@ -25,5 +25,5 @@ cdef class FileStore:
     cpdef object _record(self, long long conn)
     cpdef object get(self, long long conn)
     @cython.locals(h=Py_hash_t, one=cython.longlong, two=cython.longlong, bloom=bytearray,
-                   i=Py_ssize_t)
+                   i=Py_ssize_t, hashes=bytearray, low=bytes)
     cpdef object find(self, str key)
