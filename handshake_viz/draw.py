@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 from matplotlib.collections import LineCollection, PathCollection, PolyCollection
@@ -1279,14 +1279,14 @@ def write_png(fig: Figure, fh: Any, dpi: float, facecolor: Any = "white") -> Non
 
     raw = _Pixels()
     with mpl.rc_context({"text.hinting": PNG_HINTING}):
-        fig.savefig(raw, format="rgba", dpi=dpi, facecolor=facecolor)
+        fig.savefig(cast(BinaryIO, raw), format="rgba", dpi=dpi, facecolor=facecolor)
     data = raw.data()
     width = int(fig.get_figwidth() * dpi)  # Agg's own rounding of the canvas
     height = len(data) // (4 * width) if width > 0 else 0
     if width <= 0 or 4 * width * height != len(data):  # pragma: no cover - a canvas not Agg's size
         fig.savefig(fh, format="png", dpi=dpi, facecolor=facecolor)
         return
-    image = Image.frombuffer("RGBA", (width, height), data, "raw", "RGBA", 0, 1)
+    image = Image.frombuffer("RGBA", (width, height), data, "raw", "RGBA", 0, 1)  # type: ignore[arg-type]  # any buffer
     if np.frombuffer(data, np.uint8)[3::4].min() == 255:
         image = image.convert("RGB")
     info = PngImagePlugin.PngInfo()
