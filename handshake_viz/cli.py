@@ -449,14 +449,16 @@ def _draw_once() -> None:
                          b"\x7f\0\0\1", b"\x7f\0\0\1")
         return bytes(12) + b"\x08\x00" + ip + tcp
 
+    from handshake_viz.pcapio import PcapWriter
+
     c, s = 40000, 8080
     frames = [frame(c, s, 100, 0, 0x02), frame(s, c, 500, 101, 0x12), frame(c, s, 101, 501, 0x10),
               frame(c, s, 101, 501, 0x18, b"hi"), frame(s, c, 501, 103, 0x14)]
-    data = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + b"".join(
-        struct.pack("<IIII", 1, 1000 * i, len(f), len(f)) + f for i, f in enumerate(frames))
     with tempfile.TemporaryDirectory(prefix="hsviz-") as tmp:
         pcap = Path(tmp, "warm.pcap")
-        pcap.write_bytes(data)
+        with PcapWriter(pcap, background_flush=False) as writer:
+            for i, f in enumerate(frames):
+                writer.write(f, 1 + i / 1000)
         _plot_capture(pcap)
 
 
