@@ -44,7 +44,7 @@ from itertools import islice
 from typing import Any, Literal
 
 from handshake_viz import engine, pipeline, report
-from handshake_viz.child import Child
+from handshake_viz.child import Child, readable_beside, usable_cpus
 from handshake_viz.decode import CaptureReader, open_capture
 from handshake_viz.errors import CaptureFileError, HsvizError, NoSuchConnection, OutputError, UsageError
 from handshake_viz.flows import FlowTracker
@@ -330,23 +330,14 @@ def choose_jobs(path: str, mode: Mode, jobs: int | None) -> int:
     Python (compiled, one process makes the lines faster than two pass Python rows
     between them).  Always 1 for standard input, a pipe or a missing file (both
     processes read the file), or without ``fork``."""
-    import stat
-
-    if jobs == 1 or path == "-" or not hasattr(os, "fork"):
+    if jobs == 1:
         return 1
-    try:
-        st = os.stat(path)
-    except OSError:
-        return 1  # open_capture says what is wrong with it
-    if not stat.S_ISREG(st.st_mode):
+    size = readable_beside(path)
+    if size is None:
         return 1
     if jobs is not None:
         return jobs
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    if mode != "jsonl" or cpus < 2 or st.st_size < PARALLEL_MIN_BYTES or engine.compiled:
+    if mode != "jsonl" or usable_cpus() < 2 or size < PARALLEL_MIN_BYTES or engine.compiled:
         return 1
     return 2
 

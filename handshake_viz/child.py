@@ -21,15 +21,37 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from handshake_viz.errors import HsvizError, WorkerError
 
-__all__ = ["Child"]
+__all__ = ["Child", "readable_beside", "usable_cpus"]
 
 _PIPE_SIZE = 1 << 20  # room for a few hundred batches, so neither side waits on the other
+
+
+def readable_beside(path: str | os.PathLike[str]) -> int | None:
+    """The size of ``path`` when a forked child can read it while its parent reads it
+    too or does other work: ``fork`` exists and ``path`` is a regular file; None for
+    standard input (``-``), a pipe, a missing file (its reader says what is wrong)."""
+    if not hasattr(os, "fork") or os.fspath(path) == "-":
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 class Child:

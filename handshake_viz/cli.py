@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -894,14 +893,10 @@ PLOT_CHILD_MIN_BYTES = 1 << 20
 def _worth_a_child(src: Path) -> bool:
     """Whether ``plot`` reads ``src`` in a child: a regular file of at least
     :data:`PLOT_CHILD_MIN_BYTES`, and a second CPU to read it on."""
-    if not hasattr(os, "fork"):
-        return False
-    try:
-        st = src.stat()
-        cpus = len(os.sched_getaffinity(0))
-    except (OSError, AttributeError):
-        return False  # the reading says what is wrong with the file
-    return stat.S_ISREG(st.st_mode) and st.st_size >= PLOT_CHILD_MIN_BYTES and cpus >= 2
+    from handshake_viz.child import readable_beside, usable_cpus
+
+    size = readable_beside(src)
+    return size is not None and size >= PLOT_CHILD_MIN_BYTES and usable_cpus() >= 2
 
 
 def _drawing() -> ModuleType:
