@@ -466,12 +466,9 @@ _BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 def _plot_capture(pcap: Any) -> Any:
     """Draw what a capture wrote beside it, every connection on one figure (.png)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from handshake_viz import draw
     from handshake_viz.pipeline import load
 
+    draw = _drawing()
     return draw.save_figure(draw.render_trace(load(pcap)), pcap.with_suffix(".png"))
 
 
@@ -998,9 +995,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         results.append(result)
         err.writelines(f"hsviz: {w}\n" for w in result.warnings)
         if args.redraw and not result.live:
-            import matplotlib
-
-            matplotlib.use("Agg")
+            _drawing()
             drawn = draw_lesson(result, Path(args.output_dir) / f"{n}.png")
             err.write(f"{PROG}: drew {safe_text(drawn)}\n")
             continue
